@@ -1,0 +1,215 @@
+"""Typed, strict run configuration: YAML recipes plus ``--set a.b=value`` overrides.
+
+pydantic does the validation (a well-kept library, and its errors name the key): unknown keys, wrong
+types and unknown option names are errors, never silently ignored. Option names are checked against
+the same registries the code uses, so the allowed values listed in an error are always current.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from metrictransfer.data.transforms import TRANSFORMS
+from metrictransfer.losses import METRIC_LOSSES, MINERS, TRANSFER_LOSSES
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and what was expected."""
+
+
+def _check_name(value: str, registry: dict, what: str) -> str:
+    if value not in registry:
+        raise ValueError(f"unknown {what} {value!r}; valid names: {', '.join(sorted(registry))}")
+    return value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+
+
+class DataConfig(Strict):
+    dataset: Literal["glyphs"] = "glyphs"
+    root: str | None = None
+    image_size: int = Field(32, ge=8)
+    transform: str = "glyphs"
+    classes_per_batch: int = Field(45, ge=1)
+    images_per_class: int = Field(2, ge=1)
+    views: int = Field(2, ge=1)
+    num_workers: int = Field(0, ge=0)
+    num_classes: int | None = Field(None, ge=2, description="use only the first N classes of each split (tests)")
+    glyph_renders: int = Field(2, ge=1)
+    glyph_seed: int = Field(0, description="seed of the demo data itself, independent of the run seed")
+
+    @field_validator("transform")
+    @classmethod
+    def _transform(cls, v: str) -> str:
+        return _check_name(v, TRANSFORMS, "transform")
+
+
+class ModelConfig(Strict):
+    backbone: str = "resnet18"
+    embedding_dim: int = Field(512, ge=1)
+    pretrained: bool = False
+    weights: str | None = None
+    normalize: bool = False
+
+
+class MetricLossConfig(Strict):
+    name: str = "proxy_anchor"
+    params: dict[str, Any] = Field(default_factory=dict)
+    miner: str = "none"
+    miner_params: dict[str, Any] = Field(default_factory=dict)
+    proxy_lr_multiplier: float = Field(100.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, METRIC_LOSSES, "metric loss")
+
+    @field_validator("miner")
+    @classmethod
+    def _miner(cls, v: str) -> str:
+        return _check_name(v, MINERS, "miner")
+
+
+class TransferConfig(Strict):
+    source_checkpoint: str | None = None
+    loss: str = "relaxed_contrastive"
+    sigma: float = Field(1.0, gt=0)
+    delta: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, ge=0)
+    metric_weight: float = Field(0.0, ge=0, description="weight of the metric loss on labels (paper: 0)")
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        return _check_name(v, TRANSFER_LOSSES, "transfer loss")
+
+
+class OptimConfig(Strict):
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    epochs: int = Field(90, ge=1)
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class EvalConfig(Strict):
+    recall_at: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
+    every: int = Field(1, ge=0, description="evaluate every N epochs (0: only at the end)")
+    batch_size: int = Field(256, ge=1)
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+
+    @field_validator("recall_at")
+    @classmethod
+    def _ks(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError(f"recall_at must be a non-empty list of positive integers, got {v}")
+        return sorted(set(v))
+
+
+class RunConfig(Strict):
+    method: Literal["source", "transfer"] = "source"
+    name: str | None = None
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    metric_loss: MetricLossConfig = Field(default_factory=MetricLossConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _transfer_needs_source(self) -> "RunConfig":
+        if self.method == "transfer" and not self.transfer.source_checkpoint:
+            raise ValueError("method 'transfer' needs transfer.source_checkpoint (a run folder or checkpoint file)")
+        return self
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            parent = _model_at(RunConfig, e["loc"][:-1])
+            if parent is not None:
+                msg += f"; allowed keys here: {', '.join(parent.model_fields)}"
+        elif e["type"] != "value_error" and "input" in e:
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"optim.lr=3e-4"`` → (["optim", "lr"], 3e-4); the value is read as YAML (numbers, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {item!r} has an empty key")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set each ``key.path=value`` in a nested dict (validation happens afterwards, on the result)."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def build_config(raw: dict | None = None, overrides: list[str] | None = None, origin: str = "config") -> RunConfig:
+    """Validate a nested dict (plus overrides) into a :class:`RunConfig`, or raise :class:`ConfigError`."""
+    raw = apply_overrides(dict(raw or {}), overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML recipe and apply ``--set`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of configuration keys, got {type(raw).__name__}")
+    return build_config(raw, overrides, origin=str(path))
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    return config.model_dump(mode="json")
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,37 @@
+"""Dataset wrapper that applies transforms: V independent views of each image."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+
+class MultiViewDataset(Dataset):
+    """Returns ``(views, label, index)`` with ``views`` of shape (V, C, H, W), each an independent draw.
+
+    Decoding happens once per image; the V augmentations are applied to the same decoded image, so the
+    source and the target (and cohort members) can be fed exactly the same views. V = 1 with the test
+    transform is the evaluation dataset.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable, views: int = 1) -> None:
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        self.dataset = dataset
+        self.transform = transform
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image, label = self.dataset[index]
+        return torch.stack([self.transform(image) for _ in range(self.views)]), int(label), index
+
+
+def flatten_views(views: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, V, C, H, W) images and (B,) labels → (B·V, C, H, W) and (B·V,), views of an image adjacent."""
+    b, v = views.shape[:2]
+    return views.reshape(b * v, *views.shape[2:]), labels.repeat_interleave(v)

@@ -1,0 +1,87 @@
+"""Class-balanced batch sampler: P classes × K images a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class ClassBalancedBatchSampler(Sampler[list[int]]):
+    """Yields batches of dataset indices: ``classes_per_batch`` distinct classes, ``images_per_class`` each.
+
+    One epoch visits every image about once: each class's images are shuffled and cut into groups of K
+    (a class with fewer than K images is filled by drawing again from the class), the groups are
+    shuffled, and batches take P groups of distinct classes. Views are made later by the dataset
+    wrapper, so every view of an image is always in the same batch. The order is a function of
+    ``seed`` and the epoch (``set_epoch``), so runs repeat exactly.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray,
+        classes_per_batch: int,
+        images_per_class: int,
+        seed: int = 0,
+    ) -> None:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) == 0:
+            raise ValueError("labels must be a non-empty 1-D sequence of class ids")
+        if classes_per_batch < 1 or images_per_class < 1:
+            raise ValueError(
+                f"classes_per_batch and images_per_class must be >= 1, got {classes_per_batch} and {images_per_class}"
+            )
+        classes, inverse = np.unique(labels, return_inverse=True)
+        if len(classes) < classes_per_batch:
+            raise ValueError(
+                f"a batch needs {classes_per_batch} distinct classes but the data has only {len(classes)}; "
+                "lower data.classes_per_batch"
+            )
+        self.class_indices = [np.flatnonzero(inverse == c) for c in range(len(classes))]
+        self.classes_per_batch = classes_per_batch
+        self.images_per_class = images_per_class
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _groups(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+        k = self.images_per_class
+        groups = []
+        for c, idx in enumerate(self.class_indices):
+            idx = rng.permutation(idx)
+            for g in range(max(1, len(idx) // k)):
+                group = idx[g * k : (g + 1) * k]
+                if len(group) < k:  # class smaller than K: draw the rest again from the class
+                    group = np.concatenate([group, rng.choice(idx, k - len(group), replace=True)])
+                groups.append((c, group))
+        return [groups[i] for i in rng.permutation(len(groups))]
+
+    def _batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        pending = self._groups(rng)
+        batches: list[list[int]] = []
+        # Greedy fill: take the next groups whose class is not in the batch yet; leftovers are dropped.
+        while len(pending) >= self.classes_per_batch:
+            batch: list[int] = []
+            used: set[int] = set()
+            rest = []
+            for c, group in pending:
+                if len(used) < self.classes_per_batch and c not in used:
+                    used.add(c)
+                    batch.extend(int(i) for i in group)
+                else:
+                    rest.append((c, group))
+            if len(used) < self.classes_per_batch:
+                break
+            batches.append(batch)
+            pending = rest
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())

@@ -1,0 +1,79 @@
+"""Checkpoints written atomically, and loading a trained embedding model back from a run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``: a crash
+    leaves either the old file or the new one, never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder or a checkpoint file → the checkpoint file, with a clear error when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (expected a run folder holding {CHECKPOINT_NAME}, or the file)")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    file = resolve_checkpoint(path)
+    try:
+        state = torch.load(file, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises several types for a damaged file
+        raise ValueError(f"cannot read checkpoint {file}: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{file} is not a metrictransfer checkpoint (format {FORMAT_VERSION})")
+    return state
+
+
+def load_embedding_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """The trained embedding model of a run (its ``output`` model) and the run's configuration."""
+    from metrictransfer.config import build_config
+    from metrictransfer.models import EmbeddingModel
+
+    state = load_checkpoint(path, map_location)
+    config = build_config(state["config"], origin=f"configuration stored in {resolve_checkpoint(path)}")
+    m = config.model
+    # Weights come from the checkpoint: never download or read the original backbone weights again.
+    model = EmbeddingModel(m.backbone, m.embedding_dim, pretrained=False, weights=None, normalize=m.normalize)
+    model.load_state_dict(state["models"][state["output"]])
+    return model, config

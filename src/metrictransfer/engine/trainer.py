@@ -1,0 +1,216 @@
+"""The training loop shared by every method: data, optimiser, schedule, evaluation, checkpoints, logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from metrictransfer.config import RunConfig, config_to_dict, save_config
+from metrictransfer.data.multiview import MultiViewDataset, flatten_views
+from metrictransfer.data.registry import build_dataset
+from metrictransfer.data.sampler import ClassBalancedBatchSampler
+from metrictransfer.data.transforms import build_transform
+from metrictransfer.engine.checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, atomic_save, atomic_write_text, load_checkpoint
+from metrictransfer.engine.logging import plot_recall, write_csv
+from metrictransfer.evaluation import extract_embeddings, recall_at_k
+from metrictransfer.methods import METHODS
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but CUDA is not available; use device: auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(groups: list[dict], config) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up, then cosine decay to zero over the remaining steps (or constant)."""
+    total = config.epochs * steps_per_epoch
+    warmup = config.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def evaluate_model(model, dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+    """Recall@K of one model on an evaluation dataset (single test view per image)."""
+    embeddings, labels = extract_embeddings(
+        model, dataset, config.eval.batch_size, device, config.data.num_workers, progress=progress
+    )
+    return recall_at_k(embeddings, labels, config.eval.recall_at, config.eval.metric)
+
+
+def test_dataset(config: RunConfig) -> MultiViewDataset:
+    return MultiViewDataset(
+        build_dataset(config.data, "test"), build_transform(config.data.transform, False, config.data.image_size)
+    )
+
+
+def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict:
+    """Train one run into ``out_dir``; returns the results written to ``results.json``.
+
+    Every epoch ends with an evaluation on the test split (``eval.every``), a CSV log row and an
+    atomically written checkpoint, so an interrupted run loses at most one epoch and ``resume=True``
+    continues from the last checkpoint.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    interactive = sys.stderr.isatty() if progress is None else progress
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+
+    train_set = build_dataset(config.data, "train")
+    eval_set = test_dataset(config)
+    num_classes = int(np.max(train_set.labels)) + 1
+    method = METHODS[config.method](config, num_classes).to(device)
+    optimizer = build_optimizer(method.parameter_groups(config.optim.lr), config.optim)
+    sampler = ClassBalancedBatchSampler(
+        train_set.labels, config.data.classes_per_batch, config.data.images_per_class, seed=config.seed
+    )
+    loader = DataLoader(
+        MultiViewDataset(train_set, build_transform(config.data.transform, True, config.data.image_size), config.data.views),
+        batch_sampler=sampler,
+        num_workers=config.data.num_workers,
+    )
+    steps_per_epoch = len(sampler)
+    scheduler = build_scheduler(optimizer, config.optim, steps_per_epoch)
+
+    history: list[dict] = []
+    start_epoch = 0
+    if resume and (out / CHECKPOINT_NAME).is_file():
+        state = load_checkpoint(out)
+        if state["config"] != config_to_dict(config):
+            raise ValueError(f"cannot resume {out}: the configuration differs from the one the run started with")
+        for name, model in method.trainable().items():
+            model.load_state_dict(state["models"][name])
+        if method.label_loss is not None:
+            method.label_loss.load_state_dict(state["label_loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        history, start_epoch = state["history"], state["epoch"]
+    save_config(config, out / "config.yaml")
+
+    for epoch in range(start_epoch, config.optim.epochs):
+        method.train()
+        sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        totals: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"{config.name or config.method} epoch {epoch + 1}/{config.optim.epochs}",
+                   disable=not interactive, leave=False, unit="batch")
+        for views, labels, _ in bar:
+            images, labels = flatten_views(views, labels)
+            loss, logs = method.training_loss(images.to(device), labels.to(device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}; lower optim.lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            for key, value in logs.items():
+                totals[key] = totals.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": optimizer.param_groups[0]["lr"]}
+        row.update({k: v / max(1, steps_per_epoch) for k, v in totals.items()})
+        row["train_seconds"] = round(time.perf_counter() - started, 2)
+        last = epoch + 1 == config.optim.epochs
+        if last or (config.eval.every and (epoch + 1) % config.eval.every == 0):
+            row.update(evaluate_model(method.output_model(), eval_set, config, device, progress=interactive))
+        history.append(row)
+        print(_epoch_line(config, row), flush=True)
+        atomic_save(
+            {
+                "format": FORMAT_VERSION,
+                "config": config_to_dict(config),
+                "method": config.method,
+                "output": method.output,
+                "models": {name: m.state_dict() for name, m in method.trainable().items()},
+                "label_loss": None if method.label_loss is None else method.label_loss.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+                "epoch": epoch + 1,
+                "history": history,
+            },
+            out / CHECKPOINT_NAME,
+        )
+        write_csv(history, out / "log.csv")
+
+    results = _results(config, history)
+    atomic_write_text(json.dumps(results, indent=2), out / "results.json")
+    plot_recall({config.name or config.method: _curve(history)}, out / "recall.png")
+    return results
+
+
+def _curve(history: list[dict], metric: str = "recall@1") -> list[tuple[int, float]]:
+    return [(row["epoch"], row[metric]) for row in history if metric in row]
+
+
+def _epoch_line(config: RunConfig, row: dict) -> str:
+    parts = [f"[{config.name or config.method}] epoch {row['epoch']}/{config.optim.epochs}", f"loss {row.get('loss', float('nan')):.4f}"]
+    parts += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("recall@")]
+    parts.append(f"{row['train_seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+def _results(config: RunConfig, history: list[dict]) -> dict:
+    """Final-epoch metrics; the best epoch is reported too but labelled as chosen on the test split."""
+    evaluated = [row for row in history if "recall@1" in row]
+    final = {k: v for k, v in evaluated[-1].items() if k.startswith("recall@")}
+    best = max(evaluated, key=lambda r: r["recall@1"])
+    return {
+        "name": config.name,
+        "method": config.method,
+        "epochs": config.optim.epochs,
+        "final": final,
+        "best_epoch_selected_on_test_split": {
+            "epoch": best["epoch"],
+            **{k: v for k, v in best.items() if k.startswith("recall@")},
+        },
+        "history": history,
+    }

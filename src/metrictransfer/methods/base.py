@@ -1,0 +1,53 @@
+"""What the training loop needs from a training strategy."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metrictransfer.config import MetricLossConfig, ModelConfig
+from metrictransfer.losses import MinedMetricLoss, build_metric_loss, build_miner
+from metrictransfer.models import EmbeddingModel
+
+
+class Method(nn.Module):
+    """A training strategy: owns its models and losses, computes one step's loss.
+
+    ``trainable`` holds the models the optimiser updates and checkpoints store; ``output`` names the one
+    that is the run's result (evaluated every epoch, loaded by ``evaluate`` and by later transfers).
+    """
+
+    output: str = "model"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.label_loss: nn.Module | None = None  # a loss with state (proxies) is checkpointed too
+
+    def trainable(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        raise NotImplementedError
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def output_model(self) -> nn.Module:
+        return self.trainable()[self.output]
+
+
+def build_model(config: ModelConfig) -> EmbeddingModel:
+    return EmbeddingModel(
+        config.backbone, config.embedding_dim, config.pretrained, config.weights, config.normalize
+    )
+
+
+def build_label_loss(config: MetricLossConfig, num_classes: int, embedding_dim: int) -> MinedMetricLoss:
+    loss = build_metric_loss(config.name, num_classes, embedding_dim, **config.params)
+    return MinedMetricLoss(loss, build_miner(config.miner, **config.miner_params))
+
+
+def label_loss_groups(loss: nn.Module, lr: float, multiplier: float) -> list[dict]:
+    """Learnable loss parameters (Proxy-Anchor's proxies) train at ``multiplier`` × the model's rate."""
+    params = [p for p in loss.parameters() if p.requires_grad]
+    return [{"params": params, "lr": lr * multiplier, "weight_decay": 0.0}] if params else []

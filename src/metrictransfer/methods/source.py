@@ -1,0 +1,31 @@
+"""Train a source (or standalone) embedding model with a metric loss on labels."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metrictransfer.config import RunConfig
+from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
+
+
+class SourceMethod(Method):
+    output = "model"
+
+    def __init__(self, config: RunConfig, num_classes: int) -> None:
+        super().__init__()
+        self.model = build_model(config.model)
+        self.label_loss = build_label_loss(config.metric_loss, num_classes, config.model.embedding_dim)
+        self.proxy_lr_multiplier = config.metric_loss.proxy_lr_multiplier
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        return [{"params": list(self.model.parameters()), "lr": lr}, *label_loss_groups(
+            self.label_loss, lr, self.proxy_lr_multiplier
+        )]
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = self.label_loss(self.model(images), labels)
+        return loss, {"loss": loss.item()}

@@ -1,0 +1,76 @@
+"""The embedding model: a timm backbone, GAP + GMP pooling, a linear embedding head."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class EmbeddingModel(nn.Module):
+    """Backbone feature map → (global average + global max pool) → Linear → optional L2 norm.
+
+    The pooled sum and the orthogonally initialised, zero-bias head follow the embedding-transfer
+    paper's models. The backbone is any timm model name; timm builds it with ``num_classes=0`` and no
+    pooling so that we pool ourselves.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        embedding_dim: int = 512,
+        pretrained: bool = False,
+        weights: str | os.PathLike | None = None,
+        normalize: bool = False,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        if backbone not in timm.list_models():
+            close = timm.list_models(f"*{backbone}*")[:10]
+            raise ValueError(
+                f"unknown timm backbone {backbone!r}" + (f"; similar names: {', '.join(close)}" if close else "")
+            )
+        self.backbone = timm.create_model(
+            backbone, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans
+        )
+        if weights is not None:
+            load_backbone_weights(self.backbone, weights)
+        self.feature_dim = self.backbone.num_features
+        self.head = nn.Linear(self.feature_dim, embedding_dim)
+        nn.init.orthogonal_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.normalize = normalize
+        self.embedding_dim = embedding_dim
+
+    def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return feature_map.mean(dim=(2, 3)) + feature_map.amax(dim=(2, 3))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        embeddings = self.head(self.pool(self.backbone.forward_features(images)))
+        return F.normalize(embeddings, dim=1) if self.normalize else embeddings
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
+    """Load a local state dict (``.pt``/``.pth`` or ``.safetensors``) into a timm backbone."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    # A classifier in the file is expected (timm backbones are built headless); anything else is not.
+    unexpected = [k for k in unexpected if not k.startswith(("fc.", "head", "classifier"))]
+    if missing or unexpected:
+        raise ValueError(
+            f"weights in {path} do not fit the backbone: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+        )
