@@ -1,0 +1,123 @@
+"""Tiny real runs on a few demo classes: source → transfer → evaluate, the CLI, the demo, resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from metrictransfer.cli import main
+from metrictransfer.config import build_config, load_config
+from metrictransfer.demo import demo_configs
+from metrictransfer.engine import trainer
+from metrictransfer.engine.checkpoint import load_checkpoint, load_embedding_model
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+TINY = {
+    "data": {"num_classes": 6, "classes_per_batch": 6, "images_per_class": 4, "views": 2, "transform": "glyphs",
+             "image_size": 32},
+    "model": {"backbone": "resnet10t", "embedding_dim": 16},
+    "optim": {"lr": 1e-3, "epochs": 2},
+    "eval": {"recall_at": [1, 2]},
+    "threads": 2,
+}
+
+
+def _config(**changes):
+    raw = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return build_config(raw)
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("source")
+    results = trainer.train(_config(method="source", name="src"), out, progress=False)
+    return out, results
+
+
+def test_source_run_writes_everything(source_run):
+    out, results = source_run
+    for name in ["checkpoint.pt", "config.yaml", "log.csv", "results.json", "recall.png"]:
+        assert (out / name).is_file(), name
+    assert set(results["final"]) == {"recall@1", "recall@2"}
+    assert 0.0 <= results["final"]["recall@1"] <= results["final"]["recall@2"] <= 1.0
+    assert "best_epoch_selected_on_test_split" in results
+    assert len(results["history"]) == 2
+    # The saved configuration reproduces the run's configuration exactly.
+    assert load_config(out / "config.yaml") == _config(method="source", name="src")
+
+
+def test_transfer_freezes_the_source_and_evaluate_matches(source_run, tmp_path):
+    src_dir, _ = source_run
+    before = load_checkpoint(src_dir)["models"]["model"]
+    config = _config(method="transfer", name="tgt", transfer={"source_checkpoint": str(src_dir)})
+    results = trainer.train(config, tmp_path, progress=False)
+    state = load_checkpoint(tmp_path)
+    assert state["output"] == "target" and list(state["models"]) == ["target"]
+    # The source's weights and batch-norm statistics did not move during transfer.
+    after = load_checkpoint(src_dir)["models"]["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    model, _ = load_embedding_model(tmp_path)
+    assert model.embedding_dim == 16
+    assert main(["evaluate", "--checkpoint", str(tmp_path), "--json"]) == 0
+
+
+def test_evaluate_cli_json_equals_final_metrics(source_run, capsys):
+    out, results = source_run
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(results["final"], abs=1e-6)
+
+
+def test_resume_after_a_crash_ends_like_an_uninterrupted_run(source_run, tmp_path, monkeypatch):
+    _, uninterrupted = source_run
+    real_write_csv = trainer.write_csv
+
+    def crash_after_first_checkpoint(rows, path):
+        real_write_csv(rows, path)
+        raise KeyboardInterrupt  # as if the machine were preempted after epoch 1
+
+    monkeypatch.setattr(trainer, "write_csv", crash_after_first_checkpoint)
+    config = _config(method="source", name="src")
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config, tmp_path, progress=False)
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+    monkeypatch.setattr(trainer, "write_csv", real_write_csv)
+    assert main(["train", "--resume", str(tmp_path)]) == 0
+    resumed = json.loads((tmp_path / "results.json").read_text())
+    assert resumed["final"] == pytest.approx(uninterrupted["final"], abs=1e-6)
+
+
+def test_train_cli_with_overrides_and_bad_input(tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "method": "source", "name": "tiny"}))
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--set", "optim.epochs=1"]) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs"] == 1
+    assert main(["train", str(recipe), "--set", "optim.epochz=1"]) == 2
+    assert "optim.epochz: unknown key" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_demo_command_writes_results_table_log_and_plot(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--epochs-scale", "0.01", "--set", "data.num_classes=6",
+            "--set", "data.classes_per_batch=6", "--set", "data.images_per_class=4", "--set", "threads=2"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"source", "target_alone", "target_transfer"}
+    for name in ["config.json", "log.csv", "recall.png", "source/checkpoint.pt", "target_transfer/checkpoint.pt"]:
+        assert (out / name).is_file(), name
+    assert "| target_transfer" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["source", "target_alone", "target_transfer"])
+def test_recipes_match_the_demo(name, tmp_path):
+    recipe = {"source": "glyphs_source", "target_alone": "glyphs_target_alone", "target_transfer": "glyphs_transfer"}
+    demo = demo_configs(tmp_path)[name]
+    checkpoint = demo.transfer.source_checkpoint
+    from_recipe = load_config(RECIPES / f"{recipe[name]}.yaml", [f"transfer.source_checkpoint={checkpoint}"] if checkpoint else [])
+    assert from_recipe == demo
