@@ -17,9 +17,9 @@ DEMO_SOURCE = {
     "method": "source",
     "name": "source",
     "data": DEMO_DATA,
-    "model": {"backbone": "resnet18", "embedding_dim": 128},
+    "model": {"backbone": "resnet18d", "embedding_dim": 128, "normalize": True},
     "metric_loss": {"name": "proxy_anchor"},
-    "optim": {"lr": 1e-3, "epochs": 12},
+    "optim": {"lr": 1e-3, "epochs": 16},
     "eval": {"recall_at": [1, 2, 4, 8]},
 }
 DEMO_TARGET = {
