@@ -11,6 +11,16 @@ from pathlib import Path
 from metrictransfer.config import ConfigError
 
 
+def _k_list(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 1,2,4,8, got {text!r}")
+    if any(k < 1 for k in ks):
+        raise argparse.ArgumentTypeError(f"K values must be >= 1, got {text!r}")
+    return ks
+
+
 def _timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
@@ -46,7 +56,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model, config = load_embedding_model(args.checkpoint)
     if args.k:
-        config.eval.recall_at = [int(k) for k in args.k.split(",")]
+        config.eval.recall_at = args.k
     device = resolve_device(config.device)
     metrics = evaluate_model(model.to(device), test_dataset(config), config, device, progress=sys.stderr.isatty())
     if args.json:
@@ -80,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="Recall@K of a trained model on its dataset's test split")
     evaluate.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
-    evaluate.add_argument("--k", help="comma-separated K values (default: the run's eval.recall_at)")
+    evaluate.add_argument("--k", type=_k_list, help="comma-separated K values (default: the run's eval.recall_at)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser

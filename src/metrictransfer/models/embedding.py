@@ -67,7 +67,10 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches: another architecture's weights
+        raise ValueError(f"weights in {path} do not fit the backbone: {str(err).splitlines()[-1].strip()}") from None
     # A classifier in the file is expected (timm backbones are built headless); anything else is not.
     unexpected = [k for k in unexpected if not k.startswith(("fc.", "head", "classifier"))]
     if missing or unexpected:
