@@ -53,10 +53,10 @@ class TransferMethod(Method):
         return groups
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        with torch.inference_mode():
+        with torch.no_grad():
             source_embeddings = self.source(images)
         target_embeddings = self.target(images)
-        transfer = self.transfer_loss(target_embeddings, source_embeddings.clone())
+        transfer = self.transfer_loss(target_embeddings, source_embeddings)
         loss = self.weight * transfer
         logs = {"transfer_loss": transfer.item()}
         if self.label_loss is not None:
