@@ -21,7 +21,7 @@ from metrictransfer.data.sampler import ClassBalancedBatchSampler
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine.checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, atomic_save, atomic_write_text, load_checkpoint
 from metrictransfer.engine.logging import plot_recall, write_csv
-from metrictransfer.evaluation import extract_embeddings, recall_at_k
+from metrictransfer.evaluation import extract_embeddings, retrieval_metrics
 from metrictransfer.methods import METHODS
 
 
@@ -74,11 +74,11 @@ def _set_rng_state(state: dict) -> None:
 
 
 def evaluate_model(model, dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
-    """Recall@K of one model on an evaluation dataset (single test view per image)."""
+    """Recall@K, MAP@R and R-Precision of one model on an evaluation dataset (single test view per image)."""
     embeddings, labels = extract_embeddings(
         model, dataset, config.eval.batch_size, device, config.data.num_workers, progress=progress
     )
-    return recall_at_k(embeddings, labels, config.eval.recall_at, config.eval.metric)
+    return retrieval_metrics(embeddings, labels, config.eval.recall_at, config.eval.metric)
 
 
 def test_dataset(config: RunConfig) -> MultiViewDataset:

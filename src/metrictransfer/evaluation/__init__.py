@@ -1,6 +1,26 @@
-"""Evaluation: exact chunked kNN retrieval metrics and embedding extraction."""
+"""Evaluation: exact retrieval metrics at any scale (blocked kNN), embedding extraction and files."""
 
 from metrictransfer.evaluation.embed import extract_embeddings
-from metrictransfer.evaluation.retrieval import nearest_positive_ranks, recall_at_k
+from metrictransfer.evaluation.knn import QueryStats, query_statistics
+from metrictransfer.evaluation.metrics import (
+    compute_query_statistics,
+    ensemble_embeddings,
+    nearest_positive_ranks,
+    nmi_score,
+    recall_at_k,
+    retrieval_metrics,
+    summarize,
+)
 
-__all__ = ["extract_embeddings", "nearest_positive_ranks", "recall_at_k"]
+__all__ = [
+    "QueryStats",
+    "compute_query_statistics",
+    "ensemble_embeddings",
+    "extract_embeddings",
+    "nearest_positive_ranks",
+    "nmi_score",
+    "query_statistics",
+    "recall_at_k",
+    "retrieval_metrics",
+    "summarize",
+]

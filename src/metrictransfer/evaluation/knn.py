@@ -1,0 +1,228 @@
+"""Exact per-query retrieval statistics from one blocked pass over the distance matrix.
+
+The metrics need little from the neighbour lists. Recall@K needs, per query, how many other-class items
+are at least as close as its nearest same-class item. MAP@R and R-Precision need the positions of the
+query's R same-class items among its neighbours, and those depend only on its R closest other-class items.
+So, instead of sorting K or 1,000 neighbours per query as generic kNN search does:
+
+1. Same-class distances are computed class by class (small matrices, batched by class size) and sorted.
+2. One pass over blocks of the query × gallery distance matrix, with same-class entries masked out, keeps
+   per query a count of other-class items at least as close as its nearest positive, and its R closest
+   other-class distances. In all-vs-all mode the matrix is symmetric: a block above the diagonal serves its
+   rows and, transposed, its columns, which halves the arithmetic.
+
+Memory is O(block² + N·D + Σ R), never N × N. Items are reordered by (class size, class), so a query's
+positives form one column range and queries with similar R share a block (the top-R buffer of a block is
+padded only to that block's largest R). Ties between a positive and a negative count against the query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+METRICS = ("euclidean", "cosine")
+_PAIR_BUDGET = 1 << 22  # same-class distances computed at once in step 1 (16 MB in float32)
+
+
+@dataclass
+class QueryStats:
+    """Per-query results, in the order the queries were given.
+
+    ``positives`` is R, the number of relevant items (same class, the query itself excluded); ``rank`` the
+    number of other-class items at least as close as the nearest positive (-1 when R = 0);
+    ``average_precision`` is AP@R and ``r_precision`` the fraction of positives in the top R (NaN when R = 0).
+    """
+
+    positives: torch.Tensor
+    rank: torch.Tensor
+    average_precision: torch.Tensor
+    r_precision: torch.Tensor
+
+
+def prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
+    """Embeddings in the working precision (float64 kept, anything else float32), unit length for cosine."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    x = x if x.dtype == torch.float64 else x.float()
+    return F.normalize(x, dim=1) if metric == "cosine" else x
+
+
+def pair_distances(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor | None, b_sq: torch.Tensor | None) -> torch.Tensor:
+    """A monotone stand-in for the distance (squared Euclidean, or minus the cosine similarity); batched.
+
+    Only the order of distances matters to the metrics, so no square root and no constant offset.
+    """
+    prod = a @ b.transpose(-1, -2)
+    if a_sq is None:
+        return prod.neg_()
+    return prod.mul_(-2).add_(a_sq.unsqueeze(-1)).add_(b_sq.unsqueeze(-2))
+
+
+def _ranges(sorted_labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start and end (exclusive) of each class in a label-sorted array; empty (0, 0) for absent classes."""
+    start = torch.zeros(num_classes, dtype=torch.long, device=sorted_labels.device)
+    end = torch.zeros_like(start)
+    classes, counts = torch.unique_consecutive(sorted_labels, return_counts=True)
+    ends = counts.cumsum(0)
+    start[classes], end[classes] = ends - counts, ends
+    return start, end
+
+
+class _Side:
+    """Items of one side (queries or gallery) sorted so that classes are contiguous."""
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor, sort_key: torch.Tensor, metric: str):
+        self.order = torch.sort(sort_key, stable=True).indices
+        self.x = x[self.order].contiguous()
+        self.labels = labels[self.order]
+        self.sq = self.x.pow(2).sum(1) if metric == "euclidean" else None
+
+    def sq_at(self, index):
+        return None if self.sq is None else self.sq[index]
+
+
+def query_statistics(
+    queries: torch.Tensor,
+    query_labels: torch.Tensor,
+    gallery: torch.Tensor | None = None,
+    gallery_labels: torch.Tensor | None = None,
+    metric: str = "euclidean",
+    block_size: int | None = None,
+    progress: bool = False,
+) -> QueryStats:
+    """Exact retrieval statistics of every query.
+
+    Without a gallery, all-vs-all: each item queries all others, excluded by its index. With a gallery,
+    query-vs-gallery (the two sets must be disjoint). Runs on the device the embeddings are on.
+    """
+    same_set = gallery is None
+    device = queries.device
+    q_all = prepare(queries, metric)
+    g_all = q_all if same_set else prepare(gallery, metric).to(device)
+    all_labels = query_labels if same_set else torch.cat([query_labels, gallery_labels.to(query_labels.device)])
+    _, compact = torch.unique(all_labels.to(device), return_inverse=True)
+    num_classes = int(compact.max()) + 1
+    q_lab, g_lab = (compact, compact) if same_set else (compact[: len(q_all)], compact[len(q_all):])
+
+    g_count = torch.bincount(g_lab, minlength=num_classes)
+    if same_set:
+        rows = cols = _Side(q_all, q_lab, g_count[q_lab] * num_classes + q_lab, metric)
+        q_pos = g_count[rows.labels] - 1
+    else:
+        cols = _Side(g_all, g_lab, g_lab, metric)
+        q_pos_unsorted = g_count[q_lab]
+        rows = _Side(q_all, q_lab, q_pos_unsorted * num_classes + q_lab, metric)
+        q_pos = q_pos_unsorted[rows.order]
+    g_start, g_end = _ranges(cols.labels, num_classes)
+
+    offsets = torch.cumsum(q_pos, 0) - q_pos  # where each query's sorted positive distances start in `flat`
+    flat = _sorted_positive_distances(rows, cols, q_pos, offsets, num_classes, same_set)
+
+    block = block_size or (8192 if device.type == "cuda" else 4096)
+    starts = list(range(0, len(rows.x), block))
+    near = torch.full((len(rows.x),), float("-inf"), dtype=rows.x.dtype, device=device)
+    has_pos = q_pos > 0
+    near[has_pos] = flat[offsets[has_pos]]
+    count = torch.zeros(len(rows.x), dtype=torch.long, device=device)
+    top_negatives = []  # per row block: its queries' closest other-class distances, padded to the block's max R
+    for s in starts:
+        k = int(q_pos[s : s + block].max())
+        top_negatives.append(torch.full((min(block, len(rows.x) - s), k), float("inf"), dtype=rows.x.dtype, device=device))
+
+    col_starts = starts if same_set else list(range(0, len(cols.x), block))
+    pairs = [(i, j) for i in range(len(starts)) for j in range(len(col_starts)) if not same_set or j >= i]
+    lo, hi = g_start[rows.labels], g_end[rows.labels]
+    for i, j in tqdm(pairs, desc="kNN blocks", disable=not progress, leave=False):
+        r0, c0 = starts[i], col_starts[j]
+        r1, c1 = min(r0 + block, len(rows.x)), min(c0 + block, len(cols.x))
+        d = pair_distances(rows.x[r0:r1], cols.x[c0:c1], rows.sq_at(slice(r0, r1)), cols.sq_at(slice(c0, c1)))
+        row_lo, row_hi = lo[r0:r1], hi[r0:r1]
+        if bool(((row_lo < c1) & (row_hi > c0)).any()):  # this block holds same-class pairs: mask them
+            col = torch.arange(c0, c1, device=device)
+            d.masked_fill_((col >= row_lo.unsqueeze(1)) & (col < row_hi.unsqueeze(1)), float("inf"))
+        _update(d, near[r0:r1], count, r0, top_negatives, i)
+        if same_set and j != i:  # the transposed block is block (j, i), already masked by symmetry
+            _update(d.t(), near[c0:c1], count, c0, top_negatives, j)
+
+    ap = torch.full((len(rows.x),), float("nan"), dtype=torch.float64, device=device)
+    rp = torch.full_like(ap, float("nan"))
+    for i, s in enumerate(starts):
+        e = min(s + block, len(rows.x))
+        ap[s:e], rp[s:e] = _precision_at_r(flat, offsets[s:e], q_pos[s:e], top_negatives[i])
+    rank = torch.where(has_pos, count, torch.full_like(count, -1))
+
+    inverse = torch.empty_like(rows.order)
+    inverse[rows.order] = torch.arange(len(rows.order), device=device)
+    return QueryStats(
+        positives=q_pos[inverse].cpu(), rank=rank[inverse].cpu(),
+        average_precision=ap[inverse].cpu(), r_precision=rp[inverse].cpu(),
+    )
+
+
+def _update(d: torch.Tensor, near: torch.Tensor, count: torch.Tensor, r0: int, top_negatives: list, i: int) -> None:
+    """Fold one block (rows = queries, same-class entries already +inf) into the rows' running state."""
+    count[r0 : r0 + d.shape[0]] += (d <= near.unsqueeze(1)).sum(1)
+    buffer = top_negatives[i]
+    k = buffer.shape[1]
+    if k:
+        part = d.topk(min(k, d.shape[1]), dim=1, largest=False, sorted=False).values
+        top_negatives[i] = torch.cat([buffer, part], 1).topk(k, dim=1, largest=False, sorted=False).values
+
+
+def _precision_at_r(flat, offsets, q_pos, negatives) -> tuple[torch.Tensor, torch.Tensor]:
+    """AP@R and R-Precision of a block of queries from their sorted positive and closest negative distances.
+
+    The j-th closest positive sits at position j + (number of negatives at least as close); it counts when
+    that position is within the top R.
+    """
+    k = negatives.shape[1]
+    has_pos = q_pos > 0
+    if k == 0:
+        nan = torch.full(q_pos.shape, float("nan"), dtype=torch.float64, device=q_pos.device)
+        return nan, nan.clone()
+    j = torch.arange(1, k + 1, device=q_pos.device)
+    valid = j.unsqueeze(0) <= q_pos.unsqueeze(1)
+    index = torch.where(valid, offsets.unsqueeze(1) + j - 1, torch.zeros_like(valid, dtype=torch.long))
+    positives = flat[index].masked_fill(~valid, float("inf"))
+    ahead = torch.searchsorted(negatives.sort(dim=1).values.contiguous(), positives.contiguous(), right=True)
+    position = j.unsqueeze(0) + ahead
+    counted = valid & (position <= q_pos.unsqueeze(1))
+    r = q_pos.clamp(min=1).double()
+    ap = (counted * (j.unsqueeze(0).double() / position)).sum(1) / r
+    rp = counted.sum(1) / r
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=q_pos.device)
+    return torch.where(has_pos, ap, nan), torch.where(has_pos, rp, nan)
+
+
+def _sorted_positive_distances(rows: _Side, cols: _Side, q_pos, offsets, num_classes: int, same_set: bool) -> torch.Tensor:
+    """Every query's distances to its positives, sorted, concatenated in query order (query i at offsets[i])."""
+    device = rows.x.device
+    flat = torch.empty(int(q_pos.sum()), dtype=rows.x.dtype, device=device)
+    q_start, q_end = _ranges(rows.labels, num_classes)
+    g_start, g_end = _ranges(cols.labels, num_classes)
+    nq, ng = q_end - q_start, g_end - g_start
+    present = (nq > 0) & (ng > int(same_set))
+    shapes = torch.stack([nq[present], ng[present]], 1)
+    classes = torch.nonzero(present).squeeze(1)
+    for shape in torch.unique(shapes, dim=0).tolist():
+        members = classes[(shapes == torch.tensor(shape, device=device)).all(1)]
+        n_q, n_g = shape
+        rows_per_piece = max(1, min(n_q, _PAIR_BUDGET // n_g))
+        per_piece = max(1, _PAIR_BUDGET // (n_q * n_g)) if rows_per_piece == n_q else 1
+        for m0 in range(0, len(members), per_piece):
+            group = members[m0 : m0 + per_piece]
+            g_idx = g_start[group].unsqueeze(1) + torch.arange(n_g, device=device)
+            for t0 in range(0, n_q, rows_per_piece):
+                t = torch.arange(t0, min(t0 + rows_per_piece, n_q), device=device)
+                q_idx = q_start[group].unsqueeze(1) + t
+                d = pair_distances(rows.x[q_idx], cols.x[g_idx], rows.sq_at(q_idx), cols.sq_at(g_idx))
+                if same_set:  # the query itself (same sorted index on both sides)
+                    d.masked_fill_(q_idx.unsqueeze(2) == g_idx.unsqueeze(1), float("inf"))
+                r = n_g - int(same_set)
+                values = d.sort(dim=2).values[..., :r]
+                flat[(offsets[q_idx].unsqueeze(2) + torch.arange(r, device=device)).reshape(-1)] = values.reshape(-1)
+    return flat

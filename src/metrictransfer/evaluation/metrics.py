@@ -1,0 +1,202 @@
+"""Retrieval metrics: Recall@K, MAP@R, R-Precision and NMI, all-vs-all or query-vs-gallery.
+
+Definitions (the metric-learning ones):
+- Recall@K: fraction of queries with at least one same-class item among their K nearest neighbours.
+- MAP@R: with R the number of same-class items, the mean over queries of (1/R) Σ_{i ≤ R} P(i)·rel(i),
+  where P(i) is the precision among the first i neighbours and rel(i) whether neighbour i is same-class.
+- R-Precision: the fraction of same-class items among the R nearest neighbours.
+- NMI: normalised mutual information between the classes and a k-means clustering of the embeddings
+  (as many clusters as classes).
+
+A query with no same-class item (R = 0: a class of one item, or a query class missing from the gallery)
+can be neither hit nor ranked: it is left out of every mean. In all-vs-all mode a query is excluded from its
+own neighbours by index. Ties between a same-class and an other-class item count against the query.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from metrictransfer.evaluation.knn import QueryStats, query_statistics
+
+BACKENDS = ("torch", "faiss")
+
+
+def as_tensor(values) -> torch.Tensor:
+    return values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+
+
+def check_embeddings(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming what is wrong with an (embeddings, labels) pair."""
+    if embeddings.dim() != 2:
+        raise ValueError(f"embeddings must be a 2-D array (N × D), got shape {tuple(embeddings.shape)}")
+    if not (embeddings.is_floating_point()):
+        raise ValueError(f"embeddings must be floating point, got {embeddings.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be a 1-D array (N,), got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    if len(embeddings) != len(labels):
+        raise ValueError(f"mismatched lengths: {len(embeddings)} embeddings but {len(labels)} labels")
+    if len(embeddings) < 2:
+        raise ValueError(f"retrieval needs at least 2 items, got {len(embeddings)}")
+    bad_nan = torch.isnan(embeddings).any(1)
+    bad_inf = torch.isinf(embeddings).any(1)
+    if bad_nan.any() or bad_inf.any():
+        first = torch.nonzero(bad_nan | bad_inf).squeeze(1)[:5].tolist()
+        raise ValueError(
+            f"embeddings are not finite: {int(bad_nan.sum())} rows hold NaN and {int(bad_inf.sum())} rows hold "
+            f"an infinite value (first rows: {first})"
+        )
+
+
+def query_gallery_split(is_query, is_gallery, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated boolean masks for query-vs-gallery evaluation."""
+    masks = []
+    for name, mask in (("is_query", is_query), ("is_gallery", is_gallery)):
+        mask = as_tensor(mask)
+        if mask.dtype != torch.bool or mask.shape != (n,):
+            raise ValueError(f"{name} must be a boolean array of length {n}, got {mask.dtype} of shape {tuple(mask.shape)}")
+        if not mask.any():
+            raise ValueError(f"{name} selects no item")
+        masks.append(mask)
+    both = masks[0] & masks[1]
+    if both.any():
+        raise ValueError(
+            f"{int(both.sum())} items are both query and gallery (first: {torch.nonzero(both)[:5].squeeze(1).tolist()}); "
+            "query-vs-gallery needs disjoint sets (use all-vs-all evaluation to search a set against itself)"
+        )
+    return masks[0], masks[1]
+
+
+def compute_query_statistics(
+    embeddings,
+    labels,
+    metric: str = "euclidean",
+    *,
+    is_query=None,
+    is_gallery=None,
+    backend: str = "torch",
+    max_k: int = 1,
+    block_size: int | None = None,
+    progress: bool = False,
+) -> QueryStats:
+    """Validated per-query statistics (see ``knn.QueryStats``) by the chosen backend.
+
+    ``max_k`` matters only to the faiss backend, which must know how many neighbours to search.
+    """
+    embeddings, labels = as_tensor(embeddings), as_tensor(labels)
+    check_embeddings(embeddings, labels)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    labels = labels.long()
+    if is_query is None and is_gallery is None:
+        args = (embeddings, labels)
+    elif is_query is None or is_gallery is None:
+        raise ValueError("query-vs-gallery evaluation needs both is_query and is_gallery")
+    else:
+        q, g = query_gallery_split(is_query, is_gallery, len(labels))
+        args = (embeddings[q.to(embeddings.device)], labels[q], embeddings[g.to(embeddings.device)], labels[g])
+    if backend == "faiss":
+        from metrictransfer.evaluation.faiss_knn import faiss_query_statistics
+
+        return faiss_query_statistics(*args, metric=metric, max_k=max_k)
+    return query_statistics(*args, metric=metric, block_size=block_size, progress=progress)
+
+
+def summarize(stats: QueryStats, ks: Sequence[int]) -> dict[str, float]:
+    """Means over the queries that have at least one positive."""
+    valid = stats.positives > 0
+    if not valid.any():
+        raise ValueError("no query has a same-class item to retrieve: every class has a single item")
+    rank = stats.rank[valid]
+    out = {f"recall@{k}": float((rank < k).double().mean()) for k in ks}
+    out["map@r"] = float(stats.average_precision[valid].mean())
+    out["r_precision"] = float(stats.r_precision[valid].mean())
+    return out
+
+
+def retrieval_metrics(
+    embeddings,
+    labels,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    metric: str = "euclidean",
+    *,
+    is_query=None,
+    is_gallery=None,
+    nmi: bool = False,
+    backend: str = "torch",
+    block_size: int | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``{"recall@k": …, "map@r": …, "r_precision": …[, "nmi": …]}`` for all-vs-all retrieval, or for
+    query-vs-gallery when the boolean masks ``is_query`` and ``is_gallery`` are given."""
+    ks = list(ks)
+    if not ks or any(int(k) < 1 for k in ks):
+        raise ValueError(f"K values must be positive integers, got {ks}")
+    stats = compute_query_statistics(
+        embeddings, labels, metric, is_query=is_query, is_gallery=is_gallery, backend=backend,
+        max_k=max(ks), block_size=block_size, progress=progress,
+    )
+    out = summarize(stats, ks)
+    if nmi:
+        embeddings, labels = as_tensor(embeddings), as_tensor(labels)
+        if is_query is not None:
+            used = as_tensor(is_query) | as_tensor(is_gallery)
+            embeddings, labels = embeddings[used.to(embeddings.device)], labels[used]
+        out["nmi"] = nmi_score(embeddings, labels, metric, seed)
+    return out
+
+
+def recall_at_k(embeddings, labels, ks: Sequence[int] = (1, 2, 4, 8), metric: str = "euclidean", block_size: int | None = None) -> dict[str, float]:
+    """Only the ``recall@k`` entries of :func:`retrieval_metrics` (all-vs-all)."""
+    metrics = retrieval_metrics(embeddings, labels, ks, metric, block_size=block_size)
+    return {k: v for k, v in metrics.items() if k.startswith("recall@")}
+
+
+def nearest_positive_ranks(embeddings, labels, metric: str = "euclidean", block_size: int | None = None) -> torch.Tensor:
+    """Per item: how many other-class items are at least as close as its nearest same-class item (-1: none)."""
+    return compute_query_statistics(embeddings, labels, metric, block_size=block_size).rank
+
+
+def nmi_score(embeddings, labels, metric: str = "euclidean", seed: int = 0) -> float:
+    """NMI between the labels and k-means clusters (as many as classes) of the embeddings.
+
+    k-means is scikit-learn's (k-means++ seeding) up to 1,000 clusters; beyond that (SOP, In-Shop) it is
+    faiss's when installed, since scikit-learn takes hours there. For cosine, embeddings are L2-normalised.
+    """
+    from sklearn.metrics import normalized_mutual_info_score
+
+    x = as_tensor(embeddings).float()
+    x = F.normalize(x, dim=1) if metric == "cosine" else x
+    x = np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
+    y = as_tensor(labels).cpu().numpy()
+    k = len(np.unique(y))
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    if faiss is None or k <= 1000:
+        from sklearn.cluster import KMeans
+
+        clusters = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(x)
+    else:
+        kmeans = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, verbose=False)
+        kmeans.train(x)
+        clusters = kmeans.index.search(x, 1)[1][:, 0]
+    return float(normalized_mutual_info_score(y, clusters))
+
+
+def ensemble_embeddings(embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The ensemble's embedding: each model's embedding L2-normalised, then concatenated."""
+    if not embeddings:
+        raise ValueError("an ensemble needs at least one model's embeddings")
+    lengths = {len(e) for e in embeddings}
+    if len(lengths) != 1:
+        raise ValueError(f"every model must embed the same items; got lengths {sorted(lengths)}")
+    return torch.cat([F.normalize(e.float(), dim=1) for e in embeddings], dim=1)
