@@ -122,11 +122,13 @@ def query_statistics(
     offsets = torch.cumsum(q_pos, 0) - q_pos  # where each query's sorted positive distances start in `flat`
     flat = _sorted_positive_distances(rows, cols, q_pos, offsets, num_classes, same_set)
 
-    block = block_size or (8192 if device.type == "cuda" else 4096)
+    block = block_size or (8192 if device.type == "cuda" else 1024)
     starts = list(range(0, len(rows.x), block))
     near = torch.full((len(rows.x),), float("-inf"), dtype=rows.x.dtype, device=device)
     has_pos = q_pos > 0
     near[has_pos] = flat[offsets[has_pos]]
+    far = torch.full_like(near, float("-inf"))
+    far[has_pos] = flat[offsets[has_pos] + q_pos[has_pos] - 1]
     count = torch.zeros(len(rows.x), dtype=torch.long, device=device)
     top_negatives = []  # per row block: its queries' closest other-class distances, padded to the block's max R
     for s in starts:
@@ -144,9 +146,9 @@ def query_statistics(
         if bool(((row_lo < c1) & (row_hi > c0)).any()):  # this block holds same-class pairs: mask them
             col = torch.arange(c0, c1, device=device)
             d.masked_fill_((col >= row_lo.unsqueeze(1)) & (col < row_hi.unsqueeze(1)), float("inf"))
-        _update(d, near[r0:r1], count, r0, top_negatives, i)
+        _update(d, near[r0:r1], far[r0:r1], count, r0, top_negatives, i)
         if same_set and j != i:  # the transposed block is block (j, i), already masked by symmetry
-            _update(d.t(), near[c0:c1], count, c0, top_negatives, j)
+            _update(d.t(), near[c0:c1], far[c0:c1], count, c0, top_negatives, j)
 
     ap = torch.full((len(rows.x),), float("nan"), dtype=torch.float64, device=device)
     rp = torch.full_like(ap, float("nan"))
@@ -163,14 +165,25 @@ def query_statistics(
     )
 
 
-def _update(d: torch.Tensor, near: torch.Tensor, count: torch.Tensor, r0: int, top_negatives: list, i: int) -> None:
-    """Fold one block (rows = queries, same-class entries already +inf) into the rows' running state."""
-    count[r0 : r0 + d.shape[0]] += (d <= near.unsqueeze(1)).sum(1)
+def _update(d: torch.Tensor, near: torch.Tensor, far: torch.Tensor, count: torch.Tensor, r0: int, top_negatives: list, i: int) -> None:
+    """Fold one block (rows = queries, same-class entries already +inf) into the rows' running state.
+
+    Rows whose closest entry here lies beyond their farthest positive are skipped: nothing in this block
+    can precede any of their positives. For a trained model that is most rows of most blocks.
+    """
+    rows = torch.nonzero(d.amin(1) <= far).squeeze(1)
+    if len(rows) == 0:
+        return
+    if 2 * len(rows) < d.shape[0]:  # gather the few rows that matter; otherwise use the block as is
+        d = d[rows]
+    else:  # rows beyond their farthest positive gain a zero count and harmless buffer entries
+        rows = torch.arange(d.shape[0], device=d.device)
+    count[r0 + rows] += (d <= near[rows].unsqueeze(1)).sum(1, dtype=torch.int32)
     buffer = top_negatives[i]
     k = buffer.shape[1]
     if k:
         part = d.topk(min(k, d.shape[1]), dim=1, largest=False, sorted=False).values
-        top_negatives[i] = torch.cat([buffer, part], 1).topk(k, dim=1, largest=False, sorted=False).values
+        buffer[rows] = torch.cat([buffer[rows], part], 1).topk(k, dim=1, largest=False, sorted=False).values
 
 
 def _precision_at_r(flat, offsets, q_pos, negatives) -> tuple[torch.Tensor, torch.Tensor]:
