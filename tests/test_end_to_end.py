@@ -42,7 +42,7 @@ def test_source_run_writes_everything(source_run):
     out, results = source_run
     for name in ["checkpoint.pt", "config.yaml", "log.csv", "results.json", "recall.png"]:
         assert (out / name).is_file(), name
-    assert set(results["final"]) == {"recall@1", "recall@2"}
+    assert set(results["final"]) == {"recall@1", "recall@2", "map@r", "r_precision"}
     assert 0.0 <= results["final"]["recall@1"] <= results["final"]["recall@2"] <= 1.0
     assert "best_epoch_selected_on_test_split" in results
     assert len(results["history"]) == 2

@@ -193,15 +193,19 @@ def _curve(history: list[dict], metric: str = "recall@1") -> list[tuple[int, flo
 
 def _epoch_line(config: RunConfig, row: dict) -> str:
     parts = [f"[{config.name or config.method}] epoch {row['epoch']}/{config.optim.epochs}", f"loss {row.get('loss', float('nan')):.4f}"]
-    parts += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("recall@")]
+    parts += [f"{k} {v:.4f}" for k, v in _metrics_of(row).items()]
     parts.append(f"{row['train_seconds']:.1f}s")
     return "  ".join(parts)
+
+
+def _metrics_of(row: dict) -> dict[str, float]:
+    return {k: v for k, v in row.items() if k.startswith("recall@") or k in ("map@r", "r_precision", "nmi")}
 
 
 def _results(config: RunConfig, history: list[dict]) -> dict:
     """Final-epoch metrics; the best epoch is reported too but labelled as chosen on the test split."""
     evaluated = [row for row in history if "recall@1" in row]
-    final = {k: v for k, v in evaluated[-1].items() if k.startswith("recall@")}
+    final = _metrics_of(evaluated[-1])
     best = max(evaluated, key=lambda r: r["recall@1"])
     return {
         "name": config.name,
@@ -210,7 +214,7 @@ def _results(config: RunConfig, history: list[dict]) -> dict:
         "final": final,
         "best_epoch_selected_on_test_split": {
             "epoch": best["epoch"],
-            **{k: v for k, v in best.items() if k.startswith("recall@")},
+            **_metrics_of(best),
         },
         "history": history,
     }
