@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -69,6 +70,19 @@ def test_evaluate_cli_json_equals_final_metrics(source_run, capsys):
     out, results = source_run
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(results["final"], abs=1e-6)
+
+
+def test_embed_then_evaluate_the_file_gives_the_run_metrics(source_run, tmp_path, capsys):
+    out, results = source_run
+    npz = tmp_path / "test.npz"
+    assert main(["embed", "--checkpoint", str(out), "--split", "test", "--out", str(npz)]) == 0
+    with np.load(npz, allow_pickle=False) as data:
+        assert data["embeddings"].shape == (len(data["labels"]), 16)
+        assert data["paths"][0] == "glyphs:test:0"
+        assert str(data["metric"]) == "euclidean"
+    capsys.readouterr()
+    assert main(["evaluate", "--embeddings", str(npz), "--k", "1,2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == pytest.approx(results["final"], abs=1e-6)
 
 

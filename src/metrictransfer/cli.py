@@ -1,4 +1,4 @@
-"""The ``metrictransfer`` command line: demo, train, evaluate."""
+"""The ``metrictransfer`` command line: demo, train, embed, evaluate."""
 
 from __future__ import annotations
 
@@ -50,21 +50,62 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_embed(args: argparse.Namespace) -> int:
     from metrictransfer.engine.checkpoint import load_embedding_model
-    from metrictransfer.engine.trainer import evaluate_model, resolve_device, test_dataset
+    from metrictransfer.engine.inference import embed_split
+    from metrictransfer.evaluation.embeddings_file import save_embeddings
 
     model, config = load_embedding_model(args.checkpoint)
-    if args.k:
-        config.eval.recall_at = args.k
-    device = resolve_device(config.device)
-    metrics = evaluate_model(model.to(device), test_dataset(config), config, device, progress=sys.stderr.isatty())
+    data = embed_split(model, config, args.split, args.device, args.batch_size, progress=sys.stderr.isatty())
+    save_embeddings(args.out, data)
+    print(json.dumps({"out": str(args.out), "items": len(data.labels), "dim": int(data.embeddings.shape[1])}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from metrictransfer.evaluation import retrieval_metrics
+
+    masks = {}
+    if args.embeddings:
+        from metrictransfer.evaluation.embeddings_file import load_embeddings
+
+        data = load_embeddings(args.embeddings, query_gallery=args.query_gallery)
+        source = f"{args.embeddings}"
+        metric = args.metric or data.metric or "euclidean"
+        ks = args.k or [1, 2, 4, 8]
+        if args.query_gallery:
+            masks = {"is_query": data.is_query, "is_gallery": data.is_gallery}
+        embeddings, labels = torch.from_numpy(data.embeddings), torch.from_numpy(data.labels)
+        device = args.device or "auto"
+    else:
+        from metrictransfer.engine.checkpoint import load_embedding_model
+        from metrictransfer.engine.inference import embed_split
+
+        if args.query_gallery:
+            raise ValueError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
+        model, config = load_embedding_model(args.checkpoint)
+        data = embed_split(model, config, "test", args.device, progress=sys.stderr.isatty())
+        source = f"{args.checkpoint}: {config.data.dataset} test split"
+        metric = args.metric or config.eval.metric
+        ks = args.k or config.eval.recall_at
+        embeddings, labels = torch.from_numpy(data.embeddings), torch.from_numpy(data.labels)
+        device = args.device or config.device
+    from metrictransfer.engine.trainer import resolve_device
+
+    embeddings = embeddings.to(resolve_device(device))
+    metrics = retrieval_metrics(
+        embeddings, labels, ks, metric, nmi=args.nmi, backend=args.backend, progress=sys.stderr.isatty(), **masks
+    )
     if args.json:
         print(json.dumps(metrics))
-    else:
-        print(f"{args.checkpoint}: {config.data.dataset} test split, {config.eval.metric} distance")
-        for key, value in metrics.items():
-            print(f"  {key:<10} {value:.4f}")
+        return 0
+    mode = "query vs gallery" if masks else "all vs all"
+    print(f"{source}: {len(labels)} items, {mode}, {metric} distance")
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        print(f"  {key:<{width}}  {value:.4f}")
     return 0
 
 
@@ -88,10 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", **overrides)
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="Recall@K of a trained model on its dataset's test split")
-    evaluate.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
-    evaluate.add_argument("--k", type=_k_list, help="comma-separated K values (default: the run's eval.recall_at)")
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    embed = sub.add_parser("embed", help="embed one split of a run's dataset into an .npz file")
+    embed.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    embed.add_argument("--split", default="test", help="dataset split (default test)")
+    embed.add_argument("--out", required=True, help="output .npz (embeddings, labels, paths)")
+    embed.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
+    embed.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's device")
+    embed.set_defaults(func=cmd_embed)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="Recall@K, MAP@R, R-Precision (and NMI) of a run's test split or of an embeddings file"
+    )
+    what = evaluate.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="run folder or checkpoint file: embed its test split, then evaluate")
+    what.add_argument("--embeddings", help=".npz with embeddings and labels (see metrictransfer embed)")
+    evaluate.add_argument("--k", type=_k_list, help="comma-separated K values (default: the run's eval.recall_at, or 1,2,4,8)")
+    evaluate.add_argument("--metric", choices=["euclidean", "cosine"], help="default: the run's or the file's, else euclidean")
+    evaluate.add_argument("--query-gallery", action="store_true", help="queries (is_query) against the gallery (is_gallery)")
+    evaluate.add_argument("--nmi", action="store_true", help="also NMI (k-means: slow on large sets)")
+    evaluate.add_argument("--backend", choices=["torch", "faiss"], default="torch", help="kNN engine (default torch)")
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to compute (default: auto)")
+    evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
 

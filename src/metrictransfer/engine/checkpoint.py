@@ -13,7 +13,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str) -> None:
     """Write through ``write`` to a temporary file in the same folder, fsync, then rename over ``path``:
     a crash leaves either the old file or the new one, never a truncated one."""
     path = Path(path)
@@ -32,11 +32,11 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: st
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` atomically."""
-    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+    atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    _atomic_write(path, lambda f: f.write(text), "w")
+    atomic_write(path, lambda f: f.write(text), "w")
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
