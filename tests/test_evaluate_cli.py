@@ -90,3 +90,19 @@ def test_missing_or_damaged_file(tmp_path, capsys):
     (tmp_path / "junk.npz").write_text("not a zip")
     code, _, err = _run(capsys, "--embeddings", str(tmp_path / "junk.npz"))
     assert code == 2 and "junk.npz is not a readable .npz file" in err
+
+
+def test_several_files_are_evaluated_as_an_ensemble(tmp_path, capsys):
+    from metrictransfer.evaluation import ensemble_embeddings
+
+    a, labels = _data(seed=2)
+    b = np.random.default_rng(3).standard_normal((len(labels), 3)).astype(np.float32)
+    np.savez(tmp_path / "a.npz", embeddings=a, labels=labels)
+    np.savez(tmp_path / "b.npz", embeddings=b, labels=labels)
+    code, out, _ = _run(capsys, "--embeddings", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--k", "1,2", "--json")
+    assert code == 0
+    joined = ensemble_embeddings([torch.from_numpy(a), torch.from_numpy(b)])
+    assert json.loads(out) == pytest.approx(retrieval_metrics(joined, torch.from_numpy(labels), [1, 2]), abs=1e-12)
+    np.savez(tmp_path / "c.npz", embeddings=b, labels=labels[::-1].copy())
+    code, _, err = _run(capsys, "--embeddings", str(tmp_path / "a.npz"), str(tmp_path / "c.npz"))
+    assert code == 2 and "'labels' differs" in err

@@ -62,6 +62,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensemble(files: list, paths: list[str]):
+    """Several models' embeddings of the same items, L2-normalised and concatenated."""
+    import numpy as np
+    import torch
+
+    from metrictransfer.evaluation import ensemble_embeddings
+
+    for path, other in zip(paths[1:], files[1:]):
+        for key in ("labels", "is_query", "is_gallery"):
+            a, b = getattr(files[0], key), getattr(other, key)
+            if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
+                raise ValueError(f"{path}: {key!r} differs from {paths[0]}'s; an ensemble needs the same items in the same order")
+    return ensemble_embeddings([torch.from_numpy(f.embeddings) for f in files])
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
@@ -71,13 +86,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.embeddings:
         from metrictransfer.evaluation.embeddings_file import load_embeddings
 
-        data = load_embeddings(args.embeddings, query_gallery=args.query_gallery)
-        source = f"{args.embeddings}"
+        files = [load_embeddings(path, query_gallery=args.query_gallery) for path in args.embeddings]
+        data = files[0]
+        source = " + ".join(args.embeddings)
         metric = args.metric or data.metric or "euclidean"
         ks = args.k or [1, 2, 4, 8]
         if args.query_gallery:
             masks = {"is_query": data.is_query, "is_gallery": data.is_gallery}
         embeddings, labels = torch.from_numpy(data.embeddings), torch.from_numpy(data.labels)
+        if len(files) > 1:
+            embeddings = _ensemble(files, args.embeddings)
         device = args.device or "auto"
     else:
         from metrictransfer.engine.checkpoint import load_embedding_model
@@ -142,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what = evaluate.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="run folder or checkpoint file: embed its test split, then evaluate")
-    what.add_argument("--embeddings", help=".npz with embeddings and labels (see metrictransfer embed)")
+    what.add_argument("--embeddings", nargs="+", metavar="FILE.npz",
+                      help=".npz with embeddings and labels (see metrictransfer embed); several files: their ensemble")
     evaluate.add_argument("--k", type=_k_list, help="comma-separated K values (default: the run's eval.recall_at, or 1,2,4,8)")
     evaluate.add_argument("--metric", choices=["euclidean", "cosine"], help="default: the run's or the file's, else euclidean")
     evaluate.add_argument("--query-gallery", action="store_true", help="queries (is_query) against the gallery (is_gallery)")
