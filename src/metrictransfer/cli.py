@@ -1,4 +1,4 @@
-"""The ``metrictransfer`` command line: demo, train, embed, evaluate."""
+"""The ``metrictransfer`` command line: demo, train, data inspect, embed, evaluate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from metrictransfer.config import ConfigError
+from metrictransfer.config import DATASET_NAMES, ConfigError
 
 
 def _k_list(text: str) -> list[int]:
@@ -127,6 +127,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from metrictransfer.data.inspect import format_report, inspect_dataset
+
+    report = inspect_dataset(args.dataset, args.root, args.test_fraction)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 1 if any(s["missing_files"] for s in report["splits"].values()) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metrictransfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     train.add_argument("--set", **overrides)
     train.set_defaults(func=cmd_train)
+
+    data = sub.add_parser("data", help="look at a dataset folder")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    inspect = data_sub.add_parser("inspect", help="images and classes per split; checks every listed file exists")
+    inspect.add_argument("--dataset", required=True, choices=list(DATASET_NAMES))
+    inspect.add_argument("--root", help="the folder holding the dataset's files (csv: the CSV file)")
+    inspect.add_argument("--test-fraction", type=float, default=0.5, help="folder/csv without a split column")
+    inspect.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    inspect.set_defaults(func=cmd_data_inspect)
 
     embed = sub.add_parser("embed", help="embed one split of a run's dataset into an .npz file")
     embed.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")

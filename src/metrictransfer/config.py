@@ -31,11 +31,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
 
 
+DATASET_NAMES = ("glyphs", "cub", "cars", "sop", "inshop", "folder", "csv", "unlabelled")
+
+
 class DataConfig(Strict):
-    dataset: Literal["glyphs"] = "glyphs"
-    root: str | None = None
+    dataset: Literal[DATASET_NAMES] = "glyphs"
+    root: str | None = Field(None, description="the folder holding the dataset's files (csv: the CSV file)")
     image_size: int = Field(32, ge=8)
     transform: str = "glyphs"
+    normalization: Literal["imagenet", "bn_inception"] = "imagenet"
+    skip_bad_images: bool = False
+    test_fraction: float = Field(0.5, gt=0, lt=1, description="folder/csv without a split: share of classes held out")
+    train_classes: list[str] | None = None
+    test_classes: list[str] | None = None
     classes_per_batch: int = Field(45, ge=1)
     images_per_class: int = Field(2, ge=1)
     views: int = Field(2, ge=1)
@@ -48,6 +56,12 @@ class DataConfig(Strict):
     @classmethod
     def _transform(cls, v: str) -> str:
         return _check_name(v, TRANSFORMS, "transform")
+
+    @model_validator(mode="after")
+    def _root_when_needed(self) -> "DataConfig":
+        if self.dataset != "glyphs" and not self.root:
+            raise ValueError(f"dataset {self.dataset!r} needs data.root (the folder holding its files; csv: the CSV file)")
+        return self
 
 
 class ModelConfig(Strict):

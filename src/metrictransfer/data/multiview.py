@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 
 class MultiViewDataset(Dataset):
@@ -26,9 +26,20 @@ class MultiViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        image, label = self.dataset[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | None:
+        item = self.dataset[index]
+        if item is None:  # an unreadable image the dataset was told to skip
+            return None
+        image, label = item
         return torch.stack([self.transform(image) for _ in range(self.views)]), int(label), index
+
+
+def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Default collation of the items that could be read (skipped images come as ``None``)."""
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        raise RuntimeError(f"every image of a batch of {len(batch)} was unreadable; check the dataset files")
+    return default_collate(kept)
 
 
 def flatten_views(views: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,12 +1,14 @@
-"""Datasets by the name recipes use in ``data.dataset``."""
+"""Datasets by the name recipes use in ``data.dataset``, and their splits."""
 
 from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from metrictransfer.config import DataConfig
+from metrictransfer.data.index import ImageIndex
 
 
 def _glyphs(config: DataConfig, split: str) -> Dataset:
@@ -21,7 +23,66 @@ def _glyphs(config: DataConfig, split: str) -> Dataset:
     )
 
 
-DATASETS: dict[str, Callable[[DataConfig, str], Dataset]] = {"glyphs": _glyphs}
+def _readers() -> dict[str, Callable[[DataConfig], dict[str, ImageIndex]]]:
+    from metrictransfer.data.custom import read_csv_list, read_folder, read_unlabelled
+    from metrictransfer.data.official import read_cars, read_cub, read_inshop, read_sop
+
+    return {
+        "cub": lambda c: read_cub(c.root),
+        "cars": lambda c: read_cars(c.root),
+        "sop": lambda c: read_sop(c.root),
+        "inshop": lambda c: read_inshop(c.root),
+        "folder": lambda c: read_folder(c.root, c.test_fraction, c.train_classes, c.test_classes),
+        "csv": lambda c: read_csv_list(c.root, c.test_fraction),
+        "unlabelled": lambda c: read_unlabelled(c.root),
+    }
+
+
+def read_splits(config: DataConfig, combine_query_gallery: bool = True) -> dict[str, ImageIndex]:
+    """Every split of a file-based dataset, indexed from its annotation files (no image opened).
+
+    Where the data has ``query`` and ``gallery`` but no ``test`` split (In-Shop), ``test`` is both
+    together, with ``is_query`` / ``is_gallery`` masks: evaluation is query against gallery.
+    """
+    splits = dict(_readers()[config.dataset](config))
+    if combine_query_gallery and "test" not in splits and {"query", "gallery"} <= splits.keys():
+        splits["test"] = _query_gallery(splits["query"], splits["gallery"])
+    return splits
+
+
+def _query_gallery(query: ImageIndex, gallery: ImageIndex) -> ImageIndex:
+    """One index of query then gallery items, labelled by class name so both sides share labels."""
+    classes = sorted(set(query.classes) | set(gallery.classes))
+    position = {name: i for i, name in enumerate(classes)}
+    labels = [position[side.classes[label]] for side in (query, gallery) for label in side.labels]
+    is_query = np.arange(len(query) + len(gallery)) < len(query)
+    return ImageIndex(query.root, query.paths + gallery.paths, np.asarray(labels), classes, is_query, ~is_query)
+
+
+def _limit_classes(index: ImageIndex, num_classes: int | None) -> ImageIndex:
+    """Only the first ``num_classes`` labels (for tiny runs and tests)."""
+    if num_classes is None:
+        return index
+    keep = index.labels < num_classes
+    masks = [None if m is None else m[keep] for m in (index.is_query, index.is_gallery)]
+    return ImageIndex(index.root, [p for p, k in zip(index.paths, keep) if k], index.labels[keep], index.classes[:num_classes], *masks)
+
+
+def _files(config: DataConfig, split: str) -> Dataset:
+    from metrictransfer.data.images import ImageFolderDataset
+
+    splits = read_splits(config)
+    if split not in splits:
+        raise ValueError(f"dataset {config.dataset!r} at {config.root} has no split {split!r}; it has: {', '.join(splits)}")
+    index = _limit_classes(splits[split], config.num_classes)
+    index.check_files(f"{config.dataset} {split}")
+    return ImageFolderDataset(index, skip_bad=config.skip_bad_images)
+
+
+DATASETS: dict[str, Callable[[DataConfig, str], Dataset]] = {
+    "glyphs": _glyphs,
+    **{name: _files for name in ("cub", "cars", "sop", "inshop", "folder", "csv", "unlabelled")},
+}
 
 
 def build_dataset(config: DataConfig, split: str) -> Dataset:

@@ -9,46 +9,59 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Caffe-trained BN-Inception weights expect BGR channels in 0–255 with these means subtracted, std 1.
+BN_INCEPTION_MEAN_BGR = (104.0, 117.0, 128.0)
+NORMALIZATIONS = ("imagenet", "bn_inception")
 
 
-def _to_tensor() -> list:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+def _bgr_0_255(image: torch.Tensor) -> torch.Tensor:
+    return image.flip(-3) * 255.0
 
 
-def _paper_train(size: int) -> v2.Compose:
+def _to_tensor(normalization: str = "imagenet") -> list:
+    """PIL image → normalised float tensor, by the convention the backbone's weights were trained with."""
+    steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if normalization == "bn_inception":
+        return steps + [v2.Lambda(_bgr_0_255), v2.Normalize(BN_INCEPTION_MEAN_BGR, (1.0, 1.0, 1.0))]
+    return steps + [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def _paper_train(size: int, normalization: str) -> v2.Compose:
     # The papers' augmentation: RandomResizedCrop + horizontal flip.
-    return v2.Compose([v2.RGB(), v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), *_to_tensor()])
+    return v2.Compose([v2.RGB(), v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), *_to_tensor(normalization)])
 
 
-def _paper_test(size: int) -> v2.Compose:
+def _paper_test(size: int, normalization: str) -> v2.Compose:
     # Resize(256) + CenterCrop(224) at the paper's size, the same ratio at other sizes.
-    return v2.Compose([v2.RGB(), v2.Resize(round(size * 256 / 224)), v2.CenterCrop(size), *_to_tensor()])
+    return v2.Compose([v2.RGB(), v2.Resize(round(size * 256 / 224)), v2.CenterCrop(size), *_to_tensor(normalization)])
 
 
-def _glyphs_train(size: int) -> v2.Compose:
+def _glyphs_train(size: int, normalization: str) -> v2.Compose:
     # No flip: a mirrored character is often another character (b/d, p/q, Я/R).
     return v2.Compose(
         [
             v2.RGB(),
             v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.8, 1.25)),
             v2.RandomRotation(10),
-            *_to_tensor(),
+            *_to_tensor(normalization),
         ]
     )
 
 
-def _glyphs_test(size: int) -> v2.Compose:
-    return v2.Compose([v2.RGB(), v2.Resize((size, size)), *_to_tensor()])
+def _glyphs_test(size: int, normalization: str) -> v2.Compose:
+    return v2.Compose([v2.RGB(), v2.Resize((size, size)), *_to_tensor(normalization)])
 
 
-TRANSFORMS: dict[str, tuple[Callable[[int], v2.Compose], Callable[[int], v2.Compose]]] = {
+TRANSFORMS: dict[str, tuple[Callable[[int, str], v2.Compose], Callable[[int, str], v2.Compose]]] = {
     "paper": (_paper_train, _paper_test),
     "glyphs": (_glyphs_train, _glyphs_test),
 }
 
 
-def build_transform(name: str, train: bool, image_size: int) -> v2.Compose:
+def build_transform(name: str, train: bool, image_size: int, normalization: str = "imagenet") -> v2.Compose:
     """The named augmentation pipeline: ``train=True`` gives the random one, else the deterministic one."""
     if name not in TRANSFORMS:
         raise ValueError(f"unknown transform {name!r}; valid names: {', '.join(sorted(TRANSFORMS))}")
-    return TRANSFORMS[name][0 if train else 1](image_size)
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+    return TRANSFORMS[name][0 if train else 1](image_size, normalization)

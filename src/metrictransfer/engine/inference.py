@@ -28,7 +28,7 @@ def embed_split(
     """
     target = resolve_device(device or config.device)
     dataset = build_dataset(config.data, split)
-    items = MultiViewDataset(dataset, build_transform(config.data.transform, False, config.data.image_size))
+    items = MultiViewDataset(dataset, build_transform(config.data.transform, False, config.data.image_size, config.data.normalization))
     embeddings, labels = extract_embeddings(
         model.to(target), items, batch_size or config.eval.batch_size, target, config.data.num_workers, progress=progress
     )

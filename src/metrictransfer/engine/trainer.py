@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from metrictransfer.config import RunConfig, config_to_dict, save_config
-from metrictransfer.data.multiview import MultiViewDataset, flatten_views
+from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler
 from metrictransfer.data.transforms import build_transform
@@ -74,17 +74,26 @@ def _set_rng_state(state: dict) -> None:
 
 
 def evaluate_model(model, dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
-    """Recall@K, MAP@R and R-Precision of one model on an evaluation dataset (single test view per image)."""
-    embeddings, labels = extract_embeddings(
-        model, dataset, config.eval.batch_size, device, config.data.num_workers, progress=progress
+    """Recall@K, MAP@R and R-Precision of one model on an evaluation dataset (single test view per image);
+    query against gallery when the dataset has ``is_query`` / ``is_gallery`` masks (In-Shop)."""
+    embeddings, labels, indices = extract_embeddings(
+        model, dataset, config.eval.batch_size, device, config.data.num_workers, progress=progress, return_indices=True
     )
-    return retrieval_metrics(embeddings, labels, config.eval.recall_at, config.eval.metric)
+    masks = query_gallery_masks(dataset, indices)
+    return retrieval_metrics(embeddings, labels, config.eval.recall_at, config.eval.metric, **masks)
+
+
+def query_gallery_masks(dataset, indices: torch.Tensor) -> dict:
+    """``is_query`` / ``is_gallery`` of the embedded items (skipped images have no row), if the data has them."""
+    base = getattr(dataset, "dataset", dataset)  # through the MultiViewDataset wrapper
+    if getattr(base, "is_query", None) is None:
+        return {}
+    return {"is_query": torch.as_tensor(base.is_query)[indices], "is_gallery": torch.as_tensor(base.is_gallery)[indices]}
 
 
 def test_dataset(config: RunConfig) -> MultiViewDataset:
-    return MultiViewDataset(
-        build_dataset(config.data, "test"), build_transform(config.data.transform, False, config.data.image_size)
-    )
+    data = config.data
+    return MultiViewDataset(build_dataset(data, "test"), build_transform(data.transform, False, data.image_size, data.normalization))
 
 
 def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict:
@@ -110,10 +119,14 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
     sampler = ClassBalancedBatchSampler(
         train_set.labels, config.data.classes_per_batch, config.data.images_per_class, seed=config.seed
     )
+    data = config.data
     loader = DataLoader(
-        MultiViewDataset(train_set, build_transform(config.data.transform, True, config.data.image_size), config.data.views),
+        MultiViewDataset(train_set, build_transform(data.transform, True, data.image_size, data.normalization), data.views),
         batch_sampler=sampler,
-        num_workers=config.data.num_workers,
+        num_workers=data.num_workers,
+        collate_fn=collate_readable,  # drops images skipped by data.skip_bad_images
+        pin_memory=device.type == "cuda",
+        persistent_workers=data.num_workers > 0,
     )
     steps_per_epoch = len(sampler)
     scheduler = build_scheduler(optimizer, config.optim, steps_per_epoch)
@@ -141,7 +154,9 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
         totals: dict[str, float] = {}
         bar = tqdm(loader, desc=f"{config.name or config.method} epoch {epoch + 1}/{config.optim.epochs}",
                    disable=not interactive, leave=False, unit="batch")
+        skipped = 0
         for views, labels, _ in bar:
+            skipped += data.classes_per_batch * data.images_per_class - len(labels)
             images, labels = flatten_views(views, labels)
             loss, logs = method.training_loss(images.to(device), labels.to(device))
             if not torch.isfinite(loss):
@@ -158,6 +173,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
         row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": optimizer.param_groups[0]["lr"]}
         row.update({k: v / max(1, steps_per_epoch) for k, v in totals.items()})
         row["train_seconds"] = round(time.perf_counter() - started, 2)
+        if data.skip_bad_images:
+            row["skipped_images"] = skipped
         last = epoch + 1 == config.optim.epochs
         if last or (config.eval.every and (epoch + 1) % config.eval.every == 0):
             row.update(evaluate_model(method.output_model(), eval_set, config, device, progress=interactive))

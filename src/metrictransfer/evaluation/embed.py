@@ -7,6 +7,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from metrictransfer.data.multiview import collate_readable
+
 
 @torch.inference_mode()
 def extract_embeddings(
@@ -17,15 +19,23 @@ def extract_embeddings(
     num_workers: int = 0,
     progress: bool = False,
     desc: str = "embed",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_indices: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Embeddings (N × D, float32 on the CPU) and labels (N,) of a dataset yielding ``(views, label, index)``
-    with a single view per item."""
+    with a single view per item; with ``return_indices`` also the dataset index of each row.
+
+    Items the dataset skips (unreadable images, returned as ``None``) have no row, hence the indices.
+    """
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    embeddings, labels = [], []
-    for views, batch_labels, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        embeddings.append(model(views[:, 0].to(device)).float().cpu())
+    pin = torch.device(device).type == "cuda"
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_readable, pin_memory=pin)
+    embeddings, labels, indices = [], [], []
+    for views, batch_labels, batch_indices in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+        embeddings.append(model(views[:, 0].to(device, non_blocking=pin)).float().cpu())
         labels.append(batch_labels)
+        indices.append(batch_indices)
     model.train(was_training)
-    return torch.cat(embeddings), torch.cat(labels)
+    out = (torch.cat(embeddings), torch.cat(labels))
+    return out + (torch.cat(indices),) if return_indices else out

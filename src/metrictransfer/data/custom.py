@@ -1,0 +1,262 @@
+"""Readers for a user's own images: a folder per class, a CSV list, or an unlabelled folder.
+
+Like the official readers they only list files and return ``{split: ImageIndex}``. Without an
+explicit split, classes are split class-disjointly and deterministically, because retrieval is
+evaluated on classes never seen in training: the class names are sorted (numerically when all are
+integers), the first ``round(C * (1 - test_fraction))`` (halves rounded up) go to ``train`` and
+the rest to ``test``, as CUB and Cars use their first and second halves. Labels are contiguous
+per split in that same class order.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from metrictransfer.data.index import ImageIndex
+
+__all__ = ["CSV_SPLITS", "CUSTOM_READERS", "IMAGE_EXTENSIONS", "read_csv_list", "read_folder", "read_unlabelled"]
+
+#: File extensions counted as images (compared case-insensitively).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+#: Values allowed in a CSV list's ``split`` column.
+CSV_SPLITS = ("train", "test", "query", "gallery")
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _image_files(folder: Path, prefix: str = "") -> list[str]:
+    """Image files under `folder`, recursively, as sorted posix paths relative to it (with `prefix`).
+
+    Hidden files and folders (``.name``) are skipped: they are thumbnails, checkpoints and the like.
+    """
+    found = []
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = os.path.relpath(current, folder)
+        rel = "" if rel == "." else Path(rel).as_posix() + "/"
+        found.extend(prefix + rel + f for f in files if not f.startswith(".") and _is_image(f))
+    return sorted(found)
+
+
+def _require_folder(root: str | Path, layout: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        problem = "is not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"{layout}: root {root} {problem}")
+    return root
+
+
+def _split_classes(
+    names: list[str],
+    test_fraction: float,
+    source: str,
+    train_classes: Sequence[str] | None = None,
+    test_classes: Sequence[str] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Class-disjoint train/test class lists: the given ones, or sorted `names` cut at ``1 - test_fraction``.
+
+    With only one of `train_classes` / `test_classes` given, the other split gets the remaining
+    classes; with both, classes in neither are left out.
+    """
+    if len(names) < 2:
+        raise ValueError(f"{source}: a class-disjoint split needs at least 2 classes, found {len(names)}")
+    if train_classes is None and test_classes is None:
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"{source}: test_fraction must be between 0 and 1, got {test_fraction}")
+        n_train = math.floor(len(names) * (1.0 - test_fraction) + 0.5)  # round half up
+        train, test = names[:n_train], names[n_train:]
+    else:
+        if isinstance(train_classes, str) or isinstance(test_classes, str):
+            raise TypeError(f"{source}: train_classes and test_classes must be lists of class names, not strings")
+        known = set(names)
+        for arg, classes in (("train_classes", train_classes), ("test_classes", test_classes)):
+            unknown = [c for c in classes or [] if c not in known]
+            if unknown:
+                raise ValueError(
+                    f"{source}: {arg} names unknown class(es) {', '.join(map(repr, unknown))}; "
+                    f"known classes: {', '.join(names[:20])}{', ...' if len(names) > 20 else ''}"
+                )
+        if train_classes is not None and test_classes is not None:
+            overlap = sorted(set(train_classes) & set(test_classes))
+            if overlap:
+                raise ValueError(
+                    f"{source}: class(es) {', '.join(map(repr, overlap))} are in both train_classes and test_classes"
+                )
+            train, test = list(dict.fromkeys(train_classes)), list(dict.fromkeys(test_classes))
+        elif train_classes is not None:
+            train = list(dict.fromkeys(train_classes))
+            test = [c for c in names if c not in set(train)]
+        else:
+            test = list(dict.fromkeys(test_classes or []))
+            train = [c for c in names if c not in set(test)]
+    for split, classes in (("train", train), ("test", test)):
+        if not classes:
+            raise ValueError(
+                f"{source}: the {split} split would be empty ({len(names)} classes, test_fraction={test_fraction}, "
+                f"train_classes={train_classes}, test_classes={test_classes})"
+            )
+    return train, test
+
+
+def _class_order(labels: Sequence[str]) -> list[str]:
+    """Sorted unique class names; numerically when every name is an integer (so "2" comes before "10")."""
+    unique = set(labels)
+    try:
+        return sorted(unique, key=lambda name: (int(name), name))
+    except ValueError:
+        return sorted(unique)
+
+
+def _string_labels(root: Path, paths: list[str], names: list[str]) -> ImageIndex:
+    """An index whose labels are contiguous over the class names, in :func:`_class_order`."""
+    classes = _class_order(names)
+    label_of = {name: i for i, name in enumerate(classes)}
+    return ImageIndex(root, paths, np.fromiter((label_of[n] for n in names), np.int64, len(names)), classes)
+
+
+# ------------------------------------------------------------------------------------------ folder
+
+
+def read_folder(
+    root: str | Path,
+    test_fraction: float = 0.5,
+    train_classes: Sequence[str] | None = None,
+    test_classes: Sequence[str] | None = None,
+) -> dict[str, ImageIndex]:
+    """Images in one sub-folder per class (searched recursively) -> class-disjoint ``train`` / ``test``.
+
+    A class folder without images is an error (a wrong extension or root is likelier than intent).
+    """
+    root = _require_folder(root, "folder")
+    class_dirs = _class_order([e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")])
+    images = {name: _image_files(root / name, name + "/") for name in class_dirs}
+    empty = [name for name, files in images.items() if not files]
+    if empty:
+        raise ValueError(
+            f"folder: class folder(s) {', '.join(empty)} under {root} hold no images "
+            f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    if len(class_dirs) < 2:
+        loose = sum(1 for e in os.scandir(root) if e.is_file() and _is_image(e.name))
+        hint = f"; {loose} images lie directly under it - use the 'unlabelled' layout for those" if loose else ""
+        raise ValueError(
+            f"folder: {root} needs one sub-folder per class and at least 2 classes, found {len(class_dirs)}{hint}"
+        )
+    train, test = _split_classes(class_dirs, test_fraction, f"folder {root}", train_classes, test_classes)
+    result = {}
+    for split, classes in (("train", train), ("test", test)):
+        paths: list[str] = []
+        names: list[str] = []
+        for name in _class_order(classes):
+            paths.extend(images[name])
+            names.extend([name] * len(images[name]))
+        result[split] = _string_labels(root, paths, names)
+    return result
+
+
+# --------------------------------------------------------------------------------------------- CSV
+
+
+def read_csv_list(path: str | Path, test_fraction: float = 0.5) -> dict[str, ImageIndex]:
+    """A CSV with header ``path,label[,split]``; paths are relative to the CSV's folder (the index root).
+
+    With a ``split`` column (train/test/query/gallery) the listed splits are used as they are, and
+    query and gallery share one label space; without it classes are split as in :func:`read_folder`.
+    Labels that are all integers are ordered numerically, otherwise as strings.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"csv: list {path} does not exist; expected a CSV file with header path,label[,split]")
+    root = path.parent
+    rows: list[tuple[str, str, str | None]] = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        columns = [c.strip().lower() for c in header or []]
+        missing = [c for c in ("path", "label") if c not in columns]
+        if missing:
+            raise ValueError(
+                f"{path}, line 1: header lacks column(s) {', '.join(missing)}; expected path,label[,split], "
+                f"got {','.join(header or [])!r}"
+            )
+        i_path, i_label = columns.index("path"), columns.index("label")
+        i_split = columns.index("split") if "split" in columns else None
+        for row in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < len(columns):
+                raise ValueError(
+                    f"{path}, line {line}: expected {len(columns)} columns ({','.join(columns)}), got {row}"
+                )
+            rel = row[i_path].strip()
+            label = row[i_label].strip()
+            if not rel:
+                raise ValueError(f"{path}, line {line}: empty path")
+            if os.path.isabs(rel):
+                raise ValueError(f"{path}, line {line}: path {rel!r} must be relative to the CSV's folder")
+            if not label:
+                raise ValueError(f"{path}, line {line}: empty label")
+            split = None
+            if i_split is not None:
+                split = row[i_split].strip().lower()
+                if split not in CSV_SPLITS:
+                    raise ValueError(
+                        f"{path}, line {line}: unknown split value {row[i_split]!r}; "
+                        f"expected one of {', '.join(CSV_SPLITS)}"
+                    )
+            rows.append((rel, label, split))
+    if not rows:
+        raise ValueError(f"{path}: no images listed")
+
+    if i_split is None:
+        order = _class_order([label for _, label, _ in rows])
+        train, _ = _split_classes(order, test_fraction, f"csv {path}")
+        in_train = set(train)
+        assignment = ["train" if label in in_train else "test" for _, label, _ in rows]
+    else:
+        assignment = [split for _, _, split in rows]  # type: ignore[misc]
+
+    result: dict[str, ImageIndex] = {}
+    for split in ("train", "test"):
+        chosen = [row for row, s in zip(rows, assignment) if s == split]
+        if chosen:
+            result[split] = _string_labels(root, [r[0] for r in chosen], [r[1] for r in chosen])
+    retrieval = [(row, s) for row, s in zip(rows, assignment) if s in ("query", "gallery")]
+    if retrieval:  # one label space for both, so that a query's matches carry its label
+        shared = _string_labels(root, [r[0] for r, _ in retrieval], [r[1] for r, _ in retrieval])
+        where = np.asarray([s for _, s in retrieval])
+        for split in ("query", "gallery"):
+            chosen_idx = np.flatnonzero(where == split)
+            if len(chosen_idx):
+                result[split] = ImageIndex(
+                    root, [shared.paths[i] for i in chosen_idx], shared.labels[chosen_idx], shared.classes
+                )
+    return result
+
+
+# -------------------------------------------------------------------------------------- unlabelled
+
+
+def read_unlabelled(root: str | Path) -> dict[str, ImageIndex]:
+    """Every image under `root` (recursive, sorted) as one ``train`` split with labels -1 and no classes."""
+    root = _require_folder(root, "unlabelled")
+    paths = _image_files(root)
+    if not paths:
+        raise ValueError(f"unlabelled: no images under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return {"train": ImageIndex(root, paths, np.full(len(paths), -1, dtype=np.int64), [])}
+
+
+CUSTOM_READERS: dict[str, Callable[..., dict[str, ImageIndex]]] = {
+    "folder": read_folder,
+    "csv": read_csv_list,
+    "unlabelled": read_unlabelled,
+}

@@ -1,0 +1,54 @@
+"""``metrictransfer data inspect``: what a dataset folder holds, split by split, and which listed files are missing."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from metrictransfer.config import DataConfig
+
+_QUOTED = 5
+
+
+def _split_summary(labels: np.ndarray, missing: list[str]) -> dict:
+    labelled = labels[labels >= 0]
+    counts = np.bincount(labelled) if len(labelled) else np.zeros(0, dtype=np.int64)
+    counts = counts[counts > 0]
+    return {
+        "images": int(len(labels)),
+        "classes": int(len(counts)),
+        "smallest_class": int(counts.min()) if len(counts) else None,
+        "largest_class": int(counts.max()) if len(counts) else None,
+        "missing_files": len(missing),
+        "first_missing": missing[:_QUOTED],
+    }
+
+
+def inspect_dataset(dataset: str, root: str | None = None, test_fraction: float = 0.5) -> dict:
+    """``{"dataset", "root", "splits": {split: {"images", "classes", "smallest_class", "largest_class",
+    "missing_files", "first_missing"}}}``; reading only the annotation files and checking that each listed
+    image exists (none is opened)."""
+    if dataset != "glyphs" and not root:
+        raise ValueError(f"dataset {dataset!r} needs data.root: pass --root (the folder holding its files; csv: the CSV file)")
+    config = DataConfig(dataset=dataset, root=root, test_fraction=test_fraction)
+    if dataset == "glyphs":
+        from metrictransfer.data.glyphs import GlyphsDataset
+
+        splits = {s: _split_summary(GlyphsDataset(s, seed=config.glyph_seed).labels, []) for s in ("train", "test")}
+        return {"dataset": dataset, "root": None, "splits": splits}
+    from metrictransfer.data.registry import read_splits
+
+    indexes = read_splits(config, combine_query_gallery=False)
+    splits = {name: _split_summary(index.labels, index.missing_files()) for name, index in indexes.items()}
+    return {"dataset": dataset, "root": str(root), "splits": splits}
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['dataset']} at {report['root'] or '(generated)'}"]
+    lines.append(f"  {'split':<8} {'images':>8} {'classes':>8} {'smallest':>9} {'largest':>8} {'missing':>8}")
+    for name, s in report["splits"].items():
+        small = "-" if s["smallest_class"] is None else s["smallest_class"]
+        large = "-" if s["largest_class"] is None else s["largest_class"]
+        lines.append(f"  {name:<8} {s['images']:>8,} {s['classes']:>8,} {small:>9} {large:>8} {s['missing_files']:>8,}")
+        if s["missing_files"]:
+            lines.append(f"    missing, first: {', '.join(s['first_missing'])}")
+    return "\n".join(lines)

@@ -1,0 +1,254 @@
+"""Readers for the four standard metric-learning benchmarks, in the formats their authors distribute.
+
+Each reader takes the folder the official archive unpacks to, parses only the annotation files and
+returns ``{split: ImageIndex}``; no image is opened and image files are not checked (use
+:meth:`ImageIndex.check_files`). Splits follow the usual deep-metric-learning protocol, which is
+class-disjoint and differs from the datasets' own classification splits:
+
+* CUB-200-2011: classes 1-100 ``train``, 101-200 ``test`` (``train_test_split.txt`` is ignored).
+* Cars-196: all images; classes 1-98 ``train``, 99-196 ``test`` (the ``test`` flag is ignored).
+* Stanford Online Products: ``Ebay_train.txt`` / ``Ebay_test.txt``.
+* In-Shop Clothes: ``train``, ``query`` and ``gallery`` from ``list_eval_partition.txt``;
+  query and gallery share one label space so that an item has the same label in both.
+
+Labels are contiguous and 0-based inside each split, ordered by the dataset's raw class id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metrictransfer.data.index import ImageIndex, contiguous_labels, malformed, require_files
+
+__all__ = ["EXPECTED", "OFFICIAL_READERS", "read_cars", "read_cub", "read_inshop", "read_sop"]
+
+#: What each dataset's root must hold (a trailing ``/`` is a folder); quoted in error messages.
+EXPECTED: dict[str, list[str]] = {
+    "cub": ["images.txt", "image_class_labels.txt", "classes.txt", "images/"],
+    "cars": ["cars_annos.mat", "car_ims/"],
+    "sop": ["Ebay_train.txt", "Ebay_test.txt"],
+    "inshop": ["list_eval_partition.txt", "img/"],
+}
+
+_CUB_CLASSES = 200
+_CARS_CLASSES = 196
+_SOP_HEADER = ["image_id", "class_id", "super_class_id", "path"]
+_INSHOP_HEADER = ["image_name", "item_id", "evaluation_status"]
+_INSHOP_SPLITS = ("train", "query", "gallery")
+
+
+def _lines(path: Path) -> list[str]:
+    """All lines of a text annotation file (line ``i`` of the file is element ``i - 1``)."""
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def _index(root: Path, paths: list[str], raw: Sequence, name_of: Callable[[Any], str]) -> ImageIndex:
+    labels, unique = contiguous_labels(raw)
+    return ImageIndex(root, paths, labels, [name_of(u) for u in unique])
+
+
+def _split_by_class(
+    root: Path, paths: list[str], class_ids: list[int], last_train_class: int, name_of: Callable[[Any], str]
+) -> dict[str, ImageIndex]:
+    """Class-disjoint protocol: raw classes ``<= last_train_class`` train, the others test."""
+    ids = np.asarray(class_ids, dtype=np.int64)
+    result = {}
+    for split, mask in (("train", ids <= last_train_class), ("test", ids > last_train_class)):
+        chosen = np.flatnonzero(mask)
+        result[split] = _index(root, [paths[i] for i in chosen], ids[chosen], name_of)
+    return result
+
+
+# --------------------------------------------------------------------------------------------- CUB
+
+
+def _id_table(path: Path, expected: str, int_values: bool) -> dict[int, Any]:
+    """Parse ``<int id> <value>`` lines (CUB's annotation files) into ``{id: value}``."""
+    table: dict[int, Any] = {}
+    for number, line in enumerate(_lines(path), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(None, 1)
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            key = int(parts[0])
+            value: Any = int(parts[1]) if int_values else parts[1].strip()
+        except ValueError:
+            raise malformed(path, number, expected, line) from None
+        if key in table:
+            raise ValueError(f"{path}, line {number}: id {key} is listed twice")
+        table[key] = value
+    return table
+
+
+def read_cub(root: str | Path) -> dict[str, ImageIndex]:
+    """CUB-200-2011 from ``images.txt``, ``image_class_labels.txt`` and ``classes.txt``.
+
+    Paths are ``images/<path in images.txt>``; classes 1-100 are ``train`` and 101-200 ``test``.
+    """
+    root = require_files(root, EXPECTED["cub"], "cub")
+    images = _id_table(root / "images.txt", "'<image_id> <relative image path>'", int_values=False)
+    labels_file = root / "image_class_labels.txt"
+    image_classes = _id_table(labels_file, "'<image_id> <class_id>'", int_values=True)
+    names_file = root / "classes.txt"
+    names = _id_table(names_file, "'<class_id> <class name>'", int_values=False)
+    for class_id in names:
+        if not 1 <= class_id <= _CUB_CLASSES:
+            raise ValueError(f"{names_file}: class id {class_id} is outside 1..{_CUB_CLASSES}")
+
+    paths, class_ids = [], []
+    for image_id, rel in images.items():
+        if image_id not in image_classes:
+            raise ValueError(f"{labels_file}: image {image_id} of images.txt has no class")
+        class_id = image_classes[image_id]
+        if class_id not in names:
+            raise ValueError(f"{labels_file}: image {image_id} has class {class_id}, which is not in classes.txt")
+        paths.append("images/" + rel)
+        class_ids.append(class_id)
+    return _split_by_class(root, paths, class_ids, _CUB_CLASSES // 2, lambda c: names[c])
+
+
+# -------------------------------------------------------------------------------------------- Cars
+
+
+def _scalar(value: Any) -> Any:
+    """Unwrap the 1-element (possibly nested object) arrays that MATLAB structs and cells load as."""
+    while isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise ValueError(f"expected a single value, got an array of shape {value.shape}")
+        value = value.reshape(-1)[0]
+    return value
+
+
+def read_cars(root: str | Path) -> dict[str, ImageIndex]:
+    """Cars-196 from ``cars_annos.mat`` (needs scipy); classes 1-98 ``train``, 99-196 ``test``.
+
+    All 16,185 images are used and the file's ``test`` flag (the classification split) is ignored,
+    as in the metric-learning protocol.
+    """
+    root = require_files(root, EXPECTED["cars"], "cars")
+    try:
+        from scipy.io import loadmat
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("reading Cars-196 (cars_annos.mat) needs scipy: pip install scipy") from err
+    path = root / "cars_annos.mat"
+    mat = loadmat(path, squeeze_me=True)
+    for key in ("annotations", "class_names"):
+        if key not in mat:
+            raise ValueError(f"{path}: no variable {key!r}; expected 'annotations' (struct array) and 'class_names'")
+    annotations = np.atleast_1d(mat["annotations"]).reshape(-1)
+    fields = annotations.dtype.names or ()
+    missing = [f for f in ("relative_im_path", "class") if f not in fields]
+    if missing:
+        raise ValueError(
+            f"{path}: 'annotations' lacks field(s) {', '.join(missing)}; has {', '.join(fields) or 'no fields'}"
+        )
+    names = [str(_scalar(n)) for n in np.atleast_1d(mat["class_names"]).reshape(-1)]
+
+    paths, class_ids = [], []
+    for i, record in enumerate(annotations, start=1):
+        try:
+            rel = str(_scalar(record["relative_im_path"]))
+            class_id = int(_scalar(record["class"]))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: annotation {i}: {err}") from None
+        if not 1 <= class_id <= min(_CARS_CLASSES, len(names)):
+            raise ValueError(
+                f"{path}: annotation {i} ({rel}) has class {class_id}; expected 1..{_CARS_CLASSES} "
+                f"with a name in 'class_names' ({len(names)} names)"
+            )
+        paths.append(rel)
+        class_ids.append(class_id)
+    return _split_by_class(root, paths, class_ids, _CARS_CLASSES // 2, lambda c: names[c - 1])
+
+
+# --------------------------------------------------------------------------------------------- SOP
+
+
+def _read_sop_list(root: Path, name: str) -> ImageIndex:
+    path = root / name
+    lines = _lines(path)
+    if not lines or lines[0].split() != _SOP_HEADER:
+        raise malformed(path, 1, f"the header {' '.join(_SOP_HEADER)!r}", lines[0] if lines else "")
+    expected = "'<image_id> <class_id> <super_class_id> <path>'"
+    paths, class_ids = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        parts = line.split(None, 3)
+        if not parts:
+            continue
+        try:
+            if len(parts) != 4:
+                raise ValueError
+            int(parts[0]), int(parts[2])
+            class_ids.append(int(parts[1]))
+        except ValueError:
+            raise malformed(path, number, expected, line) from None
+        paths.append(parts[3].rstrip())
+    return _index(root, paths, class_ids, str)
+
+
+def read_sop(root: str | Path) -> dict[str, ImageIndex]:
+    """Stanford Online Products from ``Ebay_train.txt`` and ``Ebay_test.txt``; class names are the class ids."""
+    root = require_files(root, EXPECTED["sop"], "sop")
+    return {"train": _read_sop_list(root, "Ebay_train.txt"), "test": _read_sop_list(root, "Ebay_test.txt")}
+
+
+# ------------------------------------------------------------------------------------------ In-Shop
+
+
+def read_inshop(root: str | Path) -> dict[str, ImageIndex]:
+    """In-Shop Clothes Retrieval from ``list_eval_partition.txt``: ``train``, ``query`` and ``gallery``.
+
+    Query and gallery labels are contiguous over the union of their item ids (and both carry that
+    union as ``classes``), so a query matches gallery images with the same label.
+    """
+    root = require_files(root, EXPECTED["inshop"], "inshop")
+    path = root / "list_eval_partition.txt"
+    lines = _lines(path)
+    first = lines[0] if lines else ""
+    try:
+        declared = int(first.strip())
+    except ValueError:
+        raise malformed(path, 1, "the number of images", first) from None
+    header = lines[1] if len(lines) > 1 else ""
+    if header.split() != _INSHOP_HEADER:
+        raise malformed(path, 2, f"the header {' '.join(_INSHOP_HEADER)!r}", header)
+
+    rows: dict[str, tuple[list[str], list[str]]] = {split: ([], []) for split in _INSHOP_SPLITS}
+    count = 0
+    for number, line in enumerate(lines[2:], start=3):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 3 or parts[2] not in rows:
+            raise malformed(path, number, f"'<image_name> <item_id> <{'|'.join(_INSHOP_SPLITS)}>'", line)
+        split_paths, split_items = rows[parts[2]]
+        split_paths.append(parts[0])
+        split_items.append(parts[1])
+        count += 1
+    if count != declared:
+        raise ValueError(f"{path}: line 1 says {declared} images but {count} are listed")
+
+    train_paths, train_items = rows["train"]
+    (query_paths, query_items), (gallery_paths, gallery_items) = rows["query"], rows["gallery"]
+    shared, items = contiguous_labels(query_items + gallery_items)
+    n_query = len(query_items)
+    return {
+        "train": _index(root, train_paths, train_items, str),
+        "query": ImageIndex(root, query_paths, shared[:n_query], items),
+        "gallery": ImageIndex(root, gallery_paths, shared[n_query:], items),
+    }
+
+
+OFFICIAL_READERS: dict[str, Callable[[str | Path], dict[str, ImageIndex]]] = {
+    "cub": read_cub,
+    "cars": read_cars,
+    "sop": read_sop,
+    "inshop": read_inshop,
+}
