@@ -180,3 +180,12 @@ def test_training_skips_bad_images_and_counts_them(tmp_path):
     log = (tmp_path / "run" / "log.csv").read_text()
     assert "skipped_images" in log.splitlines()[0]
     assert int(log.splitlines()[1].split(",")[log.splitlines()[0].split(",").index("skipped_images")]) >= 1
+
+
+def test_training_on_unlabelled_images_is_refused_clearly(tmp_path):
+    from metrictransfer.config import ConfigError
+
+    for i in range(4):
+        _jpeg(tmp_path / "photos" / f"{i}.jpg", (i * 40, 10, 10))
+    with pytest.raises(ConfigError, match="has no labels"):
+        trainer.train(_config({"dataset": "unlabelled", "root": str(tmp_path / "photos")}), tmp_path / "run", progress=False)

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from metrictransfer.config import RunConfig, config_to_dict, save_config
+from metrictransfer.config import ConfigError, RunConfig, config_to_dict, save_config
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler
@@ -112,6 +112,11 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
     seed_everything(config.seed)
 
     train_set = build_dataset(config.data, "train")
+    if np.any(np.asarray(train_set.labels) < 0):
+        raise ConfigError(
+            f"dataset {config.data.dataset!r} has no labels, and training needs them for its class-balanced batches; "
+            "unlabelled folders can be inspected and embedded, not trained on yet"
+        )
     eval_set = test_dataset(config)
     num_classes = int(np.max(train_set.labels)) + 1
     method = METHODS[config.method](config, num_classes).to(device)
