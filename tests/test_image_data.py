@@ -189,3 +189,17 @@ def test_training_on_unlabelled_images_is_refused_clearly(tmp_path):
         _jpeg(tmp_path / "photos" / f"{i}.jpg", (i * 40, 10, 10))
     with pytest.raises(ConfigError, match="has no labels"):
         trainer.train(_config({"dataset": "unlabelled", "root": str(tmp_path / "photos")}), tmp_path / "run", progress=False)
+
+
+def test_folder_and_csv_layouts_feed_training_items(tmp_path):
+    for c in range(4):
+        for k in range(3):
+            _jpeg(tmp_path / "shop" / f"class_{c}" / f"{k}.jpg", (c * 60, 100, 100))
+    folder = build_dataset(DataConfig(dataset="folder", root=str(tmp_path / "shop"), test_classes=["class_3"]), "test")
+    assert len(folder) == 3 and folder.classes == ["class_3"] and folder[0][0].mode == "RGB"
+    rows = ["path,label,split"] + [f"shop/class_{c}/{k}.jpg,{c},{'train' if c < 2 else 'test'}" for c in range(4) for k in range(3)]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    train = build_dataset(DataConfig(dataset="csv", root=str(tmp_path / "list.csv")), "train")
+    assert len(train) == 6 and sorted(set(train.labels.tolist())) == [0, 1]
+    image, label = train[5]
+    assert image.size == (24, 24) and label == 1
