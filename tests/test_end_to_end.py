@@ -73,6 +73,37 @@ def test_evaluate_cli_json_equals_final_metrics(source_run, capsys):
     assert json.loads(capsys.readouterr().out) == pytest.approx(results["final"], abs=1e-6)
 
 
+@pytest.mark.parametrize(
+    "transfer",
+    [
+        {"loss": "pkt"},
+        {"loss": "darkrank", "params": {"list_length": 3}},
+        {"terms": [{"name": "rkd_distance", "weight": 1}, {"name": "rkd_angle", "weight": 2, "params": {"chunk": 8}}]},
+    ],
+    ids=["pkt", "darkrank", "rkd-sum"],
+)
+def test_transfer_with_any_registered_loss_or_weighted_sum(source_run, tmp_path, transfer):
+    src_dir, _ = source_run
+    config = _config(method="transfer", optim={"epochs": 1}, transfer={"source_checkpoint": str(src_dir), **transfer})
+    results = trainer.train(config, tmp_path, progress=False)
+    row = results["history"][-1]
+    assert np.isfinite(row["transfer_loss"]) and "recall@1" in row
+    if "terms" in transfer:
+        expected = row["rkd_distance_loss"] + 2 * row["rkd_angle_loss"]
+        assert row["transfer_loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_transfer_loss_parameters_are_checked():
+    from metrictransfer.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"transfer loss 'pkt': .*unexpected keyword argument 'sigmaa'.*its parameters: eps"):
+        _config(method="transfer", transfer={"source_checkpoint": "x", "loss": "pkt", "params": {"sigmaa": 1}})
+    with pytest.raises(ConfigError, match="either transfer.loss .* or transfer.terms"):
+        _config(method="transfer", transfer={"source_checkpoint": "x", "loss": "pkt", "terms": [{"name": "rkd"}]})
+    with pytest.raises(ConfigError, match="belong to relaxed_contrastive"):
+        _config(method="transfer", transfer={"source_checkpoint": "x", "loss": "pkt", "sigma": 0.5})
+
+
 def test_embed_then_evaluate_the_file_gives_the_run_metrics(source_run, tmp_path, capsys):
     out, results = source_run
     npz = tmp_path / "test.npz"

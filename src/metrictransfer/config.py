@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from metrictransfer.data.transforms import TRANSFORMS
-from metrictransfer.losses import METRIC_LOSSES, MINERS, TRANSFER_LOSSES
+from metrictransfer.losses import METRIC_LOSSES, MINERS, TRANSFER_LOSSES, build_transfer_loss
 
 
 class ConfigError(ValueError):
@@ -90,11 +90,31 @@ class MetricLossConfig(Strict):
         return _check_name(v, MINERS, "miner")
 
 
+class TransferTerm(Strict):
+    """One term of a weighted sum of transfer losses."""
+
+    name: str
+    weight: float = Field(1.0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, TRANSFER_LOSSES, "transfer loss")
+
+    @model_validator(mode="after")
+    def _params(self) -> "TransferTerm":
+        build_transfer_loss(self.name, self.params)  # unknown parameters fail here, naming the loss
+        return self
+
+
 class TransferConfig(Strict):
     source_checkpoint: str | None = None
     loss: str = "relaxed_contrastive"
-    sigma: float = Field(1.0, gt=0)
-    delta: float = Field(1.0, gt=0)
+    sigma: float = Field(1.0, gt=0, description="relaxed_contrastive only")
+    delta: float = Field(1.0, gt=0, description="relaxed_contrastive only")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of any other loss")
+    terms: list[TransferTerm] = Field(default_factory=list, description="a weighted sum, instead of loss")
     weight: float = Field(1.0, ge=0)
     metric_weight: float = Field(0.0, ge=0, description="weight of the metric loss on labels (paper: 0)")
 
@@ -102,6 +122,25 @@ class TransferConfig(Strict):
     @classmethod
     def _loss(cls, v: str) -> str:
         return _check_name(v, TRANSFER_LOSSES, "transfer loss")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "TransferConfig":
+        if self.terms and (self.loss != "relaxed_contrastive" or self.params):
+            raise ValueError("give either transfer.loss (with transfer.params) or transfer.terms, not both")
+        if self.loss != "relaxed_contrastive" and (self.sigma != 1.0 or self.delta != 1.0):
+            raise ValueError(f"transfer.sigma and transfer.delta belong to relaxed_contrastive, not {self.loss!r}")
+        if not self.terms:
+            build_transfer_loss(self.loss, self.loss_params())
+        return self
+
+    def loss_terms(self) -> list[TransferTerm]:
+        """The configured loss as a list of weighted terms (one term unless ``terms`` is given)."""
+        return self.terms or [TransferTerm(name=self.loss, weight=1.0, params=self.loss_params())]
+
+    def loss_params(self) -> dict[str, Any]:
+        if self.loss == "relaxed_contrastive":
+            return {"sigma": self.sigma, "delta": self.delta, **self.params}
+        return dict(self.params)
 
 
 class OptimConfig(Strict):

@@ -2,17 +2,47 @@
 
 from metrictransfer.losses.distances import pairwise_distances
 from metrictransfer.losses.metric import METRIC_LOSSES, MINERS, MinedMetricLoss, build_metric_loss, build_miner
+from metrictransfer.losses.relational import DarkRankLoss, PKTLoss, RKDAngleLoss, RKDDistanceLoss, RKDLoss
 from metrictransfer.losses.relaxed_contrastive import RelaxedContrastiveLoss
 
-TRANSFER_LOSSES = {"relaxed_contrastive": RelaxedContrastiveLoss}
+# Transfer losses by the name recipes use: each builds ``loss(target, source)`` from keyword parameters.
+TRANSFER_LOSSES = {
+    "relaxed_contrastive": RelaxedContrastiveLoss,
+    "rkd": RKDLoss,
+    "rkd_distance": RKDDistanceLoss,
+    "rkd_angle": RKDAngleLoss,
+    "pkt": PKTLoss,
+    "darkrank": DarkRankLoss,
+}
+
+
+
+def build_transfer_loss(name: str, params: dict | None = None):
+    """A transfer loss by registry name with its keyword parameters; bad names or parameters are named."""
+    import inspect
+
+    if name not in TRANSFER_LOSSES:
+        raise ValueError(f"unknown transfer loss {name!r}; valid names: {', '.join(sorted(TRANSFER_LOSSES))}")
+    try:
+        return TRANSFER_LOSSES[name](**(params or {}))
+    except TypeError as err:
+        allowed = ", ".join(p for p in inspect.signature(TRANSFER_LOSSES[name]).parameters) or "none"
+        raise ValueError(f"transfer loss {name!r}: {err}; its parameters: {allowed}") from None
+
 
 __all__ = [
+    "DarkRankLoss",
+    "PKTLoss",
+    "RKDAngleLoss",
+    "RKDDistanceLoss",
+    "RKDLoss",
     "METRIC_LOSSES",
     "MINERS",
     "TRANSFER_LOSSES",
     "MinedMetricLoss",
     "RelaxedContrastiveLoss",
     "build_metric_loss",
+    "build_transfer_loss",
     "build_miner",
     "pairwise_distances",
 ]

@@ -7,7 +7,7 @@ from torch import nn
 
 from metrictransfer.config import RunConfig
 from metrictransfer.engine.checkpoint import load_embedding_model
-from metrictransfer.losses import TRANSFER_LOSSES
+from metrictransfer.losses import build_transfer_loss
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
 
 
@@ -28,7 +28,8 @@ class TransferMethod(Method):
         self.source, _ = load_embedding_model(cfg.source_checkpoint)
         self.source.requires_grad_(False)
         self.source.eval()
-        self.transfer_loss = TRANSFER_LOSSES[cfg.loss](sigma=cfg.sigma, delta=cfg.delta)
+        self.terms = [(t.name, t.weight) for t in cfg.loss_terms()]
+        self.transfer_losses = nn.ModuleList(build_transfer_loss(t.name, t.params) for t in cfg.loss_terms())
         self.weight = cfg.weight
         self.metric_weight = cfg.metric_weight
         self.label_loss = (
@@ -56,9 +57,15 @@ class TransferMethod(Method):
         with torch.no_grad():
             source_embeddings = self.source(images)
         target_embeddings = self.target(images)
-        transfer = self.transfer_loss(target_embeddings, source_embeddings)
+        logs = {}
+        transfer = target_embeddings.new_zeros(())
+        for (name, weight), loss_fn in zip(self.terms, self.transfer_losses):
+            value = loss_fn(target_embeddings, source_embeddings)
+            transfer = transfer + weight * value
+            if len(self.terms) > 1:
+                logs[f"{name}_loss"] = value.item()
         loss = self.weight * transfer
-        logs = {"transfer_loss": transfer.item()}
+        logs["transfer_loss"] = transfer.item()
         if self.label_loss is not None:
             label = self.label_loss(target_embeddings, labels)
             loss = loss + self.metric_weight * label
