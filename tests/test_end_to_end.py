@@ -79,8 +79,10 @@ def test_evaluate_cli_json_equals_final_metrics(source_run, capsys):
         {"loss": "pkt"},
         {"loss": "darkrank", "params": {"list_length": 3}},
         {"terms": [{"name": "rkd_distance", "weight": 1}, {"name": "rkd_angle", "weight": 2, "params": {"chunk": 8}}]},
+        {"loss": "fitnet", "metric_weight": 1.0, "hint_stages": 2},
+        {"loss": "attention", "metric_weight": 1.0},
     ],
-    ids=["pkt", "darkrank", "rkd-sum"],
+    ids=["pkt", "darkrank", "rkd-sum", "fitnet", "attention"],
 )
 def test_transfer_with_any_registered_loss_or_weighted_sum(source_run, tmp_path, transfer):
     src_dir, _ = source_run
@@ -91,6 +93,11 @@ def test_transfer_with_any_registered_loss_or_weighted_sum(source_run, tmp_path,
     if "terms" in transfer:
         expected = row["rkd_distance_loss"] + 2 * row["rkd_angle_loss"]
         assert row["transfer_loss"] == pytest.approx(expected, rel=1e-6)
+    models = load_checkpoint(tmp_path)["models"]
+    if transfer.get("loss") == "fitnet":  # the 1 × 1 regressors are trained and checkpointed with the target
+        assert [k for k in models["transfer_losses"]] == ["0.regressors.0.weight", "0.regressors.1.weight"]
+    else:
+        assert list(models) == ["target"]
 
 
 def test_transfer_loss_parameters_are_checked():

@@ -117,6 +117,9 @@ class TransferConfig(Strict):
     terms: list[TransferTerm] = Field(default_factory=list, description="a weighted sum, instead of loss")
     weight: float = Field(1.0, ge=0)
     metric_weight: float = Field(0.0, ge=0, description="weight of the metric loss on labels (paper: 0)")
+    hint_stages: int = Field(1, ge=1, description="fitnet/attention: the backbones' last N stages")
+    target_layers: list[str] | None = Field(None, description="fitnet/attention: explicit target submodule names")
+    source_layers: list[str] | None = Field(None, description="fitnet/attention: explicit source submodule names")
 
     @field_validator("loss")
     @classmethod

@@ -1,6 +1,7 @@
 """Losses: transfer losses ``loss(target, source)`` and metric losses ``loss(embeddings, labels)``."""
 
 from metrictransfer.losses.distances import pairwise_distances
+from metrictransfer.losses.hints import AttentionLoss, FitNetLoss
 from metrictransfer.losses.metric import METRIC_LOSSES, MINERS, MinedMetricLoss, build_metric_loss, build_miner
 from metrictransfer.losses.relational import DarkRankLoss, PKTLoss, RKDAngleLoss, RKDDistanceLoss, RKDLoss
 from metrictransfer.losses.relaxed_contrastive import RelaxedContrastiveLoss
@@ -13,6 +14,8 @@ TRANSFER_LOSSES = {
     "rkd_angle": RKDAngleLoss,
     "pkt": PKTLoss,
     "darkrank": DarkRankLoss,
+    "fitnet": FitNetLoss,
+    "attention": AttentionLoss,
 }
 
 
@@ -31,6 +34,8 @@ def build_transfer_loss(name: str, params: dict | None = None):
 
 
 __all__ = [
+    "AttentionLoss",
+    "FitNetLoss",
     "DarkRankLoss",
     "PKTLoss",
     "RKDAngleLoss",

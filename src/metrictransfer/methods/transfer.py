@@ -9,6 +9,7 @@ from metrictransfer.config import RunConfig
 from metrictransfer.engine.checkpoint import load_embedding_model
 from metrictransfer.losses import build_transfer_loss
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
+from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
 
 
 class TransferMethod(Method):
@@ -30,6 +31,9 @@ class TransferMethod(Method):
         self.source.eval()
         self.terms = [(t.name, t.weight) for t in cfg.loss_terms()]
         self.transfer_losses = nn.ModuleList(build_transfer_loss(t.name, t.params) for t in cfg.loss_terms())
+        self.target_taps = self.source_taps = None
+        if any(getattr(loss_fn, "uses_features", False) for loss_fn in self.transfer_losses):
+            self._tap_features(cfg, config.data.image_size)
         self.weight = cfg.weight
         self.metric_weight = cfg.metric_weight
         self.label_loss = (
@@ -39,16 +43,33 @@ class TransferMethod(Method):
         )
         self.proxy_lr_multiplier = config.metric_loss.proxy_lr_multiplier
 
+    def _tap_features(self, cfg, image_size: int) -> None:
+        """Hooks on both models' intermediate layers for hint losses (FitNet, Attention)."""
+        target_layers = cfg.target_layers or last_stages(self.target, cfg.hint_stages)
+        source_layers = cfg.source_layers or last_stages(self.source, cfg.hint_stages)
+        if len(target_layers) != len(source_layers):
+            raise ValueError(f"hint layers must pair up: {len(target_layers)} target layers but {len(source_layers)} source layers")
+        t_shapes = feature_shapes(self.target, target_layers, image_size)
+        s_shapes = feature_shapes(self.source, source_layers, image_size)
+        for loss_fn in self.transfer_losses:
+            if hasattr(loss_fn, "prepare"):
+                loss_fn.prepare([shape[0] for shape in t_shapes], [shape[0] for shape in s_shapes])
+        self.target_taps = FeatureTaps(self.target, target_layers)
+        self.source_taps = FeatureTaps(self.source, source_layers)
+
     def train(self, mode: bool = True) -> "TransferMethod":
         super().train(mode)
         self.source.eval()  # frozen: never in training mode
         return self
 
     def trainable(self) -> dict[str, nn.Module]:
-        return {"target": self.target}
+        modules = {"target": self.target}
+        if any(True for _ in self.transfer_losses.parameters()):  # FitNet's regressors
+            modules["transfer_losses"] = self.transfer_losses
+        return modules
 
     def parameter_groups(self, lr: float) -> list[dict]:
-        groups = [{"params": list(self.target.parameters()), "lr": lr}]
+        groups = [{"params": [p for m in self.trainable().values() for p in m.parameters()], "lr": lr}]
         if self.label_loss is not None:
             groups += label_loss_groups(self.label_loss, lr, self.proxy_lr_multiplier)
         return groups
@@ -60,7 +81,10 @@ class TransferMethod(Method):
         logs = {}
         transfer = target_embeddings.new_zeros(())
         for (name, weight), loss_fn in zip(self.terms, self.transfer_losses):
-            value = loss_fn(target_embeddings, source_embeddings)
+            if getattr(loss_fn, "uses_features", False):
+                value = loss_fn(self.target_taps.features, self.source_taps.features)
+            else:
+                value = loss_fn(target_embeddings, source_embeddings)
             transfer = transfer + weight * value
             if len(self.terms) > 1:
                 logs[f"{name}_loss"] = value.item()
