@@ -81,8 +81,9 @@ def test_evaluate_cli_json_equals_final_metrics(source_run, capsys):
         {"terms": [{"name": "rkd_distance", "weight": 1}, {"name": "rkd_angle", "weight": 2, "params": {"chunk": 8}}]},
         {"loss": "fitnet", "metric_weight": 1.0, "hint_stages": 2},
         {"loss": "attention", "metric_weight": 1.0},
+        {"loss": "crd", "metric_weight": 1.0, "params": {"negatives": 64}},
     ],
-    ids=["pkt", "darkrank", "rkd-sum", "fitnet", "attention"],
+    ids=["pkt", "darkrank", "rkd-sum", "fitnet", "attention", "crd"],
 )
 def test_transfer_with_any_registered_loss_or_weighted_sum(source_run, tmp_path, transfer):
     src_dir, _ = source_run
@@ -96,6 +97,8 @@ def test_transfer_with_any_registered_loss_or_weighted_sum(source_run, tmp_path,
     models = load_checkpoint(tmp_path)["models"]
     if transfer.get("loss") == "fitnet":  # the 1 × 1 regressors are trained and checkpointed with the target
         assert [k for k in models["transfer_losses"]] == ["0.regressors.0.weight", "0.regressors.1.weight"]
+    elif transfer.get("loss") == "crd":  # projection heads and memory banks (one row per training image)
+        assert models["transfer_losses"]["0.memory_source"].shape[1] == 128
     else:
         assert list(models) == ["target"]
 

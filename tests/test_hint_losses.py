@@ -31,7 +31,7 @@ def test_fitnet_with_identity_regressors_is_the_mse_and_trains_them():
     t = [torch.randn(4, 3, 5, 5, requires_grad=True)]
     s = [torch.randn(4, 3, 5, 5)]
     loss_fn = FitNetLoss()
-    loss_fn.prepare([3], [3])
+    loss_fn.prepare_features([3], [3])
     with torch.no_grad():
         loss_fn.regressors[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
     loss = loss_fn(t, s)
@@ -42,11 +42,11 @@ def test_fitnet_with_identity_regressors_is_the_mse_and_trains_them():
 
 def test_fitnet_maps_channels_and_sizes():
     loss_fn = FitNetLoss()
-    loss_fn.prepare([8, 16], [32, 64])
+    loss_fn.prepare_features([8, 16], [32, 64])
     t = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
     s = [torch.randn(2, 32, 4, 4), torch.randn(2, 64, 4, 4)]
     assert torch.isfinite(loss_fn(t, s))
-    with pytest.raises(RuntimeError, match="prepare"):
+    with pytest.raises(RuntimeError, match="prepare_features"):
         FitNetLoss()(t, s)
 
 

@@ -119,7 +119,9 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
         )
     eval_set = test_dataset(config)
     num_classes = int(np.max(train_set.labels)) + 1
-    method = METHODS[config.method](config, num_classes).to(device)
+    method = METHODS[config.method](config, num_classes)
+    method.set_training_items(len(train_set))
+    method = method.to(device)
     optimizer = build_optimizer(method.parameter_groups(config.optim.lr), config.optim)
     sampler = ClassBalancedBatchSampler(
         train_set.labels, config.data.classes_per_batch, config.data.images_per_class, seed=config.seed
@@ -160,10 +162,11 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
         bar = tqdm(loader, desc=f"{config.name or config.method} epoch {epoch + 1}/{config.optim.epochs}",
                    disable=not interactive, leave=False, unit="batch")
         skipped = 0
-        for views, labels, _ in bar:
+        for views, labels, indices in bar:
             skipped += data.classes_per_batch * data.images_per_class - len(labels)
+            indices = indices.repeat_interleave(views.shape[1])
             images, labels = flatten_views(views, labels)
-            loss, logs = method.training_loss(images.to(device), labels.to(device))
+            loss, logs = method.training_loss(images.to(device), labels.to(device), indices.to(device))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}; lower optim.lr or check the data")
             optimizer.zero_grad(set_to_none=True)

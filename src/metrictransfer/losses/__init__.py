@@ -1,6 +1,7 @@
 """Losses: transfer losses ``loss(target, source)`` and metric losses ``loss(embeddings, labels)``."""
 
 from metrictransfer.losses.distances import pairwise_distances
+from metrictransfer.losses.crd import CRDLoss
 from metrictransfer.losses.hints import AttentionLoss, FitNetLoss
 from metrictransfer.losses.metric import METRIC_LOSSES, MINERS, MinedMetricLoss, build_metric_loss, build_miner
 from metrictransfer.losses.relational import DarkRankLoss, PKTLoss, RKDAngleLoss, RKDDistanceLoss, RKDLoss
@@ -16,6 +17,7 @@ TRANSFER_LOSSES = {
     "darkrank": DarkRankLoss,
     "fitnet": FitNetLoss,
     "attention": AttentionLoss,
+    "crd": CRDLoss,
 }
 
 
@@ -35,6 +37,7 @@ def build_transfer_loss(name: str, params: dict | None = None):
 
 __all__ = [
     "AttentionLoss",
+    "CRDLoss",
     "FitNetLoss",
     "DarkRankLoss",
     "PKTLoss",

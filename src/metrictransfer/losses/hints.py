@@ -26,7 +26,7 @@ class FitNetLoss(nn.Module):
     """FitNet hints: a 1 × 1-convolution regressor per layer maps the target's channels to the source's;
     the loss is the mean squared error to the source's feature map, summed over layers.
 
-    The regressors' sizes depend on the two models, so they are built by :meth:`prepare` (the transfer
+    The regressors' sizes depend on the two models, so they are built by :meth:`prepare_features` (the transfer
     method calls it with the tapped channels before creating the optimiser, which then trains them).
     """
 
@@ -36,13 +36,13 @@ class FitNetLoss(nn.Module):
         super().__init__()
         self.regressors = nn.ModuleList()
 
-    def prepare(self, target_channels: list[int], source_channels: list[int]) -> None:
+    def prepare_features(self, target_channels: list[int], source_channels: list[int]) -> None:
         self.regressors = nn.ModuleList(nn.Conv2d(t, s, kernel_size=1, bias=False) for t, s in zip(target_channels, source_channels))
 
     def forward(self, target: list[torch.Tensor], source: list[torch.Tensor]) -> torch.Tensor:
         _check_lists(target, source, "FitNet")
         if len(self.regressors) != len(target):
-            raise RuntimeError("FitNetLoss.prepare(target_channels, source_channels) must be called before use")
+            raise RuntimeError("FitNetLoss.prepare_features(target_channels, source_channels) must be called before use")
         total = target[0].new_zeros(())
         for regressor, t, s in zip(self.regressors, target, source):
             total = total + F.mse_loss(_match(regressor(t), s.shape[-2:]), s.detach().to(t.dtype))

@@ -29,7 +29,13 @@ class Method(nn.Module):
     def parameter_groups(self, lr: float) -> list[dict]:
         raise NotImplementedError
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def set_training_items(self, num_items: int) -> None:
+        """Told the training set's size before training (losses with per-image state, such as CRD's banks)."""
+
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """One step's loss and its logged parts; ``indices`` are the images' positions in the training set."""
         raise NotImplementedError
 
     def output_model(self) -> nn.Module:

@@ -26,6 +26,8 @@ class SourceMethod(Method):
             self.label_loss, lr, self.proxy_lr_multiplier
         )]
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         loss = self.label_loss(self.model(images), labels)
         return loss, {"loss": loss.item()}

@@ -34,6 +34,10 @@ class TransferMethod(Method):
         self.target_taps = self.source_taps = None
         if any(getattr(loss_fn, "uses_features", False) for loss_fn in self.transfer_losses):
             self._tap_features(cfg, config.data.image_size)
+        for loss_fn in self.transfer_losses:
+            if hasattr(loss_fn, "prepare_embeddings"):  # CRD's projection heads
+                loss_fn.prepare_embeddings(config.model.embedding_dim, self.source.embedding_dim)
+
         self.weight = cfg.weight
         self.metric_weight = cfg.metric_weight
         self.label_loss = (
@@ -42,6 +46,11 @@ class TransferMethod(Method):
             else None
         )
         self.proxy_lr_multiplier = config.metric_loss.proxy_lr_multiplier
+
+    def set_training_items(self, num_items: int) -> None:
+        for loss_fn in self.transfer_losses:
+            if hasattr(loss_fn, "prepare_items"):  # CRD's memory banks, one row per training image
+                loss_fn.prepare_items(num_items)
 
     def _tap_features(self, cfg, image_size: int) -> None:
         """Hooks on both models' intermediate layers for hint losses (FitNet, Attention)."""
@@ -52,8 +61,8 @@ class TransferMethod(Method):
         t_shapes = feature_shapes(self.target, target_layers, image_size)
         s_shapes = feature_shapes(self.source, source_layers, image_size)
         for loss_fn in self.transfer_losses:
-            if hasattr(loss_fn, "prepare"):
-                loss_fn.prepare([shape[0] for shape in t_shapes], [shape[0] for shape in s_shapes])
+            if hasattr(loss_fn, "prepare_features"):
+                loss_fn.prepare_features([shape[0] for shape in t_shapes], [shape[0] for shape in s_shapes])
         self.target_taps = FeatureTaps(self.target, target_layers)
         self.source_taps = FeatureTaps(self.source, source_layers)
 
@@ -74,7 +83,9 @@ class TransferMethod(Method):
             groups += label_loss_groups(self.label_loss, lr, self.proxy_lr_multiplier)
         return groups
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
             source_embeddings = self.source(images)
         target_embeddings = self.target(images)
@@ -83,6 +94,8 @@ class TransferMethod(Method):
         for (name, weight), loss_fn in zip(self.terms, self.transfer_losses):
             if getattr(loss_fn, "uses_features", False):
                 value = loss_fn(self.target_taps.features, self.source_taps.features)
+            elif getattr(loss_fn, "uses_indices", False):
+                value = loss_fn(target_embeddings, source_embeddings, indices)
             else:
                 value = loss_fn(target_embeddings, source_embeddings)
             transfer = transfer + weight * value
