@@ -37,7 +37,6 @@ class TransferMethod(Method):
         for loss_fn in self.transfer_losses:
             if hasattr(loss_fn, "prepare_embeddings"):  # CRD's projection heads
                 loss_fn.prepare_embeddings(config.model.embedding_dim, self.source.embedding_dim)
-
         self.weight = cfg.weight
         self.metric_weight = cfg.metric_weight
         self.label_loss = (
