@@ -114,6 +114,28 @@ def test_transfer_loss_parameters_are_checked():
         _config(method="transfer", transfer={"source_checkpoint": "x", "loss": "pkt", "sigma": 0.5})
 
 
+def test_table_collects_runs_and_averages_seeds(source_run, capsys):
+    out, results = source_run
+    assert main(["table", str(out), str(out), "--metrics", "recall@1,map@r"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| dataset | target | method | seeds | R@1 | map@r |"
+    r1 = 100 * results["final"]["recall@1"]
+    assert lines[2] == f"| glyphs | resnet10t 16-d | proxy_anchor (no transfer) | 2 | {r1:.1f} ± 0.0 | " + \
+        f"{100 * results['final']['map@r']:.1f} ± 0.0 |"
+    assert main(["table", str(out.parent)]) == 2  # not a run folder: a clear error
+
+
+def test_method_labels_name_losses_weights_and_label_terms():
+    from metrictransfer.engine.tables import method_label
+
+    base = {"method": "transfer"}
+    assert method_label(_config(**base, transfer={"source_checkpoint": "x"})) == "relaxed_contrastive"
+    terms = [{"name": "rkd_distance"}, {"name": "rkd_angle", "weight": 2}]
+    assert method_label(_config(**base, transfer={"source_checkpoint": "x", "terms": terms})) == "rkd_distance + 2·rkd_angle"
+    fitnet = _config(**base, transfer={"source_checkpoint": "x", "loss": "fitnet", "metric_weight": 1})
+    assert method_label(fitnet) == "fitnet + proxy_anchor"
+
+
 def test_embed_then_evaluate_the_file_gives_the_run_metrics(source_run, tmp_path, capsys):
     out, results = source_run
     npz = tmp_path / "test.npz"

@@ -135,6 +135,14 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 1 if any(s["missing_files"] for s in report["splits"].values()) else 0
 
 
+def cmd_table(args: argparse.Namespace) -> int:
+    from metrictransfer.engine.tables import collect_runs, markdown_table
+
+    records = collect_runs(args.runs)
+    print(json.dumps(records) if args.json else markdown_table(records, args.metrics))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metrictransfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to compute (default: auto)")
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
+    table = sub.add_parser("table", help="final metrics of finished runs as one markdown table (seeds averaged)")
+    table.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (holding results.json and config.yaml)")
+    table.add_argument("--metrics", type=lambda t: t.split(","), help="comma-separated keys (default: every recall@k)")
+    table.add_argument("--json", action="store_true", help="print the collected runs as JSON instead")
+    table.set_defaults(func=cmd_table)
     return parser
 
 
