@@ -1,0 +1,157 @@
+"""The embedding-transfer paper's Table 1 at CPU scale, on the offline glyphs data.
+
+    .venv/bin/python benchmarks/transfer_table.py [--seeds 0 1 2] [--epochs-scale 1.0] [--work runs/transfer_table]
+
+Per seed: the demo's source model (ResNet-18-D, 128-d, Proxy-Anchor), then three targets, each trained
+without transfer (Proxy-Anchor alone) and with every baseline and the relaxed contrastive loss:
+
+- compression: ResNet-10t 32-d (the demo's target),
+- dimension reduction: ResNet-18-D 16-d,
+- self-transfer: ResNet-18-D 128-d (same as the source).
+
+FitNet, Attention and CRD get a Proxy-Anchor term, as in the paper; the other losses are used alone.
+Finished runs are kept in ``--work`` and skipped when the script runs again, so an interrupted table
+resumes. Writes benchmarks/results/transfer_table.md and .json: final-epoch Recall@1 and @2 on the
+held-out classes, mean ± std over seeds. Nothing is selected on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from metrictransfer.config import build_config
+from metrictransfer.demo import DEMO_SOURCE, DEMO_TARGET
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+SETTINGS = {  # cheapest first, so that an interrupted table has whole columns
+    "compression": {"backbone": "resnet10t", "embedding_dim": 32},
+    "dimension reduction": {"backbone": "resnet18d", "embedding_dim": 16},
+    "self-transfer": {"backbone": "resnet18d", "embedding_dim": 128},
+}
+HINTS = {"hint_stages": 3}  # at 32 px the last stage is 1 × 1: take the last three (4 × 4, 2 × 2, 1 × 1)
+METHODS = {
+    "Proxy-Anchor alone": None,
+    "FitNet + PA": {"loss": "fitnet", "metric_weight": 1.0, **HINTS},
+    "Attention + PA": {"loss": "attention", "weight": 1000.0, "metric_weight": 1.0, **HINTS},  # β = 10³ (AT paper)
+    "CRD + PA": {"loss": "crd", "metric_weight": 1.0},
+    "DarkRank": {"loss": "darkrank"},
+    "PKT": {"loss": "pkt"},
+    "RKD": {"loss": "rkd"},
+    "Relaxed contrastive": {"loss": "relaxed_contrastive"},
+}
+# The paper's Table 1 on CUB-200-2011 (R@1, BN-Inception / ResNet), for orientation only: other data, scale, models.
+PAPER_CUB = {
+    "self-transfer": {"source": 69.1, "Relaxed contrastive": 72.1, "best baseline": "RKD 70.9"},
+    "dimension reduction": {"source": 69.1, "Relaxed contrastive": 67.4, "best baseline": "RKD 65.8"},
+    "compression": {"source": 69.9, "Relaxed contrastive": 66.6, "best baseline": "RKD 65.8"},
+}
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+
+
+def run(raw: dict, out: Path) -> dict:
+    """Train one configuration into ``out`` unless it already finished there."""
+    from metrictransfer.engine.trainer import train
+
+    done = out / "results.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    config = build_config(raw, origin=f"transfer_table run {out.name}")
+    print(f"== {out}", flush=True)
+    return train(config, out, progress=False)
+
+
+def target_config(setting: dict, method: dict | None, source_dir: Path, seed: int, epochs_scale: float) -> dict:
+    raw = json.loads(json.dumps(DEMO_TARGET))
+    raw["model"] = {**raw["model"], **setting}
+    raw["optim"]["epochs"] = max(1, round(raw["optim"]["epochs"] * epochs_scale))
+    raw["seed"] = seed
+    raw["eval"] = {**raw["eval"], "every": 0}  # only the final epoch is reported: skip the others' evaluation
+    if method is None:
+        raw["method"] = "source"
+    else:
+        raw["method"] = "transfer"
+        raw["transfer"] = {"source_checkpoint": str(source_dir), **method}
+    return raw
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs-scale", type=float, default=1.0)
+    parser.add_argument("--work", default="runs/transfer_table", help="run folders (kept; finished runs are skipped)")
+    parser.add_argument("--name", default="transfer_table")
+    args = parser.parse_args()
+
+    work = Path(args.work)
+    started = time.perf_counter()
+    results: dict = {"source": {}, "targets": {}}
+    for setting_name, setting in SETTINGS.items():  # setting by setting, so finished columns have every seed
+        for seed in args.seeds:
+            source_dir = work / f"seed{seed}" / "source"
+            if seed not in results["source"]:
+                raw = json.loads(json.dumps(DEMO_SOURCE))
+                raw["seed"] = seed
+                raw["optim"]["epochs"] = max(1, round(raw["optim"]["epochs"] * args.epochs_scale))
+                raw["eval"] = {**raw["eval"], "every": 0}
+                results["source"][seed] = run(raw, source_dir)["final"]
+            for method_name, method in METHODS.items():
+                out = work / f"seed{seed}" / slug(setting_name) / slug(method_name)
+                final = run(target_config(setting, method, source_dir, seed, args.epochs_scale), out)["final"]
+                results["targets"].setdefault(setting_name, {}).setdefault(method_name, {})[seed] = final
+                write_table(args, results, (time.perf_counter() - started) / 60)  # a partial table survives a crash
+
+
+def write_table(args, results: dict, minutes: float) -> None:
+    """The table of every run finished so far (missing cells: –) to benchmarks/results/."""
+    source_r1 = [r["recall@1"] for r in results["source"].values()]
+    lines = [
+        f"# Table 1 at CPU scale: transfer on glyphs, Recall@1 / Recall@2 (%), mean ± std over seeds {args.seeds}",
+        "",
+        f"Source: ResNet-18-D 128-d, Proxy-Anchor, R@1 {mean_std(source_r1)}. Targets train "
+        f"{max(1, round(DEMO_TARGET['optim']['epochs'] * args.epochs_scale))} epochs; final epoch, held-out classes.",
+        "",
+        "| method | " + " | ".join(f"{s} R@1 | R@2" for s in SETTINGS) + " |",
+        "|---|" + "---:|---:|" * len(SETTINGS),
+    ]
+    for method_name in METHODS:
+        cells = []
+        for setting_name in SETTINGS:
+            per_seed = results["targets"].get(setting_name, {}).get(method_name, {})
+            if not per_seed:
+                cells += ["–", "–"]
+                continue
+            n = f" (n={len(per_seed)})" if len(per_seed) != len(args.seeds) else ""
+            cells += [mean_std([r["recall@1"] for r in per_seed.values()]) + n, mean_std([r["recall@2"] for r in per_seed.values()])]
+        lines.append(f"| {method_name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Targets: compression ResNet-10t 32-d, dimension reduction ResNet-18-D 16-d, self-transfer ResNet-18-D 128-d.",
+        "The paper's CUB-200-2011 R@1 for orientation (other data, models and scale): "
+        + "; ".join(f"{s}: relaxed contrastive {p['Relaxed contrastive']}, best baseline {p['best baseline']}, "
+                    f"source {p['source']}" for s, p in PAPER_CUB.items()) + ".",
+        "",
+        f"Rerun: `.venv/bin/python benchmarks/transfer_table.py --seeds {' '.join(map(str, args.seeds))}"
+        + (f" --epochs-scale {args.epochs_scale}" if args.epochs_scale != 1.0 else "") + f"` ({minutes:.0f} min this time).",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"args": vars(args), **results}, indent=2) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
