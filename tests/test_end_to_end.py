@@ -136,6 +136,25 @@ def test_method_labels_name_losses_weights_and_label_terms():
     assert method_label(fitnet) == "fitnet + proxy_anchor"
 
 
+def test_transfer_from_precomputed_source_embeddings(source_run, tmp_path):
+    src_dir, _ = source_run
+    table = tmp_path / "source_train.npz"
+    assert main(["embed", "--checkpoint", str(src_dir), "--split", "train", "--out", str(table)]) == 0
+    config = _config(method="transfer", optim={"epochs": 1}, transfer={"source_embeddings": str(table)})
+    results = trainer.train(config, tmp_path / "run", progress=False)
+    assert np.isfinite(results["history"][-1]["transfer_loss"])
+    short = tmp_path / "short.npz"
+    with np.load(table) as data:
+        np.savez(short, embeddings=data["embeddings"][:-1], labels=data["labels"][:-1])
+    bad = _config(method="transfer", optim={"epochs": 1}, transfer={"source_embeddings": str(short)})
+    with pytest.raises(ValueError, match=r"short\.npz holds \d+ embeddings but the training set has \d+ images"):
+        trainer.train(bad, tmp_path / "bad", progress=False)
+    from metrictransfer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="exactly one of transfer.source_checkpoint"):
+        _config(method="transfer", transfer={"source_embeddings": str(table), "source_checkpoint": str(src_dir)})
+
+
 def test_embed_then_evaluate_the_file_gives_the_run_metrics(source_run, tmp_path, capsys):
     out, results = source_run
     npz = tmp_path / "test.npz"

@@ -110,6 +110,9 @@ class TransferTerm(Strict):
 
 class TransferConfig(Strict):
     source_checkpoint: str | None = None
+    source_embeddings: str | None = Field(
+        None, description="precomputed source embeddings of the training split (not the paper's protocol)"
+    )
     loss: str = "relaxed_contrastive"
     sigma: float = Field(1.0, gt=0, description="relaxed_contrastive only")
     delta: float = Field(1.0, gt=0, description="relaxed_contrastive only")
@@ -186,8 +189,12 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _transfer_needs_source(self) -> "RunConfig":
-        if self.method == "transfer" and not self.transfer.source_checkpoint:
-            raise ValueError("method 'transfer' needs transfer.source_checkpoint (a run folder or checkpoint file)")
+        t = self.transfer
+        if self.method == "transfer" and bool(t.source_checkpoint) == bool(t.source_embeddings):
+            raise ValueError(
+                "method 'transfer' needs exactly one of transfer.source_checkpoint (a run folder or checkpoint file) "
+                "and transfer.source_embeddings (an .npz of the training set from `metrictransfer embed`)"
+            )
         return self
 
 

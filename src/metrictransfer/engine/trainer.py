@@ -120,7 +120,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
     eval_set = test_dataset(config)
     num_classes = int(np.max(train_set.labels)) + 1
     method = METHODS[config.method](config, num_classes)
-    method.set_training_items(len(train_set))
+    method.prepare_training_set(train_set)
     method = method.to(device)
     optimizer = build_optimizer(method.parameter_groups(config.optim.lr), config.optim)
     sampler = ClassBalancedBatchSampler(

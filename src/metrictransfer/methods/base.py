@@ -29,8 +29,9 @@ class Method(nn.Module):
     def parameter_groups(self, lr: float) -> list[dict]:
         raise NotImplementedError
 
-    def set_training_items(self, num_items: int) -> None:
-        """Told the training set's size before training (losses with per-image state, such as CRD's banks)."""
+    def prepare_training_set(self, dataset) -> None:
+        """Shown the training set before training: for per-image state (CRD's memory banks, precomputed
+        source embeddings), indexed by the positions training steps pass as ``indices``."""
 
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None

@@ -12,6 +12,30 @@ from metrictransfer.methods.base import Method, build_label_loss, build_model, l
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
 
 
+def source_file_dim(path: str) -> int:
+    from metrictransfer.evaluation.embeddings_file import load_embeddings
+
+    return int(load_embeddings(path).embeddings.shape[1])
+
+
+def load_source_table(path: str, dataset) -> torch.Tensor:
+    """Precomputed source embeddings, one row per training image in the dataset's order, checked to be
+    of this very training set (same count and, where the dataset names its items, the same paths)."""
+    from metrictransfer.evaluation.embeddings_file import load_embeddings
+
+    data = load_embeddings(path)
+    if len(data.embeddings) != len(dataset):
+        raise ValueError(
+            f"{path} holds {len(data.embeddings)} embeddings but the training set has {len(dataset)} images; "
+            "embed the training split of the same data: metrictransfer embed --checkpoint SOURCE --split train"
+        )
+    names = getattr(dataset, "paths", None)
+    if names is not None and data.paths is not None and list(data.paths) != list(names):
+        first = next(i for i, (a, b) in enumerate(zip(data.paths, names)) if a != b)
+        raise ValueError(f"{path} was embedded from other images: row {first} is {data.paths[first]!r}, the training set has {names[first]!r}")
+    return torch.from_numpy(data.embeddings).float()
+
+
 class TransferMethod(Method):
     """Target trained with a transfer loss against the source's embeddings of the very same views.
 
@@ -26,17 +50,23 @@ class TransferMethod(Method):
         super().__init__()
         cfg = config.transfer
         self.target = build_model(config.model)
-        self.source, _ = load_embedding_model(cfg.source_checkpoint)
-        self.source.requires_grad_(False)
-        self.source.eval()
+        self.source_file = cfg.source_embeddings
+        self.source = None
+        if cfg.source_checkpoint:
+            self.source, _ = load_embedding_model(cfg.source_checkpoint)
+            self.source.requires_grad_(False)
+            self.source.eval()
         self.terms = [(t.name, t.weight) for t in cfg.loss_terms()]
         self.transfer_losses = nn.ModuleList(build_transfer_loss(t.name, t.params) for t in cfg.loss_terms())
         self.target_taps = self.source_taps = None
         if any(getattr(loss_fn, "uses_features", False) for loss_fn in self.transfer_losses):
+            if self.source is None:
+                raise ValueError("fitnet and attention need the source model's feature maps: use transfer.source_checkpoint")
             self._tap_features(cfg, config.data.image_size)
+        source_dim = self.source.embedding_dim if self.source is not None else source_file_dim(self.source_file)
         for loss_fn in self.transfer_losses:
             if hasattr(loss_fn, "prepare_embeddings"):  # CRD's projection heads
-                loss_fn.prepare_embeddings(config.model.embedding_dim, self.source.embedding_dim)
+                loss_fn.prepare_embeddings(config.model.embedding_dim, source_dim)
         self.weight = cfg.weight
         self.metric_weight = cfg.metric_weight
         self.label_loss = (
@@ -46,10 +76,12 @@ class TransferMethod(Method):
         )
         self.proxy_lr_multiplier = config.metric_loss.proxy_lr_multiplier
 
-    def set_training_items(self, num_items: int) -> None:
+    def prepare_training_set(self, dataset) -> None:
         for loss_fn in self.transfer_losses:
             if hasattr(loss_fn, "prepare_items"):  # CRD's memory banks, one row per training image
-                loss_fn.prepare_items(num_items)
+                loss_fn.prepare_items(len(dataset))
+        if self.source_file is not None:
+            self.register_buffer("source_table", load_source_table(self.source_file, dataset), persistent=False)
 
     def _tap_features(self, cfg, image_size: int) -> None:
         """Hooks on both models' intermediate layers for hint losses (FitNet, Attention)."""
@@ -67,7 +99,8 @@ class TransferMethod(Method):
 
     def train(self, mode: bool = True) -> "TransferMethod":
         super().train(mode)
-        self.source.eval()  # frozen: never in training mode
+        if self.source is not None:
+            self.source.eval()  # frozen: never in training mode
         return self
 
     def trainable(self) -> dict[str, nn.Module]:
@@ -85,8 +118,11 @@ class TransferMethod(Method):
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        with torch.no_grad():
-            source_embeddings = self.source(images)
+        if self.source is None:  # precomputed: one row per training image, the same for all its views
+            source_embeddings = self.source_table[indices]
+        else:
+            with torch.no_grad():
+                source_embeddings = self.source(images)
         target_embeddings = self.target(images)
         logs = {}
         transfer = target_embeddings.new_zeros(())
