@@ -182,12 +182,12 @@ def test_training_skips_bad_images_and_counts_them(tmp_path):
     assert int(log.splitlines()[1].split(",")[log.splitlines()[0].split(",").index("skipped_images")]) >= 1
 
 
-def test_training_on_unlabelled_images_is_refused_clearly(tmp_path):
+def test_label_needing_training_on_unlabelled_images_is_refused_clearly(tmp_path):
     from metrictransfer.config import ConfigError
 
     for i in range(4):
         _jpeg(tmp_path / "photos" / f"{i}.jpg", (i * 40, 10, 10))
-    with pytest.raises(ConfigError, match="has no labels"):
+    with pytest.raises(ConfigError, match="has no labels, and method .source. needs them"):
         trainer.train(_config({"dataset": "unlabelled", "root": str(tmp_path / "photos")}), tmp_path / "run", progress=False)
 
 
@@ -203,3 +203,24 @@ def test_folder_and_csv_layouts_feed_training_items(tmp_path):
     assert len(train) == 6 and sorted(set(train.labels.tolist())) == [0, 1]
     image, label = train[5]
     assert image.size == (24, 24) and label == 1
+
+
+def test_selfsup_then_label_free_transfer_on_an_unlabelled_folder(tmp_path):
+    """A source trained without labels, then a target trained from it by the relaxed contrastive loss on
+    an unlabelled folder, both evaluated on a labelled set (eval.data)."""
+    for i in range(12):
+        _jpeg(tmp_path / "photos" / f"{i}.jpg", (i * 20, 255 - i * 20, 60))
+    cub = make_cub(tmp_path / "cub")
+    common = {
+        "data": {"dataset": "unlabelled", "root": str(tmp_path / "photos"), "transform": "paper", "image_size": 32,
+                 "classes_per_batch": 3, "images_per_class": 2, "views": 2},
+        "model": {"backbone": "resnet10t", "embedding_dim": 8},
+        "optim": {"lr": 1e-3, "epochs": 1},
+        "eval": {"recall_at": [1], "data": {"dataset": "cub", "root": str(cub), "transform": "paper", "image_size": 32}},
+        "threads": 2,
+    }
+    source = trainer.train(build_config({**common, "method": "selfsup"}), tmp_path / "source", progress=False)
+    assert np.isfinite(source["history"][-1]["loss"]) and "recall@1" in source["final"]
+    transfer = {**common, "method": "transfer", "transfer": {"source_checkpoint": str(tmp_path / "source")}}
+    results = trainer.train(build_config(transfer), tmp_path / "target", progress=False)
+    assert "recall@1" in results["final"]

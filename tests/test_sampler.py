@@ -61,3 +61,16 @@ def test_every_view_of_an_image_stays_in_the_batch():
             block = images[3 * b : 3 * b + 3, 0, 0, 0]
             assert torch.all((block - i).abs() < 0.1) and len(set(block.tolist())) == 3
             assert torch.all(flat_labels[3 * b : 3 * b + 3] == _Toy.labels[i])
+
+
+def test_shuffled_batches_are_distinct_images_and_repeat_with_the_seed():
+    from metrictransfer.data.sampler import ShuffledBatchSampler
+
+    sampler = ShuffledBatchSampler(23, 5, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 4
+    flat = [i for b in batches for i in b]
+    assert len(set(flat)) == 20 and all(len(b) == 5 for b in batches)
+    assert list(ShuffledBatchSampler(23, 5, seed=3)) == batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches

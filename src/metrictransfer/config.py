@@ -162,6 +162,7 @@ class OptimConfig(Strict):
 
 class EvalConfig(Strict):
     recall_at: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
+    data: DataConfig | None = Field(None, description="evaluate on this dataset's test split instead of data's")
     every: int = Field(1, ge=0, description="evaluate every N epochs (0: only at the end)")
     batch_size: int = Field(256, ge=1)
     metric: Literal["euclidean", "cosine"] = "euclidean"
@@ -174,8 +175,12 @@ class EvalConfig(Strict):
         return sorted(set(v))
 
 
+class SelfSupConfig(Strict):
+    temperature: float = Field(0.1, gt=0, description="NT-Xent temperature of method: selfsup")
+
+
 class RunConfig(Strict):
-    method: Literal["source", "transfer"] = "source"
+    method: Literal["source", "transfer", "selfsup"] = "source"
     name: str | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -184,6 +189,7 @@ class RunConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     metric_loss: MetricLossConfig = Field(default_factory=MetricLossConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
+    selfsup: SelfSupConfig = Field(default_factory=SelfSupConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 

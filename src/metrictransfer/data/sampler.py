@@ -85,3 +85,25 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+class ShuffledBatchSampler(Sampler[list[int]]):
+    """Batches of ``batch_size`` distinct images in a fresh random order each epoch, for training without
+    labels (self-supervised sources, label-free transfer). Deterministic in ``seed`` and the epoch; the
+    last incomplete batch is dropped."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0) -> None:
+        if batch_size < 2 or num_items < batch_size:
+            raise ValueError(f"need batches of at least 2 images from {num_items} images, got batch_size={batch_size}")
+        self.num_items, self.batch_size, self.seed, self.epoch = num_items, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield [int(i) for i in order[start : start + self.batch_size]]
+
+    def __len__(self) -> int:
+        return self.num_items // self.batch_size

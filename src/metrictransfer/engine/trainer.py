@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from metrictransfer.config import ConfigError, RunConfig, config_to_dict, save_config
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
 from metrictransfer.data.registry import build_dataset
-from metrictransfer.data.sampler import ClassBalancedBatchSampler
+from metrictransfer.data.sampler import ClassBalancedBatchSampler, ShuffledBatchSampler
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine.checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, atomic_save, atomic_write_text, load_checkpoint
 from metrictransfer.engine.logging import plot_recall, write_csv
@@ -92,7 +92,9 @@ def query_gallery_masks(dataset, indices: torch.Tensor) -> dict:
 
 
 def test_dataset(config: RunConfig) -> MultiViewDataset:
-    data = config.data
+    """The evaluation set: the test split of ``eval.data`` when given (e.g. training on an unlabelled
+    folder), else of ``data``."""
+    data = config.eval.data or config.data
     return MultiViewDataset(build_dataset(data, "test"), build_transform(data.transform, False, data.image_size, data.normalization))
 
 
@@ -112,20 +114,23 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
     seed_everything(config.seed)
 
     train_set = build_dataset(config.data, "train")
-    if np.any(np.asarray(train_set.labels) < 0):
+    train_labels = np.asarray(train_set.labels)
+    num_classes = int(train_labels.max()) + 1 if (train_labels >= 0).any() else 0
+    method = METHODS[config.method](config, num_classes)
+    if method.uses_labels and (train_labels < 0).any():
         raise ConfigError(
-            f"dataset {config.data.dataset!r} has no labels, and training needs them for its class-balanced batches; "
-            "unlabelled folders can be inspected and embedded, not trained on yet"
+            f"dataset {config.data.dataset!r} has no labels, and method {config.method!r} needs them; "
+            "without labels use method: selfsup, or transfer with the relaxed contrastive loss alone (metric_weight 0)"
         )
     eval_set = test_dataset(config)
-    num_classes = int(np.max(train_set.labels)) + 1
-    method = METHODS[config.method](config, num_classes)
     method.prepare_training_set(train_set)
     method = method.to(device)
     optimizer = build_optimizer(method.parameter_groups(config.optim.lr), config.optim)
-    sampler = ClassBalancedBatchSampler(
-        train_set.labels, config.data.classes_per_batch, config.data.images_per_class, seed=config.seed
-    )
+    batch = config.data.classes_per_batch * config.data.images_per_class
+    if method.uses_labels:
+        sampler = ClassBalancedBatchSampler(train_labels, config.data.classes_per_batch, config.data.images_per_class, seed=config.seed)
+    else:  # batches of P × K images drawn without looking at labels
+        sampler = ShuffledBatchSampler(len(train_set), batch, seed=config.seed)
     data = config.data
     loader = DataLoader(
         MultiViewDataset(train_set, build_transform(data.transform, True, data.image_size, data.normalization), data.views),
@@ -163,7 +168,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
                    disable=not interactive, leave=False, unit="batch")
         skipped = 0
         for views, labels, indices in bar:
-            skipped += data.classes_per_batch * data.images_per_class - len(labels)
+            skipped += batch - len(labels)
             indices = indices.repeat_interleave(views.shape[1])
             images, labels = flatten_views(views, labels)
             loss, logs = method.training_loss(images.to(device), labels.to(device), indices.to(device))

@@ -1,9 +1,10 @@
 """Training strategies, by the name recipes use in ``method:``."""
 
 from metrictransfer.methods.base import Method
+from metrictransfer.methods.selfsup import SelfSupervisedMethod
 from metrictransfer.methods.source import SourceMethod
 from metrictransfer.methods.transfer import TransferMethod
 
-METHODS: dict[str, type[Method]] = {"source": SourceMethod, "transfer": TransferMethod}
+METHODS: dict[str, type[Method]] = {"source": SourceMethod, "transfer": TransferMethod, "selfsup": SelfSupervisedMethod}
 
-__all__ = ["METHODS", "Method", "SourceMethod", "TransferMethod"]
+__all__ = ["METHODS", "Method", "SelfSupervisedMethod", "SourceMethod", "TransferMethod"]

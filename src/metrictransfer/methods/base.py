@@ -18,6 +18,7 @@ class Method(nn.Module):
     """
 
     output: str = "model"
+    uses_labels: bool = True  # False: batches are drawn without looking at labels (unlabelled data works)
 
     def __init__(self) -> None:
         super().__init__()

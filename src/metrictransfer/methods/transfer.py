@@ -75,6 +75,7 @@ class TransferMethod(Method):
             else None
         )
         self.proxy_lr_multiplier = config.metric_loss.proxy_lr_multiplier
+        self.uses_labels = self.label_loss is not None  # the relaxed contrastive loss alone is label-free
 
     def prepare_training_set(self, dataset) -> None:
         for loss_fn in self.transfer_losses:

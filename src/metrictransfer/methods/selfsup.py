@@ -1,0 +1,41 @@
+"""A source model trained without labels: SimCLR-style contrastive learning between the views of each image."""
+
+from __future__ import annotations
+
+import torch
+from pytorch_metric_learning.losses import NTXentLoss
+from torch import nn
+
+from metrictransfer.config import RunConfig
+from metrictransfer.methods.base import Method, build_model
+
+
+class SelfSupervisedMethod(Method):
+    """NT-Xent (normalised temperature-scaled cross entropy, pytorch-metric-learning's) where the views of
+    one image are the positives and every other image in the batch a negative. Labels are never read;
+    the image index is the "class". No projection head: the embedding itself is trained and evaluated.
+    """
+
+    output = "model"
+    uses_labels = False
+
+    def __init__(self, config: RunConfig, num_classes: int) -> None:
+        super().__init__()
+        if config.data.views < 2:
+            raise ValueError("method 'selfsup' contrasts views of the same image: set data.views >= 2")
+        self.model = build_model(config.model)
+        self.contrastive = NTXentLoss(temperature=config.selfsup.temperature)
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        return [{"params": list(self.model.parameters()), "lr": lr}]
+
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if indices is None:
+            raise ValueError("self-supervised training needs each image's index to pair its views")
+        loss = self.contrastive(self.model(images), indices)
+        return loss, {"loss": loss.item()}
