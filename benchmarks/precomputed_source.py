@@ -1,0 +1,76 @@
+"""What reading the source's embeddings from a file costs in Recall@1 and saves in time (demo data).
+
+    .venv/bin/python benchmarks/precomputed_source.py --source RUN_DIR [--seed 0] [--work runs/precomputed_source]
+
+Side by side in one process, one after the other, with the demo's compression setting (ResNet-10t 32-d
+target, relaxed contrastive loss, 10 epochs): the paper's protocol (the source embeds the same augmented
+views at every step) against a table of the source's embeddings of the un-augmented training images
+(``transfer.source_embeddings``, made once by ``embed``; its time is counted). ``--source`` is a trained
+source run, e.g. runs/transfer_table/seed0/source. Writes benchmarks/results/precomputed_source.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from metrictransfer.config import build_config
+from metrictransfer.demo import DEMO_TARGET
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def target(transfer: dict, seed: int) -> dict:
+    raw = json.loads(json.dumps(DEMO_TARGET))
+    raw.update({"method": "transfer", "seed": seed, "transfer": transfer, "threads": 2})
+    raw["eval"] = {**raw["eval"], "every": 0}
+    return raw
+
+
+def main() -> None:
+    from metrictransfer.engine.checkpoint import load_embedding_model
+    from metrictransfer.engine.inference import embed_split
+    from metrictransfer.engine.trainer import train
+    from metrictransfer.evaluation.embeddings_file import save_embeddings
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, help="a trained source run folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default="runs/precomputed_source")
+    args = parser.parse_args()
+    work = Path(args.work)
+
+    started = time.perf_counter()
+    online = train(build_config(target({"source_checkpoint": args.source}, args.seed)), work / "online", progress=False)
+    online_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    model, config = load_embedding_model(args.source)
+    save_embeddings(work / "source_train.npz", embed_split(model, config, "train", "cpu"))
+    embed_s = time.perf_counter() - started
+    table = train(build_config(target({"source_embeddings": str(work / "source_train.npz")}, args.seed)), work / "table", progress=False)
+    table_s = time.perf_counter() - started
+
+    rows = [("source runs every step (paper)", online, online_s, 0.0), ("precomputed source table", table, table_s, embed_s)]
+    lines = [
+        "# Precomputed source embeddings vs the paper's protocol (demo compression setting, 10 epochs, 2 CPU threads)",
+        "",
+        "| source | R@1 | R@2 | total seconds (incl. embedding the training set) | of which embedding | time ratio |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, result, seconds, embed in rows:
+        f = result["final"]
+        lines.append(f"| {label} | {100 * f['recall@1']:.1f} | {100 * f['recall@2']:.1f} | {seconds:.0f} | {embed:.0f} | {seconds / online_s:.2f} |")
+    lines += ["", f"Seed {args.seed}, source {args.source}. Rerun: `.venv/bin/python benchmarks/precomputed_source.py --source {args.source}`"]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "precomputed_source.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "precomputed_source.json").write_text(json.dumps(
+        {"args": vars(args), "online": {"seconds": online_s, **online["final"]},
+         "table": {"seconds": table_s, "embed_seconds": embed_s, **table["final"]}}, indent=2) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
