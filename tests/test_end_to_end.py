@@ -217,3 +217,28 @@ def test_recipes_match_the_demo(name, tmp_path):
     checkpoint = demo.transfer.source_checkpoint
     from_recipe = load_config(RECIPES / f"{recipe[name]}.yaml", [f"transfer.source_checkpoint={checkpoint}"] if checkpoint else [])
     assert from_recipe == demo
+
+
+def test_classifier_with_holdout_accuracy_and_both_distillations(tmp_path):
+    from metrictransfer.data.holdout import split_holdout
+    from metrictransfer.data.registry import build_dataset
+
+    data = {"num_classes": 6, "classes_per_batch": 6, "images_per_class": 4, "views": 1, "transform": "glyphs",
+            "image_size": 32, "holdout_images": 0.25}
+    fit, held = split_holdout(build_dataset(_config(data=data).data, "train"), 0.25)
+    assert set(fit.indices).isdisjoint(held.indices) and set(np.unique(held.labels)) == set(range(6))
+    teacher = trainer.train(_config(method="classifier", data=data, optim={"epochs": 1}), tmp_path / "teacher", progress=False)
+    assert 0.0 <= teacher["final"]["accuracy"] <= 1.0 and set(teacher["final"]) == {"accuracy"}
+    for distill in ("relaxed_contrastive", "hinton"):
+        config = _config(method="classifier", data=data, optim={"epochs": 1},
+                         classifier={"source_checkpoint": str(tmp_path / "teacher"), "distill": distill})
+        row = trainer.train(config, tmp_path / distill, progress=False)["history"][-1]
+        assert np.isfinite(row["distill_loss"]) and "accuracy" in row
+
+
+def test_hinton_distillation_is_zero_for_equal_logits_and_positive_otherwise():
+    from metrictransfer.methods.classifier import hinton_distillation
+
+    logits = torch.randn(5, 7)
+    assert hinton_distillation(logits, logits, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert hinton_distillation(logits, torch.randn(5, 7), 4.0).item() > 0

@@ -51,6 +51,9 @@ class DataConfig(Strict):
     num_classes: int | None = Field(None, ge=2, description="use only the first N classes of each split (tests)")
     glyph_renders: int = Field(2, ge=1)
     glyph_seed: int = Field(0, description="seed of the demo data itself, independent of the run seed")
+    holdout_images: float = Field(
+        0.0, ge=0, lt=1, description="method classifier: share of each training class's images held out for accuracy"
+    )
 
     @field_validator("transform")
     @classmethod
@@ -175,12 +178,23 @@ class EvalConfig(Strict):
         return sorted(set(v))
 
 
+class ClassifierConfig(Strict):
+    """method: classifier — cross-entropy on the training classes, optionally taught by a source classifier."""
+
+    source_checkpoint: str | None = None
+    distill: Literal["none", "relaxed_contrastive", "hinton"] = "none"
+    weight: float = Field(1.0, ge=0, description="weight of the distillation term")
+    temperature: float = Field(4.0, gt=0, description="hinton: softmax temperature (the loss is scaled by T²)")
+    sigma: float = Field(1.0, gt=0, description="relaxed_contrastive on the penultimate features")
+    delta: float = Field(1.0, gt=0)
+
+
 class SelfSupConfig(Strict):
     temperature: float = Field(0.1, gt=0, description="NT-Xent temperature of method: selfsup")
 
 
 class RunConfig(Strict):
-    method: Literal["source", "transfer", "selfsup"] = "source"
+    method: Literal["source", "transfer", "selfsup", "classifier"] = "source"
     name: str | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -190,11 +204,17 @@ class RunConfig(Strict):
     metric_loss: MetricLossConfig = Field(default_factory=MetricLossConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     selfsup: SelfSupConfig = Field(default_factory=SelfSupConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _transfer_needs_source(self) -> "RunConfig":
+        if self.method == "classifier":
+            if self.data.holdout_images <= 0:
+                raise ValueError("method 'classifier' is evaluated on held-out images of its classes: set data.holdout_images (e.g. 0.2)")
+            if (self.classifier.distill != "none") != bool(self.classifier.source_checkpoint):
+                raise ValueError("classifier.distill other than 'none' needs classifier.source_checkpoint, and only then")
         t = self.transfer
         if self.method == "transfer" and bool(t.source_checkpoint) == bool(t.source_embeddings):
             raise ValueError(

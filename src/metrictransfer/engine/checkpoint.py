@@ -69,6 +69,9 @@ def load_embedding_model(path: str | os.PathLike, map_location: str | torch.devi
     config = build_config(state["config"], origin=f"configuration stored in {resolve_checkpoint(path)}")
     m = config.model
     # Weights come from the checkpoint: never download or read the original backbone weights again.
-    model = EmbeddingModel(m.backbone, m.embedding_dim, pretrained=False, weights=None, normalize=m.normalize)
-    model.load_state_dict(state["models"][state["output"]])
+    weights = state["models"][state["output"]]
+    # the head's size comes from the weights: a classifier's head has one output per class
+    outputs = weights["head.weight"].shape[0] if "head.weight" in weights else m.embedding_dim
+    model = EmbeddingModel(m.backbone, outputs, pretrained=False, weights=None, normalize=m.normalize)
+    model.load_state_dict(weights)
     return model, config

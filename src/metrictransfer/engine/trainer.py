@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from metrictransfer.config import ConfigError, RunConfig, config_to_dict, save_config
+from metrictransfer.data.holdout import split_holdout
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, ShuffledBatchSampler
@@ -23,6 +24,7 @@ from metrictransfer.engine.checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, at
 from metrictransfer.engine.logging import plot_recall, write_csv
 from metrictransfer.evaluation import extract_embeddings, retrieval_metrics
 from metrictransfer.methods import METHODS
+from metrictransfer.methods.classifier import accuracy
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,6 +85,12 @@ def evaluate_model(model, dataset, config: RunConfig, device: torch.device, prog
     return retrieval_metrics(embeddings, labels, config.eval.recall_at, config.eval.metric, **masks)
 
 
+def classifier_accuracy(model, dataset, config: RunConfig) -> float:
+    loader = DataLoader(dataset, batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
+                        collate_fn=collate_readable)
+    return accuracy(model, loader)
+
+
 def query_gallery_masks(dataset, indices: torch.Tensor) -> dict:
     """``is_query`` / ``is_gallery`` of the embedded items (skipped images have no row), if the data has them."""
     base = getattr(dataset, "dataset", dataset)  # through the MultiViewDataset wrapper
@@ -114,6 +122,9 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
     seed_everything(config.seed)
 
     train_set = build_dataset(config.data, "train")
+    holdout = None
+    if config.data.holdout_images > 0:
+        train_set, holdout = split_holdout(train_set, config.data.holdout_images)
     train_labels = np.asarray(train_set.labels)
     num_classes = int(train_labels.max()) + 1 if (train_labels >= 0).any() else 0
     method = METHODS[config.method](config, num_classes)
@@ -122,7 +133,11 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
             f"dataset {config.data.dataset!r} has no labels, and method {config.method!r} needs them; "
             "without labels use method: selfsup, or transfer with the relaxed contrastive loss alone (metric_weight 0)"
         )
-    eval_set = test_dataset(config)
+    if config.method == "classifier":  # accuracy on held-out images of the training classes
+        data = config.data
+        eval_set = MultiViewDataset(holdout, build_transform(data.transform, False, data.image_size, data.normalization))
+    else:
+        eval_set = test_dataset(config)
     method.prepare_training_set(train_set)
     method = method.to(device)
     optimizer = build_optimizer(method.parameter_groups(config.optim.lr), config.optim)
@@ -190,7 +205,10 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
             row["skipped_images"] = skipped
         last = epoch + 1 == config.optim.epochs
         if last or (config.eval.every and (epoch + 1) % config.eval.every == 0):
-            row.update(evaluate_model(method.output_model(), eval_set, config, device, progress=interactive))
+            if config.method == "classifier":
+                row["accuracy"] = classifier_accuracy(method.output_model(), eval_set, config)
+            else:
+                row.update(evaluate_model(method.output_model(), eval_set, config, device, progress=interactive))
         history.append(row)
         print(_epoch_line(config, row), flush=True)
         atomic_save(
@@ -213,8 +231,14 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
 
     results = _results(config, history)
     atomic_write_text(json.dumps(results, indent=2), out / "results.json")
-    plot_recall({config.name or config.method: _curve(history)}, out / "recall.png")
+    primary = _primary(history)
+    plot_recall({config.name or config.method: _curve(history, primary)}, out / "recall.png", primary)
     return results
+
+
+def _primary(history: list[dict]) -> str:
+    """The metric that runs are compared by: accuracy for classifiers, Recall@1 otherwise."""
+    return "accuracy" if any("accuracy" in row for row in history) else "recall@1"
 
 
 def _curve(history: list[dict], metric: str = "recall@1") -> list[tuple[int, float]]:
@@ -229,14 +253,15 @@ def _epoch_line(config: RunConfig, row: dict) -> str:
 
 
 def _metrics_of(row: dict) -> dict[str, float]:
-    return {k: v for k, v in row.items() if k.startswith("recall@") or k in ("map@r", "r_precision", "nmi")}
+    return {k: v for k, v in row.items() if k.startswith("recall@") or k in ("map@r", "r_precision", "nmi", "accuracy")}
 
 
 def _results(config: RunConfig, history: list[dict]) -> dict:
     """Final-epoch metrics; the best epoch is reported too but labelled as chosen on the test split."""
-    evaluated = [row for row in history if "recall@1" in row]
+    primary = _primary(history)
+    evaluated = [row for row in history if primary in row]
     final = _metrics_of(evaluated[-1])
-    best = max(evaluated, key=lambda r: r["recall@1"])
+    best = max(evaluated, key=lambda r: r[primary])
     return {
         "name": config.name,
         "method": config.method,

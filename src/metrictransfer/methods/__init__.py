@@ -1,10 +1,16 @@
 """Training strategies, by the name recipes use in ``method:``."""
 
 from metrictransfer.methods.base import Method
+from metrictransfer.methods.classifier import ClassifierMethod
 from metrictransfer.methods.selfsup import SelfSupervisedMethod
 from metrictransfer.methods.source import SourceMethod
 from metrictransfer.methods.transfer import TransferMethod
 
-METHODS: dict[str, type[Method]] = {"source": SourceMethod, "transfer": TransferMethod, "selfsup": SelfSupervisedMethod}
+METHODS: dict[str, type[Method]] = {
+    "source": SourceMethod,
+    "transfer": TransferMethod,
+    "selfsup": SelfSupervisedMethod,
+    "classifier": ClassifierMethod,
+}
 
-__all__ = ["METHODS", "Method", "SelfSupervisedMethod", "SourceMethod", "TransferMethod"]
+__all__ = ["METHODS", "ClassifierMethod", "Method", "SelfSupervisedMethod", "SourceMethod", "TransferMethod"]

@@ -49,8 +49,12 @@ class EmbeddingModel(nn.Module):
     def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
         return feature_map.mean(dim=(2, 3)) + feature_map.amax(dim=(2, 3))
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled backbone features, before the head (a classifier's penultimate layer)."""
+        return self.pool(self.backbone.forward_features(images))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        embeddings = self.head(self.pool(self.backbone.forward_features(images)))
+        embeddings = self.head(self.features(images))
         return F.normalize(embeddings, dim=1) if self.normalize else embeddings
 
 

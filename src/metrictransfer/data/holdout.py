@@ -1,0 +1,37 @@
+"""Held-out images of the training classes (for classifiers, whose test images share their classes)."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch.utils.data import Dataset
+
+
+class LabelledSubset(Dataset):
+    """Some items of a dataset, keeping its ``labels`` (and ``paths``) attributes for samplers and files."""
+
+    def __init__(self, dataset: Dataset, indices: np.ndarray) -> None:
+        self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray(dataset.labels)[self.indices]
+        paths = getattr(dataset, "paths", None)
+        self.paths = None if paths is None else [paths[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[int(self.indices[i])]
+
+
+def split_holdout(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[LabelledSubset, LabelledSubset]:
+    """(training images, held-out images): about ``fraction`` of each class held out (at least one image
+    for classes of two or more). The split depends only on ``seed``, not on the run's seed, so runs that
+    are compared are evaluated on the same images."""
+    labels = np.asarray(dataset.labels)
+    rng = np.random.default_rng(seed)
+    fit, held = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_held = max(1, round(fraction * len(members))) if len(members) >= 2 else 0
+        held.extend(members[:n_held])
+        fit.extend(members[n_held:])
+    return LabelledSubset(dataset, np.sort(fit)), LabelledSubset(dataset, np.sort(held))
