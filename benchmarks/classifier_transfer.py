@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
+from common import mean_std
 from metrictransfer.config import build_config
 from metrictransfer.demo import DEMO_DATA
 
@@ -59,14 +59,9 @@ def main() -> None:
             out = work / f"seed{seed}" / classifier["distill"]
             accuracy.setdefault(name, []).append(run(config("resnet10t", 10, seed, classifier), out)["final"]["accuracy"])
 
-    def fmt(values: list[float]) -> str:
-        if len(values) == 1:
-            return f"{100 * values[0]:.1f}"
-        return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
-
     lines = [f"# Classifier transfer on glyphs: top-1 accuracy (%) on held-out images, seeds {args.seeds}", "",
              "| model | accuracy |", "|---|---:|"]
-    lines += [f"| {name} | {fmt(values)} |" for name, values in accuracy.items()]
+    lines += [f"| {name} | {mean_std(values)} |" for name, values in accuracy.items()]
     lines += ["", f"Rerun: `.venv/bin/python benchmarks/classifier_transfer.py --seeds {' '.join(map(str, args.seeds))}`"]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "classifier_transfer.md").write_text("\n".join(lines) + "\n")

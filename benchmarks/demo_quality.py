@@ -11,21 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from common import mean_std
 from metrictransfer.demo import demo_configs, run_demo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * std:.1f}"
 
 
 def main() -> None:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
+from common import mean_std
 from metrictransfer.config import build_config
 from metrictransfer.demo import DEMO_SOURCE, DEMO_TARGET
 
@@ -40,11 +40,6 @@ def configs(work: Path, seed: int, epochs_scale: float) -> dict[str, dict]:
         "target_transfer": make(DEMO_TARGET, "transfer", {"transfer": {"source_checkpoint": str(source_dir)}}),
     }
 
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def main() -> None:

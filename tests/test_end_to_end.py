@@ -55,7 +55,7 @@ def test_transfer_freezes_the_source_and_evaluate_matches(source_run, tmp_path):
     src_dir, _ = source_run
     before = load_checkpoint(src_dir)["models"]["model"]
     config = _config(method="transfer", name="tgt", transfer={"source_checkpoint": str(src_dir)})
-    results = trainer.train(config, tmp_path, progress=False)
+    trainer.train(config, tmp_path, progress=False)
     state = load_checkpoint(tmp_path)
     assert state["output"] == "target" and list(state["models"]) == ["target"]
     # The source's weights and batch-norm statistics did not move during transfer.

@@ -44,6 +44,18 @@ class Method(nn.Module):
         return self.trainable()[self.output]
 
 
+class SingleModelMethod(Method):
+    """A method that trains one model, ``self.model``, with every parameter at the base learning rate."""
+
+    model: nn.Module
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        return [{"params": list(self.model.parameters()), "lr": lr}]
+
+
 def build_model(config: ModelConfig) -> EmbeddingModel:
     return EmbeddingModel(
         config.backbone, config.embedding_dim, config.pretrained, config.weights, config.normalize

@@ -15,7 +15,7 @@ from torch import nn
 from metrictransfer.config import ModelConfig, RunConfig
 from metrictransfer.engine.checkpoint import load_embedding_model
 from metrictransfer.losses import RelaxedContrastiveLoss
-from metrictransfer.methods.base import Method
+from metrictransfer.methods.base import SingleModelMethod
 from metrictransfer.models import EmbeddingModel
 
 
@@ -26,7 +26,7 @@ def hinton_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tens
     return F.kl_div(log_student, teacher, reduction="batchmean") * temperature**2
 
 
-class ClassifierMethod(Method):
+class ClassifierMethod(SingleModelMethod):
     output = "model"
 
     def __init__(self, config: RunConfig, num_classes: int) -> None:
@@ -52,12 +52,6 @@ class ClassifierMethod(Method):
         if self.source is not None:
             self.source.eval()
         return self
-
-    def trainable(self) -> dict[str, nn.Module]:
-        return {"model": self.model}
-
-    def parameter_groups(self, lr: float) -> list[dict]:
-        return [{"params": list(self.model.parameters()), "lr": lr}]
 
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import torch
 from pytorch_metric_learning.losses import NTXentLoss
-from torch import nn
 
 from metrictransfer.config import RunConfig
-from metrictransfer.methods.base import Method, build_model
+from metrictransfer.methods.base import SingleModelMethod, build_model
 
 
-class SelfSupervisedMethod(Method):
+class SelfSupervisedMethod(SingleModelMethod):
     """NT-Xent (normalised temperature-scaled cross entropy, pytorch-metric-learning's) where the views of
     one image are the positives and every other image in the batch a negative. Labels are never read;
     the image index is the "class". No projection head: the embedding itself is trained and evaluated.
@@ -25,12 +24,6 @@ class SelfSupervisedMethod(Method):
             raise ValueError("method 'selfsup' contrasts views of the same image: set data.views >= 2")
         self.model = build_model(config.model)
         self.contrastive = NTXentLoss(temperature=config.selfsup.temperature)
-
-    def trainable(self) -> dict[str, nn.Module]:
-        return {"model": self.model}
-
-    def parameter_groups(self, lr: float) -> list[dict]:
-        return [{"params": list(self.model.parameters()), "lr": lr}]
 
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
