@@ -89,12 +89,15 @@ def main() -> None:
     parser.add_argument("--epochs-scale", type=float, default=1.0)
     parser.add_argument("--work", default="runs/transfer_table", help="run folders (kept; finished runs are skipped)")
     parser.add_argument("--name", default="transfer_table")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
+                        help="only these target settings (default: all three)")
     args = parser.parse_args()
 
     work = Path(args.work)
     started = time.perf_counter()
     results: dict = {"source": {}, "targets": {}}
-    for setting_name, setting in SETTINGS.items():  # setting by setting, so finished columns have every seed
+    for setting_name in args.settings:  # setting by setting, so finished columns have every seed
+        setting = SETTINGS[setting_name]
         for seed in args.seeds:
             source_dir = work / f"seed{seed}" / "source"
             if seed not in results["source"]:
@@ -119,12 +122,12 @@ def write_table(args, results: dict, minutes: float) -> None:
         f"Source: ResNet-18-D 128-d, Proxy-Anchor, R@1 {mean_std(source_r1)}. Targets train "
         f"{max(1, round(DEMO_TARGET['optim']['epochs'] * args.epochs_scale))} epochs; final epoch, held-out classes.",
         "",
-        "| method | " + " | ".join(f"{s} R@1 | R@2" for s in SETTINGS) + " |",
-        "|---|" + "---:|---:|" * len(SETTINGS),
+        "| method | " + " | ".join(f"{s} R@1 | R@2" for s in args.settings) + " |",
+        "|---|" + "---:|---:|" * len(args.settings),
     ]
     for method_name in METHODS:
         cells = []
-        for setting_name in SETTINGS:
+        for setting_name in args.settings:
             per_seed = results["targets"].get(setting_name, {}).get(method_name, {})
             if not per_seed:
                 cells += ["–", "–"]
@@ -140,6 +143,7 @@ def write_table(args, results: dict, minutes: float) -> None:
                     f"source {p['source']}" for s, p in PAPER_CUB.items()) + ".",
         "",
         f"Rerun: `.venv/bin/python benchmarks/transfer_table.py --seeds {' '.join(map(str, args.seeds))}"
+        + (f" --settings {' '.join(repr(s) for s in args.settings)}" if args.settings != list(SETTINGS) else "")
         + (f" --epochs-scale {args.epochs_scale}" if args.epochs_scale != 1.0 else "") + f"` ({minutes:.0f} min this time).",
     ]
     RESULTS.mkdir(exist_ok=True)
