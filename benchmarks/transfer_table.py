@@ -144,7 +144,7 @@ def write_table(args, results: dict, minutes: float) -> None:
         "",
         f"Rerun: `.venv/bin/python benchmarks/transfer_table.py --seeds {' '.join(map(str, args.seeds))}"
         + (f" --settings {' '.join(repr(s) for s in args.settings)}" if args.settings != list(SETTINGS) else "")
-        + (f" --epochs-scale {args.epochs_scale}" if args.epochs_scale != 1.0 else "") + f"` ({minutes:.0f} min this time).",
+        + (f" --epochs-scale {args.epochs_scale}" if args.epochs_scale != 1.0 else "") + f"` ({minutes:.0f} min of training in this invocation; runs already in --work are reused).",
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
