@@ -55,7 +55,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from metrictransfer.engine.inference import embed_split
     from metrictransfer.evaluation.embeddings_file import save_embeddings
 
-    model, config = load_embedding_model(args.checkpoint)
+    model, config = load_embedding_model(args.checkpoint, name=args.model)
     data = embed_split(model, config, args.split, args.device, args.batch_size, progress=sys.stderr.isatty())
     save_embeddings(args.out, data)
     print(json.dumps({"out": str(args.out), "items": len(data.labels), "dim": int(data.embeddings.shape[1])}))
@@ -103,7 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         if args.query_gallery:
             raise ValueError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
-        model, config = load_embedding_model(args.checkpoint)
+        model, config = load_embedding_model(args.checkpoint, name=args.model)
         data = embed_split(model, config, "test", args.device, progress=sys.stderr.isatty())
         source = f"{args.checkpoint}: {config.data.dataset} test split"
         metric = args.metric or config.eval.metric
@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed = sub.add_parser("embed", help="embed one split of a run's dataset into an .npz file")
     embed.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
     embed.add_argument("--split", default="test", help="dataset split (default test)")
+    embed.add_argument("--model", help="which model of the run (a cohort's member1, say; default: the run's output model)")
     embed.add_argument("--out", required=True, help="output .npz (embeddings, labels, paths)")
     embed.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
     embed.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's device")
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--checkpoint", help="run folder or checkpoint file: embed its test split, then evaluate")
     what.add_argument("--embeddings", nargs="+", metavar="FILE.npz",
                       help=".npz with embeddings and labels (see metrictransfer embed); several files: their ensemble")
+    evaluate.add_argument("--model", help="with --checkpoint: which model of the run (default: its output model)")
     evaluate.add_argument("--k", type=_k_list, help="comma-separated K values (default: the run's eval.recall_at, or 1,2,4,8)")
     evaluate.add_argument("--metric", choices=["euclidean", "cosine"], help="default: the run's or the file's, else euclidean")
     evaluate.add_argument("--query-gallery", action="store_true", help="queries (is_query) against the gallery (is_gallery)")

@@ -193,8 +193,68 @@ class SelfSupConfig(Strict):
     temperature: float = Field(0.1, gt=0, description="NT-Xent temperature of method: selfsup")
 
 
+class MutualConfig(Strict):
+    """method: mutual — a cohort of embedding models that teach each other (DESIGN.md 1.2).
+
+    The paper's text beyond its abstract is not available: every choice it does not state is an option
+    here, with the default named in the README.
+    """
+
+    members: int = Field(2, ge=1, description="cohort size K (1 is plain training, kept for checks)")
+    loss: str = Field("rkd", description="mutual loss: any transfer loss by name (peer as the source)")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the mutual loss")
+    weight: float = Field(1.0, ge=0, description="λ: weight of the mutual loss (0: independent members)")
+    peers: Literal["mean", "sum"] = Field("mean", description="how the K-1 peers' mutual losses combine")
+    model_diversity: bool = Field(True, description="member k initialised from seed + k (else all from seed)")
+    update_every: list[int] | None = Field(
+        None, description="τ_k: member k steps its optimiser every τ_k iterations (default 1, 2, …, K)"
+    )
+    ema_momentum: float | None = Field(
+        None, gt=0, lt=1, description="the last member is an exponential moving average of member 0 instead"
+    )
+    view_diversity: bool = Field(True, description="each member its own augmentation of the same images")
+    hint_stages: int = Field(1, ge=1, description="fitnet/attention as the mutual loss: the backbones' last N stages")
+    augmentation_strength: list[float] | None = Field(None, description="per member (default 1.0 each)")
+    backbones: list[str] | None = Field(None, description="per member (default: model.backbone for all)")
+    weights: list[str | None] | None = Field(None, description="per member backbone weights files (default: model.weights)")
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        return _check_name(v, TRANSFER_LOSSES, "mutual loss")
+
+    @model_validator(mode="after")
+    def _per_member(self) -> "MutualConfig":
+        build_transfer_loss(self.loss, self.params)  # unknown parameters fail here, naming the loss
+        for key in ("update_every", "augmentation_strength", "backbones", "weights"):
+            value = getattr(self, key)
+            if value is not None and len(value) != self.members:
+                raise ValueError(f"mutual.{key} needs one entry per member ({self.members}), got {len(value)}: {value}")
+        if self.update_every is not None and any(t < 1 for t in self.update_every):
+            raise ValueError(f"mutual.update_every entries must be >= 1, got {self.update_every}")
+        if self.augmentation_strength is not None and any(s < 0 for s in self.augmentation_strength):
+            raise ValueError(f"mutual.augmentation_strength entries must be >= 0, got {self.augmentation_strength}")
+        if self.ema_momentum is not None:
+            if self.members < 2:
+                raise ValueError("mutual.ema_momentum needs at least 2 members (the last one is the average of member 0)")
+            if self.backbones is not None and self.backbones[-1] != self.backbones[0]:
+                raise ValueError(f"the EMA member averages member 0, so it needs the same backbone: {self.backbones}")
+        return self
+
+    def taus(self) -> list[int]:
+        return list(self.update_every) if self.update_every is not None else list(range(1, self.members + 1))
+
+    def strengths(self) -> list[float]:
+        return list(self.augmentation_strength) if self.augmentation_strength is not None else [1.0] * self.members
+
+
+# The mutual method's base loss unless metric_loss is given: a conventional triplet loss, margin 0.2 on
+# L2-normalised embeddings, distance-weighted sampling (the diversified mutual learning authors' setting).
+MUTUAL_METRIC_LOSS = {"name": "triplet", "params": {"margin": 0.2}, "miner": "distance_weighted"}
+
+
 class RunConfig(Strict):
-    method: Literal["source", "transfer", "selfsup", "classifier"] = "source"
+    method: Literal["source", "transfer", "selfsup", "classifier", "mutual"] = "source"
     name: str | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -205,11 +265,22 @@ class RunConfig(Strict):
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     selfsup: SelfSupConfig = Field(default_factory=SelfSupConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    mutual: MutualConfig = Field(default_factory=MutualConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mutual_defaults(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("method") == "mutual" and "metric_loss" not in raw:
+            raw = {**raw, "metric_loss": dict(MUTUAL_METRIC_LOSS)}
+        return raw
+
     @model_validator(mode="after")
     def _transfer_needs_source(self) -> "RunConfig":
+        if self.method == "mutual":
+            if not self.model.normalize and self.metric_loss.name == "triplet":
+                raise ValueError("method 'mutual' with the triplet base loss expects L2-normalised embeddings: set model.normalize: true")
         if self.method == "classifier":
             if self.data.holdout_images <= 0:
                 raise ValueError("method 'classifier' is evaluated on held-out images of its classes: set data.holdout_images (e.g. 0.2)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset, default_collate
@@ -13,14 +13,18 @@ class MultiViewDataset(Dataset):
 
     Decoding happens once per image; the V augmentations are applied to the same decoded image, so the
     source and the target (and cohort members) can be fed exactly the same views. V = 1 with the test
-    transform is the evaluation dataset.
+    transform is the evaluation dataset. Given a list of T transforms, each makes V views: (T·V, C, H, W),
+    transform-major (a cohort's per-member views of the one decoded image).
     """
 
-    def __init__(self, dataset: Dataset, transform: Callable, views: int = 1) -> None:
+    def __init__(self, dataset: Dataset, transform: Callable | Sequence[Callable], views: int = 1) -> None:
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
         self.dataset = dataset
-        self.transform = transform
+        self.transforms = list(transform) if isinstance(transform, (list, tuple)) else [transform]
+        if not self.transforms:
+            raise ValueError("MultiViewDataset needs at least one transform")
+        self.transform = self.transforms[0]
         self.views = views
 
     def __len__(self) -> int:
@@ -31,7 +35,7 @@ class MultiViewDataset(Dataset):
         if item is None:  # an unreadable image the dataset was told to skip
             return None
         image, label = item
-        return torch.stack([self.transform(image) for _ in range(self.views)]), int(label), index
+        return torch.stack([t(image) for t in self.transforms for _ in range(self.views)]), int(label), index
 
 
 def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

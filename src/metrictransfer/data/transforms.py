@@ -26,9 +26,15 @@ def _to_tensor(normalization: str = "imagenet") -> list:
     return steps + [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
-def _paper_train(size: int, normalization: str) -> v2.Compose:
+def _crop_scale(smallest: float, strength: float) -> tuple[float, float]:
+    """RandomResizedCrop's area range, widened or narrowed around full size by ``strength`` (1: as given)."""
+    return max(0.02, 1.0 - strength * (1.0 - smallest)), 1.0
+
+
+def _paper_train(size: int, normalization: str, strength: float = 1.0) -> v2.Compose:
     # The papers' augmentation: RandomResizedCrop + horizontal flip.
-    return v2.Compose([v2.RGB(), v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), *_to_tensor(normalization)])
+    return v2.Compose([v2.RGB(), v2.RandomResizedCrop(size, scale=_crop_scale(0.08, strength)), v2.RandomHorizontalFlip(),
+                       *_to_tensor(normalization)])
 
 
 def _paper_test(size: int, normalization: str) -> v2.Compose:
@@ -36,13 +42,13 @@ def _paper_test(size: int, normalization: str) -> v2.Compose:
     return v2.Compose([v2.RGB(), v2.Resize(round(size * 256 / 224)), v2.CenterCrop(size), *_to_tensor(normalization)])
 
 
-def _glyphs_train(size: int, normalization: str) -> v2.Compose:
+def _glyphs_train(size: int, normalization: str, strength: float = 1.0) -> v2.Compose:
     # No flip: a mirrored character is often another character (b/d, p/q, Я/R).
     return v2.Compose(
         [
             v2.RGB(),
-            v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.8, 1.25)),
-            v2.RandomRotation(10),
+            v2.RandomResizedCrop(size, scale=_crop_scale(0.6, strength), ratio=(0.8, 1.25)),
+            v2.RandomRotation(10 * strength),
             *_to_tensor(normalization),
         ]
     )
@@ -58,10 +64,19 @@ TRANSFORMS: dict[str, tuple[Callable[[int, str], v2.Compose], Callable[[int, str
 }
 
 
-def build_transform(name: str, train: bool, image_size: int, normalization: str = "imagenet") -> v2.Compose:
-    """The named augmentation pipeline: ``train=True`` gives the random one, else the deterministic one."""
+def build_transform(
+    name: str, train: bool, image_size: int, normalization: str = "imagenet", strength: float = 1.0
+) -> v2.Compose:
+    """The named augmentation pipeline: ``train=True`` gives the random one, else the deterministic one.
+
+    ``strength`` scales the random one (cohort members' view diversity): the crop's smallest area moves
+    towards full size below 1 and away from it above 1, rotations scale with it; 0 is crop-free."""
     if name not in TRANSFORMS:
         raise ValueError(f"unknown transform {name!r}; valid names: {', '.join(sorted(TRANSFORMS))}")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
-    return TRANSFORMS[name][0 if train else 1](image_size, normalization)
+    if strength < 0:
+        raise ValueError(f"augmentation strength must be >= 0, got {strength}")
+    if not train:
+        return TRANSFORMS[name][1](image_size, normalization)
+    return TRANSFORMS[name][0](image_size, normalization, strength)

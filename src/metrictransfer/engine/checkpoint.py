@@ -60,18 +60,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def load_embedding_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """The trained embedding model of a run (its ``output`` model) and the run's configuration."""
+def embedding_model_names(path: str | os.PathLike) -> list[str]:
+    """The embedding models a checkpoint holds (one, or every member of a cohort)."""
+    state = load_checkpoint(path)
+    return [name for name, weights in state["models"].items() if "head.weight" in weights]
+
+
+def load_embedding_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", name: str | None = None):
+    """A trained embedding model of a run and the run's configuration: its ``output`` model, or the
+    model called ``name`` (a cohort's ``member1``, say)."""
     from metrictransfer.config import build_config
     from metrictransfer.models import EmbeddingModel
 
     state = load_checkpoint(path, map_location)
     config = build_config(state["config"], origin=f"configuration stored in {resolve_checkpoint(path)}")
-    m = config.model
+    name = name or state["output"]
+    if name not in state["models"] or "head.weight" not in state["models"][name]:
+        known = [n for n, w in state["models"].items() if "head.weight" in w]
+        raise ValueError(f"{resolve_checkpoint(path)} holds no embedding model {name!r}; it holds: {', '.join(known)}")
     # Weights come from the checkpoint: never download or read the original backbone weights again.
-    weights = state["models"][state["output"]]
+    weights = state["models"][name]
+    arch = state.get("architectures", {}).get(name, {})
+    m = config.model
     # the head's size comes from the weights: a classifier's head has one output per class
-    outputs = weights["head.weight"].shape[0] if "head.weight" in weights else m.embedding_dim
-    model = EmbeddingModel(m.backbone, outputs, pretrained=False, weights=None, normalize=m.normalize)
+    outputs = weights["head.weight"].shape[0]
+    model = EmbeddingModel(arch.get("backbone", m.backbone), outputs, pretrained=False, weights=None,
+                           normalize=arch.get("normalize", m.normalize))
     model.load_state_dict(weights)
     return model, config

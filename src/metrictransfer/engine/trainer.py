@@ -22,7 +22,7 @@ from metrictransfer.data.sampler import ClassBalancedBatchSampler, ShuffledBatch
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine.checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, atomic_save, atomic_write_text, load_checkpoint
 from metrictransfer.engine.logging import plot_recall, write_csv
-from metrictransfer.evaluation import extract_embeddings, retrieval_metrics
+from metrictransfer.evaluation import ensemble_embeddings, extract_embeddings, retrieval_metrics
 from metrictransfer.methods import METHODS
 from metrictransfer.methods.classifier import accuracy
 
@@ -78,11 +78,43 @@ def _set_rng_state(state: dict) -> None:
 def evaluate_model(model, dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
     """Recall@K, MAP@R and R-Precision of one model on an evaluation dataset (single test view per image);
     query against gallery when the dataset has ``is_query`` / ``is_gallery`` masks (In-Shop)."""
+    return evaluate_models({"model": model}, dataset, config, device, progress)
+
+
+class _Stacked(torch.nn.Module):
+    """Several models' embeddings side by side, so a cohort's evaluation decodes each image once."""
+
+    def __init__(self, models: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(images) for m in self.models], dim=1)
+
+
+def evaluate_models(models: dict, dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+    """One model: its metrics. Several (a cohort): ``name/metric`` for each, ``ensemble/metric`` for the
+    concatenation of their L2-normalised embeddings, and the ensemble's again without prefix (the run's
+    headline numbers)."""
+    stacked = _Stacked(list(models.values()))
     embeddings, labels, indices = extract_embeddings(
-        model, dataset, config.eval.batch_size, device, config.data.num_workers, progress=progress, return_indices=True
+        stacked, dataset, config.eval.batch_size, device, config.data.num_workers, progress=progress, return_indices=True
     )
     masks = query_gallery_masks(dataset, indices)
-    return retrieval_metrics(embeddings, labels, config.eval.recall_at, config.eval.metric, **masks)
+
+    def metrics(x: torch.Tensor) -> dict[str, float]:
+        return retrieval_metrics(x, labels, config.eval.recall_at, config.eval.metric, **masks)
+
+    if len(models) == 1:
+        return metrics(embeddings)
+    parts = embeddings.split([m.embedding_dim for m in models.values()], dim=1)
+    row: dict[str, float] = {}
+    for name, part in zip(models, parts):
+        row.update({f"{name}/{k}": v for k, v in metrics(part).items()})
+    ensemble = metrics(ensemble_embeddings(list(parts)))
+    row.update({f"ensemble/{k}": v for k, v in ensemble.items()})
+    row.update(ensemble)
+    return row
 
 
 def classifier_accuracy(model, dataset, config: RunConfig) -> float:
@@ -140,7 +172,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
         eval_set = test_dataset(config)
     method.prepare_training_set(train_set)
     method = method.to(device)
-    optimizer = build_optimizer(method.parameter_groups(config.optim.lr), config.optim)
+    groups = method.update_groups(config.optim.lr)
+    optimizers = {g.name: build_optimizer(g.params, config.optim) for g in groups}
     batch = config.data.classes_per_batch * config.data.images_per_class
     if method.uses_labels:
         sampler = ClassBalancedBatchSampler(train_labels, config.data.classes_per_batch, config.data.images_per_class, seed=config.seed)
@@ -148,7 +181,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
         sampler = ShuffledBatchSampler(len(train_set), batch, seed=config.seed)
     data = config.data
     loader = DataLoader(
-        MultiViewDataset(train_set, build_transform(data.transform, True, data.image_size, data.normalization), data.views),
+        MultiViewDataset(train_set, method.train_transforms(data), data.views),  # decoded once for every model
         batch_sampler=sampler,
         num_workers=data.num_workers,
         collate_fn=collate_readable,  # drops images skipped by data.skip_bad_images
@@ -156,7 +189,9 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
         persistent_workers=data.num_workers > 0,
     )
     steps_per_epoch = len(sampler)
-    scheduler = build_scheduler(optimizer, config.optim, steps_per_epoch)
+    # A group stepping every τ iterations makes 1/τ as many updates; its schedule spans its own updates.
+    schedulers = {g.name: build_scheduler(optimizers[g.name], config.optim, steps_per_epoch / g.every) for g in groups}
+    updates = {g.name: 0 for g in groups}
 
     history: list[dict] = []
     start_epoch = 0
@@ -168,12 +203,17 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
             model.load_state_dict(state["models"][name])
         if method.label_loss is not None:
             method.label_loss.load_state_dict(state["label_loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        saved_optimizers = state.get("optimizers") or {"model": state["optimizer"]}  # format of single-model runs before cohorts
+        saved_schedulers = state.get("schedulers") or {"model": state["scheduler"]}
+        for name in optimizers:
+            optimizers[name].load_state_dict(saved_optimizers[name])
+            schedulers[name].load_state_dict(saved_schedulers[name])
+        updates.update(state.get("updates", {}))
         _set_rng_state(state["rng"])
         history, start_epoch = state["history"], state["epoch"]
     save_config(config, out / "config.yaml")
 
+    step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, config.optim.epochs):
         method.train()
         sampler.set_epoch(epoch)
@@ -189,16 +229,25 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
             loss, logs = method.training_loss(images.to(device), labels.to(device), indices.to(device))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}; lower optim.lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            step += 1
+            for group in groups:  # gradients accumulate until a group's turn comes
+                if step % group.every:
+                    continue
+                optimizer = optimizers[group.name]
+                if config.optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.optim.grad_clip)
+                optimizer.step()
+                schedulers[group.name].step()
+                optimizer.zero_grad(set_to_none=True)
+                updates[group.name] += 1
+                method.after_update(group.name)
             for key, value in logs.items():
                 totals[key] = totals.get(key, 0.0) + value
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
-        row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": optimizer.param_groups[0]["lr"]}
+        row = {"epoch": epoch + 1, "step": step, "lr": optimizers[groups[0].name].param_groups[0]["lr"]}
+        if len(groups) > 1:
+            row.update({f"{name}/updates": count for name, count in updates.items()})
         row.update({k: v / max(1, steps_per_epoch) for k, v in totals.items()})
         row["train_seconds"] = round(time.perf_counter() - started, 2)
         if data.skip_bad_images:
@@ -208,7 +257,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
             if config.method == "classifier":
                 row["accuracy"] = classifier_accuracy(method.output_model(), eval_set, config)
             else:
-                row.update(evaluate_model(method.output_model(), eval_set, config, device, progress=interactive))
+                row.update(evaluate_models(method.evaluation_models(), eval_set, config, device, progress=interactive))
         history.append(row)
         print(_epoch_line(config, row), flush=True)
         atomic_save(
@@ -218,9 +267,11 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
                 "method": config.method,
                 "output": method.output,
                 "models": {name: m.state_dict() for name, m in method.trainable().items()},
+                "architectures": {name: m.architecture() for name, m in method.trainable().items() if hasattr(m, "architecture")},
                 "label_loss": None if method.label_loss is None else method.label_loss.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
+                "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
+                "updates": dict(updates),
                 "rng": _rng_state(),
                 "epoch": epoch + 1,
                 "history": history,
@@ -232,7 +283,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
     results = _results(config, history)
     atomic_write_text(json.dumps(results, indent=2), out / "results.json")
     primary = _primary(history)
-    plot_recall({config.name or config.method: _curve(history, primary)}, out / "recall.png", primary)
+    plot_recall(_curves(config, history, primary), out / "recall.png", primary)
     return results
 
 
@@ -241,19 +292,31 @@ def _primary(history: list[dict]) -> str:
     return "accuracy" if any("accuracy" in row for row in history) else "recall@1"
 
 
+def _curves(config: RunConfig, history: list[dict], primary: str) -> dict[str, list[tuple[int, float]]]:
+    """One curve per evaluated model: the run's, or every cohort member's and the ensemble's."""
+    prefixes = sorted({k.split("/")[0] for row in history for k in row if k.endswith("/" + primary)})
+    if not prefixes:
+        return {config.name or config.method: _curve(history, primary)}
+    return {prefix: _curve(history, f"{prefix}/{primary}") for prefix in prefixes}
+
+
 def _curve(history: list[dict], metric: str = "recall@1") -> list[tuple[int, float]]:
     return [(row["epoch"], row[metric]) for row in history if metric in row]
 
 
 def _epoch_line(config: RunConfig, row: dict) -> str:
     parts = [f"[{config.name or config.method}] epoch {row['epoch']}/{config.optim.epochs}", f"loss {row.get('loss', float('nan')):.4f}"]
-    parts += [f"{k} {v:.4f}" for k, v in _metrics_of(row).items()]
+    parts += [f"{k} {v:.4f}" for k, v in _metrics_of(row).items() if "/" not in k or k.endswith("/recall@1")]
     parts.append(f"{row['train_seconds']:.1f}s")
     return "  ".join(parts)
 
 
 def _metrics_of(row: dict) -> dict[str, float]:
-    return {k: v for k, v in row.items() if k.startswith("recall@") or k in ("map@r", "r_precision", "nmi", "accuracy")}
+    def is_metric(key: str) -> bool:
+        name = key.rsplit("/", 1)[-1]  # cohorts: member0/recall@1, ensemble/recall@1
+        return name.startswith("recall@") or name in ("map@r", "r_precision", "nmi", "accuracy")
+
+    return {k: v for k, v in row.items() if is_metric(k)}
 
 
 def _results(config: RunConfig, history: list[dict]) -> dict:

@@ -2,6 +2,7 @@
 
 from metrictransfer.methods.base import Method
 from metrictransfer.methods.classifier import ClassifierMethod
+from metrictransfer.methods.mutual import MutualMethod
 from metrictransfer.methods.selfsup import SelfSupervisedMethod
 from metrictransfer.methods.source import SourceMethod
 from metrictransfer.methods.transfer import TransferMethod
@@ -11,6 +12,7 @@ METHODS: dict[str, type[Method]] = {
     "transfer": TransferMethod,
     "selfsup": SelfSupervisedMethod,
     "classifier": ClassifierMethod,
+    "mutual": MutualMethod,
 }
 
-__all__ = ["METHODS", "ClassifierMethod", "Method", "SelfSupervisedMethod", "SourceMethod", "TransferMethod"]
+__all__ = ["METHODS", "ClassifierMethod", "Method", "MutualMethod", "SelfSupervisedMethod", "SourceMethod", "TransferMethod"]

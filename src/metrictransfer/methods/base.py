@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import nn
 
-from metrictransfer.config import MetricLossConfig, ModelConfig
+from metrictransfer.config import DataConfig, MetricLossConfig, ModelConfig
+from metrictransfer.data.transforms import build_transform
 from metrictransfer.losses import MinedMetricLoss, build_metric_loss, build_miner
 from metrictransfer.models import EmbeddingModel
+
+
+@dataclass
+class UpdateGroup:
+    """Parameters that one optimiser updates every ``every`` training iterations (gradients accumulate
+    in between); its learning-rate schedule counts its own updates."""
+
+    name: str
+    params: list[dict]
+    every: int = 1
 
 
 class Method(nn.Module):
@@ -29,6 +43,21 @@ class Method(nn.Module):
 
     def parameter_groups(self, lr: float) -> list[dict]:
         raise NotImplementedError
+
+    def update_groups(self, lr: float) -> list[UpdateGroup]:
+        """One optimiser per group; a single group stepping every iteration unless a method needs more."""
+        return [UpdateGroup("model", self.parameter_groups(lr), 1)]
+
+    def after_update(self, group: str) -> None:
+        """Called after group ``group``'s optimiser stepped (moving averages follow their model here)."""
+
+    def train_transforms(self, data: DataConfig) -> list[Callable]:
+        """The training augmentations: each makes ``data.views`` views of every image (several: cohorts)."""
+        return [build_transform(data.transform, True, data.image_size, data.normalization)]
+
+    def evaluation_models(self) -> dict[str, nn.Module]:
+        """The models evaluated every epoch; more than one are also evaluated as an ensemble."""
+        return {self.output: self.output_model()}
 
     def prepare_training_set(self, dataset) -> None:
         """Shown the training set before training: for per-image state (CRD's memory banks, precomputed

@@ -45,6 +45,11 @@ class EmbeddingModel(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.normalize = normalize
         self.embedding_dim = embedding_dim
+        self.backbone_name = backbone
+
+    def architecture(self) -> dict:
+        """What rebuilds this model around a state dict (checkpoints store it per model)."""
+        return {"backbone": self.backbone_name, "embedding_dim": self.embedding_dim, "normalize": self.normalize}
 
     def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
         return feature_map.mean(dim=(2, 3)) + feature_map.amax(dim=(2, 3))

@@ -1,0 +1,190 @@
+"""Diversified mutual metric learning: a cohort of K embedding models that teach each other.
+
+Member k minimises its base metric loss plus λ × the mutual loss towards every other member, whose
+embeddings are detached (a member's mutual loss never sends gradient to its peers). Three diversities
+make the members different (DESIGN.md 1.2):
+
+- model: member k is initialised from ``seed + k`` (``mutual.model_diversity``), optionally with its own
+  backbone or backbone weights (``mutual.backbones`` / ``mutual.weights``);
+- temporal: member k steps its own optimiser every τ_k iterations (``mutual.update_every``), or the last
+  member is an exponential moving average of member 0 (``mutual.ema_momentum``);
+- view: each member gets its own augmentation of the same images in the same order
+  (``mutual.view_diversity``, ``mutual.augmentation_strength``), so relations between samples line up.
+
+The images are decoded once for the whole cohort; the trainer hands the method every member's views.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import nn
+
+from metrictransfer.config import DataConfig, RunConfig
+from metrictransfer.data.transforms import build_transform
+from metrictransfer.losses import build_transfer_loss
+from metrictransfer.methods.base import Method, UpdateGroup, build_label_loss, build_model, label_loss_groups
+from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
+
+
+def member_name(k: int) -> str:
+    return f"member{k}"
+
+
+class MutualMethod(Method):
+    output = "member0"
+
+    def __init__(self, config: RunConfig, num_classes: int) -> None:
+        super().__init__()
+        cfg = config.mutual
+        self.size = cfg.members
+        self.views_per_member = config.data.views
+        self.weight = cfg.weight
+        self.peer_mean = cfg.peers == "mean"
+        self.taus = cfg.taus()
+        self.strengths = cfg.strengths()
+        self.view_diversity = cfg.view_diversity and self.size > 1
+        self.ema_momentum = cfg.ema_momentum
+        self.ema_member = self.size - 1 if cfg.ema_momentum is not None else None
+        self.proxy_lr_multiplier = config.metric_loss.proxy_lr_multiplier
+
+        self.members = nn.ModuleList()
+        label_losses = []
+        for k in range(self.size):
+            # Seeding right before each member is built makes member k's initial weights depend on its seed
+            # alone; with one member this is exactly what method 'source' builds.
+            torch.manual_seed(config.seed + k if cfg.model_diversity else config.seed)
+            model_config = config.model.model_copy(update={
+                "backbone": cfg.backbones[k] if cfg.backbones else config.model.backbone,
+                "weights": cfg.weights[k] if cfg.weights else config.model.weights,
+            })
+            self.members.append(build_model(model_config))
+            label_losses.append(
+                None if k == self.ema_member else build_label_loss(config.metric_loss, num_classes, config.model.embedding_dim)
+            )
+        self.label_losses = nn.ModuleList(loss if loss is not None else nn.Identity() for loss in label_losses)
+        self.label_loss = self.label_losses  # checkpointed (proxies) by the trainer
+        if self.ema_member is not None:
+            ema = self.members[self.ema_member]
+            ema.load_state_dict(self.members[0].state_dict())
+            ema.requires_grad_(False)
+
+        # One mutual loss per ordered pair (learner k, peer j): losses with parameters (FitNet's regressors,
+        # CRD's heads and memory banks) must not be shared between pairs.
+        self.pairs = [(k, j) for k in self.learners() for j in range(self.size) if j != k]
+        self.mutual_losses = nn.ModuleDict({f"{k}_{j}": build_transfer_loss(cfg.loss, cfg.params) for k, j in self.pairs})
+        self.uses_features = any(getattr(loss, "uses_features", False) for loss in self.mutual_losses.values())
+        self.taps: list[FeatureTaps] = []
+        if self.uses_features:
+            layers = [last_stages(m, cfg.hint_stages) for m in self.members]
+            shapes = [feature_shapes(m, names, config.data.image_size) for m, names in zip(self.members, layers)]
+            for (k, j), loss in zip(self.pairs, self.mutual_losses.values()):
+                if hasattr(loss, "prepare_features"):
+                    loss.prepare_features([s[0] for s in shapes[k]], [s[0] for s in shapes[j]])
+            self.taps = [FeatureTaps(m, names) for m, names in zip(self.members, layers)]
+        for (k, j), loss in zip(self.pairs, self.mutual_losses.values()):
+            if hasattr(loss, "prepare_embeddings"):
+                loss.prepare_embeddings(self.members[k].embedding_dim, self.members[j].embedding_dim)
+
+    def learners(self) -> list[int]:
+        """Members trained by gradient (all but an EMA member)."""
+        return [k for k in range(self.size) if k != self.ema_member]
+
+    def prepare_training_set(self, dataset) -> None:
+        for loss in self.mutual_losses.values():
+            if hasattr(loss, "prepare_items"):
+                loss.prepare_items(len(dataset))
+
+    def train_transforms(self, data: DataConfig) -> list[Callable]:
+        strengths = self.strengths if self.view_diversity else self.strengths[:1]
+        return [build_transform(data.transform, True, data.image_size, data.normalization, s) for s in strengths]
+
+    def trainable(self) -> dict[str, nn.Module]:
+        modules: dict[str, nn.Module] = {member_name(k): m for k, m in enumerate(self.members)}
+        if any(True for _ in self.mutual_losses.parameters()):
+            modules["mutual_losses"] = self.mutual_losses
+        return modules
+
+    def evaluation_models(self) -> dict[str, nn.Module]:
+        return {member_name(k): m for k, m in enumerate(self.members)}
+
+    def _member_params(self, k: int, lr: float) -> list[dict]:
+        params = list(self.members[k].parameters())
+        params += [p for key, loss in self.mutual_losses.items() if key.startswith(f"{k}_") for p in loss.parameters()]
+        return [{"params": params, "lr": lr}, *label_loss_groups(self.label_losses[k], lr, self.proxy_lr_multiplier)]
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        return [group for k in self.learners() for group in self._member_params(k, lr)]
+
+    def update_groups(self, lr: float) -> list[UpdateGroup]:
+        return [UpdateGroup(member_name(k), self._member_params(k, lr), self.taus[k]) for k in self.learners()]
+
+    @torch.no_grad()
+    def after_update(self, group: str) -> None:
+        if self.ema_member is None or group != member_name(0):
+            return
+        ema, online = self.members[self.ema_member], self.members[0]
+        for p_ema, p in zip(ema.parameters(), online.parameters()):
+            p_ema.lerp_(p, 1.0 - self.ema_momentum)
+        for b_ema, b in zip(ema.buffers(), online.buffers()):
+            b_ema.copy_(b)  # batch-norm statistics follow the online member
+
+    def split_views(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """The flattened batch (image, member view, view) → one tensor per member, in image order.
+
+        Without view diversity every member gets the same views (the same tensor)."""
+        streams = self.size if self.view_diversity else 1
+        views = self.views_per_member
+        grouped = tensor.unflatten(0, (-1, streams, views))
+        return [grouped[:, k if self.view_diversity else 0].flatten(0, 1) for k in range(self.size)]
+
+    def member_losses(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per learning member k: (its loss, base metric loss, mutual loss), peers' outputs detached."""
+        inputs = self.split_views(images)
+        member_labels = self.split_views(labels)[0]
+        member_indices = self.split_views(indices)[0] if indices is not None else None
+        embeddings, features = [], []
+        for k, (member, x) in enumerate(zip(self.members, inputs)):
+            if k == self.ema_member:
+                with torch.no_grad():
+                    embeddings.append(member(x))
+            else:
+                embeddings.append(member(x))
+            if self.uses_features:
+                features.append(self.taps[k].features)
+
+        losses = {}
+        for k in self.learners():
+            base = self.label_losses[k](embeddings[k], member_labels)
+            mutual = embeddings[k].new_zeros(())
+            peers = [j for j in range(self.size) if j != k]
+            for j in peers:
+                loss_fn = self.mutual_losses[f"{k}_{j}"]
+                if getattr(loss_fn, "uses_features", False):
+                    value = loss_fn(features[k], [f.detach() for f in features[j]])
+                elif getattr(loss_fn, "uses_indices", False):
+                    value = loss_fn(embeddings[k], embeddings[j].detach(), member_indices)
+                else:
+                    value = loss_fn(embeddings[k], embeddings[j].detach())
+                mutual = mutual + value
+            if peers and self.peer_mean:
+                mutual = mutual / len(peers)
+            losses[k] = (base + self.weight * mutual, base, mutual)
+        return losses
+
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        losses = self.member_losses(images, labels, indices)
+        # Member k's gradients accumulate over τ_k iterations before its optimiser steps: dividing by τ_k
+        # makes one update follow the mean gradient of its τ_k batches.
+        total = sum(loss / self.taus[k] for k, (loss, _, _) in losses.items())
+        logs = {"loss": sum(loss.item() for loss, _, _ in losses.values())}
+        for k, (_, base, mutual) in losses.items():
+            logs[f"{member_name(k)}/metric_loss"] = base.item()
+            logs[f"{member_name(k)}/mutual_loss"] = mutual.item()
+        return total, logs
