@@ -65,6 +65,74 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config, steps_per_epoch: i
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def build_train_loader(config: RunConfig, method, train_set, device: torch.device) -> tuple[DataLoader, object]:
+    """The training batches: class-balanced P × K (shuffled when the method ignores labels), each image
+    decoded once and augmented into every view the method's models need."""
+    data = config.data
+    if method.uses_labels:
+        sampler = ClassBalancedBatchSampler(np.asarray(train_set.labels), data.classes_per_batch, data.images_per_class, seed=config.seed)
+    else:  # batches of P × K images drawn without looking at labels
+        sampler = ShuffledBatchSampler(len(train_set), data.classes_per_batch * data.images_per_class, seed=config.seed)
+    loader = DataLoader(
+        MultiViewDataset(train_set, method.train_transforms(data), data.views),
+        batch_sampler=sampler,
+        num_workers=data.num_workers,
+        collate_fn=collate_readable,  # drops images skipped by data.skip_bad_images
+        pin_memory=device.type == "cuda",
+        persistent_workers=data.num_workers > 0,
+    )
+    return loader, sampler
+
+
+class Updater:
+    """One optimiser and learning-rate schedule per update group of the method. Call :meth:`step` after
+    each backward pass: a group with period τ steps on every τ-th call, its gradients accumulating in
+    between, and its schedule spans its own updates (1/τ as many)."""
+
+    def __init__(self, method, optim_config, steps_per_epoch: int) -> None:
+        self.method = method
+        self.grad_clip = optim_config.grad_clip
+        self.groups = method.update_groups(optim_config.lr)
+        self.optimizers = {g.name: build_optimizer(g.params, optim_config) for g in self.groups}
+        self.schedulers = {
+            g.name: build_scheduler(self.optimizers[g.name], optim_config, steps_per_epoch / g.every) for g in self.groups
+        }
+        self.updates = {g.name: 0 for g in self.groups}
+        self.iteration = 0
+
+    def step(self) -> None:
+        self.iteration += 1
+        for group in self.groups:
+            if self.iteration % group.every:
+                continue  # gradients accumulate until this group's turn comes
+            optimizer = self.optimizers[group.name]
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], self.grad_clip)
+            optimizer.step()
+            self.schedulers[group.name].step()
+            optimizer.zero_grad(set_to_none=True)
+            self.updates[group.name] += 1
+            self.method.after_update(group.name)
+
+    def lr(self) -> float:
+        return self.optimizers[self.groups[0].name].param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizers": {name: o.state_dict() for name, o in self.optimizers.items()},
+            "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
+            "updates": dict(self.updates),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        optimizers = state.get("optimizers") or {"model": state["optimizer"]}  # single-model runs before cohorts
+        schedulers = state.get("schedulers") or {"model": state["scheduler"]}
+        for name in self.optimizers:
+            self.optimizers[name].load_state_dict(optimizers[name])
+            self.schedulers[name].load_state_dict(schedulers[name])
+        self.updates.update(state.get("updates", {}))
+
+
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
@@ -172,26 +240,11 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
         eval_set = test_dataset(config)
     method.prepare_training_set(train_set)
     method = method.to(device)
-    groups = method.update_groups(config.optim.lr)
-    optimizers = {g.name: build_optimizer(g.params, config.optim) for g in groups}
-    batch = config.data.classes_per_batch * config.data.images_per_class
-    if method.uses_labels:
-        sampler = ClassBalancedBatchSampler(train_labels, config.data.classes_per_batch, config.data.images_per_class, seed=config.seed)
-    else:  # batches of P × K images drawn without looking at labels
-        sampler = ShuffledBatchSampler(len(train_set), batch, seed=config.seed)
     data = config.data
-    loader = DataLoader(
-        MultiViewDataset(train_set, method.train_transforms(data), data.views),  # decoded once for every model
-        batch_sampler=sampler,
-        num_workers=data.num_workers,
-        collate_fn=collate_readable,  # drops images skipped by data.skip_bad_images
-        pin_memory=device.type == "cuda",
-        persistent_workers=data.num_workers > 0,
-    )
+    batch = data.classes_per_batch * data.images_per_class
+    loader, sampler = build_train_loader(config, method, train_set, device)
     steps_per_epoch = len(sampler)
-    # A group stepping every τ iterations makes 1/τ as many updates; its schedule spans its own updates.
-    schedulers = {g.name: build_scheduler(optimizers[g.name], config.optim, steps_per_epoch / g.every) for g in groups}
-    updates = {g.name: 0 for g in groups}
+    updater = Updater(method, config.optim, steps_per_epoch)
 
     history: list[dict] = []
     start_epoch = 0
@@ -203,17 +256,12 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
             model.load_state_dict(state["models"][name])
         if method.label_loss is not None:
             method.label_loss.load_state_dict(state["label_loss"])
-        saved_optimizers = state.get("optimizers") or {"model": state["optimizer"]}  # format of single-model runs before cohorts
-        saved_schedulers = state.get("schedulers") or {"model": state["scheduler"]}
-        for name in optimizers:
-            optimizers[name].load_state_dict(saved_optimizers[name])
-            schedulers[name].load_state_dict(saved_schedulers[name])
-        updates.update(state.get("updates", {}))
+        updater.load_state_dict(state)
         _set_rng_state(state["rng"])
         history, start_epoch = state["history"], state["epoch"]
     save_config(config, out / "config.yaml")
 
-    step = start_epoch * steps_per_epoch
+    updater.iteration = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, config.optim.epochs):
         method.train()
         sampler.set_epoch(epoch)
@@ -230,24 +278,13 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}; lower optim.lr or check the data")
             loss.backward()
-            step += 1
-            for group in groups:  # gradients accumulate until a group's turn comes
-                if step % group.every:
-                    continue
-                optimizer = optimizers[group.name]
-                if config.optim.grad_clip:
-                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.optim.grad_clip)
-                optimizer.step()
-                schedulers[group.name].step()
-                optimizer.zero_grad(set_to_none=True)
-                updates[group.name] += 1
-                method.after_update(group.name)
+            updater.step()
             for key, value in logs.items():
                 totals[key] = totals.get(key, 0.0) + value
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
-        row = {"epoch": epoch + 1, "step": step, "lr": optimizers[groups[0].name].param_groups[0]["lr"]}
-        if len(groups) > 1:
-            row.update({f"{name}/updates": count for name, count in updates.items()})
+        row = {"epoch": epoch + 1, "step": updater.iteration, "lr": updater.lr()}
+        if len(updater.groups) > 1:
+            row.update({f"{name}/updates": count for name, count in updater.updates.items()})
         row.update({k: v / max(1, steps_per_epoch) for k, v in totals.items()})
         row["train_seconds"] = round(time.perf_counter() - started, 2)
         if data.skip_bad_images:
@@ -269,9 +306,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
                 "models": {name: m.state_dict() for name, m in method.trainable().items()},
                 "architectures": {name: m.architecture() for name, m in method.trainable().items() if hasattr(m, "architecture")},
                 "label_loss": None if method.label_loss is None else method.label_loss.state_dict(),
-                "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
-                "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
-                "updates": dict(updates),
+                **updater.state_dict(),
                 "rng": _rng_state(),
                 "epoch": epoch + 1,
                 "history": history,
