@@ -53,27 +53,43 @@ def test_chunked_rkd_angle_equals_naive_form(chunk):
     torch.testing.assert_close(t1.grad, t2.grad, rtol=1e-9, atol=1e-13)
 
 
-def test_rkd_angle_works_in_chunks_and_recomputes_them_in_backward(monkeypatch):
-    """Angles are only ever built as chunk × N × N blocks (never N × N × D), and the backward pass
-    recomputes each chunk instead of keeping all of them (O(N³) in total) alive."""
+def test_rkd_angle_builds_each_chunk_once_and_never_keeps_n_cubed(monkeypatch):
+    """Cosines are only ever built as chunk × N × N blocks (never N × N × D), once each: the gradient is
+    accumulated in the forward pass, so backward builds none and nothing O(N³) is kept for it."""
     from metrictransfer.losses import relational
 
     shapes = []
-    original = relational._angles
+    original = relational._angle_cosines
 
-    def recording(anchors, gram, dist):
-        out = original(anchors, gram, dist)
-        shapes.append(tuple(out.shape))
+    def recording(anchors, gram, inv_dist):
+        out = original(anchors, gram, inv_dist)
+        shapes.append(tuple(out[0].shape))
         return out
 
-    monkeypatch.setattr(relational, "_angles", recording)
+    monkeypatch.setattr(relational, "_angle_cosines", recording)
     t = torch.randn(64, 128, requires_grad=True)
     loss = RKDAngleLoss(chunk=4)(t, torch.randn(64, 128))
-    forward_calls = len(shapes)
+    assert set(shapes) == {(4, 64, 64)} and len(shapes) == 2 * 16  # source and target cosines of 16 chunks
+    angle_node = loss.grad_fn.next_functions[0][0]  # the loss divided by N³
+    assert [tuple(x.shape) for x in angle_node.saved_tensors] == [(64, 64), (64, 64)]  # gradients w.r.t. G and 1/d
     loss.backward()
-    assert set(shapes) == {(4, 64, 64)}
-    assert forward_calls == 2 * 16  # source and target angles of 16 chunks
-    assert len(shapes) == forward_calls + 2 * 16  # each chunk recomputed once in backward
+    assert len(shapes) == 2 * 16 and t.grad is not None
+
+
+def test_automatic_chunks_keep_blocks_small_and_give_the_same_loss():
+    g = torch.Generator().manual_seed(3)
+    t, s = torch.randn(200, 8, generator=g, dtype=torch.float64), torch.randn(200, 8, generator=g, dtype=torch.float64)
+    auto = RKDAngleLoss()
+    assert auto.anchors_per_chunk(200, t.device) * 200 * 200 <= 2**18
+    assert auto.anchors_per_chunk(2000, t.device) == 1
+    assert auto(t, s).item() == pytest.approx(RKDAngleLoss(chunk=200)(t, s).item(), rel=1e-12)
+
+
+def test_rkd_angle_gradient_passes_gradcheck():
+    g = torch.Generator().manual_seed(4)
+    t = torch.randn(9, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    s = torch.randn(9, 5, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradcheck(lambda x: RKDAngleLoss(chunk=4)(x, s), (t,))
 
 
 def test_rkd_is_distance_plus_twice_angle():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from metrictransfer.losses.distances import pairwise_distances
 
@@ -42,19 +41,64 @@ class RKDDistanceLoss(nn.Module):
         return F.smooth_l1_loss(_mean_normalised_distances(target), source_d.to(target.dtype))
 
 
-def _angles(anchors: torch.Tensor, gram: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+def _angle_cosines(
+    anchors: torch.Tensor, gram: torch.Tensor, inv_dist: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """cos ∠(x_j − x_i, x_k − x_i) for anchors i (A × N × N), from Gram products: no A × N × D tensor.
 
-    <x_j − x_i, x_k − x_i> = G_jk − G_ij − G_ik + G_ii; a zero difference (j = i or k = i) gives 0,
-    as normalising a zero vector does in the original formula.
+    <x_j − x_i, x_k − x_i> = G_jk − G_ij − G_ik + G_ii, divided by ||x_j − x_i|| · ||x_k − x_i||. ``inv_dist``
+    holds 1 / ||x_j − x_i|| and 0 where the difference is zero (j = i), so such a cosine is 0, as normalising a
+    zero vector gives in the original formula. Returns the cosines, the inner products and the
+    products of inverse distances (the backward pass needs the last two).
     """
     g_anchor = gram[anchors]  # A × N: G_ij
-    g_self = gram[anchors, anchors]  # A: G_ii
-    inner = gram.unsqueeze(0) - g_anchor.unsqueeze(2) - g_anchor.unsqueeze(1) + g_self.view(-1, 1, 1)
-    d = dist[anchors]  # A × N: ||x_j − x_i||, exactly 0 at j = i
-    denom = (d.unsqueeze(2) * d.unsqueeze(1)).clamp(min=1e-24)
-    nonzero = (d > 0).unsqueeze(2) & (d > 0).unsqueeze(1)
-    return torch.where(nonzero, inner / denom, torch.zeros_like(inner))
+    inner = gram.unsqueeze(0) - g_anchor.unsqueeze(2) - g_anchor.unsqueeze(1)
+    inner += gram[anchors, anchors].view(-1, 1, 1)  # G_ii
+    r = inv_dist[anchors]
+    scale = r.unsqueeze(2) * r.unsqueeze(1)
+    return inner * scale, inner, scale
+
+
+def _inverse_distances(x: torch.Tensor) -> torch.Tensor:
+    d = pairwise_distances(x)
+    return torch.where(d > 0, 1.0 / d.clamp(min=1e-30), torch.zeros_like(d))
+
+
+class _AngleLoss(torch.autograd.Function):
+    """Sum over all triples of Smooth-L1(target cosine − source cosine), with its gradient.
+
+    The loss is a scalar, so its gradient with respect to the target's Gram matrix and inverse distances
+    (both N × N) is accumulated chunk by chunk in the same pass that computes the value: each A × N × N
+    block is built once and freed, never stored for a backward pass nor recomputed in it. Why by hand:
+    autograd would keep every block (O(N³) memory), and activation checkpointing builds each twice.
+    """
+
+    @staticmethod
+    def forward(ctx, t_gram, t_inv, s_gram, s_inv, chunk: int):
+        n = len(t_gram)
+        total = t_gram.new_zeros(())
+        grad_gram, grad_inv = torch.zeros_like(t_gram), torch.zeros_like(t_inv)
+        for start in range(0, n, chunk):
+            a = torch.arange(start, min(start + chunk, n), device=t_gram.device)
+            cos, inner, scale = _angle_cosines(a, t_gram, t_inv)
+            source_cos = _angle_cosines(a, s_gram, s_inv)[0]
+            diff = cos - source_cos
+            total += F.smooth_l1_loss(cos, source_cos, reduction="sum")
+            g = diff.clamp_(-1.0, 1.0)  # d Smooth-L1 / d cos (β = 1); symmetric in j and k, as the cosines are
+            h = g * scale  # d loss / d inner
+            grad_gram += h.sum(0)  # through G_jk
+            grad_gram[a] -= 2.0 * h.sum(2)  # through G_ij and G_ik (equal by symmetry)
+            grad_gram[a, a] += h.sum((1, 2))  # through G_ii
+            # d loss / d (1/d_ij): Σ_k g · inner · (1/d_ik), once as the j factor and once as the k factor
+            grad_inv[a] += 2.0 * torch.bmm(g.mul_(inner), t_inv[a].unsqueeze(2)).squeeze(2)
+        ctx.save_for_backward(grad_gram, grad_inv)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        grad_gram, grad_inv = ctx.saved_tensors
+        return grad_output * grad_gram, grad_output * grad_inv, None, None, None
 
 
 class RKDAngleLoss(nn.Module):
@@ -62,35 +106,34 @@ class RKDAngleLoss(nn.Module):
     mean over all N³ triples.
 
     The naive form builds N × N × D difference vectors (512 MB at N = D = 512 in float32). Here the
-    cosines come from the Gram matrix, ``chunk`` anchors at a time (memory O(chunk · N² + N · D)), and
-    each chunk is recomputed in the backward pass instead of stored (activation checkpointing).
+    cosines come from the Gram matrix, ``chunk`` anchors at a time (memory O(chunk · N² + N · D)), and the
+    gradient is accumulated in the same pass (:class:`_AngleLoss`), so each block is built only once.
+    ``chunk=None`` sizes blocks to about 2¹⁸ cosines on CPU (they stay in cache: fastest in
+    benchmarks/rkd_angle.py) and 2²⁴ on GPU.
     """
 
-    def __init__(self, chunk: int = 32) -> None:
+    def __init__(self, chunk: int | None = None) -> None:
         super().__init__()
-        if chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk must be >= 1 or None (automatic), got {chunk}")
         self.chunk = chunk
+
+    def anchors_per_chunk(self, n: int, device: torch.device) -> int:
+        if self.chunk is not None:
+            return self.chunk
+        budget = 2**18 if device.type == "cpu" else 2**24
+        return max(1, budget // (n * n))
 
     def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         _check_pair(target, source, "RKD angle", minimum=3)
         n = len(target)
+        target = target.float() if target.dtype in (torch.float16, torch.bfloat16) else target
         with torch.no_grad():
             s = source.detach().to(target.dtype)
-            s_gram, s_dist = s @ s.t(), pairwise_distances(s)
-        t_gram, t_dist = target @ target.t(), pairwise_distances(target)
-        total = target.new_zeros(())
-        for start in range(0, n, self.chunk):
-            anchors = torch.arange(start, min(start + self.chunk, n), device=target.device)
-            part = checkpoint(self._chunk, t_gram, t_dist, s_gram, s_dist, anchors, use_reentrant=False)
-            total = total + part
-        return total / n**3
-
-    @staticmethod
-    def _chunk(t_gram, t_dist, s_gram, s_dist, anchors) -> torch.Tensor:
-        with torch.no_grad():
-            source_angles = _angles(anchors, s_gram, s_dist)
-        return F.smooth_l1_loss(_angles(anchors, t_gram, t_dist), source_angles, reduction="sum")
+            s_gram, s_inv = s @ s.t(), _inverse_distances(s)
+        t_gram, t_inv = target @ target.t(), _inverse_distances(target)
+        chunk = self.anchors_per_chunk(n, target.device)
+        return _AngleLoss.apply(t_gram, t_inv, s_gram, s_inv, chunk) / n**3
 
     def extra_repr(self) -> str:
         return f"chunk={self.chunk}"
@@ -99,7 +142,7 @@ class RKDAngleLoss(nn.Module):
 class RKDLoss(nn.Module):
     """The RKD method: distance term × ``distance_weight`` (1) + angle term × ``angle_weight`` (2)."""
 
-    def __init__(self, distance_weight: float = 1.0, angle_weight: float = 2.0, chunk: int = 32) -> None:
+    def __init__(self, distance_weight: float = 1.0, angle_weight: float = 2.0, chunk: int | None = None) -> None:
         super().__init__()
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
         self.distance, self.angle = RKDDistanceLoss(), RKDAngleLoss(chunk)
