@@ -15,8 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import mean_std
-from metrictransfer.config import build_config
+from common import mean_std, train_once
 from metrictransfer.demo import DEMO_DATA
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -35,11 +34,7 @@ def config(backbone: str, epochs: int, seed: int, classifier: dict | None = None
 
 
 def run(raw: dict, out: Path) -> dict:
-    from metrictransfer.engine.trainer import train
-
-    if (out / "results.json").is_file():
-        return json.loads((out / "results.json").read_text())
-    return train(build_config(raw, origin=f"classifier_transfer {out.name}"), out, progress=False)
+    return train_once(raw, out, "classifier_transfer")
 
 
 def main() -> None:

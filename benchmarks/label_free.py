@@ -17,8 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from common import mean_std
-from metrictransfer.config import build_config
+from common import mean_std, train_once
 from metrictransfer.demo import DEMO_SOURCE, DEMO_TARGET
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,8 +42,6 @@ def configs(work: Path, seed: int, epochs_scale: float) -> dict[str, dict]:
 
 
 def main() -> None:
-    from metrictransfer.engine.trainer import train
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs-scale", type=float, default=1.0)
@@ -56,10 +53,7 @@ def main() -> None:
     for seed in args.seeds:
         for name, raw in configs(work, seed, args.epochs_scale).items():
             out = work / f"seed{seed}" / name
-            if (out / "results.json").is_file():
-                result = json.loads((out / "results.json").read_text())
-            else:
-                result = train(build_config(raw, origin=f"label_free {name}"), out, progress=False)
+            result = train_once(raw, out, "label_free")
             finals.setdefault(name, {})[seed] = result["final"]
     ks = [k for k in next(iter(finals["source_selfsup"].values())) if k.startswith("recall@")]
     rows = {

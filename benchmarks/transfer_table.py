@@ -22,8 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from common import mean_std
-from metrictransfer.config import build_config
+from common import mean_std, train_once
 from metrictransfer.demo import DEMO_SOURCE, DEMO_TARGET
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,15 +56,7 @@ def slug(text: str) -> str:
 
 
 def run(raw: dict, out: Path) -> dict:
-    """Train one configuration into ``out`` unless it already finished there."""
-    from metrictransfer.engine.trainer import train
-
-    done = out / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    config = build_config(raw, origin=f"transfer_table run {out.name}")
-    print(f"== {out}", flush=True)
-    return train(config, out, progress=False)
+    return train_once(raw, out, "transfer_table")
 
 
 def target_config(setting: dict, method: dict | None, source_dir: Path, seed: int, epochs_scale: float) -> dict:

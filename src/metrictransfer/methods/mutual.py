@@ -16,7 +16,6 @@ The images are decoded once for the whole cohort; the trainer hands the method e
 
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch
