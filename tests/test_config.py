@@ -53,16 +53,39 @@ def test_every_recipe_is_valid(recipe):
     load_config(recipe)
 
 
-def test_table1_recipes_are_valid_and_match_their_generator():
+def _generator(folder: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_recipes", RECIPES / "table1" / "make_recipes.py")
+    spec = importlib.util.spec_from_file_location(f"make_recipes_{folder}", RECIPES / folder / "make_recipes.py")
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
-    expected = generator.all_recipes()
-    on_disk = {p.name: p.read_text() for p in (RECIPES / "table1").glob("*.yaml")}
-    assert on_disk == expected, "rerun recipes/table1/make_recipes.py"
-    assert len(on_disk) == 3 * 3 * 8
+    return generator
+
+
+@pytest.mark.parametrize(("folder", "count", "datasets"), [
+    ("table1", 3 * 3 * 8, ("cub", "cars", "sop")),
+    ("mutual", 2 * 6 + 1, ("cub", "cars", "glyphs")),
+])
+def test_generated_recipes_are_valid_and_match_their_generator(folder, count, datasets):
+    expected = _generator(folder).all_recipes()
+    on_disk = {p.name: p.read_text() for p in (RECIPES / folder).glob("*.yaml")}
+    assert on_disk == expected, f"rerun recipes/{folder}/make_recipes.py"
+    assert len(on_disk) == count
     for name in on_disk:
-        config = load_config(RECIPES / "table1" / name)
-        assert config.data.dataset in ("cub", "cars", "sop")
+        config = load_config(RECIPES / folder / name)
+        assert config.data.dataset in datasets
+
+
+def test_mutual_recipes_state_the_papers_figures_and_cover_the_ablation():
+    from metrictransfer.methods.mutual import ABLATION
+
+    for dataset, figure in (("cub", "69.9"), ("cars", "89.1")):
+        headline = (RECIPES / "mutual" / f"{dataset}_mutual.yaml").read_text()
+        assert f"Recall@1 {figure}" in headline
+        config = load_config(RECIPES / "mutual" / f"{dataset}_mutual.yaml")
+        assert (config.model.backbone, config.model.embedding_dim, config.model.pretrained) == ("resnet50", 512, True)
+        assert (config.mutual.model_diversity, config.mutual.view_diversity, config.mutual.taus()) == (True, True, [1, 2])
+        independent = load_config(RECIPES / "mutual" / f"{dataset}_ablation_independent.yaml")
+        assert independent.mutual.weight == 0.0
+        rows = {p.stem.split("_ablation_")[1] for p in (RECIPES / "mutual").glob(f"{dataset}_ablation_*.yaml")}
+        assert rows | {"all"} == set(ABLATION)

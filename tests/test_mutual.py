@@ -1,6 +1,8 @@
 """Diversified mutual metric learning: gradients, update counts, views, EMA, ensemble, configuration."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from metrictransfer.cli import main
-from metrictransfer.config import ConfigError, build_config
+from metrictransfer.config import ConfigError, build_config, load_config
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.engine import trainer
@@ -220,3 +222,38 @@ def test_feature_and_memory_bank_losses_work_between_members():
         loss_value, logs = method.training_loss(images, labels, indices)
         loss_value.backward()
         assert logs["member0/mutual_loss"] > 0 and logs["member1/mutual_loss"] > 0
+
+
+def test_the_cub_mutual_recipe_trains_on_a_cub_tree_from_the_command_line(tmp_path, capsys):
+    from test_image_data import make_cub
+
+    root = make_cub(tmp_path / "CUB_200_2011", per_class=5)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "mutual" / "cub_mutual.yaml"
+    small = ["model.backbone=resnet10t", "model.pretrained=false", "model.embedding_dim=8", "data.image_size=32",
+             "data.num_workers=0", "data.classes_per_batch=3", "optim.epochs=2", "eval.batch_size=16", "threads=2"]
+    out = tmp_path / "run"
+    args = ["train", str(recipe), "--out", str(out), "--set", f"data.root={root}", *[x for s in small for x in ("--set", s)]]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {"member0/recall@1", "member1/recall@1", "ensemble/recall@1"} <= set(results["final"])
+    assert [row["step"] for row in results["history"]] == [1, 2]  # 15 training images: one batch an epoch
+    assert [row["member1/updates"] for row in results["history"]] == [0, 1]  # τ = 2
+    assert main(["table", str(out), "--metrics", "member0/recall@1,ensemble/recall@1"]) == 0
+    assert "mutual K=2 triplet + 1·rkd (model + temporal + view diversity)" in capsys.readouterr().out
+
+
+def test_the_glyphs_mutual_recipe_is_the_benchmarks_all_three_row():
+    import importlib.util
+
+    top = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(top / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("mutual_ablation", top / "benchmarks" / "mutual_ablation.py")
+        benchmark = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(benchmark)
+    finally:
+        sys.path.remove(str(top / "benchmarks"))
+    ours = build_config(benchmark.cohort_config(benchmark.ROWS["all three"], 0, 10))
+    recipe = load_config(top / "recipes" / "mutual" / "glyphs_mutual.yaml")
+    for section in ("data", "model", "metric_loss", "mutual", "optim"):
+        assert getattr(ours, section) == getattr(recipe, section), section

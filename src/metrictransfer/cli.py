@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", **overrides)
     demo.set_defaults(func=cmd_demo)
 
-    train = sub.add_parser("train", help="run a recipe (method: source or transfer)")
+    train = sub.add_parser("train", help="run a recipe (method: source, transfer, selfsup, classifier or mutual)")
     train.add_argument("recipe", nargs="?", help="YAML recipe")
     train.add_argument("--out", help="run folder (default runs/<name>-<timestamp>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")

@@ -13,7 +13,14 @@ from metrictransfer.config import build_config
 
 def method_label(config) -> str:
     """How the paper's tables name a run: the transfer loss(es), '+ metric' when a label loss is added,
-    or the metric loss alone for a run without transfer."""
+    or the metric loss alone for a run without transfer; cohorts by their size, mutual loss and diversities."""
+    if config.method == "mutual":
+        m = config.mutual
+        diversities = [name for name, on in (
+            ("model", m.model_diversity), ("temporal", any(t > 1 for t in m.taus()) or m.ema_momentum is not None),
+            ("view", m.view_diversity)) if on]
+        return (f"mutual K={m.members} {config.metric_loss.name} + {m.weight:g}·{m.loss}"
+                f" ({' + '.join(diversities) or 'no'} diversity)")
     if config.method != "transfer":
         return f"{config.metric_loss.name} (no transfer)"
     terms = config.transfer.loss_terms()

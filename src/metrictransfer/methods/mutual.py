@@ -28,6 +28,19 @@ from metrictransfer.methods.base import Method, UpdateGroup, build_label_loss, b
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
 
 
+# The paper's ablation of the diversities, as settings of the ``mutual`` section for a cohort of two: each
+# row switches one diversity on (recipes/mutual/ and benchmarks/mutual_ablation.py are built from it).
+NO_DIVERSITY = {"model_diversity": False, "update_every": [1, 1], "view_diversity": False}
+ABLATION = {
+    "independent": {"weight": 0.0, **NO_DIVERSITY, "model_diversity": True},  # λ = 0: no mutual loss at all
+    "no_diversity": NO_DIVERSITY,
+    "model": {**NO_DIVERSITY, "model_diversity": True},
+    "temporal": {**NO_DIVERSITY, "update_every": [1, 2]},
+    "view": {**NO_DIVERSITY, "view_diversity": True},
+    "all": {"model_diversity": True, "update_every": [1, 2], "view_diversity": True},
+}
+
+
 def member_name(k: int) -> str:
     return f"member{k}"
 
