@@ -257,3 +257,32 @@ def test_the_glyphs_mutual_recipe_is_the_benchmarks_all_three_row():
     recipe = load_config(top / "recipes" / "mutual" / "glyphs_mutual.yaml")
     for section in ("data", "model", "metric_loss", "mutual", "optim"):
         assert getattr(ours, section) == getattr(recipe, section), section
+
+
+def test_a_cohort_resumed_after_a_crash_ends_like_an_uninterrupted_one(tmp_path, monkeypatch):
+    """τ = 4 does not divide the epoch's steps: member 1 carries gradients across the crash."""
+    raw = _mutual(members=2, update_every=[1, 4], loss="relaxed_contrastive")
+    raw["data"].update(num_classes=4, classes_per_batch=4)
+    raw["eval"]["every"] = 0
+    config = build_config(raw)
+    whole = trainer.train(config, tmp_path / "whole", progress=False)
+    steps = whole["history"][0]["step"]
+    assert steps % 4 != 0, steps
+
+    real_write_csv = trainer.write_csv
+
+    def crash_after_first_checkpoint(rows, path):
+        real_write_csv(rows, path)
+        raise KeyboardInterrupt  # preempted right after epoch 1's checkpoint
+
+    monkeypatch.setattr(trainer, "write_csv", crash_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(trainer, "write_csv", real_write_csv)
+    assert main(["train", "--resume", str(tmp_path / "resumed")]) == 0
+    a = load_checkpoint(tmp_path / "whole")
+    b = load_checkpoint(tmp_path / "resumed")
+    assert a["updates"] == b["updates"]
+    for member in ("member0", "member1"):
+        for key, value in a["models"][member].items():
+            torch.testing.assert_close(b["models"][member][key], value, rtol=0, atol=1e-6, msg=f"{member} {key}")

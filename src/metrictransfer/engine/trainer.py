@@ -117,11 +117,21 @@ class Updater:
     def lr(self) -> float:
         return self.optimizers[self.groups[0].name].param_groups[0]["lr"]
 
+    def _params(self, name: str) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizers[name].param_groups for p in group["params"]]
+
     def state_dict(self) -> dict:
+        """Optimisers, schedules, update counts, and the gradients a group has accumulated but not yet
+        applied (τ need not divide an epoch's steps: without them a resumed run would differ)."""
+        pending = {
+            g.name: [None if p.grad is None else p.grad.detach().clone() for p in self._params(g.name)]
+            for g in self.groups if self.iteration % g.every
+        }
         return {
             "optimizers": {name: o.state_dict() for name, o in self.optimizers.items()},
             "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
             "updates": dict(self.updates),
+            "pending_gradients": pending,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -131,6 +141,9 @@ class Updater:
             self.optimizers[name].load_state_dict(optimizers[name])
             self.schedulers[name].load_state_dict(schedulers[name])
         self.updates.update(state.get("updates", {}))
+        for name, grads in state.get("pending_gradients", {}).items():
+            for param, grad in zip(self._params(name), grads):
+                param.grad = None if grad is None else grad.to(param.device)
 
 
 def _rng_state() -> dict:
