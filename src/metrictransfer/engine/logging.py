@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
@@ -30,6 +31,7 @@ def plot_recall(curves: dict[str, list[tuple[int, float]]], path: str | Path, me
             epochs, values = zip(*points)
             ax.plot(epochs, values, marker="o", markersize=3, label=name)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{metric.capitalize()} (test split)")
     ax.grid(alpha=0.3)
     ax.legend()
