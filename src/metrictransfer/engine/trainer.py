@@ -107,7 +107,7 @@ class Updater:
                 continue  # gradients accumulate until this group's turn comes
             optimizer = self.optimizers[group.name]
             if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], self.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self._params(group.name), self.grad_clip)
             optimizer.step()
             self.schedulers[group.name].step()
             optimizer.zero_grad(set_to_none=True)
