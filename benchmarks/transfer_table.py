@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from common import mean_std, train_once
@@ -55,15 +58,22 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
 
 
-def run(raw: dict, out: Path) -> dict:
-    return train_once(raw, out, "transfer_table")
+def source_config(seed: int, epochs_scale: float, threads: int) -> dict:
+    raw = json.loads(json.dumps(DEMO_SOURCE))
+    raw["seed"] = seed
+    raw["threads"] = threads
+    raw["optim"]["epochs"] = max(1, round(raw["optim"]["epochs"] * epochs_scale))
+    raw["eval"] = {**raw["eval"], "every": 0}
+    return raw
 
 
-def target_config(setting: dict, method: dict | None, source_dir: Path, seed: int, epochs_scale: float) -> dict:
+def target_config(setting: dict, method: dict | None, source_dir: Path, seed: int, epochs_scale: float,
+                  threads: int | None = None) -> dict:
     raw = json.loads(json.dumps(DEMO_TARGET))
     raw["model"] = {**raw["model"], **setting}
     raw["optim"]["epochs"] = max(1, round(raw["optim"]["epochs"] * epochs_scale))
     raw["seed"] = seed
+    raw["threads"] = threads
     raw["eval"] = {**raw["eval"], "every": 0}  # only the final epoch is reported: skip the others' evaluation
     if method is None:
         raw["method"] = "source"
@@ -72,6 +82,27 @@ def target_config(setting: dict, method: dict | None, source_dir: Path, seed: in
         raw["transfer"] = {"source_checkpoint": str(source_dir), **method}
     return raw
 
+
+def train_final(raw: dict, out: str) -> dict:
+    """One run's final metrics (a worker process's job: module-level, so that it can be pickled)."""
+    return train_once(raw, Path(out), "transfer_table")["final"]
+
+
+def load_finished(path: Path, epochs_scale: float) -> dict:
+    """Cells of an earlier invocation at the same scale: the committed JSON carries a long table across
+    sessions whose run folders are gone (JSON keys are strings; seeds become ints again)."""
+    empty: dict = {"source": {}, "targets": {}}
+    if not path.is_file():
+        return empty
+    old = json.loads(path.read_text())
+    if old.get("args", {}).get("epochs_scale") != epochs_scale:
+        return empty
+    return {
+        "source": {int(seed): r for seed, r in old.get("source", {}).items()},
+        "targets": {setting: {method: {int(seed): r for seed, r in per_seed.items()}
+                              for method, per_seed in methods.items()}
+                    for setting, methods in old.get("targets", {}).items()},
+    }
 
 
 def main() -> None:
@@ -82,26 +113,37 @@ def main() -> None:
     parser.add_argument("--name", default="transfer_table")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
                         help="only these target settings (default: all three)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once, each with (CPU cores / jobs) threads")
+    parser.add_argument("--fresh", action="store_true",
+                        help="ignore the cells of benchmarks/results/NAME.json from earlier invocations")
     args = parser.parse_args()
 
     work = Path(args.work)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
-    results: dict = {"source": {}, "targets": {}}
-    for setting_name in args.settings:  # setting by setting, so finished columns have every seed
-        setting = SETTINGS[setting_name]
-        for seed in args.seeds:
-            source_dir = work / f"seed{seed}" / "source"
-            if seed not in results["source"]:
-                raw = json.loads(json.dumps(DEMO_SOURCE))
-                raw["seed"] = seed
-                raw["optim"]["epochs"] = max(1, round(raw["optim"]["epochs"] * args.epochs_scale))
-                raw["eval"] = {**raw["eval"], "every": 0}
-                results["source"][seed] = run(raw, source_dir)["final"]
-            for method_name, method in METHODS.items():
-                out = work / f"seed{seed}" / slug(setting_name) / slug(method_name)
-                final = run(target_config(setting, method, source_dir, seed, args.epochs_scale), out)["final"]
-                results["targets"].setdefault(setting_name, {}).setdefault(method_name, {})[seed] = final
-                write_table(args, results, (time.perf_counter() - started) / 60)  # a partial table survives a crash
+    results = {"source": {}, "targets": {}} if args.fresh else load_finished(RESULTS / f"{args.name}.json", args.epochs_scale)
+    pending = [(setting_name, seed, method_name)  # setting by setting, so that finished columns have every seed
+               for setting_name in args.settings for seed in args.seeds for method_name in METHODS
+               if seed not in results["targets"].get(setting_name, {}).get(method_name, {})]
+    pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+    with pool:
+        seeds_needed = sorted({seed for _, seed, _ in pending} | (set(args.seeds) - set(results["source"])))
+        sources = {seed: pool.submit(train_final, source_config(seed, args.epochs_scale, threads),
+                                     str(work / f"seed{seed}" / "source")) for seed in seeds_needed}
+        for seed, future in sources.items():
+            results["source"][seed] = future.result()
+        jobs = {}
+        for setting_name, seed, method_name in pending:
+            out = work / f"seed{seed}" / slug(setting_name) / slug(method_name)
+            raw = target_config(SETTINGS[setting_name], METHODS[method_name], work / f"seed{seed}" / "source", seed,
+                                args.epochs_scale, threads)
+            jobs[pool.submit(train_final, raw, str(out))] = (setting_name, seed, method_name)
+        for future in as_completed(jobs):
+            setting_name, seed, method_name = jobs[future]
+            results["targets"].setdefault(setting_name, {}).setdefault(method_name, {})[seed] = future.result()
+            write_table(args, results, (time.perf_counter() - started) / 60)  # a partial table survives a crash
+    write_table(args, results, (time.perf_counter() - started) / 60)
 
 
 def write_table(args, results: dict, minutes: float) -> None:
