@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,16 +38,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from metrictransfer.config import load_config
     from metrictransfer.engine.trainer import train
 
+    overrides = list(args.set) + ([f"optim.on_nan={args.on_nan}"] if args.on_nan else [])
     if args.resume:
         run_dir = Path(args.resume)
-        config = load_config(run_dir / "config.yaml", args.set)
+        config = load_config(run_dir / "config.yaml", overrides)
     else:
         if not args.recipe:
             raise ConfigError("give a recipe (metrictransfer train RECIPE.yaml) or --resume RUN_DIR")
-        config = load_config(args.recipe, args.set)
+        config = load_config(args.recipe, overrides)
+        if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("under torchrun give the run folder with --out: every process must write to the same one")
         run_dir = Path(args.out or f"runs/{config.name or Path(args.recipe).stem}-{_timestamp()}")
     results = train(config, run_dir, resume=bool(args.resume))
-    print(json.dumps({"run": str(run_dir), "final": results["final"]}))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"run": str(run_dir), "final": results["final"]}))
     return 0
 
 
@@ -161,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default runs/<name>-<timestamp>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     train.add_argument("--set", **overrides)
+    train.add_argument("--on-nan", choices=["error", "skip"],
+                       help="a non-finite loss stops the run (error, the default) or its step is skipped and counted")
     train.set_defaults(func=cmd_train)
 
     data = sub.add_parser("data", help="look at a dataset folder")
@@ -207,8 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from metrictransfer.engine.interrupt import TrainingInterrupted
+
     try:
         return args.func(args)
+    except TrainingInterrupted as stop:
+        print(f"metrictransfer: {stop}", file=sys.stderr)
+        return stop.exit_status
+    except FloatingPointError as err:
+        print(f"metrictransfer: error: {err}", file=sys.stderr)
+        return 1
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"metrictransfer: error: {err}", file=sys.stderr)
         return 2

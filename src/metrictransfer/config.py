@@ -161,6 +161,9 @@ class OptimConfig(Strict):
     scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
     grad_clip: float | None = Field(None, gt=0)
+    on_nan: Literal["error", "skip"] = Field(
+        "error", description="a non-finite loss stops the run (error) or its step is skipped and counted (skip)"
+    )
 
 
 class EvalConfig(Strict):
@@ -253,12 +256,28 @@ class MutualConfig(Strict):
 MUTUAL_METRIC_LOSS = {"name": "triplet", "params": {"margin": 0.2}, "miner": "distance_weighted"}
 
 
+class CheckpointConfig(Strict):
+    every_steps: int = Field(0, ge=0, description="also save every N training steps (0: at the end of each epoch only)")
+    keep: int = Field(1, ge=1, description="how many of the newest checkpoints to keep (more than 1: in checkpoints/)")
+
+
+# Keys that may change when a run resumes: they change how it runs, not what it computes.
+RESUMABLE_KEYS = ("threads", "device", "compile", "data.num_workers", "eval.batch_size", "optim.on_nan", "checkpoint")
+
+
 class RunConfig(Strict):
     method: Literal["source", "transfer", "selfsup", "classifier", "mutual"] = "source"
     name: str | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
+    precision: Literal["32", "bf16", "16"] = Field(
+        "32", description="bf16: autocast on CPU or GPU; 16: float16 autocast with a gradient scaler (GPU only)"
+    )
+    deterministic: bool = Field(False, description="deterministic algorithms only (exact repeats and resumes; slower on GPU)")
+    channels_last: bool = Field(False, description="images and models in channels-last memory format (faster convolutions on GPU)")
+    compile: bool = Field(False, description="torch.compile the models (first steps are slow while it compiles)")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     metric_loss: MetricLossConfig = Field(default_factory=MetricLossConfig)
@@ -275,6 +294,11 @@ class RunConfig(Strict):
         if isinstance(raw, dict) and raw.get("method") == "mutual" and "metric_loss" not in raw:
             raw = {**raw, "metric_loss": dict(MUTUAL_METRIC_LOSS)}
         return raw
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # YAML reads `precision: 16` as a number
 
     @model_validator(mode="after")
     def _transfer_needs_source(self) -> "RunConfig":
@@ -369,6 +393,29 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 def config_to_dict(config: RunConfig) -> dict:
     return config.model_dump(mode="json")
+
+
+def resume_differences(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ between a run's saved configuration and the one it resumes with, except
+    those in :data:`RESUMABLE_KEYS`."""
+
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and v:
+                out.update(flat(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    a, b = flat(saved), flat(current)
+    allowed = tuple(RESUMABLE_KEYS)
+    return sorted(
+        f"{k}: {a.get(k, '(unset)')!r} → {b.get(k, '(unset)')!r}"
+        for k in set(a) | set(b)
+        if a.get(k) != b.get(k) and not any(k == r or k.startswith(r + ".") for r in allowed)
+    )
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
+
+
+class SeededItem(NamedTuple):
+    """A training item key: the image's index and the epoch. Its augmentation is drawn from a random
+    generator seeded by (run seed, epoch, index) alone, so the views do not depend on which process or
+    data-loader worker decodes the image, nor on where a resumed run starts."""
+
+    index: int
+    epoch: int
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed % 2**32, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class MultiViewDataset(Dataset):
@@ -17,7 +31,7 @@ class MultiViewDataset(Dataset):
     transform-major (a cohort's per-member views of the one decoded image).
     """
 
-    def __init__(self, dataset: Dataset, transform: Callable | Sequence[Callable], views: int = 1) -> None:
+    def __init__(self, dataset: Dataset, transform: Callable | Sequence[Callable], views: int = 1, seed: int = 0) -> None:
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
         self.dataset = dataset
@@ -26,11 +40,19 @@ class MultiViewDataset(Dataset):
             raise ValueError("MultiViewDataset needs at least one transform")
         self.transform = self.transforms[0]
         self.views = views
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | None:
+    def __getitem__(self, key: int | SeededItem) -> tuple[torch.Tensor, int, int] | None:
+        if isinstance(key, SeededItem):
+            with torch.random.fork_rng(devices=[]):  # leaves the caller's random stream untouched
+                torch.manual_seed(item_seed(self.seed, key.epoch, key.index))
+                return self._views(key.index)
+        return self._views(key)
+
+    def _views(self, index: int) -> tuple[torch.Tensor, int, int] | None:
         item = self.dataset[index]
         if item is None:  # an unreadable image the dataset was told to skip
             return None

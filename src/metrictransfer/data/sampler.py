@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from metrictransfer.data.multiview import SeededItem
+
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
     """Yields batches of dataset indices: ``classes_per_batch`` distinct classes, ``images_per_class`` each.
@@ -107,3 +109,33 @@ class ShuffledBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return self.num_items // self.batch_size
+
+
+class RankBatches(Sampler[list]):
+    """One training process's part of each global batch of ``batches`` (a batch sampler with
+    ``set_epoch``), as :class:`SeededItem` keys.
+
+    Rank r of N takes the r-th of N equal contiguous slices of every batch, so gathering the ranks'
+    embeddings in rank order rebuilds the global batch in the order one process would see it.
+    ``start(epoch, done)`` begins an epoch after its first ``done`` batches (a run resumed mid-epoch).
+    """
+
+    def __init__(self, batches, batch_size: int, rank: int = 0, world: int = 1) -> None:
+        if batch_size % world:
+            raise ValueError(f"a batch of {batch_size} images cannot be split evenly over {world} processes")
+        self.batches, self.rank, self.world = batches, rank, world
+        self.part = batch_size // world
+        self.epoch = self.done = 0
+
+    def start(self, epoch: int, done: int = 0) -> None:
+        self.batches.set_epoch(epoch)
+        self.epoch, self.done = epoch, done
+
+    def __iter__(self) -> Iterator[list]:
+        lo = self.rank * self.part
+        for i, batch in enumerate(self.batches):
+            if i >= self.done:
+                yield [SeededItem(int(j), self.epoch) for j in batch[lo : lo + self.part]]
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.done)

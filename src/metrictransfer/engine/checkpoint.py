@@ -10,7 +10,9 @@ from typing import IO, Any, Callable
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+HISTORY_DIR = "checkpoints"
+# 2: loadable with weights_only=True (no pickled numpy or Python objects), written with the package version.
+FORMAT_VERSION = 2
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str) -> None:
@@ -39,6 +41,33 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: f.write(text), "w")
 
 
+def save_run_checkpoint(state: dict, run_dir: str | os.PathLike, keep: int = 1) -> Path:
+    """Write ``state`` atomically as the run's ``checkpoint.pt``; with ``keep`` > 1 also keep it as
+    ``checkpoints/step-N.pt`` (a hard link: no copy) and delete all but the ``keep`` newest there."""
+    run_dir = Path(run_dir)
+    latest = run_dir / CHECKPOINT_NAME
+    atomic_save(state, latest)
+    if keep > 1:
+        history = run_dir / HISTORY_DIR
+        history.mkdir(exist_ok=True)
+        kept = history / f"step-{state['step']:09d}.pt"
+        kept.unlink(missing_ok=True)
+        try:
+            os.link(latest, kept)
+        except OSError:  # a file system without hard links
+            atomic_save(state, kept)
+        for old in sorted(history.glob("step-*.pt"))[:-keep]:
+            old.unlink(missing_ok=True)
+    return latest
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """A run's checkpoints, newest first: ``checkpoint.pt``, then the kept ones by step."""
+    run_dir = Path(run_dir)
+    found = [run_dir / CHECKPOINT_NAME] if (run_dir / CHECKPOINT_NAME).is_file() else []
+    return found + sorted((run_dir / HISTORY_DIR).glob("step-*.pt"), reverse=True)
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A run folder or a checkpoint file → the checkpoint file, with a clear error when there is none."""
     path = Path(path)
@@ -50,13 +79,20 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint's contents. ``weights_only=True``: tensors and plain containers only, so a file can
+    never run code while it loads."""
     file = resolve_checkpoint(path)
     try:
-        state = torch.load(file, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises several types for a damaged file
-        raise ValueError(f"cannot read checkpoint {file}: {err}") from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{file} is not a metrictransfer checkpoint (format {FORMAT_VERSION})")
+        state = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for a damaged or unsafe file
+        raise ValueError(f"cannot read checkpoint {file}: {str(err).splitlines()[0]}") from err
+    if not isinstance(state, dict) or "format" not in state:
+        raise ValueError(f"{file} is not a metrictransfer checkpoint")
+    if state["format"] != FORMAT_VERSION:
+        raise ValueError(
+            f"{file} has checkpoint format {state['format']}, this metrictransfer reads format {FORMAT_VERSION}; "
+            f"use the metrictransfer version that wrote it ({state.get('version', 'before 0.1.0')})"
+        )
     return state
 
 

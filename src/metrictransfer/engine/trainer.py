@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -11,20 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from metrictransfer.config import ConfigError, RunConfig, config_to_dict, save_config
+from metrictransfer import __version__
+from metrictransfer.config import ConfigError, RunConfig, config_to_dict, resume_differences, save_config
 from metrictransfer.data.holdout import split_holdout
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
 from metrictransfer.data.registry import build_dataset
-from metrictransfer.data.sampler import ClassBalancedBatchSampler, ShuffledBatchSampler
+from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.engine.checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, atomic_save, atomic_write_text, load_checkpoint
+from metrictransfer.engine import distributed
+from metrictransfer.engine.checkpoint import FORMAT_VERSION, atomic_write_text, load_checkpoint, run_checkpoints, save_run_checkpoint
+from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
 from metrictransfer.engine.logging import plot_recall, write_csv
 from metrictransfer.evaluation import ensemble_embeddings, extract_embeddings, retrieval_metrics
 from metrictransfer.methods import METHODS
 from metrictransfer.methods.classifier import accuracy
+from metrictransfer.models import EmbeddingModel
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,23 +70,36 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config, steps_per_epoch: i
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_train_loader(config: RunConfig, method, train_set, device: torch.device) -> tuple[DataLoader, object]:
-    """The training batches: class-balanced P × K (shuffled when the method ignores labels), each image
-    decoded once and augmented into every view the method's models need."""
+def build_train_loader(
+    config: RunConfig, method, train_set, device: torch.device, ranks: distributed.Ranks | None = None
+) -> tuple[DataLoader, RankBatches]:
+    """The training batches: class-balanced P × K global batches (shuffled when the method ignores
+    labels), of which this process loads its slice; each image decoded once and augmented into every
+    view the method's models need, the augmentation seeded by (seed, epoch, image)."""
     data = config.data
+    ranks = ranks or distributed.Ranks()
+    batch = data.classes_per_batch * data.images_per_class
     if method.uses_labels:
         sampler = ClassBalancedBatchSampler(np.asarray(train_set.labels), data.classes_per_batch, data.images_per_class, seed=config.seed)
     else:  # batches of P × K images drawn without looking at labels
-        sampler = ShuffledBatchSampler(len(train_set), data.classes_per_batch * data.images_per_class, seed=config.seed)
+        sampler = ShuffledBatchSampler(len(train_set), batch, seed=config.seed)
+    if batch % ranks.world:
+        raise ConfigError(
+            f"data.classes_per_batch × data.images_per_class = {batch} images per global batch cannot be split "
+            f"evenly over {ranks.world} processes; make it a multiple of {ranks.world}"
+        )
+    batches = RankBatches(sampler, batch, ranks.rank, ranks.world)
     loader = DataLoader(
-        MultiViewDataset(train_set, method.train_transforms(data), data.views),
-        batch_sampler=sampler,
+        MultiViewDataset(train_set, method.train_transforms(data), data.views, seed=config.seed),
+        batch_sampler=batches,
         num_workers=data.num_workers,
         collate_fn=collate_readable,  # drops images skipped by data.skip_bad_images
         pin_memory=device.type == "cuda",
         persistent_workers=data.num_workers > 0,
+        # workers' own seeds are drawn from this, not from the global stream a resumed run restores
+        generator=torch.Generator().manual_seed(config.seed),
     )
-    return loader, sampler
+    return loader, batches
 
 
 class Updater:
@@ -89,8 +107,9 @@ class Updater:
     each backward pass: a group with period τ steps on every τ-th call, its gradients accumulating in
     between, and its schedule spans its own updates (1/τ as many)."""
 
-    def __init__(self, method, optim_config, steps_per_epoch: int) -> None:
+    def __init__(self, method, optim_config, steps_per_epoch: int, scaler: torch.amp.GradScaler | None = None) -> None:
         self.method = method
+        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.grad_clip = optim_config.grad_clip
         self.groups = method.update_groups(optim_config.lr)
         self.optimizers = {g.name: build_optimizer(g.params, optim_config) for g in self.groups}
@@ -100,19 +119,34 @@ class Updater:
         self.updates = {g.name: 0 for g in self.groups}
         self.iteration = 0
 
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
     def step(self) -> None:
         self.iteration += 1
+        stepped = False
         for group in self.groups:
             if self.iteration % group.every:
                 continue  # gradients accumulate until this group's turn comes
             optimizer = self.optimizers[group.name]
-            if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self._params(group.name), self.grad_clip)
-            optimizer.step()
+            params = self._params(group.name)
+            distributed.average_gradients(params)
+            if any(p.grad is not None for p in params):  # none: every step of its period was skipped (on_nan)
+                if self.scaler is not None:
+                    self.scaler.unscale_(optimizer)
+                if self.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                if self.scaler is not None:
+                    self.scaler.step(optimizer)
+                    stepped = True
+                else:
+                    optimizer.step()
+                self.updates[group.name] += 1
             self.schedulers[group.name].step()
             optimizer.zero_grad(set_to_none=True)
-            self.updates[group.name] += 1
             self.method.after_update(group.name)
+        if stepped:
+            self.scaler.update()
 
     def lr(self) -> float:
         return self.optimizers[self.groups[0].name].param_groups[0]["lr"]
@@ -131,7 +165,9 @@ class Updater:
             "optimizers": {name: o.state_dict() for name, o in self.optimizers.items()},
             "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
             "updates": dict(self.updates),
+            "iteration": self.iteration,
             "pending_gradients": pending,
+            "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -141,19 +177,32 @@ class Updater:
             self.optimizers[name].load_state_dict(optimizers[name])
             self.schedulers[name].load_state_dict(schedulers[name])
         self.updates.update(state.get("updates", {}))
+        self.iteration = state["iteration"]
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         for name, grads in state.get("pending_gradients", {}).items():
             for param, grad in zip(self._params(name), grads):
                 param.grad = None if grad is None else grad.to(param.device)
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random stream, in types a ``weights_only`` load accepts."""
+    numpy = np.random.get_state(legacy=False)
+    numpy["state"] = {"key": numpy["state"]["key"].tolist(), "pos": int(numpy["state"]["pos"])}
+    state = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = dict(state["numpy"])
+    numpy["state"] = {"key": np.asarray(numpy["state"]["key"], dtype=np.uint32), "pos": numpy["state"]["pos"]}
+    np.random.set_state(numpy)
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def evaluate_model(model, dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
@@ -178,9 +227,17 @@ def evaluate_models(models: dict, dataset, config: RunConfig, device: torch.devi
     concatenation of their L2-normalised embeddings, and the ensemble's again without prefix (the run's
     headline numbers)."""
     stacked = _Stacked(list(models.values()))
+    ranks = distributed.current()
+    if ranks.world > 1:  # each process embeds every N-th image; all of them then hold every row, in order
+        dataset = Subset(dataset, range(ranks.rank, len(dataset), ranks.world))
     embeddings, labels, indices = extract_embeddings(
         stacked, dataset, config.eval.batch_size, device, config.data.num_workers, progress=progress, return_indices=True
     )
+    if ranks.world > 1:
+        embeddings, labels, indices = (distributed.gather(t.to(device)).cpu() for t in (embeddings, labels, indices))
+        order = torch.argsort(indices)
+        embeddings, labels, indices = embeddings[order], labels[order], indices[order]
+        dataset = dataset.dataset
     masks = query_gallery_masks(dataset, indices)
 
     def metrics(x: torch.Tensor) -> dict[str, float]:
@@ -219,19 +276,54 @@ def test_dataset(config: RunConfig) -> MultiViewDataset:
     return MultiViewDataset(build_dataset(data, "test"), build_transform(data.transform, False, data.image_size, data.normalization))
 
 
+def configure_models(method, config: RunConfig, device: torch.device) -> None:
+    """The run's precision, memory format and compilation, applied to every embedding model of the
+    method (the frozen source too: it runs in the run's precision, in inference only)."""
+    dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[config.precision]
+    for module in method.modules():
+        if isinstance(module, EmbeddingModel):
+            module.autocast_dtype = dtype
+            if config.compile:
+                module.compile()
+    if config.channels_last:
+        method.to(memory_format=torch.channels_last)
+
+
+def check_run_options(config: RunConfig, device: torch.device, method) -> None:
+    if config.precision == "16" and device.type != "cuda":
+        raise ConfigError("precision: 16 (float16 with a gradient scaler) needs a GPU; on the CPU use precision: bf16")
+    if config.precision == "16" and any(g.every > 1 for g in method.update_groups(config.optim.lr)):
+        raise ConfigError(
+            "precision: 16 cannot be combined with members that accumulate gradients (mutual.update_every > 1): "
+            "the gradient scale may change within their period; use precision: bf16"
+        )
+
+
+def make_deterministic() -> None:
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic results
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict:
     """Train one run into ``out_dir``; returns the results written to ``results.json``.
 
     Every epoch ends with an evaluation on the test split (``eval.every``), a CSV log row and an
-    atomically written checkpoint, so an interrupted run loses at most one epoch and ``resume=True``
-    continues from the last checkpoint.
+    atomically written checkpoint (also every ``checkpoint.every_steps`` steps, and when SIGINT or
+    SIGTERM arrives), so ``resume=True`` continues from the last checkpoint, in the middle of an epoch
+    if need be, and in deterministic mode ends with the same weights as an uninterrupted run.
+    Under torchrun every process runs this; only the first writes files.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    interactive = sys.stderr.isatty() if progress is None else progress
+    ranks, device_name = distributed.setup(config.device)
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+    interactive = ranks.main and (sys.stderr.isatty() if progress is None else progress)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
+    if config.deterministic:
+        make_deterministic()
+    device = resolve_device(device_name)
     seed_everything(config.seed)
 
     train_set = build_dataset(config.data, "train")
@@ -246,6 +338,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
             f"dataset {config.data.dataset!r} has no labels, and method {config.method!r} needs them; "
             "without labels use method: selfsup, or transfer with the relaxed contrastive loss alone (metric_weight 0)"
         )
+    check_run_options(config, device, method)
     if config.method == "classifier":  # accuracy on held-out images of the training classes
         data = config.data
         eval_set = MultiViewDataset(holdout, build_transform(data.transform, False, data.image_size, data.normalization))
@@ -253,86 +346,153 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
         eval_set = test_dataset(config)
     method.prepare_training_set(train_set)
     method = method.to(device)
+    configure_models(method, config, device)
     data = config.data
-    batch = data.classes_per_batch * data.images_per_class
-    loader, sampler = build_train_loader(config, method, train_set, device)
-    steps_per_epoch = len(sampler)
-    updater = Updater(method, config.optim, steps_per_epoch)
+    loader, batches = build_train_loader(config, method, train_set, device, ranks)
+    steps_per_epoch = len(batches.batches)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "16")
+    updater = Updater(method, config.optim, steps_per_epoch, scaler)
 
     history: list[dict] = []
-    start_epoch = 0
-    if resume and (out / CHECKPOINT_NAME).is_file():
-        state = load_checkpoint(out)
-        if state["config"] != config_to_dict(config):
-            raise ValueError(f"cannot resume {out}: the configuration differs from the one the run started with")
-        for name, model in method.trainable().items():
-            model.load_state_dict(state["models"][name])
-        if method.label_loss is not None:
-            method.label_loss.load_state_dict(state["label_loss"])
-        updater.load_state_dict(state)
-        _set_rng_state(state["rng"])
-        history, start_epoch = state["history"], state["epoch"]
-    save_config(config, out / "config.yaml")
+    position = {"epoch": 0, "batches_done": 0, "totals": {}}
+    if resume:
+        restored = _restore(out, config, method, updater)
+        if restored is not None:
+            history, position = restored["history"], restored["position"]
+    if ranks.main:
+        save_config(config, out / "config.yaml")
 
-    updater.iteration = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, config.optim.epochs):
-        method.train()
-        sampler.set_epoch(epoch)
-        started = time.perf_counter()
-        totals: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"{config.name or config.method} epoch {epoch + 1}/{config.optim.epochs}",
-                   disable=not interactive, leave=False, unit="batch")
-        skipped = 0
-        for views, labels, indices in bar:
-            skipped += batch - len(labels)
-            indices = indices.repeat_interleave(views.shape[1])
-            images, labels = flatten_views(views, labels)
-            loss, logs = method.training_loss(images.to(device), labels.to(device), indices.to(device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}; lower optim.lr or check the data")
-            loss.backward()
-            updater.step()
-            for key, value in logs.items():
-                totals[key] = totals.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
-        row = {"epoch": epoch + 1, "step": updater.iteration, "lr": updater.lr()}
-        if len(updater.groups) > 1:
-            row.update({f"{name}/updates": count for name, count in updater.updates.items()})
-        row.update({k: v / max(1, steps_per_epoch) for k, v in totals.items()})
-        row["train_seconds"] = round(time.perf_counter() - started, 2)
-        if data.skip_bad_images:
-            row["skipped_images"] = skipped
-        last = epoch + 1 == config.optim.epochs
-        if last or (config.eval.every and (epoch + 1) % config.eval.every == 0):
-            if config.method == "classifier":
-                row["accuracy"] = classifier_accuracy(method.output_model(), eval_set, config)
-            else:
-                row.update(evaluate_models(method.evaluation_models(), eval_set, config, device, progress=interactive))
-        history.append(row)
-        print(_epoch_line(config, row), flush=True)
-        atomic_save(
-            {
-                "format": FORMAT_VERSION,
-                "config": config_to_dict(config),
-                "method": config.method,
-                "output": method.output,
-                "models": {name: m.state_dict() for name, m in method.trainable().items()},
-                "architectures": {name: m.architecture() for name, m in method.trainable().items() if hasattr(m, "architecture")},
-                "label_loss": None if method.label_loss is None else method.label_loss.state_dict(),
-                **updater.state_dict(),
-                "rng": _rng_state(),
-                "epoch": epoch + 1,
-                "history": history,
-            },
-            out / CHECKPOINT_NAME,
-        )
-        write_csv(history, out / "log.csv")
+    def save(epoch: int, batches_done: int, totals: dict) -> Path:
+        state = {
+            "format": FORMAT_VERSION,
+            "version": __version__,
+            "config": config_to_dict(config),
+            "method": config.method,
+            "output": method.output,
+            "models": {name: m.state_dict() for name, m in method.trainable().items()},
+            "architectures": {name: m.architecture() for name, m in method.trainable().items() if hasattr(m, "architecture")},
+            "label_loss": None if method.label_loss is None else method.label_loss.state_dict(),
+            **updater.state_dict(),
+            "rng": _rng_state(),
+            "epoch": epoch,  # epochs finished
+            "step": updater.iteration,
+            "position": {"epoch": epoch, "batches_done": batches_done, "totals": dict(totals)},
+            "history": history,
+        }
+        if ranks.main:
+            save_run_checkpoint(state, out, config.checkpoint.keep)
+        return out / "checkpoint.pt"
+
+    every = config.checkpoint.every_steps
+    with GracefulStop() as stop:
+        for epoch in range(position["epoch"], config.optim.epochs):
+            method.train()
+            resumed_here = epoch == position["epoch"]
+            done = position["batches_done"] if resumed_here else 0
+            totals: dict[str, float] = dict(position["totals"]) if resumed_here else {}
+            batches.start(epoch, done)
+            started = time.perf_counter()
+            bar = tqdm(loader, desc=f"{config.name or config.method} epoch {epoch + 1}/{config.optim.epochs}",
+                       disable=not interactive, leave=False, unit="batch", initial=done, total=steps_per_epoch)
+            for views, labels, indices in bar:
+                totals["skipped_images"] = totals.get("skipped_images", 0) + batches.part - len(labels)
+                indices = indices.repeat_interleave(views.shape[1])
+                images, labels = flatten_views(views, labels)
+                images = images.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+                loss, logs = method.training_loss(images, labels.to(device), indices.to(device))
+                finite, stopping = distributed.step_flags(bool(torch.isfinite(loss)), stop.requested, device)
+                if not finite:
+                    if config.optim.on_nan == "error":
+                        raise FloatingPointError(_non_finite_message(epoch, done, updater.iteration + 1, logs, out))
+                    totals["skipped_steps"] = totals.get("skipped_steps", 0) + 1
+                else:
+                    updater.backward(loss)
+                    for key, value in logs.items():
+                        totals[key] = totals.get(key, 0.0) + value
+                updater.step()
+                done += 1
+                bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                if stopping:
+                    path = save(epoch, done, totals)
+                    raise TrainingInterrupted(stop.signal_name, updater.iteration, path)
+                if every and updater.iteration % every == 0 and done < steps_per_epoch:
+                    save(epoch, done, totals)
+            row = {"epoch": epoch + 1, "step": updater.iteration, "lr": updater.lr()}
+            if len(updater.groups) > 1:
+                row.update({f"{name}/updates": count for name, count in updater.updates.items()})
+            steps_counted = max(1, steps_per_epoch - totals.get("skipped_steps", 0))
+            row.update({k: v / steps_counted for k, v in totals.items() if k not in ("skipped_images", "skipped_steps")})
+            row["train_seconds"] = round(time.perf_counter() - started, 2)
+            if data.skip_bad_images:
+                row["skipped_images"] = int(totals.get("skipped_images", 0))
+            if config.optim.on_nan == "skip":
+                row["skipped_steps"] = int(totals.get("skipped_steps", 0))
+            last = epoch + 1 == config.optim.epochs
+            if last or (config.eval.every and (epoch + 1) % config.eval.every == 0):
+                if config.method == "classifier":
+                    row["accuracy"] = classifier_accuracy(method.output_model(), eval_set, config)
+                else:
+                    row.update(evaluate_models(method.evaluation_models(), eval_set, config, device, progress=interactive))
+            history.append(row)
+            if ranks.main:
+                print(_epoch_line(config, row), flush=True)
+            save(epoch + 1, 0, {})
+            if ranks.main:
+                write_csv(history, out / "log.csv")
 
     results = _results(config, history)
-    atomic_write_text(json.dumps(results, indent=2), out / "results.json")
-    primary = _primary(history)
-    plot_recall(_curves(config, history, primary), out / "recall.png", primary)
+    if ranks.main:
+        atomic_write_text(json.dumps(results, indent=2), out / "results.json")
+        primary = _primary(history)
+        plot_recall(_curves(config, history, primary), out / "recall.png", primary)
+    distributed.barrier()
     return results
+
+
+def _restore(out: Path, config: RunConfig, method, updater: Updater) -> dict | None:
+    """Load the newest readable checkpoint of ``out`` into the method and updater; None when the run
+    has none yet (it starts from scratch). A damaged newest file falls back to an older kept one."""
+    files = run_checkpoints(out)
+    if not files:
+        return None
+    errors = []
+    for file in files:
+        try:
+            state = load_checkpoint(file)
+            break
+        except ValueError as err:
+            errors.append(str(err))
+    else:
+        raise ValueError(f"cannot resume {out}: no readable checkpoint; " + "; ".join(errors))
+    if errors:
+        print(f"warning: resuming from {file}, newer checkpoints are unreadable: {'; '.join(errors)}", file=sys.stderr)
+    if state.get("version") != __version__:
+        raise ValueError(
+            f"cannot resume {out}: {file} was written by metrictransfer {state.get('version')}, this is {__version__}; "
+            "resume it with that version (pip install metrictransfer==VERSION)"
+        )
+    changed = resume_differences(state["config"], config_to_dict(config))
+    if changed:
+        raise ValueError(
+            f"cannot resume {out}: the configuration differs from the one the run started with: " + "; ".join(changed)
+        )
+    for name, model in method.trainable().items():
+        model.load_state_dict(state["models"][name])
+    if method.label_loss is not None:
+        method.label_loss.load_state_dict(state["label_loss"])
+    updater.load_state_dict(state)
+    _set_rng_state(state["rng"])
+    return {"history": state["history"], "position": state["position"]}
+
+
+def _non_finite_message(epoch: int, batch: int, step: int, logs: dict, out: Path) -> str:
+    terms = ", ".join(f"{k} {v:.4g}" for k, v in logs.items())
+    kept = out / "checkpoint.pt"
+    last = f"the last good checkpoint is {kept}" if kept.is_file() else "no checkpoint was written yet"
+    return (
+        f"non-finite loss at step {step} (epoch {epoch + 1}, batch {batch + 1}): {terms}; {last}. "
+        "Lower optim.lr or set optim.grad_clip, check the data, or skip such steps with --on-nan skip"
+    )
 
 
 def _primary(history: list[dict]) -> str:

@@ -45,7 +45,8 @@ class FitNetLoss(nn.Module):
             raise RuntimeError("FitNetLoss.prepare_features(target_channels, source_channels) must be called before use")
         total = target[0].new_zeros(())
         for regressor, t, s in zip(self.regressors, target, source):
-            total = total + F.mse_loss(_match(regressor(t), s.shape[-2:]), s.detach().to(t.dtype))
+            # float32: feature maps come in the run's precision (bf16 / fp16 under autocast)
+            total = total + F.mse_loss(_match(regressor(t.float()), s.shape[-2:]), s.detach().float())
         return total
 
 
@@ -67,7 +68,7 @@ class AttentionLoss(nn.Module):
         _check_lists(target, source, "Attention")
         total = target[0].new_zeros(())
         for t, s in zip(target, source):
-            s = s.detach().to(t.dtype)
+            t, s = t.float(), s.detach().float()  # feature maps come in the run's precision
             total = total + (attention_map(_match(t, s.shape[-2:]), self.p) - attention_map(s, self.p)).pow(2).mean()
         return total
 

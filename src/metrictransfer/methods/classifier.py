@@ -14,6 +14,7 @@ from torch import nn
 
 from metrictransfer.config import ModelConfig, RunConfig
 from metrictransfer.engine.checkpoint import load_embedding_model
+from metrictransfer.engine.distributed import gather
 from metrictransfer.losses import RelaxedContrastiveLoss
 from metrictransfer.methods.base import SingleModelMethod
 from metrictransfer.models import EmbeddingModel
@@ -63,8 +64,8 @@ class ClassifierMethod(SingleModelMethod):
         if self.distill != "none":
             with torch.no_grad():
                 source_features = self.source.features(images)
-            if self.distill == "relaxed_contrastive":
-                term = self.relaxed(features, source_features)
+            if self.distill == "relaxed_contrastive":  # pairwise: over the global batch
+                term = self.relaxed(gather(features), gather(source_features))
             else:
                 term = hinton_distillation(logits, self.source.head(source_features), self.temperature)
             loss = loss + self.weight * term

@@ -23,6 +23,7 @@ from torch import nn
 
 from metrictransfer.config import DataConfig, RunConfig
 from metrictransfer.data.transforms import build_transform
+from metrictransfer.engine.distributed import gather
 from metrictransfer.losses import build_transfer_loss
 from metrictransfer.methods.base import Method, UpdateGroup, build_label_loss, build_model, label_loss_groups
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
@@ -168,6 +169,9 @@ class MutualMethod(Method):
                 embeddings.append(member(x))
             if self.uses_features:
                 features.append(self.taps[k].features)
+        # Pairwise losses see the global batch (hint losses stay on this process's feature maps).
+        embeddings = [gather(e) for e in embeddings]
+        member_labels, member_indices = gather(member_labels), gather(member_indices)
 
         losses = {}
         for k in self.learners():

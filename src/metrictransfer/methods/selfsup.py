@@ -6,6 +6,7 @@ import torch
 from pytorch_metric_learning.losses import NTXentLoss
 
 from metrictransfer.config import RunConfig
+from metrictransfer.engine.distributed import gather
 from metrictransfer.methods.base import SingleModelMethod, build_model
 
 
@@ -30,5 +31,5 @@ class SelfSupervisedMethod(SingleModelMethod):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if indices is None:
             raise ValueError("self-supervised training needs each image's index to pair its views")
-        loss = self.contrastive(self.model(images), indices)
+        loss = self.contrastive(gather(self.model(images)), gather(indices))  # negatives from the global batch
         return loss, {"loss": loss.item()}

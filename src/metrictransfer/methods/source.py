@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from metrictransfer.config import RunConfig
+from metrictransfer.engine.distributed import gather
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
 
 
@@ -29,5 +30,5 @@ class SourceMethod(Method):
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = self.label_loss(self.model(images), labels)
+        loss = self.label_loss(gather(self.model(images)), gather(labels))  # the global batch
         return loss, {"loss": loss.item()}

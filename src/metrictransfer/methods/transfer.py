@@ -7,6 +7,7 @@ from torch import nn
 
 from metrictransfer.config import RunConfig
 from metrictransfer.engine.checkpoint import load_embedding_model
+from metrictransfer.engine.distributed import gather
 from metrictransfer.losses import build_transfer_loss
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
@@ -125,6 +126,9 @@ class TransferMethod(Method):
             with torch.no_grad():
                 source_embeddings = self.source(images)
         target_embeddings = self.target(images)
+        # Pairwise losses see the global batch (hint losses stay on this process's feature maps).
+        target_embeddings, source_embeddings = gather(target_embeddings), gather(source_embeddings)
+        labels, indices = gather(labels), gather(indices)
         logs = {}
         transfer = target_embeddings.new_zeros(())
         for (name, weight), loss_fn in zip(self.terms, self.transfer_losses):

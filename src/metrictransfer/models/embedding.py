@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import timm
@@ -46,6 +47,13 @@ class EmbeddingModel(nn.Module):
         self.normalize = normalize
         self.embedding_dim = embedding_dim
         self.backbone_name = backbone
+        # bf16 / fp16 autocast of the network only: embeddings leave in float32, so losses never see half precision
+        self.autocast_dtype: torch.dtype | None = None
+
+    def _autocast(self, images: torch.Tensor):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(images.device.type, dtype=self.autocast_dtype)
 
     def architecture(self) -> dict:
         """What rebuilds this model around a state dict (checkpoints store it per model)."""
@@ -56,10 +64,12 @@ class EmbeddingModel(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The pooled backbone features, before the head (a classifier's penultimate layer)."""
-        return self.pool(self.backbone.forward_features(images))
+        with self._autocast(images):
+            return self.pool(self.backbone.forward_features(images)).float()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        embeddings = self.head(self.features(images))
+        with self._autocast(images):
+            embeddings = self.head(self.pool(self.backbone.forward_features(images))).float()
         return F.normalize(embeddings, dim=1) if self.normalize else embeddings
 
 

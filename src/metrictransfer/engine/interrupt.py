@@ -1,0 +1,51 @@
+"""Ctrl-C and SIGTERM (a scheduler's preemption) end a run with a checkpoint instead of losing it."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after the checkpoint of an interrupted run is written; the CLI turns it into exit status
+    128 + the signal's number, as a shell expects."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        super().__init__(f"{signal_name} at step {step}: saved {checkpoint}; continue with "
+                         f"metrictransfer train --resume {checkpoint.parent}")
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))
+
+
+class GracefulStop:
+    """While active, the first SIGINT or SIGTERM only sets ``requested``: the training loop finishes
+    its step, saves and stops. A second one interrupts at once. Outside the main thread (where Python
+    cannot install handlers) it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        print(f"\n{self.signal_name}: finishing this step, then saving a checkpoint "
+              "(send it again to stop at once)", flush=True)
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
