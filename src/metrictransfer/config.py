@@ -73,6 +73,11 @@ class ModelConfig(Strict):
     pretrained: bool = False
     weights: str | None = None
     normalize: bool = False
+    freeze_batchnorm: bool = Field(
+        False, description="batch-norm layers keep their running statistics while training (as Proxy-Anchor's "
+        "BN-Inception recipes do); also makes N processes train exactly like one, since no statistic depends on the batch"
+    )
+    sync_batchnorm: bool = Field(True, description="under torchrun on GPUs: batch-norm statistics over the global batch")
 
 
 class MetricLossConfig(Strict):

@@ -287,6 +287,9 @@ def configure_models(method, config: RunConfig, device: torch.device) -> None:
                 module.compile()
     if config.channels_last:
         method.to(memory_format=torch.channels_last)
+    if distributed.current().world > 1 and device.type == "cuda" and config.model.sync_batchnorm:
+        for model in method.trainable().values():  # replaced in place, same parameter names: checkpoints unchanged
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def check_run_options(config: RunConfig, device: torch.device, method) -> None:

@@ -28,6 +28,7 @@ class EmbeddingModel(nn.Module):
         weights: str | os.PathLike | None = None,
         normalize: bool = False,
         in_chans: int = 3,
+        freeze_batchnorm: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in timm.list_models():
@@ -49,6 +50,15 @@ class EmbeddingModel(nn.Module):
         self.backbone_name = backbone
         # bf16 / fp16 autocast of the network only: embeddings leave in float32, so losses never see half precision
         self.autocast_dtype: torch.dtype | None = None
+        self.freeze_batchnorm = freeze_batchnorm
+
+    def train(self, mode: bool = True) -> "EmbeddingModel":
+        super().train(mode)
+        if self.freeze_batchnorm:  # running statistics only: nothing depends on the batch's composition
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def _autocast(self, images: torch.Tensor):
         if self.autocast_dtype is None:
