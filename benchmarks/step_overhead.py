@@ -1,0 +1,170 @@
+"""What a transfer step and a cohort step cost beyond the networks' own work (demo data, CPU).
+
+    .venv/bin/python benchmarks/step_overhead.py [--steps 10] [--rounds 5] [--precision 32]
+
+On one preloaded demo batch (45 classes × 2 images × 2 views = 180 images, 32 px), measured side by side
+in one process, interleaved round by round, median over rounds:
+
+- transfer step (the demo's compression setting: ResNet-18-D 128-d source, ResNet-10t 32-d target,
+  relaxed contrastive loss): the method's loss (source forward in inference mode, target forward, loss),
+  backward and the optimiser update, exactly as the trainer runs them;
+- against: the target's forward + backward alone (its embeddings' sum as the loss) plus the source's
+  forward alone (inference mode). The overhead is the loss, its backward and the update.
+- cohort step (K = 2 ResNet-10t 32-d members, their own views, triplet + RKD mutual loss, τ = 1, 1)
+  against two standalone steps of the same members (triplet loss alone), each on its own views.
+
+The goal (issue 7): both ratios at most 1.10. Data loading is left out of every timing (it is the same
+for all and measured in benchmarks/cohort_step.py). Writes benchmarks/results/step_overhead.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from metrictransfer.config import build_config
+from metrictransfer.data.multiview import flatten_views
+from metrictransfer.data.registry import build_dataset
+from metrictransfer.demo import DEMO_DATA
+from metrictransfer.engine.trainer import Updater, build_train_loader, configure_models, seed_everything
+from metrictransfer.methods import METHODS
+from metrictransfer.models import EmbeddingModel
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TRIPLET = {"name": "triplet", "params": {"margin": 0.2}, "miner": "distance_weighted"}
+
+
+def save_source(path: Path) -> Path:
+    """An (untrained) ResNet-18-D 128-d source checkpoint: the timing does not depend on its weights."""
+    from metrictransfer.config import config_to_dict
+    from metrictransfer.engine.checkpoint import FORMAT_VERSION, atomic_save
+
+    raw = {"model": {"backbone": "resnet18d", "embedding_dim": 128}}
+    model = EmbeddingModel("resnet18d", 128)
+    atomic_save({"format": FORMAT_VERSION, "config": config_to_dict(build_config(raw)), "output": "model",
+                 "models": {"model": model.state_dict()}, "architectures": {"model": model.architecture()}}, path)
+    return path
+
+
+class Step:
+    """A method, its updater and one preloaded batch: ``run()`` is one training step without loading."""
+
+    def __init__(self, raw: dict) -> None:
+        config = build_config(raw, origin="step_overhead")
+        seed_everything(config.seed)
+        train_set = build_dataset(config.data, "train")
+        self.method = METHODS[config.method](config, int(max(train_set.labels)) + 1)
+        self.method.prepare_training_set(train_set)
+        configure_models(self.method, config, torch.device("cpu"))
+        self.method.train()
+        loader, batches = build_train_loader(config, self.method, train_set, torch.device("cpu"))
+        self.updater = Updater(self.method, config.optim, len(batches))
+        views, labels, indices = next(iter(loader))
+        self.indices = indices.repeat_interleave(views.shape[1])
+        self.images, self.labels = flatten_views(views, labels)
+
+    def run(self) -> None:
+        loss, _ = self.method.training_loss(self.images, self.labels, self.indices)
+        self.updater.backward(loss)
+        self.updater.step()
+
+
+class Networks:
+    """The networks' own work: a forward + backward of trained models, a forward of frozen ones."""
+
+    def __init__(self, trained: list[torch.nn.Module], frozen: list[torch.nn.Module], images: list[torch.Tensor]) -> None:
+        self.trained, self.frozen, self.images = trained, frozen, images
+
+    def run(self) -> None:
+        for model, x in zip(self.trained, self.images):
+            model(x).sum().backward()
+            model.zero_grad(set_to_none=True)
+        with torch.inference_mode():
+            for model in self.frozen:
+                model(self.images[0])
+
+
+def timed(fn, steps: int) -> float:
+    started = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - started) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round and setting")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--precision", default="32", choices=["32", "bf16"])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = {"data": DEMO_DATA, "optim": {"lr": 1e-3, "epochs": 10}, "precision": args.precision}
+        transfer = Step({**base, "method": "transfer", "model": {"backbone": "resnet10t", "embedding_dim": 32},
+                         "transfer": {"source_checkpoint": str(save_source(Path(tmp) / "source.pt"))}})
+        cohort = Step({**base, "method": "mutual", "metric_loss": TRIPLET,
+                       "model": {"backbone": "resnet10t", "embedding_dim": 32, "normalize": True},
+                       "mutual": {"members": 2, "update_every": [1, 1]}})
+    member_views = cohort.method.split_views(cohort.images)
+    alone = []
+    for k in range(2):
+        member = Step({**base, "method": "source", "metric_loss": TRIPLET, "seed": k,
+                       "model": {"backbone": "resnet10t", "embedding_dim": 32, "normalize": True}})
+        member.images = member_views[k]  # the member's own views, as in the cohort
+        alone.append(member)
+    networks = Networks([transfer.method.target], [transfer.method.source], [transfer.images])
+
+    settings = {
+        "transfer step": transfer.run,
+        "target forward + backward, source forward": networks.run,
+        "cohort step (K = 2)": cohort.run,
+        "member 0 alone": alone[0].run,
+        "member 1 alone": alone[1].run,
+    }
+    for fn in settings.values():  # warm-up: allocator, lazy initialisation
+        fn(), fn()
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    for round_ in range(args.rounds):
+        for name, fn in settings.items():
+            times[name].append(timed(fn, args.steps))
+        print(f"round {round_ + 1}: " + ", ".join(f"{n} {t[-1]:.3f}s" for n, t in times.items()), flush=True)
+
+    median = {name: statistics.median(t) for name, t in times.items()}
+    transfer_ratio = median["transfer step"] / median["target forward + backward, source forward"]
+    cohort_ratio = median["cohort step (K = 2)"] / (median["member 0 alone"] + median["member 1 alone"])
+    lines = [
+        f"# Step overhead: transfer and cohort steps against the networks' own work (CPU, precision {args.precision})",
+        "",
+        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, {platform.processor() or platform.machine()}; "
+        f"one preloaded demo batch (180 images, 32 px); median over {args.rounds} interleaved rounds of {args.steps} steps.",
+        "",
+        "| setting | seconds per step |",
+        "|---|---:|",
+        *[f"| {name} | {seconds:.3f} |" for name, seconds in median.items()],
+        "",
+        f"- transfer step ÷ (target forward + backward + source forward): **{transfer_ratio:.2f}** (goal ≤ 1.10)",
+        f"- cohort step ÷ (member 0 alone + member 1 alone): **{cohort_ratio:.2f}** (goal ≤ 1.10)",
+        "",
+        f"Rerun: `.venv/bin/python benchmarks/step_overhead.py --steps {args.steps} --rounds {args.rounds} "
+        f"--precision {args.precision} --threads {args.threads}`",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    name = "step_overhead" if args.precision == "32" else f"step_overhead_{args.precision}"
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(
+        {"args": vars(args), "seconds": times, "median": median, "transfer_ratio": transfer_ratio, "cohort_ratio": cohort_ratio},
+        indent=2) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
