@@ -228,3 +228,22 @@ def test_channels_last_gives_the_same_gradients_and_trains(tmp_path):
         assert (q.grad - p.grad).abs().max() <= 5e-5 * p.grad.abs().max(), name
     results = trainer.train(build_config(_raw(channels_last=True, optim={"epochs": 1})), tmp_path / "run", progress=False)
     assert 0 < results["final"]["recall@1"] <= 1
+
+
+def test_compile_runs_the_models_through_torch_compile(tmp_path, monkeypatch):
+    """The eager backend: the same graph capture as the default one without a C++ build (minutes on a CPU)."""
+    from metrictransfer.models import EmbeddingModel
+
+    real = EmbeddingModel.compile
+    monkeypatch.setattr(EmbeddingModel, "compile", lambda self, **kw: real(self, backend="eager"))
+    config = build_config(_raw(compile=True, optim={"epochs": 1}))
+    torch.manual_seed(0)
+    method = SourceMethod(config, 4)
+    trainer.configure_models(method, config, torch.device("cpu"))
+    assert method.model._compiled_call_impl is not None
+    images, labels = torch.randn(8, 3, 32, 32), torch.arange(4).repeat_interleave(2)
+    plain = SourceMethod(config, 4)
+    plain.load_state_dict(method.state_dict())
+    assert method.training_loss(images, labels)[0].item() == pytest.approx(plain.training_loss(images, labels)[0].item(), rel=1e-5)
+    results = trainer.train(config, tmp_path / "run", progress=False)
+    assert 0 < results["final"]["recall@1"] <= 1
