@@ -247,3 +247,23 @@ def test_compile_runs_the_models_through_torch_compile(tmp_path, monkeypatch):
     assert method.training_loss(images, labels)[0].item() == pytest.approx(plain.training_loss(images, labels)[0].item(), rel=1e-5)
     results = trainer.train(config, tmp_path / "run", progress=False)
     assert 0 < results["final"]["recall@1"] <= 1
+
+
+def test_the_gradient_scaler_path_updates_like_plain_float32():
+    """float16 runs only on GPUs; the updater's scaler path (scale, unscale before clipping, step, update,
+    state in the checkpoint) is checked here with the CPU scaler on float32."""
+    config = build_config(_raw(optim={"grad_clip": 1.0, "optimizer": "sgd", "lr": 0.1}))  # SGD: a missing unscale would show
+    images, labels = torch.randn(8, 3, 32, 32), torch.arange(4).repeat_interleave(2)
+    results = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**12)):
+        torch.manual_seed(0)
+        method = SourceMethod(config, 4)
+        updater = trainer.Updater(method, config.optim, STEPS_PER_EPOCH, scaler)
+        for _ in range(2):
+            updater.backward(method.training_loss(images, labels)[0])
+            updater.step()
+        results.append((method.state_dict(), updater.state_dict()))
+    (plain, _), (scaled, state) = results
+    for key, value in plain.items():
+        torch.testing.assert_close(scaled[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert state["grad_scaler"]["scale"] == 2.0**12 and state["updates"] == {"model": 2}
