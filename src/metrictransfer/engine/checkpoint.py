@@ -85,6 +85,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for a damaged or unsafe file
+        if "Weights only load failed" in str(err):
+            raise ValueError(
+                f"cannot read checkpoint {file}: it holds Python objects besides tensors and plain containers, which "
+                "could run code while loading, so it is not loaded (a checkpoint of metrictransfer before "
+                f"format {FORMAT_VERSION}, or not a metrictransfer checkpoint)"
+            ) from None
         raise ValueError(f"cannot read checkpoint {file}: {str(err).splitlines()[0]}") from err
     if not isinstance(state, dict) or "format" not in state:
         raise ValueError(f"{file} is not a metrictransfer checkpoint")
