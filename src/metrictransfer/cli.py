@@ -148,6 +148,54 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from metrictransfer.search import build_index
+
+    meta = build_index(args.checkpoint, args.images, args.out, args.model, _device(args.device), args.batch_size,
+                       progress=sys.stderr.isatty())
+    engine = "faiss" if meta["faiss"] else "exact (torch; pip install faiss-cpu for a faiss index)"
+    labels = f"{len(meta['classes'])} classes" if meta["classes"] else "no labels"
+    print(f"{args.out}: {meta['count']} images, {meta['dim']}-d, {meta['metric']}, {labels}, search: {engine}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from metrictransfer.search import Gallery
+
+    gallery = Gallery(args.index, args.checkpoint, _device(args.device))
+    results = gallery.search(args.queries, args.k)
+    query_labels = [_folder_label(q, gallery.meta["classes"]) for q in args.queries]
+    if args.json:
+        print(json.dumps([
+            {"query": q, "label": label, "neighbours": [vars(n) for n in found]}
+            for q, label, found in zip(args.queries, query_labels, results)
+        ]))
+    else:
+        for q, found in zip(args.queries, results):
+            print(q)
+            for rank, n in enumerate(found, 1):
+                print(f"  {rank:3d}  {n.distance:.4f}  {n.path}" + (f"  [{n.label}]" if n.label else ""))
+    if args.grid:
+        from metrictransfer.search.grid import draw_grid
+
+        draw_grid(args.queries, results, args.grid, query_labels)
+        if not args.json:
+            print(f"grid: {args.grid}")
+    return 0
+
+
+def _folder_label(path: str, classes: list[str]) -> str | None:
+    """A query's class when its folder is named like one of the gallery's classes."""
+    name = Path(path).parent.name
+    return name if name in classes else None
+
+
+def _device(name: str) -> str:
+    import torch
+
+    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metrictransfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +252,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to compute (default: auto)")
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
+    index = sub.add_parser("index", help="embed a gallery of images with a run's model, for metrictransfer search")
+    index.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    index.add_argument("--images", required=True, metavar="FOLDER_OR_CSV",
+                       help="a folder (searched recursively; sub-folders are classes) or a CSV with path[,label] columns")
+    index.add_argument("--out", required=True, metavar="INDEX_DIR", help="the index folder to write")
+    index.add_argument("--model", help="which model of the run (a cohort's member1, say; default: its output model)")
+    index.add_argument("--batch-size", type=int, default=128)
+    index.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    index.set_defaults(func=cmd_index)
+
+    search = sub.add_parser("search", help="nearest gallery images of query images")
+    search.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
+    search.add_argument("--index", required=True, metavar="INDEX_DIR", help="built by metrictransfer index")
+    search.add_argument("--k", type=int, default=10, help="neighbours per query (default 10)")
+    search.add_argument("--checkpoint", help="the model's checkpoint, if it moved since the index was built")
+    search.add_argument("--json", action="store_true", help="print exactly one JSON list")
+    search.add_argument("--grid", metavar="OUT.png", help="draw queries and neighbours (green: same class, red: other)")
+    search.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    search.set_defaults(func=cmd_search)
+
     table = sub.add_parser("table", help="final metrics of finished runs as one markdown table (seeds averaged)")
     table.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (holding results.json and config.yaml)")
     table.add_argument("--metrics", type=lambda t: t.split(","), help="comma-separated keys (default: every recall@k)")
@@ -214,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from metrictransfer.data.images import BadImageError
     from metrictransfer.engine.interrupt import TrainingInterrupted
 
     try:
@@ -224,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as err:
         print(f"metrictransfer: error: {err}", file=sys.stderr)
         return 1
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, BadImageError) as err:
         print(f"metrictransfer: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,54 @@
+"""Queries and their nearest gallery images drawn as a grid: one row per query."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from metrictransfer.search.gallery import Neighbour
+
+SAME, OTHER = "#2ca02c", "#d62728"  # green frame: same class as the query; red: another class
+
+
+def draw_grid(queries: list[str], results: list[list[Neighbour]], out: str | Path,
+              query_labels: list[str | None] | None = None, thumb: float = 1.3) -> Path:
+    """Write a PNG: each query, then its neighbours nearest first with their distances; frames are green
+    or red when both the query's and the neighbour's classes are known."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    query_labels = query_labels or [None] * len(queries)
+    columns = 1 + max((len(r) for r in results), default=0)
+    fig, axes = plt.subplots(len(queries), columns, figsize=(thumb * columns, thumb * 1.15 * len(queries)), squeeze=False)
+    for row, (query, neighbours, label) in enumerate(zip(queries, results, query_labels)):
+        _show(axes[row][0], query, "query" + (f"\n{label}" if label else ""), None)
+        for col in range(1, columns):
+            ax = axes[row][col]
+            if col - 1 >= len(neighbours):
+                ax.axis("off")
+                continue
+            n = neighbours[col - 1]
+            colour = None if label is None or n.label is None else (SAME if n.label == label else OTHER)
+            _show(ax, n.path, f"{n.distance:.3f}" + (f"\n{n.label}" if n.label else ""), colour)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _show(ax, path: str, title: str, frame: str | None) -> None:
+    with Image.open(path) as image:
+        ax.imshow(image.convert("RGB"))
+    ax.set_title(title, fontsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(frame is not None)
+        if frame is not None:
+            spine.set_edgecolor(frame)
+            spine.set_linewidth(4)

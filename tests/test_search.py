@@ -1,0 +1,118 @@
+"""index and search: a gallery folder or CSV, exact and faiss search, the grid, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metrictransfer.cli import main
+from metrictransfer.config import build_config, config_to_dict
+from metrictransfer.engine.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint
+from metrictransfer.models import EmbeddingModel
+from metrictransfer.search import Gallery, list_images
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def _checkpoint(path, seed: int = 0):
+    """A run's checkpoint as training leaves it (untrained weights: search needs no particular quality)."""
+    torch.manual_seed(seed)
+    model = EmbeddingModel("resnet10t", 8)
+    raw = {"model": {"backbone": "resnet10t", "embedding_dim": 8}, "data": {"image_size": 32}}
+    atomic_save({"format": FORMAT_VERSION, "config": config_to_dict(build_config(raw)), "output": "model",
+                 "models": {"model": model.state_dict()}, "architectures": {"model": model.architecture()}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gallery")
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir()
+        for i in range(4):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    checkpoint = _checkpoint(root.parent / "model.pt")
+    index = root.parent / "index"
+    assert main(["index", "--checkpoint", str(checkpoint), "--images", str(root), "--out", str(index)]) == 0
+    return root, checkpoint, index
+
+
+def test_a_gallery_image_finds_itself_first_and_the_json_lists_k_neighbours(gallery, capsys):
+    root, _, index = gallery
+    capsys.readouterr()
+    query = root / "green" / "2.png"
+    assert main(["search", str(query), "--index", str(index), "--k", "5", "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["query"] == str(query) and result["label"] == "green"
+    found = result["neighbours"]
+    assert len(found) == 5
+    assert found[0]["path"] == str(query.resolve()) and found[0]["distance"] == pytest.approx(0, abs=1e-3)
+    assert [n["distance"] for n in found] == sorted(n["distance"] for n in found)
+    assert {n["label"] for n in found} <= set(COLOURS)
+
+
+def test_faiss_and_exact_search_give_the_same_neighbours(gallery, monkeypatch):
+    root, _, index = gallery
+    pytest.importorskip("faiss")
+    queries = [str(root / "red" / "0.png"), str(root / "blue" / "3.png")]
+    with_faiss = Gallery(index)
+    assert with_faiss.faiss_index is not None
+    exact = Gallery(index)
+    exact.faiss_index = None
+    a, b = with_faiss.search(queries, 12), exact.search(queries, 12)
+    for row_a, row_b in zip(a, b):
+        assert [n.distance for n in row_a] == pytest.approx([n.distance for n in row_b], abs=1e-4)
+        assert row_a[0].path == row_b[0].path
+
+
+def test_the_grid_is_an_image_with_a_row_per_query(gallery, tmp_path, capsys):
+    root, _, index = gallery
+    out = tmp_path / "grid.png"
+    queries = [str(root / "red" / "1.png"), str(root / "green" / "0.png")]
+    assert main(["search", *queries, "--index", str(index), "--k", "4", "--grid", str(out)]) == 0
+    with Image.open(out) as image:
+        width, height = image.size
+    assert width > height > 0  # 2 rows of 5 thumbnails
+    printed = capsys.readouterr().out
+    assert printed.count("  1  ") == 2 and "grid:" in printed
+
+
+def test_a_csv_gallery_with_labels(gallery, tmp_path):
+    root, _, _ = gallery
+    listing = tmp_path / "list.csv"
+    rows = ["path,label"] + [f"{root / c / '0.png'},{c}" for c in COLOURS]
+    listing.write_text("\n".join(rows) + "\n")
+    listed = list_images(listing)
+    assert listed.classes == sorted(COLOURS) and len(listed.paths) == 3
+
+
+def test_an_index_built_by_another_model_is_refused(gallery, tmp_path, capsys):
+    root, checkpoint, index = gallery
+    other = _checkpoint(tmp_path / "other.pt", seed=1)
+    code = main(["search", str(root / "red" / "0.png"), "--index", str(index), "--checkpoint", str(other)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "built by a different model" in err and "metrictransfer index --checkpoint" in err
+    state = load_checkpoint(checkpoint)  # the original model is still accepted
+    assert state["output"] == "model"
+
+
+def test_bad_queries_and_galleries_name_the_file(gallery, tmp_path, capsys):
+    root, _, index = gallery
+    assert main(["search", str(tmp_path / "missing.png"), "--index", str(index)]) == 2
+    assert "query image not found" in capsys.readouterr().err
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    assert main(["search", str(broken), "--index", str(index)]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["index", "--checkpoint", str(gallery[1]), "--images", str(empty), "--out", str(tmp_path / "i")]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert main(["search", str(root / "red" / "0.png"), "--index", str(tmp_path)]) == 2
+    assert "metrictransfer index" in capsys.readouterr().err
+
