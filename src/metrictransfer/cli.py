@@ -159,6 +159,16 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from metrictransfer.export import description_path, export_model
+
+    described = export_model(args.checkpoint, args.format, args.out, args.model)
+    checked = described["checked"]
+    print(f"{args.out}: {args.format}, {described['output']['embedding_dim']}-d embeddings, checked against the "
+          f"PyTorch model (largest difference {checked['max_abs_difference']:.1e}); preprocessing in {description_path(args.out)}")
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from metrictransfer.search import Gallery
 
@@ -272,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     search.set_defaults(func=cmd_search)
 
+    export = sub.add_parser("export", help="the embedding model as safetensors, TorchScript or ONNX, checked after writing")
+    export.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    export.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"])
+    export.add_argument("--out", required=True, metavar="FILE", help="the exported file (its description: FILE's stem + .preprocessing.json)")
+    export.add_argument("--model", help="which model of the run (a cohort's member1, say; default: its output model)")
+    export.set_defaults(func=cmd_export)
+
     table = sub.add_parser("table", help="final metrics of finished runs as one markdown table (seeds averaged)")
     table.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (holding results.json and config.yaml)")
     table.add_argument("--metrics", type=lambda t: t.split(","), help="comma-separated keys (default: every recall@k)")
@@ -293,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as err:
         print(f"metrictransfer: error: {err}", file=sys.stderr)
         return 1
-    except (ConfigError, FileNotFoundError, ValueError, BadImageError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, BadImageError, ImportError) as err:
         print(f"metrictransfer: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,109 @@
+"""Export a trained embedding model for use outside metrictransfer, checked before success is reported.
+
+Formats: ``safetensors`` (weights only; rebuild with :class:`EmbeddingModel` from the JSON), ``torchscript``
+(a traced module, loadable with ``torch.jit.load`` without metrictransfer) and ``onnx``. Beside the file goes
+``NAME.preprocessing.json``: the architecture, the exact test-time preprocessing and the distance to use.
+The export is loaded back and must give the PyTorch model's embeddings (to 1e-4) on a test batch, or
+the file is removed and the command fails.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from metrictransfer import __version__
+from metrictransfer.data.transforms import build_transform
+from metrictransfer.engine.checkpoint import atomic_write_text, load_embedding_model, resolve_checkpoint
+from metrictransfer.models import EmbeddingModel
+
+FORMATS = ("safetensors", "torchscript", "onnx")
+
+
+def _need(module: str, package: str, why: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{why} needs the {package} package: pip install {package}") from None
+
+
+def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: str | None = None,
+                 tolerance: float = 1e-4) -> dict:
+    """Write the run's embedding model as ``fmt`` to ``out`` and its description beside it; returns the
+    description, including the largest difference found when the export was checked."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    model, config = load_embedding_model(checkpoint, name=model_name)
+    model.eval()
+    size = config.data.image_size
+    example = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(example)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        exported = _EXPORTERS[fmt](model, example, out)
+        difference = float((exported - expected).abs().max())
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    if not difference <= tolerance:
+        out.unlink(missing_ok=True)
+        raise ValueError(f"the {fmt} export gives embeddings up to {difference:.2e} away from the PyTorch model's "
+                         f"(allowed {tolerance:.0e}); nothing was written")
+    data = config.data
+    description = {
+        "metrictransfer": __version__,
+        "format": fmt,
+        "file": out.name,
+        "checkpoint": str(resolve_checkpoint(checkpoint)),
+        "architecture": model.architecture(),
+        "input": {"layout": "NCHW", "channels": "RGB", "dtype": "float32", "height": size, "width": size},
+        "preprocessing": [repr(step) for step in build_transform(data.transform, False, size, data.normalization).transforms],
+        "output": {"embedding_dim": model.embedding_dim, "l2_normalized": model.normalize},
+        "metric": config.eval.metric,
+        "checked": {"max_abs_difference": difference, "tolerance": tolerance, "batch": list(example.shape)},
+    }
+    atomic_write_text(json.dumps(description, indent=2), description_path(out))
+    return description
+
+
+def description_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".preprocessing.json")
+
+
+def _safetensors(model: EmbeddingModel, example: torch.Tensor, out: Path) -> torch.Tensor:
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    arch = model.architecture()
+    rebuilt = EmbeddingModel(arch["backbone"], arch["embedding_dim"], normalize=arch["normalize"])
+    rebuilt.load_state_dict(load_file(str(out)))
+    with torch.no_grad():
+        return rebuilt.eval()(example)
+
+
+def _torchscript(model: EmbeddingModel, example: torch.Tensor, out: Path) -> torch.Tensor:
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example)
+    traced.save(str(out))
+    loaded = torch.jit.load(str(out))
+    with torch.no_grad():
+        return loaded(example)
+
+
+def _onnx(model: EmbeddingModel, example: torch.Tensor, out: Path) -> torch.Tensor:
+    _need("onnx", "onnx", "the onnx export")
+    runtime = _need("onnxruntime", "onnxruntime", "checking the onnx export")
+    torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["embeddings"],
+                      dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}}, dynamo=False)
+    session = runtime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["embeddings"], {"images": example.numpy()})[0])
+
+
+_EXPORTERS = {"safetensors": _safetensors, "torchscript": _torchscript, "onnx": _onnx}
