@@ -205,7 +205,9 @@ def test_demo_command_writes_results_table_log_and_plot(tmp_path, capsys):
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["models"]) == {"source", "target_alone", "target_transfer"}
-    for name in ["config.json", "log.csv", "recall.png", "source/checkpoint.pt", "target_transfer/checkpoint.pt"]:
+    for name in ["config.json", "log.csv", "recall.png", "source/checkpoint.pt", "target_transfer/checkpoint.pt",
+                 "target_transfer/report.md", "target_transfer/curves.png", "target_transfer/retrieval.png",
+                 "target_transfer/embedding_map.png"]:
         assert (out / name).is_file(), name
     assert "| target_transfer" in capsys.readouterr().out
 

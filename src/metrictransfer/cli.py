@@ -51,7 +51,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out or f"runs/{config.name or Path(args.recipe).stem}-{_timestamp()}")
     results = train(config, run_dir, resume=bool(args.resume))
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"run": str(run_dir), "final": results["final"]}))
+        from metrictransfer.engine.report import write_report
+
+        write_report(run_dir)
+        print(json.dumps({"run": str(run_dir), "final": results["final"], "report": str(run_dir / "report.md")}))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from metrictransfer.engine.report import write_report
+
+    for run in args.runs:
+        print(write_report(run))
     return 0
 
 
@@ -288,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, metavar="FILE", help="the exported file (its description: FILE's stem + .preprocessing.json)")
     export.add_argument("--model", help="which model of the run (a cohort's member1, say; default: its output model)")
     export.set_defaults(func=cmd_export)
+
+    report = sub.add_parser("report", help="(re)build a finished run's report.md and plots")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    report.set_defaults(func=cmd_report)
 
     table = sub.add_parser("table", help="final metrics of finished runs as one markdown table (seeds averaged)")
     table.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (holding results.json and config.yaml)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from metrictransfer.config import RunConfig, build_config
 from metrictransfer.engine.checkpoint import atomic_write_text
 from metrictransfer.engine.logging import plot_recall, write_csv
+from metrictransfer.engine.report import write_report
 
 # The three runs of the demo, as configuration overrides of the defaults. The same settings are in
 # recipes/glyphs_*.yaml for `metrictransfer train` (a test keeps them equal).
@@ -66,6 +67,7 @@ def run_demo(out: str | Path, seed: int = 0, epochs_scale: float = 1.0, override
         print(f"== {name}: {config.method}, {config.model.backbone} {config.model.embedding_dim}-d, "
               f"{config.optim.epochs} epochs ==", flush=True)
         results[name] = train(config, out / name, progress=progress)
+        write_report(out / name)  # report.md, curves, retrieval grid, embedding map
 
     rows = [{"model": name, **row} for name, r in results.items() for row in r["history"]]
     write_csv(rows, out / "log.csv")
@@ -80,7 +82,7 @@ def run_demo(out: str | Path, seed: int = 0, epochs_scale: float = 1.0, override
     }
     atomic_write_text(json.dumps(summary, indent=2), out / "results.json")
     print(format_table(summary["models"]))
-    print(f"results, configuration, log and plot in {out}")
+    print(f"results, configuration, log and plot in {out}; each model's report in {out}/NAME/report.md")
     return summary
 
 

@@ -1,4 +1,4 @@
-"""Per-epoch CSV log and Recall@1 plots."""
+"""Per-epoch CSV log, Recall@1 and training-curve plots."""
 
 from __future__ import annotations
 
@@ -35,6 +35,32 @@ def plot_recall(curves: dict[str, list[tuple[int, float]]], path: str | Path, me
     ax.set_ylabel(f"{metric.capitalize()} (test split)")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_training(history: list[dict], path: str | Path) -> None:
+    """Two panels per epoch: every logged loss (left), and the primary metric of every evaluated model,
+    cohort members and ensemble included (right)."""
+    losses = [k for k in history[0] if k.endswith("loss")] if history else []
+    primary = "accuracy" if any("accuracy" in row for row in history) else "recall@1"
+    curves = sorted({k for row in history for k in row if k.endswith("/" + primary)}) or [primary]  # a cohort: per model
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    for key in losses:
+        points = [(row["epoch"], row[key]) for row in history if key in row]
+        left.plot(*zip(*points), marker="o", markersize=3, label=key)
+    for key in curves:
+        points = [(row["epoch"], row[key]) for row in history if key in row]
+        right.plot(*zip(*points), marker="o", markersize=3, label=key.rsplit("/", 1)[0] if "/" in key else "model")
+    left.set_ylabel("training loss (mean over the epoch)")
+    right.set_ylabel(f"{primary.capitalize()} (test split)")
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

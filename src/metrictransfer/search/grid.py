@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
@@ -11,10 +12,17 @@ from metrictransfer.search.gallery import Neighbour
 SAME, OTHER = "#2ca02c", "#d62728"  # green frame: same class as the query; red: another class
 
 
+def _open(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
 def draw_grid(queries: list[str], results: list[list[Neighbour]], out: str | Path,
-              query_labels: list[str | None] | None = None, thumb: float = 1.3) -> Path:
+              query_labels: list[str | None] | None = None, thumb: float = 1.3,
+              load: Callable[[str], Image.Image] = _open) -> Path:
     """Write a PNG: each query, then its neighbours nearest first with their distances; frames are green
-    or red when both the query's and the neighbour's classes are known."""
+    or red when both the query's and the neighbour's classes are known. ``load`` turns a path into an
+    image (datasets without files name their items otherwise)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +32,7 @@ def draw_grid(queries: list[str], results: list[list[Neighbour]], out: str | Pat
     columns = 1 + max((len(r) for r in results), default=0)
     fig, axes = plt.subplots(len(queries), columns, figsize=(thumb * columns, thumb * 1.15 * len(queries)), squeeze=False)
     for row, (query, neighbours, label) in enumerate(zip(queries, results, query_labels)):
-        _show(axes[row][0], query, "query" + (f"\n{label}" if label else ""), None)
+        _show(axes[row][0], load(query), "query" + (f"\n{label}" if label else ""), None)
         for col in range(1, columns):
             ax = axes[row][col]
             if col - 1 >= len(neighbours):
@@ -32,7 +40,7 @@ def draw_grid(queries: list[str], results: list[list[Neighbour]], out: str | Pat
                 continue
             n = neighbours[col - 1]
             colour = None if label is None or n.label is None else (SAME if n.label == label else OTHER)
-            _show(ax, n.path, f"{n.distance:.3f}" + (f"\n{n.label}" if n.label else ""), colour)
+            _show(ax, load(n.path), f"{n.distance:.3f}" + (f"\n{n.label}" if n.label else ""), colour)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -41,9 +49,8 @@ def draw_grid(queries: list[str], results: list[list[Neighbour]], out: str | Pat
     return out
 
 
-def _show(ax, path: str, title: str, frame: str | None) -> None:
-    with Image.open(path) as image:
-        ax.imshow(image.convert("RGB"))
+def _show(ax, image: Image.Image, title: str, frame: str | None) -> None:
+    ax.imshow(image)
     ax.set_title(title, fontsize=7)
     ax.set_xticks([])
     ax.set_yticks([])

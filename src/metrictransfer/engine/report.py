@@ -1,0 +1,123 @@
+"""A finished run's report: ``report.md`` with its final metrics, and the plots people look at first.
+
+- ``curves.png``: every logged loss, and Recall@1 (accuracy for classifiers) of every model per epoch;
+- ``retrieval.png``: a few test queries and their nearest test images (green: same class);
+- ``embedding_map.png``: the test embeddings in 2-D (UMAP when installed, else t-SNE), coloured by class.
+
+Built from the run folder alone (config, log, results, checkpoint), so ``metrictransfer report RUN``
+rebuilds it at any time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metrictransfer.config import load_config
+from metrictransfer.engine.checkpoint import atomic_write_text, load_embedding_model
+from metrictransfer.engine.logging import plot_training
+from metrictransfer.search.gallery import Neighbour
+
+
+def write_report(run_dir: str | Path, queries: int = 6, neighbours: int = 6, map_points: int = 1500, seed: int = 0) -> Path:
+    """Write ``report.md`` and its plots into ``run_dir``; returns the report's path."""
+    run = Path(run_dir)
+    results_file = run / "results.json"
+    if not results_file.is_file():
+        raise FileNotFoundError(f"{run} has no results.json: the run has not finished (resume it with metrictransfer train --resume {run})")
+    results = json.loads(results_file.read_text())
+    config = load_config(run / "config.yaml")
+    history = results["history"]
+    plot_training(history, run / "curves.png")
+    sections = [f"# {config.name or run.name}", "", _summary(config), "", "## Final metrics (last epoch, test split)", "",
+                *_metrics_table(results), "", "![training curves](curves.png)", ""]
+    best = results.get("best_epoch_selected_on_test_split")
+    if best:
+        sections += [f"Best epoch by the test split (for reference only: choosing it looks at the test data): "
+                     f"{best['epoch']}.", ""]
+    if config.method != "classifier":
+        sections += _retrieval_sections(run, config, queries, neighbours, map_points, seed)
+    path = run / "report.md"
+    atomic_write_text("\n".join(sections), path)
+    return path
+
+
+def _summary(config) -> str:
+    m = config.model
+    data = config.data
+    return (f"Method `{config.method}`, backbone `{m.backbone}`, {m.embedding_dim}-d embeddings, data `{data.dataset}`"
+            f" ({data.image_size} px), {config.optim.epochs} epochs, seed {config.seed}.")
+
+
+def _metrics_table(results: dict) -> list[str]:
+    final = results["final"]
+    models = sorted({k.split("/")[0] for k in final if "/" in k})
+    names = sorted({k.rsplit("/", 1)[-1] for k in final}, key=lambda k: (not k.startswith("recall@"), len(k), k))
+    rows = models or ["run"]
+    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for model in rows:
+        key = (lambda n: f"{model}/{n}") if models else (lambda n: n)
+        lines.append(f"| {model} | " + " | ".join(f"{100 * final[key(n)]:.1f}" if key(n) in final else "–" for n in names) + " |")
+    return lines
+
+
+def _retrieval_sections(run: Path, config, queries: int, neighbours: int, map_points: int, seed: int) -> list[str]:
+    from metrictransfer.engine.trainer import test_dataset
+    from metrictransfer.evaluation import extract_embeddings
+    from metrictransfer.search.grid import draw_grid
+
+    model, _ = load_embedding_model(run)
+    dataset = test_dataset(config)
+    embeddings, labels = extract_embeddings(model, dataset, config.eval.batch_size)
+    base = dataset.dataset
+    classes = getattr(base, "classes", None) or [str(c) for c in range(int(labels.max()) + 1)]
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(embeddings), size=min(queries, len(embeddings)), replace=False)
+    distances = torch.cdist(embeddings[picked], embeddings)
+    distances[torch.arange(len(picked)), torch.as_tensor(picked)] = float("inf")  # a query is not its own neighbour
+    k = min(neighbours, len(embeddings) - 1)
+    nearest = distances.topk(k, dim=1, largest=False)
+    names = [f"item:{i}" for i in range(len(embeddings))]
+    found = [[Neighbour(names[j], float(d), classes[int(labels[j])]) for d, j in zip(row_d, row_i)]
+             for row_d, row_i in zip(nearest.values.tolist(), nearest.indices.tolist())]
+
+    def load(name: str):
+        return base[int(name.split(":")[1])][0]
+
+    draw_grid([names[i] for i in picked], found, run / "retrieval.png", [classes[int(labels[i])] for i in picked], load=load)
+    method = _embedding_map(embeddings.numpy(), labels.numpy(), run / "embedding_map.png", map_points, seed)
+    return [
+        "## Retrieval", "", f"{len(picked)} random test queries (seed {seed}) and their {k} nearest test images, "
+        "nearest first, with distances; green: same class, red: another class.", "", "![retrieval](retrieval.png)", "",
+        "## Embedding map", "", f"Test embeddings in 2-D by {method}, coloured by class.", "", "![embedding map](embedding_map.png)", "",
+    ]
+
+
+def _embedding_map(x: np.ndarray, labels: np.ndarray, out: Path, points: int, seed: int) -> str:
+    """2-D layout of (at most ``points``) embeddings: UMAP when installed, t-SNE from scikit-learn otherwise."""
+    import matplotlib.pyplot as plt
+
+    if len(x) > points:
+        keep = np.random.default_rng(seed).choice(len(x), points, replace=False)
+        x, labels = x[keep], labels[keep]
+    try:
+        import umap
+
+        xy, method = umap.UMAP(random_state=seed).fit_transform(x), "UMAP"
+    except ImportError:
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+        xy, method = TSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(x), "t-SNE"
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=120)
+    ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"test embeddings ({method}), {len(np.unique(labels))} classes")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return method
