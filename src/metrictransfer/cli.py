@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="the embedding model as safetensors, TorchScript or ONNX, checked after writing")
     export.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
     export.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"])
-    export.add_argument("--out", required=True, metavar="FILE", help="the exported file (its description: FILE's stem + .preprocessing.json)")
+    export.add_argument("--out", required=True, metavar="FILE", help="the exported file (its description goes to FILE.json)")
     export.add_argument("--model", help="which model of the run (a cohort's member1, say; default: its output model)")
     export.set_defaults(func=cmd_export)
 

@@ -2,7 +2,7 @@
 
 Formats: ``safetensors`` (weights only; rebuild with :class:`EmbeddingModel` from the JSON), ``torchscript``
 (a traced module, loadable with ``torch.jit.load`` without metrictransfer) and ``onnx``. Beside the file goes
-``NAME.preprocessing.json``: the architecture, the exact test-time preprocessing and the distance to use.
+``FILE.json`` (``model.onnx.json``): the architecture, the exact test-time preprocessing and the distance to use.
 The export is loaded back and must give the PyTorch model's embeddings (to 1e-4) on a test batch, or
 the file is removed and the command fails.
 """
@@ -74,7 +74,7 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: 
 
 def description_path(out: str | Path) -> Path:
     out = Path(out)
-    return out.with_name(out.stem + ".preprocessing.json")
+    return out.with_name(out.name + ".json")  # model.onnx → model.onnx.json: one per exported file
 
 
 def _safetensors(model: EmbeddingModel, example: torch.Tensor, out: Path) -> torch.Tensor:
