@@ -1,6 +1,9 @@
 """report.md and its plots: written by the train command, rebuilt by metrictransfer report."""
 
 import json
+import sys
+
+import pytest
 
 import yaml
 from PIL import Image
@@ -46,3 +49,30 @@ def test_an_unfinished_run_has_no_report_yet(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert main(["report", str(tmp_path / "run")]) == 2
     assert "has not finished" in capsys.readouterr().err
+
+
+def test_tensorboard_gets_every_logged_number_per_epoch(tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from metrictransfer.config import build_config
+    from metrictransfer.engine.trainer import train
+
+    raw = {**COHORT, "method": "source", "logging": {"tensorboard": True}}
+    raw.pop("mutual")
+    results = train(build_config(raw), tmp_path / "run", progress=False)
+    events = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    recall = events.Scalars("recall@1")
+    assert [e.step for e in recall] == [1, 2]
+    assert recall[-1].value == pytest.approx(results["final"]["recall@1"])
+    assert {"loss", "lr", "train_seconds"} <= set(events.Tags()["scalars"])
+
+
+def test_tensorboard_without_its_package_says_how_to_install_it(tmp_path, monkeypatch):
+    from metrictransfer.config import build_config
+    from metrictransfer.engine.trainer import train
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    raw = {**COHORT, "method": "source", "logging": {"tensorboard": True}}
+    raw.pop("mutual")
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        train(build_config(raw), tmp_path / "run", progress=False)

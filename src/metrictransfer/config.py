@@ -266,8 +266,12 @@ class CheckpointConfig(Strict):
     keep: int = Field(1, ge=1, description="how many of the newest checkpoints to keep (more than 1: in checkpoints/)")
 
 
+class LoggingConfig(Strict):
+    tensorboard: bool = Field(False, description="also write every logged number to RUN/tensorboard (needs: pip install tensorboard)")
+
+
 # Keys that may change when a run resumes: they change how it runs, not what it computes.
-RESUMABLE_KEYS = ("threads", "device", "compile", "data.num_workers", "eval.batch_size", "optim.on_nan", "checkpoint")
+RESUMABLE_KEYS = ("threads", "device", "compile", "data.num_workers", "eval.batch_size", "optim.on_nan", "checkpoint", "logging")
 
 
 class RunConfig(Strict):
@@ -283,6 +287,7 @@ class RunConfig(Strict):
     channels_last: bool = Field(False, description="images and models in channels-last memory format (faster convolutions on GPU)")
     compile: bool = Field(False, description="torch.compile the models (first steps are slow while it compiles)")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     metric_loss: MetricLossConfig = Field(default_factory=MetricLossConfig)

@@ -23,6 +23,27 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
         writer.writerows(rows)
 
 
+class TensorBoardLog:
+    """Every number of each epoch's log row as a TensorBoard scalar (step: the epoch). Optional: the
+    tensorboard package is only needed when ``logging.tensorboard`` is on."""
+
+    def __init__(self, folder: str | Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError("logging.tensorboard needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(str(folder))
+
+    def write(self, row: dict) -> None:
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def plot_recall(curves: dict[str, list[tuple[int, float]]], path: str | Path, metric: str = "recall@1") -> None:
     """One line per model: ``metric`` (on the test split) against epoch."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)

@@ -25,7 +25,7 @@ from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine import distributed
 from metrictransfer.engine.checkpoint import FORMAT_VERSION, atomic_write_text, load_checkpoint, run_checkpoints, save_run_checkpoint
 from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
-from metrictransfer.engine.logging import plot_recall, write_csv
+from metrictransfer.engine.logging import TensorBoardLog, plot_recall, write_csv
 from metrictransfer.evaluation import ensemble_embeddings, extract_embeddings, retrieval_metrics
 from metrictransfer.methods import METHODS
 from metrictransfer.methods.classifier import accuracy
@@ -387,6 +387,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
         return out / "checkpoint.pt"
 
     every = config.checkpoint.every_steps
+    tensorboard = TensorBoardLog(out / "tensorboard") if config.logging.tensorboard and ranks.main else None
     with GracefulStop() as stop:
         for epoch in range(position["epoch"], config.optim.epochs):
             method.train()
@@ -442,6 +443,10 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
             save(epoch + 1, 0, {})
             if ranks.main:
                 write_csv(history, out / "log.csv")
+            if tensorboard is not None:
+                tensorboard.write(row)
+    if tensorboard is not None:
+        tensorboard.close()
 
     results = _results(config, history)
     if ranks.main:
