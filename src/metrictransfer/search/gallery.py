@@ -129,6 +129,8 @@ def _for_metric(x: np.ndarray, metric: str) -> np.ndarray:
 
 @dataclass
 class Neighbour:
+    """One search result: the gallery image, its distance to the query, its class name if known."""
+
     path: str
     distance: float
     label: str | None
