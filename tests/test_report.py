@@ -2,9 +2,9 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
-
 import yaml
 from PIL import Image
 
@@ -76,3 +76,44 @@ def test_tensorboard_without_its_package_says_how_to_install_it(tmp_path, monkey
     raw.pop("mutual")
     with pytest.raises(ImportError, match="pip install tensorboard"):
         train(build_config(raw), tmp_path / "run", progress=False)
+
+
+def test_an_inshop_report_searches_queries_against_the_gallery(tmp_path, monkeypatch):
+    """In-Shop's test split is queries and a gallery: the grid's queries are queries, its neighbours
+    gallery images only."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_dataset_layouts import INSHOP_ROWS, _image, _inshop_lines, _write
+    from test_search import _checkpoint
+
+    from metrictransfer.engine import report
+    from metrictransfer.search import grid
+
+    root = tmp_path / "inshop"
+    _write(root / "list_eval_partition.txt", _inshop_lines(INSHOP_ROWS))
+    for path, _, _ in INSHOP_ROWS:
+        _image(root / path)
+    run = tmp_path / "run"
+    run.mkdir()
+    _checkpoint(run / "checkpoint.pt")
+    config = {"data": {"dataset": "inshop", "root": str(root), "transform": "paper", "image_size": 32},
+              "model": {"backbone": "resnet10t", "embedding_dim": 8}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    row = {"epoch": 1, "loss": 1.0, "recall@1": 0.5}
+    (run / "results.json").write_text(json.dumps({"final": {"recall@1": 0.5}, "history": [row]}))
+    drawn = {}
+
+    def spy(queries, results, out, query_labels=None, **kw):
+        drawn.update(queries=queries, results=results)
+
+    monkeypatch.setattr(grid, "draw_grid", spy)
+    monkeypatch.setattr(report, "_embedding_map", lambda *a, **k: "t-SNE")
+    report.write_report(run)
+    from metrictransfer.config import build_config
+    from metrictransfer.data.registry import build_dataset
+
+    paths = build_dataset(build_config(config).data, "test").paths  # item i of the report is this file
+    status = {path: s for path, _, s in INSHOP_ROWS}
+    assert sorted(status[paths[int(q.split(":")[1])]] for q in drawn["queries"]) == ["query", "query"]
+    found = [status[paths[int(n.path.split(":")[1])]] for row in drawn["results"] for n in row]
+    assert set(found) == {"gallery"} and len(drawn["results"][0]) == 4  # every gallery image, no query
+    assert "gallery images" in (run / "report.md").read_text()

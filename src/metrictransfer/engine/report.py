@@ -74,11 +74,15 @@ def _retrieval_sections(run: Path, config, queries: int, neighbours: int, map_po
     embeddings, labels = extract_embeddings(model, dataset, config.eval.batch_size)
     base = dataset.dataset
     classes = getattr(base, "classes", None) or [str(c) for c in range(int(labels.max()) + 1)]
+    is_query = getattr(base, "is_query", None)  # query-vs-gallery data (In-Shop): queries search the gallery only
+    candidates = np.flatnonzero(is_query) if is_query is not None else np.arange(len(embeddings))
+    gallery = np.flatnonzero(base.is_gallery) if is_query is not None else np.arange(len(embeddings))
     rng = np.random.default_rng(seed)
-    picked = rng.choice(len(embeddings), size=min(queries, len(embeddings)), replace=False)
-    distances = torch.cdist(embeddings[picked], embeddings)
+    picked = rng.choice(candidates, size=min(queries, len(candidates)), replace=False)
+    distances = torch.full((len(picked), len(embeddings)), float("inf"))
+    distances[:, gallery] = torch.cdist(embeddings[picked], embeddings[gallery])
     distances[torch.arange(len(picked)), torch.as_tensor(picked)] = float("inf")  # a query is not its own neighbour
-    k = min(neighbours, len(embeddings) - 1)
+    k = min(neighbours, len(gallery) - (0 if is_query is not None else 1))
     nearest = distances.topk(k, dim=1, largest=False)
     names = [f"item:{i}" for i in range(len(embeddings))]
     found = [[Neighbour(names[j], float(d), classes[int(labels[j])]) for d, j in zip(row_d, row_i)]
@@ -90,8 +94,9 @@ def _retrieval_sections(run: Path, config, queries: int, neighbours: int, map_po
     draw_grid([names[i] for i in picked], found, run / "retrieval.png", [classes[int(labels[i])] for i in picked], load=load)
     method = _embedding_map(embeddings.numpy(), labels.numpy(), run / "embedding_map.png", map_points, seed)
     return [
-        "## Retrieval", "", f"{len(picked)} random test queries (seed {seed}) and their {k} nearest test images, "
-        "nearest first, with distances; green: same class, red: another class.", "", "![retrieval](retrieval.png)", "",
+        "## Retrieval", "", f"{len(picked)} random test queries (seed {seed}) and their {k} nearest "
+        + ("gallery images" if is_query is not None else "test images")
+        + ", nearest first, with distances; green: same class, red: another class.", "", "![retrieval](retrieval.png)", "",
         "## Embedding map", "", f"Test embeddings in 2-D by {method}, coloured by class.", "", "![embedding map](embedding_map.png)", "",
     ]
 
