@@ -25,12 +25,8 @@ from pathlib import Path
 
 import torch
 
-from metrictransfer.config import build_config
-from metrictransfer.data.multiview import flatten_views
-from metrictransfer.data.registry import build_dataset
+import common
 from metrictransfer.demo import DEMO_DATA
-from metrictransfer.engine.trainer import Updater, build_train_loader, seed_everything
-from metrictransfer.methods import METHODS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASE = {"name": "triplet", "params": {"margin": 0.2}, "miner": "distance_weighted"}
@@ -50,33 +46,9 @@ def raw_config(backbone: str, method: str, mutual: dict | None = None) -> dict:
     return raw
 
 
-class Stepper:
-    """A method, its loader and its updater, ready to take timed steps exactly as the trainer does."""
-
+class Stepper(common.Stepper):
     def __init__(self, raw: dict) -> None:
-        config = build_config(raw, origin="cohort_step")
-        torch.set_num_threads(config.threads)
-        seed_everything(config.seed)
-        train_set = build_dataset(config.data, "train")
-        self.method = METHODS[config.method](config, int(max(train_set.labels)) + 1)
-        self.method.prepare_training_set(train_set)
-        self.method.train()
-        loader, sampler = build_train_loader(config, self.method, train_set, torch.device("cpu"))
-        self.updater = Updater(self.method, config.optim, len(sampler))
-        self.loader = loader
-        self.batches = iter(loader)
-
-    def step(self) -> None:
-        try:
-            views, labels, indices = next(self.batches)
-        except StopIteration:
-            self.batches = iter(self.loader)
-            views, labels, indices = next(self.batches)
-        indices = indices.repeat_interleave(views.shape[1])
-        images, labels = flatten_views(views, labels)
-        loss, _ = self.method.training_loss(images, labels, indices)
-        loss.backward()
-        self.updater.step()
+        super().__init__(raw, "cohort_step")
 
     def seconds_per_step(self, steps: int) -> float:
         started = time.perf_counter()

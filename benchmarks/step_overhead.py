@@ -31,12 +31,10 @@ from pathlib import Path
 
 import torch
 
+from common import Stepper
 from metrictransfer.config import build_config
-from metrictransfer.data.multiview import flatten_views
-from metrictransfer.data.registry import build_dataset
 from metrictransfer.demo import DEMO_DATA
-from metrictransfer.engine.trainer import Updater, build_train_loader, configure_models, seed_everything
-from metrictransfer.methods import METHODS
+from metrictransfer.engine.checkpoint import save_embedding_model
 from metrictransfer.models import EmbeddingModel
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,37 +43,19 @@ TRIPLET = {"name": "triplet", "params": {"margin": 0.2}, "miner": "distance_weig
 
 def save_source(path: Path) -> Path:
     """An (untrained) ResNet-18-D 128-d source checkpoint: the timing does not depend on its weights."""
-    from metrictransfer.config import config_to_dict
-    from metrictransfer.engine.checkpoint import FORMAT_VERSION, atomic_save
-
     raw = {"model": {"backbone": "resnet18d", "embedding_dim": 128}}
-    model = EmbeddingModel("resnet18d", 128)
-    atomic_save({"format": FORMAT_VERSION, "config": config_to_dict(build_config(raw)), "output": "model",
-                 "models": {"model": model.state_dict()}, "architectures": {"model": model.architecture()}}, path)
-    return path
+    return save_embedding_model(EmbeddingModel("resnet18d", 128), build_config(raw), path)
 
 
-class Step:
-    """A method, its updater and one preloaded batch: ``run()`` is one training step without loading."""
+class Step(Stepper):
+    """A method and its updater on one preloaded batch: ``run()`` is one training step without loading."""
 
     def __init__(self, raw: dict) -> None:
-        config = build_config(raw, origin="step_overhead")
-        seed_everything(config.seed)
-        train_set = build_dataset(config.data, "train")
-        self.method = METHODS[config.method](config, int(max(train_set.labels)) + 1)
-        self.method.prepare_training_set(train_set)
-        configure_models(self.method, config, torch.device("cpu"))
-        self.method.train()
-        loader, batches = build_train_loader(config, self.method, train_set, torch.device("cpu"))
-        self.updater = Updater(self.method, config.optim, len(batches))
-        views, labels, indices = next(iter(loader))
-        self.indices = indices.repeat_interleave(views.shape[1])
-        self.images, self.labels = flatten_views(views, labels)
+        super().__init__(raw, "step_overhead")
+        self.images, self.labels, self.indices = self.next_batch()
 
     def run(self) -> None:
-        loss, _ = self.method.training_loss(self.images, self.labels, self.indices)
-        self.updater.backward(loss)
-        self.updater.step()
+        self.update(self.images, self.labels, self.indices)
 
 
 class Networks:

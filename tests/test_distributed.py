@@ -15,13 +15,13 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).parent))
 from distributed_step import one_step  # noqa: E402
 
-from metrictransfer.config import build_config, config_to_dict
+from metrictransfer.config import build_config
 from metrictransfer.data.multiview import MultiViewDataset, SeededItem, collate_readable
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine import trainer
-from metrictransfer.engine.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint, load_embedding_model
+from metrictransfer.engine.checkpoint import load_checkpoint, load_embedding_model, save_embedding_model
 from metrictransfer.models import EmbeddingModel
 
 HERE = Path(__file__).parent
@@ -41,11 +41,8 @@ def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
 def _source(path: Path) -> Path:
     """A source embedding model's checkpoint, as a source run would leave it."""
     torch.manual_seed(7)
-    model = EmbeddingModel("resnet10t", 24, normalize=False)
     raw = {"model": {"backbone": "resnet10t", "embedding_dim": 24}}
-    atomic_save({"format": FORMAT_VERSION, "config": config_to_dict(build_config(raw)), "output": "model",
-                 "models": {"model": model.state_dict()}, "architectures": {"model": model.architecture()}}, path)
-    return path
+    return save_embedding_model(EmbeddingModel("resnet10t", 24), build_config(raw), path)
 
 
 def _step_config(name: str, tmp_path: Path) -> dict:

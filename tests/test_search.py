@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from metrictransfer.cli import main
-from metrictransfer.config import build_config, config_to_dict
-from metrictransfer.engine.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint
+from metrictransfer.config import build_config
+from metrictransfer.engine.checkpoint import load_checkpoint, save_embedding_model
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.search import Gallery, list_images
 
@@ -19,11 +19,8 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 def _checkpoint(path, seed: int = 0):
     """A run's checkpoint as training leaves it (untrained weights: search needs no particular quality)."""
     torch.manual_seed(seed)
-    model = EmbeddingModel("resnet10t", 8)
     raw = {"model": {"backbone": "resnet10t", "embedding_dim": 8}, "data": {"image_size": 32}}
-    atomic_save({"format": FORMAT_VERSION, "config": config_to_dict(build_config(raw)), "output": "model",
-                 "models": {"model": model.state_dict()}, "architectures": {"model": model.architecture()}}, path)
-    return path
+    return save_embedding_model(EmbeddingModel("resnet10t", 8), build_config(raw), path)
 
 
 @pytest.fixture(scope="module")

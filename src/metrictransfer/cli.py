@@ -212,9 +212,9 @@ def _folder_label(path: str, classes: list[str]) -> str | None:
 
 
 def _device(name: str) -> str:
-    import torch
+    from metrictransfer.engine.trainer import resolve_device
 
-    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
+    return str(resolve_device(name))
 
 
 def build_parser() -> argparse.ArgumentParser:

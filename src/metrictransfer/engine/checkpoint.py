@@ -130,3 +130,15 @@ def load_embedding_model(path: str | os.PathLike, map_location: str | torch.devi
                            normalize=arch.get("normalize", m.normalize))
     model.load_state_dict(weights)
     return model, config
+
+
+def save_embedding_model(model, config, path: str | os.PathLike) -> Path:
+    """A checkpoint holding one embedding model and its run configuration, readable by
+    :func:`load_embedding_model` (and so by ``evaluate``, ``index``, ``export`` and as a transfer source):
+    for models trained or converted outside ``metrictransfer train``."""
+    from metrictransfer.config import config_to_dict
+
+    path = Path(path)
+    atomic_save({"format": FORMAT_VERSION, "config": config_to_dict(config), "output": "model",
+                 "models": {"model": model.state_dict()}, "architectures": {"model": model.architecture()}}, path)
+    return path

@@ -366,6 +366,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
         save_config(config, out / "config.yaml")
 
     def save(epoch: int, batches_done: int, totals: dict) -> Path:
+        if not ranks.main:  # every rank holds the same state; only the first writes it
+            return out / "checkpoint.pt"
         state = {
             "format": FORMAT_VERSION,
             "version": __version__,
@@ -382,9 +384,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
             "position": {"epoch": epoch, "batches_done": batches_done, "totals": dict(totals)},
             "history": history,
         }
-        if ranks.main:
-            save_run_checkpoint(state, out, config.checkpoint.keep)
-        return out / "checkpoint.pt"
+        return save_run_checkpoint(state, out, config.checkpoint.keep)
 
     every = config.checkpoint.every_steps
     tensorboard = TensorBoardLog(out / "tensorboard") if config.logging.tensorboard and ranks.main else None

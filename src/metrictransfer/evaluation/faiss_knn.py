@@ -21,10 +21,15 @@ def _faiss():
     return faiss
 
 
+def flat_index(dim: int, metric: str):
+    """An exact faiss index: IndexFlatL2, or for cosine (on unit-length vectors) IndexFlatIP."""
+    faiss = _faiss()
+    return faiss.IndexFlatL2(dim) if metric == "euclidean" else faiss.IndexFlatIP(dim)
+
+
 def search(queries: np.ndarray, gallery: np.ndarray, k: int, metric: str) -> np.ndarray:
     """Indices (Q × k) of the k nearest gallery items of each query, by IndexFlatL2 or, for cosine, IndexFlatIP."""
-    faiss = _faiss()
-    index = faiss.IndexFlatL2(gallery.shape[1]) if metric == "euclidean" else faiss.IndexFlatIP(gallery.shape[1])
+    index = flat_index(gallery.shape[1], metric)
     index.add(np.ascontiguousarray(gallery, dtype=np.float32))
     _, neighbours = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return neighbours

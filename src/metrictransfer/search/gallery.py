@@ -19,7 +19,7 @@ import torch
 
 from metrictransfer import __version__
 from metrictransfer.config import RunConfig
-from metrictransfer.data.custom import _is_image
+from metrictransfer.data.custom import _is_image, _string_labels
 from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
 from metrictransfer.data.multiview import MultiViewDataset
@@ -27,6 +27,7 @@ from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine.checkpoint import atomic_write_text, load_embedding_model, resolve_checkpoint
 from metrictransfer.evaluation import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings, save_embeddings
+from metrictransfer.evaluation.faiss_knn import flat_index
 
 INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE = "index.json", "embeddings.npz", "faiss.index"
 
@@ -64,9 +65,7 @@ def list_images(source: str | Path) -> ImageIndex:
 def _labelled(root: Path, paths: list[str], names: list[str] | None) -> ImageIndex:
     if names is None:
         return ImageIndex(root, paths, np.full(len(paths), -1), [])
-    classes = sorted(set(names))
-    lookup = {c: i for i, c in enumerate(classes)}
-    return ImageIndex(root, paths, np.array([lookup[n] for n in names]), classes)
+    return _string_labels(root, paths, names)
 
 
 def _test_transform(config: RunConfig):
@@ -115,7 +114,7 @@ def _write_faiss(embeddings: np.ndarray, metric: str, path: Path) -> bool:
     except ImportError:  # optional: exact search with torch instead
         path.unlink(missing_ok=True)
         return False
-    index = faiss.IndexFlatL2(embeddings.shape[1]) if metric == "euclidean" else faiss.IndexFlatIP(embeddings.shape[1])
+    index = flat_index(embeddings.shape[1], metric)
     index.add(np.ascontiguousarray(_for_metric(embeddings, metric), dtype=np.float32))
     faiss.write_index(index, str(path))
     return True
