@@ -14,11 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from metrictransfer.data.transforms import TRANSFORMS
+from metrictransfer.errors import ConfigError
 from metrictransfer.losses import METRIC_LOSSES, MINERS, TRANSFER_LOSSES, build_transfer_loss
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key and what was expected."""
+__all__ = ["ConfigError", "RunConfig", "build_config", "load_config"]
 
 
 def _check_name(value: str, registry: dict, what: str) -> str:

@@ -9,10 +9,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from metrictransfer.data.index import ImageIndex
+from metrictransfer.errors import BadImageError
 
-
-class BadImageError(OSError):
-    """An image file that cannot be decoded; the message names the file."""
+__all__ = ["BadImageError", "ImageFolderDataset"]
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
