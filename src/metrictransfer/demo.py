@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from metrictransfer.config import RunConfig, build_config
-from metrictransfer.engine.checkpoint import atomic_write_text
+from metrictransfer.io import atomic_write_text
 from metrictransfer.engine.logging import plot_recall, write_csv
 from metrictransfer.engine.report import write_report
 

@@ -16,7 +16,8 @@ import torch
 
 from metrictransfer import __version__
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.engine.checkpoint import atomic_write_text, load_embedding_model, resolve_checkpoint
+from metrictransfer.io import atomic_write_text
+from metrictransfer.engine.checkpoint import load_embedding_model, resolve_checkpoint
 from metrictransfer.models import EmbeddingModel
 
 FORMATS = ("safetensors", "torchscript", "onnx")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any
 
 import torch
+
+from metrictransfer.io import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 HISTORY_DIR = "checkpoints"
@@ -15,30 +16,9 @@ HISTORY_DIR = "checkpoints"
 FORMAT_VERSION = 2
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str) -> None:
-    """Write through ``write`` to a temporary file in the same folder, fsync, then rename over ``path``:
-    a crash leaves either the old file or the new one, never a truncated one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` atomically."""
     atomic_write(path, lambda f: torch.save(obj, f), "wb")
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    atomic_write(path, lambda f: f.write(text), "w")
 
 
 def save_run_checkpoint(state: dict, run_dir: str | os.PathLike, keep: int = 1) -> Path:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from metrictransfer.config import load_config
-from metrictransfer.engine.checkpoint import atomic_write_text, load_embedding_model
+from metrictransfer.io import atomic_write_text
+from metrictransfer.engine.checkpoint import load_embedding_model
 from metrictransfer.engine.logging import plot_training
 from metrictransfer.search.gallery import Neighbour
 

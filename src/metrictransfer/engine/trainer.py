@@ -23,7 +23,8 @@ from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine import distributed
-from metrictransfer.engine.checkpoint import FORMAT_VERSION, atomic_write_text, load_checkpoint, run_checkpoints, save_run_checkpoint
+from metrictransfer.io import atomic_write_text
+from metrictransfer.engine.checkpoint import FORMAT_VERSION, load_checkpoint, run_checkpoints, save_run_checkpoint
 from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
 from metrictransfer.engine.logging import TensorBoardLog, plot_recall, write_csv
 from metrictransfer.evaluation import ensemble_embeddings, extract_embeddings, retrieval_metrics

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metrictransfer.engine.checkpoint import atomic_write
+from metrictransfer.io import atomic_write
 
 KEYS_HELP = (
     "embeddings (N × D float) and labels (N int); optional paths (N str), metric (str), "

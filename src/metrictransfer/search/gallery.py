@@ -24,7 +24,8 @@ from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
 from metrictransfer.data.multiview import MultiViewDataset
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.engine.checkpoint import atomic_write_text, load_embedding_model, resolve_checkpoint
+from metrictransfer.io import atomic_write_text
+from metrictransfer.engine.checkpoint import load_embedding_model, resolve_checkpoint
 from metrictransfer.evaluation import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings, save_embeddings
 from metrictransfer.evaluation.faiss_knn import flat_index
