@@ -3,12 +3,16 @@
 Formats: ``safetensors`` (weights only; rebuild with :class:`EmbeddingModel` from the JSON), ``torchscript``
 (a traced module, loadable with ``torch.jit.load`` without metrictransfer) and ``onnx``. Beside the file goes
 ``FILE.json`` (``model.onnx.json``): the architecture, the exact test-time preprocessing and the distance to use.
-The export is loaded back and must give the PyTorch model's embeddings (to 1e-4) on a test batch, or
-the file is removed and the command fails.
+The export is written to a temporary file beside ``FILE``, loaded back and must give the PyTorch model's
+embeddings (to 1e-4) on a test batch; only then does it replace ``FILE``. A failure or an interruption
+before that leaves any previous ``FILE`` and ``FILE.json`` as they were. The description is written
+after ``FILE`` is replaced and records the file's SHA-256 (``"sha256"``), so a description left stale by
+a crash between the two writes is recognisable: see :func:`describes`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,8 +20,9 @@ import torch
 
 from metrictransfer import __version__
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.io import atomic_write_text
 from metrictransfer.engine.checkpoint import load_embedding_model, resolve_checkpoint
+from metrictransfer.errors import ConfigError, MissingPackageError, OutputLocationError
+from metrictransfer.io import atomic_write_text, staged_path
 from metrictransfer.models import EmbeddingModel
 
 FORMATS = ("safetensors", "torchscript", "onnx")
@@ -29,7 +34,7 @@ def _need(module: str, package: str, why: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"{why} needs the {package} package: pip install {package}") from None
+        raise MissingPackageError(f"{why} needs the {package} package: pip install {package}") from None
 
 
 def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: str | None = None,
@@ -37,40 +42,57 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: 
     """Write the run's embedding model as ``fmt`` to ``out`` and its description beside it; returns the
     description, including the largest difference found when the export was checked."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.is_dir():
+        raise OutputLocationError(f"--out {out} is a folder; name the file to write, e.g. {out / ('model.' + fmt)}")
     model, config = load_embedding_model(checkpoint, name=model_name)
     model.eval()
     size = config.data.image_size
     example = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(example)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        exported = _EXPORTERS[fmt](model, example, out)
-        difference = float((exported - expected).abs().max())
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
-    if not difference <= tolerance:
-        out.unlink(missing_ok=True)
-        raise ValueError(f"the {fmt} export gives embeddings up to {difference:.2e} away from the PyTorch model's "
-                         f"(allowed {tolerance:.0e}); nothing was written")
     data = config.data
-    description = {
-        "metrictransfer": __version__,
-        "format": fmt,
-        "file": out.name,
-        "checkpoint": str(resolve_checkpoint(checkpoint)),
-        "architecture": model.architecture(),
-        "input": {"layout": "NCHW", "channels": "RGB", "dtype": "float32", "height": size, "width": size},
-        "preprocessing": [repr(step) for step in build_transform(data.transform, False, size, data.normalization).transforms],
-        "output": {"embedding_dim": model.embedding_dim, "l2_normalized": model.normalize},
-        "metric": config.eval.metric,
-        "checked": {"max_abs_difference": difference, "tolerance": tolerance, "batch": list(example.shape)},
-    }
+    with staged_path(out) as staged:  # replaces out only if the block finishes
+        exported = _EXPORTERS[fmt](model, example, staged)
+        difference = float((exported - expected).abs().max())
+        if not difference <= tolerance:
+            raise ConfigError(f"the {fmt} export gives embeddings up to {difference:.2e} away from the PyTorch model's "
+                              f"(allowed {tolerance:.0e}); {out} was not written (a previous one is unchanged); "
+                              "try another --format")
+        description = {
+            "metrictransfer": __version__,
+            "format": fmt,
+            "file": out.name,
+            "sha256": file_sha256(staged),
+            "checkpoint": str(resolve_checkpoint(checkpoint)),
+            "architecture": model.architecture(),
+            "input": {"layout": "NCHW", "channels": "RGB", "dtype": "float32", "height": size, "width": size},
+            "preprocessing": [repr(step) for step in build_transform(data.transform, False, size, data.normalization).transforms],
+            "output": {"embedding_dim": model.embedding_dim, "l2_normalized": model.normalize},
+            "metric": config.eval.metric,
+            "checked": {"max_abs_difference": difference, "tolerance": tolerance, "batch": list(example.shape)},
+        }
+    # After the file: a crash in between leaves the old description, whose sha256 no longer matches.
     atomic_write_text(json.dumps(description, indent=2), description_path(out))
     return description
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, as recorded in its description."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describes(out: str | Path) -> bool:
+    """Whether ``FILE.json`` describes the ``FILE`` beside it (not a stale description of an earlier export)."""
+    try:
+        return json.loads(description_path(out).read_text()).get("sha256") == file_sha256(out)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def description_path(out: str | Path) -> Path:

@@ -1,9 +1,17 @@
 """A searchable gallery: a trained model's embeddings of an image folder or CSV, with their paths.
 
-An index folder holds ``embeddings.npz`` (embeddings, labels, paths), ``index.json`` (the model's
-checkpoint and a fingerprint of its weights, the preprocessing, the metric) and ``faiss.index`` when
-faiss is installed. Searching embeds the queries with the same model, refusing an index that a
-different model built: distances between two models' embeddings mean nothing.
+An index folder holds ``embeddings.npz`` (embeddings, labels, paths), ``faiss.index`` when faiss is
+installed, and ``index.json``: the model's checkpoint and a fingerprint of its weights, the metric, and
+what the other two files hold (count, dimension, SHA-256 of the embeddings, paths and labels; for faiss
+its ``ntotal``, ``d``, metric type and file digest). Searching embeds the queries with the same model
+and checks every file against ``index.json`` first, refusing a folder whose files do not belong
+together or to the model: distances between two models' embeddings mean nothing, and a faiss index of
+other embeddings returns the wrong neighbours without any error.
+
+``index.json`` is written last, so a build that crashes half-way leaves files that fail these checks
+rather than a folder that silently mixes two galleries. Indexes written before these records existed
+(no ``index_format``) are refused with the command that rebuilds them: we cannot tell whether their
+files belong together.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,13 +33,18 @@ from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
 from metrictransfer.data.multiview import MultiViewDataset
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.io import atomic_write_text
 from metrictransfer.engine.checkpoint import load_embedding_model, resolve_checkpoint
+from metrictransfer.errors import ConfigError, DataError, MissingFileError, SearchIndexError
 from metrictransfer.evaluation import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings, save_embeddings
 from metrictransfer.evaluation.faiss_knn import flat_index
+from metrictransfer.export import file_sha256
+from metrictransfer.io import atomic_write_text, make_parent, staged_path
 
 INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE = "index.json", "embeddings.npz", "faiss.index"
+INDEX_FORMAT = 2  # 1 (no "index_format" key): no record of what embeddings.npz and faiss.index hold
+METRICS = ("euclidean", "cosine")
+FAISS_METRIC = {"euclidean": "METRIC_L2", "cosine": "METRIC_INNER_PRODUCT"}  # what flat_index builds
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -49,18 +63,36 @@ def list_images(source: str | Path) -> ImageIndex:
     if source.is_dir():
         paths = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file() and _is_image(p.name))
         if not paths:
-            raise FileNotFoundError(f"no images (.jpg, .jpeg, .png, …) under {source}")
+            raise MissingFileError(f"no images (.jpg, .jpeg, .png, …) under {source}")
         names = [p.split("/")[0] if "/" in p else None for p in paths]
         return _labelled(source, paths, None if None in names else names)
-    if source.suffix.lower() == ".csv" and source.is_file():
+    if not source.exists():
+        raise MissingFileError(f"{source} does not exist: expected a folder of images or a .csv file listing them")
+    if source.suffix.lower() != ".csv":
+        raise ConfigError(f"{source} is neither a folder of images nor a .csv file listing them")
+    return _read_csv(source)
+
+
+def _read_csv(source: Path) -> ImageIndex:
+    try:
         with open(source, newline="") as f:
             rows = list(csv.DictReader(f))
-        if not rows or "path" not in rows[0]:
-            raise ValueError(f"{source}: expected a header with a 'path' column (and optionally 'label'), got {list(rows[0]) if rows else 'no rows'}")
-        paths = [row["path"] for row in rows]
-        names = [row["label"] for row in rows] if "label" in rows[0] else None
-        return _labelled(source.parent, paths, names)
-    raise FileNotFoundError(f"{source} is neither a folder of images nor a .csv file listing them")
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{source} is not a readable CSV file: {err}") from None
+    if not rows or "path" not in rows[0]:
+        raise DataError(f"{source}: expected a header with a 'path' column (and optionally 'label'), "
+                        f"got {list(rows[0]) if rows else 'no rows'}")
+    columns = ["path", "label"] if "label" in rows[0] else ["path"]
+    for line, row in enumerate(rows, start=2):
+        if any(not row[c] for c in columns):  # None: a short row; "": an empty cell
+            raise DataError(f"{source}, line {line}: no {' or '.join(c for c in columns if not row[c])}; "
+                            f"every row needs {' and '.join(columns)}")
+    paths = [row["path"] for row in rows]
+    missing = [p for p in paths if not (source.parent / p).is_file()]
+    if missing:
+        raise MissingFileError(f"{source} lists {len(missing)} image(s) that do not exist, the first {source.parent / missing[0]} "
+                               "(paths are relative to the CSV's folder)")
+    return _labelled(source.parent, paths, [row["label"] for row in rows] if "label" in columns else None)
 
 
 def _labelled(root: Path, paths: list[str], names: list[str] | None) -> ImageIndex:
@@ -83,6 +115,27 @@ def embed_images(model: torch.nn.Module, config: RunConfig, images: ImageIndex, 
     return embeddings.numpy()
 
 
+def _sha256(*chunks: bytes) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def contents_record(data: EmbeddingsFile, classes: list[str]) -> dict[str, Any]:
+    """What ``embeddings.npz`` holds, as index.json records it: a file from another build differs here."""
+    embeddings = np.ascontiguousarray(data.embeddings, dtype=np.float32)
+    paths = [str(p) for p in (data.paths if data.paths is not None else [])]
+    return {
+        "file": EMBEDDINGS_FILE,
+        "count": int(embeddings.shape[0]),
+        "dim": int(embeddings.shape[1]),
+        "sha256": _sha256(embeddings.tobytes()),
+        "paths_sha256": _sha256("\0".join(paths).encode()),
+        "labels_sha256": _sha256(np.asarray(data.labels, dtype=np.int64).tobytes(), json.dumps(classes).encode()),
+    }
+
+
 def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, model_name: str | None = None,
                 device: str = "cpu", batch_size: int = 128, progress: bool = False) -> dict:
     """Embed a gallery with a run's model and write the index folder; returns ``index.json``'s contents."""
@@ -90,11 +143,12 @@ def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, mod
     listed = list_images(images)
     embeddings = embed_images(model, config, listed, device, batch_size, progress)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_parent(out / INDEX_FILE)  # a file at --out is reported as an OutputLocationError
     paths = np.asarray([str((listed.root / p).resolve()) for p in listed.paths], dtype=str)
-    save_embeddings(out / EMBEDDINGS_FILE, EmbeddingsFile(embeddings, listed.labels, paths, metric=config.eval.metric))
-    with_faiss = _write_faiss(embeddings, config.eval.metric, out / FAISS_FILE)
+    data = EmbeddingsFile(embeddings, listed.labels, paths, metric=config.eval.metric)
+    save_embeddings(out / EMBEDDINGS_FILE, data)
     meta = {
+        "index_format": INDEX_FORMAT,
         "metrictransfer": __version__,
         "checkpoint": str(resolve_checkpoint(checkpoint).resolve()),
         "model": model_name,
@@ -103,13 +157,16 @@ def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, mod
         "count": len(paths),
         "dim": int(embeddings.shape[1]),
         "classes": listed.classes,
-        "faiss": with_faiss,
+        "embeddings": contents_record(data, listed.classes),
+        "faiss": _write_faiss(embeddings, config.eval.metric, out / FAISS_FILE),
     }
-    atomic_write_text(json.dumps(meta, indent=2), out / INDEX_FILE)
+    atomic_write_text(json.dumps(meta, indent=2), out / INDEX_FILE)  # last: it vouches for the files above
     return meta
 
 
-def _write_faiss(embeddings: np.ndarray, metric: str, path: Path) -> bool:
+def _write_faiss(embeddings: np.ndarray, metric: str, path: Path) -> dict[str, Any] | bool:
+    """Write ``faiss.index`` (staged: a crash never leaves half of one) and return its record for
+    index.json; ``False`` without faiss."""
     try:
         import faiss
     except ImportError:  # optional: exact search with torch instead
@@ -117,8 +174,12 @@ def _write_faiss(embeddings: np.ndarray, metric: str, path: Path) -> bool:
         return False
     index = flat_index(embeddings.shape[1], metric)
     index.add(np.ascontiguousarray(_for_metric(embeddings, metric), dtype=np.float32))
-    faiss.write_index(index, str(path))
-    return True
+    with staged_path(path) as staged:
+        faiss.write_index(index, str(staged))
+        digest = file_sha256(staged)
+    names = {faiss.METRIC_L2: "METRIC_L2", faiss.METRIC_INNER_PRODUCT: "METRIC_INNER_PRODUCT"}
+    return {"file": FAISS_FILE, "ntotal": int(index.ntotal), "d": int(index.d),
+            "metric_type": names[index.metric_type], "sha256": digest}
 
 
 def _for_metric(x: np.ndarray, metric: str) -> np.ndarray:
@@ -137,41 +198,94 @@ class Neighbour:
 
 
 class Gallery:
-    """An index folder loaded for searching, with the model that built it."""
+    """An index folder loaded for searching, with the model that built it.
+
+    Loading checks that the folder's files belong together and to the model (see the module's
+    docstring): a :class:`MissingFileError` names a missing file, a :class:`SearchIndexError` names the
+    file and what differs; both say how to rebuild the index.
+    """
 
     def __init__(self, index_dir: str | Path, checkpoint: str | Path | None = None, device: str = "cpu") -> None:
-        index_dir = Path(index_dir)
-        meta_file = index_dir / INDEX_FILE
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"no {INDEX_FILE} in {index_dir}: build the index with metrictransfer index")
-        self.meta = json.loads(meta_file.read_text())
+        self.index_dir = index_dir = Path(index_dir)
+        self.meta = _read_meta(index_dir, checkpoint)
         self.checkpoint = Path(checkpoint or self.meta["checkpoint"])
+        self._rebuild = _rebuild_hint(index_dir, self.checkpoint)
+        self.metric = self.meta["metric"]
+        self.data = self._load_embeddings()
+        self.faiss_index = self._load_faiss()
         self.model, self.config = load_embedding_model(self.checkpoint, name=self.meta.get("model"))
         if model_fingerprint(self.model) != self.meta["fingerprint"]:
-            raise ValueError(
+            raise SearchIndexError(
                 f"the index {index_dir} was built by a different model than {self.checkpoint} (its weights differ); "
-                f"rebuild it: metrictransfer index --checkpoint {self.checkpoint} --images GALLERY --out {index_dir}"
+                f"{self._rebuild}"
             )
+        if self.config.eval.metric != self.metric:
+            raise SearchIndexError(f"{index_dir / INDEX_FILE} says metric {self.metric!r} but the model in "
+                                   f"{self.checkpoint} measures {self.config.eval.metric!r}; {self._rebuild}")
         self.device = device
-        self.data = load_embeddings(index_dir / EMBEDDINGS_FILE)
-        self.metric = self.meta["metric"]
-        self.faiss_index = None
-        if self.meta.get("faiss") and (index_dir / FAISS_FILE).is_file():
-            try:
-                import faiss
 
-                self.faiss_index = faiss.read_index(str(index_dir / FAISS_FILE))
-            except ImportError:
-                pass  # exact search with torch gives the same neighbours
+    def _load_embeddings(self) -> EmbeddingsFile:
+        file, record = self.index_dir / EMBEDDINGS_FILE, self.meta["embeddings"]
+        if not file.is_file():
+            raise MissingFileError(f"the index {self.index_dir} has no {EMBEDDINGS_FILE}; {self._rebuild}")
+        try:
+            data = load_embeddings(file)
+        except (ValueError, OSError) as err:
+            raise SearchIndexError(f"{err}; {self._rebuild}") from None
+        if data.paths is None:
+            raise SearchIndexError(f"{file} has no 'paths' array, so results could not be named; {self._rebuild}")
+        found = contents_record(data, self.meta["classes"])
+        differs = [f"{key} {found[key]} (index.json: {record.get(key)})" if key in ("count", "dim") else key
+                   for key in ("count", "dim", "sha256", "paths_sha256", "labels_sha256") if found[key] != record.get(key)]
+        if data.metric is not None and data.metric != self.metric:
+            differs.append(f"metric {data.metric!r} (index.json: {self.metric!r})")
+        if differs:
+            raise SearchIndexError(f"{file} does not hold what {INDEX_FILE} describes (it differs in {', '.join(differs)}): "
+                                   f"the files were edited or come from different builds; {self._rebuild}")
+        return data
+
+    def _load_faiss(self):
+        record = self.meta["faiss"]
+        if not record:
+            return None
+        file = self.index_dir / FAISS_FILE
+        if not file.is_file():
+            raise MissingFileError(f"the index {self.index_dir} has no {FAISS_FILE} though {INDEX_FILE} lists one; {self._rebuild}")
+        try:
+            import faiss
+        except ImportError:
+            return None  # exact search with torch gives the same neighbours
+        try:
+            index = faiss.read_index(str(file))
+        except RuntimeError as err:
+            raise SearchIndexError(f"{file} is not a readable faiss index ({str(err).strip().splitlines()[-1]}); "
+                                   f"{self._rebuild}") from None
+        count, dim = self.data.embeddings.shape  # checked against index.json already
+        expected = {"ntotal": count, "d": dim, "metric_type": FAISS_METRIC[self.metric]}
+        found = {"ntotal": int(index.ntotal), "d": int(index.d),
+                 "metric_type": "METRIC_L2" if index.metric_type == faiss.METRIC_L2 else "METRIC_INNER_PRODUCT"}
+        differs = [f"{key} {found[key]} (expected {expected[key]})" for key in expected
+                   if found[key] != expected[key] or record.get(key) != expected[key]]
+        if not differs and file_sha256(file) != record.get("sha256"):
+            differs.append("its contents (SHA-256)")
+        if differs:
+            raise SearchIndexError(f"{file} does not belong to {EMBEDDINGS_FILE} (it differs in {', '.join(differs)}) and "
+                                   f"would return wrong neighbours; {self._rebuild}")
+        return index
 
     def label_name(self, label: int) -> str | None:
         return self.meta["classes"][label] if label >= 0 and self.meta["classes"] else None
 
     def search(self, queries: list[str | Path], k: int = 10) -> list[list[Neighbour]]:
-        """The k nearest gallery images of each query image, nearest first."""
+        """The k nearest gallery images of each query image, nearest first (all of them when the gallery
+        holds fewer than k)."""
+        if k < 1:
+            raise ConfigError(f"--k must be at least 1, got {k}")
+        if not queries:
+            raise ConfigError("no query images given")
         for q in queries:
             if not Path(q).is_file():
-                raise FileNotFoundError(f"query image not found: {q}")
+                raise MissingFileError(f"query image not found: {q}")
         listed = ImageIndex(Path("/"), [str(Path(q).resolve()) for q in queries], np.full(len(queries), -1), [])
         embedded = embed_images(self.model, self.config, listed, self.device)
         distances, indices = self._knn(embedded, min(k, len(self.data.embeddings)))
@@ -194,3 +308,41 @@ class Gallery:
             d = 1.0 - qt @ g.t()
         distances, indices = d.topk(k, dim=1, largest=False)
         return distances.numpy(), indices.numpy()
+
+
+def _rebuild_hint(index_dir: Path, checkpoint: str | Path | None) -> str:
+    return f"rebuild it: metrictransfer index --checkpoint {checkpoint or 'RUN'} --images GALLERY --out {index_dir}"
+
+
+def _read_meta(index_dir: Path, checkpoint: str | Path | None) -> dict[str, Any]:
+    """index.json, refused unless it is this version's and its metric is one we know."""
+    rebuild = _rebuild_hint(index_dir, checkpoint)
+    if index_dir.is_file():
+        hint = f"; did you mean --index {index_dir.parent}?" if index_dir.name == INDEX_FILE else ""
+        raise SearchIndexError(f"{index_dir} is a file, not an index folder (the folder metrictransfer index --out wrote){hint}")
+    if not index_dir.is_dir():
+        raise MissingFileError(f"no index folder {index_dir}: build one with metrictransfer index --checkpoint RUN "
+                               f"--images GALLERY --out {index_dir}")
+    meta_file = index_dir / INDEX_FILE
+    if not meta_file.is_file():
+        raise MissingFileError(f"no {INDEX_FILE} in {index_dir}: build the index with metrictransfer index "
+                               f"--checkpoint RUN --images GALLERY --out {index_dir}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (ValueError, OSError) as err:
+        raise SearchIndexError(f"{meta_file} is not readable JSON ({err}); {rebuild}") from None
+    if not isinstance(meta, dict):
+        raise SearchIndexError(f"{meta_file} is not an index description; {rebuild}")
+    rebuild = _rebuild_hint(index_dir, checkpoint or meta.get("checkpoint"))
+    if meta.get("index_format") != INDEX_FORMAT:
+        written = meta.get("index_format", "1, from before indexes recorded what their files hold")
+        raise SearchIndexError(f"{meta_file} has index format {written}, this metrictransfer reads format {INDEX_FORMAT}; {rebuild}")
+    missing = [key for key in ("checkpoint", "fingerprint", "metric", "count", "dim", "classes", "embeddings", "faiss")
+               if key not in meta]
+    if missing:
+        raise SearchIndexError(f"{meta_file} lacks {', '.join(missing)}; {rebuild}")
+    if not isinstance(meta["embeddings"], dict) or not (meta["faiss"] is False or isinstance(meta["faiss"], dict)):
+        raise SearchIndexError(f"{meta_file}: 'embeddings' and 'faiss' are not the records index writes; {rebuild}")
+    if meta["metric"] not in METRICS:
+        raise SearchIndexError(f"{meta_file} has metric {meta['metric']!r}; valid: {', '.join(METRICS)}; {rebuild}")
+    return meta

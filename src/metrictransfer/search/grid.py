@@ -7,6 +7,8 @@ from typing import Callable
 
 from PIL import Image
 
+from metrictransfer.errors import ConfigError
+from metrictransfer.io import staged_path
 from metrictransfer.search.gallery import Neighbour
 
 SAME, OTHER = "#2ca02c", "#d62728"  # green frame: same class as the query; red: another class
@@ -20,14 +22,22 @@ def _open(path: str) -> Image.Image:
 def draw_grid(queries: list[str], results: list[list[Neighbour]], out: str | Path,
               query_labels: list[str | None] | None = None, thumb: float = 1.3,
               load: Callable[[str], Image.Image] = _open) -> Path:
-    """Write a PNG: each query, then its neighbours nearest first with their distances; frames are green
-    or red when both the query's and the neighbour's classes are known. ``load`` turns a path into an
-    image (datasets without files name their items otherwise)."""
+    """Write an image (PNG, or the format ``out``'s extension names, whole or not at all): each query,
+    then its neighbours nearest first with their distances; frames are green or red when both the
+    query's and the neighbour's classes are known. ``load`` turns a path into an image (datasets
+    without files name their items otherwise)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.backend_bases import FigureCanvasBase
 
+    out = Path(out)
+    fmt = out.suffix[1:].lower() or "png"
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise ConfigError(f"cannot draw the grid as {out}: matplotlib writes no .{fmt} files; use .png "
+                          f"(or {', '.join('.' + f for f in sorted(supported))})")
     query_labels = query_labels or [None] * len(queries)
     columns = 1 + max((len(r) for r in results), default=0)
     fig, axes = plt.subplots(len(queries), columns, figsize=(thumb * columns, thumb * 1.15 * len(queries)), squeeze=False)
@@ -42,10 +52,11 @@ def draw_grid(queries: list[str], results: list[list[Neighbour]], out: str | Pat
             colour = None if label is None or n.label is None else (SAME if n.label == label else OTHER)
             _show(ax, load(n.path), f"{n.distance:.3f}" + (f"\n{n.label}" if n.label else ""), colour)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        with staged_path(out) as staged:  # the staged name ends in .partial: name the format
+            fig.savefig(staged, dpi=100, format=fmt)
+    finally:
+        plt.close(fig)
     return out
 
 
