@@ -7,9 +7,11 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from metrictransfer.config import DATASET_NAMES, ConfigError
+# Only light modules here: torch and the rest load inside the commands, where Ctrl-C is handled.
+from metrictransfer.errors import ConfigError, MetricTransferError, is_output_problem, output_error
 
 
 def _k_list(text: str) -> list[int]:
@@ -22,6 +24,16 @@ def _k_list(text: str) -> list[int]:
     return ks
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
@@ -30,7 +42,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from metrictransfer.demo import run_demo
 
     out = Path(args.out or f"runs/demo-{_timestamp()}")
-    run_demo(out, seed=args.seed, epochs_scale=args.epochs_scale, overrides=args.set)
+    run_demo(out, seed=args.seed, epochs_scale=args.epochs_scale, overrides=args.set, overwrite=args.overwrite)
     return 0
 
 
@@ -40,7 +52,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = list(args.set) + ([f"optim.on_nan={args.on_nan}"] if args.on_nan else [])
     if args.resume:
+        if args.recipe:
+            raise ConfigError(
+                f"give either a recipe (a new run) or --resume {args.resume} (continue that run with its own "
+                "configuration), not both; change how a resumed run runs with --set KEY=VALUE"
+            )
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise ConfigError(f"--resume {args.resume} continues that run in its own folder; --out {args.out} names another")
+        if args.overwrite:
+            raise ConfigError("--overwrite starts a new run over an old one; it cannot be combined with --resume")
         run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            from metrictransfer.errors import MissingFileError
+
+            what = "does not exist" if not run_dir.exists() else "holds no run (no config.yaml)"
+            raise MissingFileError(f"cannot resume {run_dir}: it {what}; give the folder of an interrupted run")
         config = load_config(run_dir / "config.yaml", overrides)
     else:
         if not args.recipe:
@@ -49,11 +75,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("under torchrun give the run folder with --out: every process must write to the same one")
         run_dir = Path(args.out or f"runs/{config.name or Path(args.recipe).stem}-{_timestamp()}")
-    results = train(config, run_dir, resume=bool(args.resume))
+    results = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         from metrictransfer.engine.report import write_report
 
-        write_report(run_dir)
+        try:
+            write_report(run_dir)
+        except KeyboardInterrupt:
+            print(f"metrictransfer: interrupted while writing the report; the run itself is finished and saved. "
+                  f"Rebuild the report with: metrictransfer report {run_dir}", file=sys.stderr)
+            return 130
         print(json.dumps({"run": str(run_dir), "final": results["final"], "report": str(run_dir / "report.md")}))
     return 0
 
@@ -118,7 +149,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from metrictransfer.engine.inference import embed_split
 
         if args.query_gallery:
-            raise ValueError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
+            raise ConfigError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
         model, config = load_embedding_model(args.checkpoint, name=args.model)
         data = embed_split(model, config, "test", args.device, progress=sys.stderr.isatty())
         source = f"{args.checkpoint}: {config.data.dataset} test split"
@@ -217,47 +248,62 @@ def _device(name: str) -> str:
     return str(resolve_device(name))
 
 
+DEBUG_HELP = "show the full traceback of an error (also: METRICTRANSFER_DEBUG=1)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from metrictransfer.config import DATASET_NAMES
+
     parser = argparse.ArgumentParser(prog="metrictransfer", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    # every subcommand takes --debug too; SUPPRESS keeps a subcommand's default from hiding the top-level flag
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, subparsers=sub, **options) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[common], **options)
     overrides = {"action": "append", "default": [], "metavar": "KEY=VALUE",
                  "help": "override a configuration key, e.g. --set optim.lr=3e-4 (repeatable)"}
 
-    demo = sub.add_parser("demo", help="offline demo: source, target alone, target with transfer on glyphs")
+    demo = command("demo", help="offline demo: source, target alone, target with transfer on glyphs")
     demo.add_argument("--out", help="output folder (default runs/demo-<timestamp>)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every run's epochs (e.g. 0.2 for a quick look)")
     demo.add_argument("--set", **overrides)
+    demo.add_argument("--overwrite", action="store_true", help="replace the demo runs already in --out")
     demo.set_defaults(func=cmd_demo)
 
-    train = sub.add_parser("train", help="run a recipe (method: source, transfer, selfsup, classifier or mutual)")
+    train = command("train", help="run a recipe (method: source, transfer, selfsup, classifier or mutual)")
     train.add_argument("recipe", nargs="?", help="YAML recipe")
     train.add_argument("--out", help="run folder (default runs/<name>-<timestamp>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="--out already holds a run: delete its checkpoints, results and log and start anew")
     train.add_argument("--set", **overrides)
     train.add_argument("--on-nan", choices=["error", "skip"],
                        help="a non-finite loss stops the run (error, the default) or its step is skipped and counted")
     train.set_defaults(func=cmd_train)
 
-    data = sub.add_parser("data", help="look at a dataset folder")
+    data = command("data", help="look at a dataset folder")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    inspect = data_sub.add_parser("inspect", help="images and classes per split; checks every listed file exists")
+    inspect = command("inspect", data_sub, help="images and classes per split; checks every listed file exists")
     inspect.add_argument("--dataset", required=True, choices=list(DATASET_NAMES))
     inspect.add_argument("--root", help="the folder holding the dataset's files (csv: the CSV file)")
     inspect.add_argument("--test-fraction", type=float, default=0.5, help="folder/csv without a split column")
     inspect.add_argument("--json", action="store_true", help="print exactly one JSON object")
     inspect.set_defaults(func=cmd_data_inspect)
 
-    embed = sub.add_parser("embed", help="embed one split of a run's dataset into an .npz file")
+    embed = command("embed", help="embed one split of a run's dataset into an .npz file")
     embed.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
     embed.add_argument("--split", default="test", help="dataset split (default test)")
     embed.add_argument("--model", help="which model of the run (a cohort's member1, say; default: the run's output model)")
     embed.add_argument("--out", required=True, help="output .npz (embeddings, labels, paths)")
-    embed.add_argument("--batch-size", type=int, help="default: the run's eval.batch_size")
+    embed.add_argument("--batch-size", type=_positive_int, help="default: the run's eval.batch_size")
     embed.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's device")
     embed.set_defaults(func=cmd_embed)
 
-    evaluate = sub.add_parser(
+    evaluate = command(
         "evaluate", help="Recall@K, MAP@R, R-Precision (and NMI) of a run's test split or of an embeddings file"
     )
     what = evaluate.add_mutually_exclusive_group(required=True)
@@ -273,38 +319,38 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to compute (default: auto)")
     evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
-    index = sub.add_parser("index", help="embed a gallery of images with a run's model, for metrictransfer search")
+    index = command("index", help="embed a gallery of images with a run's model, for metrictransfer search")
     index.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
     index.add_argument("--images", required=True, metavar="FOLDER_OR_CSV",
                        help="a folder (searched recursively; sub-folders are classes) or a CSV with path[,label] columns")
     index.add_argument("--out", required=True, metavar="INDEX_DIR", help="the index folder to write")
     index.add_argument("--model", help="which model of the run (a cohort's member1, say; default: its output model)")
-    index.add_argument("--batch-size", type=int, default=128)
+    index.add_argument("--batch-size", type=_positive_int, default=128)
     index.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     index.set_defaults(func=cmd_index)
 
-    search = sub.add_parser("search", help="nearest gallery images of query images")
+    search = command("search", help="nearest gallery images of query images")
     search.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
     search.add_argument("--index", required=True, metavar="INDEX_DIR", help="built by metrictransfer index")
-    search.add_argument("--k", type=int, default=10, help="neighbours per query (default 10)")
+    search.add_argument("--k", type=_positive_int, default=10, help="neighbours per query (default 10)")
     search.add_argument("--checkpoint", help="the model's checkpoint, if it moved since the index was built")
     search.add_argument("--json", action="store_true", help="print exactly one JSON list")
     search.add_argument("--grid", metavar="OUT.png", help="draw queries and neighbours (green: same class, red: other)")
     search.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     search.set_defaults(func=cmd_search)
 
-    export = sub.add_parser("export", help="the embedding model as safetensors, TorchScript or ONNX, checked after writing")
+    export = command("export", help="the embedding model as safetensors, TorchScript or ONNX, checked after writing")
     export.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
     export.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"])
     export.add_argument("--out", required=True, metavar="FILE", help="the exported file (its description goes to FILE.json)")
     export.add_argument("--model", help="which model of the run (a cohort's member1, say; default: its output model)")
     export.set_defaults(func=cmd_export)
 
-    report = sub.add_parser("report", help="(re)build a finished run's report.md and plots")
+    report = command("report", help="(re)build a finished run's report.md and plots")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR")
     report.set_defaults(func=cmd_report)
 
-    table = sub.add_parser("table", help="final metrics of finished runs as one markdown table (seeds averaged)")
+    table = command("table", help="final metrics of finished runs as one markdown table (seeds averaged)")
     table.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (holding results.json and config.yaml)")
     table.add_argument("--metrics", type=lambda t: t.split(","), help="comma-separated keys (default: every recall@k)")
     table.add_argument("--json", action="store_true", help="print the collected runs as JSON instead")
@@ -313,21 +359,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from metrictransfer.data.images import BadImageError
+    """Run one command. Expected failures (:class:`~metrictransfer.errors.MetricTransferError`, and a full,
+    read-only or forbidden output place) print one line and exit 2; Ctrl-C exits 130 without a
+    traceback; anything else is a bug and keeps its traceback."""
+    debug = os.environ.get("METRICTRANSFER_DEBUG", "") not in ("", "0")
     from metrictransfer.engine.interrupt import TrainingInterrupted
 
     try:
+        args = build_parser().parse_args(argv)
+        debug = debug or getattr(args, "debug", False)
         return args.func(args)
     except TrainingInterrupted as stop:
         print(f"metrictransfer: {stop}", file=sys.stderr)
         return stop.exit_status
-    except FloatingPointError as err:
-        print(f"metrictransfer: error: {err}", file=sys.stderr)
-        return 1
-    except (ConfigError, FileNotFoundError, ValueError, BadImageError, ImportError) as err:
-        print(f"metrictransfer: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        _report(debug, "interrupted (Ctrl-C)")
+        return 130
+    except MetricTransferError as err:
+        _report(debug, f"error: {err}")
+        return err.exit_status
+    except OSError as err:
+        if not is_output_problem(err):
+            raise
+        _report(debug, f"error: {output_error(err)}")
         return 2
+
+
+def _report(debug: bool, message: str) -> None:
+    if debug:
+        traceback.print_exc()
+    print(f"metrictransfer: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from metrictransfer.data.transforms import TRANSFORMS
 from metrictransfer.errors import ConfigError
+from metrictransfer.io import atomic_write_text
 from metrictransfer.losses import METRIC_LOSSES, MINERS, TRANSFER_LOSSES, build_transfer_loss
+from metrictransfer.losses.metric import check_metric_loss_params, check_miner_params
 
 __all__ = ["ConfigError", "RunConfig", "build_config", "load_config"]
 
@@ -96,6 +98,12 @@ class MetricLossConfig(Strict):
     def _miner(cls, v: str) -> str:
         return _check_name(v, MINERS, "miner")
 
+    @model_validator(mode="after")
+    def _params(self) -> "MetricLossConfig":
+        check_metric_loss_params(self.name, self.params)  # at load time, not at the first step
+        check_miner_params(self.miner, self.miner_params)
+        return self
+
 
 class TransferTerm(Strict):
     """One term of a weighted sum of transfer losses."""
@@ -111,7 +119,7 @@ class TransferTerm(Strict):
 
     @model_validator(mode="after")
     def _params(self) -> "TransferTerm":
-        build_transfer_loss(self.name, self.params)  # unknown parameters fail here, naming the loss
+        build_transfer_loss(self.name, self.params, "transfer.terms.params")  # bad parameters fail here, naming the loss
         return self
 
 
@@ -232,7 +240,7 @@ class MutualConfig(Strict):
 
     @model_validator(mode="after")
     def _per_member(self) -> "MutualConfig":
-        build_transfer_loss(self.loss, self.params)  # unknown parameters fail here, naming the loss
+        build_transfer_loss(self.loss, self.params, "mutual.params")  # bad parameters fail here, naming the loss
         for key in ("update_every", "augmentation_strength", "backbones", "weights"):
             value = getattr(self, key)
             if value is not None and len(value) != self.members:
@@ -329,7 +337,7 @@ class RunConfig(Strict):
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration ({origin}):"]
+    problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
         msg = e["msg"].removeprefix("Value error, ")
@@ -340,8 +348,8 @@ def _format_errors(err: ValidationError, origin: str) -> str:
                 msg += f"; allowed keys here: {', '.join(parent.model_fields)}"
         elif e["type"] != "value_error" and "input" in e:
             msg += f" (got {e['input']!r})"
-        lines.append(f"  {key}: {msg}")
-    return "\n".join(lines)
+        problems.append(f"{key}: {msg}")
+    return f"invalid configuration ({origin}): " + "; ".join(problems)
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
@@ -360,7 +368,18 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, raw = item.split("=", 1)
     if not key.strip():
         raise ConfigError(f"override {item!r} has an empty key")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)}); quote text values") from None
+    return key.strip().split("."), value
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: the problem and where."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(err, 'problem', None) or type(err).__name__}{where}"
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -394,7 +413,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of configuration keys, got {type(raw).__name__}")
     return build_config(raw, overrides, origin=str(path))
@@ -428,4 +447,4 @@ def resume_differences(saved: dict, current: dict) -> list[str]:
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    atomic_write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), path)

@@ -9,6 +9,8 @@ from metrictransfer.config import RunConfig, build_config
 from metrictransfer.io import atomic_write_text
 from metrictransfer.engine.logging import plot_recall, write_csv
 from metrictransfer.engine.report import write_report
+from metrictransfer.engine.run_folder import RunLock, holds_run, make_folder
+from metrictransfer.errors import RunExistsError
 
 # The three runs of the demo, as configuration overrides of the defaults. The same settings are in
 # recipes/glyphs_*.yaml for `metrictransfer train` (a test keeps them equal).
@@ -51,14 +53,27 @@ def demo_configs(out: Path, seed: int = 0, epochs_scale: float = 1.0, overrides:
     }
 
 
+DEMO_FILES = ("config.json", "results.json", "log.csv", "recall.png")
+
+
 def run_demo(out: str | Path, seed: int = 0, epochs_scale: float = 1.0, overrides: list[str] | None = None,
-             progress: bool | None = None) -> dict:
-    """Train the three models into ``out/<name>/`` and write the combined results, log and plot."""
+             progress: bool | None = None, overwrite: bool = False) -> dict:
+    """Train the three models into ``out/<name>/`` and write the combined results, log and plot. A
+    folder holding an earlier demo is refused unless ``overwrite``; it is locked while the demo runs."""
+    out = Path(out)
+    configs = demo_configs(out, seed, epochs_scale, overrides)  # a bad --set fails before anything is written
+    make_folder(out)
+    with RunLock(out):
+        earlier = [p.name for p in (out / n for n in DEMO_FILES) if p.exists()] + [n for n in configs if holds_run(out / n)]
+        if earlier and not overwrite:
+            raise RunExistsError(f"{out} already holds a demo ({', '.join(earlier)}); choose another --out, "
+                                 "or add --overwrite to replace it")
+        return _run_demo(out, configs, seed, progress, overwrite)
+
+
+def _run_demo(out: Path, configs: dict[str, RunConfig], seed: int, progress: bool | None, overwrite: bool) -> dict:
     from metrictransfer.engine.trainer import train
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    configs = demo_configs(out, seed, epochs_scale, overrides)
     atomic_write_text(
         json.dumps({name: c.model_dump(mode="json") for name, c in configs.items()}, indent=2), out / "config.json"
     )
@@ -66,7 +81,7 @@ def run_demo(out: str | Path, seed: int = 0, epochs_scale: float = 1.0, override
     for name, config in configs.items():
         print(f"== {name}: {config.method}, {config.model.backbone} {config.model.embedding_dim}-d, "
               f"{config.optim.epochs} epochs ==", flush=True)
-        results[name] = train(config, out / name, progress=progress)
+        results[name] = train(config, out / name, progress=progress, overwrite=overwrite)
         write_report(out / name)  # report.md, curves, retrieval grid, embedding map
 
     rows = [{"model": name, **row} for name, r in results.items() for row in r["history"]]

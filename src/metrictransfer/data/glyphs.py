@@ -42,6 +42,7 @@ import numpy as np
 import torch.utils.data
 from matplotlib.ft2font import FT2Font
 from PIL import Image, ImageDraw, ImageFont
+from metrictransfer.errors import ConfigError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -564,12 +565,12 @@ class GlyphsDataset(torch.utils.data.Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {', '.join(map(repr, SPLITS))}")
+            raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(map(repr, SPLITS))}")
         arrays = load_glyphs(seed=seed, image_size=image_size, renders=renders, cache_dir=cache_dir)
         split_classes = arrays.train_classes if split == "train" else arrays.test_classes
         if num_classes is not None:
             if num_classes < 1 or num_classes > len(split_classes):
-                raise ValueError(
+                raise ConfigError(
                     f"num_classes={num_classes} but the {split!r} split has "
                     f"{len(split_classes)} classes"
                 )

@@ -7,6 +7,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
+from metrictransfer.errors import DataError
 
 
 class SeededItem(NamedTuple):
@@ -64,7 +65,7 @@ def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     """Default collation of the items that could be read (skipped images come as ``None``)."""
     kept = [item for item in batch if item is not None]
     if not kept:
-        raise RuntimeError(f"every image of a batch of {len(batch)} was unreadable; check the dataset files")
+        raise DataError(f"every image of a batch of {len(batch)} was unreadable; check the dataset files")
     return default_collate(kept)
 
 

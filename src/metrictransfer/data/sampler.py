@@ -8,6 +8,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from metrictransfer.data.multiview import SeededItem
+from metrictransfer.errors import ConfigError
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
@@ -29,14 +30,14 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
     ) -> None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) == 0:
-            raise ValueError("labels must be a non-empty 1-D sequence of class ids")
+            raise ConfigError("labels must be a non-empty 1-D sequence of class ids")
         if classes_per_batch < 1 or images_per_class < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"classes_per_batch and images_per_class must be >= 1, got {classes_per_batch} and {images_per_class}"
             )
         classes, inverse = np.unique(labels, return_inverse=True)
         if len(classes) < classes_per_batch:
-            raise ValueError(
+            raise ConfigError(
                 f"a batch needs {classes_per_batch} distinct classes but the data has only {len(classes)}; "
                 "lower data.classes_per_batch"
             )
@@ -96,7 +97,7 @@ class ShuffledBatchSampler(Sampler[list[int]]):
 
     def __init__(self, num_items: int, batch_size: int, seed: int = 0) -> None:
         if batch_size < 2 or num_items < batch_size:
-            raise ValueError(f"need batches of at least 2 images from {num_items} images, got batch_size={batch_size}")
+            raise ConfigError(f"need batches of at least 2 images from {num_items} images, got batch_size={batch_size}")
         self.num_items, self.batch_size, self.seed, self.epoch = num_items, batch_size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -122,7 +123,7 @@ class RankBatches(Sampler[list]):
 
     def __init__(self, batches, batch_size: int, rank: int = 0, world: int = 1) -> None:
         if batch_size % world:
-            raise ValueError(f"a batch of {batch_size} images cannot be split evenly over {world} processes")
+            raise ConfigError(f"a batch of {batch_size} images cannot be split evenly over {world} processes")
         self.batches, self.rank, self.world = batches, rank, world
         self.part = batch_size // world
         self.epoch = self.done = 0

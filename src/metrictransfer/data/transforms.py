@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 from torchvision.transforms import v2
+from metrictransfer.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,9 +73,9 @@ def build_transform(
     ``strength`` scales the random one (cohort members' view diversity): the crop's smallest area moves
     towards full size below 1 and away from it above 1, rotations scale with it; 0 is crop-free."""
     if name not in TRANSFORMS:
-        raise ValueError(f"unknown transform {name!r}; valid names: {', '.join(sorted(TRANSFORMS))}")
+        raise ConfigError(f"unknown transform {name!r}; valid names: {', '.join(sorted(TRANSFORMS))}")
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+        raise ConfigError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
     if strength < 0:
         raise ValueError(f"augmentation strength must be >= 0, got {strength}")
     if not train:

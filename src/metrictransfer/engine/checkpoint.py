@@ -1,13 +1,16 @@
-"""Checkpoints written atomically, and loading a trained embedding model back from a run."""
+"""Checkpoints written atomically with a checksum of their content, verified when loaded; loading a
+trained embedding model back from a run."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from metrictransfer.errors import CheckpointError, DamagedCheckpointError, MissingFileError
 from metrictransfer.io import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -16,9 +19,44 @@ HISTORY_DIR = "checkpoints"
 FORMAT_VERSION = 2
 
 
+CHECKSUM_KEY = "checksum"
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` atomically."""
     atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 of a checkpoint's content: every tensor's dtype, shape and bytes, every other value's repr,
+    in order. torch's zip container does not check its CRCs on load, so flipped bytes inside a weight
+    tensor would otherwise load silently."""
+    digest = hashlib.sha256()
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key, item in value.items():
+                digest.update(repr(key).encode())
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{type(value).__name__[0]}{len(value)}".encode())
+            for item in value:
+                visit(item)
+        else:
+            digest.update(f"V{value!r}".encode())
+
+    visit(obj)
+    return digest.hexdigest()
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """Write a checkpoint atomically, with the checksum :func:`load_checkpoint` verifies."""
+    atomic_save({**state, CHECKSUM_KEY: content_digest(state)}, path)
 
 
 def save_run_checkpoint(state: dict, run_dir: str | os.PathLike, keep: int = 1) -> Path:
@@ -26,7 +64,7 @@ def save_run_checkpoint(state: dict, run_dir: str | os.PathLike, keep: int = 1) 
     ``checkpoints/step-N.pt`` (a hard link: no copy) and delete all but the ``keep`` newest there."""
     run_dir = Path(run_dir)
     latest = run_dir / CHECKPOINT_NAME
-    atomic_save(state, latest)
+    save_checkpoint(state, latest)
     if keep > 1:
         history = run_dir / HISTORY_DIR
         history.mkdir(exist_ok=True)
@@ -35,7 +73,7 @@ def save_run_checkpoint(state: dict, run_dir: str | os.PathLike, keep: int = 1) 
         try:
             os.link(latest, kept)
         except OSError:  # a file system without hard links
-            atomic_save(state, kept)
+            save_checkpoint(state, kept)
         for old in sorted(history.glob("step-*.pt"))[:-keep]:
             old.unlink(missing_ok=True)
     return latest
@@ -54,32 +92,54 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} (expected a run folder holding {CHECKPOINT_NAME}, or the file)")
+        raise MissingFileError(f"no checkpoint at {path} (expected a run folder holding {CHECKPOINT_NAME}, or the file)")
     return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """A checkpoint's contents. ``weights_only=True``: tensors and plain containers only, so a file can
-    never run code while it loads."""
+    """A checkpoint's contents, verified against the checksum it was written with. ``weights_only=True``:
+    tensors and plain containers only, so a file can never run code while it loads. A damaged file
+    (empty, truncated, bytes changed) raises :class:`DamagedCheckpointError`."""
     file = resolve_checkpoint(path)
+    if file.stat().st_size == 0:
+        raise DamagedCheckpointError(f"cannot read checkpoint {file}: it is empty (0 bytes){_recovery_hint(file)}")
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for a damaged or unsafe file
         if "Weights only load failed" in str(err):
-            raise ValueError(
+            raise CheckpointError(
                 f"cannot read checkpoint {file}: it holds Python objects besides tensors and plain containers, which "
                 "could run code while loading, so it is not loaded (a checkpoint of metrictransfer before "
                 f"format {FORMAT_VERSION}, or not a metrictransfer checkpoint)"
             ) from None
-        raise ValueError(f"cannot read checkpoint {file}: {str(err).splitlines()[0]}") from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DamagedCheckpointError(
+            f"cannot read checkpoint {file}: damaged or not a checkpoint ({reason}){_recovery_hint(file)}"
+        ) from None
     if not isinstance(state, dict) or "format" not in state:
-        raise ValueError(f"{file} is not a metrictransfer checkpoint")
+        raise CheckpointError(f"{file} is not a metrictransfer checkpoint")
     if state["format"] != FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{file} has checkpoint format {state['format']}, this metrictransfer reads format {FORMAT_VERSION}; "
             f"use the metrictransfer version that wrote it ({state.get('version', 'before 0.1.0')})"
         )
+    expected = state.pop(CHECKSUM_KEY, None)  # None: written before checkpoints carried one
+    if expected is not None and content_digest(state) != expected:
+        raise DamagedCheckpointError(
+            f"cannot read checkpoint {file}: its content fails its checksum (bytes changed after it was written)"
+            + _recovery_hint(file)
+        )
     return state
+
+
+def _recovery_hint(file: Path) -> str:
+    """What to do about a damaged file: a run's older kept checkpoints can replace it."""
+    run_dir = file.parent.parent if file.parent.name == HISTORY_DIR else file.parent
+    others = [p for p in run_checkpoints(run_dir) if not os.path.samefile(p, file)]  # kept copies are hard links
+    if not others:
+        return "; no other checkpoint of this run is kept (checkpoint.keep), so it cannot be repaired"
+    return (f"; `metrictransfer train --resume {run_dir}` falls back to the newest intact checkpoint "
+            f"in {run_dir / HISTORY_DIR} and repairs {CHECKPOINT_NAME}")
 
 
 def embedding_model_names(path: str | os.PathLike) -> list[str]:
@@ -99,7 +159,7 @@ def load_embedding_model(path: str | os.PathLike, map_location: str | torch.devi
     name = name or state["output"]
     if name not in state["models"] or "head.weight" not in state["models"][name]:
         known = [n for n, w in state["models"].items() if "head.weight" in w]
-        raise ValueError(f"{resolve_checkpoint(path)} holds no embedding model {name!r}; it holds: {', '.join(known)}")
+        raise CheckpointError(f"{resolve_checkpoint(path)} holds no embedding model {name!r}; it holds: {', '.join(known)}")
     # Weights come from the checkpoint: never download or read the original backbone weights again.
     weights = state["models"][name]
     arch = state.get("architectures", {}).get(name, {})
@@ -119,6 +179,6 @@ def save_embedding_model(model, config, path: str | os.PathLike) -> Path:
     from metrictransfer.config import config_to_dict
 
     path = Path(path)
-    atomic_save({"format": FORMAT_VERSION, "config": config_to_dict(config), "output": "model",
-                 "models": {"model": model.state_dict()}, "architectures": {"model": model.architecture()}}, path)
+    save_checkpoint({"format": FORMAT_VERSION, "config": config_to_dict(config), "output": "model",
+                     "models": {"model": model.state_dict()}, "architectures": {"model": model.architecture()}}, path)
     return path

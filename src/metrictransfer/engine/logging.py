@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import matplotlib
@@ -11,16 +12,26 @@ matplotlib.use("Agg")  # files only, no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from metrictransfer.errors import MissingPackageError  # noqa: E402
+from metrictransfer.io import atomic_write, atomic_write_text  # noqa: E402
+
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
     """Write all rows (the union of their keys, in first-seen order) to a CSV file."""
     fields: list[str] = []
     for row in rows:
         fields.extend(k for k in row if k not in fields)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(text.getvalue(), path)
+
+
+def save_figure(fig, path: str | Path, **options) -> None:
+    """``fig.savefig`` atomically (a plot is rewritten every epoch: a crash must not leave half of one)."""
+    path = Path(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", **options), "wb")
 
 
 class TensorBoardLog:
@@ -31,7 +42,7 @@ class TensorBoardLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ImportError("logging.tensorboard needs the tensorboard package: pip install tensorboard") from None
+            raise MissingPackageError("logging.tensorboard needs the tensorboard package: pip install tensorboard") from None
         self.writer = SummaryWriter(str(folder))
 
     def write(self, row: dict) -> None:
@@ -57,7 +68,7 @@ def plot_recall(curves: dict[str, list[tuple[int, float]]], path: str | Path, me
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -83,5 +94,5 @@ def plot_training(history: list[dict], path: str | Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from metrictransfer.config import load_config
-from metrictransfer.io import atomic_write_text
 from metrictransfer.engine.checkpoint import load_embedding_model
-from metrictransfer.engine.logging import plot_training
+from metrictransfer.engine.logging import plot_training, save_figure
+from metrictransfer.errors import MissingFileError
+from metrictransfer.io import atomic_write_text
 from metrictransfer.search.gallery import Neighbour
 
 
@@ -28,7 +29,7 @@ def write_report(run_dir: str | Path, queries: int = 6, neighbours: int = 6, map
     run = Path(run_dir)
     results_file = run / "results.json"
     if not results_file.is_file():
-        raise FileNotFoundError(f"{run} has no results.json: the run has not finished (resume it with metrictransfer train --resume {run})")
+        raise MissingFileError(f"{run} has no results.json: the run has not finished (resume it with metrictransfer train --resume {run})")
     results = json.loads(results_file.read_text())
     config = load_config(run / "config.yaml")
     history = results["history"]
@@ -124,6 +125,6 @@ def _embedding_map(x: np.ndarray, labels: np.ndarray, out: Path, points: int, se
     ax.set_yticks([])
     ax.set_title(f"test embeddings ({method}), {len(np.unique(labels))} classes")
     fig.tight_layout()
-    fig.savefig(out)
+    save_figure(fig, out)
     plt.close(fig)
     return method

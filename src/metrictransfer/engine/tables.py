@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from metrictransfer.config import build_config
+from metrictransfer.errors import ConfigError, MissingFileError
 
 
 def method_label(config) -> str:
@@ -37,7 +38,7 @@ def collect_runs(run_dirs: list[str | Path]) -> list[dict]:
         run = Path(run)
         results_file = run / "results.json"
         if not results_file.is_file():
-            raise FileNotFoundError(f"{run} has no results.json: not a finished run folder")
+            raise MissingFileError(f"{run} has no results.json: not a finished run folder")
         results = json.loads(results_file.read_text())
         config_file = run / "config.yaml"
         config = build_config(yaml.safe_load(config_file.read_text()), origin=str(config_file))
@@ -61,7 +62,7 @@ def _mean_std(values: list[float]) -> str:
 def markdown_table(records: list[dict], metrics: list[str] | None = None) -> str:
     """Rows: (dataset, model, method) in first-seen order; seeds of the same row averaged (mean ± std)."""
     if not records:
-        raise ValueError("no runs to tabulate")
+        raise ConfigError("no runs to tabulate")
     metrics = metrics or [k for k in records[0]["metrics"] if k.startswith("recall@")]
     groups: dict[tuple, list[dict]] = {}
     for record in records:

@@ -16,18 +16,20 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from metrictransfer import __version__
-from metrictransfer.config import ConfigError, RunConfig, config_to_dict, resume_differences, save_config
+from metrictransfer.config import RunConfig, config_to_dict, resume_differences, save_config
 from metrictransfer.data.holdout import split_holdout
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine import distributed
-from metrictransfer.io import atomic_write_text
-from metrictransfer.engine.checkpoint import FORMAT_VERSION, load_checkpoint, run_checkpoints, save_run_checkpoint
+from metrictransfer.engine.checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, load_checkpoint, run_checkpoints, save_run_checkpoint
 from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
+from metrictransfer.engine.run_folder import claim_run_folder
 from metrictransfer.engine.logging import TensorBoardLog, plot_recall, write_csv
+from metrictransfer.errors import CheckpointError, ConfigError, DamagedCheckpointError, TrainingDivergedError
 from metrictransfer.evaluation import ensemble_embeddings, extract_embeddings, retrieval_metrics
+from metrictransfer.io import atomic_copy, atomic_write_text
 from metrictransfer.methods import METHODS
 from metrictransfer.methods.classifier import accuracy
 from metrictransfer.models import EmbeddingModel
@@ -35,7 +37,7 @@ from metrictransfer.models import EmbeddingModel
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but CUDA is not available; use device: auto or cpu")
+        raise ConfigError("device 'cuda' was asked for but CUDA is not available here; use device: auto or cpu")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -309,19 +311,29 @@ def make_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool | None = None) -> dict:
+def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool | None = None,
+          overwrite: bool = False) -> dict:
     """Train one run into ``out_dir``; returns the results written to ``results.json``.
 
     Every epoch ends with an evaluation on the test split (``eval.every``), a CSV log row and an
     atomically written checkpoint (also every ``checkpoint.every_steps`` steps, and when SIGINT or
     SIGTERM arrives), so ``resume=True`` continues from the last checkpoint, in the middle of an epoch
     if need be, and in deterministic mode ends with the same weights as an uninterrupted run.
-    Under torchrun every process runs this; only the first writes files.
+    A folder that holds another run is refused unless ``overwrite``; the folder is locked while the
+    run trains. Under torchrun every process runs this; only the first writes files and holds the lock.
     """
     out = Path(out_dir)
     ranks, device_name = distributed.setup(config.device)
-    if ranks.main:
-        out.mkdir(parents=True, exist_ok=True)
+    lock = claim_run_folder(out, resume, overwrite) if ranks.main else None
+    try:
+        return _train(config, out, resume, progress, ranks, device_name)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: RunConfig, out: Path, resume: bool, progress: bool | None, ranks: distributed.Ranks,
+           device_name: str) -> dict:
     interactive = ranks.main and (sys.stderr.isatty() if progress is None else progress)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -408,7 +420,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
                 finite, stopping = distributed.step_flags(bool(torch.isfinite(loss)), stop.requested, device)
                 if not finite:
                     if config.optim.on_nan == "error":
-                        raise FloatingPointError(_non_finite_message(epoch, done, updater.iteration + 1, logs, out))
+                        raise TrainingDivergedError(_non_finite_message(epoch, done, updater.iteration + 1, logs, out))
                     totals["skipped_steps"] = totals.get("skipped_steps", 0) + 1
                 else:
                     updater.backward(loss)
@@ -464,25 +476,29 @@ def _restore(out: Path, config: RunConfig, method, updater: Updater) -> dict | N
     files = run_checkpoints(out)
     if not files:
         return None
-    errors = []
+    damaged = []
     for file in files:
         try:
             state = load_checkpoint(file)
             break
-        except ValueError as err:
-            errors.append(str(err))
+        except DamagedCheckpointError as err:
+            damaged.append(str(err))
     else:
-        raise ValueError(f"cannot resume {out}: no readable checkpoint; " + "; ".join(errors))
-    if errors:
-        print(f"warning: resuming from {file}, newer checkpoints are unreadable: {'; '.join(errors)}", file=sys.stderr)
+        raise DamagedCheckpointError(f"cannot resume {out}: every checkpoint is damaged; " + "; ".join(damaged))
+    if damaged:
+        latest = out / CHECKPOINT_NAME
+        if file != latest:  # repair the run's checkpoint.pt, so that evaluate, export and index work again
+            atomic_copy(file, latest)
+        print(f"warning: resuming from {file} (copied to {latest}); newer checkpoints are damaged: {'; '.join(damaged)}",
+              file=sys.stderr)
     if state.get("version") != __version__:
-        raise ValueError(
+        raise CheckpointError(
             f"cannot resume {out}: {file} was written by metrictransfer {state.get('version')}, this is {__version__}; "
             "resume it with that version (pip install metrictransfer==VERSION)"
         )
     changed = resume_differences(state["config"], config_to_dict(config))
     if changed:
-        raise ValueError(
+        raise ConfigError(
             f"cannot resume {out}: the configuration differs from the one the run started with: " + "; ".join(changed)
         )
     for name, model in method.trainable().items():

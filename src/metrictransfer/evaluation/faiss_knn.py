@@ -11,13 +11,14 @@ import numpy as np
 import torch
 
 from metrictransfer.evaluation.knn import QueryStats, prepare
+from metrictransfer.errors import MissingPackageError
 
 
 def _faiss():
     try:
         import faiss
     except ImportError as err:  # optional dependency
-        raise ImportError("the faiss backend needs faiss: pip install faiss-cpu (or faiss-gpu)") from err
+        raise MissingPackageError("the faiss backend needs faiss: pip install faiss-cpu (or faiss-gpu)") from err
     return faiss
 
 

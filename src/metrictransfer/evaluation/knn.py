@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from metrictransfer.errors import ConfigError
 
 METRICS = ("euclidean", "cosine")
 _PAIR_BUDGET = 1 << 22  # same-class distances computed at once in step 1 (16 MB in float32)
@@ -46,7 +47,7 @@ class QueryStats:
 def prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
     """Embeddings in the working precision (float64 kept, anything else float32), unit length for cosine."""
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+        raise ConfigError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
     x = x if x.dtype == torch.float64 else x.float()
     return F.normalize(x, dim=1) if metric == "cosine" else x
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from metrictransfer.evaluation.knn import QueryStats, query_statistics
+from metrictransfer.errors import ConfigError, DataError
 
 BACKENDS = ("torch", "faiss")
 
@@ -33,22 +34,22 @@ def as_tensor(values) -> torch.Tensor:
 def check_embeddings(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
     """Raise ``ValueError`` naming what is wrong with an (embeddings, labels) pair."""
     if embeddings.dim() != 2:
-        raise ValueError(f"embeddings must be a 2-D array (N × D), got shape {tuple(embeddings.shape)}")
+        raise DataError(f"embeddings must be a 2-D array (N × D), got shape {tuple(embeddings.shape)}")
     if not (embeddings.is_floating_point()):
-        raise ValueError(f"embeddings must be floating point, got {embeddings.dtype}")
+        raise DataError(f"embeddings must be floating point, got {embeddings.dtype}")
     if labels.dim() != 1:
-        raise ValueError(f"labels must be a 1-D array (N,), got shape {tuple(labels.shape)}")
+        raise DataError(f"labels must be a 1-D array (N,), got shape {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be integers, got {labels.dtype}")
+        raise DataError(f"labels must be integers, got {labels.dtype}")
     if len(embeddings) != len(labels):
-        raise ValueError(f"mismatched lengths: {len(embeddings)} embeddings but {len(labels)} labels")
+        raise DataError(f"mismatched lengths: {len(embeddings)} embeddings but {len(labels)} labels")
     if len(embeddings) < 2:
-        raise ValueError(f"retrieval needs at least 2 items, got {len(embeddings)}")
+        raise DataError(f"retrieval needs at least 2 items, got {len(embeddings)}")
     bad_nan = torch.isnan(embeddings).any(1)
     bad_inf = torch.isinf(embeddings).any(1)
     if bad_nan.any() or bad_inf.any():
         first = torch.nonzero(bad_nan | bad_inf).squeeze(1)[:5].tolist()
-        raise ValueError(
+        raise DataError(
             f"embeddings are not finite: {int(bad_nan.sum())} rows hold NaN and {int(bad_inf.sum())} rows hold "
             f"an infinite value (first rows: {first})"
         )
@@ -60,13 +61,13 @@ def query_gallery_split(is_query, is_gallery, n: int) -> tuple[torch.Tensor, tor
     for name, mask in (("is_query", is_query), ("is_gallery", is_gallery)):
         mask = as_tensor(mask)
         if mask.dtype != torch.bool or mask.shape != (n,):
-            raise ValueError(f"{name} must be a boolean array of length {n}, got {mask.dtype} of shape {tuple(mask.shape)}")
+            raise DataError(f"{name} must be a boolean array of length {n}, got {mask.dtype} of shape {tuple(mask.shape)}")
         if not mask.any():
-            raise ValueError(f"{name} selects no item")
+            raise DataError(f"{name} selects no item")
         masks.append(mask)
     both = masks[0] & masks[1]
     if both.any():
-        raise ValueError(
+        raise DataError(
             f"{int(both.sum())} items are both query and gallery (first: {torch.nonzero(both)[:5].squeeze(1).tolist()}); "
             "query-vs-gallery needs disjoint sets (use all-vs-all evaluation to search a set against itself)"
         )
@@ -92,12 +93,12 @@ def compute_query_statistics(
     embeddings, labels = as_tensor(embeddings), as_tensor(labels)
     check_embeddings(embeddings, labels)
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     labels = labels.long()
     if is_query is None and is_gallery is None:
         args = (embeddings, labels)
     elif is_query is None or is_gallery is None:
-        raise ValueError("query-vs-gallery evaluation needs both is_query and is_gallery")
+        raise DataError("query-vs-gallery evaluation needs both is_query and is_gallery")
     else:
         q, g = query_gallery_split(is_query, is_gallery, len(labels))
         args = (embeddings[q.to(embeddings.device)], labels[q], embeddings[g.to(embeddings.device)], labels[g])
@@ -112,7 +113,7 @@ def summarize(stats: QueryStats, ks: Sequence[int]) -> dict[str, float]:
     """Means over the queries that have at least one positive."""
     valid = stats.positives > 0
     if not valid.any():
-        raise ValueError("no query has a same-class item to retrieve: every class has a single item")
+        raise DataError("no query has a same-class item to retrieve: every class has a single item")
     rank = stats.rank[valid]
     out = {f"recall@{k}": float((rank < k).double().mean()) for k in ks}
     out["map@r"] = float(stats.average_precision[valid].mean())
@@ -138,7 +139,7 @@ def retrieval_metrics(
     query-vs-gallery when the boolean masks ``is_query`` and ``is_gallery`` are given."""
     ks = list(ks)
     if not ks or any(int(k) < 1 for k in ks):
-        raise ValueError(f"K values must be positive integers, got {ks}")
+        raise ConfigError(f"K values must be positive integers, got {ks}")
     stats = compute_query_statistics(
         embeddings, labels, metric, is_query=is_query, is_gallery=is_gallery, backend=backend,
         max_k=max(ks), block_size=block_size, progress=progress,
@@ -195,8 +196,8 @@ def nmi_score(embeddings, labels, metric: str = "euclidean", seed: int = 0) -> f
 def ensemble_embeddings(embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
     """The ensemble's embedding: each model's embedding L2-normalised, then concatenated."""
     if not embeddings:
-        raise ValueError("an ensemble needs at least one model's embeddings")
+        raise DataError("an ensemble needs at least one model's embeddings")
     lengths = {len(e) for e in embeddings}
     if len(lengths) != 1:
-        raise ValueError(f"every model must embed the same items; got lengths {sorted(lengths)}")
+        raise DataError(f"every model must embed the same items; got lengths {sorted(lengths)}")
     return torch.cat([F.normalize(e.float(), dim=1) for e in embeddings], dim=1)

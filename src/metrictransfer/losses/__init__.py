@@ -1,8 +1,10 @@
 """Losses: transfer losses ``loss(target, source)`` and metric losses ``loss(embeddings, labels)``."""
 
+from metrictransfer.errors import ConfigError
 from metrictransfer.losses.distances import pairwise_distances
 from metrictransfer.losses.crd import CRDLoss
 from metrictransfer.losses.hints import AttentionLoss, FitNetLoss
+from metrictransfer.losses.params import check_params
 from metrictransfer.losses.metric import METRIC_LOSSES, MINERS, MinedMetricLoss, build_metric_loss, build_miner
 from metrictransfer.losses.relational import DarkRankLoss, PKTLoss, RKDAngleLoss, RKDDistanceLoss, RKDLoss
 from metrictransfer.losses.relaxed_contrastive import RelaxedContrastiveLoss
@@ -22,17 +24,13 @@ TRANSFER_LOSSES = {
 
 
 
-def build_transfer_loss(name: str, params: dict | None = None):
-    """A transfer loss by registry name with its keyword parameters; bad names or parameters are named."""
-    import inspect
-
+def build_transfer_loss(name: str, params: dict | None = None, where: str = "transfer.params"):
+    """A transfer loss by registry name with its keyword parameters, checked against its signature
+    (``where``: the configuration key they came from, for the error message)."""
     if name not in TRANSFER_LOSSES:
-        raise ValueError(f"unknown transfer loss {name!r}; valid names: {', '.join(sorted(TRANSFER_LOSSES))}")
-    try:
-        return TRANSFER_LOSSES[name](**(params or {}))
-    except TypeError as err:
-        allowed = ", ".join(p for p in inspect.signature(TRANSFER_LOSSES[name]).parameters) or "none"
-        raise ValueError(f"transfer loss {name!r}: {err}; its parameters: {allowed}") from None
+        raise ConfigError(f"unknown transfer loss {name!r}; valid names: {', '.join(sorted(TRANSFER_LOSSES))}")
+    check_params(TRANSFER_LOSSES[name], params or {}, f"transfer loss {name!r}", where)
+    return TRANSFER_LOSSES[name](**(params or {}))
 
 
 __all__ = [

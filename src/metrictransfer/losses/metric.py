@@ -12,6 +12,9 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from torch import nn
 
+from metrictransfer.errors import ConfigError
+from metrictransfer.losses.params import check_params
+
 MetricLossBuilder = Callable[..., nn.Module]
 
 
@@ -49,25 +52,32 @@ MINERS: dict[str, Callable[..., Any]] = {
 }
 
 
-def _unknown(kind: str, name: str, registry: dict) -> ValueError:
-    return ValueError(f"unknown {kind} {name!r}; valid names: {', '.join(sorted(registry))}")
+def _unknown(kind: str, name: str, registry: dict) -> ConfigError:
+    return ConfigError(f"unknown {kind} {name!r}; valid names: {', '.join(sorted(registry))}")
 
 
 def build_metric_loss(name: str, num_classes: int, embedding_dim: int, **params: Any) -> nn.Module:
     """Build a pytorch-metric-learning loss by registry name; ``params`` are its keyword arguments."""
     if name not in METRIC_LOSSES:
         raise _unknown("metric loss", name, METRIC_LOSSES)
-    try:
-        return METRIC_LOSSES[name](num_classes, embedding_dim, **params)
-    except TypeError as err:
-        raise ValueError(f"bad parameters {params} for metric loss {name!r}: {err}") from err
+    check_metric_loss_params(name, params)
+    return METRIC_LOSSES[name](num_classes, embedding_dim, **params)
+
+
+def check_metric_loss_params(name: str, params: dict[str, Any], where: str = "metric_loss.params") -> None:
+    check_params(METRIC_LOSSES[name], params, f"metric loss {name!r}", where, filled=("num_classes", "embedding_dim"))
 
 
 def build_miner(name: str, **params: Any) -> Any:
     """Build a pytorch-metric-learning miner by registry name (``"none"`` gives no miner)."""
     if name not in MINERS:
         raise _unknown("miner", name, MINERS)
+    check_miner_params(name, params)
     return MINERS[name](**params)
+
+
+def check_miner_params(name: str, params: dict[str, Any], where: str = "metric_loss.miner_params") -> None:
+    check_params(MINERS[name], params, f"miner {name!r}", where)
 
 
 class MinedMetricLoss(nn.Module):

@@ -18,6 +18,7 @@ from metrictransfer.engine.distributed import gather
 from metrictransfer.losses import RelaxedContrastiveLoss
 from metrictransfer.methods.base import SingleModelMethod
 from metrictransfer.models import EmbeddingModel
+from metrictransfer.errors import ConfigError
 
 
 def hinton_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -40,7 +41,7 @@ class ClassifierMethod(SingleModelMethod):
         if cfg.source_checkpoint:
             self.source, _ = load_embedding_model(cfg.source_checkpoint)
             if self.source.embedding_dim != num_classes:
-                raise ValueError(
+                raise ConfigError(
                     f"source {cfg.source_checkpoint} has {self.source.embedding_dim} outputs but there are "
                     f"{num_classes} classes: the source must be a classifier of the same classes"
                 )

@@ -8,6 +8,7 @@ from pytorch_metric_learning.losses import NTXentLoss
 from metrictransfer.config import RunConfig
 from metrictransfer.engine.distributed import gather
 from metrictransfer.methods.base import SingleModelMethod, build_model
+from metrictransfer.errors import ConfigError
 
 
 class SelfSupervisedMethod(SingleModelMethod):
@@ -22,7 +23,7 @@ class SelfSupervisedMethod(SingleModelMethod):
     def __init__(self, config: RunConfig, num_classes: int) -> None:
         super().__init__()
         if config.data.views < 2:
-            raise ValueError("method 'selfsup' contrasts views of the same image: set data.views >= 2")
+            raise ConfigError("method 'selfsup' contrasts views of the same image: set data.views >= 2")
         self.model = build_model(config.model)
         self.contrastive = NTXentLoss(temperature=config.selfsup.temperature)
 

@@ -10,6 +10,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+from metrictransfer.errors import CheckpointError, ConfigError, MissingFileError
 
 
 class EmbeddingModel(nn.Module):
@@ -33,7 +34,7 @@ class EmbeddingModel(nn.Module):
         super().__init__()
         if backbone not in timm.list_models():
             close = timm.list_models(f"*{backbone}*")[:10]
-            raise ValueError(
+            raise ConfigError(
                 f"unknown timm backbone {backbone!r}" + (f"; similar names: {', '.join(close)}" if close else "")
             )
         self.backbone = timm.create_model(
@@ -87,22 +88,29 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     """Load a local state dict (``.pt``/``.pth`` or ``.safetensors``) into a timm backbone."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        raise MissingFileError(f"backbone weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch and safetensors raise several types for a file they cannot read
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"cannot read backbone weights {path}: not a state dict that loads safely ({reason})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"backbone weights {path} hold a {type(state).__name__}, not a state dict of tensors "
+                              "(parameter name → tensor)")
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches: another architecture's weights
-        raise ValueError(f"weights in {path} do not fit the backbone: {str(err).splitlines()[-1].strip()}") from None
+        raise CheckpointError(f"weights in {path} do not fit the backbone: {str(err).splitlines()[-1].strip()}") from None
     # A classifier in the file is expected (timm backbones are built headless); anything else is not.
     unexpected = [k for k in unexpected if not k.startswith(("fc.", "head", "classifier"))]
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"weights in {path} do not fit the backbone: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
         )

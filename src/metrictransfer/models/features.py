@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from metrictransfer.errors import ConfigError
 
 
 class FeatureTaps:
@@ -21,7 +22,7 @@ class FeatureTaps:
                 module = model.get_submodule(name)
             except AttributeError:
                 available = [n for n, _ in model.named_modules() if n.count(".") <= 1 and n]
-                raise ValueError(f"no submodule {name!r} to take features from; top-level ones: {', '.join(available[:30])}") from None
+                raise ConfigError(f"no submodule {name!r} to take features from; top-level ones: {', '.join(available[:30])}") from None
             self._handles.append(module.register_forward_hook(self._keeper(name)))
 
     def _keeper(self, name: str):
@@ -50,10 +51,10 @@ def last_stages(model: nn.Module, count: int) -> list[str]:
     """Names (relative to an ``EmbeddingModel``) of the backbone's last ``count`` stages, from timm's feature_info."""
     info = getattr(model.backbone, "feature_info", None)
     if not info:
-        raise ValueError("this backbone has no timm feature_info: name the layers explicitly (transfer.target_layers / source_layers)")
+        raise ConfigError("this backbone has no timm feature_info: name the layers explicitly (transfer.target_layers / source_layers)")
     modules = [f"backbone.{entry['module']}" for entry in info]
     if count > len(modules):
-        raise ValueError(f"asked for the last {count} stages but the backbone has {len(modules)}: {', '.join(modules)}")
+        raise ConfigError(f"asked for the last {count} stages but the backbone has {len(modules)}: {', '.join(modules)}")
     return modules[-count:]
 
 

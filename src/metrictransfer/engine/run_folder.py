@@ -1,0 +1,145 @@
+"""A run folder holds one run, and one process trains into it at a time.
+
+A new run refuses a folder that already holds one (unless asked to replace it), so a finished run's
+checkpoint, results and log are never replaced by accident. While training, the folder is locked with
+an OS file lock (``flock``): the kernel releases it when the process ends, however it ends, so a
+killed run can always be resumed and no stale lock is ever left to clean up by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from metrictransfer.errors import OutputLocationError, RunExistsError, RunLockedError, is_output_problem, output_error
+from metrictransfer.io import remove_stale_partials
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not protected against a second process
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"
+# What marks a folder as holding a run, and what `--overwrite` deletes: only the files a run writes,
+# never anything else a user keeps in the folder.
+RUN_MARKERS = ("config.yaml", "checkpoint.pt", "checkpoints", "results.json")
+RUN_FILES = RUN_MARKERS + ("log.csv", "recall.png", "curves.png", "retrieval.png", "embedding_map.png",
+                           "report.md", "tensorboard")
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held from :meth:`acquire` to :meth:`release`. The lock file
+    records the holder's PID, host and start time so that a refused second process can name it."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise (output_error(err, self.folder) if is_output_problem(err) else err) from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunLockedError(
+                    f"{self.folder} is in use by another training ({self.holder()}); wait for it to end, "
+                    "or train into another --out"
+                ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        self._fd = fd
+        return self
+
+    def holder(self) -> str:
+        """Who holds the lock, in words (as far as the lock file tells)."""
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        if not info:
+            return "a process that has not yet written its PID"
+        return f"PID {info.get('pid')} on host {info.get('host')}, since {info.get('since')}"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)  # the file stays: deleting it would let two processes lock different files
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def holds_run(folder: str | os.PathLike) -> bool:
+    folder = Path(folder)
+    return any((folder / name).exists() for name in RUN_MARKERS)
+
+
+def describe_run(folder: Path) -> str:
+    if (folder / "results.json").is_file():
+        return "a finished run"
+    if (folder / "checkpoint.pt").is_file() or (folder / "checkpoints").is_dir():
+        return "an unfinished run"
+    return "a run that has not written its first checkpoint"
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents), naming a file in the way or an unwritable place."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputLocationError(f"{folder} is a file, not a folder; give a folder for the run (--out)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputLocationError(f"cannot create {folder}: a part of the path is a file, not a folder") from None
+    except OSError as err:
+        raise (output_error(err, folder) if is_output_problem(err) else err) from None
+
+
+def claim_run_folder(folder: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> RunLock:
+    """Create and lock ``folder`` for a run. A new run (``resume`` False) refuses a folder holding a
+    run, unless ``overwrite``, which deletes that run's files first. Temporary files that a killed
+    writer left behind are removed. Returns the held lock; release it when the run ends."""
+    folder = Path(folder)
+    make_folder(folder)
+    lock = RunLock(folder).acquire()
+    try:
+        if not resume and holds_run(folder):
+            if not overwrite:
+                what = describe_run(folder)
+                advice = ("" if what == "a finished run" else f"continue it with `metrictransfer train --resume {folder}`, ")
+                raise RunExistsError(
+                    f"{folder} already holds {what}; {advice}choose another --out, or add --overwrite to replace it "
+                    "(its checkpoints, results and log are deleted)"
+                )
+            remove_run_files(folder)
+        remove_stale_partials(folder)
+        if (folder / "checkpoints").is_dir():
+            remove_stale_partials(folder / "checkpoints")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def remove_run_files(folder: Path) -> None:
+    """Delete what a run wrote into ``folder`` (see :data:`RUN_FILES`), nothing else."""
+    for name in RUN_FILES:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
