@@ -93,7 +93,10 @@ def staged_path(path: str | os.PathLike) -> Iterator[Path]:
     ``path``, on any error or interruption it is removed and ``path`` is untouched."""
     path = Path(path)
     make_parent(path)
-    fd, tmp = _new_temporary(path)
+    try:
+        fd, tmp = _new_temporary(path)
+    except OSError as err:
+        raise (output_error(err, path) if is_output_problem(err) else err) from None
     os.close(fd)
     try:
         yield tmp
