@@ -5,7 +5,8 @@ explicit split, classes are split class-disjointly and deterministically, becaus
 evaluated on classes never seen in training: the class names are sorted (numerically when all are
 integers), the first ``round(C * (1 - test_fraction))`` (halves rounded up) go to ``train`` and
 the rest to ``test``, as CUB and Cars use their first and second halves. Labels are contiguous
-per split in that same class order.
+per split in that same class order. Splits that share an image, or a class with ``train``, are
+refused (:func:`~metrictransfer.data.index.check_splits`), also when a CSV lists its splits itself.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from metrictransfer.data.index import ImageIndex
+from metrictransfer.data.index import ImageIndex, check_splits
+from metrictransfer.errors import ConfigError, DataError, MissingFileError
 
 __all__ = ["CSV_SPLITS", "CUSTOM_READERS", "IMAGE_EXTENSIONS", "read_csv_list", "read_folder", "read_unlabelled"]
 
@@ -50,7 +52,7 @@ def _require_folder(root: str | Path, layout: str) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
         problem = "is not a folder" if root.exists() else "does not exist"
-        raise FileNotFoundError(f"{layout}: root {root} {problem}")
+        raise MissingFileError(f"{layout}: root {root} {problem}")
     return root
 
 
@@ -67,10 +69,10 @@ def _split_classes(
     classes; with both, classes in neither are left out.
     """
     if len(names) < 2:
-        raise ValueError(f"{source}: a class-disjoint split needs at least 2 classes, found {len(names)}")
+        raise DataError(f"{source}: a class-disjoint split needs at least 2 classes, found {len(names)}")
     if train_classes is None and test_classes is None:
         if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"{source}: test_fraction must be between 0 and 1, got {test_fraction}")
+            raise ConfigError(f"{source}: test_fraction must be between 0 and 1, got {test_fraction}")
         n_train = math.floor(len(names) * (1.0 - test_fraction) + 0.5)  # round half up
         train, test = names[:n_train], names[n_train:]
     else:
@@ -80,14 +82,14 @@ def _split_classes(
         for arg, classes in (("train_classes", train_classes), ("test_classes", test_classes)):
             unknown = [c for c in classes or [] if c not in known]
             if unknown:
-                raise ValueError(
+                raise ConfigError(
                     f"{source}: {arg} names unknown class(es) {', '.join(map(repr, unknown))}; "
                     f"known classes: {', '.join(names[:20])}{', ...' if len(names) > 20 else ''}"
                 )
         if train_classes is not None and test_classes is not None:
             overlap = sorted(set(train_classes) & set(test_classes))
             if overlap:
-                raise ValueError(
+                raise ConfigError(
                     f"{source}: class(es) {', '.join(map(repr, overlap))} are in both train_classes and test_classes"
                 )
             train, test = list(dict.fromkeys(train_classes)), list(dict.fromkeys(test_classes))
@@ -99,7 +101,7 @@ def _split_classes(
             train = [c for c in names if c not in set(test)]
     for split, classes in (("train", train), ("test", test)):
         if not classes:
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: the {split} split would be empty ({len(names)} classes, test_fraction={test_fraction}, "
                 f"train_classes={train_classes}, test_classes={test_classes})"
             )
@@ -115,11 +117,14 @@ def _class_order(labels: Sequence[str]) -> list[str]:
         return sorted(unique)
 
 
-def _string_labels(root: Path, paths: list[str], names: list[str]) -> ImageIndex:
+def _string_labels(
+    root: Path, paths: list[str], names: list[str], listing: Path | None = None, lines: Sequence[int] | None = None
+) -> ImageIndex:
     """An index whose labels are contiguous over the class names, in :func:`_class_order`."""
     classes = _class_order(names)
     label_of = {name: i for i, name in enumerate(classes)}
-    return ImageIndex(root, paths, np.fromiter((label_of[n] for n in names), np.int64, len(names)), classes)
+    labels = np.fromiter((label_of[n] for n in names), np.int64, len(names))
+    return ImageIndex(root, paths, labels, classes, listing=listing, lines=lines)
 
 
 # ------------------------------------------------------------------------------------------ folder
@@ -140,14 +145,14 @@ def read_folder(
     images = {name: _image_files(root / name, name + "/") for name in class_dirs}
     empty = [name for name, files in images.items() if not files]
     if empty:
-        raise ValueError(
+        raise DataError(
             f"folder: class folder(s) {', '.join(empty)} under {root} hold no images "
             f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     if len(class_dirs) < 2:
         loose = sum(1 for e in os.scandir(root) if e.is_file() and _is_image(e.name))
         hint = f"; {loose} images lie directly under it - use the 'unlabelled' layout for those" if loose else ""
-        raise ValueError(
+        raise DataError(
             f"folder: {root} needs one sub-folder per class and at least 2 classes, found {len(class_dirs)}{hint}"
         )
     train, test = _split_classes(class_dirs, test_fraction, f"folder {root}", train_classes, test_classes)
@@ -159,31 +164,23 @@ def read_folder(
             paths.extend(images[name])
             names.extend([name] * len(images[name]))
         result[split] = _string_labels(root, paths, names)
+    check_splits(result, root)
     return result
 
 
 # --------------------------------------------------------------------------------------------- CSV
 
 
-def read_csv_list(path: str | Path, test_fraction: float = 0.5) -> dict[str, ImageIndex]:
-    """A CSV with header ``path,label[,split]``; paths are relative to the CSV's folder (the index root).
-
-    With a ``split`` column (train/test/query/gallery) the listed splits are used as they are, and
-    query and gallery share one label space; without it classes are split as in :func:`read_folder`.
-    Labels that are all integers are ordered numerically, otherwise as strings.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"csv: list {path} does not exist; expected a CSV file with header path,label[,split]")
-    root = path.parent
-    rows: list[tuple[str, str, str | None]] = []
+def _csv_rows(path: Path) -> tuple[list[tuple[str, str, str | None, int]], bool]:
+    """``(rows as (path, label, split or None, line number), whether the CSV has a split column)``."""
+    rows: list[tuple[str, str, str | None, int]] = []
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         columns = [c.strip().lower() for c in header or []]
         missing = [c for c in ("path", "label") if c not in columns]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{path}, line 1: header lacks column(s) {', '.join(missing)}; expected path,label[,split], "
                 f"got {','.join(header or [])!r}"
             )
@@ -194,52 +191,88 @@ def read_csv_list(path: str | Path, test_fraction: float = 0.5) -> dict[str, Ima
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) < len(columns):
-                raise ValueError(
+                raise DataError(
                     f"{path}, line {line}: expected {len(columns)} columns ({','.join(columns)}), got {row}"
                 )
             rel = row[i_path].strip()
             label = row[i_label].strip()
             if not rel:
-                raise ValueError(f"{path}, line {line}: empty path")
+                raise DataError(f"{path}, line {line}: empty path")
             if os.path.isabs(rel):
-                raise ValueError(f"{path}, line {line}: path {rel!r} must be relative to the CSV's folder")
+                raise DataError(f"{path}, line {line}: path {rel!r} must be relative to the CSV's folder")
             if not label:
-                raise ValueError(f"{path}, line {line}: empty label")
+                raise DataError(f"{path}, line {line}: empty label")
             split = None
             if i_split is not None:
                 split = row[i_split].strip().lower()
                 if split not in CSV_SPLITS:
-                    raise ValueError(
+                    raise DataError(
                         f"{path}, line {line}: unknown split value {row[i_split]!r}; "
                         f"expected one of {', '.join(CSV_SPLITS)}"
                     )
-            rows.append((rel, label, split))
-    if not rows:
-        raise ValueError(f"{path}: no images listed")
+            rows.append((rel, label, split, line))
+    return rows, i_split is not None
 
-    if i_split is None:
-        order = _class_order([label for _, label, _ in rows])
-        train, _ = _split_classes(order, test_fraction, f"csv {path}")
-        in_train = set(train)
-        assignment = ["train" if label in in_train else "test" for _, label, _ in rows]
+
+def read_csv_list(
+    path: str | Path,
+    test_fraction: float = 0.5,
+    train_classes: Sequence[str] | None = None,
+    test_classes: Sequence[str] | None = None,
+) -> dict[str, ImageIndex]:
+    """A CSV with header ``path,label[,split]``; paths are relative to the CSV's folder (the index root).
+
+    With a ``split`` column (train/test/query/gallery) the listed splits are used as they are, and
+    query and gallery share one label space; without it classes are split as in :func:`read_folder`
+    (``train_classes`` / ``test_classes`` apply only then). Labels that are all integers are ordered
+    numerically, otherwise as strings. Each item keeps its CSV line number for error messages.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingFileError(f"csv: list {path} does not exist; expected a CSV file with header path,label[,split]")
+    root = path.parent
+    try:
+        rows, has_split = _csv_rows(path)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason}); expected a CSV file with header path,label[,split]") from None
+    except csv.Error as err:
+        raise DataError(f"{path}: not a readable CSV file ({err}); expected header path,label[,split]") from None
+    if not rows:
+        raise DataError(f"{path}: no images listed")
+
+    if not has_split:
+        order = _class_order([row[1] for row in rows])
+        train, test = _split_classes(order, test_fraction, f"csv {path}", train_classes, test_classes)
+        split_of = {**{c: "test" for c in test}, **{c: "train" for c in train}}
+        assignment = [split_of.get(row[1]) for row in rows]  # None: a class in neither given list
+    elif train_classes is not None or test_classes is not None:
+        raise ConfigError(
+            f"{path} has a split column, so data.train_classes / data.test_classes do not apply: "
+            "leave them out, or drop the column to split by class"
+        )
     else:
-        assignment = [split for _, _, split in rows]  # type: ignore[misc]
+        assignment = [row[2] for row in rows]  # type: ignore[misc]
+
+    def index(chosen: list[tuple[str, str, str | None, int]]) -> ImageIndex:
+        return _string_labels(root, [r[0] for r in chosen], [r[1] for r in chosen], path, [r[3] for r in chosen])
 
     result: dict[str, ImageIndex] = {}
     for split in ("train", "test"):
         chosen = [row for row, s in zip(rows, assignment) if s == split]
         if chosen:
-            result[split] = _string_labels(root, [r[0] for r in chosen], [r[1] for r in chosen])
+            result[split] = index(chosen)
     retrieval = [(row, s) for row, s in zip(rows, assignment) if s in ("query", "gallery")]
     if retrieval:  # one label space for both, so that a query's matches carry its label
-        shared = _string_labels(root, [r[0] for r, _ in retrieval], [r[1] for r, _ in retrieval])
+        shared = index([r for r, _ in retrieval])
         where = np.asarray([s for _, s in retrieval])
         for split in ("query", "gallery"):
             chosen_idx = np.flatnonzero(where == split)
             if len(chosen_idx):
                 result[split] = ImageIndex(
-                    root, [shared.paths[i] for i in chosen_idx], shared.labels[chosen_idx], shared.classes
+                    root, [shared.paths[i] for i in chosen_idx], shared.labels[chosen_idx], shared.classes,
+                    listing=path, lines=shared.lines[chosen_idx],
                 )
+    check_splits(result, path)
     return result
 
 
@@ -251,7 +284,7 @@ def read_unlabelled(root: str | Path) -> dict[str, ImageIndex]:
     root = _require_folder(root, "unlabelled")
     paths = _image_files(root)
     if not paths:
-        raise ValueError(f"unlabelled: no images under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(f"unlabelled: no images under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return {"train": ImageIndex(root, paths, np.full(len(paths), -1, dtype=np.int64), [])}
 
 

@@ -9,16 +9,21 @@ files really exist is a separate, explicit step (:meth:`ImageIndex.check_files`)
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import posixpath
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageIndex", "contiguous_labels", "malformed", "require_files"]
+from metrictransfer.errors import DataError, MissingFileError
+
+__all__ = ["ImageIndex", "check_splits", "contiguous_labels", "malformed", "require_files"]
 
 #: How many missing paths :meth:`ImageIndex.check_files` quotes.
 _QUOTED_MISSING = 5
+#: How many shared images or classes :func:`check_splits` quotes.
+_QUOTED_SHARED = 5
 
 
 @dataclass
@@ -31,6 +36,8 @@ class ImageIndex:
     classes: list[str]  # name of each label (len C); [] for unlabelled
     is_query: np.ndarray | None = None  # query-vs-gallery evaluation (In-Shop): which items are queries
     is_gallery: np.ndarray | None = None
+    listing: Path | None = None  # the annotation file that lists the items, when it has lines ...
+    lines: np.ndarray | None = None  # ... and each item's 1-based line in it, to point users at it
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -39,6 +46,16 @@ class ImageIndex:
         self.classes = [str(c) for c in self.classes]
         if len(self.labels) != len(self.paths):
             raise ValueError(f"ImageIndex: {len(self.paths)} paths but {len(self.labels)} labels")
+        if self.lines is not None:
+            self.lines = np.asarray(self.lines, dtype=np.int64).reshape(-1)
+            if len(self.lines) != len(self.paths) or self.listing is None:
+                raise ValueError(f"ImageIndex: {len(self.paths)} paths but {len(self.lines)} lines of {self.listing}")
+
+    def where(self, i: int) -> str | None:
+        """``"<listing file name> line <n>"`` for item ``i``, or None when the index has no line numbers."""
+        if self.lines is None or self.listing is None:
+            return None
+        return f"{Path(self.listing).name} line {int(self.lines[i])}"
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -50,13 +67,13 @@ class ImageIndex:
         return [p for p in self.paths if not isfile(join(root, p))]
 
     def check_files(self, name: str) -> None:
-        """Raise FileNotFoundError saying how many listed images are missing and quoting the first ones.
+        """Raise :class:`MissingFileError` saying how many listed images are missing and quoting the first ones.
 
         Kept apart from the readers so indexing stays cheap; call it once before training.
         """
         missing = self.missing_files()
         if missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{name}: {len(missing)} of {len(self)} listed images do not exist under {self.root}; "
                 f"first: {', '.join(missing[:_QUOTED_MISSING])}"
             )
@@ -84,7 +101,7 @@ def require_files(root: str | Path, names: list[str], dataset: str) -> Path:
     expected = ", ".join(names)
     if not root.is_dir():
         problem = "is not a folder" if root.exists() else "does not exist"
-        raise FileNotFoundError(f"{dataset}: root {root} {problem}; expected a folder holding {expected}")
+        raise MissingFileError(f"{dataset}: root {root} {problem}; expected a folder holding {expected}")
     missing = []
     for name in names:
         path = root / name.rstrip("/")
@@ -92,10 +109,81 @@ def require_files(root: str | Path, names: list[str], dataset: str) -> Path:
         if not present:
             missing.append(str(path) + ("/" if name.endswith("/") else ""))
     if missing:
-        raise FileNotFoundError(f"{dataset}: missing {', '.join(missing)}; expected under {root}: {expected}")
+        raise MissingFileError(f"{dataset}: missing {', '.join(missing)}; expected under {root}: {expected}")
     return root
 
 
-def malformed(path: str | Path, line_number: int, expected: str, line: str) -> ValueError:
+def malformed(path: str | Path, line_number: int, expected: str, line: str) -> DataError:
     """The error for a bad annotation line: file, 1-based line number, the expected form and the line itself."""
-    return ValueError(f"{path}, line {line_number}: expected {expected}, got {line!r}")
+    return DataError(f"{path}, line {line_number}: expected {expected}, got {line!r}")
+
+
+def _first_of(keys: Sequence) -> dict:
+    """``{key: index of its first occurrence}``."""
+    first: dict = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    return first
+
+
+def _both(a: ImageIndex, i: int, b: ImageIndex, j: int) -> str:
+    """Where item ``i`` of `a` and item ``j`` of `b` are listed, e.g. ``"list.csv lines 2 and 9"``; "" without lines."""
+    where_a, where_b = a.where(i), b.where(j)
+    if where_a and where_b and a.listing == b.listing:
+        return f"{Path(a.listing).name} lines {a.lines[i]} and {b.lines[j]}"
+    return ", ".join(w for w in (where_a, where_b) if w)
+
+
+def _quote(name: str, place: str) -> str:
+    return f"{name!r} ({place})" if place else repr(name)
+
+
+def _shared_images(a: ImageIndex, b: ImageIndex) -> list[tuple[int, int]]:
+    """Pairs (item of `a`, item of `b`) naming the same file, in `a`'s order (paths compared after
+    ``posixpath.normpath``, so ``./x.jpg``, ``d/../x.jpg`` and ``x.jpg`` are one file)."""
+    in_b = _first_of(posixpath.normpath(p) for p in b.paths)
+    in_a = _first_of(posixpath.normpath(p) for p in a.paths)
+    return sorted((in_a[p], in_b[p]) for p in in_a.keys() & in_b.keys())
+
+
+def _present_classes(index: ImageIndex) -> dict[str, int]:
+    """``{class name: its first item}`` for the classes that label at least one item."""
+    labels, first = np.unique(index.labels, return_index=True)
+    return {index.classes[label]: int(i) for label, i in zip(labels, first) if label >= 0}
+
+
+def check_splits(splits: Mapping[str, ImageIndex], source: str | Path) -> None:
+    """Raise :class:`DataError` when two splits list the same image, or ``train`` shares a class with another split.
+
+    Retrieval is evaluated on images, and classes, never seen in training; a leak inflates every
+    reported number without any other sign, so readers refuse it once, when the annotations are read
+    (a set intersection, cheap even for SOP). Evaluation splits may share classes with each other: a
+    query and its gallery matches have the same class by design (In-Shop), but never the same image.
+    `source` names the dataset root or the list file in the message.
+    """
+    names = list(splits)
+    for k, a in enumerate(names):
+        for b in names[k + 1 :]:
+            pairs = _shared_images(splits[a], splits[b])
+            if pairs:
+                quoted = [_quote(splits[a].paths[i], _both(splits[a], i, splits[b], j)) for i, j in pairs[:_QUOTED_SHARED]]
+                raise DataError(
+                    f"{source}: {len(pairs)} image(s) are listed in both {a} and {b}, first: {', '.join(quoted)}; "
+                    "an image must be in one split only (else it is evaluated after training on it, or "
+                    "retrieves itself): remove it from one split"
+                )
+    if "train" not in splits:
+        return
+    train = _present_classes(splits["train"])
+    for b in names:
+        if b == "train":
+            continue
+        other = _present_classes(splits[b])
+        shared = sorted(train.keys() & other.keys(), key=lambda c: train[c])
+        if shared:
+            quoted = [_quote(c, _both(splits["train"], train[c], splits[b], other[c])) for c in shared[:_QUOTED_SHARED]]
+            raise DataError(
+                f"{source}: {len(shared)} class(es) are in both train and {b}, first: {', '.join(quoted)}; "
+                "the protocol is class-disjoint (retrieval is evaluated on classes never seen in training): "
+                "list each class in one split only"
+            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from metrictransfer.config import DataConfig
+from metrictransfer.errors import ConfigError
 
 _QUOTED = 5
 
@@ -26,9 +27,10 @@ def _split_summary(labels: np.ndarray, missing: list[str]) -> dict:
 def inspect_dataset(dataset: str, root: str | None = None, test_fraction: float = 0.5) -> dict:
     """``{"dataset", "root", "splits": {split: {"images", "classes", "smallest_class", "largest_class",
     "missing_files", "first_missing"}}}``; reading only the annotation files and checking that each listed
-    image exists (none is opened)."""
+    image exists (none is opened). Malformed annotations and splits that share images or classes raise
+    :class:`~metrictransfer.errors.DataError`, as training would."""
     if dataset != "glyphs" and not root:
-        raise ValueError(f"dataset {dataset!r} needs data.root: pass --root (the folder holding its files; csv: the CSV file)")
+        raise ConfigError(f"dataset {dataset!r} needs data.root: pass --root (the folder holding its files; csv: the CSV file)")
     config = DataConfig(dataset=dataset, root=root, test_fraction=test_fraction)
     if dataset == "glyphs":
         from metrictransfer.data.glyphs import GlyphsDataset

@@ -11,7 +11,10 @@ class-disjoint and differs from the datasets' own classification splits:
 * In-Shop Clothes: ``train``, ``query`` and ``gallery`` from ``list_eval_partition.txt``;
   query and gallery share one label space so that an item has the same label in both.
 
-Labels are contiguous and 0-based inside each split, ordered by the dataset's raw class id.
+Labels are contiguous and 0-based inside each split, ordered by the dataset's raw class id. Every
+reader refuses, with a :class:`~metrictransfer.errors.DataError` naming the file, annotations that
+are not in the official format and splits that share an image or (with ``train``) a class
+(:func:`~metrictransfer.data.index.check_splits`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from metrictransfer.data.index import ImageIndex, contiguous_labels, malformed, require_files
+from metrictransfer.data.index import ImageIndex, check_splits, contiguous_labels, malformed, require_files
+from metrictransfer.errors import DataError, MissingPackageError
 
 __all__ = ["EXPECTED", "OFFICIAL_READERS", "read_cars", "read_cub", "read_inshop", "read_sop"]
 
@@ -43,32 +47,44 @@ _INSHOP_SPLITS = ("train", "query", "gallery")
 
 def _lines(path: Path) -> list[str]:
     """All lines of a text annotation file (line ``i`` of the file is element ``i - 1``)."""
-    with open(path, encoding="utf-8") as f:
-        return f.read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}, line {line}: not UTF-8 text ({err.reason}); expected the dataset's text annotation file"
+        ) from None
 
 
-def _index(root: Path, paths: list[str], raw: Sequence, name_of: Callable[[Any], str]) -> ImageIndex:
+def _index(
+    root: Path, paths: list[str], raw: Sequence, name_of: Callable[[Any], str],
+    listing: Path | None = None, lines: Sequence[int] | None = None,
+) -> ImageIndex:
     labels, unique = contiguous_labels(raw)
-    return ImageIndex(root, paths, labels, [name_of(u) for u in unique])
+    return ImageIndex(root, paths, labels, [name_of(u) for u in unique], listing=listing, lines=lines)
 
 
 def _split_by_class(
-    root: Path, paths: list[str], class_ids: list[int], last_train_class: int, name_of: Callable[[Any], str]
+    root: Path, paths: list[str], class_ids: list[int], last_train_class: int, name_of: Callable[[Any], str],
+    listing: Path | None = None, lines: list[int] | None = None,
 ) -> dict[str, ImageIndex]:
     """Class-disjoint protocol: raw classes ``<= last_train_class`` train, the others test."""
     ids = np.asarray(class_ids, dtype=np.int64)
     result = {}
     for split, mask in (("train", ids <= last_train_class), ("test", ids > last_train_class)):
         chosen = np.flatnonzero(mask)
-        result[split] = _index(root, [paths[i] for i in chosen], ids[chosen], name_of)
+        chosen_lines = None if lines is None else [lines[i] for i in chosen]
+        result[split] = _index(root, [paths[i] for i in chosen], ids[chosen], name_of, listing, chosen_lines)
+    check_splits(result, root)  # one image listed under two ids in both halves
     return result
 
 
 # --------------------------------------------------------------------------------------------- CUB
 
 
-def _id_table(path: Path, expected: str, int_values: bool) -> dict[int, Any]:
-    """Parse ``<int id> <value>`` lines (CUB's annotation files) into ``{id: value}``."""
+def _id_table(path: Path, expected: str, int_values: bool, lines: dict[int, int] | None = None) -> dict[int, Any]:
+    """Parse ``<int id> <value>`` lines (CUB's annotation files) into ``{id: value}``; fill `lines` with ``{id: line}``."""
     table: dict[int, Any] = {}
     for number, line in enumerate(_lines(path), start=1):
         if not line.strip():
@@ -82,8 +98,10 @@ def _id_table(path: Path, expected: str, int_values: bool) -> dict[int, Any]:
         except ValueError:
             raise malformed(path, number, expected, line) from None
         if key in table:
-            raise ValueError(f"{path}, line {number}: id {key} is listed twice")
+            raise DataError(f"{path}, line {number}: id {key} is listed twice")
         table[key] = value
+        if lines is not None:
+            lines[key] = number
     return table
 
 
@@ -93,25 +111,27 @@ def read_cub(root: str | Path) -> dict[str, ImageIndex]:
     Paths are ``images/<path in images.txt>``; classes 1-100 are ``train`` and 101-200 ``test``.
     """
     root = require_files(root, EXPECTED["cub"], "cub")
-    images = _id_table(root / "images.txt", "'<image_id> <relative image path>'", int_values=False)
+    image_lines: dict[int, int] = {}
+    images = _id_table(root / "images.txt", "'<image_id> <relative image path>'", int_values=False, lines=image_lines)
     labels_file = root / "image_class_labels.txt"
     image_classes = _id_table(labels_file, "'<image_id> <class_id>'", int_values=True)
     names_file = root / "classes.txt"
     names = _id_table(names_file, "'<class_id> <class name>'", int_values=False)
     for class_id in names:
         if not 1 <= class_id <= _CUB_CLASSES:
-            raise ValueError(f"{names_file}: class id {class_id} is outside 1..{_CUB_CLASSES}")
+            raise DataError(f"{names_file}: class id {class_id} is outside 1..{_CUB_CLASSES}")
 
     paths, class_ids = [], []
     for image_id, rel in images.items():
         if image_id not in image_classes:
-            raise ValueError(f"{labels_file}: image {image_id} of images.txt has no class")
+            raise DataError(f"{labels_file}: image {image_id} of images.txt has no class")
         class_id = image_classes[image_id]
         if class_id not in names:
-            raise ValueError(f"{labels_file}: image {image_id} has class {class_id}, which is not in classes.txt")
+            raise DataError(f"{labels_file}: image {image_id} has class {class_id}, which is not in classes.txt")
         paths.append("images/" + rel)
         class_ids.append(class_id)
-    return _split_by_class(root, paths, class_ids, _CUB_CLASSES // 2, lambda c: names[c])
+    lines = [image_lines[image_id] for image_id in images]
+    return _split_by_class(root, paths, class_ids, _CUB_CLASSES // 2, lambda c: names[c], root / "images.txt", lines)
 
 
 # -------------------------------------------------------------------------------------------- Cars
@@ -136,20 +156,29 @@ def read_cars(root: str | Path) -> dict[str, ImageIndex]:
     try:
         from scipy.io import loadmat
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("reading Cars-196 (cars_annos.mat) needs scipy: pip install scipy") from err
+        raise MissingPackageError("reading Cars-196 (cars_annos.mat) needs scipy: pip install scipy") from err
     path = root / "cars_annos.mat"
-    mat = loadmat(path, squeeze_me=True)
+    try:
+        mat = loadmat(path, squeeze_me=True)
+    except Exception as err:  # scipy's parser of a user's file: any failure means the bytes are not a MAT file
+        raise DataError(
+            f"{path} is not a readable MATLAB file ({type(err).__name__}: {err}); "
+            "expected the cars_annos.mat of the Cars-196 download (MATLAB 5 format)"
+        ) from None
     for key in ("annotations", "class_names"):
         if key not in mat:
-            raise ValueError(f"{path}: no variable {key!r}; expected 'annotations' (struct array) and 'class_names'")
+            raise DataError(f"{path}: no variable {key!r}; expected 'annotations' (struct array) and 'class_names'")
     annotations = np.atleast_1d(mat["annotations"]).reshape(-1)
     fields = annotations.dtype.names or ()
     missing = [f for f in ("relative_im_path", "class") if f not in fields]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{path}: 'annotations' lacks field(s) {', '.join(missing)}; has {', '.join(fields) or 'no fields'}"
         )
-    names = [str(_scalar(n)) for n in np.atleast_1d(mat["class_names"]).reshape(-1)]
+    try:
+        names = [str(_scalar(n)) for n in np.atleast_1d(mat["class_names"]).reshape(-1)]
+    except ValueError as err:
+        raise DataError(f"{path}: 'class_names' must hold one name per class: {err}") from None
 
     paths, class_ids = [], []
     for i, record in enumerate(annotations, start=1):
@@ -157,9 +186,9 @@ def read_cars(root: str | Path) -> dict[str, ImageIndex]:
             rel = str(_scalar(record["relative_im_path"]))
             class_id = int(_scalar(record["class"]))
         except (ValueError, TypeError) as err:
-            raise ValueError(f"{path}: annotation {i}: {err}") from None
+            raise DataError(f"{path}: annotation {i}: {err}; expected a relative_im_path string and an integer class") from None
         if not 1 <= class_id <= min(_CARS_CLASSES, len(names)):
-            raise ValueError(
+            raise DataError(
                 f"{path}: annotation {i} ({rel}) has class {class_id}; expected 1..{_CARS_CLASSES} "
                 f"with a name in 'class_names' ({len(names)} names)"
             )
@@ -177,7 +206,7 @@ def _read_sop_list(root: Path, name: str) -> ImageIndex:
     if not lines or lines[0].split() != _SOP_HEADER:
         raise malformed(path, 1, f"the header {' '.join(_SOP_HEADER)!r}", lines[0] if lines else "")
     expected = "'<image_id> <class_id> <super_class_id> <path>'"
-    paths, class_ids = [], []
+    paths, class_ids, numbers = [], [], []
     for number, line in enumerate(lines[1:], start=2):
         parts = line.split(None, 3)
         if not parts:
@@ -190,13 +219,16 @@ def _read_sop_list(root: Path, name: str) -> ImageIndex:
         except ValueError:
             raise malformed(path, number, expected, line) from None
         paths.append(parts[3].rstrip())
-    return _index(root, paths, class_ids, str)
+        numbers.append(number)
+    return _index(root, paths, class_ids, str, path, numbers)
 
 
 def read_sop(root: str | Path) -> dict[str, ImageIndex]:
     """Stanford Online Products from ``Ebay_train.txt`` and ``Ebay_test.txt``; class names are the class ids."""
     root = require_files(root, EXPECTED["sop"], "sop")
-    return {"train": _read_sop_list(root, "Ebay_train.txt"), "test": _read_sop_list(root, "Ebay_test.txt")}
+    splits = {"train": _read_sop_list(root, "Ebay_train.txt"), "test": _read_sop_list(root, "Ebay_test.txt")}
+    check_splits(splits, root)
+    return splits
 
 
 # ------------------------------------------------------------------------------------------ In-Shop
@@ -220,7 +252,7 @@ def read_inshop(root: str | Path) -> dict[str, ImageIndex]:
     if header.split() != _INSHOP_HEADER:
         raise malformed(path, 2, f"the header {' '.join(_INSHOP_HEADER)!r}", header)
 
-    rows: dict[str, tuple[list[str], list[str]]] = {split: ([], []) for split in _INSHOP_SPLITS}
+    rows: dict[str, tuple[list[str], list[str], list[int]]] = {split: ([], [], []) for split in _INSHOP_SPLITS}
     count = 0
     for number, line in enumerate(lines[2:], start=3):
         parts = line.split()
@@ -228,22 +260,26 @@ def read_inshop(root: str | Path) -> dict[str, ImageIndex]:
             continue
         if len(parts) != 3 or parts[2] not in rows:
             raise malformed(path, number, f"'<image_name> <item_id> <{'|'.join(_INSHOP_SPLITS)}>'", line)
-        split_paths, split_items = rows[parts[2]]
+        split_paths, split_items, split_lines = rows[parts[2]]
         split_paths.append(parts[0])
         split_items.append(parts[1])
+        split_lines.append(number)
         count += 1
     if count != declared:
-        raise ValueError(f"{path}: line 1 says {declared} images but {count} are listed")
+        raise DataError(f"{path}: line 1 says {declared} images but {count} are listed")
 
-    train_paths, train_items = rows["train"]
-    (query_paths, query_items), (gallery_paths, gallery_items) = rows["query"], rows["gallery"]
+    train_paths, train_items, train_lines = rows["train"]
+    (query_paths, query_items, query_lines), (gallery_paths, gallery_items, gallery_lines) = rows["query"], rows["gallery"]
     shared, items = contiguous_labels(query_items + gallery_items)
     n_query = len(query_items)
-    return {
-        "train": _index(root, train_paths, train_items, str),
-        "query": ImageIndex(root, query_paths, shared[:n_query], items),
-        "gallery": ImageIndex(root, gallery_paths, shared[n_query:], items),
+    splits = {
+        "train": _index(root, train_paths, train_items, str, path, train_lines),
+        "query": ImageIndex(root, query_paths, shared[:n_query], items, listing=path, lines=query_lines),
+        "gallery": ImageIndex(root, gallery_paths, shared[n_query:], items, listing=path, lines=gallery_lines),
     }
+    # The protocol: training items are not evaluated; queries and gallery share items but not images.
+    check_splits(splits, path)
+    return splits
 
 
 OFFICIAL_READERS: dict[str, Callable[[str | Path], dict[str, ImageIndex]]] = {
