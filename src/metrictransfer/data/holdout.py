@@ -7,13 +7,17 @@ from torch.utils.data import Dataset
 
 
 class LabelledSubset(Dataset):
-    """Some items of a dataset, keeping its ``labels`` (and ``paths``) attributes for samplers and files."""
+    """Some items of a dataset, keeping its ``labels`` (and ``paths``, ``item_names``, ``dataset_name``,
+    ``split``) attributes for samplers and for checking files of embeddings against it."""
 
     def __init__(self, dataset: Dataset, indices: np.ndarray) -> None:
         self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(dataset.labels)[self.indices]
-        paths = getattr(dataset, "paths", None)
-        self.paths = None if paths is None else [paths[i] for i in self.indices]
+        for key in ("paths", "item_names"):
+            values = getattr(dataset, key, None)
+            setattr(self, key, None if values is None else [values[i] for i in self.indices])
+        self.dataset_name = getattr(dataset, "dataset_name", None)
+        self.split = getattr(dataset, "split", None)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -1,4 +1,9 @@
-"""Datasets by the name recipes use in ``data.dataset``, and their splits."""
+"""Datasets by the name recipes use in ``data.dataset``, and their splits.
+
+Every dataset :func:`build_dataset` returns carries ``dataset_name``, ``split`` and ``item_names``
+(one stable name per item, in order: the relative image path, or a synthetic id for generated data),
+so that a file of embeddings can say which items its rows are and be checked against a dataset.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,41 @@ from torch.utils.data import Dataset
 
 from metrictransfer.config import DataConfig
 from metrictransfer.data.index import ImageIndex
+from metrictransfer.errors import ConfigError
+
+#: Datasets whose splits can be chosen with data.train_classes / data.test_classes.
+_CLASS_LISTS = ("folder", "csv")
+
+
+def glyph_item_names(dataset, config: DataConfig, split: str) -> list[str]:
+    """``glyphs:<split>:<index>:seed=<glyph_seed>:<size>px:U+<code point>:<font>#<render>`` for each item.
+
+    Glyphs have no files; these names change whenever the item at a row would be another image: another
+    split, order, seed, image size, class subset (``num_classes``) or font.
+    """
+    renders: dict[tuple[int, int], int] = {}
+    names = []
+    for i, (label, font) in enumerate(zip(dataset.global_labels.tolist(), dataset.font_ids.tolist())):
+        render = renders[label, font] = renders.get((label, font), -1) + 1
+        char = dataset.classes[int(dataset.labels[i])]
+        names.append(
+            f"glyphs:{split}:{i}:seed={config.glyph_seed}:{config.image_size}px:U+{ord(char):04X}:{dataset.fonts[font]}#{render}"
+        )
+    return names
 
 
 def _glyphs(config: DataConfig, split: str) -> Dataset:
     from metrictransfer.data.glyphs import GlyphsDataset
 
-    return GlyphsDataset(
+    dataset = GlyphsDataset(
         split=split,
         seed=config.glyph_seed,
         image_size=config.image_size,
         renders=config.glyph_renders,
         num_classes=config.num_classes,
     )
+    dataset.item_names = glyph_item_names(dataset, config, split)
+    return dataset
 
 
 def _readers() -> dict[str, Callable[[DataConfig], dict[str, ImageIndex]]]:
@@ -33,7 +61,7 @@ def _readers() -> dict[str, Callable[[DataConfig], dict[str, ImageIndex]]]:
         "sop": lambda c: read_sop(c.root),
         "inshop": lambda c: read_inshop(c.root),
         "folder": lambda c: read_folder(c.root, c.test_fraction, c.train_classes, c.test_classes),
-        "csv": lambda c: read_csv_list(c.root, c.test_fraction),
+        "csv": lambda c: read_csv_list(c.root, c.test_fraction, c.train_classes, c.test_classes),
         "unlabelled": lambda c: read_unlabelled(c.root),
     }
 
@@ -41,8 +69,9 @@ def _readers() -> dict[str, Callable[[DataConfig], dict[str, ImageIndex]]]:
 def read_splits(config: DataConfig, combine_query_gallery: bool = True) -> dict[str, ImageIndex]:
     """Every split of a file-based dataset, indexed from its annotation files (no image opened).
 
-    Where the data has ``query`` and ``gallery`` but no ``test`` split (In-Shop), ``test`` is both
-    together, with ``is_query`` / ``is_gallery`` masks: evaluation is query against gallery.
+    The readers refuse splits that share images or (with ``train``) classes. Where the data has
+    ``query`` and ``gallery`` but no ``test`` split (In-Shop), ``test`` is both together, with
+    ``is_query`` / ``is_gallery`` masks: evaluation is query against gallery.
     """
     splits = dict(_readers()[config.dataset](config))
     if combine_query_gallery and "test" not in splits and {"query", "gallery"} <= splits.keys():
@@ -73,10 +102,12 @@ def _files(config: DataConfig, split: str) -> Dataset:
 
     splits = read_splits(config)
     if split not in splits:
-        raise ValueError(f"dataset {config.dataset!r} at {config.root} has no split {split!r}; it has: {', '.join(splits)}")
+        raise ConfigError(f"dataset {config.dataset!r} at {config.root} has no split {split!r}; it has: {', '.join(splits)}")
     index = _limit_classes(splits[split], config.num_classes)
     index.check_files(f"{config.dataset} {split}")
-    return ImageFolderDataset(index, skip_bad=config.skip_bad_images)
+    dataset = ImageFolderDataset(index, skip_bad=config.skip_bad_images)
+    dataset.item_names = list(index.paths)
+    return dataset
 
 
 DATASETS: dict[str, Callable[[DataConfig, str], Dataset]] = {
@@ -88,5 +119,12 @@ DATASETS: dict[str, Callable[[DataConfig, str], Dataset]] = {
 def build_dataset(config: DataConfig, split: str) -> Dataset:
     """One split of the configured dataset; items are ``(PIL image, label)``, labels 0-based per split."""
     if config.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {config.dataset!r}; valid names: {', '.join(sorted(DATASETS))}")
-    return DATASETS[config.dataset](config, split)
+        raise ConfigError(f"unknown dataset {config.dataset!r}; valid names: {', '.join(sorted(DATASETS))}")
+    if config.dataset not in _CLASS_LISTS and (config.train_classes is not None or config.test_classes is not None):
+        raise ConfigError(  # silently ignored, they would suggest a split that is not the one used
+            f"data.train_classes / data.test_classes apply to {' and '.join(_CLASS_LISTS)} data only; "
+            f"dataset {config.dataset!r} has fixed splits: leave them out"
+        )
+    dataset = DATASETS[config.dataset](config, split)
+    dataset.dataset_name, dataset.split = config.dataset, split
+    return dataset

@@ -22,17 +22,32 @@ def embed_split(
     batch_size: int | None = None,
     progress: bool = False,
 ) -> EmbeddingsFile:
-    """Embeddings, labels and item paths of one split of a run's dataset, with the test-time transform.
+    """Embeddings, labels and item names of one split of a run's dataset, with the test-time transform.
 
-    Datasets without image files (the generated glyphs) name their items ``dataset:split:index``.
+    The file records the dataset, the split and each row's item name (the image path relative to the
+    dataset root; for the generated glyphs, see :func:`~metrictransfer.data.registry.glyph_item_names`),
+    so that it can be checked against the items it is later used with; ``paths`` are the image paths, or
+    ``dataset:split:index``. Rows follow the dataset's order; images skipped as unreadable have no row.
     """
     target = resolve_device(device or config.device)
     dataset = build_dataset(config.data, split)
     items = MultiViewDataset(dataset, build_transform(config.data.transform, False, config.data.image_size, config.data.normalization))
-    embeddings, labels = extract_embeddings(
-        model.to(target), items, batch_size or config.eval.batch_size, target, config.data.num_workers, progress=progress
+    embeddings, labels, indices = extract_embeddings(
+        model.to(target), items, batch_size or config.eval.batch_size, target, config.data.num_workers,
+        progress=progress, return_indices=True,
     )
+    rows = indices.numpy()
     paths = getattr(dataset, "paths", None)
-    if paths is None:
+    if paths is None:  # as files of earlier versions named glyphs; ``items`` identifies them fully
         paths = [f"{config.data.dataset}:{split}:{i}" for i in range(len(dataset))]
-    return EmbeddingsFile(embeddings.numpy(), labels.numpy(), np.asarray(paths, dtype=str), metric=config.eval.metric)
+    masks = {key: np.asarray(getattr(dataset, key))[rows] for key in ("is_query", "is_gallery")
+             if getattr(dataset, key, None) is not None}
+    return EmbeddingsFile(
+        embeddings.numpy(), labels.numpy(),
+        paths=np.asarray(paths, dtype=str)[rows],
+        metric=config.eval.metric,
+        items=np.asarray(dataset.item_names, dtype=str)[rows],
+        dataset=config.data.dataset,
+        split=split,
+        **masks,
+    )

@@ -1,25 +1,32 @@
 """Embeddings on disk: one ``.npz`` per set, readable without pickle by numpy or any other tool.
 
 Keys: ``embeddings`` (N × D float), ``labels`` (N int), optionally ``paths`` (N str: where each item came
-from), ``is_query`` and ``is_gallery`` (N bool, for query-vs-gallery evaluation) and ``metric`` (the distance
-the model was trained for).
+from), ``is_query`` and ``is_gallery`` (N bool, for query-vs-gallery evaluation), ``metric`` (the distance
+the model was trained for), and what the rows are: ``dataset`` and ``split`` (str) and ``items`` (N str,
+each row's item name: its image path relative to the dataset root, or a synthetic id for generated data).
+Files written before ``dataset``, ``split`` and ``items`` existed still load, with those fields None.
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from metrictransfer.errors import DataError, MissingFileError
 from metrictransfer.io import atomic_write
 
 KEYS_HELP = (
-    "embeddings (N × D float) and labels (N int); optional paths (N str), metric (str), "
-    "and for query-vs-gallery is_query and is_gallery (N bool)"
+    "embeddings (N × D float) and labels (N int); optional paths and items (N str), metric, dataset and "
+    "split (str), and for query-vs-gallery is_query and is_gallery (N bool)"
 )
+
+_N_KEYS = ("paths", "items", "is_query", "is_gallery")  # one value per row
+_TEXT_KEYS = ("metric", "dataset", "split")
 
 
 @dataclass
@@ -30,18 +37,23 @@ class EmbeddingsFile:
     is_query: np.ndarray | None = None
     is_gallery: np.ndarray | None = None
     metric: str | None = None
+    items: np.ndarray | None = None  # the name of each row's item; None in files of older versions
+    dataset: str | None = None  # data.dataset of the embedded items
+    split: str | None = None
 
 
 def save_embeddings(path: str | os.PathLike, data: EmbeddingsFile) -> None:
     """Write atomically, so an interrupted run never leaves a truncated file behind."""
     arrays = {"embeddings": np.asarray(data.embeddings, dtype=np.float32), "labels": np.asarray(data.labels, dtype=np.int64)}
-    for key in ("paths", "is_query", "is_gallery"):
+    for key in _N_KEYS:
         if getattr(data, key) is not None:
             arrays[key] = np.asarray(getattr(data, key))
-    if data.metric is not None:
-        arrays["metric"] = np.asarray(data.metric)
-    if "paths" in arrays:
-        arrays["paths"] = arrays["paths"].astype(str)
+    for key in ("paths", "items"):
+        if key in arrays:
+            arrays[key] = arrays[key].astype(str)
+    for key in _TEXT_KEYS:
+        if getattr(data, key) is not None:
+            arrays[key] = np.asarray(str(getattr(data, key)))
     atomic_write(path, lambda f: np.savez(f, **arrays), "wb")
 
 
@@ -49,32 +61,82 @@ def load_embeddings(path: str | os.PathLike, query_gallery: bool = False) -> Emb
     """Read and check an embeddings file; every problem is reported with the file and the key."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"embeddings file {path} does not exist; expected an .npz holding {KEYS_HELP}")
+        raise MissingFileError(f"embeddings file {path} does not exist; expected an .npz holding {KEYS_HELP}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
-        raise ValueError(f"{path} is not a readable .npz file ({err}); expected one holding {KEYS_HELP}") from err
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path} is not a readable .npz file ({err}); expected one holding {KEYS_HELP}") from err
     required = ["embeddings", "labels"] + (["is_query", "is_gallery"] if query_gallery else [])
     missing = [key for key in required if key not in arrays]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{path} has no {', '.join(repr(k) for k in missing)} array (found: {', '.join(sorted(arrays)) or 'none'}); "
             f"expected {KEYS_HELP}"
         )
     embeddings, labels = arrays["embeddings"], arrays["labels"]
     if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
-        raise ValueError(f"{path}: 'embeddings' must be a 2-D float array, got {embeddings.dtype} of shape {embeddings.shape}")
+        raise DataError(f"{path}: 'embeddings' must be a 2-D float array, got {embeddings.dtype} of shape {embeddings.shape}")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: 'labels' must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
-    for key in ("paths", "is_query", "is_gallery"):
+        raise DataError(f"{path}: 'labels' must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
+    for key in _N_KEYS:
         if key in arrays and arrays[key].shape != (len(embeddings),):
-            raise ValueError(f"{path}: {key!r} has shape {arrays[key].shape} but there are {len(embeddings)} embeddings")
+            raise DataError(f"{path}: {key!r} has shape {arrays[key].shape} but there are {len(embeddings)} embeddings")
     for key in ("is_query", "is_gallery"):
         if key in arrays and arrays[key].dtype != np.bool_:
-            raise ValueError(f"{path}: {key!r} must be boolean, got {arrays[key].dtype}")
-    metric = str(arrays["metric"]) if "metric" in arrays else None
+            raise DataError(f"{path}: {key!r} must be boolean, got {arrays[key].dtype}")
+    if "items" in arrays and arrays["items"].dtype.kind != "U":
+        raise DataError(f"{path}: 'items' must be strings (the item names), got {arrays['items'].dtype}")
+    for key in _TEXT_KEYS:
+        if key in arrays and arrays[key].shape != ():
+            raise DataError(f"{path}: {key!r} must be a single string, got an array of shape {arrays[key].shape}")
+    text = {key: str(arrays[key]) if key in arrays else None for key in _TEXT_KEYS}
     return EmbeddingsFile(
-        embeddings=embeddings, labels=labels, paths=arrays.get("paths"),
-        is_query=arrays.get("is_query"), is_gallery=arrays.get("is_gallery"), metric=metric,
+        embeddings=embeddings, labels=labels, paths=arrays.get("paths"), items=arrays.get("items"),
+        is_query=arrays.get("is_query"), is_gallery=arrays.get("is_gallery"), **text,
     )
+
+
+def compare_items(found: Sequence[str], expected: Sequence[str]) -> str | None:
+    """None when `found` names the `expected` items in the same order, else what differs, in words.
+
+    Says whether the count, the order (the same items otherwise) or the items themselves differ, with
+    the first differing row and both names.
+    """
+    found, expected = np.asarray(found, dtype=str), np.asarray(expected, dtype=str)
+    if len(found) != len(expected):
+        return f"{len(found)} items where {len(expected)} are expected"
+    differ = np.flatnonzero(found != expected)
+    if not len(differ):
+        return None
+    row = int(differ[0])
+    kind = "the same items in a different order" if np.array_equal(np.sort(found), np.sort(expected)) else (
+        f"{len(differ)} of {len(expected)} rows name other items"
+    )
+    return f"{kind}: row {row} is {str(found[row])!r} where {str(expected[row])!r} is expected"
+
+
+def check_same_items(files: Sequence[EmbeddingsFile], paths: Sequence[str | os.PathLike]) -> None:
+    """Raise :class:`DataError` unless every file holds the same items, in the same order, as the first.
+
+    An ensemble concatenates the files' rows; rows of different items would be evaluated as one item
+    without any error. Item names, dataset and split are compared where both files record them (files
+    of older versions do not), and labels, ``is_query`` and ``is_gallery`` always.
+    """
+    first, first_path = files[0], paths[0]
+    for path, other in zip(paths[1:], files[1:]):
+        advice = f"an ensemble needs embeddings of the same items in the same order as {first_path}"
+        if len(other.labels) != len(first.labels):
+            raise DataError(f"{path} holds {len(other.labels)} items but {first_path} holds {len(first.labels)}; {advice}")
+        for key in ("dataset", "split"):
+            a, b = getattr(first, key), getattr(other, key)
+            if a is not None and b is not None and a != b:
+                raise DataError(f"{path} holds the {key} {b!r} but {first_path} the {key} {a!r}; {advice}")
+        if first.items is not None and other.items is not None:
+            problem = compare_items(other.items, first.items)
+            if problem:
+                raise DataError(f"{path} differs from {first_path}: {problem}; {advice}")
+        for key in ("labels", "is_query", "is_gallery"):
+            a, b = getattr(first, key), getattr(other, key)
+            if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
+                raise DataError(f"{path}: {key!r} differs from {first_path}'s; {advice}")

@@ -6,8 +6,10 @@ import torch
 from torch import nn
 
 from metrictransfer.config import RunConfig
+from metrictransfer.data.holdout import LabelledSubset
 from metrictransfer.engine.checkpoint import load_embedding_model
 from metrictransfer.engine.distributed import gather
+from metrictransfer.errors import ConfigError, DataError
 from metrictransfer.losses import build_transfer_loss
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
@@ -20,20 +22,46 @@ def source_file_dim(path: str) -> int:
 
 
 def load_source_table(path: str, dataset) -> torch.Tensor:
-    """Precomputed source embeddings, one row per training image in the dataset's order, checked to be
-    of this very training set (same count and, where the dataset names its items, the same paths)."""
-    from metrictransfer.evaluation.embeddings_file import load_embeddings
+    """Precomputed source embeddings, one row per training image in the dataset's order.
+
+    The file must say that its rows are this very training set: the training split, the same dataset and
+    the same item names in the same order. Rows of other images, or of these in another order, would
+    pair each target view with the wrong source embedding and train on noise without any error.
+    """
+    from metrictransfer.evaluation.embeddings_file import compare_items, load_embeddings
 
     data = load_embeddings(path)
-    if len(data.embeddings) != len(dataset):
-        raise ValueError(
-            f"{path} holds {len(data.embeddings)} embeddings but the training set has {len(dataset)} images; "
-            "embed the training split of the same data: metrictransfer embed --checkpoint SOURCE --split train"
+    redo = (
+        "embed the training split with the source checkpoint: "
+        f"metrictransfer embed --checkpoint SOURCE --split train --out {path}"
+    )
+    split = getattr(dataset, "split", None) or "train"
+    if data.split is not None and data.split != split:
+        raise DataError(
+            f"{path} holds embeddings of the {data.split!r} split, but transfer trains on the {split!r} split; {redo}"
         )
-    names = getattr(dataset, "paths", None)
-    if names is not None and data.paths is not None and list(data.paths) != list(names):
-        first = next(i for i, (a, b) in enumerate(zip(data.paths, names)) if a != b)
-        raise ValueError(f"{path} was embedded from other images: row {first} is {data.paths[first]!r}, the training set has {names[first]!r}")
+    name = getattr(dataset, "dataset_name", None)
+    if data.dataset is not None and name is not None and data.dataset != name:
+        raise DataError(f"{path} holds embeddings of dataset {data.dataset!r}, but training uses {name!r}; {redo}")
+    if len(data.embeddings) != len(dataset):
+        held_out = " (data.holdout_images holds some of its images out)" if isinstance(dataset, LabelledSubset) else ""
+        raise DataError(
+            f"{path} holds {len(data.embeddings)} embeddings but the training set has {len(dataset)} images{held_out}; "
+            f"{redo}"
+        )
+    if data.items is None:
+        raise DataError(
+            f"{path} does not name its items (written by an earlier metrictransfer, or by another tool), so it cannot "
+            f"be checked to hold this training set in its order; {redo}"
+        )
+    names = getattr(dataset, "item_names", None)
+    if names is None:
+        names = getattr(dataset, "paths", None)
+    if names is None:
+        raise TypeError(f"the training set ({type(dataset).__name__}) names no items: build it with build_dataset")
+    problem = compare_items(data.items, names)
+    if problem:
+        raise DataError(f"{path} is not the training set's embeddings: {problem}; {redo}")
     return torch.from_numpy(data.embeddings).float()
 
 
@@ -62,7 +90,7 @@ class TransferMethod(Method):
         self.target_taps = self.source_taps = None
         if any(getattr(loss_fn, "uses_features", False) for loss_fn in self.transfer_losses):
             if self.source is None:
-                raise ValueError("fitnet and attention need the source model's feature maps: use transfer.source_checkpoint")
+                raise ConfigError("fitnet and attention need the source model's feature maps: use transfer.source_checkpoint")
             self._tap_features(cfg, config.data.image_size)
         source_dim = self.source.embedding_dim if self.source is not None else source_file_dim(self.source_file)
         for loss_fn in self.transfer_losses:
@@ -90,7 +118,7 @@ class TransferMethod(Method):
         target_layers = cfg.target_layers or last_stages(self.target, cfg.hint_stages)
         source_layers = cfg.source_layers or last_stages(self.source, cfg.hint_stages)
         if len(target_layers) != len(source_layers):
-            raise ValueError(f"hint layers must pair up: {len(target_layers)} target layers but {len(source_layers)} source layers")
+            raise ConfigError(f"hint layers must pair up: {len(target_layers)} target layers but {len(source_layers)} source layers")
         t_shapes = feature_shapes(self.target, target_layers, image_size)
         s_shapes = feature_shapes(self.source, source_layers, image_size)
         for loss_fn in self.transfer_losses:
