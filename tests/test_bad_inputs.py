@@ -88,6 +88,18 @@ def _unfinished(w: Path) -> list[str]:
     return ["train", str(w / "recipe.yaml"), "--out", str(w / "run")]
 
 
+def _ensemble_in_another_order(w: Path) -> list[str]:
+    embeddings, labels = np.eye(4, dtype=np.float32), np.array([0, 0, 1, 1])
+    np.savez(w / "a.npz", embeddings=embeddings, labels=labels, paths=np.array(["a.jpg", "b.jpg", "c.jpg", "d.jpg"]))
+    np.savez(w / "b.npz", embeddings=embeddings, labels=labels, paths=np.array(["b.jpg", "a.jpg", "c.jpg", "d.jpg"]))
+    return ["evaluate", "--embeddings", str(w / "a.npz"), str(w / "b.npz")]
+
+
+def _recipe_of_a_list(w: Path) -> list[str]:
+    (w / "list.yaml").write_text("- optim\n- lr\n")
+    return ["train", str(w / "list.yaml"), "--out", str(w / "new")]
+
+
 # (id, build the broken input → argv, one-line message pattern, exit status)
 CASES: list[tuple[str, Callable[[Path], list[str]], str, int]] = [
     ("train into a finished run",
@@ -136,7 +148,18 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str, int]] = [
      lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "model.backbone=resnet19"],
      r"unknown timm backbone 'resnet19'", 2),
     ("flipped bytes in a weight", _flip_a_weight, r"checkpoint\.pt: its content fails its checksum", 2),
-    ("evaluate an .npy", _npy, r"x\.npy", 2),
+    ("evaluate an .npy", _npy, r"x\.npy holds a single array .*not an \.npz of named arrays", 2),
+    ("ensemble of files in another order", _ensemble_in_another_order,
+     r"b\.npz differs from .*a\.npz: the same items in a different order: row 0 is 'b\.jpg' where 'a\.jpg'", 2),
+    ("recipe that is a list", _recipe_of_a_list, r"list\.yaml must hold a mapping of configuration keys, got list", 2),
+    ("dataset root that does not exist",
+     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "data.dataset=cub",
+                "--set", f"data.root={w / 'nope'}"], r"cub: root .*nope does not exist", 2),
+    ("a type error in the recipe",
+     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "data.classes_per_batch=many"],
+     r"data\.classes_per_batch: Input should be a valid integer.*\(got 'many'\)", 2),
+    ("search with --k 0", lambda w: ["search", "--index", str(w / "index"), str(w / "q.png"), "--k", "0"],
+     r"argument --k: must be at least 1, got 0", 2),
     ("evaluate a missing checkpoint", lambda w: ["evaluate", "--checkpoint", str(w / "nothing")],
      r"no checkpoint at .*nothing", 2),
     ("embed an unknown split", lambda w: ["embed", "--checkpoint", str(w / "run"), "--split", "validation",
@@ -158,16 +181,19 @@ if not torch.cuda.is_available():
 def test_a_bad_input_is_one_line_and_changes_nothing(work, capsys, build, message, status):
     argv = build(work)
     before = snapshot(work / "run")
-    assert main(argv) == status
+    try:
+        assert main(argv) == status
+    except SystemExit as exit:  # argparse's usage errors
+        assert exit.code == status
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err
-    assert len(lines) == 1 and lines[0].startswith("metrictransfer: "), err
+    assert len(lines) == 1 and re.match(r"metrictransfer( [a-z]+)?: ", lines[0]), err
     assert re.search(message, lines[0]), lines[0]
     after = snapshot(work / "run")
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     assert not changed, f"the finished run changed: {sorted(changed)}"
-    assert not (work / "new" / "checkpoint.pt").exists()
+    assert not (work / "new").exists(), "a failed start left a run folder behind"
 
 
 def flip_bytes_of_a_weight(checkpoint: Path) -> None:
@@ -193,8 +219,8 @@ def test_flipped_bytes_are_caught_by_the_checksum_not_loaded_as_weights(work):
 
 def test_a_damaged_newest_checkpoint_falls_back_and_is_repaired(work, capsys):
     run = work / "run"
-    # truncated in place: checkpoints/step-000000022.pt, a hard link to the same bytes, is damaged too
-    (run / "checkpoint.pt").write_bytes(b"")
+    (run / "checkpoint.pt").write_bytes(b"")  # truncated
+    flip_bytes_of_a_weight(run / "checkpoints" / "step-000000022.pt")  # in a training run, the same bytes
     assert main(["evaluate", "--checkpoint", str(run)]) == 2
     assert "it is empty (0 bytes); `metrictransfer train --resume" in capsys.readouterr().err
     assert main(["train", "--resume", str(run)]) == 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_dataset_layouts import INSHOP_ROWS, SOP_HEADER, _image, _inshop_lines, _write, _write_cars
 from torch import nn
 
 from metrictransfer.config import DataConfig, build_config
@@ -28,7 +29,6 @@ from metrictransfer.evaluation.embeddings_file import (
     save_embeddings,
 )
 from metrictransfer.methods.transfer import load_source_table
-from test_dataset_layouts import INSHOP_ROWS, SOP_HEADER, _image, _inshop_lines, _write, _write_cars
 
 
 def _csv(path: Path, rows: list[str], images: bool = False) -> Path:

@@ -319,7 +319,7 @@ def test_sop_full_size_indexing_is_fast(tmp_path):
     # the real lists: 59,551 train and 60,502 test images (120,053 lines); no image files needed
     def rows(n: int, first_id: int, first_class: int) -> list[str]:
         return [SOP_HEADER] + [
-            f"{first_id + i} {first_class + i // 5} {i % 12 + 1} bicycle_final/{111085122871 + i // 5}_{i % 5}.JPG"
+            f"{first_id + i} {first_class + i // 5} {i % 12 + 1} bicycle_final/{111085122871 + first_class + i // 5}_{i % 5}.JPG"
             for i in range(n)
         ]
 

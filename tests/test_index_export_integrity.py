@@ -11,16 +11,22 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from metrictransfer import export
 from metrictransfer.cli import main
 from metrictransfer.config import build_config
 from metrictransfer.engine.checkpoint import load_embedding_model, save_embedding_model
-from metrictransfer.errors import (CheckpointError, ConfigError, DataError, MissingFileError, MissingPackageError,
-                                   OutputLocationError, SearchIndexError)
-from metrictransfer.export import description_path, describes, export_model
+from metrictransfer.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    MissingFileError,
+    MissingPackageError,
+    OutputLocationError,
+    SearchIndexError,
+)
+from metrictransfer.export import describes, description_path, export_model
 from metrictransfer.search import Gallery, build_index
 from metrictransfer.search.gallery import EMBEDDINGS_FILE, FAISS_FILE, INDEX_FILE
 from metrictransfer.search.grid import draw_grid

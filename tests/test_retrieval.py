@@ -7,12 +7,12 @@ import torch
 from metrictransfer.evaluation import (
     compute_query_statistics,
     ensemble_embeddings,
+    knn,
     nearest_positive_ranks,
     nmi_score,
     recall_at_k,
     retrieval_metrics,
 )
-from metrictransfer.evaluation import knn
 
 
 def _brute_force(x, labels, metric="euclidean", gallery=None, gallery_labels=None):

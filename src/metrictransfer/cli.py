@@ -111,16 +111,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def _ensemble(files: list, paths: list[str]):
     """Several models' embeddings of the same items, L2-normalised and concatenated."""
-    import numpy as np
     import torch
 
     from metrictransfer.evaluation import ensemble_embeddings
+    from metrictransfer.evaluation.embeddings_file import check_same_items
 
-    for path, other in zip(paths[1:], files[1:]):
-        for key in ("labels", "is_query", "is_gallery"):
-            a, b = getattr(files[0], key), getattr(other, key)
-            if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
-                raise ValueError(f"{path}: {key!r} differs from {paths[0]}'s; an ensemble needs the same items in the same order")
+    check_same_items(files, paths)
     return ensemble_embeddings([torch.from_numpy(f.embeddings) for f in files])
 
 
@@ -248,16 +244,23 @@ def _device(name: str) -> str:
     return str(resolve_device(name))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with where to find the usage), like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 DEBUG_HELP = "show the full traceback of an error (also: METRICTRANSFER_DEBUG=1)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from metrictransfer.config import DATASET_NAMES
 
-    parser = argparse.ArgumentParser(prog="metrictransfer", description=__doc__)
+    parser = _Parser(prog="metrictransfer", description=__doc__)
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     # every subcommand takes --debug too; SUPPRESS keeps a subcommand's default from hiding the top-level flag
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 

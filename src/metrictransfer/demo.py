@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 from metrictransfer.config import RunConfig, build_config
-from metrictransfer.io import atomic_write_text
 from metrictransfer.engine.logging import plot_recall, write_csv
 from metrictransfer.engine.report import write_report
-from metrictransfer.engine.run_folder import RunLock, holds_run, make_folder
+from metrictransfer.engine.run_folder import RunLock, holds_run
 from metrictransfer.errors import RunExistsError
+from metrictransfer.io import atomic_write_text
 
 # The three runs of the demo, as configuration overrides of the defaults. The same settings are in
 # recipes/glyphs_*.yaml for `metrictransfer train` (a test keeps them equal).
@@ -62,7 +62,6 @@ def run_demo(out: str | Path, seed: int = 0, epochs_scale: float = 1.0, override
     folder holding an earlier demo is refused unless ``overwrite``; it is locked while the demo runs."""
     out = Path(out)
     configs = demo_configs(out, seed, epochs_scale, overrides)  # a bad --set fails before anything is written
-    make_folder(out)
     with RunLock(out):
         earlier = [p.name for p in (out / n for n in DEMO_FILES) if p.exists()] + [n for n in configs if holds_run(out / n)]
         if earlier and not overwrite:

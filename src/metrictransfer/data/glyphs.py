@@ -42,6 +42,7 @@ import numpy as np
 import torch.utils.data
 from matplotlib.ft2font import FT2Font
 from PIL import Image, ImageDraw, ImageFont
+
 from metrictransfer.errors import ConfigError
 
 __all__ = [

@@ -7,6 +7,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
+
 from metrictransfer.errors import DataError
 
 

@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 from torchvision.transforms import v2
+
 from metrictransfer.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

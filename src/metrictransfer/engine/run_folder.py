@@ -8,6 +8,7 @@ killed run can always be resumed and no stale lock is ever left to clean up by h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
+        make_folder(self.folder)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
@@ -114,7 +116,6 @@ def claim_run_folder(folder: str | os.PathLike, resume: bool = False, overwrite:
     run, unless ``overwrite``, which deletes that run's files first. Temporary files that a killed
     writer left behind are removed. Returns the held lock; release it when the run ends."""
     folder = Path(folder)
-    make_folder(folder)
     lock = RunLock(folder).acquire()
     try:
         if not resume and holds_run(folder):
@@ -143,3 +144,11 @@ def remove_run_files(folder: Path) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+def remove_if_unused(folder: Path) -> None:
+    """Remove a folder this run created if it holds nothing but the lock file."""
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+        (folder / LOCK_NAME).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()

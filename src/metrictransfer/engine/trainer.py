@@ -23,10 +23,16 @@ from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine import distributed
-from metrictransfer.engine.checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, load_checkpoint, run_checkpoints, save_run_checkpoint
+from metrictransfer.engine.checkpoint import (
+    CHECKPOINT_NAME,
+    FORMAT_VERSION,
+    load_checkpoint,
+    run_checkpoints,
+    save_run_checkpoint,
+)
 from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
-from metrictransfer.engine.run_folder import claim_run_folder
 from metrictransfer.engine.logging import TensorBoardLog, plot_recall, write_csv
+from metrictransfer.engine.run_folder import claim_run_folder, remove_if_unused
 from metrictransfer.errors import CheckpointError, ConfigError, DamagedCheckpointError, TrainingDivergedError
 from metrictransfer.evaluation import ensemble_embeddings, extract_embeddings, retrieval_metrics
 from metrictransfer.io import atomic_copy, atomic_write_text
@@ -324,9 +330,15 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
     """
     out = Path(out_dir)
     ranks, device_name = distributed.setup(config.device)
+    created = not out.exists()
     lock = claim_run_folder(out, resume, overwrite) if ranks.main else None
     try:
         return _train(config, out, resume, progress, ranks, device_name)
+    except BaseException:
+        if lock is not None and created:
+            lock.release()
+            remove_if_unused(out)  # a start that failed (bad data, Ctrl-C) leaves no empty run folder
+        raise
     finally:
         if lock is not None:
             lock.release()

@@ -63,10 +63,15 @@ def load_embeddings(path: str | os.PathLike, query_gallery: bool = False) -> Emb
     if not path.is_file():
         raise MissingFileError(f"embeddings file {path} does not exist; expected an .npz holding {KEYS_HELP}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded as npz:
+                arrays = {key: npz[key] for key in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
         raise DataError(f"{path} is not a readable .npz file ({err}); expected one holding {KEYS_HELP}") from err
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a lone .npy array: no labels beside it
+        raise DataError(f"{path} holds a single array (shape {loaded.shape}), not an .npz of named arrays; "
+                        f"expected one holding {KEYS_HELP} (metrictransfer embed writes one)")
     required = ["embeddings", "labels"] + (["is_query", "is_gallery"] if query_gallery else [])
     missing = [key for key in required if key not in arrays]
     if missing:
@@ -116,12 +121,20 @@ def compare_items(found: Sequence[str], expected: Sequence[str]) -> str | None:
     return f"{kind}: row {row} is {str(found[row])!r} where {str(expected[row])!r} is expected"
 
 
+def _row_names(a: EmbeddingsFile, b: EmbeddingsFile) -> tuple[np.ndarray, np.ndarray] | None:
+    """What names both files' rows, field for field: item names, else paths (older files, other tools)."""
+    for key in ("items", "paths"):
+        if getattr(a, key) is not None and getattr(b, key) is not None:
+            return getattr(a, key), getattr(b, key)
+    return None
+
+
 def check_same_items(files: Sequence[EmbeddingsFile], paths: Sequence[str | os.PathLike]) -> None:
     """Raise :class:`DataError` unless every file holds the same items, in the same order, as the first.
 
     An ensemble concatenates the files' rows; rows of different items would be evaluated as one item
-    without any error. Item names, dataset and split are compared where both files record them (files
-    of older versions do not), and labels, ``is_query`` and ``is_gallery`` always.
+    without any error. Item names (else paths), dataset and split are compared where both files record
+    them (files of older versions do not), and labels, ``is_query`` and ``is_gallery`` always.
     """
     first, first_path = files[0], paths[0]
     for path, other in zip(paths[1:], files[1:]):
@@ -132,8 +145,9 @@ def check_same_items(files: Sequence[EmbeddingsFile], paths: Sequence[str | os.P
             a, b = getattr(first, key), getattr(other, key)
             if a is not None and b is not None and a != b:
                 raise DataError(f"{path} holds the {key} {b!r} but {first_path} the {key} {a!r}; {advice}")
-        if first.items is not None and other.items is not None:
-            problem = compare_items(other.items, first.items)
+        names = _row_names(first, other)
+        if names is not None:
+            problem = compare_items(names[1], names[0])
             if problem:
                 raise DataError(f"{path} differs from {first_path}: {problem}; {advice}")
         for key in ("labels", "is_query", "is_gallery"):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from metrictransfer.evaluation.knn import QueryStats, prepare
 from metrictransfer.errors import MissingPackageError
+from metrictransfer.evaluation.knn import QueryStats, prepare
 
 
 def _faiss():

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
 from metrictransfer.errors import ConfigError
 
 METRICS = ("euclidean", "cosine")

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metrictransfer.evaluation.knn import QueryStats, query_statistics
 from metrictransfer.errors import ConfigError, DataError
+from metrictransfer.evaluation.knn import QueryStats, query_statistics
 
 BACKENDS = ("torch", "faiss")
 

@@ -1,11 +1,11 @@
 """Losses: transfer losses ``loss(target, source)`` and metric losses ``loss(embeddings, labels)``."""
 
 from metrictransfer.errors import ConfigError
-from metrictransfer.losses.distances import pairwise_distances
 from metrictransfer.losses.crd import CRDLoss
+from metrictransfer.losses.distances import pairwise_distances
 from metrictransfer.losses.hints import AttentionLoss, FitNetLoss
-from metrictransfer.losses.params import check_params
 from metrictransfer.losses.metric import METRIC_LOSSES, MINERS, MinedMetricLoss, build_metric_loss, build_miner
+from metrictransfer.losses.params import check_params
 from metrictransfer.losses.relational import DarkRankLoss, PKTLoss, RKDAngleLoss, RKDDistanceLoss, RKDLoss
 from metrictransfer.losses.relaxed_contrastive import RelaxedContrastiveLoss
 

@@ -15,10 +15,10 @@ from torch import nn
 from metrictransfer.config import ModelConfig, RunConfig
 from metrictransfer.engine.checkpoint import load_embedding_model
 from metrictransfer.engine.distributed import gather
+from metrictransfer.errors import ConfigError
 from metrictransfer.losses import RelaxedContrastiveLoss
 from metrictransfer.methods.base import SingleModelMethod
 from metrictransfer.models import EmbeddingModel
-from metrictransfer.errors import ConfigError
 
 
 def hinton_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -28,7 +28,6 @@ from metrictransfer.losses import build_transfer_loss
 from metrictransfer.methods.base import Method, UpdateGroup, build_label_loss, build_model, label_loss_groups
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
 
-
 # The paper's ablation of the diversities, as settings of the ``mutual`` section for a cohort of two: each
 # row switches one diversity on (recipes/mutual/ and benchmarks/mutual_ablation.py are built from it).
 NO_DIVERSITY = {"model_diversity": False, "update_every": [1, 1], "view_diversity": False}

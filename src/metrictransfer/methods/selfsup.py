@@ -7,8 +7,8 @@ from pytorch_metric_learning.losses import NTXentLoss
 
 from metrictransfer.config import RunConfig
 from metrictransfer.engine.distributed import gather
-from metrictransfer.methods.base import SingleModelMethod, build_model
 from metrictransfer.errors import ConfigError
+from metrictransfer.methods.base import SingleModelMethod, build_model
 
 
 class SelfSupervisedMethod(SingleModelMethod):

@@ -10,6 +10,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from metrictransfer.errors import CheckpointError, ConfigError, MissingFileError
 
 

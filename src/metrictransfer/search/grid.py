@@ -7,6 +7,7 @@ from typing import Callable
 
 from PIL import Image
 
+from metrictransfer.data.images import open_rgb8
 from metrictransfer.errors import ConfigError
 from metrictransfer.io import staged_path
 from metrictransfer.search.gallery import Neighbour
@@ -15,8 +16,7 @@ SAME, OTHER = "#2ca02c", "#d62728"  # green frame: same class as the query; red:
 
 
 def _open(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    return open_rgb8(path)  # the same faithful decoding as training (16-bit, transparency, bombs)
 
 
 def draw_grid(queries: list[str], results: list[list[Neighbour]], out: str | Path,
