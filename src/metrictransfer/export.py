@@ -12,7 +12,6 @@ a crash between the two writes is recognisable: see :func:`describes`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from metrictransfer import __version__
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine.checkpoint import load_embedding_model, resolve_checkpoint
 from metrictransfer.errors import ConfigError, MissingPackageError, OutputLocationError
-from metrictransfer.io import atomic_write_text, staged_path
+from metrictransfer.io import atomic_write_text, file_sha256, staged_path
 from metrictransfer.models import EmbeddingModel
 
 FORMATS = ("safetensors", "torchscript", "onnx")
@@ -76,15 +75,6 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: 
     # After the file: a crash in between leaves the old description, whose sha256 no longer matches.
     atomic_write_text(json.dumps(description, indent=2), description_path(out))
     return description
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, as recorded in its description."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describes(out: str | Path) -> bool:

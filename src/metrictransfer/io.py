@@ -10,6 +10,7 @@ the new one, never a mixture. Temporary files carry the suffix :data:`PARTIAL_SU
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -54,26 +55,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     """Write through ``write`` to a temporary file in the same folder, fsync, then rename over ``path``:
     a crash leaves either the old file or the new one, never a truncated one. A full, read-only or
     forbidden place is reported as an :class:`~metrictransfer.errors.OutputLocationError` naming ``path``."""
-    path = Path(path)
-    make_parent(path)
-    try:
-        fd, tmp = _new_temporary(path)
-    except OSError as err:
-        raise (output_error(err, path) if is_output_problem(err) else err) from None
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        if is_output_problem(err):
-            raise output_error(err, path) from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with staged_path(path) as tmp, open(tmp, mode) as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
@@ -130,3 +115,11 @@ def _legacy_temporary(path: Path) -> bool:
     stem, _, tail = path.name[1:].rpartition(".")
     return bool(stem) and len(tail) == 8 and (path.parent / stem).exists() and path.is_file()
 
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (export descriptions and index records keep it to recognise their file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -38,8 +38,7 @@ from metrictransfer.errors import ConfigError, DataError, MissingFileError, Sear
 from metrictransfer.evaluation import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings, save_embeddings
 from metrictransfer.evaluation.faiss_knn import flat_index
-from metrictransfer.export import file_sha256
-from metrictransfer.io import atomic_write_text, make_parent, staged_path
+from metrictransfer.io import atomic_write_text, file_sha256, make_parent, staged_path
 
 INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE = "index.json", "embeddings.npz", "faiss.index"
 INDEX_FORMAT = 2  # 1 (no "index_format" key): no record of what embeddings.npz and faiss.index hold
