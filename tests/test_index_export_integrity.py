@@ -389,3 +389,19 @@ def test_cli_export_of_a_file_that_is_not_a_checkpoint(previous, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "notes.pt" in err and "Traceback" not in err
     assert _unchanged(previous)
+
+
+def test_temporaries_a_killed_export_or_index_build_left_are_removed_by_the_next(setup, previous, tmp_path):
+    out = previous[0]
+    stale = [out.parent / f".{out.name}.k2j4x9aq.partial", out.parent / f".{out.name}.json.zz9y8x7w.partial"]
+    unrelated = out.parent / ".other.pt.k2j4x9aq.partial"  # another file's: maybe still being written
+    for path in [*stale, unrelated]:
+        path.write_bytes(b"half")
+    export_model(setup["checkpoint"], "safetensors", out)
+    assert not any(p.exists() for p in stale) and unrelated.exists()
+
+    index = _copy(setup, tmp_path)
+    left = index / f".{FAISS_FILE}.a1b2c3d4.partial"
+    left.write_bytes(b"half")
+    build_index(setup["checkpoint"], setup["images"], index)
+    assert not left.exists()

@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         if not is_output_problem(err):
             raise
-        _report(debug, f"error: {output_error(err)}")
+        _report(debug, f"error: {output_error(err, verb='use')}")  # raised outside our writers: read or write
         return 2
 
 

@@ -88,8 +88,8 @@ def is_output_problem(err: OSError) -> bool:
     return err.errno in _OUTPUT_ERRNOS
 
 
-def output_error(err: OSError, path: str | os.PathLike | None = None) -> OutputLocationError:
-    """One line for an OSError of writing ``path``: what happened in words, and what to do."""
+def output_error(err: OSError, path: str | os.PathLike | None = None, verb: str = "write") -> OutputLocationError:
+    """One line for an OSError of writing (``verb``) ``path``: what happened in words, and what to do."""
     where = path if path is not None else (err.filename or "the output")
     reason = _OUTPUT_ERRNOS.get(err.errno or 0, err.strerror or str(err))
     advice = {
@@ -99,6 +99,6 @@ def output_error(err: OSError, path: str | os.PathLike | None = None) -> OutputL
         errno.EACCES: "write elsewhere or fix the folder's permissions",
         errno.EPERM: "write elsewhere or fix the folder's permissions",
     }.get(err.errno or 0, "choose another path")
-    made = OutputLocationError(f"cannot write {where}: {reason}; {advice}")
+    made = OutputLocationError(f"cannot {verb} {where}: {reason}; {advice}")
     made.errno = err.errno
     return made

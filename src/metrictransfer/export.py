@@ -21,7 +21,7 @@ from metrictransfer import __version__
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine.checkpoint import load_embedding_model, resolve_checkpoint
 from metrictransfer.errors import ConfigError, MissingPackageError, OutputLocationError
-from metrictransfer.io import atomic_write_text, file_sha256, staged_path
+from metrictransfer.io import atomic_write_text, file_sha256, remove_stale_partials, staged_path
 from metrictransfer.models import EmbeddingModel
 
 FORMATS = ("safetensors", "torchscript", "onnx")
@@ -47,6 +47,8 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: 
         raise OutputLocationError(f"--out {out} is a folder; name the file to write, e.g. {out / ('model.' + fmt)}")
     model, config = load_embedding_model(checkpoint, name=model_name)
     model.eval()
+    for name in (out.name, description_path(out).name):  # what a killed export of this file left
+        remove_stale_partials(out.parent, name)
     size = config.data.image_size
     example = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

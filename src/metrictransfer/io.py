@@ -98,14 +98,13 @@ def staged_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def remove_stale_partials(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Delete the temporary files that killed writers left in ``folder`` (call it only while no other
-    process can be writing there, e.g. holding the run's lock); returns what was removed."""
+def remove_stale_partials(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+    """Delete the temporary files that killed writers of ``folder/name`` (every file by default) left
+    behind; call it only while no other process can be writing them (e.g. holding the run's lock)."""
     folder = Path(folder)
-    pattern = f".*{PARTIAL_SUFFIX}"
-    found = list(folder.rglob(pattern) if recursive else folder.glob(pattern))
+    found = list(folder.glob(f".{name}.*{PARTIAL_SUFFIX}"))
     # before the suffix existed, temporaries were ".NAME.XXXXXXXX" (mkstemp's 8 random characters)
-    found += [p for p in folder.glob(".*.*") if _legacy_temporary(p)]
+    found += [p for p in folder.glob(f".{name}.*") if _legacy_temporary(p)]
     for stale in found:
         stale.unlink(missing_ok=True)
     return found

@@ -38,7 +38,7 @@ from metrictransfer.errors import ConfigError, DataError, MissingFileError, Sear
 from metrictransfer.evaluation import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings, save_embeddings
 from metrictransfer.evaluation.faiss_knn import flat_index
-from metrictransfer.io import atomic_write_text, file_sha256, make_parent, staged_path
+from metrictransfer.io import atomic_write_text, file_sha256, make_parent, remove_stale_partials, staged_path
 
 INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE = "index.json", "embeddings.npz", "faiss.index"
 INDEX_FORMAT = 2  # 1 (no "index_format" key): no record of what embeddings.npz and faiss.index hold
@@ -143,6 +143,7 @@ def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, mod
     embeddings = embed_images(model, config, listed, device, batch_size, progress)
     out = Path(out)
     make_parent(out / INDEX_FILE)  # a file at --out is reported as an OutputLocationError
+    remove_stale_partials(out)  # what a killed build of this index left
     paths = np.asarray([str((listed.root / p).resolve()) for p in listed.paths], dtype=str)
     data = EmbeddingsFile(embeddings, listed.labels, paths, metric=config.eval.metric)
     save_embeddings(out / EMBEDDINGS_FILE, data)
