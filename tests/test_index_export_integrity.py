@@ -273,6 +273,12 @@ def test_the_grid_refuses_a_format_matplotlib_cannot_write(setup, tmp_path):
     assert not (tmp_path / "grid.txt").exists() and not _partials(tmp_path)
 
 
+def test_cli_search_refuses_an_unwritable_grid_format_before_searching(setup, tmp_path, capsys):
+    assert main(["search", "--index", str(setup["index"]), setup["query"], "--grid", str(tmp_path / "g.txt")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "matplotlib writes no .txt files" in captured.err
+
+
 def test_cli_index_with_a_csv_lacking_its_path_column(setup, tmp_path, capsys):
     listing = _csv(tmp_path, "file\nx.png\n")
     code = main(["index", "--checkpoint", str(setup["checkpoint"]), "--images", str(listing), "--out", str(tmp_path / "i")])

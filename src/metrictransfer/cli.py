@@ -210,6 +210,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from metrictransfer.search import Gallery
 
+    if args.grid:
+        from metrictransfer.engine.logging import figure_format
+
+        figure_format(args.grid)  # a format matplotlib cannot write fails before the search, not after
     gallery = Gallery(args.index, args.checkpoint, _device(args.device))
     results = gallery.search(args.queries, args.k)
     query_labels = [_folder_label(q, gallery.meta["classes"]) for q in args.queries]

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only, no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from metrictransfer.errors import MissingPackageError  # noqa: E402
+from metrictransfer.errors import ConfigError, MissingPackageError  # noqa: E402
 from metrictransfer.io import atomic_write, atomic_write_text  # noqa: E402
 
 
@@ -28,10 +28,22 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
     atomic_write_text(text.getvalue(), path)
 
 
+def figure_format(path: str | Path) -> str:
+    """The format matplotlib writes for ``path``'s extension (png without one); ConfigError otherwise."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = Path(path).suffix[1:].lower() or "png"
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise ConfigError(f"cannot draw {path}: matplotlib writes no .{fmt} files; use .png "
+                          f"(or {', '.join('.' + f for f in sorted(supported))})")
+    return fmt
+
+
 def save_figure(fig, path: str | Path, **options) -> None:
     """``fig.savefig`` atomically (a plot is rewritten every epoch: a crash must not leave half of one)."""
-    path = Path(path)
-    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", **options), "wb")
+    fmt = figure_format(path)  # the temporary file's name ends in .partial: matplotlib needs the format
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, **options), "wb")
 
 
 class TensorBoardLog:

@@ -8,8 +8,6 @@ from typing import Callable
 from PIL import Image
 
 from metrictransfer.data.images import open_rgb8
-from metrictransfer.errors import ConfigError
-from metrictransfer.io import staged_path
 from metrictransfer.search.gallery import Neighbour
 
 SAME, OTHER = "#2ca02c", "#d62728"  # green frame: same class as the query; red: another class
@@ -26,18 +24,12 @@ def draw_grid(queries: list[str], results: list[list[Neighbour]], out: str | Pat
     then its neighbours nearest first with their distances; frames are green or red when both the
     query's and the neighbour's classes are known. ``load`` turns a path into an image (datasets
     without files name their items otherwise)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.backend_bases import FigureCanvasBase
+
+    from metrictransfer.engine.logging import figure_format, save_figure  # also selects the Agg backend
 
     out = Path(out)
-    fmt = out.suffix[1:].lower() or "png"
-    supported = FigureCanvasBase.get_supported_filetypes()
-    if fmt not in supported:
-        raise ConfigError(f"cannot draw the grid as {out}: matplotlib writes no .{fmt} files; use .png "
-                          f"(or {', '.join('.' + f for f in sorted(supported))})")
+    figure_format(out)  # before any work
     query_labels = query_labels or [None] * len(queries)
     columns = 1 + max((len(r) for r in results), default=0)
     fig, axes = plt.subplots(len(queries), columns, figsize=(thumb * columns, thumb * 1.15 * len(queries)), squeeze=False)
@@ -53,8 +45,7 @@ def draw_grid(queries: list[str], results: list[list[Neighbour]], out: str | Pat
             _show(ax, load(n.path), f"{n.distance:.3f}" + (f"\n{n.label}" if n.label else ""), colour)
     fig.tight_layout()
     try:
-        with staged_path(out) as staged:  # the staged name ends in .partial: name the format
-            fig.savefig(staged, dpi=100, format=fmt)
+        save_figure(fig, out, dpi=100)
     finally:
         plt.close(fig)
     return out
