@@ -15,16 +15,17 @@ def mean_std(values: list[float]) -> str:
 
 
 def train_once(raw: dict, out: Path, origin: str) -> dict:
-    """Train one configuration into ``out`` unless it already finished there (its results.json exists),
-    so that an interrupted benchmark resumes where it stopped."""
+    """Train one configuration into ``out`` unless it already finished there (its results.json exists);
+    a run an interrupted benchmark left unfinished there is resumed."""
     from metrictransfer.config import build_config
+    from metrictransfer.engine.run_folder import holds_run
     from metrictransfer.engine.trainer import train
 
     done = out / "results.json"
     if done.is_file():
         return json.loads(done.read_text())
     print(f"== {out}", flush=True)
-    return train(build_config(raw, origin=f"{origin} {out}"), out, progress=False)
+    return train(build_config(raw, origin=f"{origin} {out}"), out, resume=holds_run(out), progress=False)
 
 
 class Stepper:

@@ -36,7 +36,8 @@ def main() -> None:
     per_seed: dict[int, dict] = {}
     for seed in args.seeds:
         started = time.perf_counter()
-        summary = run_demo(work / f"seed{seed}", seed=seed, epochs_scale=args.epochs_scale, progress=False)
+        summary = run_demo(work / f"seed{seed}", seed=seed, epochs_scale=args.epochs_scale, progress=False,
+                           overwrite=True)  # the benchmark's own folder: a rerun measures afresh
         per_seed[seed] = {"seconds": round(time.perf_counter() - started, 1), "models": summary["models"]}
 
     configs = demo_configs(work, epochs_scale=args.epochs_scale)

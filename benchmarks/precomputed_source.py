@@ -43,14 +43,16 @@ def main() -> None:
     work = Path(args.work)
 
     started = time.perf_counter()
-    online = train(build_config(target({"source_checkpoint": args.source}, args.seed)), work / "online", progress=False)
+    online = train(build_config(target({"source_checkpoint": args.source}, args.seed)), work / "online", progress=False,
+                   overwrite=True)
     online_s = time.perf_counter() - started
 
     started = time.perf_counter()
     model, config = load_embedding_model(args.source)
     save_embeddings(work / "source_train.npz", embed_split(model, config, "train", "cpu"))
     embed_s = time.perf_counter() - started
-    table = train(build_config(target({"source_embeddings": str(work / "source_train.npz")}, args.seed)), work / "table", progress=False)
+    table = train(build_config(target({"source_embeddings": str(work / "source_train.npz")}, args.seed)), work / "table", progress=False,
+                  overwrite=True)
     table_s = time.perf_counter() - started
 
     rows = [("source runs every step (paper)", online, online_s, 0.0), ("precomputed source table", table, table_s, embed_s)]
