@@ -89,3 +89,34 @@ def test_mutual_recipes_state_the_papers_figures_and_cover_the_ablation():
         assert independent.mutual.weight == 0.0
         rows = {p.stem.split("_ablation_")[1] for p in (RECIPES / "mutual").glob(f"{dataset}_ablation_*.yaml")}
         assert rows | {"all"} == set(ABLATION)
+
+
+@pytest.mark.parametrize("backbone, expected", [
+    ("resnet50.tv_in1k", "imagenet"),  # torchvision's weights, as the papers' code loads them
+    ("inception_v3.tv_in1k", "inception"),
+    ("vit_base_patch16_clip_224.openai", "clip"),
+])
+def test_normalization_model_is_the_backbones_own_convention(backbone, expected):
+    config = build_config({}, [f"model.backbone={backbone}", "data.normalization=model"])
+    assert config.data.normalization == expected  # stored resolved: the run folder says what was used
+
+
+def test_normalization_model_refuses_a_cohort_whose_members_expect_different_inputs():
+    with pytest.raises(ConfigError, match=r"expect different inputs \(imagenet, inception\)"):
+        build_config({"method": "mutual", "model": {"normalize": True},
+                      "mutual": {"members": 2, "backbones": ["resnet18", "inception_v3.tv_in1k"]},
+                      "data": {"normalization": "model"}})
+
+
+def test_inception_and_clip_statistics_normalise_as_their_weights_expect():
+    import torch
+    from PIL import Image
+
+    from metrictransfer.data.transforms import NORMALIZATION_STATS, build_transform
+
+    grey = Image.new("RGB", (8, 8), (128, 128, 128))
+    for name in ("inception", "clip"):
+        mean, std = NORMALIZATION_STATS[name]
+        x = build_transform("glyphs", False, 8, name)(grey)
+        expected = (128 / 255 - torch.tensor(mean)) / torch.tensor(std)
+        torch.testing.assert_close(x[:, 0, 0], expected.float(), rtol=0, atol=1e-5)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from metrictransfer.data.transforms import TRANSFORMS
+from metrictransfer.data.transforms import NORMALIZATIONS, TRANSFORMS, model_normalization
 from metrictransfer.errors import ConfigError
 from metrictransfer.io import atomic_write_text
 from metrictransfer.losses import METRIC_LOSSES, MINERS, TRANSFER_LOSSES, build_transfer_loss
@@ -40,7 +40,8 @@ class DataConfig(Strict):
     root: str | None = Field(None, description="the folder holding the dataset's files (csv: the CSV file)")
     image_size: int = Field(32, ge=8)
     transform: str = "glyphs"
-    normalization: Literal["imagenet", "bn_inception"] = "imagenet"
+    normalization: str = Field("imagenet", description="the weights' input convention by name, or model: read "
+                               "from the backbone's pretrained configuration when the configuration is loaded")
     skip_bad_images: bool = False
     test_fraction: float = Field(0.5, gt=0, lt=1, description="folder/csv without a split: share of classes held out")
     train_classes: list[str] | None = None
@@ -60,6 +61,11 @@ class DataConfig(Strict):
     @classmethod
     def _transform(cls, v: str) -> str:
         return _check_name(v, TRANSFORMS, "transform")
+
+    @field_validator("normalization")
+    @classmethod
+    def _normalization(cls, v: str) -> str:
+        return v if v == "model" else _check_name(v, dict.fromkeys(NORMALIZATIONS), "normalization")
 
     @model_validator(mode="after")
     def _root_when_needed(self) -> "DataConfig":
@@ -316,6 +322,20 @@ class RunConfig(Strict):
     @classmethod
     def _precision_as_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # YAML reads `precision: 16` as a number
+
+    @model_validator(mode="after")
+    def _resolve_model_normalization(self) -> "RunConfig":
+        """``normalization: model`` becomes the backbone's own convention here, once, so the stored
+        configuration says what was used (and every member of a cohort must share it)."""
+        backbones = self.mutual.backbones if self.method == "mutual" and self.mutual.backbones else [self.model.backbone]
+        for data in (self.data, self.eval.data):
+            if data is not None and data.normalization == "model":
+                found = {model_normalization(b) for b in backbones}
+                if len(found) > 1:
+                    raise ValueError(f"data.normalization: model: the cohort's backbones {backbones} expect different "
+                                     f"inputs ({', '.join(sorted(found))}); members share their views")
+                data.normalization = found.pop()
+        return self
 
     @model_validator(mode="after")
     def _transfer_needs_source(self) -> "RunConfig":

@@ -13,7 +13,36 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Caffe-trained BN-Inception weights expect BGR channels in 0–255 with these means subtracted, std 1.
 BN_INCEPTION_MEAN_BGR = (104.0, 117.0, 128.0)
-NORMALIZATIONS = ("imagenet", "bn_inception")
+# Input conventions of pretrained weights, by name: RGB in [0, 1], then (x - mean) / std.
+NORMALIZATION_STATS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),  # torchvision's and most timm weights
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # Inception-v3/v4, many ViTs: [-1, 1]
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),  # CLIP, EVA
+}
+NORMALIZATIONS = (*NORMALIZATION_STATS, "bn_inception")
+# timm's pretrained_cfg key by which a model states an input convention mean/std cannot express
+BGR_CONVENTION = "bgr_0_255"
+
+
+def model_normalization(backbone: str) -> str:
+    """The input convention of a timm backbone's weights (its pretrained configuration), by name: what
+    ``data.normalization: model`` means. Weights trained on other statistics than the named ones are
+    refused: a silent ImageNet default would feed them inputs they never saw."""
+    from timm.models import get_pretrained_cfg
+
+    import metrictransfer.models  # noqa: F401  (registers the backbones written here, e.g. bn_inception)
+
+    cfg = get_pretrained_cfg(backbone)
+    if cfg is None:
+        raise ConfigError(f"data.normalization: model: timm has no pretrained configuration for {backbone!r}; "
+                          f"name the normalization ({', '.join(NORMALIZATIONS)})")
+    if getattr(cfg, "input_convention", None) == BGR_CONVENTION or (cfg.to_dict().get("input_convention") == BGR_CONVENTION):
+        return "bn_inception"
+    for name, (mean, std) in NORMALIZATION_STATS.items():
+        if all(abs(a - b) < 1e-3 for a, b in zip((*cfg.mean, *cfg.std), (*mean, *std))):
+            return name
+    raise ConfigError(f"data.normalization: model: {backbone!r} was trained with mean {cfg.mean} and std {cfg.std}, "
+                      f"which none of {', '.join(NORMALIZATION_STATS)} is")
 
 
 def _bgr_0_255(image: torch.Tensor) -> torch.Tensor:
@@ -25,7 +54,7 @@ def _to_tensor(normalization: str = "imagenet") -> list:
     steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if normalization == "bn_inception":
         return steps + [v2.Lambda(_bgr_0_255), v2.Normalize(BN_INCEPTION_MEAN_BGR, (1.0, 1.0, 1.0))]
-    return steps + [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return steps + [v2.Normalize(*NORMALIZATION_STATS[normalization])]
 
 
 def _crop_scale(smallest: float, strength: float) -> tuple[float, float]:
