@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metrictransfer.errors import CheckpointError, ConfigError, MissingFileError
+from metrictransfer.models.bn_inception import BNInception, checkpoint_filter_fn
 
 
 class EmbeddingModel(nn.Module):
@@ -105,12 +106,14 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"backbone weights {path} hold a {type(state).__name__}, not a state dict of tensors "
                               "(parameter name → tensor)")
+    if isinstance(backbone, BNInception):  # copies of its ImageNet file store 1-D tensors as (1, C)
+        state = checkpoint_filter_fn(state, backbone)
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches: another architecture's weights
         raise CheckpointError(f"weights in {path} do not fit the backbone: {str(err).splitlines()[-1].strip()}") from None
     # A classifier in the file is expected (timm backbones are built headless); anything else is not.
-    unexpected = [k for k in unexpected if not k.startswith(("fc.", "head", "classifier"))]
+    unexpected = [k for k in unexpected if not k.startswith(("fc.", "head", "classifier", "last_linear."))]
     if missing or unexpected:
         raise CheckpointError(
             f"weights in {path} do not fit the backbone: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
