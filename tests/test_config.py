@@ -83,7 +83,8 @@ def test_mutual_recipes_state_the_papers_figures_and_cover_the_ablation():
         headline = (RECIPES / "mutual" / f"{dataset}_mutual.yaml").read_text()
         assert f"Recall@1 {figure}" in headline
         config = load_config(RECIPES / "mutual" / f"{dataset}_mutual.yaml")
-        assert (config.model.backbone, config.model.embedding_dim, config.model.pretrained) == ("resnet50", 512, True)
+        assert (config.model.backbone, config.model.embedding_dim, config.model.pretrained) == ("resnet50.tv_in1k", 512, True)
+        assert config.data.normalization == "imagenet"  # torchvision's weights' own statistics
         assert (config.mutual.model_diversity, config.mutual.view_diversity, config.mutual.taus()) == (True, True, [1, 2])
         independent = load_config(RECIPES / "mutual" / f"{dataset}_ablation_independent.yaml")
         assert independent.mutual.weight == 0.0
@@ -120,3 +121,22 @@ def test_inception_and_clip_statistics_normalise_as_their_weights_expect():
         x = build_transform("glyphs", False, 8, name)(grey)
         expected = (128 / 255 - torch.tensor(mean)) / torch.tensor(std)
         torch.testing.assert_close(x[:, 0, 0], expected.float(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dataset", ["cub", "cars", "sop"])
+def test_table1_recipes_name_the_papers_backbones_and_weights(dataset):
+    """The paper's own code: BN-Inception (Caffe weights, BGR 0-255) for self-transfer and dimension
+    reduction, torchvision's ResNet-50 -> ResNet-18 for compression; targets' batch norm trains."""
+    expected = {"self_transfer": ("bn_inception", 512, "bn_inception", "bn_inception"),
+                "dim_reduction": ("bn_inception", 64, "bn_inception", "bn_inception"),
+                "compression": ("resnet18.tv_in1k", 128, "imagenet", "resnet50")}
+    for setting, (backbone, dim, normalization, source) in expected.items():
+        config = load_config(RECIPES / "table1" / f"{dataset}_{setting}_relaxed_contrastive.yaml")
+        assert (config.model.backbone, config.model.embedding_dim, config.model.pretrained) == (backbone, dim, True)
+        assert config.data.normalization == normalization and not config.model.freeze_batchnorm
+        assert config.transfer.source_checkpoint == f"runs/{dataset}-source-{source}-512"
+    sources = {"source": ("resnet50.tv_in1k", "imagenet"), "source_bn_inception": ("bn_inception", "bn_inception")}
+    for recipe, (backbone, normalization) in sources.items():
+        config = load_config(RECIPES / f"{dataset}_{recipe}.yaml")
+        assert (config.model.backbone, config.data.normalization) == (backbone, normalization)
+        assert config.model.freeze_batchnorm == (dataset != "sop")  # Proxy-Anchor's --bn-freeze per dataset

@@ -8,7 +8,9 @@ The paper's text beyond its abstract is not available: the settings it does not 
 authors' earlier metric-learning code (triplet, margin 0.2, distance-weighted sampling, Adam at 1e-5,
 weight decay 1e-5, batches of 128 with 5 images per class, about 4,000 iterations) or are this project's
 documented defaults (K = 2, RKD mutual loss, λ = 1, τ = 1, 2). Our schedule is cosine, where that code
-decays the rate in steps.
+decays the rate in steps. The backbone is ResNet-50 with torchvision's ImageNet weights (resnet50.tv_in1k,
+what PyTorch metric-learning code of that time loaded; timm's default resnet50 weights come from another
+training recipe) and its own input normalisation.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ def gpu_recipe(dataset: str, row: str) -> dict:
     return {
         "method": "mutual",
         "name": f"{dataset}-mutual-{row}",
-        "data": {"dataset": dataset, "root": root, "transform": "paper", "image_size": 224,
+        "data": {"dataset": dataset, "root": root, "transform": "paper", "image_size": 224, "normalization": "model",
                  "classes_per_batch": 25, "images_per_class": 5, "views": 1, "num_workers": 8},
-        "model": {"backbone": "resnet50", "embedding_dim": 512, "pretrained": True, "normalize": True},
+        "model": {"backbone": "resnet50.tv_in1k", "embedding_dim": 512, "pretrained": True, "normalize": True},
         "metric_loss": BASE_LOSS,
         "mutual": {**MUTUAL, **ABLATION[row]},
         "optim": {"optimizer": "adam", "lr": 1.0e-5, "weight_decay": 1.0e-5, "epochs": 90, "scheduler": "cosine"},

@@ -34,11 +34,7 @@ class EmbeddingModel(nn.Module):
         freeze_batchnorm: bool = False,
     ) -> None:
         super().__init__()
-        if backbone not in timm.list_models():
-            close = timm.list_models(f"*{backbone}*")[:10]
-            raise ConfigError(
-                f"unknown timm backbone {backbone!r}" + (f"; similar names: {', '.join(close)}" if close else "")
-            )
+        check_backbone_name(backbone)
         self.backbone = timm.create_model(
             backbone, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans
         )
@@ -84,6 +80,17 @@ class EmbeddingModel(nn.Module):
         with self._autocast(images):
             embeddings = self.head(self.pool(self.backbone.forward_features(images))).float()
         return F.normalize(embeddings, dim=1) if self.normalize else embeddings
+
+
+def check_backbone_name(backbone: str) -> None:
+    """A timm architecture, optionally with the tag of its weights (``resnet50.tv_in1k``), or ConfigError."""
+    arch, _, tag = backbone.partition(".")
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch}*")[:10]
+        raise ConfigError(f"unknown timm backbone {arch!r}" + (f"; similar names: {', '.join(close)}" if close else ""))
+    if tag and backbone not in timm.list_pretrained(backbone):
+        known = [name.partition(".")[2] for name in timm.list_pretrained(f"{arch}.*")]
+        raise ConfigError(f"timm has no weights {tag!r} for {arch!r}; its weights: {', '.join(known) or 'none'}")
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
