@@ -73,3 +73,180 @@ class Stepper:
 
     def step(self) -> None:
         self.update(*self.next_batch())
+
+
+# ------------------------------------------------------------------------------------ GPU benchmarks
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work: CUDA runs asynchronously, so a timer read without it measures
+    only how fast Python queued the kernels."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def environment(device) -> dict:
+    """Where a timing was taken: device name, torch / CUDA / cuDNN versions, CPU cores."""
+    import os
+
+    import torch
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    return {
+        "device": torch.cuda.get_device_name(device) if cuda else "CPU",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "tf32_conv": bool(torch.backends.cudnn.allow_tf32),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "cpu_cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def timed_steps(step, warmup: int, steps: int, device) -> tuple[float, float]:
+    """(seconds of the first call, seconds per call over ``steps`` calls after ``warmup`` calls); the
+    first call holds one-off costs (cuDNN algorithm choice, torch.compile), so it is reported apart."""
+    import time
+
+    synchronize(device)
+    started = time.perf_counter()
+    step()
+    synchronize(device)
+    first = time.perf_counter() - started
+    for _ in range(max(0, warmup - 1)):
+        step()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return first, (time.perf_counter() - started) / steps
+
+
+class _ItemCount:
+    """A stand-in training set for methods that only ask how many items and which labels it has."""
+
+    def __init__(self, labels) -> None:
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class DeviceStepper:
+    """A method, its gradient scaler and updater on a device, set up as ``trainer._train`` sets them up
+    (``to(device)``, ``configure_models``: precision, channels-last, compile; ``check_run_options``),
+    and one preloaded synthetic batch shaped as the trainer's loader gives it (P × K images × the
+    method's views, already on the device): :meth:`step` is one training step without data loading.
+
+    ``compile_backend`` replaces torch.compile's default backend (inductor) — ``"eager"`` on the CPU,
+    where inductor would first build C++ for minutes."""
+
+    def __init__(self, raw: dict, device, num_classes: int, train_size: int, compile_backend: str | None = None,
+                 origin: str = "benchmark") -> None:
+        import functools
+
+        import numpy as np
+        import torch
+
+        from metrictransfer.config import build_config
+        from metrictransfer.data.multiview import flatten_views
+        from metrictransfer.engine.trainer import Updater, check_run_options, configure_models, seed_everything
+        from metrictransfer.methods import METHODS
+        from metrictransfer.models import EmbeddingModel
+
+        config = build_config(raw, origin=origin)
+        self.config, self.device = config, torch.device(device)
+        seed_everything(config.seed)
+        data = config.data
+        self.method = METHODS[config.method](config, num_classes)
+        self.method.prepare_training_set(_ItemCount(np.arange(train_size) % num_classes))
+        check_run_options(config, self.device, self.method)  # e.g. float16 on a CPU is refused, as in training
+        self.method = self.method.to(self.device)
+        real_compile = EmbeddingModel.compile
+        if compile_backend is not None:
+            EmbeddingModel.compile = functools.partialmethod(real_compile, backend=compile_backend)
+        try:
+            configure_models(self.method, config, self.device)
+        finally:
+            EmbeddingModel.compile = real_compile
+        self.method.train()
+        scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "16")
+        self.updater = Updater(self.method, config.optim, 100, scaler)
+
+        batch = data.classes_per_batch * data.images_per_class
+        views = len(self.method.train_transforms(data)) * data.views
+        generator = torch.Generator().manual_seed(config.seed)
+        images = torch.randn(batch, views, 3, data.image_size, data.image_size, generator=generator)
+        labels = torch.arange(data.classes_per_batch).repeat_interleave(data.images_per_class)
+        images, labels = flatten_views(images, labels)
+        layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.images = images.to(self.device, memory_format=layout)
+        self.labels = labels.to(self.device)
+        self.indices = torch.arange(batch).repeat_interleave(views).to(self.device)
+
+    @property
+    def rows(self) -> int:
+        """Images through the networks per step (views included)."""
+        return len(self.images)
+
+    def step(self) -> float:
+        """One training step as the trainer runs it: loss, finiteness check, backward, update; the loss."""
+        loss, _ = self.method.training_loss(self.images, self.labels, self.indices)
+        value = float(loss.detach())  # the trainer reads the loss's finiteness every step: the same synchronisation
+        self.updater.backward(loss)
+        self.updater.step()
+        return value
+
+
+def write_cub_tree(root: Path, train_per_class: int, test_per_class: int, size: tuple[int, int] = (500, 375),
+                   distinct: int = 64, seed: int = 0) -> dict:
+    """A synthetic CUB-200-2011 tree (images.txt, image_class_labels.txt, classes.txt, images/) of
+    ``size`` JPEGs: classes 1–100 (train) with ``train_per_class`` images, 101–200 (test) with
+    ``test_per_class``. ``distinct`` different pictures (smooth colour fields with fine noise, about the
+    entropy of a photo) are written once and hard-linked under every listed name: decoding costs the
+    same, the tree takes seconds to build and little disk. Returns the tree's facts (counts, mean bytes)."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pool = root / "pool"
+    pool.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    pictures = []
+    for i in range(distinct):
+        coarse = rng.uniform(0, 255, (height // 16 + 1, width // 16 + 1, 3)).astype(np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float32)
+        pixels = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+        path = pool / f"{i:03d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        pictures.append(path)
+    images, labels, names = [], [], []
+    image_id = 0
+    for class_id in range(1, 201):
+        name = f"{class_id:03d}.Synthetic_{class_id}"
+        names.append(f"{class_id} {name}")
+        (root / "images" / name).mkdir(parents=True, exist_ok=True)
+        for k in range(train_per_class if class_id <= 100 else test_per_class):
+            image_id += 1
+            rel = f"{name}/Synthetic_{class_id}_{k:04d}.jpg"
+            target = root / "images" / rel
+            try:
+                os.link(pictures[image_id % distinct], target)
+            except OSError:  # a file system without hard links
+                target.write_bytes(pictures[image_id % distinct].read_bytes())
+            images.append(f"{image_id} {rel}")
+            labels.append(f"{image_id} {class_id}")
+    (root / "images.txt").write_text("\n".join(images) + "\n")
+    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    (root / "classes.txt").write_text("\n".join(names) + "\n")
+    mean_bytes = sum(p.stat().st_size for p in pictures) / len(pictures)
+    return {"root": str(root), "train_images": 100 * train_per_class, "test_images": 100 * test_per_class,
+            "size": list(size), "distinct_pictures": distinct, "mean_jpeg_bytes": round(mean_bytes)}
