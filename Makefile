@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test gpu-check install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Every GPU path in one command (tests, throughput tables, a Table 1 smoke run; about 10 min on one H100).
+# DRY=1: the same scripts at toy sizes on the CPU (what CI runs, so they cannot rot).
+gpu-check: $(STAMP)
+	@$(BIN)/python benchmarks/gpu_check.py $(if $(filter 1 yes true,$(DRY)),--dry)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
