@@ -6,7 +6,8 @@
 1. Training steps on a preloaded synthetic batch (data loading left out), set up exactly as the trainer
    sets a run up (benchmarks/common.py DeviceStepper), 224 px, untrained weights (speed only):
    - source: ResNet-50 512-d, Proxy-Anchor (recipes/cub_source.yaml: 45 classes × 2 images × 2 views
-     = 180 images per step); BN-Inception too when timm knows ``bn_inception``;
+     = 180 images per step); BN-Inception too (recipes/cub_source_bn_inception.yaml) when timm knows
+     ``bn_inception`` after ``import metrictransfer.models``;
    - transfer: ResNet-50 512-d source (inference) → ResNet-18 128-d, relaxed contrastive
      (recipes/table1/cub_compression_relaxed_contrastive.yaml, 180 images per step);
    - cohort: two ResNet-50 512-d members (recipes/mutual/cub_mutual.yaml: 25 × 5 images, one view per
@@ -55,6 +56,7 @@ from metrictransfer.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DRY_RESULTS = Path(tempfile.gettempdir()) / "metrictransfer-gpu-check-dry"
+SOURCE, BN_INCEPTION = "recipes/cub_source.yaml", "recipes/cub_source_bn_inception.yaml"
 PRECISIONS = ("32", "bf16", "16")
 # compiled cells after the eager grid, most useful first: the fastest likely setting, then the default
 COMPILE_ORDER = [("bf16", True), ("32", False), ("16", True), ("bf16", False), ("32", True), ("16", False)]
@@ -73,7 +75,7 @@ def settings(dry: bool, source_file: Path) -> dict[str, dict]:
 
     import metrictransfer.models  # noqa: F401  (registers the library's own timm models, if any)
 
-    source = recipe("recipes/cub_source.yaml")
+    source = recipe(SOURCE)
     transfer = recipe("recipes/table1/cub_compression_relaxed_contrastive.yaml")
     transfer["transfer"]["source_checkpoint"] = str(source_file)
     cohort = recipe("recipes/mutual/cub_mutual.yaml")
@@ -83,8 +85,8 @@ def settings(dry: bool, source_file: Path) -> dict[str, dict]:
         "transfer ResNet-50 → ResNet-18 128-d, relaxed contrastive": transfer,
         "cohort 2 × ResNet-50 512-d, RKD mutual": cohort,
     }
-    if timm.is_model("bn_inception"):
-        out["source BN-Inception 512-d, Proxy-Anchor"] = {**source, "model": {**source["model"], "backbone": "bn_inception"}}
+    if timm.is_model("bn_inception") and (ROOT / BN_INCEPTION).is_file():
+        out["source BN-Inception 512-d, Proxy-Anchor"] = recipe(BN_INCEPTION)
     for raw in out.values():
         raw["model"] = {**raw["model"], "pretrained": False}
         raw.pop("name", None)
@@ -95,14 +97,17 @@ def settings(dry: bool, source_file: Path) -> dict[str, dict]:
 
 
 def save_source(path: Path, dry: bool) -> Path:
-    """An untrained ResNet-50 512-d source checkpoint (ResNet-10t when dry): speed does not depend on weights."""
+    """An untrained source checkpoint of recipes/cub_source.yaml's model (ResNet-10t when dry): speed
+    does not depend on weights, and none are downloaded."""
     from metrictransfer.config import build_config
     from metrictransfer.engine.checkpoint import save_embedding_model
-    from metrictransfer.models import EmbeddingModel
+    from metrictransfer.methods.base import build_model
 
-    backbone = "resnet10t" if dry else "resnet50"
-    raw = {"model": {"backbone": backbone, "embedding_dim": 512, "normalize": True}}
-    return save_embedding_model(EmbeddingModel(backbone, 512, normalize=True), build_config(raw), path)
+    raw = recipe(SOURCE)
+    raw.pop("name", None)
+    raw["model"] = {**raw["model"], "pretrained": False, **({"backbone": "resnet10t"} if dry else {})}
+    config = build_config(raw, origin="gpu_throughput source")
+    return save_embedding_model(build_model(config.model), config, path)
 
 
 def free(device: torch.device) -> None:
@@ -140,7 +145,7 @@ def loader_cell(tree: Path, workers: int, device: torch.device, args) -> dict:
     from metrictransfer.engine.trainer import build_train_loader
     from metrictransfer.methods import METHODS
 
-    raw = recipe("recipes/cub_source.yaml")
+    raw = recipe(SOURCE)
     raw.pop("name", None)
     raw["data"] = {**raw["data"], "root": str(tree), "num_workers": workers, "image_size": args.size}
     raw["model"] = {"backbone": "resnet10t", "embedding_dim": 16}  # the loader does not use the model
