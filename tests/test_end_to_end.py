@@ -51,16 +51,32 @@ def test_source_run_writes_everything(source_run):
     assert load_config(out / "config.yaml") == _config(method="source", name="src")
 
 
-def test_transfer_freezes_the_source_and_evaluate_matches(source_run, tmp_path):
+def test_transfer_freezes_the_source_and_evaluate_matches(source_run, tmp_path, monkeypatch):
+    from metrictransfer.methods import METHODS
+
     src_dir, _ = source_run
-    before = load_checkpoint(src_dir)["models"]["model"]
+    created, modes = [], []
+
+    class Watched(METHODS["transfer"]):  # the real method, watched from inside the training run
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+        def training_loss(self, *args, **kwargs):
+            modes.append((self.source.training, any(p.requires_grad for p in self.source.parameters())))
+            return super().training_loss(*args, **kwargs)
+
+    monkeypatch.setitem(METHODS, "transfer", Watched)
     config = _config(method="transfer", name="tgt", transfer={"source_checkpoint": str(src_dir)})
     trainer.train(config, tmp_path, progress=False)
     state = load_checkpoint(tmp_path)
     assert state["output"] == "target" and list(state["models"]) == ["target"]
-    # The source's weights and batch-norm statistics did not move during transfer.
-    after = load_checkpoint(src_dir)["models"]["model"]
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    # At every step the source was in eval mode without gradients, and after training the in-memory
+    # source still holds the checkpoint's weights and batch-norm statistics, every buffer included.
+    assert modes and set(modes) == {(False, False)}
+    saved, live = load_checkpoint(src_dir)["models"]["model"], created[0].source.state_dict()
+    assert set(live) == set(saved) and any("running_mean" in k for k in live)
+    assert all(torch.equal(live[k].cpu(), saved[k]) for k in saved)
     model, _ = load_embedding_model(tmp_path)
     assert model.embedding_dim == 16
     assert main(["evaluate", "--checkpoint", str(tmp_path), "--json"]) == 0
