@@ -259,7 +259,7 @@ DEBUG_HELP = "show the full traceback of an error (also: METRICTRANSFER_DEBUG=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from metrictransfer.config import DATASET_NAMES
+    from metrictransfer.data.names import DATASET_NAMES
 
     parser = _Parser(prog="metrictransfer", description=__doc__)
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)

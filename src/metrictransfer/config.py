@@ -13,13 +13,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from metrictransfer.data.names import DATASET_NAMES
 from metrictransfer.data.transforms import NORMALIZATIONS, TRANSFORMS, model_normalization
 from metrictransfer.errors import ConfigError
 from metrictransfer.io import atomic_write_text
 from metrictransfer.losses import METRIC_LOSSES, MINERS, TRANSFER_LOSSES, build_transfer_loss
 from metrictransfer.losses.metric import check_metric_loss_params, check_miner_params
 
-__all__ = ["ConfigError", "RunConfig", "build_config", "load_config"]
+__all__ = ["DATASET_NAMES", "ConfigError", "RunConfig", "build_config", "load_config"]
 
 
 def _check_name(value: str, registry: dict, what: str) -> str:
@@ -32,7 +33,6 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
 
 
-DATASET_NAMES = ("glyphs", "cub", "cars", "sop", "inshop", "folder", "csv", "unlabelled")
 
 
 class DataConfig(Strict):
