@@ -1,0 +1,230 @@
+"""The documentation site (docs/, mkdocs.yml) stays true: its Python examples run, its commands parse, the
+files it names exist, its configuration reference is the schema's, and it builds with ``mkdocs build --strict``."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.rglob("*.md"))
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", flags=re.S | re.M)
+
+
+def _blocks(language: str) -> list[tuple[str, str]]:
+    """(``page:line`` id, code) of every fenced block in that language, in page order."""
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        for match in FENCE.finditer(text):
+            if match.group(1) == language:
+                line = text.count("\n", 0, match.start()) + 2
+                found.append((f"{page.relative_to(DOCS)}:{line}", match.group(2)))
+    return found
+
+
+PYTHON = _blocks("python")
+SHELL = _blocks("bash")
+
+
+# --------------------------------------------------------------------------------------- Python examples
+
+
+def _registries() -> list[dict | set]:
+    """Every registry an example may add to (they are module-level dicts shared by the whole test session)."""
+    import timm.models._registry as timm_registry
+
+    from metrictransfer.data import registry as data_registry
+    from metrictransfer.losses import METRIC_LOSSES, MINERS, TRANSFER_LOSSES
+
+    timm_tables = [v for k, v in vars(timm_registry).items() if not k.startswith("__") and isinstance(v, (dict, set))]
+    return [TRANSFER_LOSSES, METRIC_LOSSES, MINERS, data_registry.DATASETS, *timm_tables]
+
+
+@pytest.fixture
+def example_sandbox(tmp_path, monkeypatch):
+    """A fresh working directory, and the registries as they were once the example has run (an example
+    that registers a loss or a backbone must not change what later tests see)."""
+    monkeypatch.chdir(tmp_path)
+    saved = [(table, _copy(table)) for table in _registries()]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models, many small ops: one thread is as fast, and steady on a busy machine
+    yield tmp_path
+    torch.set_num_threads(threads)
+    for table, before in saved:
+        table.clear()
+        table.update(before)
+
+
+def _copy(table: dict | set) -> dict | set:
+    """The table and the sets, lists and dicts it holds copied; the objects they name are shared."""
+    if isinstance(table, set):
+        return set(table)
+    return {key: copy.copy(value) if isinstance(value, (set, list, dict)) else value for key, value in table.items()}
+
+
+def test_docs_have_python_examples():
+    assert len(PYTHON) >= 10, [name for name, _ in PYTHON]
+
+
+@pytest.mark.parametrize("name, code", PYTHON, ids=[name for name, _ in PYTHON])
+def test_docs_python_block_runs(name, code, example_sandbox, monkeypatch):
+    # a fresh module, as a script's __main__ is (timm's @register_model looks the function's module up)
+    script = types.ModuleType("docs_example")
+    monkeypatch.setitem(sys.modules, script.__name__, script)
+    exec(compile(code, f"docs/{name}", "exec"), script.__dict__)
+
+
+def test_extension_examples_leave_the_registries_as_they_were():
+    from metrictransfer.losses import METRIC_LOSSES, TRANSFER_LOSSES
+
+    assert "similarity_matching" not in TRANSFER_LOSSES and "circle" not in METRIC_LOSSES
+    import timm
+
+    assert not timm.is_model("tiny_convnet")
+
+
+# ------------------------------------------------------------------------------------- shell commands
+
+
+def _commands() -> list[tuple[str, list[str]]]:
+    """(block id, argv) of every command line in the docs' bash blocks (continuations joined, comments cut)."""
+    found = []
+    for name, code in SHELL:
+        for line in code.replace("\\\n", " ").splitlines():
+            argv = shlex.split(line, comments=True)
+            if argv:
+                found.append((name, argv))
+    return found
+
+
+COMMANDS = _commands()
+
+
+def test_docs_metrictransfer_commands_parse():
+    """Every ``metrictransfer ...`` line shown is accepted by the real argument parser (commands, options,
+    choices), and the recipes it names exist."""
+    from metrictransfer.cli import build_parser
+
+    checked = 0
+    for name, argv in COMMANDS:
+        if argv[0].endswith("bin/metrictransfer") or argv[0] == "metrictransfer":
+            args = argv[1:]
+        elif "metrictransfer.cli" in argv:
+            args = argv[argv.index("metrictransfer.cli") + 1:]
+        else:
+            continue
+        try:
+            build_parser().parse_args(args)
+        except SystemExit as stop:
+            pytest.fail(f"{name}: `{shlex.join(argv)}` is not a valid command line (exit {stop.code})")
+        for arg in args:
+            if arg.startswith("recipes/") and arg.endswith(".yaml"):
+                assert (ROOT / arg).is_file(), f"{name}: no recipe {arg}"
+        checked += 1
+    assert checked >= 30
+
+
+def test_docs_make_targets_exist():
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
+    shown = {argv[1] for _, argv in COMMANDS if argv[0] == "make" and len(argv) > 1}
+    assert shown and shown <= targets, shown - targets
+
+
+# --------------------------------------------------------------------------------- files the docs name
+
+# Written by `make gpu-check` on a GPU machine: named before they exist.
+NOT_YET_WRITTEN = re.compile(r"benchmarks/results/gpu_")
+PATH = re.compile(r"(?<![\w./(-])((?:src/)?(?:metrictransfer|recipes|benchmarks|tests|examples|scripts)/[\w./-]*\w)")
+
+
+def test_files_named_in_the_docs_exist():
+    """Paths of the repository named in prose or commands (not in ``diff`` blocks, which show files to add)."""
+    missing = []
+    for page in PAGES:
+        text = FENCE.sub(lambda m: "" if m.group(1) == "diff" else m.group(0), page.read_text())
+        for path in set(PATH.findall(text)):
+            if not Path(path).suffix or NOT_YET_WRITTEN.match(path):
+                continue
+            where = ROOT / path if not path.startswith("metrictransfer/") else ROOT / "src" / path
+            if not where.exists():
+                missing.append(f"{page.relative_to(DOCS)}: {path}")
+    assert not missing, missing
+
+
+def test_every_benchmark_table_is_on_a_page():
+    """Each table in benchmarks/results/ is included (pymdownx.snippets) by a page of the Benchmarks section."""
+    included = set()
+    for page in PAGES:
+        included |= set(re.findall(r'^--8<-- "([^"]+)"', page.read_text(), flags=re.M))
+    tables = {f"benchmarks/results/{p.name}" for p in (ROOT / "benchmarks" / "results").glob("*.md")}
+    tables = {t for t in tables if not NOT_YET_WRITTEN.match(t)}
+    assert tables <= included, f"add a page in docs/benchmarks/ for {sorted(tables - included)}"
+    assert all((ROOT / path).is_file() for path in included)
+
+
+# ---------------------------------------------------------------------------- configuration reference
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("config_reference", ROOT / "scripts" / "config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_configuration_reference_is_the_schemas():
+    generator = _generator()
+    text, _ = generator.render()
+    assert generator.PAGE.read_text() == text, (
+        "docs/reference/configuration.md differs from the schema: run .venv/bin/python scripts/config_reference.py"
+    )
+
+
+def test_configuration_reference_lists_every_key():
+    from pydantic import BaseModel
+
+    from metrictransfer.config import RunConfig
+
+    text = (DOCS / "reference" / "configuration.md").read_text()
+    for name, field in RunConfig.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            keys = [f"{name}.{key}" for key in section.model_fields]
+        else:
+            keys = [name]
+        for key in keys:
+            assert f"| `{key}` |" in text, key
+
+
+# --------------------------------------------------------------------------------------------- the site
+
+
+def test_mkdocs_build_strict(tmp_path):
+    for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
+        if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (pip install -e '.[docs]')")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
+         "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stderr, result.stderr
+    api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
+    assert 'id="metrictransfer.engine.trainer.train"' in api and ":class:" not in api
+    for page in (tmp_path / "site").rglob("*.html"):  # offline: no fonts, scripts or styles from the network
+        remote = re.findall(r'<(?:link|script)[^>]*(?:href|src)="(?:https?:)?//[^"]*"', page.read_text())
+        assert not remote, (page, remote)
