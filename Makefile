@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test gpu-check install clean
+.PHONY: demo test gpu-check docs install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,5 +25,10 @@ test: $(STAMP)
 gpu-check: $(STAMP)
 	@$(BIN)/python benchmarks/gpu_check.py $(if $(filter 1 yes true,$(DRY)),--dry)
 
+# The documentation site (docs/), offline; fails on any warning. SITE=DIR to build elsewhere.
+docs: $(STAMP)
+	$(BIN)/python scripts/config_reference.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(or $(SITE),site)
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache site
