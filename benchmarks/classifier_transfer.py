@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from common import mean_std, train_once
+
 from metrictransfer.demo import DEMO_DATA
 
 RESULTS = Path(__file__).resolve().parent / "results"

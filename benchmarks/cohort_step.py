@@ -23,9 +23,9 @@ import statistics
 import time
 from pathlib import Path
 
+import common
 import torch
 
-import common
 from metrictransfer.demo import DEMO_DATA
 
 RESULTS = Path(__file__).resolve().parent / "results"

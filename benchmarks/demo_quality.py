@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import mean_std
+
 from metrictransfer.demo import demo_configs, run_demo
 
 RESULTS = Path(__file__).resolve().parent / "results"

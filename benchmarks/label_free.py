@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from common import mean_std, train_once
+
 from metrictransfer.demo import DEMO_SOURCE, DEMO_TARGET
 
 RESULTS = Path(__file__).resolve().parent / "results"

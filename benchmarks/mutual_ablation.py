@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from common import mean_std, train_once
+
 from metrictransfer.demo import DEMO_DATA
 from metrictransfer.methods.mutual import ABLATION
 

@@ -64,8 +64,10 @@ def main() -> None:
     ]
     for label, result, seconds, embed in rows:
         f = result["final"]
-        lines.append(f"| {label} | {100 * f['recall@1']:.1f} | {100 * f['recall@2']:.1f} | {seconds:.0f} | {embed:.0f} | {seconds / online_s:.2f} |")
-    lines += ["", f"Seed {args.seed}, source {args.source}. Rerun: `.venv/bin/python benchmarks/precomputed_source.py --source {args.source}`"]
+        lines.append(f"| {label} | {100 * f['recall@1']:.1f} | {100 * f['recall@2']:.1f} | {seconds:.0f} | {embed:.0f} "
+                     f"| {seconds / online_s:.2f} |")
+    lines += ["", f"Seed {args.seed}, source {args.source}. "
+                  f"Rerun: `.venv/bin/python benchmarks/precomputed_source.py --source {args.source}`"]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "precomputed_source.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "precomputed_source.json").write_text(json.dumps(

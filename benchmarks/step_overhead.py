@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import Stepper
+
 from metrictransfer.config import build_config
 from metrictransfer.demo import DEMO_DATA
 from metrictransfer.engine.checkpoint import save_embedding_model

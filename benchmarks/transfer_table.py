@@ -26,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from common import mean_std, train_once
+
 from metrictransfer.demo import DEMO_SOURCE, DEMO_TARGET
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -177,7 +178,8 @@ def write_table(args, results: dict, minutes: float) -> None:
         "",
         f"Rerun: `.venv/bin/python benchmarks/transfer_table.py --seeds {' '.join(map(str, args.seeds))}"
         + (f" --settings {' '.join(repr(s) for s in args.settings)}" if args.settings != list(SETTINGS) else "")
-        + (f" --epochs-scale {args.epochs_scale}" if args.epochs_scale != 1.0 else "") + f"` ({minutes:.0f} min of training in this invocation; runs already in --work are reused).",
+        + (f" --epochs-scale {args.epochs_scale}" if args.epochs_scale != 1.0 else "")
+        + f"` ({minutes:.0f} min of training in this invocation; runs already in --work are reused).",
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")

@@ -131,7 +131,7 @@ def test_fonts_come_from_matplotlib_families(arrays: GlyphsArrays) -> None:
 
 def test_every_image_font_has_its_character(arrays: GlyphsArrays) -> None:
     cmaps = [FT2Font(os.fspath(FONT_DIR / name)).get_charmap() for name in arrays.fonts]
-    for label, font_id in {(int(l), int(f)) for l, f in zip(arrays.labels, arrays.font_ids)}:
+    for label, font_id in {(int(c), int(f)) for c, f in zip(arrays.labels, arrays.font_ids)}:
         ch = arrays.chars[label]
         assert cmaps[font_id].get(ord(ch), 0) != 0, (ch, arrays.fonts[font_id])
         assert glyphs.font_has_char(FONT_DIR / arrays.fonts[font_id], ch)

@@ -158,7 +158,7 @@ def test_a_reduced_precision_step_is_finite_and_close_to_float32(precision, meas
     loss32.backward()
     scaler = torch.amp.GradScaler(DEVICE.type, enabled=precision == "16")
     optimizer = torch.optim.SGD(reduced.parameters(), lr=0.0)  # only for the scaler's unscale and skip logic
-    for attempt in range(40):
+    for attempt in range(40):  # noqa: B007  (read after the loop: how many steps the scaler skipped)
         optimizer.zero_grad(set_to_none=True)
         loss = reduced.training_loss(images, labels)[0]
         assert loss.dtype == torch.float32 and torch.isfinite(loss)

@@ -18,7 +18,7 @@ def _k_list(text: str) -> list[int]:
     try:
         ks = [int(k) for k in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 1,2,4,8, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 1,2,4,8, got {text!r}") from None
     if any(k < 1 for k in ks):
         raise argparse.ArgumentTypeError(f"K values must be >= 1, got {text!r}")
     return ks

@@ -61,8 +61,8 @@ def _metrics_table(results: dict) -> list[str]:
     rows = models or ["run"]
     lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for model in rows:
-        key = (lambda n: f"{model}/{n}") if models else (lambda n: n)
-        lines.append(f"| {model} | " + " | ".join(f"{100 * final[key(n)]:.1f}" if key(n) in final else "–" for n in names) + " |")
+        keys = [f"{model}/{n}" if models else n for n in names]
+        lines.append(f"| {model} | " + " | ".join(f"{100 * final[k]:.1f}" if k in final else "–" for k in keys) + " |")
     return lines
 
 

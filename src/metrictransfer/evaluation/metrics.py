@@ -154,7 +154,9 @@ def retrieval_metrics(
     return out
 
 
-def recall_at_k(embeddings, labels, ks: Sequence[int] = (1, 2, 4, 8), metric: str = "euclidean", block_size: int | None = None) -> dict[str, float]:
+def recall_at_k(
+    embeddings, labels, ks: Sequence[int] = (1, 2, 4, 8), metric: str = "euclidean", block_size: int | None = None
+) -> dict[str, float]:
     """Only the ``recall@k`` entries of :func:`retrieval_metrics` (all-vs-all)."""
     metrics = retrieval_metrics(embeddings, labels, ks, metric, block_size=block_size)
     return {k: v for k, v in metrics.items() if k.startswith("recall@")}
