@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test gpu-check docs install clean
+.PHONY: demo test lint gpu-check docs install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# ruff (lint and import order, configured in pyproject.toml); CI runs it before the tests
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # Every GPU path in one command (tests, throughput tables, a Table 1 smoke run; about 10 min on one H100).
 # DRY=1: the same scripts at toy sizes on the CPU (what CI runs, so they cannot rot).

@@ -24,6 +24,8 @@ from metrictransfer.engine import trainer
 from metrictransfer.engine.checkpoint import load_checkpoint, load_embedding_model, save_embedding_model
 from metrictransfer.models import EmbeddingModel
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
 HERE = Path(__file__).parent
 MODEL = {"backbone": "resnet10t", "embedding_dim": 16, "freeze_batchnorm": True}
 

@@ -20,6 +20,8 @@ from metrictransfer.engine import trainer
 from metrictransfer.engine.checkpoint import atomic_save, load_checkpoint, run_checkpoints
 from metrictransfer.methods.source import SourceMethod
 
+pytestmark = pytest.mark.slow
+
 TINY = {
     "data": {"num_classes": 4, "classes_per_batch": 4, "images_per_class": 2, "views": 2, "image_size": 32},
     "model": {"backbone": "resnet10t", "embedding_dim": 16},
