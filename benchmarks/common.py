@@ -29,50 +29,37 @@ def train_once(raw: dict, out: Path, origin: str) -> dict:
 
 
 class Stepper:
-    """A method, its loader and its updater, set up as the trainer sets them up, for timed steps
-    (benchmarks/cohort_step.py with data loading, benchmarks/step_overhead.py on a preloaded batch)."""
+    """A run's method, loader and updater as ``Trainer.setup`` builds them (on the CPU, no callbacks), for
+    timed steps (benchmarks/cohort_step.py with data loading, benchmarks/step_overhead.py on a preloaded
+    batch)."""
 
     def __init__(self, raw: dict, origin: str) -> None:
-        import torch
-
         from metrictransfer.config import build_config
-        from metrictransfer.data.registry import build_dataset
-        from metrictransfer.engine.trainer import Updater, build_train_loader, configure_models, seed_everything
-        from metrictransfer.methods import METHODS
+        from metrictransfer.engine.trainer import Trainer
 
-        config = build_config(raw, origin=origin)
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        seed_everything(config.seed)
-        train_set = build_dataset(config.data, "train")
-        self.method = METHODS[config.method](config, int(max(train_set.labels)) + 1)
-        self.method.prepare_training_set(train_set)
-        configure_models(self.method, config, torch.device("cpu"))
-        self.method.train()
-        self.loader, batches = build_train_loader(config, self.method, train_set, torch.device("cpu"))
-        self.updater = Updater(self.method, config.optim, len(batches))
+        self.trainer = Trainer(build_config(raw, origin=origin), device_name="cpu", progress=False, callbacks=[])
+        self.trainer.setup()
+        self.trainer.start_epoch()
+        self.method, self.loader, self.updater = self.trainer.method, self.trainer.loader, self.trainer.updater
         self.batches = iter(self.loader)
+
+    def _next(self) -> tuple:
+        try:
+            return next(self.batches)
+        except StopIteration:
+            self.batches = iter(self.loader)
+            return next(self.batches)
 
     def next_batch(self) -> tuple:
         """The loader's next batch as training flattens it: images, labels and indices per view."""
-        from metrictransfer.data.multiview import flatten_views
-
-        try:
-            views, labels, indices = next(self.batches)
-        except StopIteration:
-            self.batches = iter(self.loader)
-            views, labels, indices = next(self.batches)
-        images, labels = flatten_views(views, labels)
-        return images, labels, indices.repeat_interleave(views.shape[1])
+        return self.trainer.prepare_batch(self._next())
 
     def update(self, images, labels, indices) -> None:
-        """One training step on the given batch: loss, backward, optimiser update."""
-        loss, _ = self.method.training_loss(images, labels, indices)
-        self.updater.backward(loss)
-        self.updater.step()
+        """One training step on the given batch: loss, finiteness check, backward, optimiser update."""
+        self.trainer.update(images, labels, indices)
 
     def step(self) -> None:
-        self.update(*self.next_batch())
+        self.trainer.step(self._next())
 
 
 # ------------------------------------------------------------------------------------ GPU benchmarks
@@ -139,10 +126,10 @@ class _ItemCount:
 
 
 class DeviceStepper:
-    """A method, its gradient scaler and updater on a device, set up as ``trainer._train`` sets them up
-    (``to(device)``, ``configure_models``: precision, channels-last, compile; ``check_run_options``),
-    and one preloaded synthetic batch shaped as the trainer's loader gives it (P × K images × the
-    method's views, already on the device): :meth:`step` is one training step without data loading.
+    """A run's method and updater on a device as ``Trainer.setup`` builds them (precision, channels-last,
+    compile; ``check_run_options``), over a stand-in training set of ``train_size`` images, and one
+    synthetic batch shaped as the trainer's loader gives it, prepared (flattened, laid out, on the device)
+    once: :meth:`step` is ``Trainer.update``, one training step without data loading.
 
     ``compile_backend`` replaces torch.compile's default backend (inductor) — ``"eager"`` on the CPU,
     where inductor would first build C++ for minutes."""
@@ -155,40 +142,29 @@ class DeviceStepper:
         import torch
 
         from metrictransfer.config import build_config
-        from metrictransfer.data.multiview import flatten_views
-        from metrictransfer.engine.trainer import Updater, check_run_options, configure_models, seed_everything
-        from metrictransfer.methods import METHODS
+        from metrictransfer.engine.trainer import Trainer
         from metrictransfer.models import EmbeddingModel
 
         config = build_config(raw, origin=origin)
         self.config, self.device = config, torch.device(device)
-        seed_everything(config.seed)
-        data = config.data
-        self.method = METHODS[config.method](config, num_classes)
-        self.method.prepare_training_set(_ItemCount(np.arange(train_size) % num_classes))
-        check_run_options(config, self.device, self.method)  # e.g. float16 on a CPU is refused, as in training
-        self.method = self.method.to(self.device)
+        self.trainer = Trainer(config, device_name=str(self.device), progress=False, callbacks=[])
         real_compile = EmbeddingModel.compile
         if compile_backend is not None:
             EmbeddingModel.compile = functools.partialmethod(real_compile, backend=compile_backend)
-        try:
-            configure_models(self.method, config, self.device)
+        try:  # e.g. float16 on a CPU is refused here, as in training
+            self.trainer.setup(train_set=_ItemCount(np.arange(train_size) % num_classes))
         finally:
             EmbeddingModel.compile = real_compile
-        self.method.train()
-        scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "16")
-        self.updater = Updater(self.method, config.optim, 100, scaler)
+        self.trainer.start_epoch()
+        self.method, self.updater = self.trainer.method, self.trainer.updater
 
+        data = config.data
         batch = data.classes_per_batch * data.images_per_class
         views = len(self.method.train_transforms(data)) * data.views
         generator = torch.Generator().manual_seed(config.seed)
         images = torch.randn(batch, views, 3, data.image_size, data.image_size, generator=generator)
         labels = torch.arange(data.classes_per_batch).repeat_interleave(data.images_per_class)
-        images, labels = flatten_views(images, labels)
-        layout = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.images = images.to(self.device, memory_format=layout)
-        self.labels = labels.to(self.device)
-        self.indices = torch.arange(batch).repeat_interleave(views).to(self.device)
+        self.images, self.labels, self.indices = self.trainer.prepare_batch((images, labels, torch.arange(batch)))
 
     @property
     def rows(self) -> int:
@@ -196,12 +172,14 @@ class DeviceStepper:
         return len(self.images)
 
     def step(self) -> float:
-        """One training step as the trainer runs it: loss, finiteness check, backward, update; the loss."""
-        loss, _ = self.method.training_loss(self.images, self.labels, self.indices)
-        value = float(loss.detach())  # the trainer reads the loss's finiteness every step: the same synchronisation
-        self.updater.backward(loss)
-        self.updater.step()
-        return value
+        """One training step as the trainer runs it: loss, finiteness check, backward, update; the loss
+        (NaN when it was not finite)."""
+        from metrictransfer.errors import TrainingDivergedError
+
+        try:
+            return self.trainer.update(self.images, self.labels, self.indices)["loss"]
+        except TrainingDivergedError:
+            return float("nan")
 
 
 def write_cub_tree(root: Path, train_per_class: int, test_per_class: int, size: tuple[int, int] = (500, 375),

@@ -1,8 +1,8 @@
-"""The training loop shared by every method: data, optimiser, schedule, evaluation, checkpoints, logs."""
+"""The training loop shared by every method: data, optimiser, schedule, evaluation, checkpoints; the
+logs and files around it are callbacks (metrictransfer.engine.callbacks)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from metrictransfer import __version__
 from metrictransfer.config import RunConfig, config_to_dict, resume_differences, save_config
@@ -23,6 +22,21 @@ from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine import distributed
+from metrictransfer.engine.callbacks import (
+    Callback,
+    Checkpoints,
+    CsvLog,
+    EpochLine,
+    FinalFiles,
+    ProgressBar,
+    TensorBoard,
+    curve,
+    curves,
+    epoch_line,
+    metrics_of,
+    primary_metric,
+    run_results,
+)
 from metrictransfer.engine.checkpoint import (
     CHECKPOINT_NAME,
     FORMAT_VERSION,
@@ -31,13 +45,13 @@ from metrictransfer.engine.checkpoint import (
     save_run_checkpoint,
 )
 from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
-from metrictransfer.engine.logging import TensorBoardLog, plot_recall, write_csv
+from metrictransfer.engine.logging import write_csv  # looked up here when a run starts (tests replace it)
 from metrictransfer.engine.run_folder import claim_run_folder, remove_if_unused
 from metrictransfer.errors import CheckpointError, ConfigError, DamagedCheckpointError, TrainingDivergedError
 from metrictransfer.evaluation import ensemble_embeddings, extract_embeddings, retrieval_metrics
-from metrictransfer.io import atomic_copy, atomic_write_text
+from metrictransfer.io import atomic_copy
 from metrictransfer.methods import METHODS
-from metrictransfer.methods.classifier import accuracy
+from metrictransfer.methods.base import Method
 from metrictransfer.models import EmbeddingModel
 
 
@@ -264,12 +278,6 @@ def evaluate_models(models: dict, dataset, config: RunConfig, device: torch.devi
     return row
 
 
-def classifier_accuracy(model, dataset, config: RunConfig) -> float:
-    loader = DataLoader(dataset, batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
-                        collate_fn=collate_readable)
-    return accuracy(model, loader)
-
-
 def query_gallery_masks(dataset, indices: torch.Tensor) -> dict:
     """``is_query`` / ``is_gallery`` of the embedded items (skipped images have no row), if the data has them."""
     base = getattr(dataset, "dataset", dataset)  # through the MultiViewDataset wrapper
@@ -317,6 +325,225 @@ def make_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def default_callbacks(config: RunConfig, ranks: distributed.Ranks, interactive: bool) -> list[Callback]:
+    """What ``train`` does around the steps, in this order at each hook (the epoch's checkpoint is
+    written before log.csv, so a crash between them loses no epoch); only the first process writes files."""
+    if not ranks.main:
+        return []
+    callbacks: list[Callback] = [ProgressBar()] if interactive else []
+    callbacks += [EpochLine(), Checkpoints(config.checkpoint.every_steps), CsvLog(write_csv)]
+    if config.logging.tensorboard:
+        callbacks.append(TensorBoard())
+    return callbacks + [FinalFiles()]
+
+
+class Trainer:
+    """One run: :meth:`setup` builds the method, data and optimisers; :meth:`resume` continues from the
+    run's checkpoint; :meth:`fit` trains the remaining epochs, calling every callback's hooks; :meth:`step`
+    is one training step. The position (``epoch``, ``done`` batches of it, the epoch's running ``totals``)
+    and ``history`` are what a checkpoint stores beside the weights, optimisers and random streams.
+    """
+
+    def __init__(self, config: RunConfig, out: str | Path | None = None, *, ranks: distributed.Ranks | None = None,
+                 device_name: str | None = None, progress: bool | None = None,
+                 callbacks: list[Callback] | None = None) -> None:
+        self.config = config
+        self.out = None if out is None else Path(out)
+        self.ranks = ranks or distributed.current()
+        self.device_name = device_name or config.device
+        self.interactive = self.ranks.main and (sys.stderr.isatty() if progress is None else progress)
+        self.callbacks = default_callbacks(config, self.ranks, self.interactive) if callbacks is None else list(callbacks)
+        self.history: list[dict] = []
+        self.epoch, self.done, self.totals = 0, 0, {}
+        self.stop_requested = False
+        self._stop: GracefulStop | None = None
+        self.started = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def setup(self, train_set=None) -> None:
+        """Build everything the loop needs, in the order (and so with the random draws) of every earlier
+        version. ``train_set`` stands in for the configured training data (benchmarks timing steps without
+        it on disk): no evaluation set is built then."""
+        config = self.config
+        self.device = self._start_process()
+        holdout = None
+        evaluated = train_set is None
+        if evaluated:
+            train_set, holdout = self._training_set()
+        self.method = self._new_method(train_set)
+        self.eval_set = self.method.evaluation_set(config, holdout) if evaluated else None
+        self.method.prepare_training_set(train_set)
+        self.method = self.method.to(self.device)
+        configure_models(self.method, config, self.device)
+        self.loader, self.batches = build_train_loader(config, self.method, train_set, self.device, self.ranks)
+        self.steps_per_epoch = len(self.batches.batches)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "16")
+        self.updater = Updater(self.method, config.optim, self.steps_per_epoch, scaler)
+
+    def _start_process(self) -> torch.device:
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        if self.config.deterministic:
+            make_deterministic()
+        device = resolve_device(self.device_name)
+        seed_everything(self.config.seed)
+        return device
+
+    def _training_set(self) -> tuple:
+        """(training images, held-out images of the training classes or None)."""
+        train_set = build_dataset(self.config.data, "train")
+        if self.config.data.holdout_images > 0:
+            return split_holdout(train_set, self.config.data.holdout_images)
+        return train_set, None
+
+    def _new_method(self, train_set) -> Method:
+        config = self.config
+        labels = np.asarray(train_set.labels)
+        num_classes = int(labels.max()) + 1 if (labels >= 0).any() else 0
+        method = METHODS[config.method](config, num_classes)
+        if method.uses_labels and (labels < 0).any():
+            raise ConfigError(
+                f"dataset {config.data.dataset!r} has no labels, and method {config.method!r} needs them; "
+                "without labels use method: selfsup, or transfer with the relaxed contrastive loss alone (metric_weight 0)"
+            )
+        check_run_options(config, self.device, method)
+        return method
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def resume(self) -> bool:
+        """Continue from the newest readable checkpoint of the run folder (a damaged newest one falls back
+        to an older kept one, which is copied to checkpoint.pt); False when there is none yet."""
+        state = _resumable_state(self.out, self.config)
+        if state is not None:
+            self.load_state_dict(state)
+        return state is not None
+
+    def state_dict(self) -> dict:
+        """The checkpoint: weights, optimisers, random streams, position and history (FORMAT_VERSION)."""
+        config, method = self.config, self.method
+        trainable = method.trainable()
+        return {
+            "format": FORMAT_VERSION,
+            "version": __version__,
+            "config": config_to_dict(config),
+            "method": config.method,
+            "output": method.output,
+            "models": {name: m.state_dict() for name, m in trainable.items()},
+            "architectures": {name: m.architecture() for name, m in trainable.items() if hasattr(m, "architecture")},
+            "label_loss": None if method.label_loss is None else method.label_loss.state_dict(),
+            **self.updater.state_dict(),
+            "rng": _rng_state(),
+            "epoch": self.epoch,  # epochs finished
+            "step": self.updater.iteration,
+            "position": {"epoch": self.epoch, "batches_done": self.done, "totals": dict(self.totals)},
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Everything :meth:`state_dict` stores (checkpoints of earlier versions too), random streams included."""
+        _load_training_state(state, self.method, self.updater)
+        position = state["position"]
+        self.history = state["history"]
+        self.epoch, self.done, self.totals = position["epoch"], position["batches_done"], dict(position["totals"])
+
+    def save_checkpoint(self) -> Path:
+        return save_run_checkpoint(self.state_dict(), self.out, self.config.checkpoint.keep)
+
+    # ------------------------------------------------------------------------------------------- loop
+
+    def fit(self) -> dict:
+        """Train the remaining epochs; SIGINT/SIGTERM end the run after the current step (the checkpoint
+        callback saves it). Returns the results: final and best-epoch metrics and the history."""
+        self._call("on_fit_start")
+        with GracefulStop() as self._stop:
+            while self.epoch < self.config.optim.epochs:
+                epoch = self.epoch
+                self._train_epoch()
+                self._call("on_epoch_end", epoch, self.end_epoch(epoch))
+        self.results = run_results(self.config, self.history)
+        self._call("on_fit_end", self.results)
+        distributed.barrier()
+        return self.results
+
+    def _train_epoch(self) -> None:
+        self.start_epoch()
+        self._call("on_epoch_start", self.epoch)
+        for batch in self.loader:
+            logs = self.step(batch)
+            self._call("on_step_end", self.updater.iteration, logs)
+            if self.stop_requested:
+                raise TrainingInterrupted(self._stop.signal_name, self.updater.iteration, self.out / CHECKPOINT_NAME)
+
+    def _call(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def start_epoch(self) -> None:
+        """Training mode, the loader at the epoch's position (``done`` batches in when resumed), the clock."""
+        self.method.train()
+        self.batches.start(self.epoch, self.done)
+        self.started = time.perf_counter()
+
+    def step(self, batch: tuple) -> dict[str, float]:
+        """One training step on a loader batch ``(views, labels, indices)``; returns the loss's logged parts."""
+        self.totals["skipped_images"] = self.totals.get("skipped_images", 0) + self.batches.part - len(batch[1])
+        return self.update(*self.prepare_batch(batch))
+
+    def prepare_batch(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A loader batch as the method takes it: images, labels and indices per view, on the device."""
+        views, labels, indices = batch
+        indices = indices.repeat_interleave(views.shape[1])
+        images, labels = flatten_views(views, labels)
+        layout = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        return images.to(self.device, memory_format=layout), labels.to(self.device), indices.to(self.device)
+
+    def update(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> dict[str, float]:
+        """Loss, backward and optimiser update on a prepared batch. A non-finite loss (on any process)
+        raises or, with ``optim.on_nan: skip``, is counted and not back-propagated."""
+        loss, logs = self.method.training_loss(images, labels, indices)
+        asked = self._stop is not None and self._stop.requested
+        finite, self.stop_requested = distributed.step_flags(bool(torch.isfinite(loss)), asked, self.device)
+        if not finite:
+            if self.config.optim.on_nan == "error":
+                step = self.updater.iteration + 1
+                raise TrainingDivergedError(_non_finite_message(self.epoch, self.done, step, logs, self.out))
+            self.totals["skipped_steps"] = self.totals.get("skipped_steps", 0) + 1
+        else:
+            self.updater.backward(loss)
+            for key, value in logs.items():
+                self.totals[key] = self.totals.get(key, 0.0) + value
+        self.updater.step()
+        self.done += 1
+        return logs
+
+    def end_epoch(self, epoch: int) -> dict:
+        """The epoch's log row (means of the logged losses, the method's evaluation when due), appended to
+        the history; the position moves on to the next epoch."""
+        config = self.config
+        row = self._train_row(epoch)
+        if epoch + 1 == config.optim.epochs or (config.eval.every and (epoch + 1) % config.eval.every == 0):
+            row.update(self.method.evaluate(self.eval_set, config, self.device, progress=self.interactive))
+        self.history.append(row)
+        self.epoch, self.done, self.totals = epoch + 1, 0, {}
+        return row
+
+    def _train_row(self, epoch: int) -> dict:
+        totals, updater = self.totals, self.updater
+        row = {"epoch": epoch + 1, "step": updater.iteration, "lr": updater.lr()}
+        if len(updater.groups) > 1:
+            row.update({f"{name}/updates": count for name, count in updater.updates.items()})
+        steps_counted = max(1, self.steps_per_epoch - totals.get("skipped_steps", 0))
+        row.update({k: v / steps_counted for k, v in totals.items() if k not in ("skipped_images", "skipped_steps")})
+        row["train_seconds"] = round(time.perf_counter() - self.started, 2)
+        if self.config.data.skip_bad_images:
+            row["skipped_images"] = int(totals.get("skipped_images", 0))
+        if self.config.optim.on_nan == "skip":
+            row["skipped_steps"] = int(totals.get("skipped_steps", 0))
+        return row
+
+
 def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool | None = None,
           overwrite: bool = False) -> dict:
     """Train one run into ``out_dir``; returns the results written to ``results.json``.
@@ -346,145 +573,47 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
 
 def _train(config: RunConfig, out: Path, resume: bool, progress: bool | None, ranks: distributed.Ranks,
            device_name: str) -> dict:
-    interactive = ranks.main and (sys.stderr.isatty() if progress is None else progress)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if config.deterministic:
-        make_deterministic()
-    device = resolve_device(device_name)
-    seed_everything(config.seed)
-
-    train_set = build_dataset(config.data, "train")
-    holdout = None
-    if config.data.holdout_images > 0:
-        train_set, holdout = split_holdout(train_set, config.data.holdout_images)
-    train_labels = np.asarray(train_set.labels)
-    num_classes = int(train_labels.max()) + 1 if (train_labels >= 0).any() else 0
-    method = METHODS[config.method](config, num_classes)
-    if method.uses_labels and (train_labels < 0).any():
-        raise ConfigError(
-            f"dataset {config.data.dataset!r} has no labels, and method {config.method!r} needs them; "
-            "without labels use method: selfsup, or transfer with the relaxed contrastive loss alone (metric_weight 0)"
-        )
-    check_run_options(config, device, method)
-    if config.method == "classifier":  # accuracy on held-out images of the training classes
-        data = config.data
-        eval_set = MultiViewDataset(holdout, build_transform(data.transform, False, data.image_size, data.normalization))
-    else:
-        eval_set = test_dataset(config)
-    method.prepare_training_set(train_set)
-    method = method.to(device)
-    configure_models(method, config, device)
-    data = config.data
-    loader, batches = build_train_loader(config, method, train_set, device, ranks)
-    steps_per_epoch = len(batches.batches)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "16")
-    updater = Updater(method, config.optim, steps_per_epoch, scaler)
-
-    history: list[dict] = []
-    position = {"epoch": 0, "batches_done": 0, "totals": {}}
+    trainer = Trainer(config, out, ranks=ranks, device_name=device_name, progress=progress)
+    trainer.setup()
     if resume:
-        restored = _restore(out, config, method, updater)
-        if restored is not None:
-            history, position = restored["history"], restored["position"]
+        trainer.resume()
     if ranks.main:
         save_config(config, out / "config.yaml")
-
-    def save(epoch: int, batches_done: int, totals: dict) -> Path:
-        if not ranks.main:  # every rank holds the same state; only the first writes it
-            return out / "checkpoint.pt"
-        state = {
-            "format": FORMAT_VERSION,
-            "version": __version__,
-            "config": config_to_dict(config),
-            "method": config.method,
-            "output": method.output,
-            "models": {name: m.state_dict() for name, m in method.trainable().items()},
-            "architectures": {name: m.architecture() for name, m in method.trainable().items() if hasattr(m, "architecture")},
-            "label_loss": None if method.label_loss is None else method.label_loss.state_dict(),
-            **updater.state_dict(),
-            "rng": _rng_state(),
-            "epoch": epoch,  # epochs finished
-            "step": updater.iteration,
-            "position": {"epoch": epoch, "batches_done": batches_done, "totals": dict(totals)},
-            "history": history,
-        }
-        return save_run_checkpoint(state, out, config.checkpoint.keep)
-
-    every = config.checkpoint.every_steps
-    tensorboard = TensorBoardLog(out / "tensorboard") if config.logging.tensorboard and ranks.main else None
-    with GracefulStop() as stop:
-        for epoch in range(position["epoch"], config.optim.epochs):
-            method.train()
-            resumed_here = epoch == position["epoch"]
-            done = position["batches_done"] if resumed_here else 0
-            totals: dict[str, float] = dict(position["totals"]) if resumed_here else {}
-            batches.start(epoch, done)
-            started = time.perf_counter()
-            bar = tqdm(loader, desc=f"{config.name or config.method} epoch {epoch + 1}/{config.optim.epochs}",
-                       disable=not interactive, leave=False, unit="batch", initial=done, total=steps_per_epoch)
-            for views, labels, indices in bar:
-                totals["skipped_images"] = totals.get("skipped_images", 0) + batches.part - len(labels)
-                indices = indices.repeat_interleave(views.shape[1])
-                images, labels = flatten_views(views, labels)
-                images = images.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
-                loss, logs = method.training_loss(images, labels.to(device), indices.to(device))
-                finite, stopping = distributed.step_flags(bool(torch.isfinite(loss)), stop.requested, device)
-                if not finite:
-                    if config.optim.on_nan == "error":
-                        raise TrainingDivergedError(_non_finite_message(epoch, done, updater.iteration + 1, logs, out))
-                    totals["skipped_steps"] = totals.get("skipped_steps", 0) + 1
-                else:
-                    updater.backward(loss)
-                    for key, value in logs.items():
-                        totals[key] = totals.get(key, 0.0) + value
-                updater.step()
-                done += 1
-                bar.set_postfix(loss=f"{logs['loss']:.4f}")
-                if stopping:
-                    path = save(epoch, done, totals)
-                    raise TrainingInterrupted(stop.signal_name, updater.iteration, path)
-                if every and updater.iteration % every == 0 and done < steps_per_epoch:
-                    save(epoch, done, totals)
-            row = {"epoch": epoch + 1, "step": updater.iteration, "lr": updater.lr()}
-            if len(updater.groups) > 1:
-                row.update({f"{name}/updates": count for name, count in updater.updates.items()})
-            steps_counted = max(1, steps_per_epoch - totals.get("skipped_steps", 0))
-            row.update({k: v / steps_counted for k, v in totals.items() if k not in ("skipped_images", "skipped_steps")})
-            row["train_seconds"] = round(time.perf_counter() - started, 2)
-            if data.skip_bad_images:
-                row["skipped_images"] = int(totals.get("skipped_images", 0))
-            if config.optim.on_nan == "skip":
-                row["skipped_steps"] = int(totals.get("skipped_steps", 0))
-            last = epoch + 1 == config.optim.epochs
-            if last or (config.eval.every and (epoch + 1) % config.eval.every == 0):
-                if config.method == "classifier":
-                    row["accuracy"] = classifier_accuracy(method.output_model(), eval_set, config)
-                else:
-                    row.update(evaluate_models(method.evaluation_models(), eval_set, config, device, progress=interactive))
-            history.append(row)
-            if ranks.main:
-                print(_epoch_line(config, row), flush=True)
-            save(epoch + 1, 0, {})
-            if ranks.main:
-                write_csv(history, out / "log.csv")
-            if tensorboard is not None:
-                tensorboard.write(row)
-    if tensorboard is not None:
-        tensorboard.close()
-
-    results = _results(config, history)
-    if ranks.main:
-        atomic_write_text(json.dumps(results, indent=2), out / "results.json")
-        primary = _primary(history)
-        plot_recall(_curves(config, history, primary), out / "recall.png", primary)
-    distributed.barrier()
-    return results
+    return trainer.fit()
 
 
 def _restore(out: Path, config: RunConfig, method, updater: Updater) -> dict | None:
     """Load the newest readable checkpoint of ``out`` into the method and updater; None when the run
     has none yet (it starts from scratch). A damaged newest file falls back to an older kept one."""
+    state = _resumable_state(out, config)
+    if state is None:
+        return None
+    _load_training_state(state, method, updater)
+    return {"history": state["history"], "position": state["position"]}
+
+
+def _resumable_state(out: Path, config: RunConfig) -> dict | None:
+    """The newest readable checkpoint of ``out``, refused when another version or configuration wrote it."""
+    found = _newest_readable(out)
+    if found is None:
+        return None
+    file, state = found
+    if state.get("version") != __version__:
+        raise CheckpointError(
+            f"cannot resume {out}: {file} was written by metrictransfer {state.get('version')}, this is {__version__}; "
+            "resume it with that version (pip install metrictransfer==VERSION)"
+        )
+    changed = resume_differences(state["config"], config_to_dict(config))
+    if changed:
+        raise ConfigError(
+            f"cannot resume {out}: the configuration differs from the one the run started with: " + "; ".join(changed)
+        )
+    return state
+
+
+def _newest_readable(out: Path) -> tuple[Path, dict] | None:
+    """(file, state) of the newest checkpoint that loads; a damaged newer one is reported, and the one
+    loaded is copied to checkpoint.pt, so that evaluate, export and index work again."""
     files = run_checkpoints(out)
     if not files:
         return None
@@ -499,85 +628,32 @@ def _restore(out: Path, config: RunConfig, method, updater: Updater) -> dict | N
         raise DamagedCheckpointError(f"cannot resume {out}: every checkpoint is damaged; " + "; ".join(damaged))
     if damaged:
         latest = out / CHECKPOINT_NAME
-        if file != latest:  # repair the run's checkpoint.pt, so that evaluate, export and index work again
+        if file != latest:
             atomic_copy(file, latest)
         print(f"warning: resuming from {file} (copied to {latest}); newer checkpoints are damaged: {'; '.join(damaged)}",
               file=sys.stderr)
-    if state.get("version") != __version__:
-        raise CheckpointError(
-            f"cannot resume {out}: {file} was written by metrictransfer {state.get('version')}, this is {__version__}; "
-            "resume it with that version (pip install metrictransfer==VERSION)"
-        )
-    changed = resume_differences(state["config"], config_to_dict(config))
-    if changed:
-        raise ConfigError(
-            f"cannot resume {out}: the configuration differs from the one the run started with: " + "; ".join(changed)
-        )
+    return file, state
+
+
+def _load_training_state(state: dict, method, updater: Updater) -> None:
     for name, model in method.trainable().items():
         model.load_state_dict(state["models"][name])
     if method.label_loss is not None:
         method.label_loss.load_state_dict(state["label_loss"])
     updater.load_state_dict(state)
     _set_rng_state(state["rng"])
-    return {"history": state["history"], "position": state["position"]}
 
 
-def _non_finite_message(epoch: int, batch: int, step: int, logs: dict, out: Path) -> str:
+def _non_finite_message(epoch: int, batch: int, step: int, logs: dict, out: Path | None) -> str:
     terms = ", ".join(f"{k} {v:.4g}" for k, v in logs.items())
-    kept = out / "checkpoint.pt"
-    last = f"the last good checkpoint is {kept}" if kept.is_file() else "no checkpoint was written yet"
+    kept = None if out is None else out / "checkpoint.pt"
+    last = f"the last good checkpoint is {kept}" if kept is not None and kept.is_file() else "no checkpoint was written yet"
     return (
         f"non-finite loss at step {step} (epoch {epoch + 1}, batch {batch + 1}): {terms}; {last}. "
         "Lower optim.lr or set optim.grad_clip, check the data, or skip such steps with --on-nan skip"
     )
 
 
-def _primary(history: list[dict]) -> str:
-    """The metric that runs are compared by: accuracy for classifiers, Recall@1 otherwise."""
-    return "accuracy" if any("accuracy" in row for row in history) else "recall@1"
-
-
-def _curves(config: RunConfig, history: list[dict], primary: str) -> dict[str, list[tuple[int, float]]]:
-    """One curve per evaluated model: the run's, or every cohort member's and the ensemble's."""
-    prefixes = sorted({k.split("/")[0] for row in history for k in row if k.endswith("/" + primary)})
-    if not prefixes:
-        return {config.name or config.method: _curve(history, primary)}
-    return {prefix: _curve(history, f"{prefix}/{primary}") for prefix in prefixes}
-
-
-def _curve(history: list[dict], metric: str = "recall@1") -> list[tuple[int, float]]:
-    return [(row["epoch"], row[metric]) for row in history if metric in row]
-
-
-def _epoch_line(config: RunConfig, row: dict) -> str:
-    parts = [f"[{config.name or config.method}] epoch {row['epoch']}/{config.optim.epochs}", f"loss {row.get('loss', float('nan')):.4f}"]
-    parts += [f"{k} {v:.4f}" for k, v in _metrics_of(row).items() if "/" not in k or k.endswith("/recall@1")]
-    parts.append(f"{row['train_seconds']:.1f}s")
-    return "  ".join(parts)
-
-
-def _metrics_of(row: dict) -> dict[str, float]:
-    def is_metric(key: str) -> bool:
-        name = key.rsplit("/", 1)[-1]  # cohorts: member0/recall@1, ensemble/recall@1
-        return name.startswith("recall@") or name in ("map@r", "r_precision", "nmi", "accuracy")
-
-    return {k: v for k, v in row.items() if is_metric(k)}
-
-
-def _results(config: RunConfig, history: list[dict]) -> dict:
-    """Final-epoch metrics; the best epoch is reported too but labelled as chosen on the test split."""
-    primary = _primary(history)
-    evaluated = [row for row in history if primary in row]
-    final = _metrics_of(evaluated[-1])
-    best = max(evaluated, key=lambda r: r[primary])
-    return {
-        "name": config.name,
-        "method": config.method,
-        "epochs": config.optim.epochs,
-        "final": final,
-        "best_epoch_selected_on_test_split": {
-            "epoch": best["epoch"],
-            **_metrics_of(best),
-        },
-        "history": history,
-    }
+# the run's results, computed by the callbacks module (names kept for callers of earlier versions)
+_results, _primary, _curves, _curve, _epoch_line, _metrics_of = (
+    run_results, primary_metric, curves, curve, epoch_line, metrics_of)

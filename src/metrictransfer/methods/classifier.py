@@ -11,8 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from metrictransfer.config import ModelConfig, RunConfig
+from metrictransfer.data.multiview import MultiViewDataset, collate_readable
+from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine.checkpoint import load_embedding_model
 from metrictransfer.engine.distributed import gather
 from metrictransfer.errors import ConfigError
@@ -54,6 +57,17 @@ class ClassifierMethod(SingleModelMethod):
         if self.source is not None:
             self.source.eval()
         return self
+
+    def evaluation_set(self, config: RunConfig, holdout) -> Dataset:
+        """Held-out images of the training classes: a classifier cannot be tested on unseen classes."""
+        data = config.data
+        return MultiViewDataset(holdout, build_transform(data.transform, False, data.image_size, data.normalization))
+
+    def evaluate(self, dataset: Dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+        """Top-1 accuracy on the held-out images."""
+        loader = DataLoader(dataset, batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
+                            collate_fn=collate_readable)
+        return {"accuracy": accuracy(self.output_model(), loader)}
 
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None

@@ -1,0 +1,175 @@
+"""What a run does around its training steps: logs, checkpoints, progress and result files.
+
+``metrictransfer.engine.trainer.Trainer`` calls every callback's hooks in list order, so the
+training loop itself stays free of bookkeeping, and a new output is a new callback, not a new branch in
+the loop. Under torchrun only the first process gets the callbacks that write files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from metrictransfer.config import RunConfig
+from metrictransfer.engine.logging import TensorBoardLog, plot_recall, write_csv
+from metrictransfer.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from metrictransfer.engine.trainer import Trainer
+
+
+class Callback:
+    """Hooks of a training run, each a no-op here. ``epoch`` is the 0-based index of the epoch (its log
+    row says ``epoch + 1``); ``step`` counts the training steps since the run began, this one included."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first epoch that is trained (after a resume: the resumed one)."""
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Before the epoch's first batch (``trainer.done`` batches of it already ran when resumed)."""
+
+    def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+        """After the optimiser update; ``trainer.stop_requested`` says a SIGINT/SIGTERM ends the run next."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+        """After the epoch's evaluation; ``row`` is already in ``trainer.history``."""
+
+    def on_fit_end(self, trainer: Trainer, results: dict) -> None:
+        """After the last epoch, with the run's results."""
+
+
+class ProgressBar(Callback):
+    """A progress bar per epoch, with the last step's loss."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        config = trainer.config
+        self.bar = tqdm(desc=f"{config.name or config.method} epoch {epoch + 1}/{config.optim.epochs}", leave=False,
+                        unit="batch", initial=trainer.done, total=trainer.steps_per_epoch)
+
+    def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        if self.bar.n >= self.bar.total:  # gone before the evaluation shows its own bar
+            self.bar.close()
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+        self.bar.close()
+
+
+class EpochLine(Callback):
+    """One line per epoch on stdout: loss, metrics, seconds."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+        print(epoch_line(trainer.config, row), flush=True)
+
+
+class Checkpoints(Callback):
+    """The run's checkpoint, written every ``every_steps`` steps within an epoch, at every epoch's end,
+    and after the step at which a stop signal arrived (the trainer then raises ``TrainingInterrupted``)."""
+
+    def __init__(self, every_steps: int = 0) -> None:
+        self.every = every_steps
+
+    def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+        due = self.every and step % self.every == 0 and trainer.done < trainer.steps_per_epoch
+        if trainer.stop_requested or due:
+            trainer.save_checkpoint()
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+        trainer.save_checkpoint()
+
+
+class CsvLog(Callback):
+    """``log.csv``: the history so far, rewritten after every epoch. ``write`` is the writer (tests
+    replace it to crash a run right after an epoch's checkpoint)."""
+
+    def __init__(self, write: Callable[[list[dict], object], None] = write_csv) -> None:
+        self.write = write
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+        self.write(trainer.history, trainer.out / "log.csv")
+
+
+class TensorBoard(Callback):
+    """Every epoch's row as TensorBoard scalars under ``tensorboard/``."""
+
+    def __init__(self) -> None:
+        self.log: TensorBoardLog | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.log = TensorBoardLog(trainer.out / "tensorboard")
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+        self.log.write(row)
+
+    def on_fit_end(self, trainer: Trainer, results: dict) -> None:
+        self.log.close()
+
+
+class FinalFiles(Callback):
+    """``results.json`` and ``recall.png`` (the primary metric's curve per evaluated model)."""
+
+    def on_fit_end(self, trainer: Trainer, results: dict) -> None:
+        atomic_write_text(json.dumps(results, indent=2), trainer.out / "results.json")
+        primary = primary_metric(trainer.history)
+        plot_recall(curves(trainer.config, trainer.history, primary), trainer.out / "recall.png", primary)
+
+
+# ------------------------------------------------------------------------------------- results of a run
+
+
+def primary_metric(history: list[dict]) -> str:
+    """The metric that runs are compared by: accuracy for classifiers, Recall@1 otherwise."""
+    return "accuracy" if any("accuracy" in row for row in history) else "recall@1"
+
+
+def curves(config: RunConfig, history: list[dict], primary: str) -> dict[str, list[tuple[int, float]]]:
+    """One curve per evaluated model: the run's, or every cohort member's and the ensemble's."""
+    prefixes = sorted({k.split("/")[0] for row in history for k in row if k.endswith("/" + primary)})
+    if not prefixes:
+        return {config.name or config.method: curve(history, primary)}
+    return {prefix: curve(history, f"{prefix}/{primary}") for prefix in prefixes}
+
+
+def curve(history: list[dict], metric: str = "recall@1") -> list[tuple[int, float]]:
+    return [(row["epoch"], row[metric]) for row in history if metric in row]
+
+
+def epoch_line(config: RunConfig, row: dict) -> str:
+    parts = [f"[{config.name or config.method}] epoch {row['epoch']}/{config.optim.epochs}", f"loss {row.get('loss', float('nan')):.4f}"]
+    parts += [f"{k} {v:.4f}" for k, v in metrics_of(row).items() if "/" not in k or k.endswith("/recall@1")]
+    parts.append(f"{row['train_seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+def metrics_of(row: dict) -> dict[str, float]:
+    def is_metric(key: str) -> bool:
+        name = key.rsplit("/", 1)[-1]  # cohorts: member0/recall@1, ensemble/recall@1
+        return name.startswith("recall@") or name in ("map@r", "r_precision", "nmi", "accuracy")
+
+    return {k: v for k, v in row.items() if is_metric(k)}
+
+
+def run_results(config: RunConfig, history: list[dict]) -> dict:
+    """Final-epoch metrics; the best epoch is reported too but labelled as chosen on the test split."""
+    primary = primary_metric(history)
+    evaluated = [row for row in history if primary in row]
+    final = metrics_of(evaluated[-1])
+    best = max(evaluated, key=lambda r: r[primary])
+    return {
+        "name": config.name,
+        "method": config.method,
+        "epochs": config.optim.epochs,
+        "final": final,
+        "best_epoch_selected_on_test_split": {
+            "epoch": best["epoch"],
+            **metrics_of(best),
+        },
+        "history": history,
+    }

@@ -1,0 +1,153 @@
+"""The Trainer's parts: callbacks see every hook in order, one step is the step ``train`` takes, and the
+checkpoint state round-trips."""
+
+import io
+import json
+
+import pytest
+import torch
+
+from metrictransfer.config import build_config
+from metrictransfer.engine import trainer
+from metrictransfer.engine.callbacks import Callback
+from metrictransfer.methods.source import SourceMethod
+
+TINY = {
+    "data": {"num_classes": 4, "classes_per_batch": 4, "images_per_class": 2, "views": 2, "image_size": 32},
+    "model": {"backbone": "resnet10t", "embedding_dim": 16},
+    "optim": {"lr": 1e-3, "epochs": 2},
+    "eval": {"recall_at": [1, 2], "every": 0},
+    "threads": 2,
+    "deterministic": True,
+    "method": "source",
+}
+STEPS_PER_EPOCH = 22  # 4 classes × 44 training images, 4 × 2 per batch
+
+
+def _config(**changes):
+    raw = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return build_config(raw)
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def on_fit_start(self, t):
+        self.calls.append(("fit_start",))
+
+    def on_epoch_start(self, t, epoch):
+        self.calls.append(("epoch_start", epoch, t.done))
+
+    def on_step_end(self, t, step, logs):
+        self.calls.append(("step_end", step, t.epoch, t.done, "loss" in logs))
+
+    def on_epoch_end(self, t, epoch, row):
+        self.calls.append(("epoch_end", epoch, row["epoch"], row["step"], t.history[-1] is row))
+
+    def on_fit_end(self, t, results):
+        self.calls.append(("fit_end", len(results["history"])))
+
+
+def test_a_callback_sees_every_hook_in_order_with_epoch_and_step(tmp_path):
+    recorder = Recorder()
+    run = trainer.Trainer(_config(), tmp_path, progress=False, callbacks=[recorder])
+    run.setup()
+    run.fit()
+    expected = [("fit_start",)]
+    for epoch in range(2):
+        expected.append(("epoch_start", epoch, 0))
+        for done in range(1, STEPS_PER_EPOCH + 1):
+            expected.append(("step_end", epoch * STEPS_PER_EPOCH + done, epoch, done, True))
+        expected.append(("epoch_end", epoch, epoch + 1, (epoch + 1) * STEPS_PER_EPOCH, True))
+    expected.append(("fit_end", 2))
+    assert recorder.calls == expected
+    assert list(tmp_path.iterdir()) == []  # the files are the default callbacks' work: none here
+
+
+def _first_step_of_train(config, out, monkeypatch) -> tuple[float, dict]:
+    """The loss and weights after ``train``'s first step (the run is stopped there)."""
+    seen = {}
+
+    class Spy(SourceMethod):
+        def training_loss(self, images, labels, indices=None):
+            loss, logs = super().training_loss(images, labels, indices)
+            seen.setdefault("loss", logs["loss"])
+            return loss, logs
+
+    class Stop(Exception):
+        pass
+
+    real_step = trainer.Updater.step
+
+    def step_once(self):
+        real_step(self)
+        seen["weights"] = {k: v.detach().clone() for k, v in self.method.model.state_dict().items()}
+        raise Stop
+
+    monkeypatch.setitem(trainer.METHODS, "source", Spy)
+    monkeypatch.setattr(trainer.Updater, "step", step_once)
+    with pytest.raises(Stop):
+        trainer.train(config, out, progress=False)
+    monkeypatch.undo()
+    return seen["loss"], seen["weights"]
+
+
+def test_one_step_equals_the_first_step_of_train(tmp_path, monkeypatch):
+    config = _config()
+    loss, weights = _first_step_of_train(config, tmp_path / "run", monkeypatch)
+
+    run = trainer.Trainer(config, progress=False, callbacks=[])
+    run.setup()
+    run.start_epoch()
+    logs = run.step(next(iter(run.loader)))
+    assert logs["loss"] == loss
+    after = run.method.model.state_dict()
+    assert weights.keys() == after.keys()
+    for key, value in weights.items():
+        assert torch.equal(after[key], value), key
+    assert run.updater.iteration == 1 and run.done == 1
+
+
+def _assert_same(a, b, where="state"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_state_dict_round_trips_through_load_state_dict():
+    config = _config(mutual={"members": 2, "update_every": [1, 3]}, method="mutual",
+                     model={"backbone": "resnet10t", "embedding_dim": 16, "normalize": True})
+    first = trainer.Trainer(config, progress=False, callbacks=[])
+    first.setup()
+    first.start_epoch()
+    batches = iter(first.loader)
+    for _ in range(4):  # member 1 (τ = 3) holds a gradient not yet applied
+        first.step(next(batches))
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+
+    second = trainer.Trainer(config, progress=False, callbacks=[])
+    second.setup()
+    second.load_state_dict(state)
+    assert (second.epoch, second.done) == (0, 4) and second.totals == first.totals
+    _assert_same(first.state_dict(), second.state_dict())
+
+    batch, streams = next(batches), trainer._rng_state()  # both continue identically
+    first.step(batch)
+    trainer._set_rng_state(streams)
+    second.step(batch)
+    _assert_same(first.state_dict()["models"], second.state_dict()["models"])
