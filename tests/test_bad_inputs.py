@@ -275,7 +275,7 @@ def test_two_trainings_into_one_folder_at_once_one_refuses(work):
 
     command = [sys.executable, "-m", "metrictransfer.cli", "train", str(work / "recipe.yaml"), "--out", str(work / "both")]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outcomes = sorted((p.wait(timeout=300), p.stderr.read()) for p in processes)
+    outcomes = sorted((p.wait(timeout=600), p.stderr.read()) for p in processes)
     assert [status for status, _ in outcomes] == [0, 2], outcomes
     refused = outcomes[1][1]
     assert re.search(r"both (is in use by another training \(PID \d+|already holds)", refused), refused
