@@ -62,12 +62,18 @@ class RunLock:
         self._fd = fd
         return self
 
-    def holder(self) -> str:
-        """Who holds the lock, in words (as far as the lock file tells)."""
-        try:
-            info = json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            info = {}
+    def holder(self, wait: float = 2.0) -> str:
+        """Who holds the lock, in words (as far as the lock file tells). The holder writes its PID just
+        after locking, so a process refused in between waits up to ``wait`` seconds for it."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                info = json.loads(self.path.read_text() or "{}")
+            except (OSError, ValueError):  # being rewritten
+                info = {}
+            if info or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         if not info:
             return "a process that has not yet written its PID"
         return f"PID {info.get('pid')} on host {info.get('host')}, since {info.get('since')}"
