@@ -51,17 +51,20 @@ INTROS = {
 
 def registries() -> dict[str, list[str]]:
     """Keys whose value is a name checked against a registry of the code (their validators use these)."""
-    from metrictransfer.data.transforms import NORMALIZATIONS, TRANSFORMS
-    from metrictransfer.losses import METRIC_LOSSES, MINERS, TRANSFER_LOSSES
+    from metrictransfer.normalization import NORMALIZATIONS
+    from metrictransfer.registry import DATASETS, METHODS, METRIC_LOSSES, MINERS, TRANSFER_LOSSES, TRANSFORMS
 
     return {
-        "data.transform": sorted(TRANSFORMS),
+        "method": METHODS.names(),
+        "data.dataset": DATASETS.names(),
+        "data.transform": TRANSFORMS.names(),
         "data.normalization": [*sorted(NORMALIZATIONS), "model"],
-        "metric_loss.name": sorted(METRIC_LOSSES),
-        "metric_loss.miner": sorted(MINERS),
-        "transfer.loss": sorted(TRANSFER_LOSSES),
-        "transfer.terms[].name": sorted(TRANSFER_LOSSES),
-        "mutual.loss": sorted(TRANSFER_LOSSES),
+        "metric_loss.name": METRIC_LOSSES.names(),
+        "metric_loss.miner.name": MINERS.names(),
+        "transfer.loss.name": TRANSFER_LOSSES.names(),
+        "transfer.terms[].name": TRANSFER_LOSSES.names(),
+        "classifier.distill.name": ["none", *TRANSFER_LOSSES.names()],
+        "mutual.loss.name": TRANSFER_LOSSES.names(),
     }
 
 

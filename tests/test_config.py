@@ -11,7 +11,10 @@ def test_defaults_are_the_paper_protocol():
     c = build_config({})
     assert (c.optim.optimizer, c.optim.lr, c.optim.weight_decay, c.optim.scheduler) == ("adamw", 1e-4, 1e-4, "cosine")
     assert (c.data.classes_per_batch, c.data.images_per_class, c.data.views) == (45, 2, 2)
-    assert (c.transfer.sigma, c.transfer.delta, c.transfer.metric_weight) == (1.0, 1.0, 0.0)
+    from metrictransfer.losses import build_transfer_loss
+
+    loss = build_transfer_loss(c.transfer.loss.name, c.transfer.loss.params)
+    assert (c.transfer.loss.name, loss.sigma, loss.delta, c.transfer.metric_weight) == ("relaxed_contrastive", 1.0, 1.0, 0.0)
     assert c.metric_loss.name == "proxy_anchor" and c.model.pretrained is False
 
 
@@ -20,7 +23,7 @@ def test_defaults_are_the_paper_protocol():
     [
         (["data.datset=glyphs"], r"data\.datset: unknown key; allowed keys here: dataset"),
         (["optim.lr=fast"], r"optim\.lr: .*number.*'fast'"),
-        (["metric_loss.name=arcface"], r"unknown metric loss 'arcface'; valid names: contrastive, multi_similarity"),
+        (["metric_loss.name=arcface"], r"unknown metric loss 'arcface'; valid names: .*ArcFaceLoss, .*contrastive, multi_similarity"),
         (["data.transform=fancy"], r"unknown transform 'fancy'; valid names: glyphs, paper"),
         (["optim.scheduler=step"], r"optim\.scheduler: .*'cosine'"),
         (["method=transfer"], r"transfer\.source_checkpoint"),

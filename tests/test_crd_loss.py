@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metrictransfer.losses import CRDLoss
+from metrictransfer.losses import CRDLoss, TransferShapes
 
 
 def _crd(num_items=50, negatives=16):
     torch.manual_seed(0)
     loss_fn = CRDLoss(feat_dim=8, negatives=negatives, temperature=0.07, momentum=0.5)
-    loss_fn.prepare_embeddings(6, 10)
-    loss_fn.prepare_items(num_items)
+    loss_fn.setup(TransferShapes(target_dim=6, source_dim=10))
+    loss_fn.setup_items(num_items)
     return loss_fn
 
 
@@ -68,7 +68,7 @@ def test_banks_move_with_momentum_and_normalisers_stay_fixed():
 
 
 def test_unprepared_loss_says_what_to_call():
-    with pytest.raises(RuntimeError, match="prepare_embeddings"):
+    with pytest.raises(RuntimeError, match=r"setup\(\.\.\.\) and setup_items"):
         CRDLoss()(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 1]))
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metrictransfer.data.custom import CUSTOM_READERS, read_csv_list, read_folder, read_unlabelled
+from metrictransfer.data.custom import read_csv_list, read_folder, read_unlabelled
 from metrictransfer.data.index import ImageIndex, contiguous_labels, require_files
-from metrictransfer.data.official import EXPECTED, OFFICIAL_READERS, read_cars, read_cub, read_inshop, read_sop
+from metrictransfer.data.official import EXPECTED, read_cars, read_cub, read_inshop, read_sop
 
 _buffer = io.BytesIO()
 Image.new("RGB", (8, 8), (200, 30, 30)).save(_buffer, format="JPEG")
@@ -91,8 +91,13 @@ def test_require_files_names_root_and_expected(tmp_path):
 
 
 def test_registries():
-    assert set(OFFICIAL_READERS) == set(EXPECTED) == {"cub", "cars", "sop", "inshop"}
-    assert set(CUSTOM_READERS) == {"folder", "csv", "unlabelled"}
+    from metrictransfer.registry import DATASETS
+
+    readers = {name: DATASETS.info(name, "reader") for name in DATASETS.names()}
+    assert {name for name, kind in readers.items() if kind == "root"} == set(EXPECTED) | {"unlabelled"}
+    assert set(EXPECTED) == {"cub", "cars", "sop", "inshop"}
+    assert {name for name, kind in readers.items() if kind == "class_split"} == {"folder", "csv"}
+    assert DATASETS["cub"] is read_cub and DATASETS["folder"] is read_folder and DATASETS["unlabelled"] is read_unlabelled
 
 
 # --------------------------------------------------------------------------------------------- CUB

@@ -42,22 +42,21 @@ SHELL = _blocks("bash")
 
 
 def _registries() -> list[dict | set]:
-    """Every registry an example may add to (they are module-level dicts shared by the whole test session)."""
+    """timm's registry tables an example may add to (module-level dicts shared by the whole test session)."""
     import timm.models._registry as timm_registry
 
-    from metrictransfer.data import registry as data_registry
-    from metrictransfer.losses import METRIC_LOSSES, MINERS, TRANSFER_LOSSES
-
-    timm_tables = [v for k, v in vars(timm_registry).items() if not k.startswith("__") and isinstance(v, (dict, set))]
-    return [TRANSFER_LOSSES, METRIC_LOSSES, MINERS, data_registry.DATASETS, *timm_tables]
+    return [v for k, v in vars(timm_registry).items() if not k.startswith("__") and isinstance(v, (dict, set))]
 
 
 @pytest.fixture
 def example_sandbox(tmp_path, monkeypatch):
     """A fresh working directory, and the registries as they were once the example has run (an example
     that registers a loss or a backbone must not change what later tests see)."""
+    from metrictransfer.registry import ALL
+
     monkeypatch.chdir(tmp_path)
     saved = [(table, _copy(table)) for table in _registries()]
+    ours = [(registry, registry.snapshot()) for registry in ALL]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models, many small ops: one thread is as fast, and steady on a busy machine
     yield tmp_path
@@ -65,6 +64,8 @@ def example_sandbox(tmp_path, monkeypatch):
     for table, before in saved:
         table.clear()
         table.update(before)
+    for registry, snapshot in ours:
+        registry.restore(snapshot)
 
 
 def _copy(table: dict | set) -> dict | set:

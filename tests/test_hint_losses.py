@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metrictransfer.losses import AttentionLoss, FitNetLoss
+from metrictransfer.losses import AttentionLoss, FitNetLoss, TransferShapes
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
 
@@ -17,10 +17,16 @@ def test_taps_capture_stage_outputs_without_changing_the_forward():
     names = last_stages(model, 2)
     assert names == ["backbone.layer3", "backbone.layer4"]
     taps = FeatureTaps(model, names)
-    after = model(x)
-    torch.testing.assert_close(before, after)
-    expected = model.backbone.layer4(taps.features[0])
-    torch.testing.assert_close(taps.features[1], expected)
+    with taps.capture():
+        after = model(x)
+        torch.testing.assert_close(before, after)
+        expected = model.backbone.layer4(taps.features[0])
+        torch.testing.assert_close(taps.features[1], expected)
+    with pytest.raises(RuntimeError, match="no output captured"):  # released when the step ends
+        taps.features
+    model(x)  # a pass outside any capture (evaluation) keeps nothing
+    with pytest.raises(RuntimeError, match="no output captured"):
+        taps.features
     assert feature_shapes(model, names, 32) == [torch.Size([256, 2, 2]), torch.Size([512, 1, 1])]
     taps.remove()
     with pytest.raises(ValueError, match="no submodule 'backbone.layer9'"):
@@ -31,7 +37,7 @@ def test_fitnet_with_identity_regressors_is_the_mse_and_trains_them():
     t = [torch.randn(4, 3, 5, 5, requires_grad=True)]
     s = [torch.randn(4, 3, 5, 5)]
     loss_fn = FitNetLoss()
-    loss_fn.prepare_features([3], [3])
+    loss_fn.setup(TransferShapes(3, 3, target_channels=[3], source_channels=[3]))
     with torch.no_grad():
         loss_fn.regressors[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
     loss = loss_fn(t, s)
@@ -42,11 +48,11 @@ def test_fitnet_with_identity_regressors_is_the_mse_and_trains_them():
 
 def test_fitnet_maps_channels_and_sizes():
     loss_fn = FitNetLoss()
-    loss_fn.prepare_features([8, 16], [32, 64])
+    loss_fn.setup(TransferShapes(16, 64, target_channels=[8, 16], source_channels=[32, 64]))
     t = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
     s = [torch.randn(2, 32, 4, 4), torch.randn(2, 64, 4, 4)]
     assert torch.isfinite(loss_fn(t, s))
-    with pytest.raises(RuntimeError, match="prepare_features"):
+    with pytest.raises(RuntimeError, match=r"FitNetLoss\.setup"):
         FitNetLoss()(t, s)
 
 

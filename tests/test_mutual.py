@@ -196,7 +196,7 @@ def test_independent_members_have_zero_mutual_weight_but_still_train():
         ({"members": 2, "backbones": ["resnet10t", "resnet18d"], "ema_momentum": 0.99}, {}, "same backbone"),
         ({"members": 1, "ema_momentum": 0.99}, {}, "at least 2 members"),
         ({"loss": "rdk"}, {}, "unknown mutual loss 'rdk'; valid names:"),
-        ({"params": {"sigmaa": 1}}, {}, "transfer loss 'rkd'"),
+        ({"params": {"sigmaa": 1}}, {}, r"mutual loss 'rkd': unexpected keyword argument 'sigmaa' \(mutual\.loss\.params"),
         ({}, {"normalize": False}, "model.normalize: true"),
     ],
 )
@@ -207,9 +207,9 @@ def test_bad_cohort_configurations_name_the_key(mutual, model, message):
 
 def test_the_default_base_loss_is_the_triplet_loss_with_distance_weighted_sampling():
     config = build_config(_mutual())
-    assert (config.metric_loss.name, config.metric_loss.params, config.metric_loss.miner) == (
+    assert (config.metric_loss.name, config.metric_loss.params, config.metric_loss.miner.name) == (
         "triplet", {"margin": 0.2}, "distance_weighted")
-    assert config.mutual.taus() == [1, 2] and config.mutual.loss == "rkd"
+    assert config.mutual.taus() == [1, 2] and config.mutual.loss.name == "rkd"
     explicit = build_config(_raw(method="mutual", metric_loss={"name": "proxy_anchor"}))
     assert explicit.metric_loss.name == "proxy_anchor"
 

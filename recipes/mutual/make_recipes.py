@@ -28,8 +28,8 @@ DATASETS = {  # root, the paper's headline Recall@1
     "cub": ("data/CUB_200_2011", 69.9),
     "cars": ("data/cars196", 89.1),
 }
-BASE_LOSS = {"name": "triplet", "params": {"margin": 0.2}, "miner": "distance_weighted"}
-MUTUAL = {"members": 2, "loss": "rkd", "weight": 1.0, "peers": "mean"}
+BASE_LOSS = {"name": "triplet", "params": {"margin": 0.2}, "miner": {"name": "distance_weighted", "params": {}}}
+MUTUAL = {"members": 2, "loss": {"name": "rkd", "params": {}}, "weight": 1.0, "peers": "mean"}
 
 
 def gpu_recipe(dataset: str, row: str) -> dict:

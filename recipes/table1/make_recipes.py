@@ -31,14 +31,14 @@ SETTINGS = {  # source, target model, the paper's relaxed-contrastive R@1 and be
     "compression": ("resnet50", "resnet18.tv_in1k", 128, (66.6, 86.0, 78.4), ("RKD 65.8", "RKD 84.2", "PKT 76.9")),
 }
 METHODS = {  # transfer section (None: the target trained with Proxy-Anchor alone)
-    "relaxed_contrastive": "  loss: relaxed_contrastive\n  sigma: 1.0\n  delta: 1.0\n",
-    "rkd": "  loss: rkd  # distance × 1 + angle × 2\n",
-    "pkt": "  loss: pkt\n",
-    "darkrank": "  loss: darkrank\n  params: {alpha: 3, beta: 3, list_length: 4}\n",
-    "fitnet": "  loss: fitnet\n  hint_stages: 1\n  metric_weight: 1.0  # the paper adds Proxy-Anchor\n",
-    "attention": "  loss: attention\n  weight: 1000.0  # β = 10³ of the attention-transfer paper\n  hint_stages: 3\n"
+    "relaxed_contrastive": "  loss: {name: relaxed_contrastive, params: {sigma: 1.0, delta: 1.0}}\n",
+    "rkd": "  loss: {name: rkd}  # distance × 1 + angle × 2\n",
+    "pkt": "  loss: {name: pkt}\n",
+    "darkrank": "  loss: {name: darkrank, params: {alpha: 3, beta: 3, list_length: 4}}\n",
+    "fitnet": "  loss: {name: fitnet}\n  hint_stages: 1\n  metric_weight: 1.0  # the paper adds Proxy-Anchor\n",
+    "attention": "  loss: {name: attention}\n  weight: 1000.0  # β = 10³ of the attention-transfer paper\n  hint_stages: 3\n"
                  "  metric_weight: 1.0  # the paper adds Proxy-Anchor\n",
-    "crd": "  loss: crd\n  params: {feat_dim: 128, negatives: 4096, temperature: 0.07, momentum: 0.5}\n"
+    "crd": "  loss: {name: crd, params: {feat_dim: 128, negatives: 4096, temperature: 0.07, momentum: 0.5}}\n"
            "  metric_weight: 1.0  # the paper adds Proxy-Anchor\n",
     "none": None,
 }

@@ -259,7 +259,8 @@ DEBUG_HELP = "show the full traceback of an error (also: METRICTRANSFER_DEBUG=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from metrictransfer.data.names import DATASET_NAMES
+    # names read from the registering decorators' source, so the help lists them without importing torch
+    from metrictransfer.registry import DATASETS, METHODS
 
     parser = _Parser(prog="metrictransfer", description=__doc__)
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace the demo runs already in --out")
     demo.set_defaults(func=cmd_demo)
 
-    train = command("train", help="run a recipe (method: source, transfer, selfsup, classifier or mutual)")
+    train = command("train", help=f"run a recipe (method: {', '.join(METHODS.declared_names())})")
     train.add_argument("recipe", nargs="?", help="YAML recipe")
     train.add_argument("--out", help="run folder (default runs/<name>-<timestamp>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
@@ -295,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = command("data", help="look at a dataset folder")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     inspect = command("inspect", data_sub, help="images and classes per split; checks every listed file exists")
-    inspect.add_argument("--dataset", required=True, choices=list(DATASET_NAMES))
+    inspect.add_argument("--dataset", required=True, metavar="NAME",
+                         help=f"a registered dataset: {', '.join(DATASETS.declared_names())} (or a plug-in's)")
     inspect.add_argument("--root", help="the folder holding the dataset's files (csv: the CSV file)")
     inspect.add_argument("--test-fraction", type=float, default=0.5, help="folder/csv without a split column")
     inspect.add_argument("--json", action="store_true", help="print exactly one JSON object")

@@ -1,8 +1,11 @@
 """Typed, strict run configuration: YAML recipes plus ``--set a.b=value`` overrides.
 
 pydantic does the validation (a well-kept library, and its errors name the key): unknown keys, wrong
-types and unknown option names are errors, never silently ignored. Option names are checked against
-the same registries the code uses, so the allowed values listed in an error are always current.
+types and unknown option names are errors, never silently ignored. Component names (methods, datasets,
+losses, miners, transforms) are checked against the registries the components fill where they are
+defined (:mod:`metrictransfer.registry`), so the allowed values listed in an error are always current;
+every component is written ``{name, params}`` (a bare name means no parameters). Recipes written for the
+earlier layout (``transfer.sigma``, ``metric_loss.miner_params``, ...) are read into this one.
 """
 
 from __future__ import annotations
@@ -13,19 +16,22 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from metrictransfer.data.names import DATASET_NAMES
-from metrictransfer.data.transforms import NORMALIZATIONS, TRANSFORMS, model_normalization
 from metrictransfer.errors import ConfigError
 from metrictransfer.io import atomic_write_text
-from metrictransfer.losses import METRIC_LOSSES, MINERS, TRANSFER_LOSSES, build_transfer_loss
-from metrictransfer.losses.metric import check_metric_loss_params, check_miner_params
+from metrictransfer.normalization import NORMALIZATIONS, model_normalization
+from metrictransfer.params import check_params
+from metrictransfer.registry import DATASETS, METHODS, METRIC_LOSSES, MINERS, TRANSFER_LOSSES, TRANSFORMS, Registry
 
-__all__ = ["DATASET_NAMES", "ConfigError", "RunConfig", "build_config", "load_config"]
+__all__ = ["Component", "ConfigError", "RunConfig", "build_config", "load_config"]
+
+#: Parameters of metric losses that metrictransfer fills from the data and the model.
+FILLED_METRIC_PARAMS = ("num_classes", "embedding_size")
 
 
-def _check_name(value: str, registry: dict, what: str) -> str:
+def _check_name(value: str, registry: Registry[Any] | tuple[str, ...], what: str) -> str:
     if value not in registry:
-        raise ValueError(f"unknown {what} {value!r}; valid names: {', '.join(sorted(registry))}")
+        names = registry.names() if isinstance(registry, Registry) else registry
+        raise ValueError(f"unknown {what} {value!r}; valid names: {', '.join(sorted(names))}")
     return value
 
 
@@ -33,10 +39,52 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
 
 
+class Component(Strict):
+    """A registered component by name, with the keyword parameters of its constructor (checked against its
+    signature when the configuration is loaded). A bare name stands for ``{name: NAME}``."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the component's constructor")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, raw: Any) -> Any:
+        return {"name": raw} if isinstance(raw, str) else raw
+
+
+def _component(spec: Component, registry: Registry[Any], what: str, where: str, filled: tuple[str, ...] = ()) -> Component:
+    """Check a component's name and parameters against its registry (at load time, not at the first step);
+    ``where``: its key, for the message."""
+    component = registry.get(_check_name(spec.name, registry, what))
+    check_params(component, spec.params, f"{what} {spec.name!r}", f"{where}.params", filled=filled)
+    return spec
+
+
+def _moved(raw: Any, moves: dict[str, str], defaults: dict[str, Any] | None = None) -> Any:
+    """Read keys of the earlier layout into their new place (``old`` → ``new.path`` inside the section);
+    ``defaults``: what a parent that the section leaves out stands for (a component's default name)."""
+    if not isinstance(raw, dict) or not any(old in raw for old in moves):
+        return raw
+    raw = {**(defaults or {}), **raw}
+    for old, new in moves.items():
+        if old in raw:
+            value = raw.pop(old)
+            *parents, last = new.split(".")
+            node = raw
+            for part in parents:
+                child = node.get(part)
+                child = {"name": child} if isinstance(child, str) else dict(child or {})
+                node[part] = child
+                node = child
+            node[last] = {**node.get(last, {}), **value} if isinstance(value, dict) and last == "params" else value
+    return raw
+
+
 
 
 class DataConfig(Strict):
-    dataset: Literal[DATASET_NAMES] = "glyphs"
+    dataset: str = Field("glyphs", description="a registered dataset: glyphs (generated demo data), cub, cars, sop, inshop, "
+                         "folder, csv, unlabelled, or one a plug-in registers")
     root: str | None = Field(None, description="the folder holding the dataset's files (csv: the CSV file)")
     image_size: int = Field(32, ge=8)
     transform: str = "glyphs"
@@ -57,6 +105,11 @@ class DataConfig(Strict):
         0.0, ge=0, lt=1, description="method classifier: share of each training class's images held out for accuracy"
     )
 
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return _check_name(v, DATASETS, "dataset")
+
     @field_validator("transform")
     @classmethod
     def _transform(cls, v: str) -> str:
@@ -65,11 +118,11 @@ class DataConfig(Strict):
     @field_validator("normalization")
     @classmethod
     def _normalization(cls, v: str) -> str:
-        return v if v == "model" else _check_name(v, dict.fromkeys(NORMALIZATIONS), "normalization")
+        return v if v == "model" else _check_name(v, NORMALIZATIONS, "normalization")
 
     @model_validator(mode="after")
     def _root_when_needed(self) -> "DataConfig":
-        if self.dataset != "glyphs" and not self.root:
+        if DATASETS.info(self.dataset, "needs_root", True) and not self.root:
             raise ValueError(f"dataset {self.dataset!r} needs data.root (the folder holding its files; csv: the CSV file)")
         return self
 
@@ -88,26 +141,24 @@ class ModelConfig(Strict):
 
 
 class MetricLossConfig(Strict):
-    name: str = "proxy_anchor"
-    params: dict[str, Any] = Field(default_factory=dict)
-    miner: str = "none"
-    miner_params: dict[str, Any] = Field(default_factory=dict)
-    proxy_lr_multiplier: float = Field(100.0, gt=0)
+    name: str = Field("proxy_anchor", description="an alias (proxy_anchor, triplet, multi_similarity, contrastive) or "
+                      "any pytorch-metric-learning loss by class name (ArcFaceLoss, ...)")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the loss (num_classes and "
+                                   "embedding_size are filled in)")
+    miner: Component = Field(default_factory=lambda: Component(name="none"), description="none, an alias "
+                             "(distance_weighted, multi_similarity) or any pytorch-metric-learning miner by class name")
+    proxy_lr_multiplier: float = Field(100.0, gt=0, description="learnable loss parameters (proxies) train at this "
+                                       "multiple of optim.lr")
 
-    @field_validator("name")
+    @model_validator(mode="before")
     @classmethod
-    def _name(cls, v: str) -> str:
-        return _check_name(v, METRIC_LOSSES, "metric loss")
-
-    @field_validator("miner")
-    @classmethod
-    def _miner(cls, v: str) -> str:
-        return _check_name(v, MINERS, "miner")
+    def _earlier_layout(cls, raw: Any) -> Any:
+        return _moved(raw, {"miner_params": "miner.params"})
 
     @model_validator(mode="after")
-    def _params(self) -> "MetricLossConfig":
-        check_metric_loss_params(self.name, self.params)  # at load time, not at the first step
-        check_miner_params(self.miner, self.miner_params)
+    def _components(self) -> "MetricLossConfig":
+        _component(Component(name=self.name, params=self.params), METRIC_LOSSES, "metric loss", "metric_loss", FILLED_METRIC_PARAMS)
+        _component(self.miner, MINERS, "miner", "metric_loss.miner")
         return self
 
 
@@ -118,14 +169,9 @@ class TransferTerm(Strict):
     weight: float = Field(1.0, ge=0)
     params: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _check_name(v, TRANSFER_LOSSES, "transfer loss")
-
     @model_validator(mode="after")
-    def _params(self) -> "TransferTerm":
-        build_transfer_loss(self.name, self.params, "transfer.terms.params")  # bad parameters fail here, naming the loss
+    def _registered(self) -> "TransferTerm":
+        _component(Component(name=self.name, params=self.params), TRANSFER_LOSSES, "transfer loss", "transfer.terms")
         return self
 
 
@@ -134,10 +180,8 @@ class TransferConfig(Strict):
     source_embeddings: str | None = Field(
         None, description="precomputed source embeddings of the training split (not the paper's protocol)"
     )
-    loss: str = "relaxed_contrastive"
-    sigma: float = Field(1.0, gt=0, description="relaxed_contrastive only")
-    delta: float = Field(1.0, gt=0, description="relaxed_contrastive only")
-    params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of any other loss")
+    loss: Component = Field(default_factory=lambda: Component(name="relaxed_contrastive"),
+                            description="the transfer loss (relaxed_contrastive's params: sigma, delta)")
     terms: list[TransferTerm] = Field(default_factory=list, description="a weighted sum, instead of loss")
     weight: float = Field(1.0, ge=0)
     metric_weight: float = Field(0.0, ge=0, description="weight of the metric loss on labels (paper: 0)")
@@ -145,29 +189,23 @@ class TransferConfig(Strict):
     target_layers: list[str] | None = Field(None, description="fitnet/attention: explicit target submodule names")
     source_layers: list[str] | None = Field(None, description="fitnet/attention: explicit source submodule names")
 
-    @field_validator("loss")
+    @model_validator(mode="before")
     @classmethod
-    def _loss(cls, v: str) -> str:
-        return _check_name(v, TRANSFER_LOSSES, "transfer loss")
+    def _earlier_layout(cls, raw: Any) -> Any:
+        return _moved(raw, {"sigma": "loss.params.sigma", "delta": "loss.params.delta", "params": "loss.params"},
+                      {"loss": "relaxed_contrastive"})
 
     @model_validator(mode="after")
     def _one_way(self) -> "TransferConfig":
-        if self.terms and (self.loss != "relaxed_contrastive" or self.params):
-            raise ValueError("give either transfer.loss (with transfer.params) or transfer.terms, not both")
-        if self.loss != "relaxed_contrastive" and (self.sigma != 1.0 or self.delta != 1.0):
-            raise ValueError(f"transfer.sigma and transfer.delta belong to relaxed_contrastive, not {self.loss!r}")
+        if self.terms and "loss" in self.model_fields_set:
+            raise ValueError("give either transfer.loss or transfer.terms, not both")
         if not self.terms:
-            build_transfer_loss(self.loss, self.loss_params())
+            _component(self.loss, TRANSFER_LOSSES, "transfer loss", "transfer.loss")
         return self
 
     def loss_terms(self) -> list[TransferTerm]:
         """The configured loss as a list of weighted terms (one term unless ``terms`` is given)."""
-        return self.terms or [TransferTerm(name=self.loss, weight=1.0, params=self.loss_params())]
-
-    def loss_params(self) -> dict[str, Any]:
-        if self.loss == "relaxed_contrastive":
-            return {"sigma": self.sigma, "delta": self.delta, **self.params}
-        return dict(self.params)
+        return self.terms or [TransferTerm(name=self.loss.name, weight=1.0, params=self.loss.params)]
 
 
 class OptimConfig(Strict):
@@ -203,11 +241,28 @@ class ClassifierConfig(Strict):
     """method: classifier — cross-entropy on the training classes, optionally taught by a source classifier."""
 
     source_checkpoint: str | None = None
-    distill: Literal["none", "relaxed_contrastive", "hinton"] = "none"
+    distill: Component = Field(default_factory=lambda: Component(name="none"), description="none, or a transfer loss: "
+                               "relaxed_contrastive on the penultimate features, hinton on the logits (params: temperature)")
     weight: float = Field(1.0, ge=0, description="weight of the distillation term")
-    temperature: float = Field(4.0, gt=0, description="hinton: softmax temperature (the loss is scaled by T²)")
-    sigma: float = Field(1.0, gt=0, description="relaxed_contrastive on the penultimate features")
-    delta: float = Field(1.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_layout(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        distill = raw.get("distill", "none")
+        distill_name = distill if isinstance(distill, str) else (distill or {}).get("name")
+        kept = {"relaxed_contrastive": ("sigma", "delta"), "hinton": ("temperature",)}.get(distill_name, ())
+        raw = {k: v for k, v in raw.items() if k not in {"sigma", "delta", "temperature"} - set(kept)}  # ignored before too
+        return _moved(raw, {key: f"distill.params.{key}" for key in kept})
+
+    @model_validator(mode="after")
+    def _distill(self) -> "ClassifierConfig":
+        if self.distill.name != "none":
+            _component(self.distill, TRANSFER_LOSSES, "transfer loss", "classifier.distill")
+        elif self.distill.params:
+            raise ValueError("classifier.distill.params need a distillation loss (distill.name)")
+        return self
 
 
 class SelfSupConfig(Strict):
@@ -222,8 +277,8 @@ class MutualConfig(Strict):
     """
 
     members: int = Field(2, ge=1, description="cohort size K (1 is plain training, kept for checks)")
-    loss: str = Field("rkd", description="mutual loss: any transfer loss by name (peer as the source)")
-    params: dict[str, Any] = Field(default_factory=dict, description="keyword parameters of the mutual loss")
+    loss: Component = Field(default_factory=lambda: Component(name="rkd"),
+                            description="the mutual loss: any transfer loss (the peer plays the source)")
     weight: float = Field(1.0, ge=0, description="λ: weight of the mutual loss (0: independent members)")
     peers: Literal["mean", "sum"] = Field("mean", description="how the K-1 peers' mutual losses combine")
     model_diversity: bool = Field(True, description="member k initialised from seed + k (else all from seed)")
@@ -239,14 +294,14 @@ class MutualConfig(Strict):
     backbones: list[str] | None = Field(None, description="per member (default: model.backbone for all)")
     weights: list[str | None] | None = Field(None, description="per member backbone weights files (default: model.weights)")
 
-    @field_validator("loss")
+    @model_validator(mode="before")
     @classmethod
-    def _loss(cls, v: str) -> str:
-        return _check_name(v, TRANSFER_LOSSES, "mutual loss")
+    def _earlier_layout(cls, raw: Any) -> Any:
+        return _moved(raw, {"params": "loss.params"}, {"loss": "rkd"})
 
     @model_validator(mode="after")
     def _per_member(self) -> "MutualConfig":
-        build_transfer_loss(self.loss, self.params, "mutual.params")  # bad parameters fail here, naming the loss
+        _component(self.loss, TRANSFER_LOSSES, "mutual loss", "mutual.loss")
         for key in ("update_every", "augmentation_strength", "backbones", "weights"):
             value = getattr(self, key)
             if value is not None and len(value) != self.members:
@@ -271,7 +326,7 @@ class MutualConfig(Strict):
 
 # The mutual method's base loss unless metric_loss is given: a conventional triplet loss, margin 0.2 on
 # L2-normalised embeddings, distance-weighted sampling (the diversified mutual learning authors' setting).
-MUTUAL_METRIC_LOSS = {"name": "triplet", "params": {"margin": 0.2}, "miner": "distance_weighted"}
+MUTUAL_METRIC_LOSS = {"name": "triplet", "params": {"margin": 0.2}, "miner": {"name": "distance_weighted"}}
 
 
 class CheckpointConfig(Strict):
@@ -288,7 +343,10 @@ RESUMABLE_KEYS = ("threads", "device", "compile", "data.num_workers", "eval.batc
 
 
 class RunConfig(Strict):
-    method: Literal["source", "transfer", "selfsup", "classifier", "mutual"] = "source"
+    method: str = Field("source", description="a registered method: source, transfer, selfsup, classifier, mutual, or one "
+                        "a plug-in registers")
+    method_params: dict[str, Any] = Field(default_factory=dict, description="parameters of a plug-in method "
+                                          "(checked against its params_model); the built-in methods have their own sections")
     name: str | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -318,6 +376,20 @@ class RunConfig(Strict):
             raw = {**raw, "metric_loss": dict(MUTUAL_METRIC_LOSS)}
         return raw
 
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        return _check_name(v, METHODS, "method")
+
+    @model_validator(mode="after")
+    def _method_params(self) -> "RunConfig":
+        params_model = getattr(METHODS.get(self.method), "params_model", None)
+        if params_model is not None:
+            params_model.model_validate(self.method_params)
+        elif self.method_params:
+            raise ValueError(f"method {self.method!r} takes no method_params; its settings have their own section")
+        return self
+
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_as_text(cls, v: Any) -> Any:
@@ -345,7 +417,7 @@ class RunConfig(Strict):
         if self.method == "classifier":
             if self.data.holdout_images <= 0:
                 raise ValueError("method 'classifier' is evaluated on held-out images of its classes: set data.holdout_images (e.g. 0.2)")
-            if (self.classifier.distill != "none") != bool(self.classifier.source_checkpoint):
+            if (self.classifier.distill.name != "none") != bool(self.classifier.source_checkpoint):
                 raise ValueError("classifier.distill other than 'none' needs classifier.source_checkpoint, and only then")
         t = self.transfer
         if self.method == "transfer" and bool(t.source_checkpoint) == bool(t.source_embeddings):
@@ -457,6 +529,10 @@ def resume_differences(saved: dict, current: dict) -> list[str]:
                 out[key] = v
         return out
 
+    try:  # a run saved in the earlier layout (transfer.sigma, ...) compares in this one
+        saved = config_to_dict(build_config(saved, origin="the saved configuration"))
+    except ConfigError:
+        pass  # compared as it is: its differences are listed
     a, b = flat(saved), flat(current)
     allowed = tuple(RESUMABLE_KEYS)
     return sorted(

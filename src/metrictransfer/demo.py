@@ -48,7 +48,9 @@ def demo_configs(out: Path, seed: int = 0, epochs_scale: float = 1.0, overrides:
         "source": make(DEMO_SOURCE, "source", "source"),
         "target_alone": make(DEMO_TARGET, "target_alone", "source"),
         "target_transfer": make(
-            DEMO_TARGET, "target_transfer", "transfer", {"transfer": {"source_checkpoint": str(out / "source")}}
+            DEMO_TARGET, "target_transfer", "transfer",
+            {"transfer": {"source_checkpoint": str(out / "source"),
+                          "loss": {"name": "relaxed_contrastive", "params": {"sigma": 1.0, "delta": 1.0}}}}
         ),
     }
 

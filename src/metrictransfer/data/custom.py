@@ -14,15 +14,16 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from metrictransfer.data.index import ImageIndex, check_splits
 from metrictransfer.errors import ConfigError, DataError, MissingFileError
+from metrictransfer.registry import register_dataset
 
-__all__ = ["CSV_SPLITS", "CUSTOM_READERS", "IMAGE_EXTENSIONS", "read_csv_list", "read_folder", "read_unlabelled"]
+__all__ = ["CSV_SPLITS", "IMAGE_EXTENSIONS", "read_csv_list", "read_folder", "read_unlabelled"]
 
 #: File extensions counted as images (compared case-insensitively).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
@@ -130,6 +131,7 @@ def _string_labels(
 # ------------------------------------------------------------------------------------------ folder
 
 
+@register_dataset("folder", reader="class_split")
 def read_folder(
     root: str | Path,
     test_fraction: float = 0.5,
@@ -214,6 +216,7 @@ def _csv_rows(path: Path) -> tuple[list[tuple[str, str, str | None, int]], bool]
     return rows, i_split is not None
 
 
+@register_dataset("csv", reader="class_split")
 def read_csv_list(
     path: str | Path,
     test_fraction: float = 0.5,
@@ -279,6 +282,7 @@ def read_csv_list(
 # -------------------------------------------------------------------------------------- unlabelled
 
 
+@register_dataset("unlabelled", reader="root")
 def read_unlabelled(root: str | Path) -> dict[str, ImageIndex]:
     """Every image under `root` (recursive, sorted) as one ``train`` split with labels -1 and no classes."""
     root = _require_folder(root, "unlabelled")
@@ -286,10 +290,3 @@ def read_unlabelled(root: str | Path) -> dict[str, ImageIndex]:
     if not paths:
         raise DataError(f"unlabelled: no images under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return {"train": ImageIndex(root, paths, np.full(len(paths), -1, dtype=np.int64), [])}
-
-
-CUSTOM_READERS: dict[str, Callable[..., dict[str, ImageIndex]]] = {
-    "folder": read_folder,
-    "csv": read_csv_list,
-    "unlabelled": read_unlabelled,
-}

@@ -27,8 +27,9 @@ import numpy as np
 
 from metrictransfer.data.index import ImageIndex, check_splits, contiguous_labels, malformed, require_files
 from metrictransfer.errors import DataError, MissingPackageError
+from metrictransfer.registry import register_dataset
 
-__all__ = ["EXPECTED", "OFFICIAL_READERS", "read_cars", "read_cub", "read_inshop", "read_sop"]
+__all__ = ["EXPECTED", "read_cars", "read_cub", "read_inshop", "read_sop"]
 
 #: What each dataset's root must hold (a trailing ``/`` is a folder); quoted in error messages.
 EXPECTED: dict[str, list[str]] = {
@@ -105,6 +106,7 @@ def _id_table(path: Path, expected: str, int_values: bool, lines: dict[int, int]
     return table
 
 
+@register_dataset("cub", reader="root")
 def read_cub(root: str | Path) -> dict[str, ImageIndex]:
     """CUB-200-2011 from ``images.txt``, ``image_class_labels.txt`` and ``classes.txt``.
 
@@ -146,6 +148,7 @@ def _scalar(value: Any) -> Any:
     return value
 
 
+@register_dataset("cars", reader="root")
 def read_cars(root: str | Path) -> dict[str, ImageIndex]:
     """Cars-196 from ``cars_annos.mat`` (needs scipy); classes 1-98 ``train``, 99-196 ``test``.
 
@@ -223,6 +226,7 @@ def _read_sop_list(root: Path, name: str) -> ImageIndex:
     return _index(root, paths, class_ids, str, path, numbers)
 
 
+@register_dataset("sop", reader="root")
 def read_sop(root: str | Path) -> dict[str, ImageIndex]:
     """Stanford Online Products from ``Ebay_train.txt`` and ``Ebay_test.txt``; class names are the class ids."""
     root = require_files(root, EXPECTED["sop"], "sop")
@@ -234,6 +238,7 @@ def read_sop(root: str | Path) -> dict[str, ImageIndex]:
 # ------------------------------------------------------------------------------------------ In-Shop
 
 
+@register_dataset("inshop", reader="root")
 def read_inshop(root: str | Path) -> dict[str, ImageIndex]:
     """In-Shop Clothes Retrieval from ``list_eval_partition.txt``: ``train``, ``query`` and ``gallery``.
 
@@ -280,11 +285,3 @@ def read_inshop(root: str | Path) -> dict[str, ImageIndex]:
     # The protocol: training items are not evaluated; queries and gallery share items but not images.
     check_splits(splits, path)
     return splits
-
-
-OFFICIAL_READERS: dict[str, Callable[[str | Path], dict[str, ImageIndex]]] = {
-    "cub": read_cub,
-    "cars": read_cars,
-    "sop": read_sop,
-    "inshop": read_inshop,
-}

@@ -1,5 +1,9 @@
 """Datasets by the name recipes use in ``data.dataset``, and their splits.
 
+Each dataset registers itself where it is defined (``@register_dataset``): a reader of annotation files
+(``reader="root"``: fixed splits; ``reader="class_split"``: the user's own data, split by class on request)
+or, with ``builder=True``, a function that builds a split itself (the generated glyphs).
+
 Every dataset :func:`build_dataset` returns carries ``dataset_name``, ``split`` and ``item_names``
 (one stable name per item, in order: the relative image path, or a synthetic id for generated data),
 so that a file of embeddings can say which items its rows are and be checked against a dataset.
@@ -7,17 +11,15 @@ so that a file of embeddings can say which items its rows are and be checked aga
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 from torch.utils.data import Dataset
 
 from metrictransfer.config import DataConfig
+from metrictransfer.data.glyphs import GlyphsDataset
+from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
 from metrictransfer.errors import ConfigError
-
-#: Datasets whose splits can be chosen with data.train_classes / data.test_classes.
-_CLASS_LISTS = ("folder", "csv")
+from metrictransfer.registry import DATASETS, register_dataset
 
 
 def glyph_item_names(dataset, config: DataConfig, split: str) -> list[str]:
@@ -37,9 +39,9 @@ def glyph_item_names(dataset, config: DataConfig, split: str) -> list[str]:
     return names
 
 
-def _glyphs(config: DataConfig, split: str) -> Dataset:
-    from metrictransfer.data.glyphs import GlyphsDataset
-
+@register_dataset("glyphs", builder=True, needs_root=False)
+def build_glyphs(config: DataConfig, split: str) -> Dataset:
+    """The generated demo data (no files): Unicode glyphs rendered in several fonts."""
     dataset = GlyphsDataset(
         split=split,
         seed=config.glyph_seed,
@@ -51,21 +53,6 @@ def _glyphs(config: DataConfig, split: str) -> Dataset:
     return dataset
 
 
-def _readers() -> dict[str, Callable[[DataConfig], dict[str, ImageIndex]]]:
-    from metrictransfer.data.custom import read_csv_list, read_folder, read_unlabelled
-    from metrictransfer.data.official import read_cars, read_cub, read_inshop, read_sop
-
-    return {
-        "cub": lambda c: read_cub(c.root),
-        "cars": lambda c: read_cars(c.root),
-        "sop": lambda c: read_sop(c.root),
-        "inshop": lambda c: read_inshop(c.root),
-        "folder": lambda c: read_folder(c.root, c.test_fraction, c.train_classes, c.test_classes),
-        "csv": lambda c: read_csv_list(c.root, c.test_fraction, c.train_classes, c.test_classes),
-        "unlabelled": lambda c: read_unlabelled(c.root),
-    }
-
-
 def read_splits(config: DataConfig, combine_query_gallery: bool = True) -> dict[str, ImageIndex]:
     """Every split of a file-based dataset, indexed from its annotation files (no image opened).
 
@@ -73,7 +60,13 @@ def read_splits(config: DataConfig, combine_query_gallery: bool = True) -> dict[
     ``query`` and ``gallery`` but no ``test`` split (In-Shop), ``test`` is both together, with
     ``is_query`` / ``is_gallery`` masks: evaluation is query against gallery.
     """
-    splits = dict(_readers()[config.dataset](config))
+    entry = DATASETS.entry(config.dataset, "data.dataset")
+    if entry.info.get("builder"):
+        raise ConfigError(f"dataset {config.dataset!r} is generated, not read from annotation files")
+    if entry.info.get("reader") == "class_split":
+        splits = dict(entry.component(config.root, config.test_fraction, config.train_classes, config.test_classes))
+    else:
+        splits = dict(entry.component(config.root))
     if combine_query_gallery and "test" not in splits and {"query", "gallery"} <= splits.keys():
         splits["test"] = _query_gallery(splits["query"], splits["gallery"])
     return splits
@@ -98,8 +91,6 @@ def _limit_classes(index: ImageIndex, num_classes: int | None) -> ImageIndex:
 
 
 def _files(config: DataConfig, split: str) -> Dataset:
-    from metrictransfer.data.images import ImageFolderDataset
-
     splits = read_splits(config)
     if split not in splits:
         raise ConfigError(f"dataset {config.dataset!r} at {config.root} has no split {split!r}; it has: {', '.join(splits)}")
@@ -110,21 +101,15 @@ def _files(config: DataConfig, split: str) -> Dataset:
     return dataset
 
 
-DATASETS: dict[str, Callable[[DataConfig, str], Dataset]] = {
-    "glyphs": _glyphs,
-    **{name: _files for name in ("cub", "cars", "sop", "inshop", "folder", "csv", "unlabelled")},
-}
-
-
 def build_dataset(config: DataConfig, split: str) -> Dataset:
     """One split of the configured dataset; items are ``(PIL image, label)``, labels 0-based per split."""
-    if config.dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {config.dataset!r}; valid names: {', '.join(sorted(DATASETS))}")
-    if config.dataset not in _CLASS_LISTS and (config.train_classes is not None or config.test_classes is not None):
+    entry = DATASETS.entry(config.dataset, "data.dataset")
+    if entry.info.get("reader") != "class_split" and (config.train_classes is not None or config.test_classes is not None):
+        class_lists = [name for name in DATASETS.names() if DATASETS.info(name, "reader") == "class_split"]
         raise ConfigError(  # silently ignored, they would suggest a split that is not the one used
-            f"data.train_classes / data.test_classes apply to {' and '.join(_CLASS_LISTS)} data only; "
+            f"data.train_classes / data.test_classes apply to {' and '.join(class_lists)} data only; "
             f"dataset {config.dataset!r} has fixed splits: leave them out"
         )
-    dataset = DATASETS[config.dataset](config, split)
+    dataset = entry.component(config, split) if entry.info.get("builder") else _files(config, split)
     dataset.dataset_name, dataset.split = config.dataset, split
     return dataset

@@ -2,47 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torchvision.transforms import v2
 
 from metrictransfer.errors import ConfigError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Caffe-trained BN-Inception weights expect BGR channels in 0–255 with these means subtracted, std 1.
-BN_INCEPTION_MEAN_BGR = (104.0, 117.0, 128.0)
-# Input conventions of pretrained weights, by name: RGB in [0, 1], then (x - mean) / std.
-NORMALIZATION_STATS = {
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),  # torchvision's and most timm weights
-    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # Inception-v3/v4, many ViTs: [-1, 1]
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),  # CLIP, EVA
-}
-NORMALIZATIONS = (*NORMALIZATION_STATS, "bn_inception")
-# timm's pretrained_cfg key by which a model states an input convention mean/std cannot express
-BGR_CONVENTION = "bgr_0_255"
-
-
-def model_normalization(backbone: str) -> str:
-    """The input convention of a timm backbone's weights (its pretrained configuration), by name: what
-    ``data.normalization: model`` means. Weights trained on other statistics than the named ones are
-    refused: a silent ImageNet default would feed them inputs they never saw."""
-    from timm.models import get_pretrained_cfg
-
-    import metrictransfer.models  # noqa: F401  (registers the backbones written here, e.g. bn_inception)
-
-    cfg = get_pretrained_cfg(backbone)
-    if cfg is None:
-        raise ConfigError(f"data.normalization: model: timm has no pretrained configuration for {backbone!r}; "
-                          f"name the normalization ({', '.join(NORMALIZATIONS)})")
-    if getattr(cfg, "input_convention", None) == BGR_CONVENTION or (cfg.to_dict().get("input_convention") == BGR_CONVENTION):
-        return "bn_inception"
-    for name, (mean, std) in NORMALIZATION_STATS.items():
-        if all(abs(a - b) < 1e-3 for a, b in zip((*cfg.mean, *cfg.std), (*mean, *std))):
-            return name
-    raise ConfigError(f"data.normalization: model: {backbone!r} was trained with mean {cfg.mean} and std {cfg.std}, "
-                      f"which none of {', '.join(NORMALIZATION_STATS)} is")
+from metrictransfer.normalization import BN_INCEPTION_MEAN_BGR, NORMALIZATION_STATS, NORMALIZATIONS
+from metrictransfer.registry import TRANSFORMS, register_transform
 
 
 def _bgr_0_255(image: torch.Tensor) -> torch.Tensor:
@@ -89,10 +54,9 @@ def _glyphs_test(size: int, normalization: str) -> v2.Compose:
     return v2.Compose([v2.RGB(), v2.Resize((size, size)), *_to_tensor(normalization)])
 
 
-TRANSFORMS: dict[str, tuple[Callable[[int, str], v2.Compose], Callable[[int, str], v2.Compose]]] = {
-    "paper": (_paper_train, _paper_test),
-    "glyphs": (_glyphs_train, _glyphs_test),
-}
+# (train, test) builders by the name recipes use in data.transform
+register_transform("paper")((_paper_train, _paper_test))
+register_transform("glyphs")((_glyphs_train, _glyphs_test))
 
 
 def build_transform(
@@ -102,12 +66,11 @@ def build_transform(
 
     ``strength`` scales the random one (cohort members' view diversity): the crop's smallest area moves
     towards full size below 1 and away from it above 1, rotations scale with it; 0 is crop-free."""
-    if name not in TRANSFORMS:
-        raise ConfigError(f"unknown transform {name!r}; valid names: {', '.join(sorted(TRANSFORMS))}")
+    train_builder, test_builder = TRANSFORMS.get(name, "data.transform")
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
     if strength < 0:
         raise ValueError(f"augmentation strength must be >= 0, got {strength}")
     if not train:
-        return TRANSFORMS[name][1](image_size, normalization)
-    return TRANSFORMS[name][0](image_size, normalization, strength)
+        return test_builder(image_size, normalization)
+    return train_builder(image_size, normalization, strength)

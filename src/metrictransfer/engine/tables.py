@@ -10,25 +10,12 @@ import yaml
 
 from metrictransfer.config import build_config
 from metrictransfer.errors import ConfigError, MissingFileError
+from metrictransfer.registry import METHODS
 
 
 def method_label(config) -> str:
-    """How the paper's tables name a run: the transfer loss(es), '+ metric' when a label loss is added,
-    or the metric loss alone for a run without transfer; cohorts by their size, mutual loss and diversities."""
-    if config.method == "mutual":
-        m = config.mutual
-        diversities = [name for name, on in (
-            ("model", m.model_diversity), ("temporal", any(t > 1 for t in m.taus()) or m.ema_momentum is not None),
-            ("view", m.view_diversity)) if on]
-        return (f"mutual K={m.members} {config.metric_loss.name} + {m.weight:g}·{m.loss}"
-                f" ({' + '.join(diversities) or 'no'} diversity)")
-    if config.method != "transfer":
-        return f"{config.metric_loss.name} (no transfer)"
-    terms = config.transfer.loss_terms()
-    label = " + ".join(t.name if t.weight == 1 else f"{t.weight:g}·{t.name}" for t in terms)
-    if config.transfer.metric_weight > 0:
-        label += f" + {config.metric_loss.name}"
-    return label
+    """How the paper's tables name a run: each method says it (:meth:`Method.label`)."""
+    return METHODS[config.method].label(config)
 
 
 def collect_runs(run_dirs: list[str | Path]) -> list[dict]:

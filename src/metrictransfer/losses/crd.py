@@ -15,15 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metrictransfer.losses.base import TransferInputs, TransferLoss, TransferShapes, check_pair
+from metrictransfer.registry import register_transfer_loss
 
-class CRDLoss(nn.Module):
+
+@register_transfer_loss("crd")
+class CRDLoss(TransferLoss):
     """``loss(target, source, indices)``: ``indices`` are the images' positions in the training set.
 
-    The transfer method calls :meth:`prepare_embeddings` (the projection heads, trained with the target)
-    and :meth:`prepare_items` (the memory banks) before training.
+    The methods call :meth:`setup` (the projection heads, trained with the target) and :meth:`setup_items`
+    (the memory banks) before training.
     """
 
-    uses_indices = True
+    needs = frozenset({"indices"})
 
     def __init__(
         self,
@@ -40,11 +44,11 @@ class CRDLoss(nn.Module):
         self.register_buffer("memory_source", torch.empty(0, feat_dim))
         self.register_buffer("normalizers", torch.full((2,), -1.0))  # set once, from the first batch
 
-    def prepare_embeddings(self, target_dim: int, source_dim: int) -> None:
-        self.embed_target = nn.Linear(target_dim, self.feat_dim)
-        self.embed_source = nn.Linear(source_dim, self.feat_dim)
+    def setup(self, shapes: TransferShapes) -> None:
+        self.embed_target = nn.Linear(shapes.target_dim, self.feat_dim)
+        self.embed_source = nn.Linear(shapes.source_dim, self.feat_dim)
 
-    def prepare_items(self, num_items: int) -> None:
+    def setup_items(self, num_items: int) -> None:
         """Random unit-scale banks for ``num_items`` training images (uniform in ±1/√(feat_dim/3))."""
         bound = 1.0 / math.sqrt(self.feat_dim / 3)
         for name in ("memory_target", "memory_source"):
@@ -59,10 +63,16 @@ class CRDLoss(nn.Module):
         log_d0 = torch.log(noise / (scores[:, 1:] + noise + eps))
         return -(log_d1.sum() + log_d0.sum()) / len(scores)
 
+    def compute(self, inputs: TransferInputs) -> torch.Tensor:
+        check_pair(inputs.target, inputs.source, "CRD", minimum=1)
+        if inputs.indices is None:
+            raise ValueError("CRD needs the images' positions in the training set (inputs.indices)")
+        return self(inputs.target, inputs.source, inputs.indices)
+
     def forward(self, target: torch.Tensor, source: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         num_items = len(self.memory_source)
         if num_items == 0 or self.embed_target is None:
-            raise RuntimeError("CRDLoss.prepare_embeddings(...) and prepare_items(...) must be called before use")
+            raise RuntimeError("CRDLoss.setup(...) and setup_items(...) must be called before use")
         v_target = F.normalize(self.embed_target(target), dim=1)
         v_source = F.normalize(self.embed_source(source.detach().to(target.dtype)), dim=1)
         drawn = torch.randint(num_items, (len(indices), self.negatives), device=indices.device)

@@ -10,19 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from metrictransfer.losses.base import TransferLoss, check_pair
 from metrictransfer.losses.distances import pairwise_distances
-
-
-def _check_pair(target: torch.Tensor, source: torch.Tensor, name: str, minimum: int = 2) -> None:
-    if target.dim() != 2 or source.dim() != 2 or len(target) != len(source):
-        raise ValueError(
-            f"{name}: expected target (N × D_t) and source (N × D_s) embeddings of the same N images, "
-            f"got shapes {tuple(target.shape)} and {tuple(source.shape)}"
-        )
-    if len(target) < minimum:
-        raise ValueError(f"{name} needs at least {minimum} embeddings, got {len(target)}")
+from metrictransfer.registry import register_transfer_loss
 
 
 def _mean_normalised_distances(x: torch.Tensor) -> torch.Tensor:
@@ -30,12 +21,13 @@ def _mean_normalised_distances(x: torch.Tensor) -> torch.Tensor:
     return d / d[d > 0].mean()
 
 
-class RKDDistanceLoss(nn.Module):
+@register_transfer_loss("rkd_distance")
+class RKDDistanceLoss(TransferLoss):
     """RKD distance term: Smooth-L1 between the two models' distance matrices, each divided by its mean
     off-diagonal distance (so the target's scale is free). Mean over all N² entries."""
 
     def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        _check_pair(target, source, "RKD distance")
+        check_pair(target, source, "RKD distance")
         with torch.no_grad():
             source_d = _mean_normalised_distances(source.detach())
         return F.smooth_l1_loss(_mean_normalised_distances(target), source_d.to(target.dtype))
@@ -101,7 +93,8 @@ class _AngleLoss(torch.autograd.Function):
         return grad_output * grad_gram, grad_output * grad_inv, None, None, None
 
 
-class RKDAngleLoss(nn.Module):
+@register_transfer_loss("rkd_angle")
+class RKDAngleLoss(TransferLoss):
     """RKD angle term: Smooth-L1 between the cosines of the angles every triple (i, j, k) makes at i,
     mean over all N³ triples.
 
@@ -125,7 +118,7 @@ class RKDAngleLoss(nn.Module):
         return max(1, budget // (n * n))
 
     def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        _check_pair(target, source, "RKD angle", minimum=3)
+        check_pair(target, source, "RKD angle", minimum=3)
         n = len(target)
         target = target.float() if target.dtype in (torch.float16, torch.bfloat16) else target
         with torch.no_grad():
@@ -139,7 +132,8 @@ class RKDAngleLoss(nn.Module):
         return f"chunk={self.chunk}"
 
 
-class RKDLoss(nn.Module):
+@register_transfer_loss("rkd")
+class RKDLoss(TransferLoss):
     """The RKD method: distance term × ``distance_weight`` (1) + angle term × ``angle_weight`` (2)."""
 
     def __init__(self, distance_weight: float = 1.0, angle_weight: float = 2.0, chunk: int | None = None) -> None:
@@ -157,7 +151,8 @@ def _pkt_affinity(x: torch.Tensor, eps: float) -> torch.Tensor:
     return similarity / similarity.sum(dim=1, keepdim=True)
 
 
-class PKTLoss(nn.Module):
+@register_transfer_loss("pkt")
+class PKTLoss(TransferLoss):
     """Probabilistic knowledge transfer: row-normalised cosine affinities of the two models, compared by
     KL divergence (source ‖ target), averaged over all N² entries."""
 
@@ -166,14 +161,15 @@ class PKTLoss(nn.Module):
         self.eps = eps
 
     def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        _check_pair(target, source, "PKT")
+        check_pair(target, source, "PKT")
         with torch.no_grad():
             p = _pkt_affinity(source.detach().to(target.dtype), self.eps)
         q = _pkt_affinity(target, self.eps)
         return torch.mean(p * torch.log((p + self.eps) / (q + self.eps)))
 
 
-class DarkRankLoss(nn.Module):
+@register_transfer_loss("darkrank")
+class DarkRankLoss(TransferLoss):
     """DarkRank, hard variant: the negative log-likelihood (Plackett–Luce) of the source's ranking of each
     query's ``list_length`` nearest neighbours under the target's scores ``−α · distance^β``.
 
@@ -188,7 +184,7 @@ class DarkRankLoss(nn.Module):
         self.alpha, self.beta, self.list_length, self.normalize = alpha, beta, list_length, normalize
 
     def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        _check_pair(target, source, "DarkRank", minimum=self.list_length + 1)
+        check_pair(target, source, "DarkRank", minimum=self.list_length + 1)
         if self.normalize:
             target, source = F.normalize(target, dim=1), F.normalize(source.detach(), dim=1)
         with torch.no_grad():

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from metrictransfer.losses.base import TransferLoss
 from metrictransfer.losses.distances import pairwise_distances
+from metrictransfer.registry import register_transfer_loss
 
 
-class RelaxedContrastiveLoss(nn.Module):
+@register_transfer_loss("relaxed_contrastive")
+class RelaxedContrastiveLoss(TransferLoss):
     """Transfers the source's pairwise similarities to the target as soft (relaxed) pair labels.
 
     ``loss(target, source)``: ``target`` (N × D_t) carries gradient, ``source`` (N × D_s) is treated

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from metrictransfer.config import DataConfig, MetricLossConfig, ModelConfig, RunConfig
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.losses import MinedMetricLoss, build_metric_loss, build_miner
+from metrictransfer.methods.teaching import frozen
 from metrictransfer.models import EmbeddingModel
 
 
@@ -38,6 +39,23 @@ class Method(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.label_loss: nn.Module | None = None  # a loss with state (proxies) is checkpointed too
+
+    @classmethod
+    def label(cls, config: RunConfig) -> str:
+        """How tables name a run of this method (the paper's tables name the loss)."""
+        return f"{config.metric_loss.name} (no transfer)"
+
+    def freeze(self, model: nn.Module) -> nn.Module:
+        """Make ``model`` a frozen teacher of this method: no gradient, and in eval mode even while the
+        method trains (its batch-norm statistics never move)."""
+        self.__dict__.setdefault("_frozen", []).append(model)  # a plain list: not registered a second time
+        return frozen(model)
+
+    def train(self, mode: bool = True) -> Method:
+        super().train(mode)
+        for model in self.__dict__.get("_frozen", []):
+            model.eval()
+        return self
 
     def trainable(self) -> dict[str, nn.Module]:
         raise NotImplementedError
@@ -109,7 +127,7 @@ def build_model(config: ModelConfig) -> EmbeddingModel:
 
 def build_label_loss(config: MetricLossConfig, num_classes: int, embedding_dim: int) -> MinedMetricLoss:
     loss = build_metric_loss(config.name, num_classes, embedding_dim, **config.params)
-    return MinedMetricLoss(loss, build_miner(config.miner, **config.miner_params))
+    return MinedMetricLoss(loss, build_miner(config.miner.name, **config.miner.params))
 
 
 def label_loss_groups(loss: nn.Module, lr: float, multiplier: float) -> list[dict]:

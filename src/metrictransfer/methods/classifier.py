@@ -19,18 +19,14 @@ from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine.checkpoint import load_embedding_model
 from metrictransfer.engine.distributed import gather
 from metrictransfer.errors import ConfigError
-from metrictransfer.losses import RelaxedContrastiveLoss
+from metrictransfer.losses import TransferInputs
 from metrictransfer.methods.base import SingleModelMethod
+from metrictransfer.methods.teaching import build_losses, setup_losses
 from metrictransfer.models import EmbeddingModel
+from metrictransfer.registry import register_method
 
 
-def hinton_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher ‖ student) of the softened distributions, × T² so gradients keep their scale."""
-    log_student = F.log_softmax(student_logits / temperature, dim=1)
-    teacher = F.softmax(teacher_logits.detach() / temperature, dim=1)
-    return F.kl_div(log_student, teacher, reduction="batchmean") * temperature**2
-
-
+@register_method("classifier")
 class ClassifierMethod(SingleModelMethod):
     output = "model"
 
@@ -39,24 +35,21 @@ class ClassifierMethod(SingleModelMethod):
         m: ModelConfig = config.model
         self.model = EmbeddingModel(m.backbone, num_classes, m.pretrained, m.weights, normalize=False)
         cfg = config.classifier
-        self.distill, self.weight, self.temperature = cfg.distill, cfg.weight, cfg.temperature
+        self.weight = cfg.weight
         self.source = None
+        self.distill = None
         if cfg.source_checkpoint:
-            self.source, _ = load_embedding_model(cfg.source_checkpoint)
+            self.source = self.freeze(load_embedding_model(cfg.source_checkpoint)[0])
             if self.source.embedding_dim != num_classes:
                 raise ConfigError(
                     f"source {cfg.source_checkpoint} has {self.source.embedding_dim} outputs but there are "
                     f"{num_classes} classes: the source must be a classifier of the same classes"
                 )
-            self.source.requires_grad_(False)
-            self.source.eval()
-        self.relaxed = RelaxedContrastiveLoss(cfg.sigma, cfg.delta)
-
-    def train(self, mode: bool = True) -> "ClassifierMethod":
-        super().train(mode)
-        if self.source is not None:
-            self.source.eval()
-        return self
+        if cfg.distill.name != "none":
+            # Embedding losses compare the two models' penultimate (pooled backbone) features; logit losses, the logits.
+            (self.distill,) = build_losses([(cfg.distill.name, cfg.distill.params)], "classifier.distill.params",
+                                           {"logits", "labels"})
+            setup_losses([self.distill], self.model.feature_dim, self.source.feature_dim, None)
 
     def evaluation_set(self, config: RunConfig, holdout) -> Dataset:
         """Held-out images of the training classes: a classifier cannot be tested on unseen classes."""
@@ -76,13 +69,14 @@ class ClassifierMethod(SingleModelMethod):
         logits = self.model.head(features)
         loss = F.cross_entropy(logits, labels)
         logs = {"ce_loss": loss.item()}
-        if self.distill != "none":
+        if self.distill is not None:
             with torch.no_grad():
                 source_features = self.source.features(images)
-            if self.distill == "relaxed_contrastive":  # pairwise: over the global batch
-                term = self.relaxed(gather(features), gather(source_features))
-            else:
-                term = hinton_distillation(logits, self.source.head(source_features), self.temperature)
+                source_logits = self.source.head(source_features)
+            # pairwise losses over the global batch; logit losses per image (this process's)
+            inputs = TransferInputs(gather(features), gather(source_features), labels=gather(labels),
+                                    target_logits=logits, source_logits=source_logits)
+            term = self.distill.compute(inputs)
             loss = loss + self.weight * term
             logs["distill_loss"] = term.item()
         logs["loss"] = loss.item()

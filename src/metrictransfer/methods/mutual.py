@@ -24,9 +24,11 @@ from torch import nn
 from metrictransfer.config import DataConfig, RunConfig
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine.distributed import gather
-from metrictransfer.losses import build_transfer_loss
+from metrictransfer.losses import TransferInputs, TransferShapes
 from metrictransfer.methods.base import Method, UpdateGroup, build_label_loss, build_model, label_loss_groups
+from metrictransfer.methods.teaching import build_losses, capturing, needs_of, setup_items
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
+from metrictransfer.registry import register_method
 
 # The paper's ablation of the diversities, as settings of the ``mutual`` section for a cohort of two: each
 # row switches one diversity on (recipes/mutual/ and benchmarks/mutual_ablation.py are built from it).
@@ -45,6 +47,7 @@ def member_name(k: int) -> str:
     return f"member{k}"
 
 
+@register_method("mutual")
 class MutualMethod(Method):
     output = "member0"
 
@@ -86,28 +89,35 @@ class MutualMethod(Method):
         # One mutual loss per ordered pair (learner k, peer j): losses with parameters (FitNet's regressors,
         # CRD's heads and memory banks) must not be shared between pairs.
         self.pairs = [(k, j) for k in self.learners() for j in range(self.size) if j != k]
-        self.mutual_losses = nn.ModuleDict({f"{k}_{j}": build_transfer_loss(cfg.loss, cfg.params) for k, j in self.pairs})
-        self.uses_features = any(getattr(loss, "uses_features", False) for loss in self.mutual_losses.values())
+        losses = build_losses([(cfg.loss.name, cfg.loss.params)] * len(self.pairs), "mutual.loss.params",
+                              {"features", "indices", "labels"})
+        self.mutual_losses = nn.ModuleDict({f"{k}_{j}": loss for (k, j), loss in zip(self.pairs, losses)})
+        self.uses_features = "features" in needs_of(losses)
         self.taps: list[FeatureTaps] = []
+        channels: list[list[int] | None] = [None] * self.size
         if self.uses_features:
             layers = [last_stages(m, cfg.hint_stages) for m in self.members]
-            shapes = [feature_shapes(m, names, config.data.image_size) for m, names in zip(self.members, layers)]
-            for (k, j), loss in zip(self.pairs, self.mutual_losses.values()):
-                if hasattr(loss, "prepare_features"):
-                    loss.prepare_features([s[0] for s in shapes[k]], [s[0] for s in shapes[j]])
+            channels = [[s[0] for s in feature_shapes(m, names, config.data.image_size)] for m, names in zip(self.members, layers)]
             self.taps = [FeatureTaps(m, names) for m, names in zip(self.members, layers)]
-        for (k, j), loss in zip(self.pairs, self.mutual_losses.values()):
-            if hasattr(loss, "prepare_embeddings"):
-                loss.prepare_embeddings(self.members[k].embedding_dim, self.members[j].embedding_dim)
+        for (k, j), loss in zip(self.pairs, losses):
+            loss.setup(TransferShapes(self.members[k].embedding_dim, self.members[j].embedding_dim, channels[k], channels[j]))
+
+    @classmethod
+    def label(cls, config: RunConfig) -> str:
+        """Cohorts by their size, base and mutual loss, and diversities."""
+        m = config.mutual
+        diversities = [name for name, on in (
+            ("model", m.model_diversity), ("temporal", any(t > 1 for t in m.taus()) or m.ema_momentum is not None),
+            ("view", m.view_diversity)) if on]
+        return (f"mutual K={m.members} {config.metric_loss.name} + {m.weight:g}·{m.loss.name}"
+                f" ({' + '.join(diversities) or 'no'} diversity)")
 
     def learners(self) -> list[int]:
         """Members trained by gradient (all but an EMA member)."""
         return [k for k in range(self.size) if k != self.ema_member]
 
     def prepare_training_set(self, dataset) -> None:
-        for loss in self.mutual_losses.values():
-            if hasattr(loss, "prepare_items"):
-                loss.prepare_items(len(dataset))
+        setup_items(list(self.mutual_losses.values()), len(dataset))
 
     def train_transforms(self, data: DataConfig) -> list[Callable]:
         strengths = self.strengths if self.view_diversity else self.strengths[:1]
@@ -159,36 +169,32 @@ class MutualMethod(Method):
         inputs = self.split_views(images)
         member_labels = self.split_views(labels)[0]
         member_indices = self.split_views(indices)[0] if indices is not None else None
-        embeddings, features = [], []
-        for k, (member, x) in enumerate(zip(self.members, inputs)):
-            if k == self.ema_member:
-                with torch.no_grad():
-                    embeddings.append(member(x))
-            else:
-                embeddings.append(member(x))
-            if self.uses_features:
-                features.append(self.taps[k].features)
-        # Pairwise losses see the global batch (hint losses stay on this process's feature maps).
-        embeddings = [gather(e) for e in embeddings]
-        member_labels, member_indices = gather(member_labels), gather(member_indices)
-
-        losses = {}
-        for k in self.learners():
-            base = self.label_losses[k](embeddings[k], member_labels)
-            mutual = embeddings[k].new_zeros(())
-            peers = [j for j in range(self.size) if j != k]
-            for j in peers:
-                loss_fn = self.mutual_losses[f"{k}_{j}"]
-                if getattr(loss_fn, "uses_features", False):
-                    value = loss_fn(features[k], [f.detach() for f in features[j]])
-                elif getattr(loss_fn, "uses_indices", False):
-                    value = loss_fn(embeddings[k], embeddings[j].detach(), member_indices)
+        with capturing(self.taps):
+            embeddings, features = [], []
+            for k, (member, x) in enumerate(zip(self.members, inputs)):
+                if k == self.ema_member:
+                    with torch.no_grad():
+                        embeddings.append(member(x))
                 else:
-                    value = loss_fn(embeddings[k], embeddings[j].detach())
-                mutual = mutual + value
-            if peers and self.peer_mean:
-                mutual = mutual / len(peers)
-            losses[k] = (base + self.weight * mutual, base, mutual)
+                    embeddings.append(member(x))
+                features.append(self.taps[k].features if self.uses_features else None)
+            # Pairwise losses see the global batch (hint losses stay on this process's feature maps).
+            embeddings = [gather(e) for e in embeddings]
+            member_labels, member_indices = gather(member_labels), gather(member_indices)
+
+            losses = {}
+            for k in self.learners():
+                base = self.label_losses[k](embeddings[k], member_labels)
+                mutual = embeddings[k].new_zeros(())
+                peers = [j for j in range(self.size) if j != k]
+                for j in peers:  # the peer teaches: its outputs are constants to learner k's loss
+                    peer_features = [f.detach() for f in features[j]] if features[j] is not None else None
+                    inputs_kj = TransferInputs(embeddings[k], embeddings[j].detach(), features[k], peer_features,
+                                               indices=member_indices, labels=member_labels)
+                    mutual = mutual + self.mutual_losses[f"{k}_{j}"].compute(inputs_kj)
+                if peers and self.peer_mean:
+                    mutual = mutual / len(peers)
+                losses[k] = (base + self.weight * mutual, base, mutual)
         return losses
 
     def training_loss(

@@ -9,8 +9,10 @@ from metrictransfer.config import RunConfig
 from metrictransfer.engine.distributed import gather
 from metrictransfer.errors import ConfigError
 from metrictransfer.methods.base import SingleModelMethod, build_model
+from metrictransfer.registry import register_method
 
 
+@register_method("selfsup")
 class SelfSupervisedMethod(SingleModelMethod):
     """NT-Xent (normalised temperature-scaled cross entropy, pytorch-metric-learning's) where the views of
     one image are the positives and every other image in the batch a negative. Labels are never read;

@@ -8,8 +8,10 @@ from torch import nn
 from metrictransfer.config import RunConfig
 from metrictransfer.engine.distributed import gather
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
+from metrictransfer.registry import register_method
 
 
+@register_method("source")
 class SourceMethod(Method):
     output = "model"
 

@@ -9,10 +9,11 @@ from metrictransfer.config import RunConfig
 from metrictransfer.data.holdout import LabelledSubset
 from metrictransfer.engine.checkpoint import load_embedding_model
 from metrictransfer.engine.distributed import gather
-from metrictransfer.errors import ConfigError, DataError
-from metrictransfer.losses import build_transfer_loss
+from metrictransfer.errors import DataError
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
-from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
+from metrictransfer.methods.teaching import HintTaps, build_losses, capturing, needs_of, setup_items, setup_losses, teacher_inputs
+from metrictransfer.models.features import last_stages
+from metrictransfer.registry import register_method
 
 
 def source_file_dim(path: str) -> int:
@@ -65,12 +66,13 @@ def load_source_table(path: str, dataset) -> torch.Tensor:
     return torch.from_numpy(data.embeddings).float()
 
 
+@register_method("transfer")
 class TransferMethod(Method):
     """Target trained with a transfer loss against the source's embeddings of the very same views.
 
-    The source is loaded from a checkpoint, frozen (no gradient, never in the optimiser) and kept in
-    eval mode, so its batch-norm statistics and outputs do not move. An optional label loss is added
-    with ``transfer.metric_weight`` (0 in the paper, so it is not even built then).
+    The source is loaded from a checkpoint and frozen (:meth:`Method.freeze`), or read from a table of
+    precomputed embeddings. An optional label loss is added with ``transfer.metric_weight`` (0 in the
+    paper, so it is not even built then).
     """
 
     output = "target"
@@ -80,22 +82,19 @@ class TransferMethod(Method):
         cfg = config.transfer
         self.target = build_model(config.model)
         self.source_file = cfg.source_embeddings
-        self.source = None
-        if cfg.source_checkpoint:
-            self.source, _ = load_embedding_model(cfg.source_checkpoint)
-            self.source.requires_grad_(False)
-            self.source.eval()
-        self.terms = [(t.name, t.weight) for t in cfg.loss_terms()]
-        self.transfer_losses = nn.ModuleList(build_transfer_loss(t.name, t.params) for t in cfg.loss_terms())
-        self.target_taps = self.source_taps = None
-        if any(getattr(loss_fn, "uses_features", False) for loss_fn in self.transfer_losses):
-            if self.source is None:
-                raise ConfigError("fitnet and attention need the source model's feature maps: use transfer.source_checkpoint")
-            self._tap_features(cfg, config.data.image_size)
+        self.source = self.freeze(load_embedding_model(cfg.source_checkpoint)[0]) if cfg.source_checkpoint else None
+        terms = cfg.loss_terms()
+        self.terms = [(t.name, t.weight) for t in terms]
+        provides = {"indices", "labels"} | ({"features"} if self.source is not None else set())
+        self.transfer_losses = nn.ModuleList(
+            build_losses([(t.name, t.params) for t in terms], "transfer.loss.params", provides)
+        )
+        self.hints = None
+        if "features" in needs_of(self.transfer_losses):
+            self.hints = HintTaps(self.target, self.source, cfg.target_layers or last_stages(self.target, cfg.hint_stages),
+                                  cfg.source_layers or last_stages(self.source, cfg.hint_stages), config.data.image_size)
         source_dim = self.source.embedding_dim if self.source is not None else source_file_dim(self.source_file)
-        for loss_fn in self.transfer_losses:
-            if hasattr(loss_fn, "prepare_embeddings"):  # CRD's projection heads
-                loss_fn.prepare_embeddings(config.model.embedding_dim, source_dim)
+        setup_losses(self.transfer_losses, config.model.embedding_dim, source_dim, self.hints)
         self.weight = cfg.weight
         self.metric_weight = cfg.metric_weight
         self.label_loss = (
@@ -104,34 +103,20 @@ class TransferMethod(Method):
             else None
         )
         self.proxy_lr_multiplier = config.metric_loss.proxy_lr_multiplier
-        self.uses_labels = self.label_loss is not None  # the relaxed contrastive loss alone is label-free
+        self.uses_labels = self.label_loss is not None or "labels" in needs_of(self.transfer_losses)
+
+    @classmethod
+    def label(cls, config: RunConfig) -> str:
+        """The transfer loss(es), weighted, with '+ metric loss' when a label loss is added."""
+        label = " + ".join(t.name if t.weight == 1 else f"{t.weight:g}·{t.name}" for t in config.transfer.loss_terms())
+        if config.transfer.metric_weight > 0:
+            label += f" + {config.metric_loss.name}"
+        return label
 
     def prepare_training_set(self, dataset) -> None:
-        for loss_fn in self.transfer_losses:
-            if hasattr(loss_fn, "prepare_items"):  # CRD's memory banks, one row per training image
-                loss_fn.prepare_items(len(dataset))
+        setup_items(self.transfer_losses, len(dataset))
         if self.source_file is not None:
             self.register_buffer("source_table", load_source_table(self.source_file, dataset), persistent=False)
-
-    def _tap_features(self, cfg, image_size: int) -> None:
-        """Hooks on both models' intermediate layers for hint losses (FitNet, Attention)."""
-        target_layers = cfg.target_layers or last_stages(self.target, cfg.hint_stages)
-        source_layers = cfg.source_layers or last_stages(self.source, cfg.hint_stages)
-        if len(target_layers) != len(source_layers):
-            raise ConfigError(f"hint layers must pair up: {len(target_layers)} target layers but {len(source_layers)} source layers")
-        t_shapes = feature_shapes(self.target, target_layers, image_size)
-        s_shapes = feature_shapes(self.source, source_layers, image_size)
-        for loss_fn in self.transfer_losses:
-            if hasattr(loss_fn, "prepare_features"):
-                loss_fn.prepare_features([shape[0] for shape in t_shapes], [shape[0] for shape in s_shapes])
-        self.target_taps = FeatureTaps(self.target, target_layers)
-        self.source_taps = FeatureTaps(self.source, source_layers)
-
-    def train(self, mode: bool = True) -> "TransferMethod":
-        super().train(mode)
-        if self.source is not None:
-            self.source.eval()  # frozen: never in training mode
-        return self
 
     def trainable(self) -> dict[str, nn.Module]:
         modules = {"target": self.target}
@@ -148,27 +133,24 @@ class TransferMethod(Method):
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.source is None:  # precomputed: one row per training image, the same for all its views
-            source_embeddings = self.source_table[indices]
-        else:
-            with torch.no_grad():
-                source_embeddings = self.source(images)
-        target_embeddings = self.target(images)
-        # Pairwise losses see the global batch (hint losses stay on this process's feature maps).
-        target_embeddings, source_embeddings = gather(target_embeddings), gather(source_embeddings)
-        labels, indices = gather(labels), gather(indices)
-        logs = {}
-        transfer = target_embeddings.new_zeros(())
-        for (name, weight), loss_fn in zip(self.terms, self.transfer_losses):
-            if getattr(loss_fn, "uses_features", False):
-                value = loss_fn(self.target_taps.features, self.source_taps.features)
-            elif getattr(loss_fn, "uses_indices", False):
-                value = loss_fn(target_embeddings, source_embeddings, indices)
+        with capturing([self.hints.learner, self.hints.teacher] if self.hints else []):
+            if self.source is None:  # precomputed: one row per training image, the same for all its views
+                source_embeddings = self.source_table[indices]
             else:
-                value = loss_fn(target_embeddings, source_embeddings)
-            transfer = transfer + weight * value
-            if len(self.terms) > 1:
-                logs[f"{name}_loss"] = value.item()
+                with torch.no_grad():
+                    source_embeddings = self.source(images)
+            target_embeddings = self.target(images)
+            # Pairwise losses see the global batch (hint losses stay on this process's feature maps).
+            target_embeddings, source_embeddings = gather(target_embeddings), gather(source_embeddings)
+            labels, indices = gather(labels), gather(indices)
+            inputs = teacher_inputs(target_embeddings, source_embeddings, self.hints, indices=indices, labels=labels)
+            logs = {}
+            transfer = target_embeddings.new_zeros(())
+            for (name, weight), loss_fn in zip(self.terms, self.transfer_losses):
+                value = loss_fn.compute(inputs)
+                transfer = transfer + weight * value
+                if len(self.terms) > 1:
+                    logs[f"{name}_loss"] = value.item()
         loss = self.weight * transfer
         logs["transfer_loss"] = transfer.item()
         if self.label_loss is not None:

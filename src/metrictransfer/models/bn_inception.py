@@ -40,6 +40,7 @@ from timm.models import (
 from torch import nn
 
 from metrictransfer.errors import DamagedCheckpointError, MissingFileError
+from metrictransfer.registry import register_backbone
 
 WEIGHTS_URL = "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth"
 
@@ -237,6 +238,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+@register_backbone("bn_inception")
 @register_model
 def bn_inception(pretrained: bool = False, **kwargs: Any) -> BNInception:
     """BN-Inception; ``pretrained=True`` loads the port's ImageNet weights (see ``download_weights``)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -9,7 +12,9 @@ from metrictransfer.errors import ConfigError
 
 
 class FeatureTaps:
-    """Keeps the outputs of named submodules from the latest forward pass (``taps.features``, in order).
+    """Keeps the outputs of named submodules from forward passes run inside :meth:`capture` (``taps.features``,
+    in order), and lets go of them when it ends, so no activation outlives its training step (evaluation
+    passes, outside any capture, keep nothing).
 
     Hooks only read outputs; the model's forward and its results are unchanged.
     """
@@ -17,6 +22,7 @@ class FeatureTaps:
     def __init__(self, model: nn.Module, names: list[str]) -> None:
         self.names = list(names)
         self._outputs: dict[str, torch.Tensor] = {}
+        self._capturing = False
         self._handles = []
         for name in self.names:
             try:
@@ -28,7 +34,8 @@ class FeatureTaps:
 
     def _keeper(self, name: str):
         def keep(module, inputs, output):
-            self._outputs[name] = output
+            if self._capturing:
+                self._outputs[name] = output
 
         return keep
 
@@ -38,6 +45,16 @@ class FeatureTaps:
         if missing:
             raise RuntimeError(f"no output captured from {missing}: run the model's forward first")
         return [self._outputs[n] for n in self.names]
+
+    @contextmanager
+    def capture(self) -> Iterator[FeatureTaps]:
+        """Keep the tapped outputs of forward passes inside the block; released when it ends."""
+        self._capturing = True
+        try:
+            yield self
+        finally:
+            self._capturing = False
+            self._outputs.clear()
 
     def clear(self) -> None:
         self._outputs.clear()
@@ -67,8 +84,9 @@ def feature_shapes(model: nn.Module, names: list[str], image_size: int) -> list[
     model.eval()
     try:
         device = next(model.parameters()).device
-        model(torch.zeros(1, 3, image_size, image_size, device=device))
-        return [f.shape[1:] for f in taps.features]
+        with taps.capture():
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+            return [f.shape[1:] for f in taps.features]
     finally:
         taps.remove()
         model.train(was_training)

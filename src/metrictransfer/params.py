@@ -16,10 +16,8 @@ def check_params(builder: Callable, params: dict[str, Any], what: str, where: st
     """Raise :class:`ConfigError` naming ``what`` (e.g. "metric loss 'triplet'") and the key ``where.KEY``
     for an unknown parameter, one that metrictransfer fills itself (``filled``), or a value whose type
     differs from its default's (a number for a number, true/false for a flag, text for text)."""
-    signature = inspect.signature(builder)
-    accepted = {name: p for name, p in signature.parameters.items()
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in filled}
-    open_ended = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    accepted, open_ended = _accepted(builder)
+    accepted = {name: p for name, p in accepted.items() if name not in filled}
     for key, value in params.items():
         if key in filled:
             raise ConfigError(f"{what}: {where}.{key} is set by metrictransfer from the data and model; remove it")
@@ -32,6 +30,24 @@ def check_params(builder: Callable, params: dict[str, Any], what: str, where: st
         if expected is not None and not _is_a(value, expected):
             hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if expected == "a number" and _numeric_text(value) else ""
             raise ConfigError(f"{what}: {where}.{key} expects {expected}, got {value!r}{hint}")
+
+
+def _accepted(builder: Callable) -> tuple[dict[str, inspect.Parameter], bool]:
+    """The keyword parameters ``builder`` takes; for a class whose ``__init__`` passes ``**kwargs`` on, its
+    bases' parameters too (pytorch-metric-learning's losses take ``reducer``, ``distance``, ... that way), so
+    that a misspelt key is still caught. True when some ``**kwargs`` remains open (anything goes)."""
+    inits = [vars(k)["__init__"] for k in builder.__mro__ if "__init__" in vars(k)] if inspect.isclass(builder) else [builder]
+    accepted: dict[str, inspect.Parameter] = {}
+    for init in inits:
+        if getattr(init, "__module__", "").startswith(("torch.", "builtins")) or init is object.__init__:
+            return accepted, False  # nn.Module and object take no keywords of a loss
+        parameters = inspect.signature(init).parameters
+        for name, p in parameters.items():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name != "self":
+                accepted.setdefault(name, p)
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            return accepted, False
+    return accepted, True
 
 
 def _expected_type(default: Any) -> str | None:
