@@ -23,10 +23,10 @@ def test_taps_capture_stage_outputs_without_changing_the_forward():
         expected = model.backbone.layer4(taps.features[0])
         torch.testing.assert_close(taps.features[1], expected)
     with pytest.raises(RuntimeError, match="no output captured"):  # released when the step ends
-        taps.features
+        _ = taps.features
     model(x)  # a pass outside any capture (evaluation) keeps nothing
     with pytest.raises(RuntimeError, match="no output captured"):
-        taps.features
+        _ = taps.features
     assert feature_shapes(model, names, 32) == [torch.Size([256, 2, 2]), torch.Size([512, 1, 1])]
     taps.remove()
     with pytest.raises(ValueError, match="no submodule 'backbone.layer9'"):

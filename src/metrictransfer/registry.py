@@ -141,7 +141,9 @@ def _qualname(component: Any) -> str:
     return f"{getattr(component, '__module__', '?')}.{getattr(component, '__qualname__', repr(component))}"
 
 
-TRANSFER_LOSSES: Registry[Any] = Registry("transfer loss", "metrictransfer.losses", "metrictransfer.transfer_losses", "register_transfer_loss")
+TRANSFER_LOSSES: Registry[Any] = Registry(
+    "transfer loss", "metrictransfer.losses", "metrictransfer.transfer_losses", "register_transfer_loss"
+)
 METRIC_LOSSES: Registry[Any] = Registry("metric loss", "metrictransfer.losses", "metrictransfer.metric_losses", "register_metric_loss")
 MINERS: Registry[Any] = Registry("miner", "metrictransfer.losses", "metrictransfer.miners", "register_miner")
 METHODS: Registry[Any] = Registry("method", "metrictransfer.methods", "metrictransfer.methods", "register_method")

@@ -10,9 +10,9 @@ from metrictransfer.losses.distances import pairwise_distances
 from metrictransfer.losses.hints import AttentionLoss, FitNetLoss
 from metrictransfer.losses.logits import HintonLoss
 from metrictransfer.losses.metric import MinedMetricLoss, build_metric_loss, build_miner
-from metrictransfer.params import check_params
 from metrictransfer.losses.relational import DarkRankLoss, PKTLoss, RKDAngleLoss, RKDDistanceLoss, RKDLoss
 from metrictransfer.losses.relaxed_contrastive import RelaxedContrastiveLoss
+from metrictransfer.params import check_params
 from metrictransfer.registry import METRIC_LOSSES, MINERS, TRANSFER_LOSSES, register_transfer_loss
 
 
