@@ -212,8 +212,8 @@ def flip_bytes_of_a_weight(checkpoint: Path) -> None:
 
 
 def test_flipped_bytes_are_caught_by_the_checksum_not_loaded_as_weights(work):
-    from metrictransfer.engine.checkpoint import load_checkpoint
     from metrictransfer.errors import DamagedCheckpointError
+    from metrictransfer.runtime.checkpoint import load_checkpoint
 
     flip_bytes_of_a_weight(work / "run" / "checkpoint.pt")
     with pytest.raises(DamagedCheckpointError, match="fails its checksum"):

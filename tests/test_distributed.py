@@ -21,8 +21,8 @@ from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine import trainer
-from metrictransfer.engine.checkpoint import load_checkpoint, load_embedding_model, save_embedding_model
 from metrictransfer.models import EmbeddingModel
+from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_model, save_embedding_model
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

@@ -98,9 +98,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from metrictransfer.engine.checkpoint import load_embedding_model
     from metrictransfer.engine.inference import embed_split
     from metrictransfer.evaluation.embeddings_file import save_embeddings
+    from metrictransfer.runtime.checkpoint import load_embedding_model
 
     model, config = load_embedding_model(args.checkpoint, name=args.model)
     data = embed_split(model, config, args.split, args.device, args.batch_size, progress=sys.stderr.isatty())
@@ -141,8 +141,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             embeddings = _ensemble(files, args.embeddings)
         device = args.device or "auto"
     else:
-        from metrictransfer.engine.checkpoint import load_embedding_model
         from metrictransfer.engine.inference import embed_split
+        from metrictransfer.runtime.checkpoint import load_embedding_model
 
         if args.query_gallery:
             raise ConfigError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
@@ -153,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ks = args.k or config.eval.recall_at
         embeddings, labels = torch.from_numpy(data.embeddings), torch.from_numpy(data.labels)
         device = args.device or config.device
-    from metrictransfer.engine.trainer import resolve_device
+    from metrictransfer.runtime.device import resolve_device
 
     embeddings = embeddings.to(resolve_device(device))
     metrics = retrieval_metrics(
@@ -243,7 +243,7 @@ def _folder_label(path: str, classes: list[str]) -> str | None:
 
 
 def _device(name: str) -> str:
-    from metrictransfer.engine.trainer import resolve_device
+    from metrictransfer.runtime.device import resolve_device
 
     return str(resolve_device(name))
 

@@ -8,10 +8,10 @@ from metrictransfer.config import RunConfig
 from metrictransfer.data.multiview import MultiViewDataset
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.engine.trainer import resolve_device
 from metrictransfer.evaluation import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile
 from metrictransfer.models import EmbeddingModel
+from metrictransfer.runtime.device import resolve_device
 
 
 def embed_split(

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from metrictransfer.config import load_config
-from metrictransfer.engine.checkpoint import load_embedding_model
 from metrictransfer.engine.logging import plot_training, save_figure
 from metrictransfer.errors import MissingFileError
 from metrictransfer.io import atomic_write_text
+from metrictransfer.runtime.checkpoint import load_embedding_model
 from metrictransfer.search.gallery import Neighbour
 
 

@@ -21,7 +21,6 @@ from metrictransfer.data.multiview import MultiViewDataset, collate_readable, fl
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.engine import distributed
 from metrictransfer.engine.callbacks import (
     Callback,
     Checkpoints,
@@ -37,13 +36,6 @@ from metrictransfer.engine.callbacks import (
     primary_metric,
     run_results,
 )
-from metrictransfer.engine.checkpoint import (
-    CHECKPOINT_NAME,
-    FORMAT_VERSION,
-    load_checkpoint,
-    run_checkpoints,
-    save_run_checkpoint,
-)
 from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
 from metrictransfer.engine.logging import write_csv  # looked up here when a run starts (tests replace it)
 from metrictransfer.engine.run_folder import claim_run_folder, remove_if_unused
@@ -53,14 +45,15 @@ from metrictransfer.io import atomic_copy
 from metrictransfer.methods import METHODS
 from metrictransfer.methods.base import Method
 from metrictransfer.models import EmbeddingModel
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but CUDA is not available here; use device: auto or cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from metrictransfer.runtime import distributed
+from metrictransfer.runtime.checkpoint import (
+    CHECKPOINT_NAME,
+    FORMAT_VERSION,
+    load_checkpoint,
+    run_checkpoints,
+    save_run_checkpoint,
+)
+from metrictransfer.runtime.device import resolve_device
 
 
 def seed_everything(seed: int) -> None:

@@ -16,12 +16,12 @@ from torch.utils.data import DataLoader, Dataset
 from metrictransfer.config import ModelConfig, RunConfig
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.engine.checkpoint import load_embedding_model
-from metrictransfer.engine.distributed import gather
 from metrictransfer.errors import ConfigError
 from metrictransfer.losses import RelaxedContrastiveLoss
 from metrictransfer.methods.base import SingleModelMethod
 from metrictransfer.models import EmbeddingModel
+from metrictransfer.runtime.checkpoint import load_embedding_model
+from metrictransfer.runtime.distributed import gather
 
 
 def hinton_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -6,9 +6,9 @@ import torch
 from pytorch_metric_learning.losses import NTXentLoss
 
 from metrictransfer.config import RunConfig
-from metrictransfer.engine.distributed import gather
 from metrictransfer.errors import ConfigError
 from metrictransfer.methods.base import SingleModelMethod, build_model
+from metrictransfer.runtime.distributed import gather
 
 
 class SelfSupervisedMethod(SingleModelMethod):

@@ -7,12 +7,12 @@ from torch import nn
 
 from metrictransfer.config import RunConfig
 from metrictransfer.data.holdout import LabelledSubset
-from metrictransfer.engine.checkpoint import load_embedding_model
-from metrictransfer.engine.distributed import gather
 from metrictransfer.errors import ConfigError, DataError
 from metrictransfer.losses import build_transfer_loss
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
+from metrictransfer.runtime.checkpoint import load_embedding_model
+from metrictransfer.runtime.distributed import gather
 
 
 def source_file_dim(path: str) -> int:

@@ -33,12 +33,12 @@ from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
 from metrictransfer.data.multiview import MultiViewDataset
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.engine.checkpoint import load_embedding_model, resolve_checkpoint
 from metrictransfer.errors import ConfigError, DataError, MissingFileError, SearchIndexError
 from metrictransfer.evaluation import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings, save_embeddings
 from metrictransfer.evaluation.faiss_knn import flat_index
 from metrictransfer.io import atomic_write_text, file_sha256, make_parent, remove_stale_partials, staged_path
+from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
 
 INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE = "index.json", "embeddings.npz", "faiss.index"
 INDEX_FORMAT = 2  # 1 (no "index_format" key): no record of what embeddings.npz and faiss.index hold
