@@ -98,8 +98,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from metrictransfer.engine.inference import embed_split
     from metrictransfer.evaluation.embeddings_file import save_embeddings
+    from metrictransfer.evaluation.evaluate import embed_split
     from metrictransfer.runtime.checkpoint import load_embedding_model
 
     model, config = load_embedding_model(args.checkpoint, name=args.model)
@@ -141,7 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             embeddings = _ensemble(files, args.embeddings)
         device = args.device or "auto"
     else:
-        from metrictransfer.engine.inference import embed_split
+        from metrictransfer.evaluation.evaluate import embed_split
         from metrictransfer.runtime.checkpoint import load_embedding_model
 
         if args.query_gallery:

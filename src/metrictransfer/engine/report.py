@@ -67,8 +67,8 @@ def _metrics_table(results: dict) -> list[str]:
 
 
 def _retrieval_sections(run: Path, config, queries: int, neighbours: int, map_points: int, seed: int) -> list[str]:
-    from metrictransfer.engine.trainer import test_dataset
     from metrictransfer.evaluation import extract_embeddings
+    from metrictransfer.evaluation.evaluate import test_dataset
     from metrictransfer.search.grid import draw_grid
 
     model, _ = load_embedding_model(run)

@@ -8,6 +8,7 @@ from torch import nn
 from metrictransfer.config import RunConfig
 from metrictransfer.data.holdout import LabelledSubset
 from metrictransfer.errors import ConfigError, DataError
+from metrictransfer.evaluation.embeddings_file import compare_items, load_embeddings
 from metrictransfer.losses import build_transfer_loss
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
@@ -16,8 +17,6 @@ from metrictransfer.runtime.distributed import gather
 
 
 def source_file_dim(path: str) -> int:
-    from metrictransfer.evaluation.embeddings_file import load_embeddings
-
     return int(load_embeddings(path).embeddings.shape[1])
 
 
@@ -28,8 +27,6 @@ def load_source_table(path: str, dataset) -> torch.Tensor:
     the same item names in the same order. Rows of other images, or of these in another order, would
     pair each target view with the wrong source embedding and train on noise without any error.
     """
-    from metrictransfer.evaluation.embeddings_file import compare_items, load_embeddings
-
     data = load_embeddings(path)
     redo = (
         "embed the training split with the source checkpoint: "
