@@ -324,7 +324,7 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback(work, capsys, monk
 
 
 def test_ctrl_c_during_the_report_keeps_the_finished_run(work, capsys, monkeypatch):
-    from metrictransfer.engine import report
+    from metrictransfer import report
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
