@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from metrictransfer.config import DataConfig
+from metrictransfer.data.registry import read_splits
 from metrictransfer.errors import ConfigError
 
 _QUOTED = 5
@@ -33,12 +34,10 @@ def inspect_dataset(dataset: str, root: str | None = None, test_fraction: float 
         raise ConfigError(f"dataset {dataset!r} needs data.root: pass --root (the folder holding its files; csv: the CSV file)")
     config = DataConfig(dataset=dataset, root=root, test_fraction=test_fraction)
     if dataset == "glyphs":
-        from metrictransfer.data.glyphs import GlyphsDataset
+        from metrictransfer.data.glyphs import GlyphsDataset  # defers matplotlib (the glyphs' fonts) to glyphs
 
         splits = {s: _split_summary(GlyphsDataset(s, seed=config.glyph_seed).labels, []) for s in ("train", "test")}
         return {"dataset": dataset, "root": None, "splits": splits}
-    from metrictransfer.data.registry import read_splits
-
     indexes = read_splits(config, combine_query_gallery=False)
     splits = {name: _split_summary(index.labels, index.missing_files()) for name, index in indexes.items()}
     return {"dataset": dataset, "root": str(root), "splits": splits}
