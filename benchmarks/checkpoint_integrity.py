@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from metrictransfer.engine.checkpoint import FORMAT_VERSION, atomic_save, content_digest, load_checkpoint, save_checkpoint
 from metrictransfer.models import EmbeddingModel
+from metrictransfer.runtime.checkpoint import FORMAT_VERSION, atomic_save, content_digest, load_checkpoint, save_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -100,8 +100,8 @@ def save_source(path: Path, dry: bool) -> Path:
     """An untrained source checkpoint of recipes/cub_source.yaml's model (ResNet-10t when dry): speed
     does not depend on weights, and none are downloaded."""
     from metrictransfer.config import build_config
-    from metrictransfer.engine.checkpoint import save_embedding_model
     from metrictransfer.methods.base import build_model
+    from metrictransfer.runtime.checkpoint import save_embedding_model
 
     raw = recipe(SOURCE)
     raw.pop("name", None)

@@ -30,10 +30,10 @@ def target(transfer: dict, seed: int) -> dict:
 
 
 def main() -> None:
-    from metrictransfer.engine.checkpoint import load_embedding_model
-    from metrictransfer.engine.inference import embed_split
     from metrictransfer.engine.trainer import train
     from metrictransfer.evaluation.embeddings_file import save_embeddings
+    from metrictransfer.evaluation.evaluate import embed_split
+    from metrictransfer.runtime.checkpoint import load_embedding_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, help="a trained source run folder")

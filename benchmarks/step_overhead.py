@@ -34,8 +34,8 @@ from common import Stepper
 
 from metrictransfer.config import build_config
 from metrictransfer.demo import DEMO_DATA
-from metrictransfer.engine.checkpoint import save_embedding_model
 from metrictransfer.models import EmbeddingModel
+from metrictransfer.runtime.checkpoint import save_embedding_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRIPLET = {"name": "triplet", "params": {"margin": 0.2}, "miner": "distance_weighted"}

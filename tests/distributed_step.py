@@ -16,8 +16,8 @@ import sys
 import torch
 
 from metrictransfer.config import build_config
-from metrictransfer.engine import distributed
 from metrictransfer.methods import METHODS
+from metrictransfer.runtime import distributed
 
 IMAGES, NUM_CLASSES = 16, 8  # the global batch: 8 classes × 2 images
 

@@ -212,8 +212,8 @@ def flip_bytes_of_a_weight(checkpoint: Path) -> None:
 
 
 def test_flipped_bytes_are_caught_by_the_checksum_not_loaded_as_weights(work):
-    from metrictransfer.engine.checkpoint import load_checkpoint
     from metrictransfer.errors import DamagedCheckpointError
+    from metrictransfer.runtime.checkpoint import load_checkpoint
 
     flip_bytes_of_a_weight(work / "run" / "checkpoint.pt")
     with pytest.raises(DamagedCheckpointError, match="fails its checksum"):
@@ -324,7 +324,7 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback(work, capsys, monk
 
 
 def test_ctrl_c_during_the_report_keeps_the_finished_run(work, capsys, monkeypatch):
-    from metrictransfer.engine import report
+    from metrictransfer import report
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

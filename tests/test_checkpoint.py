@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from metrictransfer.engine import checkpoint
-from metrictransfer.engine.checkpoint import atomic_save, load_checkpoint
+from metrictransfer.runtime import checkpoint
+from metrictransfer.runtime.checkpoint import atomic_save, load_checkpoint
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):

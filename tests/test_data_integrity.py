@@ -19,7 +19,6 @@ from metrictransfer.data.holdout import split_holdout
 from metrictransfer.data.inspect import inspect_dataset
 from metrictransfer.data.official import read_cars, read_cub, read_inshop, read_sop
 from metrictransfer.data.registry import build_dataset
-from metrictransfer.engine.inference import embed_split
 from metrictransfer.errors import ConfigError, DataError, MetricTransferError
 from metrictransfer.evaluation.embeddings_file import (
     EmbeddingsFile,
@@ -28,6 +27,7 @@ from metrictransfer.evaluation.embeddings_file import (
     load_embeddings,
     save_embeddings,
 )
+from metrictransfer.evaluation.evaluate import embed_split
 from metrictransfer.methods.transfer import load_source_table
 
 

@@ -21,8 +21,9 @@ from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine import trainer
-from metrictransfer.engine.checkpoint import load_checkpoint, load_embedding_model, save_embedding_model
+from metrictransfer.evaluation import evaluate
 from metrictransfer.models import EmbeddingModel
+from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_model, save_embedding_model
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -98,7 +99,7 @@ def test_a_two_process_run_ends_with_the_metrics_of_a_one_process_run(tmp_path):
         assert epoch_two["loss"] == pytest.approx(epoch_one["loss"], rel=1e-6)
     # The sharded evaluation of two processes gives exactly what one process measures on the same weights.
     model, config = load_embedding_model(tmp_path / "two")
-    alone = trainer.evaluate_model(model, trainer.test_dataset(config), config, torch.device("cpu"))
+    alone = evaluate.evaluate_model(model, evaluate.test_dataset(config), config, torch.device("cpu"))
     assert {k: two["final"][k] for k in alone} == pytest.approx(alone, abs=1e-9)
     # After two epochs this tiny model ranks many neighbours at nearly equal distances, so weights that
     # agree to 1e-5 may still order a few of the 352 queries' neighbours differently.

@@ -12,7 +12,7 @@ from metrictransfer.cli import main
 from metrictransfer.config import build_config, load_config
 from metrictransfer.demo import demo_configs
 from metrictransfer.engine import trainer
-from metrictransfer.engine.checkpoint import load_checkpoint, load_embedding_model
+from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_model
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TINY = {

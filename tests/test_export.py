@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from metrictransfer.cli import main
-from metrictransfer.engine.checkpoint import load_embedding_model
 from metrictransfer.export import description_path, export_model
+from metrictransfer.runtime.checkpoint import load_embedding_model
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_search import _checkpoint  # noqa: E402

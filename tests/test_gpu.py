@@ -25,11 +25,12 @@ import torch.nn.functional as F
 import yaml
 
 from metrictransfer.config import build_config
-from metrictransfer.engine import distributed, trainer
-from metrictransfer.engine.checkpoint import load_checkpoint, load_embedding_model
+from metrictransfer.engine import trainer
 from metrictransfer.evaluation import retrieval_metrics
 from metrictransfer.export import FORMATS, export_model
 from metrictransfer.methods.source import SourceMethod
+from metrictransfer.runtime import distributed
+from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_model
 
 DEVICE = torch.device(os.environ.get("METRICTRANSFER_TEST_DEVICE", "cuda"))
 ON_CUDA = DEVICE.type == "cuda"

@@ -18,6 +18,7 @@ from metrictransfer.data.multiview import MultiViewDataset, collate_readable
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.transforms import BN_INCEPTION_MEAN_BGR, build_transform
 from metrictransfer.engine import trainer
+from metrictransfer.evaluation import evaluate
 
 
 def _jpeg(path: Path, color, mode: str = "RGB", size: int = 24) -> None:
@@ -158,13 +159,13 @@ def test_in_shop_evaluates_query_against_gallery(tmp_path, monkeypatch):
     assert test.is_query.sum() == 8 and test.is_gallery.sum() == 8
     assert sorted(test.labels[test.is_query].tolist()) == sorted(test.labels[test.is_gallery].tolist())
     seen = {}
-    real = trainer.retrieval_metrics
+    real = evaluate.retrieval_metrics
 
     def spy(embeddings, labels, *args, **kwargs):
         seen.update(kwargs)
         return real(embeddings, labels, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "retrieval_metrics", spy)
+    monkeypatch.setattr(evaluate, "retrieval_metrics", spy)
     config = _config({"dataset": "inshop", "root": str(root), "classes_per_batch": 2})
     results = trainer.train(config, tmp_path / "run", progress=False)
     assert seen["is_query"].sum() == 8 and not (seen["is_query"] & seen["is_gallery"]).any()

@@ -16,7 +16,6 @@ from PIL import Image
 from metrictransfer import export
 from metrictransfer.cli import main
 from metrictransfer.config import build_config
-from metrictransfer.engine.checkpoint import load_embedding_model, save_embedding_model
 from metrictransfer.errors import (
     CheckpointError,
     ConfigError,
@@ -27,6 +26,7 @@ from metrictransfer.errors import (
     SearchIndexError,
 )
 from metrictransfer.export import describes, description_path, export_model
+from metrictransfer.runtime.checkpoint import load_embedding_model, save_embedding_model
 from metrictransfer.search import Gallery, build_index
 from metrictransfer.search.gallery import EMBEDDINGS_FILE, FAISS_FILE, INDEX_FILE
 from metrictransfer.search.grid import draw_grid

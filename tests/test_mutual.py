@@ -14,9 +14,9 @@ from metrictransfer.config import ConfigError, build_config, load_config
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.engine import trainer
-from metrictransfer.engine.checkpoint import load_checkpoint, load_embedding_model
 from metrictransfer.evaluation import ensemble_embeddings, retrieval_metrics
 from metrictransfer.methods.mutual import MutualMethod
+from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_model
 
 TINY = {
     "data": {"num_classes": 6, "classes_per_batch": 6, "images_per_class": 2, "views": 2, "image_size": 32},

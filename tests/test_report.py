@@ -85,8 +85,7 @@ def test_an_inshop_report_searches_queries_against_the_gallery(tmp_path, monkeyp
     from test_dataset_layouts import INSHOP_ROWS, _image, _inshop_lines, _write
     from test_search import _checkpoint
 
-    from metrictransfer.engine import report
-    from metrictransfer.search import grid
+    from metrictransfer import report
 
     root = tmp_path / "inshop"
     _write(root / "list_eval_partition.txt", _inshop_lines(INSHOP_ROWS))
@@ -105,7 +104,7 @@ def test_an_inshop_report_searches_queries_against_the_gallery(tmp_path, monkeyp
     def spy(queries, results, out, query_labels=None, **kw):
         drawn.update(queries=queries, results=results)
 
-    monkeypatch.setattr(grid, "draw_grid", spy)
+    monkeypatch.setattr(report, "draw_grid", spy)
     monkeypatch.setattr(report, "_embedding_map", lambda *a, **k: "t-SNE")
     report.write_report(run)
     from metrictransfer.config import build_config

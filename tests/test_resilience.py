@@ -17,8 +17,8 @@ from metrictransfer import __version__
 from metrictransfer.cli import main
 from metrictransfer.config import ConfigError, build_config
 from metrictransfer.engine import trainer
-from metrictransfer.engine.checkpoint import atomic_save, load_checkpoint, run_checkpoints
 from metrictransfer.methods.source import SourceMethod
+from metrictransfer.runtime.checkpoint import atomic_save, load_checkpoint, run_checkpoints
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 from metrictransfer.cli import main
 from metrictransfer.config import build_config
-from metrictransfer.engine.checkpoint import load_checkpoint, save_embedding_model
 from metrictransfer.models import EmbeddingModel
+from metrictransfer.runtime.checkpoint import load_checkpoint, save_embedding_model
 from metrictransfer.search import Gallery, list_images
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}

@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 
 # Only light modules here: torch and the rest load inside the commands, where Ctrl-C is handled.
-from metrictransfer.errors import ConfigError, MetricTransferError, is_output_problem, output_error
+from metrictransfer.errors import ConfigError, MetricTransferError, MissingFileError, is_output_problem, output_error
 
 
 def _k_list(text: str) -> list[int]:
@@ -63,8 +63,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--overwrite starts a new run over an old one; it cannot be combined with --resume")
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
-            from metrictransfer.errors import MissingFileError
-
             what = "does not exist" if not run_dir.exists() else "holds no run (no config.yaml)"
             raise MissingFileError(f"cannot resume {run_dir}: it {what}; give the folder of an interrupted run")
         config = load_config(run_dir / "config.yaml", overrides)
@@ -77,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out or f"runs/{config.name or Path(args.recipe).stem}-{_timestamp()}")
     results = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
-        from metrictransfer.engine.report import write_report
+        from metrictransfer.report import write_report
 
         try:
             write_report(run_dir)
@@ -90,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from metrictransfer.engine.report import write_report
+    from metrictransfer.report import write_report
 
     for run in args.runs:
         print(write_report(run))
@@ -98,9 +96,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from metrictransfer.engine.checkpoint import load_embedding_model
-    from metrictransfer.engine.inference import embed_split
     from metrictransfer.evaluation.embeddings_file import save_embeddings
+    from metrictransfer.evaluation.evaluate import embed_split
+    from metrictransfer.runtime.checkpoint import load_embedding_model
 
     model, config = load_embedding_model(args.checkpoint, name=args.model)
     data = embed_split(model, config, args.split, args.device, args.batch_size, progress=sys.stderr.isatty())
@@ -141,8 +139,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             embeddings = _ensemble(files, args.embeddings)
         device = args.device or "auto"
     else:
-        from metrictransfer.engine.checkpoint import load_embedding_model
-        from metrictransfer.engine.inference import embed_split
+        from metrictransfer.evaluation.evaluate import embed_split
+        from metrictransfer.runtime.checkpoint import load_embedding_model
 
         if args.query_gallery:
             raise ConfigError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
@@ -153,7 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ks = args.k or config.eval.recall_at
         embeddings, labels = torch.from_numpy(data.embeddings), torch.from_numpy(data.labels)
         device = args.device or config.device
-    from metrictransfer.engine.trainer import resolve_device
+    from metrictransfer.runtime.device import resolve_device
 
     embeddings = embeddings.to(resolve_device(device))
     metrics = retrieval_metrics(
@@ -243,7 +241,7 @@ def _folder_label(path: str, classes: list[str]) -> str | None:
 
 
 def _device(name: str) -> str:
-    from metrictransfer.engine.trainer import resolve_device
+    from metrictransfer.runtime.device import resolve_device
 
     return str(resolve_device(name))
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from metrictransfer.config import RunConfig, build_config
 from metrictransfer.engine.logging import plot_recall, write_csv
-from metrictransfer.engine.report import write_report
 from metrictransfer.engine.run_folder import RunLock, holds_run
+from metrictransfer.engine.trainer import train
 from metrictransfer.errors import RunExistsError
 from metrictransfer.io import atomic_write_text
+from metrictransfer.report import write_report
 
 # The three runs of the demo, as configuration overrides of the defaults. The same settings are in
 # recipes/glyphs_*.yaml for `metrictransfer train` (a test keeps them equal).
@@ -73,8 +74,6 @@ def run_demo(out: str | Path, seed: int = 0, epochs_scale: float = 1.0, override
 
 
 def _run_demo(out: Path, configs: dict[str, RunConfig], seed: int, progress: bool | None, overwrite: bool) -> dict:
-    from metrictransfer.engine.trainer import train
-
     atomic_write_text(
         json.dumps({name: c.model_dump(mode="json") for name, c in configs.items()}, indent=2), out / "config.json"
     )

@@ -19,10 +19,10 @@ import torch
 
 from metrictransfer import __version__
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.engine.checkpoint import load_embedding_model, resolve_checkpoint
 from metrictransfer.errors import ConfigError, MissingPackageError, OutputLocationError
 from metrictransfer.io import atomic_write_text, file_sha256, remove_stale_partials, staged_path
 from metrictransfer.models import EmbeddingModel
+from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 

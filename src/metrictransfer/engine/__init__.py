@@ -1,1 +1,1 @@
-"""Training loop, checkpoints and logs."""
+"""The training loop, its callbacks, run folders, logs and result tables."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from metrictransfer import __version__
 from metrictransfer.config import RunConfig, config_to_dict, resume_differences, save_config
@@ -20,8 +20,6 @@ from metrictransfer.data.holdout import split_holdout
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler
-from metrictransfer.data.transforms import build_transform
-from metrictransfer.engine import distributed
 from metrictransfer.engine.callbacks import (
     Callback,
     Checkpoints,
@@ -37,30 +35,23 @@ from metrictransfer.engine.callbacks import (
     primary_metric,
     run_results,
 )
-from metrictransfer.engine.checkpoint import (
+from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
+from metrictransfer.engine.logging import write_csv  # looked up here when a run starts (tests replace it)
+from metrictransfer.engine.run_folder import claim_run_folder, remove_if_unused
+from metrictransfer.errors import CheckpointError, ConfigError, DamagedCheckpointError, TrainingDivergedError
+from metrictransfer.io import atomic_copy
+from metrictransfer.methods import METHODS
+from metrictransfer.methods.base import Method
+from metrictransfer.models import EmbeddingModel
+from metrictransfer.runtime import distributed
+from metrictransfer.runtime.checkpoint import (
     CHECKPOINT_NAME,
     FORMAT_VERSION,
     load_checkpoint,
     run_checkpoints,
     save_run_checkpoint,
 )
-from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
-from metrictransfer.engine.logging import write_csv  # looked up here when a run starts (tests replace it)
-from metrictransfer.engine.run_folder import claim_run_folder, remove_if_unused
-from metrictransfer.errors import CheckpointError, ConfigError, DamagedCheckpointError, TrainingDivergedError
-from metrictransfer.evaluation import ensemble_embeddings, extract_embeddings, retrieval_metrics
-from metrictransfer.io import atomic_copy
-from metrictransfer.methods import METHODS
-from metrictransfer.methods.base import Method
-from metrictransfer.models import EmbeddingModel
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but CUDA is not available here; use device: auto or cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from metrictransfer.runtime.device import resolve_device
 
 
 def seed_everything(seed: int) -> None:
@@ -226,71 +217,6 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def evaluate_model(model, dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
-    """Recall@K, MAP@R and R-Precision of one model on an evaluation dataset (single test view per image);
-    query against gallery when the dataset has ``is_query`` / ``is_gallery`` masks (In-Shop)."""
-    return evaluate_models({"model": model}, dataset, config, device, progress)
-
-
-class _Stacked(torch.nn.Module):
-    """Several models' embeddings side by side, so a cohort's evaluation decodes each image once."""
-
-    def __init__(self, models: list[torch.nn.Module]) -> None:
-        super().__init__()
-        self.models = torch.nn.ModuleList(models)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m(images) for m in self.models], dim=1)
-
-
-def evaluate_models(models: dict, dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
-    """One model: its metrics. Several (a cohort): ``name/metric`` for each, ``ensemble/metric`` for the
-    concatenation of their L2-normalised embeddings, and the ensemble's again without prefix (the run's
-    headline numbers)."""
-    stacked = _Stacked(list(models.values()))
-    ranks = distributed.current()
-    if ranks.world > 1:  # each process embeds every N-th image; all of them then hold every row, in order
-        dataset = Subset(dataset, range(ranks.rank, len(dataset), ranks.world))
-    embeddings, labels, indices = extract_embeddings(
-        stacked, dataset, config.eval.batch_size, device, config.data.num_workers, progress=progress, return_indices=True
-    )
-    if ranks.world > 1:
-        embeddings, labels, indices = (distributed.gather(t.to(device)).cpu() for t in (embeddings, labels, indices))
-        order = torch.argsort(indices)
-        embeddings, labels, indices = embeddings[order], labels[order], indices[order]
-        dataset = dataset.dataset
-    masks = query_gallery_masks(dataset, indices)
-
-    def metrics(x: torch.Tensor) -> dict[str, float]:
-        return retrieval_metrics(x, labels, config.eval.recall_at, config.eval.metric, **masks)
-
-    if len(models) == 1:
-        return metrics(embeddings)
-    parts = embeddings.split([m.embedding_dim for m in models.values()], dim=1)
-    row: dict[str, float] = {}
-    for name, part in zip(models, parts):
-        row.update({f"{name}/{k}": v for k, v in metrics(part).items()})
-    ensemble = metrics(ensemble_embeddings(list(parts)))
-    row.update({f"ensemble/{k}": v for k, v in ensemble.items()})
-    row.update(ensemble)
-    return row
-
-
-def query_gallery_masks(dataset, indices: torch.Tensor) -> dict:
-    """``is_query`` / ``is_gallery`` of the embedded items (skipped images have no row), if the data has them."""
-    base = getattr(dataset, "dataset", dataset)  # through the MultiViewDataset wrapper
-    if getattr(base, "is_query", None) is None:
-        return {}
-    return {"is_query": torch.as_tensor(base.is_query)[indices], "is_gallery": torch.as_tensor(base.is_gallery)[indices]}
-
-
-def test_dataset(config: RunConfig) -> MultiViewDataset:
-    """The evaluation set: the test split of ``eval.data`` when given (e.g. training on an unlabelled
-    folder), else of ``data``."""
-    data = config.eval.data or config.data
-    return MultiViewDataset(build_dataset(data, "test"), build_transform(data.transform, False, data.image_size, data.normalization))
 
 
 def configure_models(method, config: RunConfig, device: torch.device) -> None:

@@ -1,4 +1,10 @@
-"""Embedding extraction over a dataset, batched, in eval mode, without gradient."""
+"""Embedding extraction over a dataset, batched, in eval mode, without gradient.
+
+:func:`extract_embeddings` is the one function that embeds images: for the evaluation of training
+epochs, the ``embed`` and ``evaluate`` commands (:func:`~metrictransfer.evaluation.evaluate.embed_split`),
+index building and search, and reports; images get the test-time preprocessing from
+:func:`~metrictransfer.evaluation.evaluate.with_test_transform`.
+"""
 
 from __future__ import annotations
 

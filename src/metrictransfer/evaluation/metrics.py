@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from metrictransfer.errors import ConfigError, DataError
+from metrictransfer.evaluation.faiss_knn import faiss_query_statistics
 from metrictransfer.evaluation.knn import QueryStats, query_statistics
 
 BACKENDS = ("torch", "faiss")
@@ -103,8 +104,6 @@ def compute_query_statistics(
         q, g = query_gallery_split(is_query, is_gallery, len(labels))
         args = (embeddings[q.to(embeddings.device)], labels[q], embeddings[g.to(embeddings.device)], labels[g])
     if backend == "faiss":
-        from metrictransfer.evaluation.faiss_knn import faiss_query_statistics
-
         return faiss_query_statistics(*args, metric=metric, max_k=max_k)
     return query_statistics(*args, metric=metric, block_size=block_size, progress=progress)
 

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from metrictransfer.config import DataConfig, MetricLossConfig, ModelConfig, RunConfig
 from metrictransfer.data.transforms import build_transform
+from metrictransfer.evaluation.evaluate import evaluate_models, test_dataset
 from metrictransfer.losses import MinedMetricLoss, build_metric_loss, build_miner
 from metrictransfer.methods.teaching import frozen
 from metrictransfer.models import EmbeddingModel
@@ -81,16 +82,12 @@ class Method(nn.Module):
     def evaluation_set(self, config: RunConfig, holdout) -> Dataset:
         """The images :meth:`evaluate` is given: the test split (``eval.data`` when set). ``holdout``: the
         training classes' held-out images (``data.holdout_images``), or None."""
-        from metrictransfer.engine.trainer import test_dataset  # the engine imports the methods
-
         return test_dataset(config)
 
     def evaluate(self, dataset: Dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """The metrics of the epochs that are evaluated, in log-row order: retrieval metrics of
         :meth:`evaluation_models` (a cohort's ensemble too)."""
-        from metrictransfer.engine import trainer
-
-        return trainer.evaluate_models(self.evaluation_models(), dataset, config, device, progress=progress)
+        return evaluate_models(self.evaluation_models(), dataset, config, device, progress=progress)
 
     def prepare_training_set(self, dataset) -> None:
         """Shown the training set before training: for per-image state (CRD's memory banks, precomputed

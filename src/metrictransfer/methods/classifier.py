@@ -16,14 +16,14 @@ from torch.utils.data import DataLoader, Dataset
 from metrictransfer.config import ModelConfig, RunConfig
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.engine.checkpoint import load_embedding_model
-from metrictransfer.engine.distributed import gather
 from metrictransfer.errors import ConfigError
 from metrictransfer.losses import TransferInputs
 from metrictransfer.methods.base import SingleModelMethod
 from metrictransfer.methods.teaching import build_losses, setup_losses
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.registry import register_method
+from metrictransfer.runtime.checkpoint import load_embedding_model
+from metrictransfer.runtime.distributed import gather
 
 
 @register_method("classifier")

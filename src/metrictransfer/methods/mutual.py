@@ -23,12 +23,12 @@ from torch import nn
 
 from metrictransfer.config import DataConfig, RunConfig
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.engine.distributed import gather
 from metrictransfer.losses import TransferInputs, TransferShapes
 from metrictransfer.methods.base import Method, UpdateGroup, build_label_loss, build_model, label_loss_groups
 from metrictransfer.methods.teaching import build_losses, capturing, needs_of, setup_items
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
 from metrictransfer.registry import register_method
+from metrictransfer.runtime.distributed import gather
 
 # The paper's ablation of the diversities, as settings of the ``mutual`` section for a cohort of two: each
 # row switches one diversity on (recipes/mutual/ and benchmarks/mutual_ablation.py are built from it).

@@ -6,10 +6,10 @@ import torch
 from pytorch_metric_learning.losses import NTXentLoss
 
 from metrictransfer.config import RunConfig
-from metrictransfer.engine.distributed import gather
 from metrictransfer.errors import ConfigError
 from metrictransfer.methods.base import SingleModelMethod, build_model
 from metrictransfer.registry import register_method
+from metrictransfer.runtime.distributed import gather
 
 
 @register_method("selfsup")

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from metrictransfer.config import RunConfig
-from metrictransfer.engine.distributed import gather
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
 from metrictransfer.registry import register_method
+from metrictransfer.runtime.distributed import gather
 
 
 @register_method("source")

@@ -7,18 +7,17 @@ from torch import nn
 
 from metrictransfer.config import RunConfig
 from metrictransfer.data.holdout import LabelledSubset
-from metrictransfer.engine.checkpoint import load_embedding_model
-from metrictransfer.engine.distributed import gather
 from metrictransfer.errors import DataError
+from metrictransfer.evaluation.embeddings_file import compare_items, load_embeddings
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
 from metrictransfer.methods.teaching import HintTaps, build_losses, capturing, needs_of, setup_items, setup_losses, teacher_inputs
 from metrictransfer.models.features import last_stages
 from metrictransfer.registry import register_method
+from metrictransfer.runtime.checkpoint import load_embedding_model
+from metrictransfer.runtime.distributed import gather
 
 
 def source_file_dim(path: str) -> int:
-    from metrictransfer.evaluation.embeddings_file import load_embeddings
-
     return int(load_embeddings(path).embeddings.shape[1])
 
 
@@ -29,8 +28,6 @@ def load_source_table(path: str, dataset) -> torch.Tensor:
     the same item names in the same order. Rows of other images, or of these in another order, would
     pair each target view with the wrong source embedding and train on noise without any error.
     """
-    from metrictransfer.evaluation.embeddings_file import compare_items, load_embeddings
-
     data = load_embeddings(path)
     redo = (
         "embed the training split with the source checkpoint: "

@@ -27,18 +27,16 @@ import numpy as np
 import torch
 
 from metrictransfer import __version__
-from metrictransfer.config import RunConfig
 from metrictransfer.data.custom import _is_image, _string_labels
 from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
-from metrictransfer.data.multiview import MultiViewDataset
-from metrictransfer.data.transforms import build_transform
-from metrictransfer.engine.checkpoint import load_embedding_model, resolve_checkpoint
 from metrictransfer.errors import ConfigError, DataError, MissingFileError, SearchIndexError
-from metrictransfer.evaluation import extract_embeddings
+from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings, save_embeddings
+from metrictransfer.evaluation.evaluate import with_test_transform
 from metrictransfer.evaluation.faiss_knn import flat_index
 from metrictransfer.io import atomic_write_text, file_sha256, make_parent, remove_stale_partials, staged_path
+from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
 
 INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE = "index.json", "embeddings.npz", "faiss.index"
 INDEX_FORMAT = 2  # 1 (no "index_format" key): no record of what embeddings.npz and faiss.index hold
@@ -100,20 +98,6 @@ def _labelled(root: Path, paths: list[str], names: list[str] | None) -> ImageInd
     return _string_labels(root, paths, names)
 
 
-def _test_transform(config: RunConfig):
-    data = config.data
-    return build_transform(data.transform, False, data.image_size, data.normalization)
-
-
-def embed_images(model: torch.nn.Module, config: RunConfig, images: ImageIndex, device: str = "cpu",
-                 batch_size: int = 128, progress: bool = False) -> np.ndarray:
-    """Embeddings of the listed images with the run's test-time preprocessing; an unreadable file is an
-    error naming it."""
-    dataset = MultiViewDataset(ImageFolderDataset(images), _test_transform(config))
-    embeddings, _ = extract_embeddings(model.to(device), dataset, batch_size, device, progress=progress, desc="embed")
-    return embeddings.numpy()
-
-
 def _sha256(*chunks: bytes) -> str:
     digest = hashlib.sha256()
     for chunk in chunks:
@@ -140,7 +124,8 @@ def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, mod
     """Embed a gallery with a run's model and write the index folder; returns ``index.json``'s contents."""
     model, config = load_embedding_model(checkpoint, name=model_name)
     listed = list_images(images)
-    embeddings = embed_images(model, config, listed, device, batch_size, progress)
+    gallery = with_test_transform(ImageFolderDataset(listed), config.data)  # an unreadable file is an error naming it
+    embeddings = extract_embeddings(model.to(device), gallery, batch_size, device, progress=progress)[0].numpy()
     out = Path(out)
     make_parent(out / INDEX_FILE)  # a file at --out is reported as an OutputLocationError
     remove_stale_partials(out)  # what a killed build of this index left
@@ -287,7 +272,8 @@ class Gallery:
             if not Path(q).is_file():
                 raise MissingFileError(f"query image not found: {q}")
         listed = ImageIndex(Path("/"), [str(Path(q).resolve()) for q in queries], np.full(len(queries), -1), [])
-        embedded = embed_images(self.model, self.config, listed, self.device)
+        images = with_test_transform(ImageFolderDataset(listed), self.config.data)
+        embedded = extract_embeddings(self.model.to(self.device), images, 128, self.device)[0].numpy()
         distances, indices = self._knn(embedded, min(k, len(self.data.embeddings)))
         return [
             [Neighbour(str(self.data.paths[j]), float(d), self.label_name(int(self.data.labels[j]))) for d, j in zip(row_d, row_i)]

@@ -1,5 +1,6 @@
 """Checkpoints written atomically with a checksum of their content, verified when loaded; loading a
-trained embedding model back from a run."""
+trained embedding model back from a run (by the commands, and by methods that start from another run's
+model). The training loop's checkpoint contents are built in :mod:`metrictransfer.engine.trainer`."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 
 import torch
 
+from metrictransfer.config import build_config, config_to_dict
 from metrictransfer.errors import CheckpointError, DamagedCheckpointError, MissingFileError
 from metrictransfer.io import atomic_write
+from metrictransfer.models import EmbeddingModel
 
 CHECKPOINT_NAME = "checkpoint.pt"
 HISTORY_DIR = "checkpoints"
@@ -151,9 +154,6 @@ def embedding_model_names(path: str | os.PathLike) -> list[str]:
 def load_embedding_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", name: str | None = None):
     """A trained embedding model of a run and the run's configuration: its ``output`` model, or the
     model called ``name`` (a cohort's ``member1``, say)."""
-    from metrictransfer.config import build_config
-    from metrictransfer.models import EmbeddingModel
-
     state = load_checkpoint(path, map_location)
     config = build_config(state["config"], origin=f"configuration stored in {resolve_checkpoint(path)}")
     name = name or state["output"]
@@ -176,8 +176,6 @@ def save_embedding_model(model, config, path: str | os.PathLike) -> Path:
     """A checkpoint holding one embedding model and its run configuration, readable by
     :func:`load_embedding_model` (and so by ``evaluate``, ``index``, ``export`` and as a transfer source):
     for models trained or converted outside ``metrictransfer train``."""
-    from metrictransfer.config import config_to_dict
-
     path = Path(path)
     save_checkpoint({"format": FORMAT_VERSION, "config": config_to_dict(config), "output": "model",
                      "models": {"model": model.state_dict()}, "architectures": {"model": model.architecture()}}, path)

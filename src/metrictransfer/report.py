@@ -17,11 +17,14 @@ import numpy as np
 import torch
 
 from metrictransfer.config import load_config
-from metrictransfer.engine.checkpoint import load_embedding_model
 from metrictransfer.engine.logging import plot_training, save_figure
 from metrictransfer.errors import MissingFileError
+from metrictransfer.evaluation.embed import extract_embeddings
+from metrictransfer.evaluation.evaluate import test_dataset
 from metrictransfer.io import atomic_write_text
+from metrictransfer.runtime.checkpoint import load_embedding_model
 from metrictransfer.search.gallery import Neighbour
+from metrictransfer.search.grid import draw_grid
 
 
 def write_report(run_dir: str | Path, queries: int = 6, neighbours: int = 6, map_points: int = 1500, seed: int = 0) -> Path:
@@ -67,10 +70,6 @@ def _metrics_table(results: dict) -> list[str]:
 
 
 def _retrieval_sections(run: Path, config, queries: int, neighbours: int, map_points: int, seed: int) -> list[str]:
-    from metrictransfer.engine.trainer import test_dataset
-    from metrictransfer.evaluation import extract_embeddings
-    from metrictransfer.search.grid import draw_grid
-
     model, _ = load_embedding_model(run)
     dataset = test_dataset(config)
     embeddings, labels = extract_embeddings(model, dataset, config.eval.batch_size)

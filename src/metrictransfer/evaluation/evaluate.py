@@ -1,0 +1,132 @@
+"""A run's models on its configured data: the test split with the test-time preprocessing, the retrieval
+metrics of the epochs that are evaluated (:meth:`~metrictransfer.methods.base.Method.evaluate`), and
+a split embedded into an embeddings file (``metrictransfer embed`` and ``evaluate``).
+
+Every dataset is embedded by :func:`~metrictransfer.evaluation.embed.extract_embeddings`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from metrictransfer.config import DataConfig, RunConfig
+from metrictransfer.data.multiview import MultiViewDataset
+from metrictransfer.data.registry import build_dataset
+from metrictransfer.data.transforms import build_transform
+from metrictransfer.evaluation.embed import extract_embeddings
+from metrictransfer.evaluation.embeddings_file import EmbeddingsFile
+from metrictransfer.evaluation.metrics import ensemble_embeddings, retrieval_metrics
+from metrictransfer.models import EmbeddingModel
+from metrictransfer.runtime import distributed
+from metrictransfer.runtime.device import resolve_device
+
+
+def with_test_transform(images: Dataset, data: DataConfig) -> MultiViewDataset:
+    """``images`` (yielding ``(image, label)``) as :func:`extract_embeddings` takes them: one view per
+    image, with the test-time preprocessing of ``data``."""
+    return MultiViewDataset(images, build_transform(data.transform, False, data.image_size, data.normalization))
+
+
+def test_dataset(config: RunConfig) -> MultiViewDataset:
+    """The evaluation set: the test split of ``eval.data`` when given (e.g. training on an unlabelled
+    folder), else of ``data``."""
+    data = config.eval.data or config.data
+    return with_test_transform(build_dataset(data, "test"), data)
+
+
+def evaluate_model(model, dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+    """Recall@K, MAP@R and R-Precision of one model on an evaluation dataset (single test view per image);
+    query against gallery when the dataset has ``is_query`` / ``is_gallery`` masks (In-Shop)."""
+    return evaluate_models({"model": model}, dataset, config, device, progress)
+
+
+class _Stacked(torch.nn.Module):
+    """Several models' embeddings side by side, so a cohort's evaluation decodes each image once."""
+
+    def __init__(self, models: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(images) for m in self.models], dim=1)
+
+
+def evaluate_models(models: dict, dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+    """One model: its metrics. Several (a cohort): ``name/metric`` for each, ``ensemble/metric`` for the
+    concatenation of their L2-normalised embeddings, and the ensemble's again without prefix (the run's
+    headline numbers)."""
+    stacked = _Stacked(list(models.values()))
+    ranks = distributed.current()
+    if ranks.world > 1:  # each process embeds every N-th image; all of them then hold every row, in order
+        dataset = Subset(dataset, range(ranks.rank, len(dataset), ranks.world))
+    embeddings, labels, indices = extract_embeddings(
+        stacked, dataset, config.eval.batch_size, device, config.data.num_workers, progress=progress, return_indices=True
+    )
+    if ranks.world > 1:
+        embeddings, labels, indices = (distributed.gather(t.to(device)).cpu() for t in (embeddings, labels, indices))
+        order = torch.argsort(indices)
+        embeddings, labels, indices = embeddings[order], labels[order], indices[order]
+        dataset = dataset.dataset
+    masks = query_gallery_masks(dataset, indices)
+
+    def metrics(x: torch.Tensor) -> dict[str, float]:
+        return retrieval_metrics(x, labels, config.eval.recall_at, config.eval.metric, **masks)
+
+    if len(models) == 1:
+        return metrics(embeddings)
+    parts = embeddings.split([m.embedding_dim for m in models.values()], dim=1)
+    row: dict[str, float] = {}
+    for name, part in zip(models, parts):
+        row.update({f"{name}/{k}": v for k, v in metrics(part).items()})
+    ensemble = metrics(ensemble_embeddings(list(parts)))
+    row.update({f"ensemble/{k}": v for k, v in ensemble.items()})
+    row.update(ensemble)
+    return row
+
+
+def query_gallery_masks(dataset, indices: torch.Tensor) -> dict:
+    """``is_query`` / ``is_gallery`` of the embedded items (skipped images have no row), if the data has them."""
+    base = getattr(dataset, "dataset", dataset)  # through the MultiViewDataset wrapper
+    if getattr(base, "is_query", None) is None:
+        return {}
+    return {"is_query": torch.as_tensor(base.is_query)[indices], "is_gallery": torch.as_tensor(base.is_gallery)[indices]}
+
+
+def embed_split(
+    model: EmbeddingModel,
+    config: RunConfig,
+    split: str = "test",
+    device: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> EmbeddingsFile:
+    """Embeddings, labels and item names of one split of a run's dataset, with the test-time transform.
+
+    The file records the dataset, the split and each row's item name (the image path relative to the
+    dataset root; for the generated glyphs, see :func:`~metrictransfer.data.registry.glyph_item_names`),
+    so that it can be checked against the items it is later used with; ``paths`` are the image paths, or
+    ``dataset:split:index``. Rows follow the dataset's order; images skipped as unreadable have no row.
+    """
+    target = resolve_device(device or config.device)
+    dataset = build_dataset(config.data, split)
+    embeddings, labels, indices = extract_embeddings(
+        model.to(target), with_test_transform(dataset, config.data), batch_size or config.eval.batch_size, target, config.data.num_workers,
+        progress=progress, return_indices=True,
+    )
+    rows = indices.numpy()
+    paths = getattr(dataset, "paths", None)
+    if paths is None:  # as files of earlier versions named glyphs; ``items`` identifies them fully
+        paths = [f"{config.data.dataset}:{split}:{i}" for i in range(len(dataset))]
+    masks = {key: np.asarray(getattr(dataset, key))[rows] for key in ("is_query", "is_gallery")
+             if getattr(dataset, key, None) is not None}
+    return EmbeddingsFile(
+        embeddings.numpy(), labels.numpy(),
+        paths=np.asarray(paths, dtype=str)[rows],
+        metric=config.eval.metric,
+        items=np.asarray(dataset.item_names, dtype=str)[rows],
+        dataset=config.data.dataset,
+        split=split,
+        **masks,
+    )
