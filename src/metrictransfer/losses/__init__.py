@@ -2,7 +2,7 @@
 (pytorch-metric-learning's, by class name or alias). Each registers itself where it is defined; the
 registries in :mod:`metrictransfer.registry` find every module of this package."""
 
-from typing import Any
+from typing import Any, cast
 
 from metrictransfer.losses.base import TransferInputs, TransferLoss, TransferShapes
 from metrictransfer.losses.crd import CRDLoss
@@ -21,7 +21,7 @@ def build_transfer_loss(name: str, params: dict[str, Any] | None = None, where: 
     (``where``: the configuration key they came from, for the error message)."""
     cls = TRANSFER_LOSSES.get(name, where.rsplit(".", 1)[0] + ".name")
     check_params(cls, params or {}, f"transfer loss {name!r}", where)
-    return cls(**(params or {}))
+    return cast(TransferLoss, cls(**(params or {})))
 
 
 __all__ = [

@@ -11,7 +11,7 @@ registered with ``@register_transfer_loss("name")`` where it is defined.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
@@ -62,7 +62,7 @@ class TransferLoss(nn.Module):
     def compute(self, inputs: TransferInputs) -> torch.Tensor:
         """The loss of one step; by default ``forward(target, source)`` on the embeddings."""
         check_pair(inputs.target, inputs.source, type(self).__name__)
-        return self(inputs.target, inputs.source)
+        return cast(torch.Tensor, self(inputs.target, inputs.source))
 
 
 def check_pair(target: torch.Tensor, source: torch.Tensor, name: str, minimum: int = 2) -> None:

@@ -10,6 +10,7 @@ banks are updated with momentum after every step and are checkpointed with the l
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ class CRDLoss(TransferLoss):
     """
 
     needs = frozenset({"indices"})
+    memory_target: torch.Tensor
+    memory_source: torch.Tensor
+    normalizers: torch.Tensor
 
     def __init__(
         self,
@@ -67,11 +71,11 @@ class CRDLoss(TransferLoss):
         check_pair(inputs.target, inputs.source, "CRD", minimum=1)
         if inputs.indices is None:
             raise ValueError("CRD needs the images' positions in the training set (inputs.indices)")
-        return self(inputs.target, inputs.source, inputs.indices)
+        return cast(torch.Tensor, self(inputs.target, inputs.source, inputs.indices))
 
     def forward(self, target: torch.Tensor, source: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         num_items = len(self.memory_source)
-        if num_items == 0 or self.embed_target is None:
+        if num_items == 0 or self.embed_target is None or self.embed_source is None:
             raise RuntimeError("CRDLoss.setup(...) and setup_items(...) must be called before use")
         v_target = F.normalize(self.embed_target(target), dim=1)
         v_source = F.normalize(self.embed_source(source.detach().to(target.dtype)), dim=1)

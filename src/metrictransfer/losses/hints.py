@@ -7,6 +7,8 @@ Where the two models' maps differ in size, the target's is resized to the source
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +21,7 @@ def _match(target: torch.Tensor, size: torch.Size) -> torch.Tensor:
     return target if target.shape[-2:] == size else F.interpolate(target, size=size, mode="bilinear", align_corners=False)
 
 
-def _check_lists(target: list, source: list, name: str) -> None:
+def _check_lists(target: list[torch.Tensor], source: list[torch.Tensor], name: str) -> None:
     if len(target) != len(source) or not target:
         raise ValueError(f"{name}: expected as many target as source feature maps (at least one), got {len(target)} and {len(source)}")
 
@@ -44,7 +46,7 @@ class FitNetLoss(TransferLoss):
         self.regressors = nn.ModuleList(nn.Conv2d(t, s, kernel_size=1, bias=False) for t, s in pairs)
 
     def compute(self, inputs: TransferInputs) -> torch.Tensor:
-        return self(inputs.target_features, inputs.source_features)
+        return cast(torch.Tensor, self(inputs.target_features, inputs.source_features))
 
     def forward(self, target: list[torch.Tensor], source: list[torch.Tensor]) -> torch.Tensor:
         _check_lists(target, source, "FitNet")
@@ -73,7 +75,7 @@ class AttentionLoss(TransferLoss):
         self.p = p
 
     def compute(self, inputs: TransferInputs) -> torch.Tensor:
-        return self(inputs.target_features, inputs.source_features)
+        return cast(torch.Tensor, self(inputs.target_features, inputs.source_features))
 
     def forward(self, target: list[torch.Tensor], source: list[torch.Tensor]) -> torch.Tensor:
         _check_lists(target, source, "Attention")

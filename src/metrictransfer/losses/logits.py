@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -32,7 +34,7 @@ class HintonLoss(TransferLoss):
     def compute(self, inputs: TransferInputs) -> torch.Tensor:
         if inputs.target_logits is None or inputs.source_logits is None:
             raise ValueError("hinton needs both models' class logits: it is a classifier's distillation loss")
-        return self(inputs.target_logits, inputs.source_logits)
+        return cast(torch.Tensor, self(inputs.target_logits, inputs.source_logits))
 
     def forward(self, target_logits: torch.Tensor, source_logits: torch.Tensor) -> torch.Tensor:
         return hinton_distillation(target_logits, source_logits, self.temperature)

@@ -10,8 +10,9 @@ with, stated here once (where they differ from PML's: triplet margin 0.2, contra
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, cast
 
+import torch
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from torch import nn
@@ -64,7 +65,8 @@ def build_metric_loss(name: str, num_classes: int, embedding_dim: int, **params:
     check_metric_loss_params(name, params)
     accepted = inspect.signature(entry.component).parameters
     filled = {"num_classes": num_classes, "embedding_size": embedding_dim}
-    return entry.component(**{k: v for k, v in filled.items() if k in accepted}, **{**entry.info.get("defaults", {}), **params})
+    loss: nn.Module = entry.component(**{k: v for k, v in filled.items() if k in accepted}, **{**entry.info.get("defaults", {}), **params})
+    return loss
 
 
 def check_metric_loss_params(name: str, params: dict[str, Any], where: str = "metric_loss.params") -> None:
@@ -90,9 +92,9 @@ class MinedMetricLoss(nn.Module):
         self.loss = loss
         self.miner = miner
 
-    def forward(self, embeddings, labels):
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         pairs = self.miner(embeddings, labels) if self.miner is not None else None
-        return self.loss(embeddings, labels, pairs)
+        return cast(torch.Tensor, self.loss(embeddings, labels, pairs))
 
 
 __all__ = ["METRIC_LOSSES", "MINERS", "ConfigError", "MinedMetricLoss", "build_metric_loss", "build_miner"]

@@ -8,6 +8,8 @@ normalisations and reductions, so that the values match the reference file to fl
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 
@@ -66,7 +68,9 @@ class _AngleLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, t_gram, t_inv, s_gram, s_inv, chunk: int):
+    def forward(
+        ctx: Any, t_gram: torch.Tensor, t_inv: torch.Tensor, s_gram: torch.Tensor, s_inv: torch.Tensor, chunk: int
+    ) -> torch.Tensor:
         n = len(t_gram)
         total = t_gram.new_zeros(())
         grad_gram, grad_inv = torch.zeros_like(t_gram), torch.zeros_like(t_inv)
@@ -88,7 +92,7 @@ class _AngleLoss(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output):
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None]:
         grad_gram, grad_inv = ctx.saved_tensors
         return grad_output * grad_gram, grad_output * grad_inv, None, None, None
 
@@ -126,7 +130,7 @@ class RKDAngleLoss(TransferLoss):
             s_gram, s_inv = s @ s.t(), _inverse_distances(s)
         t_gram, t_inv = target @ target.t(), _inverse_distances(target)
         chunk = self.anchors_per_chunk(n, target.device)
-        return _AngleLoss.apply(t_gram, t_inv, s_gram, s_inv, chunk) / n**3
+        return cast(torch.Tensor, _AngleLoss.apply(t_gram, t_inv, s_gram, s_inv, chunk)) / n**3
 
     def extra_repr(self) -> str:
         return f"chunk={self.chunk}"
@@ -142,7 +146,9 @@ class RKDLoss(TransferLoss):
         self.distance, self.angle = RKDDistanceLoss(), RKDAngleLoss(chunk)
 
     def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        return self.distance_weight * self.distance(target, source) + self.angle_weight * self.angle(target, source)
+        distance: torch.Tensor = self.distance(target, source)
+        angle: torch.Tensor = self.angle(target, source)
+        return self.distance_weight * distance + self.angle_weight * angle
 
 
 def _pkt_affinity(x: torch.Tensor, eps: float) -> torch.Tensor:
