@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from metrictransfer.cli import main
-from metrictransfer.config import build_config, load_config
+from metrictransfer.config import build_config, load_config, save_config
 from metrictransfer.demo import demo_configs
 from metrictransfer.engine import trainer
 from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_model
@@ -130,15 +130,23 @@ def test_transfer_loss_parameters_are_checked():
         _config(method="transfer", transfer={"source_checkpoint": "x", "loss": "pkt", "sigma": 0.5})  # the earlier layout's key
 
 
-def test_table_collects_runs_and_averages_seeds(source_run, capsys):
+def test_table_collects_runs_and_averages_seeds(source_run, tmp_path, capsys):
     out, results = source_run
-    assert main(["table", str(out), str(out), "--metrics", "recall@1,map@r"]) == 0
+    other = tmp_path / "other_seed"  # the same run as if trained with another seed
+    other.mkdir()
+    (other / "results.json").write_text((out / "results.json").read_text())
+    config = load_config(out / "config.yaml")
+    save_config(config.model_copy(update={"seed": config.seed + 1}), other / "config.yaml")
+    assert main(["table", str(out), str(other), "--metrics", "recall@1,map@r"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "| dataset | target | method | seeds | R@1 | map@r |"
+    assert lines[0] == "| dataset | target | method | n | seeds | R@1 | map@r |"
     r1 = 100 * results["final"]["recall@1"]
-    assert lines[2] == f"| glyphs | resnet10t 16-d | proxy_anchor (no transfer) | 2 | {r1:.1f} ± 0.0 | " + \
-        f"{100 * results['final']['map@r']:.1f} ± 0.0 |"
-    assert main(["table", str(out.parent)]) == 2  # not a run folder: a clear error
+    assert lines[2] == f"| glyphs | resnet10t 16-d | proxy_anchor (no transfer) | 2 | {config.seed}, {config.seed + 1} | " + \
+        f"{r1:.1f} ± 0.0 | {100 * results['final']['map@r']:.1f} ± 0.0 |"
+    assert main(["table", str(out), str(out)]) == 0  # one run named twice is one run, not two seeds
+    assert "| proxy_anchor (no transfer) | 1 |" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main(["table", str(tmp_path / "empty")]) == 2  # neither a run nor a folder of runs: a clear error
 
 
 def test_method_labels_name_losses_weights_and_label_terms():

@@ -177,9 +177,10 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from metrictransfer.engine.tables import collect_runs, markdown_table
+    from metrictransfer.engine.tables import check_metrics, collect_runs, markdown_table
 
     records = collect_runs(args.runs)
+    check_metrics(records, args.metrics)
     print(json.dumps(records) if args.json else markdown_table(records, args.metrics))
     return 0
 
@@ -357,8 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR")
     report.set_defaults(func=cmd_report)
 
-    table = command("table", help="final metrics of finished runs as one markdown table (seeds averaged)")
-    table.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (holding results.json and config.yaml)")
+    table = command("table", help="final metrics of finished runs as one markdown table (seeds of one configuration averaged)")
+    table.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                       help="run folders (holding results.json and config.yaml), or folders of them (a demo's, a study's)")
     table.add_argument("--metrics", type=lambda t: t.split(","), help="comma-separated keys (default: every recall@k)")
     table.add_argument("--json", action="store_true", help="print the collected runs as JSON instead")
     table.set_defaults(func=cmd_table)
