@@ -49,9 +49,9 @@ def forward_at_224():
     model = EmbeddingModel("bn_inception", 512).eval()
     names = [f"backbone.{e['module']}" for e in model.backbone.feature_info] + [f"backbone.inception_{b}_output" for b in BLOCKS]
     taps = FeatureTaps(model, names)
-    with torch.no_grad():
+    with torch.no_grad(), taps.capture():
         embeddings = model(torch.randn(2, 3, 224, 224))
-    maps = dict(zip(names, taps.features))
+        maps = dict(zip(names, taps.features))
     taps.remove()
     return model, embeddings, maps
 

@@ -122,8 +122,6 @@ def test_a_second_class_under_a_taken_name_is_refused():
         TRANSFER_LOSSES.restore(saved)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="src/metrictransfer/registry.py, Registry.register: the message names the "
-                   "registered component only, not the one that clashes with it")
 def test_the_clash_names_both_components():
     saved = TRANSFER_LOSSES.snapshot()
     try:
@@ -178,9 +176,6 @@ def mt_plugin_resnet(pretrained=False, **kwargs):
 '''
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError, reason="src/metrictransfer/models/embedding.py, check_backbone_name: building a "
-                   "model does not search BACKBONES, so a plug-in backbone's module is never imported and timm does "
-                   "not know the name (docs/extending/backbone.md says so; update it when this passes)")
 def test_a_plugin_backbone_is_found_when_the_model_is_built(install_plugin, monkeypatch):
     import timm.models._registry as timm_registry
 

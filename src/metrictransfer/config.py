@@ -251,7 +251,7 @@ class ClassifierConfig(Strict):
         if not isinstance(raw, dict):
             return raw
         distill = raw.get("distill", "none")
-        distill_name = distill if isinstance(distill, str) else (distill or {}).get("name")
+        distill_name: Any = distill if isinstance(distill, str) else (distill or {}).get("name")
         kept = {"relaxed_contrastive": ("sigma", "delta"), "hinton": ("temperature",)}.get(distill_name, ())
         raw = {k: v for k, v in raw.items() if k not in {"sigma", "delta", "temperature"} - set(kept)}  # ignored before too
         return _moved(raw, {key: f"distill.params.{key}" for key in kept})
@@ -385,7 +385,10 @@ class RunConfig(Strict):
     def _method_params(self) -> "RunConfig":
         params_model = getattr(METHODS.get(self.method), "params_model", None)
         if params_model is not None:
-            params_model.model_validate(self.method_params)
+            try:
+                params_model.model_validate(self.method_params)
+            except ValidationError as err:  # named under method_params, not as top-level keys
+                raise ValueError(_format_errors(err, f"method {self.method!r}", prefix="method_params.")) from None
         elif self.method_params:
             raise ValueError(f"method {self.method!r} takes no method_params; its settings have their own section")
         return self
@@ -428,14 +431,14 @@ class RunConfig(Strict):
         return self
 
 
-def _format_errors(err: ValidationError, origin: str) -> str:
+def _format_errors(err: ValidationError, origin: str, prefix: str = "") -> str:
     problems = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        key = prefix + ".".join(str(p) for p in e["loc"]) or "<top level>"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-            parent = _model_at(RunConfig, e["loc"][:-1])
+            parent = _model_at(RunConfig, e["loc"][:-1]) if not prefix else None
             if parent is not None:
                 msg += f"; allowed keys here: {', '.join(parent.model_fields)}"
         elif e["type"] != "value_error" and "input" in e:
@@ -444,7 +447,7 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     return f"invalid configuration ({origin}): " + "; ".join(problems)
 
 
-def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     for part in loc:
         field = model.model_fields.get(str(part))
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
@@ -474,7 +477,7 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return f"{getattr(err, 'problem', None) or type(err).__name__}{where}"
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set each ``key.path=value`` in a nested dict (validation happens afterwards, on the result)."""
     for item in overrides:
         path, value = parse_override(item)
@@ -488,7 +491,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def build_config(raw: dict | None = None, overrides: list[str] | None = None, origin: str = "config") -> RunConfig:
+def build_config(raw: dict[str, Any] | None = None, overrides: list[str] | None = None, origin: str = "config") -> RunConfig:
     """Validate a nested dict (plus overrides) into a :class:`RunConfig`, or raise :class:`ConfigError`."""
     raw = apply_overrides(dict(raw or {}), overrides or [])
     try:
@@ -511,15 +514,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return build_config(raw, overrides, origin=str(path))
 
 
-def config_to_dict(config: RunConfig) -> dict:
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
-def resume_differences(saved: dict, current: dict) -> list[str]:
+def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys whose values differ between a run's saved configuration and the one it resumes with, except
     those in :data:`RESUMABLE_KEYS`."""
 
-    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in d.items():
             key = f"{prefix}{k}"

@@ -50,7 +50,8 @@ class Registry(Generic[T]):
         def decorate(component: T) -> T:
             known = self._entries.get(name)
             if known is not None and known.component is not component and _qualname(known.component) != _qualname(component):
-                raise ValueError(f"{self.kind} {name!r} is already registered by {_qualname(known.component)}")
+                raise ValueError(f"{self.kind} {name!r} is already registered by {_qualname(known.component)}; "
+                                 f"{_qualname(component)} needs another name")
             self._entries[name] = Entry(name, component, dict(info))
             return component
 
@@ -59,13 +60,13 @@ class Registry(Generic[T]):
     def _discover(self) -> None:
         if self._discovered:
             return
-        self._discovered = True
         if self.package is not None:
             package = importlib.import_module(self.package)
             for module in pkgutil.iter_modules(package.__path__, f"{self.package}."):
                 importlib.import_module(module.name)
         for point in entry_points(group=self.group):  # plug-ins installed as packages
             point.load()
+        self._discovered = True  # only once all loaded: a plug-in that fails to import fails every lookup, not just the first
 
     def declared_names(self) -> list[str]:
         """The built-in names, read from the package's source (``@register_x("name")`` calls) without

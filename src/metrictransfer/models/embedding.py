@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 
 from metrictransfer.errors import CheckpointError, ConfigError, MissingFileError
 from metrictransfer.models.bn_inception import BNInception, checkpoint_filter_fn
+from metrictransfer.registry import BACKBONES
 
 
 class EmbeddingModel(nn.Module):
@@ -23,12 +25,15 @@ class EmbeddingModel(nn.Module):
     pooling so that we pool ourselves.
     """
 
+    backbone: Any  # a timm model: forward_features, num_features and feature_info are timm's, not nn.Module's
+    head: nn.Linear
+
     def __init__(
         self,
         backbone: str = "resnet18",
         embedding_dim: int = 512,
         pretrained: bool = False,
-        weights: str | os.PathLike | None = None,
+        weights: str | os.PathLike[str] | None = None,
         normalize: bool = False,
         in_chans: int = 3,
         freeze_batchnorm: bool = False,
@@ -40,7 +45,7 @@ class EmbeddingModel(nn.Module):
         )
         if weights is not None:
             load_backbone_weights(self.backbone, weights)
-        self.feature_dim = self.backbone.num_features
+        self.feature_dim: int = self.backbone.num_features
         self.head = nn.Linear(self.feature_dim, embedding_dim)
         nn.init.orthogonal_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -59,12 +64,12 @@ class EmbeddingModel(nn.Module):
                     module.eval()
         return self
 
-    def _autocast(self, images: torch.Tensor):
+    def _autocast(self, images: torch.Tensor) -> AbstractContextManager[Any]:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(images.device.type, dtype=self.autocast_dtype)
 
-    def architecture(self) -> dict:
+    def architecture(self) -> dict[str, Any]:
         """What rebuilds this model around a state dict (checkpoints store it per model)."""
         return {"backbone": self.backbone_name, "embedding_dim": self.embedding_dim, "normalize": self.normalize}
 
@@ -74,17 +79,20 @@ class EmbeddingModel(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The pooled backbone features, before the head (a classifier's penultimate layer)."""
         with self._autocast(images):
-            return self.pool(self.backbone.forward_features(images)).float()
+            features: torch.Tensor = self.backbone.forward_features(images)
+            return self.pool(features).float()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with self._autocast(images):
-            embeddings = self.head(self.pool(self.backbone.forward_features(images))).float()
+            features: torch.Tensor = self.backbone.forward_features(images)
+            embeddings = self.head(self.pool(features)).float()
         return F.normalize(embeddings, dim=1) if self.normalize else embeddings
 
 
 def check_backbone_name(backbone: str) -> None:
     """A timm architecture, optionally with the tag of its weights (``resnet50.tv_in1k``), or ConfigError."""
     arch, _, tag = backbone.partition(".")
+    BACKBONES.names()  # backbones written here or by plug-ins register with timm when found
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch}*")[:10]
         raise ConfigError(f"unknown timm backbone {arch!r}" + (f"; similar names: {', '.join(close)}" if close else ""))
@@ -93,11 +101,12 @@ def check_backbone_name(backbone: str) -> None:
         raise ConfigError(f"timm has no weights {tag!r} for {arch!r}; its weights: {', '.join(known) or 'none'}")
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> None:
     """Load a local state dict (``.pt``/``.pth`` or ``.safetensors``) into a timm backbone."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"backbone weights file not found: {path}")
+    state: Any  # a state dict, or whatever else the file holds (checked below)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
