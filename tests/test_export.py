@@ -1,14 +1,28 @@
-"""export: each format is loaded back and gives the PyTorch model's embeddings; a missing package is named."""
+"""export: each format is loaded back and gives the PyTorch model's embeddings; a missing package is named;
+the description beside the file is enough to use an ONNX export with onnxruntime, numpy and Pillow alone."""
 
 import json
+import re
+import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision.transforms import v2
 
 from metrictransfer.cli import main
-from metrictransfer.export import description_path, export_model
-from metrictransfer.runtime.checkpoint import load_embedding_model
+from metrictransfer.config import build_config
+from metrictransfer.data.transforms import build_transform
+from metrictransfer.errors import ConfigError
+from metrictransfer.evaluation.embeddings_file import load_embeddings
+from metrictransfer.export import describe_architecture, describe_preprocessing, description_path, export_model
+from metrictransfer.models import EmbeddingModel
+from metrictransfer.normalization import BN_INCEPTION_MEAN_BGR, NORMALIZATION_STATS
+from metrictransfer.runtime.checkpoint import load_embedding_model, save_embedding_model
+from metrictransfer.search import build_index
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_search import _checkpoint  # noqa: E402
@@ -30,7 +44,11 @@ def test_an_export_gives_the_models_embeddings_and_describes_its_preprocessing(c
     assert "checked against the PyTorch model" in capsys.readouterr().out
     described = json.loads(description_path(out).read_text())
     assert described["input"]["height"] == 32 and described["output"]["embedding_dim"] == 8
-    assert any("Normalize" in step for step in described["preprocessing"])
+    assert described["format_version"] == 2 and described["preprocessing"]["mean"] == list(NORMALIZATION_STATS["imagenet"][0])
+    assert described["architecture"] | {"feature_dim": None} == {
+        "backbone": "resnet10t", "embedding_dim": 8, "normalize": False, "feature_dim": None, "pooling": "avg+max",
+        "head": {"type": "linear", "in_features": 512, "out_features": 8, "bias": True},
+        "l2_normalized": False, "output_dim": 8, "input_size": [3, 32, 32]}
     assert described["checked"]["max_abs_difference"] <= 1e-4
 
     model, _ = load_embedding_model(checkpoint)
@@ -81,3 +99,142 @@ def test_onnx_export_runs_in_onnxruntime_with_any_batch_size(checkpoint, tmp_pat
     session = runtime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(["embeddings"], {"images": _images(5).numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------- the description
+
+IMAGENET_MEAN, IMAGENET_STD = (list(v) for v in NORMALIZATION_STATS["imagenet"])
+
+
+@pytest.mark.parametrize("transform, normalization, geometry, pixels", [
+    ("glyphs", "imagenet", {"resize": {"size": [32, 32], "interpolation": "bilinear", "antialias": True}, "crop": None},
+     {"channel_order": "RGB", "value_range": "0-1", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}),
+    ("paper", "imagenet", {"resize": {"shorter_side": 37, "longer_side_rounding": "floor", "interpolation": "bilinear",
+                                      "antialias": True},
+                           "crop": {"size": [32, 32], "position": "center", "offset_rounding": "half_to_even"}},
+     {"channel_order": "RGB", "value_range": "0-1", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}),
+    ("glyphs", "bn_inception", {"resize": {"size": [32, 32], "interpolation": "bilinear", "antialias": True}, "crop": None},
+     {"channel_order": "BGR", "value_range": "0-255", "mean": list(BN_INCEPTION_MEAN_BGR), "std": [1.0, 1.0, 1.0]}),
+    ("paper", "clip", {"resize": {"shorter_side": 37, "longer_side_rounding": "floor", "interpolation": "bilinear",
+                                  "antialias": True},
+                       "crop": {"size": [32, 32], "position": "center", "offset_rounding": "half_to_even"}},
+     {"channel_order": "RGB", "value_range": "0-1", "mean": list(NORMALIZATION_STATS["clip"][0]),
+      "std": list(NORMALIZATION_STATS["clip"][1])}),
+])
+def test_the_preprocessing_is_described_as_data_from_the_test_transform(transform, normalization, geometry, pixels):
+    """Catches: preprocessing hard-coded (or as reprs) instead of read from the transform the run tests with."""
+    described = describe_preprocessing(build_transform(transform, False, 32, normalization))
+    assert described == {"image_mode": "RGB", **geometry, **pixels, "layout": "NCHW", "dtype": "float32",
+                         "height": 32, "width": 32}
+    json.dumps(described)  # plain data
+
+
+def test_paper_sizes_scale_with_the_image_size():
+    described = describe_preprocessing(build_transform("paper", False, 224, "bn_inception"))
+    assert described["resize"]["shorter_side"] == 256 and described["crop"]["size"] == [224, 224]
+
+
+def _tail(*steps):
+    return [*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+@pytest.mark.parametrize("steps, words", [
+    (_tail(v2.Resize((32, 32)), v2.RandomHorizontalFlip()), "RandomHorizontalFlip.*unknown step"),
+    (_tail(v2.Resize((32, 32)), v2.Lambda(lambda x: x)), "Lambda.*unknown step"),
+    (_tail(v2.CenterCrop(32), v2.Resize((32, 32))), "Resize.*out of order"),
+    (_tail(v2.Resize(32, max_size=40), v2.CenterCrop(32)), "Resize.*max_size"),
+    (_tail(v2.Resize(32)), "depends on the input's"),
+    ([v2.Resize((32, 32)), v2.ToImage(), v2.ToDtype(torch.float16, scale=True)], "float16, not float32"),
+    ([v2.Resize((32, 32)), v2.ToDtype(torch.float32, scale=True)], "needs ToImage"),
+    ([v2.Resize((32, 32)), v2.ToImage()], "does not end in a float32 tensor"),
+])
+def test_a_step_that_cannot_be_described_is_named(steps, words):
+    """Catches: a plug-in transform exported with a description that leaves out or misstates a step."""
+    with pytest.raises(ConfigError, match=f"cannot describe the test transform.*{words}"):
+        describe_preprocessing(v2.Compose(steps))
+
+
+class _AvgPooled(EmbeddingModel):
+    def pool(self, feature_map):
+        return feature_map.mean(dim=(2, 3))
+
+
+class _SumPooled(EmbeddingModel):
+    def pool(self, feature_map):
+        return feature_map.sum(dim=(2, 3))
+
+
+def test_the_pooling_described_is_what_the_model_computes():
+    assert describe_architecture(EmbeddingModel("resnet10t", 8, normalize=True), 32)["pooling"] == "avg+max"
+    assert describe_architecture(_AvgPooled("resnet10t", 8), 32)["pooling"] == "avg"
+    with pytest.raises(ConfigError, match="cannot describe the pooling of _SumPooled"):
+        describe_architecture(_SumPooled("resnet10t", 8), 32)
+    assert describe_architecture(EmbeddingModel("resnet10t", 8, normalize=True), 48)["l2_normalized"] is True
+
+
+# ------------------------------------------------------------- the ONNX file without metrictransfer
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "using-a-model.md"
+# Runs the guide's script as __main__ with metrictransfer and PyTorch made unimportable, and checks at the end
+# that none of them was loaded.
+ISOLATED = """
+import runpy, sys
+BARRED = ("metrictransfer", "torch", "torchvision", "timm")
+for name in BARRED:
+    sys.modules[name] = None  # an import of any of them now fails
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+loaded = [m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in BARRED]
+assert not loaded, loaded
+"""
+
+
+def _guide_script() -> str:
+    blocks = re.findall(r"^```python\n(# embed_onnx\.py.*?)^```", GUIDE.read_text(), flags=re.S | re.M)
+    assert len(blocks) == 1, "docs/guides/using-a-model.md should hold one python block starting '# embed_onnx.py'"
+    return blocks[0]
+
+
+def _query_images(folder: Path) -> list[Path]:
+    """Odd sizes, so the shorter-side resize rounds down and a centre crop's offset is a half."""
+    rng = np.random.default_rng(3)
+    folder.mkdir()
+    paths = []
+    for i, (height, width) in enumerate([(45, 61), (70, 37), (40, 40)]):
+        path = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    gray = folder / "gray.png"
+    Image.fromarray(rng.integers(0, 256, (33, 50), dtype=np.uint8), mode="L").save(gray)
+    return [*paths, gray]
+
+
+@pytest.mark.parametrize("transform, normalization", [("glyphs", "imagenet"), ("paper", "imagenet"),
+                                                      ("paper", "bn_inception")])
+def test_the_guides_script_embeds_like_metrictransfer_from_the_description_alone(tmp_path, transform, normalization):
+    """Catches: a description a program without metrictransfer cannot follow to the same embeddings (a missing
+    crop, RGB fed to a BGR model, 0-1 values to a 0-255 one, a rounding that moves the crop by a pixel)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    raw = {"model": {"backbone": "resnet10t", "embedding_dim": 8, "normalize": True},
+           "data": {"image_size": 32, "transform": transform, "normalization": normalization}}
+    checkpoint = save_embedding_model(EmbeddingModel("resnet10t", 8, normalize=True), build_config(raw),
+                                      tmp_path / "checkpoint.pt")
+    out = tmp_path / "model.onnx"
+    export_model(checkpoint, "onnx", out)
+    images = _query_images(tmp_path / "images")
+
+    build_index(checkpoint, tmp_path / "images", tmp_path / "index")  # metrictransfer's embeddings of the images
+    ours = load_embeddings(tmp_path / "index" / "embeddings.npz")
+    row = {Path(p).name: i for i, p in enumerate(ours.paths)}
+    expected = ours.embeddings[[row[p.name] for p in images]]
+
+    script = tmp_path / "embed_onnx.py"
+    script.write_text(_guide_script())
+    done = subprocess.run([sys.executable, "-I", "-c", ISOLATED, str(script), str(out), *map(str, images)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    got = np.array(json.loads(done.stdout), dtype=np.float32)
+    assert got.shape == expected.shape == (4, 8)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)

@@ -8,23 +8,44 @@ embeddings (to 1e-4) on a test batch; only then does it replace ``FILE``. A fail
 before that leaves any previous ``FILE`` and ``FILE.json`` as they were. The description is written
 after ``FILE`` is replaced and records the file's SHA-256 (``"sha256"``), so a description left stale by
 a crash between the two writes is recognisable: see :func:`describes`.
+
+The description (``"format_version"`` :data:`DESCRIPTION_VERSION`; files without the field hold the
+preprocessing as Python reprs) is enough to use the file without metrictransfer:
+
+- ``"preprocessing"`` (:func:`describe_preprocessing`, read from the run's test transform, step by step):
+  ``image_mode`` (the Pillow mode to convert to), then ``resize`` (``{"size": [H, W]}`` or
+  ``{"shorter_side": N}``, the longer side ``floor(N * long / short)``; ``interpolation`` by name), then
+  ``crop`` (``{"size": [H, W], "position": "center"}``, offsets ``round((side - size) / 2)`` with halves
+  to even, or null), then the pixels as an array scaled to ``value_range`` (``"0-1"``: divided by 255;
+  ``"0-255"``: as read), in ``channel_order`` (``"RGB"`` or ``"BGR"``), ``(x - mean) / std`` per channel
+  (``mean`` and ``std`` listed in that channel order), laid out as ``layout`` in ``dtype``.
+- ``"architecture"``: the timm ``backbone``, ``pooling`` of its feature map (read from what the model's
+  ``pool`` computes: ``"avg"``, ``"max"`` or ``"avg+max"``, the sum of both), ``head`` (``{"type":
+  "linear", "in_features", "out_features", "bias"}`` or null), ``l2_normalized``, ``output_dim`` and
+  ``input_size`` ([C, H, W]); ``embedding_dim`` and ``normalize`` rebuild an :class:`EmbeddingModel`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
+from torchvision.transforms import v2
 
 from metrictransfer import __version__
-from metrictransfer.data.transforms import build_transform
+from metrictransfer.data.transforms import _bgr_0_255, build_transform
 from metrictransfer.errors import ConfigError, MissingPackageError, OutputLocationError
 from metrictransfer.io import atomic_write_text, file_sha256, remove_stale_partials, staged_path
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
 
 FORMATS = ("safetensors", "torchscript", "onnx")
+DESCRIPTION_VERSION = 2  # 1 (no "format_version" field): preprocessing as a list of Python reprs
+ONNX_INPUT, ONNX_OUTPUT = "images", "embeddings"
 
 
 def _need(module: str, package: str, why: str):
@@ -49,11 +70,16 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: 
     model.eval()
     for name in (out.name, description_path(out).name):  # what a killed export of this file left
         remove_stale_partials(out.parent, name)
-    size = config.data.image_size
+    data = config.data
+    size = data.image_size
+    preprocessing = describe_preprocessing(build_transform(data.transform, False, size, data.normalization))
+    if (preprocessing["height"], preprocessing["width"]) != (size, size):
+        raise ConfigError(f"the test transform {data.transform!r} gives {preprocessing['height']}×{preprocessing['width']} "
+                          f"images but the model is exported for data.image_size {size}×{size}; nothing was written")
+    architecture = describe_architecture(model, size)
     example = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(example)
-    data = config.data
     with staged_path(out) as staged:  # replaces out only if the block finishes
         exported = _EXPORTERS[fmt](model, example, staged)
         difference = float((exported - expected).abs().max())
@@ -61,22 +87,141 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: 
             raise ConfigError(f"the {fmt} export gives embeddings up to {difference:.2e} away from the PyTorch model's "
                               f"(allowed {tolerance:.0e}); {out} was not written (a previous one is unchanged); "
                               "try another --format")
+        names = {"input": {"name": ONNX_INPUT}, "output": {"name": ONNX_OUTPUT}} if fmt == "onnx" else {"input": {}, "output": {}}
         description = {
+            "format_version": DESCRIPTION_VERSION,
             "metrictransfer": __version__,
             "format": fmt,
             "file": out.name,
             "sha256": file_sha256(staged),
             "checkpoint": str(resolve_checkpoint(checkpoint)),
-            "architecture": model.architecture(),
-            "input": {"layout": "NCHW", "channels": "RGB", "dtype": "float32", "height": size, "width": size},
-            "preprocessing": [repr(step) for step in build_transform(data.transform, False, size, data.normalization).transforms],
-            "output": {"embedding_dim": model.embedding_dim, "l2_normalized": model.normalize},
+            "architecture": architecture,
+            "input": {**names["input"], "layout": preprocessing["layout"], "channels": preprocessing["channel_order"],
+                      "dtype": preprocessing["dtype"], "height": size, "width": size},
+            "preprocessing": preprocessing,
+            "output": {**names["output"], "embedding_dim": model.embedding_dim, "l2_normalized": model.normalize},
             "metric": config.eval.metric,
             "checked": {"max_abs_difference": difference, "tolerance": tolerance, "batch": list(example.shape)},
         }
     # After the file: a crash in between leaves the old description, whose sha256 no longer matches.
     atomic_write_text(json.dumps(description, indent=2), description_path(out))
     return description
+
+
+# The steps a description can hold, in the only order it describes: image steps, then array steps.
+_STEPS: list[tuple[str, Any]] = [
+    ("rgb", lambda step: isinstance(step, v2.RGB)),
+    ("resize", lambda step: isinstance(step, v2.Resize)),
+    ("center_crop", lambda step: isinstance(step, v2.CenterCrop)),
+    ("to_image", lambda step: isinstance(step, v2.ToImage)),
+    ("to_dtype", lambda step: isinstance(step, v2.ToDtype)),
+    ("bgr_0_255", lambda step: isinstance(step, v2.Lambda) and step.lambd is _bgr_0_255),
+    ("normalize", lambda step: isinstance(step, v2.Normalize)),
+]
+
+
+def _refuse(step: object, why: str) -> ConfigError:
+    return ConfigError(f"cannot describe the test transform's step {step!r} for an export ({why}); a description "
+                       "holds RGB, Resize, CenterCrop, ToImage, ToDtype(float32), BN-Inception's BGR 0-255 step and "
+                       "Normalize, in that order")
+
+
+def _names(steps: list[Any]) -> str:
+    return ", ".join(type(step).__name__ for step in steps)
+
+
+def describe_preprocessing(transform: v2.Compose) -> dict[str, Any]:
+    """A deterministic test transform as data a program without metrictransfer can follow (the module's
+    docstring says how), read step by step from the Compose; ConfigError for a step it cannot describe.
+
+    Image steps (Pillow) come first: RGB, then Resize, then CenterCrop; then ToImage, ToDtype(float32),
+    the BN-Inception BGR 0–255 step and Normalize, in that order."""
+    steps = getattr(transform, "transforms", None)
+    if steps is None:
+        raise ConfigError(f"cannot describe the test transform {type(transform).__name__} for an export: not a v2.Compose")
+    # metrictransfer's datasets give the transform 8-bit RGB Pillow images, with or without an RGB step
+    found: dict[str, Any] = {"image_mode": "RGB", "resize": None, "crop": None}
+    value_range, channels, dtype, mean, std = None, "RGB", None, None, None
+    last = -1  # the rank in _STEPS of the last step read: each comes after the ones before, once
+
+    for step in steps:
+        kind = next((name for name, test in _STEPS if test(step)), None)
+        if kind is None:
+            raise _refuse(step, f"unknown step {type(step).__name__}")
+        rank = [name for name, _ in _STEPS].index(kind)
+        if rank <= last:
+            raise _refuse(step, "out of order or repeated")
+        last = rank
+        if kind == "resize":
+            if step.max_size is not None or step.size is None:
+                raise _refuse(step, "max_size")
+            interpolation = str(getattr(step.interpolation, "value", step.interpolation))
+            sizes = [int(s) for s in step.size]
+            found["resize"] = ({"shorter_side": sizes[0], "longer_side_rounding": "floor"} if len(sizes) == 1
+                               else {"size": sizes}) | {"interpolation": interpolation, "antialias": True}
+        elif kind == "center_crop":
+            found["crop"] = {"size": [int(s) for s in step.size], "position": "center", "offset_rounding": "half_to_even"}
+        elif kind == "to_image":
+            value_range = "0-255"
+        elif kind == "to_dtype":
+            if value_range is None:
+                raise _refuse(step, "needs ToImage before it")
+            if step.dtype != torch.float32:  # a dict of dtypes per tv_tensor type is refused here too
+                raise _refuse(step, f"dtype {step.dtype}, not float32")
+            dtype, value_range = "float32", "0-1" if step.scale else value_range
+        elif kind == "bgr_0_255":
+            if value_range != "0-1":
+                raise _refuse(step, "needs values in 0-1 before it")
+            channels, value_range = "BGR", "0-255"
+        elif kind == "normalize":
+            mean, std = ([float(v) for v in values] * (3 if len(values) == 1 else 1) for values in (step.mean, step.std))
+    if value_range is None or dtype is None:
+        raise ConfigError(f"cannot describe the test transform ({_names(steps)}) for an export: it does not end in a "
+                          "float32 tensor (ToImage, ToDtype(float32))")
+    if found["crop"]:
+        height, width = found["crop"]["size"]
+    elif found["resize"] and "size" in found["resize"]:
+        height, width = found["resize"]["size"]
+    else:
+        raise ConfigError(f"cannot describe the test transform ({_names(steps)}) for an export: the size of its images "
+                          "depends on the input's (no CenterCrop and no Resize to height and width)")
+    return {**found, "channel_order": channels, "value_range": value_range,
+            "mean": mean if mean is not None else [0.0, 0.0, 0.0], "std": std if std is not None else [1.0, 1.0, 1.0],
+            "layout": "NCHW", "dtype": dtype, "height": height, "width": width}
+
+
+def describe_architecture(model: EmbeddingModel, image_size: int) -> dict[str, Any]:
+    """The model's layers as data: what :meth:`EmbeddingModel.architecture` stores (which rebuilds it), the
+    pooling its ``pool`` computes, its head, and the input and output sizes."""
+    head = model.head
+    if isinstance(head, nn.Linear):
+        head_described: dict[str, Any] | None = {"type": "linear", "in_features": head.in_features,
+                                                 "out_features": head.out_features, "bias": head.bias is not None}
+    elif isinstance(head, nn.Identity):
+        head_described = None
+    else:
+        raise ConfigError(f"cannot describe the embedding head {head!r} for an export (a Linear layer or none)")
+    return {**model.architecture(), "feature_dim": model.feature_dim, "pooling": _pooling(model), "head": head_described,
+            "l2_normalized": bool(model.normalize), "output_dim": model.embedding_dim,
+            "input_size": [3, image_size, image_size]}
+
+
+_POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "avg": lambda x: x.mean(dim=(2, 3)),
+    "max": lambda x: x.amax(dim=(2, 3)),
+    "avg+max": lambda x: x.mean(dim=(2, 3)) + x.amax(dim=(2, 3)),
+}
+
+
+def _pooling(model: EmbeddingModel) -> str:
+    """Which global pooling ``model.pool`` computes, by trying it on a feature map."""
+    feature_map = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pooled = model.pool(feature_map)
+    for name, pool in _POOLINGS.items():
+        if pooled.shape == (2, 4) and torch.allclose(pooled, pool(feature_map)):
+            return name
+    raise ConfigError(f"cannot describe the pooling of {type(model).__name__} for an export ({', '.join(_POOLINGS)})")
 
 
 def describes(out: str | Path) -> bool:
@@ -115,10 +260,10 @@ def _torchscript(model: EmbeddingModel, example: torch.Tensor, out: Path) -> tor
 def _onnx(model: EmbeddingModel, example: torch.Tensor, out: Path) -> torch.Tensor:
     _need("onnx", "onnx", "the onnx export")
     runtime = _need("onnxruntime", "onnxruntime", "checking the onnx export")
-    torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["embeddings"],
-                      dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(model, (example,), str(out), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                      dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}}, dynamo=False)
     session = runtime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(["embeddings"], {"images": example.numpy()})[0])
+    return torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: example.numpy()})[0])
 
 
 _EXPORTERS = {"safetensors": _safetensors, "torchscript": _torchscript, "onnx": _onnx}
