@@ -8,6 +8,8 @@ index building and search, and reports; images get the test-time preprocessing f
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -19,7 +21,7 @@ from metrictransfer.data.multiview import collate_readable
 @torch.inference_mode()
 def extract_embeddings(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: Dataset[Any],
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     num_workers: int = 0,

@@ -14,6 +14,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +43,11 @@ class EmbeddingsFile:
     split: str | None = None
 
 
-def save_embeddings(path: str | os.PathLike, data: EmbeddingsFile) -> None:
+def save_embeddings(path: str | os.PathLike[str], data: EmbeddingsFile) -> None:
     """Write atomically, so an interrupted run never leaves a truncated file behind."""
-    arrays = {"embeddings": np.asarray(data.embeddings, dtype=np.float32), "labels": np.asarray(data.labels, dtype=np.int64)}
+    arrays: dict[str, Any] = {
+        "embeddings": np.asarray(data.embeddings, dtype=np.float32), "labels": np.asarray(data.labels, dtype=np.int64)
+    }
     for key in _N_KEYS:
         if getattr(data, key) is not None:
             arrays[key] = np.asarray(getattr(data, key))
@@ -57,7 +60,7 @@ def save_embeddings(path: str | os.PathLike, data: EmbeddingsFile) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays), "wb")
 
 
-def load_embeddings(path: str | os.PathLike, query_gallery: bool = False) -> EmbeddingsFile:
+def load_embeddings(path: str | os.PathLike[str], query_gallery: bool = False) -> EmbeddingsFile:
     """Read and check an embeddings file; every problem is reported with the file and the key."""
     path = Path(path)
     if not path.is_file():
@@ -102,7 +105,7 @@ def load_embeddings(path: str | os.PathLike, query_gallery: bool = False) -> Emb
     )
 
 
-def compare_items(found: Sequence[str], expected: Sequence[str]) -> str | None:
+def compare_items(found: Sequence[str] | np.ndarray, expected: Sequence[str] | np.ndarray) -> str | None:
     """None when `found` names the `expected` items in the same order, else what differs, in words.
 
     Says whether the count, the order (the same items otherwise) or the items themselves differ, with
@@ -129,7 +132,7 @@ def _row_names(a: EmbeddingsFile, b: EmbeddingsFile) -> tuple[np.ndarray, np.nda
     return None
 
 
-def check_same_items(files: Sequence[EmbeddingsFile], paths: Sequence[str | os.PathLike]) -> None:
+def check_same_items(files: Sequence[EmbeddingsFile], paths: Sequence[str | os.PathLike[str]]) -> None:
     """Raise :class:`DataError` unless every file holds the same items, in the same order, as the first.
 
     An ensemble concatenates the files' rows; rows of different items would be evaluated as one item

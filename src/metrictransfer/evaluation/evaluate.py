@@ -7,8 +7,12 @@ Every dataset is embedded by :func:`~metrictransfer.evaluation.embed.extract_emb
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sized
+from typing import Any, cast
+
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from metrictransfer.config import DataConfig, RunConfig
@@ -23,7 +27,7 @@ from metrictransfer.runtime import distributed
 from metrictransfer.runtime.device import resolve_device
 
 
-def with_test_transform(images: Dataset, data: DataConfig) -> MultiViewDataset:
+def with_test_transform(images: Dataset[Any], data: DataConfig) -> MultiViewDataset:
     """``images`` (yielding ``(image, label)``) as :func:`extract_embeddings` takes them: one view per
     image, with the test-time preprocessing of ``data``."""
     return MultiViewDataset(images, build_transform(data.transform, False, data.image_size, data.normalization))
@@ -36,7 +40,9 @@ def test_dataset(config: RunConfig) -> MultiViewDataset:
     return with_test_transform(build_dataset(data, "test"), data)
 
 
-def evaluate_model(model, dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+def evaluate_model(
+    model: nn.Module, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False
+) -> dict[str, float]:
     """Recall@K, MAP@R and R-Precision of one model on an evaluation dataset (single test view per image);
     query against gallery when the dataset has ``is_query`` / ``is_gallery`` masks (In-Shop)."""
     return evaluate_models({"model": model}, dataset, config, device, progress)
@@ -53,14 +59,16 @@ class _Stacked(torch.nn.Module):
         return torch.cat([m(images) for m in self.models], dim=1)
 
 
-def evaluate_models(models: dict, dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+def evaluate_models(
+    models: Mapping[str, nn.Module], dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False
+) -> dict[str, float]:
     """One model: its metrics. Several (a cohort): ``name/metric`` for each, ``ensemble/metric`` for the
     concatenation of their L2-normalised embeddings, and the ensemble's again without prefix (the run's
     headline numbers)."""
     stacked = _Stacked(list(models.values()))
     ranks = distributed.current()
     if ranks.world > 1:  # each process embeds every N-th image; all of them then hold every row, in order
-        dataset = Subset(dataset, range(ranks.rank, len(dataset), ranks.world))
+        dataset = Subset(dataset, range(ranks.rank, len(cast(Sized, dataset)), ranks.world))
     embeddings, labels, indices = extract_embeddings(
         stacked, dataset, config.eval.batch_size, device, config.data.num_workers, progress=progress, return_indices=True
     )
@@ -68,15 +76,16 @@ def evaluate_models(models: dict, dataset, config: RunConfig, device: torch.devi
         embeddings, labels, indices = (distributed.gather(t.to(device)).cpu() for t in (embeddings, labels, indices))
         order = torch.argsort(indices)
         embeddings, labels, indices = embeddings[order], labels[order], indices[order]
-        dataset = dataset.dataset
+        dataset = cast(Subset[Any], dataset).dataset
     masks = query_gallery_masks(dataset, indices)
 
     def metrics(x: torch.Tensor) -> dict[str, float]:
-        return retrieval_metrics(x, labels, config.eval.recall_at, config.eval.metric, **masks)
+        return retrieval_metrics(x, labels, config.eval.recall_at, config.eval.metric,
+                                 is_query=masks.get("is_query"), is_gallery=masks.get("is_gallery"))
 
     if len(models) == 1:
         return metrics(embeddings)
-    parts = embeddings.split([m.embedding_dim for m in models.values()], dim=1)
+    parts = embeddings.split([m.embedding_dim for m in models.values()], dim=1)  # type: ignore[no-untyped-call]  # torch leaves Tensor.split unannotated
     row: dict[str, float] = {}
     for name, part in zip(models, parts):
         row.update({f"{name}/{k}": v for k, v in metrics(part).items()})
@@ -86,9 +95,9 @@ def evaluate_models(models: dict, dataset, config: RunConfig, device: torch.devi
     return row
 
 
-def query_gallery_masks(dataset, indices: torch.Tensor) -> dict:
+def query_gallery_masks(dataset: Dataset[Any], indices: torch.Tensor) -> dict[str, torch.Tensor]:
     """``is_query`` / ``is_gallery`` of the embedded items (skipped images have no row), if the data has them."""
-    base = getattr(dataset, "dataset", dataset)  # through the MultiViewDataset wrapper
+    base: Any = getattr(dataset, "dataset", dataset)  # through the MultiViewDataset wrapper
     if getattr(base, "is_query", None) is None:
         return {}
     return {"is_query": torch.as_tensor(base.is_query)[indices], "is_gallery": torch.as_tensor(base.is_gallery)[indices]}
@@ -110,7 +119,7 @@ def embed_split(
     ``dataset:split:index``. Rows follow the dataset's order; images skipped as unreadable have no row.
     """
     target = resolve_device(device or config.device)
-    dataset = build_dataset(config.data, split)
+    dataset: Any = build_dataset(config.data, split)  # with item_names, and paths / is_query / is_gallery where the data has them
     embeddings, labels, indices = extract_embeddings(
         model.to(target), with_test_transform(dataset, config.data), batch_size or config.eval.batch_size, target, config.data.num_workers,
         progress=progress, return_indices=True,

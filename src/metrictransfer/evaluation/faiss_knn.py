@@ -7,6 +7,8 @@ distances arbitrarily where the blocked engine (``knn.py``) counts ties against 
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import torch
 
@@ -14,7 +16,7 @@ from metrictransfer.errors import MissingPackageError
 from metrictransfer.evaluation.knn import QueryStats, prepare
 
 
-def _faiss():
+def _faiss() -> Any:
     try:
         import faiss
     except ImportError as err:  # optional dependency
@@ -22,7 +24,7 @@ def _faiss():
     return faiss
 
 
-def flat_index(dim: int, metric: str):
+def flat_index(dim: int, metric: str) -> Any:
     """An exact faiss index: IndexFlatL2, or for cosine (on unit-length vectors) IndexFlatIP."""
     faiss = _faiss()
     return faiss.IndexFlatL2(dim) if metric == "euclidean" else faiss.IndexFlatIP(dim)
@@ -33,7 +35,7 @@ def search(queries: np.ndarray, gallery: np.ndarray, k: int, metric: str) -> np.
     index = flat_index(gallery.shape[1], metric)
     index.add(np.ascontiguousarray(gallery, dtype=np.float32))
     _, neighbours = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return neighbours
+    return cast(np.ndarray, neighbours)
 
 
 def faiss_query_statistics(
@@ -51,9 +53,14 @@ def faiss_query_statistics(
     """
     same_set = gallery is None
     q = prepare(queries, metric).cpu().numpy()
-    g = q if same_set else prepare(gallery, metric).cpu().numpy()
+    g = q if gallery is None else prepare(gallery, metric).cpu().numpy()
     q_lab = query_labels.cpu().numpy()
-    g_lab = q_lab if same_set else gallery_labels.cpu().numpy()
+    if gallery is None:
+        g_lab = q_lab
+    elif gallery_labels is None:
+        raise ValueError("faiss_query_statistics: a gallery needs its gallery_labels")
+    else:
+        g_lab = gallery_labels.cpu().numpy()
     classes, g_counts = np.unique(g_lab, return_counts=True)
     count_of = dict(zip(classes.tolist(), g_counts.tolist()))
     positives = np.array([count_of.get(c, 0) for c in q_lab.tolist()], dtype=np.int64) - int(same_set)

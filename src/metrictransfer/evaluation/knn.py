@@ -61,6 +61,8 @@ def pair_distances(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor | None, 
     prod = a @ b.transpose(-1, -2)
     if a_sq is None:
         return prod.neg_()
+    if b_sq is None:
+        raise ValueError("pair_distances: give both squared norms (squared Euclidean) or neither (cosine)")
     return prod.mul_(-2).add_(a_sq.unsqueeze(-1)).add_(b_sq.unsqueeze(-2))
 
 
@@ -83,7 +85,7 @@ class _Side:
         self.labels = labels[self.order]
         self.sq = self.x.pow(2).sum(1) if metric == "euclidean" else None
 
-    def sq_at(self, index):
+    def sq_at(self, index: slice | torch.Tensor) -> torch.Tensor | None:
         return None if self.sq is None else self.sq[index]
 
 
@@ -104,8 +106,13 @@ def query_statistics(
     same_set = gallery is None
     device = queries.device
     q_all = prepare(queries, metric)
-    g_all = q_all if same_set else prepare(gallery, metric).to(device)
-    all_labels = query_labels if same_set else torch.cat([query_labels, gallery_labels.to(query_labels.device)])
+    g_all = q_all if gallery is None else prepare(gallery, metric).to(device)
+    if gallery is None:
+        all_labels = query_labels
+    elif gallery_labels is None:
+        raise ValueError("query_statistics: a gallery needs its gallery_labels")
+    else:
+        all_labels = torch.cat([query_labels, gallery_labels.to(query_labels.device)])
     _, compact = torch.unique(all_labels.to(device), return_inverse=True)
     num_classes = int(compact.max()) + 1
     q_lab, g_lab = (compact, compact) if same_set else (compact[: len(q_all)], compact[len(q_all):])
@@ -132,7 +139,7 @@ def query_statistics(
     far = torch.full_like(near, float("-inf"))
     far[has_pos] = flat[offsets[has_pos] + q_pos[has_pos] - 1]
     count = torch.zeros(len(rows.x), dtype=torch.long, device=device)
-    top_negatives = []  # per row block: its queries' closest other-class distances, padded to the block's max R
+    top_negatives: list[torch.Tensor] = []  # per row block: its queries' closest other-class distances, padded to the block's max R
     for s in starts:
         k = int(q_pos[s : s + block].max())
         top_negatives.append(torch.full((min(block, len(rows.x) - s), k), float("inf"), dtype=rows.x.dtype, device=device))
@@ -167,7 +174,9 @@ def query_statistics(
     )
 
 
-def _update(d: torch.Tensor, near: torch.Tensor, far: torch.Tensor, count: torch.Tensor, r0: int, top_negatives: list, i: int) -> None:
+def _update(
+    d: torch.Tensor, near: torch.Tensor, far: torch.Tensor, count: torch.Tensor, r0: int, top_negatives: list[torch.Tensor], i: int
+) -> None:
     """Fold one block (rows = queries, same-class entries already +inf) into the rows' running state.
 
     Rows whose closest entry here lies beyond their farthest positive are skipped: nothing in this block
@@ -188,7 +197,9 @@ def _update(d: torch.Tensor, near: torch.Tensor, far: torch.Tensor, count: torch
         buffer[rows] = torch.cat([buffer[rows], part], 1).topk(k, dim=1, largest=False, sorted=False).values
 
 
-def _precision_at_r(flat, offsets, q_pos, negatives) -> tuple[torch.Tensor, torch.Tensor]:
+def _precision_at_r(
+    flat: torch.Tensor, offsets: torch.Tensor, q_pos: torch.Tensor, negatives: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """AP@R and R-Precision of a block of queries from their sorted positive and closest negative distances.
 
     The j-th closest positive sits at position j + (number of negatives at least as close); it counts when
@@ -213,7 +224,9 @@ def _precision_at_r(flat, offsets, q_pos, negatives) -> tuple[torch.Tensor, torc
     return torch.where(has_pos, ap, nan), torch.where(has_pos, rp, nan)
 
 
-def _sorted_positive_distances(rows: _Side, cols: _Side, q_pos, offsets, num_classes: int, same_set: bool) -> torch.Tensor:
+def _sorted_positive_distances(
+    rows: _Side, cols: _Side, q_pos: torch.Tensor, offsets: torch.Tensor, num_classes: int, same_set: bool
+) -> torch.Tensor:
     """Every query's distances to its positives, sorted, concatenated in query order (query i at offsets[i])."""
     device = rows.x.device
     flat = torch.empty(int(q_pos.sum()), dtype=rows.x.dtype, device=device)

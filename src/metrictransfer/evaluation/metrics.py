@@ -15,9 +15,10 @@ own neighbours by index. Ties between a same-class and an other-class item count
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +29,7 @@ from metrictransfer.evaluation.knn import QueryStats, query_statistics
 BACKENDS = ("torch", "faiss")
 
 
-def as_tensor(values) -> torch.Tensor:
+def as_tensor(values: torch.Tensor | npt.ArrayLike) -> torch.Tensor:
     return values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
 
 
@@ -56,7 +57,9 @@ def check_embeddings(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         )
 
 
-def query_gallery_split(is_query, is_gallery, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def query_gallery_split(
+    is_query: torch.Tensor | npt.ArrayLike, is_gallery: torch.Tensor | npt.ArrayLike, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated boolean masks for query-vs-gallery evaluation."""
     masks = []
     for name, mask in (("is_query", is_query), ("is_gallery", is_gallery)):
@@ -76,12 +79,12 @@ def query_gallery_split(is_query, is_gallery, n: int) -> tuple[torch.Tensor, tor
 
 
 def compute_query_statistics(
-    embeddings,
-    labels,
+    embeddings: torch.Tensor | npt.ArrayLike,
+    labels: torch.Tensor | npt.ArrayLike,
     metric: str = "euclidean",
     *,
-    is_query=None,
-    is_gallery=None,
+    is_query: torch.Tensor | npt.ArrayLike | None = None,
+    is_gallery: torch.Tensor | npt.ArrayLike | None = None,
     backend: str = "torch",
     max_k: int = 1,
     block_size: int | None = None,
@@ -96,16 +99,20 @@ def compute_query_statistics(
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     labels = labels.long()
+    queries, query_labels = embeddings, labels
+    gallery: torch.Tensor | None = None
+    gallery_labels: torch.Tensor | None = None
     if is_query is None and is_gallery is None:
-        args = (embeddings, labels)
+        pass  # all-vs-all
     elif is_query is None or is_gallery is None:
         raise DataError("query-vs-gallery evaluation needs both is_query and is_gallery")
     else:
         q, g = query_gallery_split(is_query, is_gallery, len(labels))
-        args = (embeddings[q.to(embeddings.device)], labels[q], embeddings[g.to(embeddings.device)], labels[g])
+        queries, query_labels = embeddings[q.to(embeddings.device)], labels[q]
+        gallery, gallery_labels = embeddings[g.to(embeddings.device)], labels[g]
     if backend == "faiss":
-        return faiss_query_statistics(*args, metric=metric, max_k=max_k)
-    return query_statistics(*args, metric=metric, block_size=block_size, progress=progress)
+        return faiss_query_statistics(queries, query_labels, gallery, gallery_labels, metric=metric, max_k=max_k)
+    return query_statistics(queries, query_labels, gallery, gallery_labels, metric=metric, block_size=block_size, progress=progress)
 
 
 def summarize(stats: QueryStats, ks: Sequence[int]) -> dict[str, float]:
@@ -121,13 +128,13 @@ def summarize(stats: QueryStats, ks: Sequence[int]) -> dict[str, float]:
 
 
 def retrieval_metrics(
-    embeddings,
-    labels,
+    embeddings: torch.Tensor | npt.ArrayLike,
+    labels: torch.Tensor | npt.ArrayLike,
     ks: Sequence[int] = (1, 2, 4, 8),
     metric: str = "euclidean",
     *,
-    is_query=None,
-    is_gallery=None,
+    is_query: torch.Tensor | npt.ArrayLike | None = None,
+    is_gallery: torch.Tensor | npt.ArrayLike | None = None,
     nmi: bool = False,
     backend: str = "torch",
     block_size: int | None = None,
@@ -146,7 +153,7 @@ def retrieval_metrics(
     out = summarize(stats, ks)
     if nmi:
         embeddings, labels = as_tensor(embeddings), as_tensor(labels)
-        if is_query is not None:
+        if is_query is not None and is_gallery is not None:  # both or neither (compute_query_statistics checked)
             used = as_tensor(is_query) | as_tensor(is_gallery)
             embeddings, labels = embeddings[used.to(embeddings.device)], labels[used]
         out["nmi"] = nmi_score(embeddings, labels, metric, seed)
@@ -154,19 +161,27 @@ def retrieval_metrics(
 
 
 def recall_at_k(
-    embeddings, labels, ks: Sequence[int] = (1, 2, 4, 8), metric: str = "euclidean", block_size: int | None = None
+    embeddings: torch.Tensor | npt.ArrayLike,
+    labels: torch.Tensor | npt.ArrayLike,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    metric: str = "euclidean",
+    block_size: int | None = None,
 ) -> dict[str, float]:
     """Only the ``recall@k`` entries of :func:`retrieval_metrics` (all-vs-all)."""
     metrics = retrieval_metrics(embeddings, labels, ks, metric, block_size=block_size)
     return {k: v for k, v in metrics.items() if k.startswith("recall@")}
 
 
-def nearest_positive_ranks(embeddings, labels, metric: str = "euclidean", block_size: int | None = None) -> torch.Tensor:
+def nearest_positive_ranks(
+    embeddings: torch.Tensor | npt.ArrayLike, labels: torch.Tensor | npt.ArrayLike, metric: str = "euclidean", block_size: int | None = None
+) -> torch.Tensor:
     """Per item: how many other-class items are at least as close as its nearest same-class item (-1: none)."""
     return compute_query_statistics(embeddings, labels, metric, block_size=block_size).rank
 
 
-def nmi_score(embeddings, labels, metric: str = "euclidean", seed: int = 0) -> float:
+def nmi_score(
+    embeddings: torch.Tensor | npt.ArrayLike, labels: torch.Tensor | npt.ArrayLike, metric: str = "euclidean", seed: int = 0
+) -> float:
     """NMI between the labels and k-means clusters (as many as classes) of the embeddings.
 
     k-means is scikit-learn's (k-means++ seeding) up to 1,000 clusters; beyond that (SOP, In-Shop) it is
@@ -174,11 +189,12 @@ def nmi_score(embeddings, labels, metric: str = "euclidean", seed: int = 0) -> f
     """
     from sklearn.metrics import normalized_mutual_info_score
 
-    x = as_tensor(embeddings).float()
-    x = F.normalize(x, dim=1) if metric == "cosine" else x
-    x = np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
+    t = as_tensor(embeddings).float()
+    t = F.normalize(t, dim=1) if metric == "cosine" else t
+    x = np.ascontiguousarray(t.cpu().numpy(), dtype=np.float32)
     y = as_tensor(labels).cpu().numpy()
     k = len(np.unique(y))
+    faiss: Any
     try:
         import faiss
     except ImportError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from metrictransfer.config import DataConfig, MetricLossConfig, ModelConfig, Run
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.evaluation.evaluate import evaluate_models, test_dataset
 from metrictransfer.losses import MinedMetricLoss, build_metric_loss, build_miner
-from metrictransfer.methods.teaching import frozen
+from metrictransfer.methods.teaching import ModuleT, frozen
 from metrictransfer.models import EmbeddingModel
 
 
@@ -23,7 +23,7 @@ class UpdateGroup:
     in between); its learning-rate schedule counts its own updates."""
 
     name: str
-    params: list[dict]
+    params: list[dict[str, Any]]
     every: int = 1
 
 
@@ -46,7 +46,7 @@ class Method(nn.Module):
         """How tables name a run of this method (the paper's tables name the loss)."""
         return f"{config.metric_loss.name} (no transfer)"
 
-    def freeze(self, model: nn.Module) -> nn.Module:
+    def freeze(self, model: ModuleT) -> ModuleT:
         """Make ``model`` a frozen teacher of this method: no gradient, and in eval mode even while the
         method trains (its batch-norm statistics never move)."""
         self.__dict__.setdefault("_frozen", []).append(model)  # a plain list: not registered a second time
@@ -61,7 +61,7 @@ class Method(nn.Module):
     def trainable(self) -> dict[str, nn.Module]:
         raise NotImplementedError
 
-    def parameter_groups(self, lr: float) -> list[dict]:
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         raise NotImplementedError
 
     def update_groups(self, lr: float) -> list[UpdateGroup]:
@@ -71,7 +71,7 @@ class Method(nn.Module):
     def after_update(self, group: str) -> None:
         """Called after group ``group``'s optimiser stepped (moving averages follow their model here)."""
 
-    def train_transforms(self, data: DataConfig) -> list[Callable]:
+    def train_transforms(self, data: DataConfig) -> list[Callable[..., Any]]:
         """The training augmentations: each makes ``data.views`` views of every image (several: cohorts)."""
         return [build_transform(data.transform, True, data.image_size, data.normalization)]
 
@@ -79,17 +79,17 @@ class Method(nn.Module):
         """The models evaluated every epoch; more than one are also evaluated as an ensemble."""
         return {self.output: self.output_model()}
 
-    def evaluation_set(self, config: RunConfig, holdout) -> Dataset:
+    def evaluation_set(self, config: RunConfig, holdout: Dataset[Any] | None) -> Dataset[Any]:
         """The images :meth:`evaluate` is given: the test split (``eval.data`` when set). ``holdout``: the
         training classes' held-out images (``data.holdout_images``), or None."""
         return test_dataset(config)
 
-    def evaluate(self, dataset: Dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+    def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """The metrics of the epochs that are evaluated, in log-row order: retrieval metrics of
         :meth:`evaluation_models` (a cohort's ensemble too)."""
         return evaluate_models(self.evaluation_models(), dataset, config, device, progress=progress)
 
-    def prepare_training_set(self, dataset) -> None:
+    def prepare_training_set(self, dataset: Dataset[Any]) -> None:
         """Shown the training set before training: for per-image state (CRD's memory banks, precomputed
         source embeddings), indexed by the positions training steps pass as ``indices``."""
 
@@ -111,7 +111,7 @@ class SingleModelMethod(Method):
     def trainable(self) -> dict[str, nn.Module]:
         return {"model": self.model}
 
-    def parameter_groups(self, lr: float) -> list[dict]:
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         return [{"params": list(self.model.parameters()), "lr": lr}]
 
 
@@ -127,7 +127,7 @@ def build_label_loss(config: MetricLossConfig, num_classes: int, embedding_dim: 
     return MinedMetricLoss(loss, build_miner(config.miner.name, **config.miner.params))
 
 
-def label_loss_groups(loss: nn.Module, lr: float, multiplier: float) -> list[dict]:
+def label_loss_groups(loss: nn.Module, lr: float, multiplier: float) -> list[dict[str, Any]]:
     """Learnable loss parameters (Proxy-Anchor's proxies) train at ``multiplier`` × the model's rate."""
     params = [p for p in loss.parameters() if p.requires_grad]
     return [{"params": params, "lr": lr * multiplier, "weight_decay": 0.0}] if params else []

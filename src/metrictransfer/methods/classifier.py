@@ -8,6 +8,9 @@ divergence between temperature-softened class distributions, scaled by T²).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +20,7 @@ from metrictransfer.config import ModelConfig, RunConfig
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.errors import ConfigError
-from metrictransfer.losses import TransferInputs
+from metrictransfer.losses import TransferInputs, TransferLoss
 from metrictransfer.methods.base import SingleModelMethod
 from metrictransfer.methods.teaching import build_losses, setup_losses
 from metrictransfer.models import EmbeddingModel
@@ -29,6 +32,7 @@ from metrictransfer.runtime.distributed import gather
 @register_method("classifier")
 class ClassifierMethod(SingleModelMethod):
     output = "model"
+    model: EmbeddingModel
 
     def __init__(self, config: RunConfig, num_classes: int) -> None:
         super().__init__()
@@ -36,8 +40,8 @@ class ClassifierMethod(SingleModelMethod):
         self.model = EmbeddingModel(m.backbone, num_classes, m.pretrained, m.weights, normalize=False)
         cfg = config.classifier
         self.weight = cfg.weight
-        self.source = None
-        self.distill = None
+        self.source: EmbeddingModel | None = None
+        self.distill: TransferLoss | None = None
         if cfg.source_checkpoint:
             self.source = self.freeze(load_embedding_model(cfg.source_checkpoint)[0])
             if self.source.embedding_dim != num_classes:
@@ -49,14 +53,18 @@ class ClassifierMethod(SingleModelMethod):
             # Embedding losses compare the two models' penultimate (pooled backbone) features; logit losses, the logits.
             (self.distill,) = build_losses([(cfg.distill.name, cfg.distill.params)], "classifier.distill.params",
                                            {"logits", "labels"})
+            if self.source is None:
+                raise ConfigError("classifier.distill other than 'none' needs classifier.source_checkpoint, and only then")
             setup_losses([self.distill], self.model.feature_dim, self.source.feature_dim, None)
 
-    def evaluation_set(self, config: RunConfig, holdout) -> Dataset:
+    def evaluation_set(self, config: RunConfig, holdout: Dataset[Any] | None) -> Dataset[Any]:
         """Held-out images of the training classes: a classifier cannot be tested on unseen classes."""
+        if holdout is None:
+            raise ConfigError("method 'classifier' is evaluated on held-out images of its classes: set data.holdout_images (e.g. 0.2)")
         data = config.data
         return MultiViewDataset(holdout, build_transform(data.transform, False, data.image_size, data.normalization))
 
-    def evaluate(self, dataset: Dataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+    def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """Top-1 accuracy on the held-out images."""
         loader = DataLoader(dataset, batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
                             collate_fn=collate_readable)
@@ -70,6 +78,7 @@ class ClassifierMethod(SingleModelMethod):
         loss = F.cross_entropy(logits, labels)
         logs = {"ce_loss": loss.item()}
         if self.distill is not None:
+            assert self.source is not None  # __init__ refuses a distillation loss without a source
             with torch.no_grad():
                 source_features = self.source.features(images)
                 source_logits = self.source.head(source_features)
@@ -84,7 +93,7 @@ class ClassifierMethod(SingleModelMethod):
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, loader) -> float:
+def accuracy(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float:
     """Top-1 accuracy of a classifier over a loader of ``(views, label, index)`` with one view."""
     was_training = model.training
     model.eval()

@@ -16,16 +16,19 @@ The images are decoded once for the whole cohort; the trainer hands the method e
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Sized
+from typing import Any, Callable, cast
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from metrictransfer.config import DataConfig, RunConfig
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.losses import TransferInputs, TransferShapes
+from metrictransfer.losses import TransferInputs, TransferLoss, TransferShapes
 from metrictransfer.methods.base import Method, UpdateGroup, build_label_loss, build_model, label_loss_groups
 from metrictransfer.methods.teaching import build_losses, capturing, needs_of, setup_items
+from metrictransfer.models import EmbeddingModel
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
 from metrictransfer.registry import register_method
 from metrictransfer.runtime.distributed import gather
@@ -66,7 +69,7 @@ class MutualMethod(Method):
         self.proxy_lr_multiplier = config.metric_loss.proxy_lr_multiplier
 
         self.members = nn.ModuleList()
-        label_losses = []
+        label_losses: list[nn.Module | None] = []
         for k in range(self.size):
             # Seeding right before each member is built makes member k's initial weights depend on its seed
             # alone; with one member this is exactly what method 'source' builds.
@@ -100,7 +103,10 @@ class MutualMethod(Method):
             channels = [[s[0] for s in feature_shapes(m, names, config.data.image_size)] for m, names in zip(self.members, layers)]
             self.taps = [FeatureTaps(m, names) for m, names in zip(self.members, layers)]
         for (k, j), loss in zip(self.pairs, losses):
-            loss.setup(TransferShapes(self.members[k].embedding_dim, self.members[j].embedding_dim, channels[k], channels[j]))
+            loss.setup(TransferShapes(self._member(k).embedding_dim, self._member(j).embedding_dim, channels[k], channels[j]))
+
+    def _member(self, k: int) -> EmbeddingModel:
+        return cast(EmbeddingModel, self.members[k])
 
     @classmethod
     def label(cls, config: RunConfig) -> str:
@@ -116,10 +122,10 @@ class MutualMethod(Method):
         """Members trained by gradient (all but an EMA member)."""
         return [k for k in range(self.size) if k != self.ema_member]
 
-    def prepare_training_set(self, dataset) -> None:
-        setup_items(list(self.mutual_losses.values()), len(dataset))
+    def prepare_training_set(self, dataset: Dataset[Any]) -> None:
+        setup_items(cast(list[TransferLoss], list(self.mutual_losses.values())), len(cast(Sized, dataset)))
 
-    def train_transforms(self, data: DataConfig) -> list[Callable]:
+    def train_transforms(self, data: DataConfig) -> list[Callable[..., Any]]:
         strengths = self.strengths if self.view_diversity else self.strengths[:1]
         return [build_transform(data.transform, True, data.image_size, data.normalization, s) for s in strengths]
 
@@ -132,12 +138,12 @@ class MutualMethod(Method):
     def evaluation_models(self) -> dict[str, nn.Module]:
         return {member_name(k): m for k, m in enumerate(self.members)}
 
-    def _member_params(self, k: int, lr: float) -> list[dict]:
+    def _member_params(self, k: int, lr: float) -> list[dict[str, Any]]:
         params = list(self.members[k].parameters())
         params += [p for key, loss in self.mutual_losses.items() if key.startswith(f"{k}_") for p in loss.parameters()]
         return [{"params": params, "lr": lr}, *label_loss_groups(self.label_losses[k], lr, self.proxy_lr_multiplier)]
 
-    def parameter_groups(self, lr: float) -> list[dict]:
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         return [group for k in self.learners() for group in self._member_params(k, lr)]
 
     def update_groups(self, lr: float) -> list[UpdateGroup]:
@@ -145,7 +151,7 @@ class MutualMethod(Method):
 
     @torch.no_grad()
     def after_update(self, group: str) -> None:
-        if self.ema_member is None or group != member_name(0):
+        if self.ema_member is None or self.ema_momentum is None or group != member_name(0):  # both set, or neither
             return
         ema, online = self.members[self.ema_member], self.members[0]
         for p_ema, p in zip(ema.parameters(), online.parameters()):
@@ -159,7 +165,7 @@ class MutualMethod(Method):
         Without view diversity every member gets the same views (the same tensor)."""
         streams = self.size if self.view_diversity else 1
         views = self.views_per_member
-        grouped = tensor.unflatten(0, (-1, streams, views))
+        grouped = tensor.unflatten(0, (-1, streams, views))  # type: ignore[no-untyped-call]  # torch leaves Tensor.unflatten unannotated
         return [grouped[:, k if self.view_diversity else 0].flatten(0, 1) for k in range(self.size)]
 
     def member_losses(
@@ -170,7 +176,8 @@ class MutualMethod(Method):
         member_labels = self.split_views(labels)[0]
         member_indices = self.split_views(indices)[0] if indices is not None else None
         with capturing(self.taps):
-            embeddings, features = [], []
+            embeddings: list[torch.Tensor] = []
+            features: list[list[torch.Tensor] | None] = []
             for k, (member, x) in enumerate(zip(self.members, inputs)):
                 if k == self.ema_member:
                     with torch.no_grad():
@@ -182,16 +189,17 @@ class MutualMethod(Method):
             embeddings = [gather(e) for e in embeddings]
             member_labels, member_indices = gather(member_labels), gather(member_indices)
 
-            losses = {}
+            losses: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
             for k in self.learners():
                 base = self.label_losses[k](embeddings[k], member_labels)
                 mutual = embeddings[k].new_zeros(())
                 peers = [j for j in range(self.size) if j != k]
                 for j in peers:  # the peer teaches: its outputs are constants to learner k's loss
-                    peer_features = [f.detach() for f in features[j]] if features[j] is not None else None
+                    peer = features[j]
+                    peer_features = [f.detach() for f in peer] if peer is not None else None
                     inputs_kj = TransferInputs(embeddings[k], embeddings[j].detach(), features[k], peer_features,
                                                indices=member_indices, labels=member_labels)
-                    mutual = mutual + self.mutual_losses[f"{k}_{j}"].compute(inputs_kj)
+                    mutual = mutual + cast(TransferLoss, self.mutual_losses[f"{k}_{j}"]).compute(inputs_kj)
                 if peers and self.peer_mean:
                     mutual = mutual / len(peers)
                 losses[k] = (base + self.weight * mutual, base, mutual)
@@ -203,8 +211,8 @@ class MutualMethod(Method):
         losses = self.member_losses(images, labels, indices)
         # Member k's gradients accumulate over τ_k iterations before its optimiser steps: dividing by τ_k
         # makes one update follow the mean gradient of its τ_k batches.
-        total = sum(loss / self.taus[k] for k, (loss, _, _) in losses.items())
-        logs = {"loss": sum(loss.item() for loss, _, _ in losses.values())}
+        total = cast(torch.Tensor, sum(loss / self.taus[k] for k, (loss, _, _) in losses.items()))  # at least one learner
+        logs: dict[str, float] = {"loss": sum(loss.item() for loss, _, _ in losses.values())}
         for k, (_, base, mutual) in losses.items():
             logs[f"{member_name(k)}/metric_loss"] = base.item()
             logs[f"{member_name(k)}/mutual_loss"] = mutual.item()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from metrictransfer.config import RunConfig
+from metrictransfer.losses import MinedMetricLoss
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
 from metrictransfer.registry import register_method
 from metrictransfer.runtime.distributed import gather
@@ -14,6 +17,7 @@ from metrictransfer.runtime.distributed import gather
 @register_method("source")
 class SourceMethod(Method):
     output = "model"
+    label_loss: MinedMetricLoss
 
     def __init__(self, config: RunConfig, num_classes: int) -> None:
         super().__init__()
@@ -24,7 +28,7 @@ class SourceMethod(Method):
     def trainable(self) -> dict[str, nn.Module]:
         return {"model": self.model}
 
-    def parameter_groups(self, lr: float) -> list[dict]:
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         return [{"params": list(self.model.parameters()), "lr": lr}, *label_loss_groups(
             self.label_loss, lr, self.proxy_lr_multiplier
         )]

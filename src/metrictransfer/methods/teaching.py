@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ def needs_of(losses: Sequence[TransferLoss]) -> set[str]:
     return set().union(*(loss.needs for loss in losses)) if losses else set()
 
 
-def build_losses(specs: Sequence[tuple[str, dict]], where: str, provides: set[str]) -> list[TransferLoss]:
+def build_losses(specs: Sequence[tuple[str, dict[str, Any]]], where: str, provides: set[str]) -> list[TransferLoss]:
     """Transfer losses from (name, params), refused here, when the method is built, if they need an input
     (``TransferLoss.needs``) the method cannot provide (``provides``)."""
     losses = [build_transfer_loss(name, params, where) for name, params in specs]
@@ -75,7 +76,10 @@ def setup_items(losses: Sequence[TransferLoss], num_items: int) -> None:
         loss.setup_items(num_items)
 
 
-def frozen(model: nn.Module) -> nn.Module:
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def frozen(model: ModuleT) -> ModuleT:
     """A teacher that never learns: no gradient, in no optimiser, and in eval mode (the method's ``train``
     keeps it there, see :meth:`Method.freeze`), so neither its weights nor its batch-norm statistics move."""
     model.requires_grad_(False)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence, Sized
+from typing import Any, cast
+
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from metrictransfer.config import RunConfig
 from metrictransfer.data.holdout import LabelledSubset
-from metrictransfer.errors import DataError
+from metrictransfer.errors import ConfigError, DataError
 from metrictransfer.evaluation.embeddings_file import compare_items, load_embeddings
+from metrictransfer.losses import TransferLoss
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
 from metrictransfer.methods.teaching import HintTaps, build_losses, capturing, needs_of, setup_items, setup_losses, teacher_inputs
 from metrictransfer.models.features import last_stages
@@ -21,7 +26,7 @@ def source_file_dim(path: str) -> int:
     return int(load_embeddings(path).embeddings.shape[1])
 
 
-def load_source_table(path: str, dataset) -> torch.Tensor:
+def load_source_table(path: str, dataset: Dataset[Any]) -> torch.Tensor:
     """Precomputed source embeddings, one row per training image in the dataset's order.
 
     The file must say that its rows are this very training set: the training split, the same dataset and
@@ -41,10 +46,10 @@ def load_source_table(path: str, dataset) -> torch.Tensor:
     name = getattr(dataset, "dataset_name", None)
     if data.dataset is not None and name is not None and data.dataset != name:
         raise DataError(f"{path} holds embeddings of dataset {data.dataset!r}, but training uses {name!r}; {redo}")
-    if len(data.embeddings) != len(dataset):
+    if len(data.embeddings) != len(cast(Sized, dataset)):
         held_out = " (data.holdout_images holds some of its images out)" if isinstance(dataset, LabelledSubset) else ""
         raise DataError(
-            f"{path} holds {len(data.embeddings)} embeddings but the training set has {len(dataset)} images{held_out}; "
+            f"{path} holds {len(data.embeddings)} embeddings but the training set has {len(cast(Sized, dataset))} images{held_out}; "
             f"{redo}"
         )
     if data.items is None:
@@ -73,6 +78,7 @@ class TransferMethod(Method):
     """
 
     output = "target"
+    source_table: torch.Tensor  # a buffer, registered by prepare_training_set when reading precomputed embeddings
 
     def __init__(self, config: RunConfig, num_classes: int) -> None:
         super().__init__()
@@ -86,12 +92,18 @@ class TransferMethod(Method):
         self.transfer_losses = nn.ModuleList(
             build_losses([(t.name, t.params) for t in terms], "transfer.loss.params", provides)
         )
-        self.hints = None
-        if "features" in needs_of(self.transfer_losses):
+        self.hints: HintTaps | None = None
+        if "features" in needs_of(self._losses()):
+            assert self.source is not None  # build_losses refused losses needing features without a source model
             self.hints = HintTaps(self.target, self.source, cfg.target_layers or last_stages(self.target, cfg.hint_stages),
                                   cfg.source_layers or last_stages(self.source, cfg.hint_stages), config.data.image_size)
-        source_dim = self.source.embedding_dim if self.source is not None else source_file_dim(self.source_file)
-        setup_losses(self.transfer_losses, config.model.embedding_dim, source_dim, self.hints)
+        if self.source is not None:
+            source_dim = self.source.embedding_dim
+        elif self.source_file is not None:
+            source_dim = source_file_dim(self.source_file)
+        else:
+            raise ConfigError("method 'transfer' needs transfer.source_checkpoint or transfer.source_embeddings")
+        setup_losses(self._losses(), config.model.embedding_dim, source_dim, self.hints)
         self.weight = cfg.weight
         self.metric_weight = cfg.metric_weight
         self.label_loss = (
@@ -100,7 +112,10 @@ class TransferMethod(Method):
             else None
         )
         self.proxy_lr_multiplier = config.metric_loss.proxy_lr_multiplier
-        self.uses_labels = self.label_loss is not None or "labels" in needs_of(self.transfer_losses)
+        self.uses_labels = self.label_loss is not None or "labels" in needs_of(self._losses())
+
+    def _losses(self) -> Sequence[TransferLoss]:
+        return cast(Sequence[TransferLoss], self.transfer_losses)  # an nn.ModuleList of TransferLoss
 
     @classmethod
     def label(cls, config: RunConfig) -> str:
@@ -110,18 +125,18 @@ class TransferMethod(Method):
             label += f" + {config.metric_loss.name}"
         return label
 
-    def prepare_training_set(self, dataset) -> None:
-        setup_items(self.transfer_losses, len(dataset))
+    def prepare_training_set(self, dataset: Dataset[Any]) -> None:
+        setup_items(self._losses(), len(cast(Sized, dataset)))
         if self.source_file is not None:
             self.register_buffer("source_table", load_source_table(self.source_file, dataset), persistent=False)
 
     def trainable(self) -> dict[str, nn.Module]:
-        modules = {"target": self.target}
+        modules: dict[str, nn.Module] = {"target": self.target}
         if any(True for _ in self.transfer_losses.parameters()):  # FitNet's regressors
             modules["transfer_losses"] = self.transfer_losses
         return modules
 
-    def parameter_groups(self, lr: float) -> list[dict]:
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         groups = [{"params": [p for m in self.trainable().values() for p in m.parameters()], "lr": lr}]
         if self.label_loss is not None:
             groups += label_loss_groups(self.label_loss, lr, self.proxy_lr_multiplier)
@@ -141,9 +156,9 @@ class TransferMethod(Method):
             target_embeddings, source_embeddings = gather(target_embeddings), gather(source_embeddings)
             labels, indices = gather(labels), gather(indices)
             inputs = teacher_inputs(target_embeddings, source_embeddings, self.hints, indices=indices, labels=labels)
-            logs = {}
+            logs: dict[str, float] = {}
             transfer = target_embeddings.new_zeros(())
-            for (name, weight), loss_fn in zip(self.terms, self.transfer_losses):
+            for (name, weight), loss_fn in zip(self.terms, self._losses()):
                 value = loss_fn.compute(inputs)
                 transfer = transfer + weight * value
                 if len(self.terms) > 1:

@@ -25,12 +25,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
-from timm.layers import create_classifier
+from timm.layers.classifier import create_classifier
 from timm.models import (
     PretrainedCfg,
     build_model_with_cfg,
@@ -153,7 +153,7 @@ class BNInception(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def get_classifier(self) -> nn.Module:
-        return self.last_linear
+        return cast(nn.Module, self.last_linear)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
@@ -192,7 +192,9 @@ def download_weights(cache_dir: str | Path | None = None) -> str:
     path = folder / filename
     if path.is_file():
         return str(path)
-    hash_prefix = re.search(r"-([a-f0-9]+)\.", filename).group(1)
+    match = re.search(r"-([a-f0-9]+)\.", filename)
+    assert match is not None, WEIGHTS_URL  # the URL is a constant whose file name carries the hash prefix
+    hash_prefix = match.group(1)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(WEIGHTS_URL, str(path), hash_prefix=hash_prefix, progress=False)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,8 +33,8 @@ class FeatureTaps:
                 raise ConfigError(f"no submodule {name!r} to take features from; top-level ones: {', '.join(available[:30])}") from None
             self._handles.append(module.register_forward_hook(self._keeper(name)))
 
-    def _keeper(self, name: str):
-        def keep(module, inputs, output):
+    def _keeper(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def keep(module: nn.Module, inputs: Any, output: Any) -> None:
             if self._capturing:
                 self._outputs[name] = output
 

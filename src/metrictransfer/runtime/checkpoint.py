@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from metrictransfer.config import build_config, config_to_dict
+from metrictransfer.config import RunConfig, build_config, config_to_dict
 from metrictransfer.errors import CheckpointError, DamagedCheckpointError, MissingFileError
 from metrictransfer.io import atomic_write
 from metrictransfer.models import EmbeddingModel
@@ -25,7 +25,7 @@ FORMAT_VERSION = 2
 CHECKSUM_KEY = "checksum"
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` atomically."""
     atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
@@ -57,12 +57,12 @@ def content_digest(obj: Any) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a checkpoint atomically, with the checksum :func:`load_checkpoint` verifies."""
     atomic_save({**state, CHECKSUM_KEY: content_digest(state)}, path)
 
 
-def save_run_checkpoint(state: dict, run_dir: str | os.PathLike, keep: int = 1) -> Path:
+def save_run_checkpoint(state: dict[str, Any], run_dir: str | os.PathLike[str], keep: int = 1) -> Path:
     """Write ``state`` atomically as the run's ``checkpoint.pt``; with ``keep`` > 1 also keep it as
     ``checkpoints/step-N.pt`` (a hard link: no copy) and delete all but the ``keep`` newest there."""
     run_dir = Path(run_dir)
@@ -82,14 +82,14 @@ def save_run_checkpoint(state: dict, run_dir: str | os.PathLike, keep: int = 1) 
     return latest
 
 
-def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+def run_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
     """A run's checkpoints, newest first: ``checkpoint.pt``, then the kept ones by step."""
     run_dir = Path(run_dir)
     found = [run_dir / CHECKPOINT_NAME] if (run_dir / CHECKPOINT_NAME).is_file() else []
     return found + sorted((run_dir / HISTORY_DIR).glob("step-*.pt"), reverse=True)
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """A run folder or a checkpoint file → the checkpoint file, with a clear error when there is none."""
     path = Path(path)
     if path.is_dir():
@@ -99,7 +99,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint's contents, verified against the checksum it was written with. ``weights_only=True``:
     tensors and plain containers only, so a file can never run code while it loads. A damaged file
     (empty, truncated, bytes changed) raises :class:`DamagedCheckpointError`."""
@@ -145,13 +145,15 @@ def _recovery_hint(file: Path) -> str:
             f"in {run_dir / HISTORY_DIR} and repairs {CHECKPOINT_NAME}")
 
 
-def embedding_model_names(path: str | os.PathLike) -> list[str]:
+def embedding_model_names(path: str | os.PathLike[str]) -> list[str]:
     """The embedding models a checkpoint holds (one, or every member of a cohort)."""
     state = load_checkpoint(path)
     return [name for name, weights in state["models"].items() if "head.weight" in weights]
 
 
-def load_embedding_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", name: str | None = None):
+def load_embedding_model(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", name: str | None = None
+) -> tuple[EmbeddingModel, RunConfig]:
     """A trained embedding model of a run and the run's configuration: its ``output`` model, or the
     model called ``name`` (a cohort's ``member1``, say)."""
     state = load_checkpoint(path, map_location)
@@ -172,7 +174,7 @@ def load_embedding_model(path: str | os.PathLike, map_location: str | torch.devi
     return model, config
 
 
-def save_embedding_model(model, config, path: str | os.PathLike) -> Path:
+def save_embedding_model(model: EmbeddingModel, config: RunConfig, path: str | os.PathLike[str]) -> Path:
     """A checkpoint holding one embedding model and its run configuration, readable by
     :func:`load_embedding_model` (and so by ``evaluate``, ``index``, ``export`` and as a transfer source):
     for models trained or converted outside ``metrictransfer train``."""

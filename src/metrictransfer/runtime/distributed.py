@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, cast, overload
 
 import torch
 import torch.distributed as dist
@@ -84,18 +85,26 @@ class _GatherRows(torch.autograd.Function):
     rows (unreadable images skipped) and the gloo backend must work (CI runs on CPUs)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         sizes = _sizes(x)
         rank = dist.get_rank()
         ctx.rows = (sum(sizes[:rank]), sizes[rank])
         return _all_gather_rows(x, sizes)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
         start, count = ctx.rows
         return grad[start : start + count]
+
+
+@overload
+def gather(x: torch.Tensor) -> torch.Tensor: ...
+
+
+@overload
+def gather(x: None) -> None: ...
 
 
 def gather(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -104,7 +113,7 @@ def gather(x: torch.Tensor | None) -> torch.Tensor | None:
     if x is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     if x.requires_grad:
-        return _GatherRows.apply(x)
+        return cast(torch.Tensor, _GatherRows.apply(x))
     return _all_gather_rows(x, _sizes(x))
 
 
