@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -19,6 +20,12 @@ from metrictransfer.io import atomic_write_text
 
 if TYPE_CHECKING:
     from metrictransfer.engine.trainer import Trainer
+
+
+def _run_folder(trainer: Trainer) -> Path:
+    if trainer.out is None:
+        raise RuntimeError(f"{type(trainer).__name__} has no run folder (out): it writes no files")
+    return trainer.out
 
 
 class Callback:
@@ -34,10 +41,10 @@ class Callback:
     def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
         """After the optimiser update; ``trainer.stop_requested`` says a SIGINT/SIGTERM ends the run next."""
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
         """After the epoch's evaluation; ``row`` is already in ``trainer.history``."""
 
-    def on_fit_end(self, trainer: Trainer, results: dict) -> None:
+    def on_fit_end(self, trainer: Trainer, results: dict[str, Any]) -> None:
         """After the last epoch, with the run's results."""
 
 
@@ -53,19 +60,23 @@ class ProgressBar(Callback):
                         unit="batch", initial=trainer.done, total=trainer.steps_per_epoch)
 
     def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+        if self.bar is None:
+            raise RuntimeError("ProgressBar: on_step_end before on_epoch_start")
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
         if self.bar.n >= self.bar.total:  # gone before the evaluation shows its own bar
             self.bar.close()
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+        if self.bar is None:
+            raise RuntimeError("ProgressBar: on_epoch_end before on_epoch_start")
         self.bar.close()
 
 
 class EpochLine(Callback):
     """One line per epoch on stdout: loss, metrics, seconds."""
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
         print(epoch_line(trainer.config, row), flush=True)
 
 
@@ -81,7 +92,7 @@ class Checkpoints(Callback):
         if trainer.stop_requested or due:
             trainer.save_checkpoint()
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
         trainer.save_checkpoint()
 
 
@@ -89,11 +100,11 @@ class CsvLog(Callback):
     """``log.csv``: the history so far, rewritten after every epoch. ``write`` is the writer (tests
     replace it to crash a run right after an epoch's checkpoint)."""
 
-    def __init__(self, write: Callable[[list[dict], object], None] = write_csv) -> None:
+    def __init__(self, write: Callable[[list[dict[str, Any]], Path], None] = write_csv) -> None:
         self.write = write
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
-        self.write(trainer.history, trainer.out / "log.csv")
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+        self.write(trainer.history, _run_folder(trainer) / "log.csv")
 
 
 class TensorBoard(Callback):
@@ -103,33 +114,39 @@ class TensorBoard(Callback):
         self.log: TensorBoardLog | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self.log = TensorBoardLog(trainer.out / "tensorboard")
+        self.log = TensorBoardLog(_run_folder(trainer) / "tensorboard")
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
-        self.log.write(row)
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+        self._log().write(row)
 
-    def on_fit_end(self, trainer: Trainer, results: dict) -> None:
-        self.log.close()
+    def on_fit_end(self, trainer: Trainer, results: dict[str, Any]) -> None:
+        self._log().close()
+
+    def _log(self) -> TensorBoardLog:
+        if self.log is None:
+            raise RuntimeError("TensorBoard: on_fit_start was not called")
+        return self.log
 
 
 class FinalFiles(Callback):
     """``results.json`` and ``recall.png`` (the primary metric's curve per evaluated model)."""
 
-    def on_fit_end(self, trainer: Trainer, results: dict) -> None:
-        atomic_write_text(json.dumps(results, indent=2), trainer.out / "results.json")
+    def on_fit_end(self, trainer: Trainer, results: dict[str, Any]) -> None:
+        out = _run_folder(trainer)
+        atomic_write_text(json.dumps(results, indent=2), out / "results.json")
         primary = primary_metric(trainer.history)
-        plot_recall(curves(trainer.config, trainer.history, primary), trainer.out / "recall.png", primary)
+        plot_recall(curves(trainer.config, trainer.history, primary), out / "recall.png", primary)
 
 
 # ------------------------------------------------------------------------------------- results of a run
 
 
-def primary_metric(history: list[dict]) -> str:
+def primary_metric(history: list[dict[str, Any]]) -> str:
     """The metric that runs are compared by: accuracy for classifiers, Recall@1 otherwise."""
     return "accuracy" if any("accuracy" in row for row in history) else "recall@1"
 
 
-def curves(config: RunConfig, history: list[dict], primary: str) -> dict[str, list[tuple[int, float]]]:
+def curves(config: RunConfig, history: list[dict[str, Any]], primary: str) -> dict[str, list[tuple[int, float]]]:
     """One curve per evaluated model: the run's, or every cohort member's and the ensemble's."""
     prefixes = sorted({k.split("/")[0] for row in history for k in row if k.endswith("/" + primary)})
     if not prefixes:
@@ -137,18 +154,18 @@ def curves(config: RunConfig, history: list[dict], primary: str) -> dict[str, li
     return {prefix: curve(history, f"{prefix}/{primary}") for prefix in prefixes}
 
 
-def curve(history: list[dict], metric: str = "recall@1") -> list[tuple[int, float]]:
+def curve(history: list[dict[str, Any]], metric: str = "recall@1") -> list[tuple[int, float]]:
     return [(row["epoch"], row[metric]) for row in history if metric in row]
 
 
-def epoch_line(config: RunConfig, row: dict) -> str:
+def epoch_line(config: RunConfig, row: dict[str, Any]) -> str:
     parts = [f"[{config.name or config.method}] epoch {row['epoch']}/{config.optim.epochs}", f"loss {row.get('loss', float('nan')):.4f}"]
     parts += [f"{k} {v:.4f}" for k, v in metrics_of(row).items() if "/" not in k or k.endswith("/recall@1")]
     parts.append(f"{row['train_seconds']:.1f}s")
     return "  ".join(parts)
 
 
-def metrics_of(row: dict) -> dict[str, float]:
+def metrics_of(row: dict[str, Any]) -> dict[str, float]:
     def is_metric(key: str) -> bool:
         name = key.rsplit("/", 1)[-1]  # cohorts: member0/recall@1, ensemble/recall@1
         return name.startswith("recall@") or name in ("map@r", "r_precision", "nmi", "accuracy")
@@ -156,7 +173,7 @@ def metrics_of(row: dict) -> dict[str, float]:
     return {k: v for k, v in row.items() if is_metric(k)}
 
 
-def run_results(config: RunConfig, history: list[dict]) -> dict:
+def run_results(config: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
     """Final-epoch metrics; the best epoch is reported too but labelled as chosen on the test split."""
     primary = primary_metric(history)
     evaluated = [row for row in history if primary in row]

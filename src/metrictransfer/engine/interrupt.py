@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -31,9 +33,9 @@ class GracefulStop:
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
-        self._previous: dict = {}
+        self._previous: dict[int, Any] = {}  # signal → the handler it had
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:  # asked twice: stop now
             raise KeyboardInterrupt
         self.requested = True
@@ -46,6 +48,6 @@ class GracefulStop:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -15,8 +16,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from metrictransfer.errors import ConfigError, MissingPackageError  # noqa: E402
 from metrictransfer.io import atomic_write, atomic_write_text  # noqa: E402
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def write_csv(rows: list[dict], path: str | Path) -> None:
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Write all rows (the union of their keys, in first-seen order) to a CSV file."""
     fields: list[str] = []
     for row in rows:
@@ -40,7 +44,7 @@ def figure_format(path: str | Path) -> str:
     return fmt
 
 
-def save_figure(fig, path: str | Path, **options) -> None:
+def save_figure(fig: Figure, path: str | Path, **options: Any) -> None:
     """``fig.savefig`` atomically (a plot is rewritten every epoch: a crash must not leave half of one)."""
     fmt = figure_format(path)  # the temporary file's name ends in .partial: matplotlib needs the format
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, **options), "wb")
@@ -57,7 +61,7 @@ class TensorBoardLog:
             raise MissingPackageError("logging.tensorboard needs the tensorboard package: pip install tensorboard") from None
         self.writer = SummaryWriter(str(folder))
 
-    def write(self, row: dict) -> None:
+    def write(self, row: dict[str, Any]) -> None:
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, row["epoch"])
@@ -84,7 +88,7 @@ def plot_recall(curves: dict[str, list[tuple[int, float]]], path: str | Path, me
     plt.close(fig)
 
 
-def plot_training(history: list[dict], path: str | Path) -> None:
+def plot_training(history: list[dict[str, Any]], path: str | Path) -> None:
     """Two panels per epoch: every logged loss (left), and the primary metric of every evaluated model,
     cohort members and ensemble included (right)."""
     losses = [k for k in history[0] if k.endswith("loss")] if history else []

@@ -36,7 +36,7 @@ class RunLock:
     """An exclusive lock on a run folder, held from :meth:`acquire` to :meth:`release`. The lock file
     records the holder's PID, host and start time so that a refused second process can name it."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
@@ -88,11 +88,11 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
-def holds_run(folder: str | os.PathLike) -> bool:
+def holds_run(folder: str | os.PathLike[str]) -> bool:
     folder = Path(folder)
     return any((folder / name).exists() for name in RUN_MARKERS)
 
@@ -117,7 +117,7 @@ def make_folder(folder: Path) -> None:
         raise (output_error(err, folder) if is_output_problem(err) else err) from None
 
 
-def claim_run_folder(folder: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> RunLock:
+def claim_run_folder(folder: str | os.PathLike[str], resume: bool = False, overwrite: bool = False) -> RunLock:
     """Create and lock ``folder`` for a run. A new run (``resume`` False) refuses a folder holding a
     run, unless ``overwrite``, which deletes that run's files first. Temporary files that a killed
     writer left behind are removed. Returns the held lock; release it when the run ends."""

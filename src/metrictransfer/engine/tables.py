@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
-from metrictransfer.config import RESUMABLE_KEYS, build_config, config_to_dict
+from metrictransfer.config import RESUMABLE_KEYS, RunConfig, build_config, config_to_dict
 from metrictransfer.errors import ConfigError, MissingFileError
 from metrictransfer.registry import METHODS
 
@@ -19,9 +19,9 @@ from metrictransfer.registry import METHODS
 NOT_GROUPED = ("seed", "name", *RESUMABLE_KEYS, "transfer.source_checkpoint", "classifier.source_checkpoint")
 
 
-def method_label(config) -> str:
+def method_label(config: RunConfig) -> str:
     """How the paper's tables name a run: each method says it (:meth:`Method.label`)."""
-    return METHODS[config.method].label(config)
+    return cast(str, METHODS[config.method].label(config))
 
 
 def _is_run(folder: Path) -> bool:
@@ -49,7 +49,7 @@ def expand_runs(paths: list[str | Path]) -> list[Path]:
     return runs
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
@@ -59,7 +59,7 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def group_key(config) -> dict[str, Any]:
+def group_key(config: RunConfig) -> dict[str, Any]:
     """The run's full configuration, flattened (``optim.epochs``: 16), without the keys in
     :data:`NOT_GROUPED`: the seed, the name, the run-time keys that do not change results, and
     ``transfer.source_checkpoint`` / ``classifier.source_checkpoint`` (each seed points at its own
@@ -72,7 +72,7 @@ def _value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def collect_runs(run_dirs: list[str | Path]) -> list[dict]:
+def collect_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     """One record per finished run: dataset, target model, method label, seed, final metrics, and its
     row: ``group_key`` (see :func:`group_key`) and ``group``, the method label that names the row, with
     the keys that tell it apart from rows of the same dataset, target and method (``relaxed_contrastive
@@ -98,9 +98,9 @@ def collect_runs(run_dirs: list[str | Path]) -> list[dict]:
     return records
 
 
-def _label_groups(records: list[dict]) -> None:
+def _label_groups(records: list[dict[str, Any]]) -> None:
     """Set each record's ``group``; refuse a seed repeated within a group."""
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault(json.dumps(record["group_key"], sort_keys=True), []).append(record)
     for group in groups.values():
@@ -110,7 +110,7 @@ def _label_groups(records: list[dict]) -> None:
                 raise ConfigError(f"{seen[record['seed']]} and {record['run']} are the same configuration with the same seed "
                                   f"{record['seed']}: give only one of them (or runs of different seeds)")
             seen[record["seed"]] = record["run"]
-    by_label: dict[tuple, list[dict[str, Any]]] = {}
+    by_label: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for group in groups.values():
         first = group[0]
         by_label.setdefault((first["dataset"], first["model"], first["method"]), []).append(first["group_key"])
@@ -132,7 +132,7 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def check_metrics(records: list[dict], metrics: list[str] | None) -> None:
+def check_metrics(records: list[dict[str, Any]], metrics: list[str] | None) -> None:
     """Refuse a metric name that no run has among its final metrics, listing those they have."""
     available = list(dict.fromkeys(k for r in records for k in r["metrics"]))
     unknown = [m for m in metrics or [] if m not in available]
@@ -141,7 +141,7 @@ def check_metrics(records: list[dict], metrics: list[str] | None) -> None:
                           f"{', '.join(available) or '(none)'}")
 
 
-def markdown_table(records: list[dict], metrics: list[str] | None = None) -> str:
+def markdown_table(records: list[dict[str, Any]], metrics: list[str] | None = None) -> str:
     """Rows: one per setting (:func:`collect_runs`'s ``group_key``) in first-seen order, labelled by
     dataset, target and ``group``; its seeds averaged (mean ± std, in percent), with their number ``n``
     and the seeds. Default columns: every recall@k (every metric when the runs have none)."""
@@ -150,7 +150,7 @@ def markdown_table(records: list[dict], metrics: list[str] | None = None) -> str
     check_metrics(records, metrics)
     available = list(dict.fromkeys(k for r in records for k in r["metrics"]))
     metrics = metrics or [k for k in available if k.startswith("recall@")] or available
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault(json.dumps(record["group_key"], sort_keys=True), []).append(record)
     lines = ["| dataset | target | method | n | seeds | " + " | ".join(m.replace("recall@", "R@") for m in metrics) + " |",

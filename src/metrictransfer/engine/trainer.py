@@ -9,13 +9,14 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from metrictransfer import __version__
-from metrictransfer.config import RunConfig, config_to_dict, resume_differences, save_config
+from metrictransfer.config import OptimConfig, RunConfig, config_to_dict, resume_differences, save_config
 from metrictransfer.data.holdout import split_holdout
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
 from metrictransfer.data.registry import build_dataset
@@ -60,7 +61,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(groups: list[dict], config) -> torch.optim.Optimizer:
+def build_optimizer(groups: list[dict[str, Any]], config: OptimConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
@@ -68,7 +69,7 @@ def build_optimizer(groups: list[dict], config) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, steps_per_epoch: float) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear warm-up, then cosine decay to zero over the remaining steps (or constant)."""
     total = config.epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
@@ -85,14 +86,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config, steps_per_epoch: i
 
 
 def build_train_loader(
-    config: RunConfig, method, train_set, device: torch.device, ranks: distributed.Ranks | None = None
-) -> tuple[DataLoader, RankBatches]:
+    config: RunConfig, method: Method, train_set: Any, device: torch.device, ranks: distributed.Ranks | None = None
+) -> tuple[DataLoader[Any], RankBatches]:
     """The training batches: class-balanced P × K global batches (shuffled when the method ignores
     labels), of which this process loads its slice; each image decoded once and augmented into every
     view the method's models need, the augmentation seeded by (seed, epoch, image)."""
     data = config.data
     ranks = ranks or distributed.Ranks()
     batch = data.classes_per_batch * data.images_per_class
+    sampler: ClassBalancedBatchSampler | ShuffledBatchSampler
     if method.uses_labels:
         sampler = ClassBalancedBatchSampler(np.asarray(train_set.labels), data.classes_per_batch, data.images_per_class, seed=config.seed)
     else:  # batches of P × K images drawn without looking at labels
@@ -121,7 +123,7 @@ class Updater:
     each backward pass: a group with period τ steps on every τ-th call, its gradients accumulating in
     between, and its schedule spans its own updates (1/τ as many)."""
 
-    def __init__(self, method, optim_config, steps_per_epoch: int, scaler: torch.amp.GradScaler | None = None) -> None:
+    def __init__(self, method: Method, optim_config: OptimConfig, steps_per_epoch: int, scaler: torch.amp.GradScaler | None = None) -> None:
         self.method = method
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.grad_clip = optim_config.grad_clip
@@ -134,7 +136,7 @@ class Updater:
         self.iteration = 0
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
 
     def step(self) -> None:
         self.iteration += 1
@@ -159,16 +161,16 @@ class Updater:
             self.schedulers[group.name].step()
             optimizer.zero_grad(set_to_none=True)
             self.method.after_update(group.name)
-        if stepped:
+        if stepped and self.scaler is not None:  # stepped: by the scaler
             self.scaler.update()
 
     def lr(self) -> float:
-        return self.optimizers[self.groups[0].name].param_groups[0]["lr"]
+        return cast(float, self.optimizers[self.groups[0].name].param_groups[0]["lr"])
 
     def _params(self, name: str) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizers[name].param_groups for p in group["params"]]
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Optimisers, schedules, update counts, and the gradients a group has accumulated but not yet
         applied (τ need not divide an epoch's steps: without them a resumed run would differ)."""
         pending = {
@@ -184,7 +186,7 @@ class Updater:
             "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         optimizers = state.get("optimizers") or {"model": state["optimizer"]}  # single-model runs before cohorts
         schedulers = state.get("schedulers") or {"model": state["scheduler"]}
         for name in self.optimizers:
@@ -199,7 +201,7 @@ class Updater:
                 param.grad = None if grad is None else grad.to(param.device)
 
 
-def _rng_state() -> dict:
+def _rng_state() -> dict[str, Any]:
     """Every random stream, in types a ``weights_only`` load accepts."""
     numpy = np.random.get_state(legacy=False)
     numpy["state"] = {"key": numpy["state"]["key"].tolist(), "pos": int(numpy["state"]["pos"])}
@@ -209,7 +211,7 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     numpy = dict(state["numpy"])
     numpy["state"] = {"key": np.asarray(numpy["state"]["key"], dtype=np.uint32), "pos": numpy["state"]["pos"]}
@@ -219,7 +221,7 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def configure_models(method, config: RunConfig, device: torch.device) -> None:
+def configure_models(method: Method, config: RunConfig, device: torch.device) -> None:
     """The run's precision, memory format and compilation, applied to every embedding model of the
     method (the frozen source too: it runs in the run's precision, in inference only)."""
     dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[config.precision]
@@ -232,10 +234,10 @@ def configure_models(method, config: RunConfig, device: torch.device) -> None:
         method.to(memory_format=torch.channels_last)
     if distributed.current().world > 1 and device.type == "cuda" and config.model.sync_batchnorm:
         for model in method.trainable().values():  # replaced in place, same parameter names: checkpoints unchanged
-            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]  # unannotated in torch
 
 
-def check_run_options(config: RunConfig, device: torch.device, method) -> None:
+def check_run_options(config: RunConfig, device: torch.device, method: Method) -> None:
     if config.precision == "16" and device.type != "cuda":
         raise ConfigError("precision: 16 (float16 with a gradient scaler) needs a GPU; on the CPU use precision: bf16")
     if config.precision == "16" and any(g.every > 1 for g in method.update_groups(config.optim.lr)):
@@ -279,15 +281,16 @@ class Trainer:
         self.device_name = device_name or config.device
         self.interactive = self.ranks.main and (sys.stderr.isatty() if progress is None else progress)
         self.callbacks = default_callbacks(config, self.ranks, self.interactive) if callbacks is None else list(callbacks)
-        self.history: list[dict] = []
-        self.epoch, self.done, self.totals = 0, 0, {}
+        self.history: list[dict[str, Any]] = []
+        self.epoch, self.done = 0, 0
+        self.totals: dict[str, float] = {}
         self.stop_requested = False
         self._stop: GracefulStop | None = None
         self.started = time.perf_counter()
 
     # ------------------------------------------------------------------------------------------ setup
 
-    def setup(self, train_set=None) -> None:
+    def setup(self, train_set: Any = None) -> None:
         """Build everything the loop needs, in the order (and so with the random draws) of every earlier
         version. ``train_set`` stands in for the configured training data (benchmarks timing steps without
         it on disk): no evaluation set is built then."""
@@ -316,18 +319,18 @@ class Trainer:
         seed_everything(self.config.seed)
         return device
 
-    def _training_set(self) -> tuple:
+    def _training_set(self) -> tuple[Any, Dataset[Any] | None]:
         """(training images, held-out images of the training classes or None)."""
         train_set = build_dataset(self.config.data, "train")
         if self.config.data.holdout_images > 0:
             return split_holdout(train_set, self.config.data.holdout_images)
         return train_set, None
 
-    def _new_method(self, train_set) -> Method:
+    def _new_method(self, train_set: Any) -> Method:
         config = self.config
         labels = np.asarray(train_set.labels)
         num_classes = int(labels.max()) + 1 if (labels >= 0).any() else 0
-        method = METHODS[config.method](config, num_classes)
+        method: Method = METHODS[config.method](config, num_classes)
         if method.uses_labels and (labels < 0).any():
             raise ConfigError(
                 f"dataset {config.data.dataset!r} has no labels, and method {config.method!r} needs them; "
@@ -341,12 +344,12 @@ class Trainer:
     def resume(self) -> bool:
         """Continue from the newest readable checkpoint of the run folder (a damaged newest one falls back
         to an older kept one, which is copied to checkpoint.pt); False when there is none yet."""
-        state = _resumable_state(self.out, self.config)
+        state = _resumable_state(self._folder(), self.config)
         if state is not None:
             self.load_state_dict(state)
         return state is not None
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """The checkpoint: weights, optimisers, random streams, position and history (FORMAT_VERSION)."""
         config, method = self.config, self.method
         trainable = method.trainable()
@@ -357,7 +360,7 @@ class Trainer:
             "method": config.method,
             "output": method.output,
             "models": {name: m.state_dict() for name, m in trainable.items()},
-            "architectures": {name: m.architecture() for name, m in trainable.items() if hasattr(m, "architecture")},
+            "architectures": {name: cast(Any, m).architecture() for name, m in trainable.items() if hasattr(m, "architecture")},
             "label_loss": None if method.label_loss is None else method.label_loss.state_dict(),
             **self.updater.state_dict(),
             "rng": _rng_state(),
@@ -367,7 +370,7 @@ class Trainer:
             "history": self.history,
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Everything :meth:`state_dict` stores (checkpoints of earlier versions too), random streams included."""
         _load_training_state(state, self.method, self.updater)
         position = state["position"]
@@ -375,11 +378,16 @@ class Trainer:
         self.epoch, self.done, self.totals = position["epoch"], position["batches_done"], dict(position["totals"])
 
     def save_checkpoint(self) -> Path:
-        return save_run_checkpoint(self.state_dict(), self.out, self.config.checkpoint.keep)
+        return save_run_checkpoint(self.state_dict(), self._folder(), self.config.checkpoint.keep)
+
+    def _folder(self) -> Path:
+        if self.out is None:
+            raise RuntimeError("this Trainer has no run folder (out): it cannot resume or save checkpoints")
+        return self.out
 
     # ------------------------------------------------------------------------------------------- loop
 
-    def fit(self) -> dict:
+    def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; SIGINT/SIGTERM end the run after the current step (the checkpoint
         callback saves it). Returns the results: final and best-epoch metrics and the history."""
         self._call("on_fit_start")
@@ -400,9 +408,10 @@ class Trainer:
             logs = self.step(batch)
             self._call("on_step_end", self.updater.iteration, logs)
             if self.stop_requested:
-                raise TrainingInterrupted(self._stop.signal_name, self.updater.iteration, self.out / CHECKPOINT_NAME)
+                assert self._stop is not None  # fit() runs the epochs inside GracefulStop
+                raise TrainingInterrupted(self._stop.signal_name, self.updater.iteration, self._folder() / CHECKPOINT_NAME)
 
-    def _call(self, hook: str, *args) -> None:
+    def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 
@@ -412,12 +421,12 @@ class Trainer:
         self.batches.start(self.epoch, self.done)
         self.started = time.perf_counter()
 
-    def step(self, batch: tuple) -> dict[str, float]:
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, float]:
         """One training step on a loader batch ``(views, labels, indices)``; returns the loss's logged parts."""
         self.totals["skipped_images"] = self.totals.get("skipped_images", 0) + self.batches.part - len(batch[1])
         return self.update(*self.prepare_batch(batch))
 
-    def prepare_batch(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def prepare_batch(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A loader batch as the method takes it: images, labels and indices per view, on the device."""
         views, labels, indices = batch
         indices = indices.repeat_interleave(views.shape[1])
@@ -444,20 +453,22 @@ class Trainer:
         self.done += 1
         return logs
 
-    def end_epoch(self, epoch: int) -> dict:
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
         """The epoch's log row (means of the logged losses, the method's evaluation when due), appended to
         the history; the position moves on to the next epoch."""
         config = self.config
         row = self._train_row(epoch)
         if epoch + 1 == config.optim.epochs or (config.eval.every and (epoch + 1) % config.eval.every == 0):
+            if self.eval_set is None:
+                raise RuntimeError("no evaluation set: this Trainer was set up with a training set of its own")
             row.update(self.method.evaluate(self.eval_set, config, self.device, progress=self.interactive))
         self.history.append(row)
         self.epoch, self.done, self.totals = epoch + 1, 0, {}
         return row
 
-    def _train_row(self, epoch: int) -> dict:
+    def _train_row(self, epoch: int) -> dict[str, Any]:
         totals, updater = self.totals, self.updater
-        row = {"epoch": epoch + 1, "step": updater.iteration, "lr": updater.lr()}
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": updater.iteration, "lr": updater.lr()}
         if len(updater.groups) > 1:
             row.update({f"{name}/updates": count for name, count in updater.updates.items()})
         steps_counted = max(1, self.steps_per_epoch - totals.get("skipped_steps", 0))
@@ -471,7 +482,7 @@ class Trainer:
 
 
 def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool | None = None,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False) -> dict[str, Any]:
     """Train one run into ``out_dir``; returns the results written to ``results.json``.
 
     Every epoch ends with an evaluation on the test split (``eval.every``), a CSV log row and an
@@ -498,7 +509,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
 
 
 def _train(config: RunConfig, out: Path, resume: bool, progress: bool | None, ranks: distributed.Ranks,
-           device_name: str) -> dict:
+           device_name: str) -> dict[str, Any]:
     trainer = Trainer(config, out, ranks=ranks, device_name=device_name, progress=progress)
     trainer.setup()
     if resume:
@@ -508,7 +519,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool | None, ra
     return trainer.fit()
 
 
-def _restore(out: Path, config: RunConfig, method, updater: Updater) -> dict | None:
+def _restore(out: Path, config: RunConfig, method: Method, updater: Updater) -> dict[str, Any] | None:
     """Load the newest readable checkpoint of ``out`` into the method and updater; None when the run
     has none yet (it starts from scratch). A damaged newest file falls back to an older kept one."""
     state = _resumable_state(out, config)
@@ -518,7 +529,7 @@ def _restore(out: Path, config: RunConfig, method, updater: Updater) -> dict | N
     return {"history": state["history"], "position": state["position"]}
 
 
-def _resumable_state(out: Path, config: RunConfig) -> dict | None:
+def _resumable_state(out: Path, config: RunConfig) -> dict[str, Any] | None:
     """The newest readable checkpoint of ``out``, refused when another version or configuration wrote it."""
     found = _newest_readable(out)
     if found is None:
@@ -537,7 +548,7 @@ def _resumable_state(out: Path, config: RunConfig) -> dict | None:
     return state
 
 
-def _newest_readable(out: Path) -> tuple[Path, dict] | None:
+def _newest_readable(out: Path) -> tuple[Path, dict[str, Any]] | None:
     """(file, state) of the newest checkpoint that loads; a damaged newer one is reported, and the one
     loaded is copied to checkpoint.pt, so that evaluate, export and index work again."""
     files = run_checkpoints(out)
@@ -561,7 +572,7 @@ def _newest_readable(out: Path) -> tuple[Path, dict] | None:
     return file, state
 
 
-def _load_training_state(state: dict, method, updater: Updater) -> None:
+def _load_training_state(state: dict[str, Any], method: Method, updater: Updater) -> None:
     for name, model in method.trainable().items():
         model.load_state_dict(state["models"][name])
     if method.label_loss is not None:
@@ -570,7 +581,7 @@ def _load_training_state(state: dict, method, updater: Updater) -> None:
     _set_rng_state(state["rng"])
 
 
-def _non_finite_message(epoch: int, batch: int, step: int, logs: dict, out: Path | None) -> str:
+def _non_finite_message(epoch: int, batch: int, step: int, logs: dict[str, float], out: Path | None) -> str:
     terms = ", ".join(f"{k} {v:.4g}" for k, v in logs.items())
     kept = None if out is None else out / "checkpoint.pt"
     last = f"the last good checkpoint is {kept}" if kept is not None and kept.is_file() else "no checkpoint was written yet"
