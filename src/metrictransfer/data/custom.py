@@ -40,7 +40,7 @@ def _image_files(folder: Path, prefix: str = "") -> list[str]:
 
     Hidden files and folders (``.name``) are skipped: they are thumbnails, checkpoints and the like.
     """
-    found = []
+    found: list[str] = []
     for current, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         rel = os.path.relpath(current, folder)
@@ -125,7 +125,7 @@ def _string_labels(
     classes = _class_order(names)
     label_of = {name: i for i, name in enumerate(classes)}
     labels = np.fromiter((label_of[n] for n in names), np.int64, len(names))
-    return ImageIndex(root, paths, labels, classes, listing=listing, lines=lines)
+    return ImageIndex(root, paths, labels, classes, listing=listing, lines=None if lines is None else np.asarray(lines))
 
 
 # ------------------------------------------------------------------------------------------ folder
@@ -254,7 +254,7 @@ def read_csv_list(
             "leave them out, or drop the column to split by class"
         )
     else:
-        assignment = [row[2] for row in rows]  # type: ignore[misc]
+        assignment = [row[2] for row in rows]
 
     def index(chosen: list[tuple[str, str, str | None, int]]) -> ImageIndex:
         return _string_labels(root, [r[0] for r in chosen], [r[1] for r in chosen], path, [r[3] for r in chosen])
@@ -273,7 +273,7 @@ def read_csv_list(
             if len(chosen_idx):
                 result[split] = ImageIndex(
                     root, [shared.paths[i] for i in chosen_idx], shared.labels[chosen_idx], shared.classes,
-                    listing=path, lines=shared.lines[chosen_idx],
+                    listing=path, lines=None if shared.lines is None else shared.lines[chosen_idx],
                 )
     check_splits(result, path)
     return result

@@ -31,11 +31,11 @@ import tempfile
 import unicodedata
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import matplotlib
 import numpy as np
@@ -44,6 +44,9 @@ from matplotlib.ft2font import FT2Font
 from PIL import Image, ImageDraw, ImageFont
 
 from metrictransfer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from matplotlib.ft2font import GlyphIndexType
 
 __all__ = [
     "FORMAT_VERSION",
@@ -228,11 +231,11 @@ def font_has_char(font_path: str | os.PathLike[str], ch: str) -> bool:
     return _font_cmap_has(font, font.get_charmap(), ch)
 
 
-def _font_cmap_has(font: FT2Font, cmap: dict[int, int], ch: str) -> bool:
+def _font_cmap_has(font: FT2Font, cmap: Mapping[int, GlyphIndexType], ch: str) -> bool:
     index = cmap.get(ord(ch), 0)
     if index == 0:
         return False
-    return font.get_glyph_name(index) in _expected_glyph_names(ch)
+    return font.get_glyph_name(cast("GlyphIndexType", index)) in _expected_glyph_names(ch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,7 +513,8 @@ def _write_cache(path: Path, arrays: GlyphsArrays) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **_to_npz_dict(arrays))
+            npz: dict[str, Any] = _to_npz_dict(arrays)  # Any: np.savez's stub lets **kwargs reach allow_pickle
+            np.savez(handle, **npz)
         os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a cache may be shared read-only
         os.replace(tmp_name, path)
     except BaseException:
@@ -546,7 +550,7 @@ def load_glyphs(
 # --------------------------------------------------------------------------------------------
 
 
-class GlyphsDataset(torch.utils.data.Dataset):
+class GlyphsDataset(torch.utils.data.Dataset[Any]):
     """One split of the glyphs data; items are (PIL.Image in RGB mode, label) with labels
     contiguous 0-based inside the split.
 
@@ -554,6 +558,10 @@ class GlyphsDataset(torch.utils.data.Dataset):
     ``num_classes`` keeps only the first classes of the split (by global class id) for tiny runs.
     ``transform``, if given, is applied to the PIL image.
     """
+
+    item_names: list[str]  # set by build_dataset
+    dataset_name: str
+    split: str
 
     def __init__(
         self,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from torch.utils.data import Dataset
 
 
-class LabelledSubset(Dataset):
+class LabelledSubset(Dataset[Any]):
     """Some items of a dataset, keeping its ``labels`` (and ``paths``, ``item_names``, ``dataset_name``,
     ``split``) attributes for samplers and for checking files of embeddings against it."""
 
-    def __init__(self, dataset: Dataset, indices: np.ndarray) -> None:
+    def __init__(self, dataset: Any, indices: np.ndarray) -> None:  # a dataset with labels
         self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(dataset.labels)[self.indices]
         for key in ("paths", "item_names"):
@@ -22,17 +24,18 @@ class LabelledSubset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> Any:
         return self.dataset[int(self.indices[i])]
 
 
-def split_holdout(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[LabelledSubset, LabelledSubset]:
+def split_holdout(dataset: Any, fraction: float, seed: int = 0) -> tuple[LabelledSubset, LabelledSubset]:
     """(training images, held-out images): about ``fraction`` of each class held out (at least one image
     for classes of two or more). The split depends only on ``seed``, not on the run's seed, so runs that
     are compared are evaluated on the same images."""
     labels = np.asarray(dataset.labels)
     rng = np.random.default_rng(seed)
-    fit, held = [], []
+    fit: list[int] = []
+    held: list[int] = []
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
         n_held = max(1, round(fraction * len(members))) if len(members) >= 2 else 0

@@ -41,7 +41,7 @@ class _Refusal(ValueError):
     """Why a file cannot become a faithful RGB image; wrapped in a BadImageError that names the file."""
 
 
-def _bad(path: str | os.PathLike, reason: Any) -> BadImageError:
+def _bad(path: str | os.PathLike[str], reason: Any) -> BadImageError:
     return BadImageError(f"cannot read image {path}: {reason}; {_SKIP_HINT}")
 
 
@@ -109,13 +109,13 @@ def _to_rgb8(image: Image.Image, notes: set[str]) -> Image.Image:
     return image.convert("RGB")
 
 
-def _warn_new(path: str | os.PathLike, notes: set[str], warned: set[str]) -> None:
+def _warn_new(path: str | os.PathLike[str], notes: set[str], warned: set[str]) -> None:
     for note in sorted(notes - warned):
         warned.add(note)
         warnings.warn(f"{_NOTES[note]} (first seen: {path})", stacklevel=3)
 
 
-def to_rgb8(image: Image.Image, path: str | os.PathLike, warned: set[str] | None = None) -> Image.Image:
+def to_rgb8(image: Image.Image, path: str | os.PathLike[str], warned: set[str] | None = None) -> Image.Image:
     """A new 8-bit RGB image holding what `image` (opened from `path`) shows; BadImageError names `path` otherwise.
 
     Rules, so that every file trains as it looks:
@@ -150,7 +150,7 @@ def _bomb_reason(err: Exception) -> str:
     )
 
 
-def _open_rgb8(path: str | os.PathLike, warned: set[str] | None) -> Image.Image:
+def _open_rgb8(path: str | os.PathLike[str], warned: set[str] | None) -> Image.Image:
     """:func:`open_rgb8` raising Pillow's own errors, or _Refusal, for the caller to name the file."""
     notes: set[str] = set()
     try:
@@ -168,7 +168,7 @@ def _open_rgb8(path: str | os.PathLike, warned: set[str] | None) -> Image.Image:
 _UNREADABLE = (OSError, UnidentifiedImageError, ValueError)  # ValueError covers _Refusal
 
 
-def open_rgb8(path: str | os.PathLike, warned: set[str] | None = None) -> Image.Image:
+def open_rgb8(path: str | os.PathLike[str], warned: set[str] | None = None) -> Image.Image:
     """The image file at `path` as faithful 8-bit RGB (:func:`to_rgb8`), refusing decompression bombs.
 
     Pillow's ``Image.MAX_IMAGE_PIXELS`` is the limit (left unchanged); files above it are refused, not
@@ -180,7 +180,7 @@ def open_rgb8(path: str | os.PathLike, warned: set[str] | None = None) -> Image.
         raise _bad(path, err) from err
 
 
-class ImageFolderDataset(torch.utils.data.Dataset):
+class ImageFolderDataset(torch.utils.data.Dataset[Any]):
     """Items are ``(PIL image in 8-bit RGB mode, label)``; ``None`` for an unreadable file when ``skip_bad``.
 
     RGB because CUB and SOP hold grayscale and CMYK JPEGs, and backbones expect 3 channels; converted by
@@ -189,7 +189,11 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     once per dataset (per DataLoader worker process).
     """
 
-    def __init__(self, index: ImageIndex, skip_bad: bool = False, transform: Callable | None = None) -> None:
+    item_names: list[str]  # set by build_dataset
+    dataset_name: str
+    split: str
+
+    def __init__(self, index: ImageIndex, skip_bad: bool = False, transform: Callable[..., Any] | None = None) -> None:
         self.index = index
         self.skip_bad = skip_bad
         self.transform = transform

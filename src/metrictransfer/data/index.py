@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,7 @@ class ImageIndex:
             )
 
 
-def contiguous_labels(raw: Sequence) -> tuple[np.ndarray, list]:
+def contiguous_labels(raw: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, list[Any]]:
     """Map raw class ids to 0-based labels ordered by sorted raw id; also return the sorted unique ids.
 
     Splits of retrieval benchmarks use disjoint classes, so each split gets its own label space.
@@ -118,9 +119,9 @@ def malformed(path: str | Path, line_number: int, expected: str, line: str) -> D
     return DataError(f"{path}, line {line_number}: expected {expected}, got {line!r}")
 
 
-def _first_of(keys: Sequence) -> dict:
+def _first_of(keys: Iterable[str]) -> dict[str, int]:
     """``{key: index of its first occurrence}``."""
-    first: dict = {}
+    first: dict[str, int] = {}
     for i, key in enumerate(keys):
         first.setdefault(key, i)
     return first
@@ -129,7 +130,8 @@ def _first_of(keys: Sequence) -> dict:
 def _both(a: ImageIndex, i: int, b: ImageIndex, j: int) -> str:
     """Where item ``i`` of `a` and item ``j`` of `b` are listed, e.g. ``"list.csv lines 2 and 9"``; "" without lines."""
     where_a, where_b = a.where(i), b.where(j)
-    if where_a and where_b and a.listing == b.listing:
+    # where() names a place only for an index with a listing and line numbers
+    if where_a and where_b and a.listing == b.listing and a.listing is not None and a.lines is not None and b.lines is not None:
         return f"{Path(a.listing).name} lines {a.lines[i]} and {b.lines[j]}"
     return ", ".join(w for w in (where_a, where_b) if w)
 

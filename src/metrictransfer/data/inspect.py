@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from metrictransfer.config import DataConfig
@@ -13,7 +15,7 @@ from metrictransfer.registry import DATASETS
 _QUOTED = 5
 
 
-def _split_summary(labels: np.ndarray, missing: list[str]) -> dict:
+def _split_summary(labels: np.ndarray, missing: list[str]) -> dict[str, Any]:
     labelled = labels[labels >= 0]
     counts = np.bincount(labelled) if len(labelled) else np.zeros(0, dtype=np.int64)
     counts = counts[counts > 0]
@@ -27,7 +29,7 @@ def _split_summary(labels: np.ndarray, missing: list[str]) -> dict:
     }
 
 
-def inspect_dataset(dataset: str, root: str | None = None, test_fraction: float = 0.5) -> dict:
+def inspect_dataset(dataset: str, root: str | None = None, test_fraction: float = 0.5) -> dict[str, Any]:
     """``{"dataset", "root", "splits": {split: {"images", "classes", "smallest_class", "largest_class",
     "missing_files", "first_missing"}}}``; reading only the annotation files and checking that each listed
     image exists (none is opened). Malformed annotations and splits that share images or classes raise
@@ -44,7 +46,7 @@ def inspect_dataset(dataset: str, root: str | None = None, test_fraction: float 
     return {"dataset": dataset, "root": str(root), "splits": splits}
 
 
-def format_report(report: dict) -> str:
+def format_report(report: dict[str, Any]) -> str:
     lines = [f"{report['dataset']} at {report['root'] or '(generated)'}"]
     lines.append(f"  {'split':<8} {'images':>8} {'classes':>8} {'smallest':>9} {'largest':>8} {'missing':>8}")
     for name, s in report["splits"].items():

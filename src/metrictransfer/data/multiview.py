@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Sized
+from typing import Any, Callable, NamedTuple, Sequence, cast
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ class SeededItem(NamedTuple):
     generator seeded by (run seed, epoch, index) alone, so the views do not depend on which process or
     data-loader worker decodes the image, nor on where a resumed run starts."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # a field named like tuple.index, which it shadows
     epoch: int
 
 
@@ -24,7 +25,7 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed % 2**32, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
-class MultiViewDataset(Dataset):
+class MultiViewDataset(Dataset[Any]):
     """Returns ``(views, label, index)`` with ``views`` of shape (V, C, H, W), each an independent draw.
 
     Decoding happens once per image; the V augmentations are applied to the same decoded image, so the
@@ -33,11 +34,15 @@ class MultiViewDataset(Dataset):
     transform-major (a cohort's per-member views of the one decoded image).
     """
 
-    def __init__(self, dataset: Dataset, transform: Callable | Sequence[Callable], views: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self, dataset: Dataset[Any], transform: Callable[..., Any] | Sequence[Callable[..., Any]], views: int = 1, seed: int = 0
+    ) -> None:
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
         self.dataset = dataset
-        self.transforms = list(transform) if isinstance(transform, (list, tuple)) else [transform]
+        self.transforms: list[Callable[..., Any]] = (
+            list(transform) if isinstance(transform, (list, tuple)) else [cast(Callable[..., Any], transform)]
+        )
         if not self.transforms:
             raise ValueError("MultiViewDataset needs at least one transform")
         self.transform = self.transforms[0]
@@ -45,7 +50,7 @@ class MultiViewDataset(Dataset):
         self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))
 
     def __getitem__(self, key: int | SeededItem) -> tuple[torch.Tensor, int, int] | None:
         if isinstance(key, SeededItem):
@@ -62,12 +67,12 @@ class MultiViewDataset(Dataset):
         return torch.stack([t(image) for t in self.transforms for _ in range(self.views)]), int(label), index
 
 
-def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate_readable(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Default collation of the items that could be read (skipped images come as ``None``)."""
     kept = [item for item in batch if item is not None]
     if not kept:
         raise DataError(f"every image of a batch of {len(batch)} was unreadable; check the dataset files")
-    return default_collate(kept)
+    return cast(tuple[torch.Tensor, torch.Tensor, torch.Tensor], default_collate(kept))
 
 
 def flatten_views(views: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

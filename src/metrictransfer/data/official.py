@@ -59,11 +59,12 @@ def _lines(path: Path) -> list[str]:
 
 
 def _index(
-    root: Path, paths: list[str], raw: Sequence, name_of: Callable[[Any], str],
+    root: Path, paths: list[str], raw: Sequence[Any] | np.ndarray, name_of: Callable[[Any], str],
     listing: Path | None = None, lines: Sequence[int] | None = None,
 ) -> ImageIndex:
     labels, unique = contiguous_labels(raw)
-    return ImageIndex(root, paths, labels, [name_of(u) for u in unique], listing=listing, lines=lines)
+    return ImageIndex(root, paths, labels, [name_of(u) for u in unique], listing=listing,
+                      lines=None if lines is None else np.asarray(lines))
 
 
 def _split_by_class(
@@ -279,8 +280,8 @@ def read_inshop(root: str | Path) -> dict[str, ImageIndex]:
     n_query = len(query_items)
     splits = {
         "train": _index(root, train_paths, train_items, str, path, train_lines),
-        "query": ImageIndex(root, query_paths, shared[:n_query], items, listing=path, lines=query_lines),
-        "gallery": ImageIndex(root, gallery_paths, shared[n_query:], items, listing=path, lines=gallery_lines),
+        "query": ImageIndex(root, query_paths, shared[:n_query], items, listing=path, lines=np.asarray(query_lines)),
+        "gallery": ImageIndex(root, gallery_paths, shared[n_query:], items, listing=path, lines=np.asarray(gallery_lines)),
     }
     # The protocol: training items are not evaluated; queries and gallery share items but not images.
     check_splits(splits, path)

@@ -11,6 +11,8 @@ so that a file of embeddings can say which items its rows are and be checked aga
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 from torch.utils.data import Dataset
 
@@ -22,7 +24,7 @@ from metrictransfer.errors import ConfigError
 from metrictransfer.registry import DATASETS, register_dataset
 
 
-def glyph_item_names(dataset, config: DataConfig, split: str) -> list[str]:
+def glyph_item_names(dataset: GlyphsDataset, config: DataConfig, split: str) -> list[str]:
     """``glyphs:<split>:<index>:seed=<glyph_seed>:<size>px:U+<code point>:<font>#<render>`` for each item.
 
     Glyphs have no files; these names change whenever the item at a row would be another image: another
@@ -40,7 +42,7 @@ def glyph_item_names(dataset, config: DataConfig, split: str) -> list[str]:
 
 
 @register_dataset("glyphs", builder=True, needs_root=False)
-def build_glyphs(config: DataConfig, split: str) -> Dataset:
+def build_glyphs(config: DataConfig, split: str) -> Dataset[Any]:
     """The generated demo data (no files): Unicode glyphs rendered in several fonts."""
     dataset = GlyphsDataset(
         split=split,
@@ -87,10 +89,11 @@ def _limit_classes(index: ImageIndex, num_classes: int | None) -> ImageIndex:
         return index
     keep = index.labels < num_classes
     masks = [None if m is None else m[keep] for m in (index.is_query, index.is_gallery)]
-    return ImageIndex(index.root, [p for p, k in zip(index.paths, keep) if k], index.labels[keep], index.classes[:num_classes], *masks)
+    return ImageIndex(index.root, [p for p, k in zip(index.paths, keep) if k], index.labels[keep], index.classes[:num_classes],
+                      masks[0], masks[1])
 
 
-def _files(config: DataConfig, split: str) -> Dataset:
+def _files(config: DataConfig, split: str) -> Dataset[Any]:
     splits = read_splits(config)
     if split not in splits:
         raise ConfigError(f"dataset {config.dataset!r} at {config.root} has no split {split!r}; it has: {', '.join(splits)}")
@@ -101,7 +104,7 @@ def _files(config: DataConfig, split: str) -> Dataset:
     return dataset
 
 
-def build_dataset(config: DataConfig, split: str) -> Dataset:
+def build_dataset(config: DataConfig, split: str) -> Dataset[Any]:
     """One split of the configured dataset; items are ``(PIL image, label)``, labels 0-based per split."""
     entry = DATASETS.entry(config.dataset, "data.dataset")
     if entry.info.get("reader") != "class_split" and (config.train_classes is not None or config.test_classes is not None):
@@ -110,6 +113,6 @@ def build_dataset(config: DataConfig, split: str) -> Dataset:
             f"data.train_classes / data.test_classes apply to {' and '.join(class_lists)} data only; "
             f"dataset {config.dataset!r} has fixed splits: leave them out"
         )
-    dataset = entry.component(config, split) if entry.info.get("builder") else _files(config, split)
+    dataset: Any = entry.component(config, split) if entry.info.get("builder") else _files(config, split)
     dataset.dataset_name, dataset.split = config.dataset, split
-    return dataset
+    return cast(Dataset[Any], dataset)

@@ -112,7 +112,7 @@ class ShuffledBatchSampler(Sampler[list[int]]):
         return self.num_items // self.batch_size
 
 
-class RankBatches(Sampler[list]):
+class RankBatches(Sampler[list[SeededItem]]):
     """One training process's part of each global batch of ``batches`` (a batch sampler with
     ``set_epoch``), as :class:`SeededItem` keys.
 
@@ -121,7 +121,7 @@ class RankBatches(Sampler[list]):
     ``start(epoch, done)`` begins an epoch after its first ``done`` batches (a run resumed mid-epoch).
     """
 
-    def __init__(self, batches, batch_size: int, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, batches: ClassBalancedBatchSampler | ShuffledBatchSampler, batch_size: int, rank: int = 0, world: int = 1) -> None:
         if batch_size % world:
             raise ConfigError(f"a batch of {batch_size} images cannot be split evenly over {world} processes")
         self.batches, self.rank, self.world = batches, rank, world
@@ -132,7 +132,7 @@ class RankBatches(Sampler[list]):
         self.batches.set_epoch(epoch)
         self.epoch, self.done = epoch, done
 
-    def __iter__(self) -> Iterator[list]:
+    def __iter__(self) -> Iterator[list[SeededItem]]:
         lo = self.rank * self.part
         for i, batch in enumerate(self.batches):
             if i >= self.done:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torchvision.transforms import v2
 
@@ -14,7 +16,7 @@ def _bgr_0_255(image: torch.Tensor) -> torch.Tensor:
     return image.flip(-3) * 255.0
 
 
-def _to_tensor(normalization: str = "imagenet") -> list:
+def _to_tensor(normalization: str = "imagenet") -> list[Any]:
     """PIL image → normalised float tensor, by the convention the backbone's weights were trained with."""
     steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if normalization == "bn_inception":
