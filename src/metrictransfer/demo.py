@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from metrictransfer.config import RunConfig, build_config
 from metrictransfer.engine.logging import plot_recall, write_csv
@@ -38,7 +39,7 @@ DEMO_TARGET = {
 def demo_configs(out: Path, seed: int = 0, epochs_scale: float = 1.0, overrides: list[str] | None = None) -> dict[str, RunConfig]:
     """The demo's three run configurations; ``epochs_scale`` shortens them (tests, quick looks)."""
 
-    def make(raw: dict, name: str, method: str, extra: dict | None = None) -> RunConfig:
+    def make(raw: dict[str, Any], name: str, method: str, extra: dict[str, Any] | None = None) -> RunConfig:
         raw = json.loads(json.dumps(raw))  # deep copy
         raw.update({"name": name, "method": method, "seed": seed})
         raw["optim"]["epochs"] = max(1, round(raw["optim"]["epochs"] * epochs_scale))
@@ -60,7 +61,7 @@ DEMO_FILES = ("config.json", "results.json", "log.csv", "recall.png")
 
 
 def run_demo(out: str | Path, seed: int = 0, epochs_scale: float = 1.0, overrides: list[str] | None = None,
-             progress: bool | None = None, overwrite: bool = False) -> dict:
+             progress: bool | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train the three models into ``out/<name>/`` and write the combined results, log and plot. A
     folder holding an earlier demo is refused unless ``overwrite``; it is locked while the demo runs."""
     out = Path(out)
@@ -73,11 +74,11 @@ def run_demo(out: str | Path, seed: int = 0, epochs_scale: float = 1.0, override
         return _run_demo(out, configs, seed, progress, overwrite)
 
 
-def _run_demo(out: Path, configs: dict[str, RunConfig], seed: int, progress: bool | None, overwrite: bool) -> dict:
+def _run_demo(out: Path, configs: dict[str, RunConfig], seed: int, progress: bool | None, overwrite: bool) -> dict[str, Any]:
     atomic_write_text(
         json.dumps({name: c.model_dump(mode="json") for name, c in configs.items()}, indent=2), out / "config.json"
     )
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for name, config in configs.items():
         print(f"== {name}: {config.method}, {config.model.backbone} {config.model.embedding_dim}-d, "
               f"{config.optim.epochs} epochs ==", flush=True)
@@ -88,7 +89,7 @@ def _run_demo(out: Path, configs: dict[str, RunConfig], seed: int, progress: boo
     write_csv(rows, out / "log.csv")
     plot_recall({name: [(row["epoch"], row["recall@1"]) for row in r["history"] if "recall@1" in row]
                  for name, r in results.items()}, out / "recall.png")
-    summary = {
+    summary: dict[str, Any] = {
         "seed": seed,
         "split": "test (held-out classes), final epoch",
         "models": {name: {"backbone": configs[name].model.backbone,
@@ -101,7 +102,7 @@ def _run_demo(out: Path, configs: dict[str, RunConfig], seed: int, progress: boo
     return summary
 
 
-def format_table(models: dict[str, dict]) -> str:
+def format_table(models: dict[str, dict[str, Any]]) -> str:
     ks = [k for k in next(iter(models.values())) if k.startswith("recall@")]
     header = f"| {'model':<16} | {'backbone':<10} | {'dim':>4} | " + " | ".join(f"{k:>9}" for k in ks) + " |"
     lines = [header, "|" + "---|" * (3 + len(ks))]

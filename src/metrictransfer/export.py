@@ -30,7 +30,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ DESCRIPTION_VERSION = 2  # 1 (no "format_version" field): preprocessing as a lis
 ONNX_INPUT, ONNX_OUTPUT = "images", "embeddings"
 
 
-def _need(module: str, package: str, why: str):
+def _need(module: str, package: str, why: str) -> ModuleType:
     import importlib
 
     try:
@@ -58,7 +59,7 @@ def _need(module: str, package: str, why: str):
 
 
 def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: str | None = None,
-                 tolerance: float = 1e-4) -> dict:
+                 tolerance: float = 1e-4) -> dict[str, Any]:
     """Write the run's embedding model as ``fmt`` to ``out`` and its description beside it; returns the
     description, including the largest difference found when the export was checked."""
     if fmt not in FORMATS:
@@ -227,7 +228,7 @@ def _pooling(model: EmbeddingModel) -> str:
 def describes(out: str | Path) -> bool:
     """Whether ``FILE.json`` describes the ``FILE`` beside it (not a stale description of an earlier export)."""
     try:
-        return json.loads(description_path(out).read_text()).get("sha256") == file_sha256(out)
+        return bool(json.loads(description_path(out).read_text()).get("sha256") == file_sha256(out))
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -245,16 +246,16 @@ def _safetensors(model: EmbeddingModel, example: torch.Tensor, out: Path) -> tor
     rebuilt = EmbeddingModel(arch["backbone"], arch["embedding_dim"], normalize=arch["normalize"])
     rebuilt.load_state_dict(load_file(str(out)))
     with torch.no_grad():
-        return rebuilt.eval()(example)
+        return cast(torch.Tensor, rebuilt.eval()(example))
 
 
 def _torchscript(model: EmbeddingModel, example: torch.Tensor, out: Path) -> torch.Tensor:
     with torch.no_grad():
-        traced = torch.jit.trace(model, example)
+        traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]  # unannotated in torch
     traced.save(str(out))
-    loaded = torch.jit.load(str(out))
+    loaded = torch.jit.load(str(out))  # type: ignore[no-untyped-call]  # unannotated in torch
     with torch.no_grad():
-        return loaded(example)
+        return cast(torch.Tensor, loaded(example))
 
 
 def _onnx(model: EmbeddingModel, example: torch.Tensor, out: Path) -> torch.Tensor:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
-from metrictransfer.config import load_config
+from metrictransfer.config import RunConfig, load_config
 from metrictransfer.engine.logging import plot_training, save_figure
 from metrictransfer.errors import MissingFileError
 from metrictransfer.evaluation.embed import extract_embeddings
@@ -25,6 +26,9 @@ from metrictransfer.io import atomic_write_text
 from metrictransfer.runtime.checkpoint import load_embedding_model
 from metrictransfer.search.gallery import Neighbour
 from metrictransfer.search.grid import draw_grid
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def write_report(run_dir: str | Path, queries: int = 6, neighbours: int = 6, map_points: int = 1500, seed: int = 0) -> Path:
@@ -50,14 +54,14 @@ def write_report(run_dir: str | Path, queries: int = 6, neighbours: int = 6, map
     return path
 
 
-def _summary(config) -> str:
+def _summary(config: RunConfig) -> str:
     m = config.model
     data = config.data
     return (f"Method `{config.method}`, backbone `{m.backbone}`, {m.embedding_dim}-d embeddings, data `{data.dataset}`"
             f" ({data.image_size} px), {config.optim.epochs} epochs, seed {config.seed}.")
 
 
-def _metrics_table(results: dict) -> list[str]:
+def _metrics_table(results: dict[str, Any]) -> list[str]:
     final = results["final"]
     models = sorted({k.split("/")[0] for k in final if "/" in k})
     names = sorted({k.rsplit("/", 1)[-1] for k in final}, key=lambda k: (not k.startswith("recall@"), len(k), k))
@@ -69,11 +73,11 @@ def _metrics_table(results: dict) -> list[str]:
     return lines
 
 
-def _retrieval_sections(run: Path, config, queries: int, neighbours: int, map_points: int, seed: int) -> list[str]:
+def _retrieval_sections(run: Path, config: RunConfig, queries: int, neighbours: int, map_points: int, seed: int) -> list[str]:
     model, _ = load_embedding_model(run)
     dataset = test_dataset(config)
     embeddings, labels = extract_embeddings(model, dataset, config.eval.batch_size)
-    base = dataset.dataset
+    base: Any = dataset.dataset  # the test split: classes, and is_query / is_gallery where the data has them
     classes = getattr(base, "classes", None) or [str(c) for c in range(int(labels.max()) + 1)]
     is_query = getattr(base, "is_query", None)  # query-vs-gallery data (In-Shop): queries search the gallery only
     candidates = np.flatnonzero(is_query) if is_query is not None else np.arange(len(embeddings))
@@ -89,8 +93,8 @@ def _retrieval_sections(run: Path, config, queries: int, neighbours: int, map_po
     found = [[Neighbour(names[j], float(d), classes[int(labels[j])]) for d, j in zip(row_d, row_i)]
              for row_d, row_i in zip(nearest.values.tolist(), nearest.indices.tolist())]
 
-    def load(name: str):
-        return base[int(name.split(":")[1])][0]
+    def load(name: str) -> Image.Image:
+        return cast("Image.Image", base[int(name.split(":")[1])][0])
 
     draw_grid([names[i] for i in picked], found, run / "retrieval.png", [classes[int(labels[i])] for i in picked], load=load)
     method = _embedding_map(embeddings.numpy(), labels.numpy(), run / "embedding_map.png", map_points, seed)

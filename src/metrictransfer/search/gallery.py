@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ def list_images(source: str | Path) -> ImageIndex:
         if not paths:
             raise MissingFileError(f"no images (.jpg, .jpeg, .png, …) under {source}")
         names = [p.split("/")[0] if "/" in p else None for p in paths]
-        return _labelled(source, paths, None if None in names else names)
+        return _labelled(source, paths, None if None in names else cast(list[str], names))
     if not source.exists():
         raise MissingFileError(f"{source} does not exist: expected a folder of images or a .csv file listing them")
     if source.suffix.lower() != ".csv":
@@ -120,7 +120,7 @@ def contents_record(data: EmbeddingsFile, classes: list[str]) -> dict[str, Any]:
 
 
 def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, model_name: str | None = None,
-                device: str = "cpu", batch_size: int = 128, progress: bool = False) -> dict:
+                device: str = "cpu", batch_size: int = 128, progress: bool = False) -> dict[str, Any]:
     """Embed a gallery with a run's model and write the index folder; returns ``index.json``'s contents."""
     model, config = load_embedding_model(checkpoint, name=model_name)
     listed = list_images(images)
@@ -169,7 +169,7 @@ def _write_faiss(embeddings: np.ndarray, metric: str, path: Path) -> dict[str, A
 
 def _for_metric(x: np.ndarray, metric: str) -> np.ndarray:
     if metric == "cosine":
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return cast(np.ndarray, x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
     return x
 
 
@@ -229,7 +229,7 @@ class Gallery:
                                    f"the files were edited or come from different builds; {self._rebuild}")
         return data
 
-    def _load_faiss(self):
+    def _load_faiss(self) -> Any:
         record = self.meta["faiss"]
         if not record:
             return None
@@ -275,8 +275,10 @@ class Gallery:
         images = with_test_transform(ImageFolderDataset(listed), self.config.data)
         embedded = extract_embeddings(self.model.to(self.device), images, 128, self.device)[0].numpy()
         distances, indices = self._knn(embedded, min(k, len(self.data.embeddings)))
+        paths = self.data.paths
+        assert paths is not None  # _load_embeddings refused a file without them
         return [
-            [Neighbour(str(self.data.paths[j]), float(d), self.label_name(int(self.data.labels[j]))) for d, j in zip(row_d, row_i)]
+            [Neighbour(str(paths[j]), float(d), self.label_name(int(self.data.labels[j]))) for d, j in zip(row_d, row_i)]
             for row_d, row_i in zip(distances, indices)
         ]
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
 
 from metrictransfer.data.images import open_rgb8
 from metrictransfer.search.gallery import Neighbour
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 SAME, OTHER = "#2ca02c", "#d62728"  # green frame: same class as the query; red: another class
 
@@ -51,7 +54,7 @@ def draw_grid(queries: list[str], results: list[list[Neighbour]], out: str | Pat
     return out
 
 
-def _show(ax, image: Image.Image, title: str, frame: str | None) -> None:
+def _show(ax: Axes, image: Image.Image, title: str, frame: str | None) -> None:
     ax.imshow(image)
     ax.set_title(title, fontsize=7)
     ax.set_xticks([])
