@@ -9,9 +9,16 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 # Only light modules here: torch and the rest load inside the commands, where Ctrl-C is handled.
 from metrictransfer.errors import ConfigError, MetricTransferError, MissingFileError, is_output_problem, output_error
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from metrictransfer.evaluation.embeddings_file import EmbeddingsFile
 
 
 def _k_list(text: str) -> list[int]:
@@ -107,7 +114,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensemble(files: list, paths: list[str]):
+def _ensemble(files: list[EmbeddingsFile], paths: list[str]) -> torch.Tensor:
     """Several models' embeddings of the same items, L2-normalised and concatenated."""
     import torch
 
@@ -123,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from metrictransfer.evaluation import retrieval_metrics
 
-    masks = {}
+    masks: dict[str, np.ndarray | None] = {}
     if args.embeddings:
         from metrictransfer.evaluation.embeddings_file import load_embeddings
 
@@ -155,7 +162,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     embeddings = embeddings.to(resolve_device(device))
     metrics = retrieval_metrics(
-        embeddings, labels, ks, metric, nmi=args.nmi, backend=args.backend, progress=sys.stderr.isatty(), **masks
+        embeddings, labels, ks, metric, nmi=args.nmi, backend=args.backend, progress=sys.stderr.isatty(),
+        is_query=masks.get("is_query"), is_gallery=masks.get("is_gallery"),
     )
     if args.json:
         print(json.dumps(metrics))
@@ -250,7 +258,7 @@ def _device(name: str) -> str:
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (with where to find the usage), like every other error."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -268,9 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, subparsers=sub, **options) -> argparse.ArgumentParser:
-        return subparsers.add_parser(name, parents=[common], **options)
-    overrides = {"action": "append", "default": [], "metavar": "KEY=VALUE",
+    def command(name: str, subparsers: argparse._SubParsersAction[Any] = sub,
+                **options: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = subparsers.add_parser(name, parents=[common], **options)
+        return parser
+    overrides: dict[str, Any] = {"action": "append", "default": [], "metavar": "KEY=VALUE",
                  "help": "override a configuration key, e.g. --set optim.lr=3e-4 (repeatable)"}
 
     demo = command("demo", help="offline demo: source, target alone, target with transfer on glyphs")
@@ -377,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         debug = debug or getattr(args, "debug", False)
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except TrainingInterrupted as stop:
         print(f"metrictransfer: {stop}", file=sys.stderr)
         return stop.exit_status

@@ -88,7 +88,7 @@ def is_output_problem(err: OSError) -> bool:
     return err.errno in _OUTPUT_ERRNOS
 
 
-def output_error(err: OSError, path: str | os.PathLike | None = None, verb: str = "write") -> OutputLocationError:
+def output_error(err: OSError, path: str | os.PathLike[str] | None = None, verb: str = "write") -> OutputLocationError:
     """One line for an OSError of writing (``verb``) ``path``: what happened in words, and what to do."""
     where = path if path is not None else (err.filename or "the output")
     reason = _OUTPUT_ERRNOS.get(err.errno or 0, err.strerror or str(err))

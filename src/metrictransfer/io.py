@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from metrictransfer.errors import is_output_problem, output_error
 
@@ -51,7 +51,7 @@ def make_parent(path: Path) -> None:
         raise
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], object], mode: str) -> None:
     """Write through ``write`` to a temporary file in the same folder, fsync, then rename over ``path``:
     a crash leaves either the old file or the new one, never a truncated one. A full, read-only or
     forbidden place is reported as an :class:`~metrictransfer.errors.OutputLocationError` naming ``path``."""
@@ -61,18 +61,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
         os.fsync(f.fileno())
 
 
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+def atomic_write_text(text: str, path: str | os.PathLike[str]) -> None:
     atomic_write(path, lambda f: f.write(text), "w")
 
 
-def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
+def atomic_copy(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
     """Copy ``source`` over ``path`` atomically (a fresh file: never shares an inode with ``source``)."""
     with open(source, "rb") as src:
         atomic_write(path, lambda f: shutil.copyfileobj(src, f, 1 << 20), "wb")
 
 
 @contextlib.contextmanager
-def staged_path(path: str | os.PathLike) -> Iterator[Path]:
+def staged_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path`` for a library that writes files itself (TorchScript, ONNX,
     faiss): the caller writes and checks it inside the ``with`` block; on a clean exit it replaces
     ``path``, on any error or interruption it is removed and ``path`` is untouched."""
@@ -98,7 +98,7 @@ def staged_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def remove_stale_partials(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+def remove_stale_partials(folder: str | os.PathLike[str], name: str = "*") -> list[Path]:
     """Delete the temporary files that killed writers of ``folder/name`` (every file by default) left
     behind; call it only while no other process can be writing them (e.g. holding the run's lock)."""
     folder = Path(folder)

@@ -35,7 +35,7 @@ def model_normalization(backbone: str) -> str:
     if cfg is None:
         raise ConfigError(f"data.normalization: model: timm has no pretrained configuration for {backbone!r}; "
                           f"name the normalization ({', '.join(NORMALIZATIONS)})")
-    if getattr(cfg, "input_convention", None) == BGR_CONVENTION or (cfg.to_dict().get("input_convention") == BGR_CONVENTION):
+    if getattr(cfg, "input_convention", None) == BGR_CONVENTION or (cfg.to_dict().get("input_convention") == BGR_CONVENTION):  # type: ignore[no-untyped-call]  # unannotated in timm
         return "bn_inception"
     for name, (mean, std) in NORMALIZATION_STATS.items():
         if all(abs(a - b) < 1e-3 for a, b in zip((*cfg.mean, *cfg.std), (*mean, *std))):

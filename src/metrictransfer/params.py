@@ -12,7 +12,7 @@ from typing import Any, Callable
 from metrictransfer.errors import ConfigError
 
 
-def check_params(builder: Callable, params: dict[str, Any], what: str, where: str, filled: tuple[str, ...] = ()) -> None:
+def check_params(builder: Callable[..., Any], params: dict[str, Any], what: str, where: str, filled: tuple[str, ...] = ()) -> None:
     """Raise :class:`ConfigError` naming ``what`` (e.g. "metric loss 'triplet'") and the key ``where.KEY``
     for an unknown parameter, one that metrictransfer fills itself (``filled``), or a value whose type
     differs from its default's (a number for a number, true/false for a flag, text for text)."""
@@ -32,7 +32,7 @@ def check_params(builder: Callable, params: dict[str, Any], what: str, where: st
             raise ConfigError(f"{what}: {where}.{key} expects {expected}, got {value!r}{hint}")
 
 
-def _accepted(builder: Callable) -> tuple[dict[str, inspect.Parameter], bool]:
+def _accepted(builder: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], bool]:
     """The keyword parameters ``builder`` takes; for a class whose ``__init__`` passes ``**kwargs`` on, its
     bases' parameters too (pytorch-metric-learning's losses take ``reducer``, ``distance``, ... that way), so
     that a misspelt key is still caught. True when some ``**kwargs`` remains open (anything goes)."""
