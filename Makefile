@@ -20,9 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# ruff (lint and import order, configured in pyproject.toml); CI runs it before the tests
+# ruff (lint and import order) and mypy (types), both configured in pyproject.toml; CI runs them before the tests
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Every GPU path in one command (tests, throughput tables, a Table 1 smoke run; about 10 min on one H100).
 # DRY=1: the same scripts at toy sizes on the CPU (what CI runs, so they cannot rot).
