@@ -323,7 +323,7 @@ def device_run(tmp_path_factory) -> Path:
     """2 epochs straight on DEVICE, launched by torchrun with one process. ``model.sync_batchnorm`` is on
     (the default), but with one process ``distributed.setup`` joins no process group (no NCCL) and
     ``configure_models`` converts nothing: this is the single-GPU path under torchrun. NCCL and
-    SyncBatchNorm across processes need two GPUs (tests/test_distributed.py checks the multi-process
+    SyncBatchNorm across processes need two GPUs (tests/runtime/test_distributed.py checks the multi-process
     logic with gloo on CPUs)."""
     out = tmp_path_factory.mktemp("device") / "run"
     _train_cli(str(_recipe(out.parent, DEVICE.type)), "--out", str(out), torchrun=True)

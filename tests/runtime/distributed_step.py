@@ -4,8 +4,8 @@ Run by torchrun, each rank takes its slice of the batch (as the trainer's sample
 one process takes the whole batch. The first rank saves the loss and every parameter's gradient, after the
 gradient averaging the trainer does before an optimiser step.
 
-    python tests/distributed_step.py CONFIG.json OUT.pt
-    torchrun --nproc_per_node 2 tests/distributed_step.py CONFIG.json OUT.pt
+    python tests/runtime/distributed_step.py CONFIG.json OUT.pt
+    torchrun --nproc_per_node 2 tests/runtime/distributed_step.py CONFIG.json OUT.pt
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from test_search import COLOURS, _checkpoint  # noqa: E402
 
 from metrictransfer import export
 from metrictransfer.cli import main
@@ -30,9 +31,6 @@ from metrictransfer.runtime.checkpoint import load_embedding_model, save_embeddi
 from metrictransfer.search import Gallery, build_index
 from metrictransfer.search.gallery import EMBEDDINGS_FILE, FAISS_FILE, INDEX_FILE
 from metrictransfer.search.grid import draw_grid
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from test_search import COLOURS, _checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,7 @@ def test_the_cub_mutual_recipe_trains_on_a_cub_tree_from_the_command_line(tmp_pa
     from test_image_data import make_cub
 
     root = make_cub(tmp_path / "CUB_200_2011", per_class=5)
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "mutual" / "cub_mutual.yaml"
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "mutual" / "cub_mutual.yaml"
     small = ["model.backbone=resnet10t", "model.pretrained=false", "model.embedding_dim=8", "data.image_size=32",
              "data.num_workers=0", "data.classes_per_batch=3", "optim.epochs=2", "eval.batch_size=16", "threads=2"]
     out = tmp_path / "run"
@@ -245,7 +245,7 @@ def test_the_cub_mutual_recipe_trains_on_a_cub_tree_from_the_command_line(tmp_pa
 def test_the_glyphs_mutual_recipe_is_the_benchmarks_all_three_row():
     import importlib.util
 
-    top = Path(__file__).resolve().parents[1]
+    top = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(top / "benchmarks"))
     try:
         spec = importlib.util.spec_from_file_location("mutual_ablation", top / "benchmarks" / "mutual_ablation.py")

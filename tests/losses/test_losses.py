@@ -6,7 +6,7 @@ import torch
 
 from metrictransfer.losses import RelaxedContrastiveLoss, build_metric_loss, pairwise_distances
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "transfer_losses.json").read_text())["cases"]
+REFERENCE = json.loads((Path(__file__).parents[1] / "fixtures" / "transfer_losses.json").read_text())["cases"]
 
 
 def _naive_relaxed_contrastive(t, s, sigma, delta):

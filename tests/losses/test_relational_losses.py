@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from metrictransfer.losses import TRANSFER_LOSSES, DarkRankLoss, PKTLoss, RKDAngleLoss, RKDDistanceLoss, RKDLoss
 
-CASES = json.loads((Path(__file__).parent / "data" / "transfer_losses.json").read_text())["cases"]
+CASES = json.loads((Path(__file__).parents[1] / "fixtures" / "transfer_losses.json").read_text())["cases"]
 LOSSES = {
     "rkd_distance": lambda case: RKDDistanceLoss(),
     "rkd_angle": lambda case: RKDAngleLoss(chunk=3),

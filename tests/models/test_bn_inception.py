@@ -22,7 +22,7 @@ from metrictransfer.models import EmbeddingModel
 from metrictransfer.models.bn_inception import WEIGHTS_URL, checkpoint_filter_fn
 from metrictransfer.models.features import FeatureTaps, last_stages
 
-PORT_SHAPES: dict[str, list[int]] = json.loads((Path(__file__).parent / "data" / "bn_inception_keys.json").read_text())["shapes"]
+PORT_SHAPES: dict[str, list[int]] = json.loads((Path(__file__).parents[1] / "fixtures" / "bn_inception_keys.json").read_text())["shapes"]
 # Sum of the weights and biases in bn_inception_keys.json (the port's BNInception(num_classes=1000)):
 # 10,270,240 in the network, plus last_linear's 1024 × 1000 + 1000 = 1,025,000.
 PORT_PARAMETERS = 11_295_240
