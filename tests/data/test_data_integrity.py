@@ -177,7 +177,7 @@ def test_class_lists_apply_to_csv_and_are_refused_where_they_would_be_ignored(tm
     assert read_csv_list(listing, train_classes=["b"], test_classes=["c"])["train"].paths == ["b0.jpg", "b1.jpg"]
     with pytest.raises(ConfigError, match="has a split column"):
         read_csv_list(_csv(tmp_path / "split.csv", ["path,label,split", "a.jpg,1,train", "b.jpg,2,test"]), train_classes=["1"])
-    with pytest.raises(ConfigError, match="apply to folder and csv data only"):
+    with pytest.raises(ConfigError, match="apply to csv and folder data only"):
         build_dataset(DataConfig(dataset="glyphs", train_classes=["A"]), "train")
 
 
