@@ -25,8 +25,8 @@ def test_train_writes_a_report_with_every_member_and_the_plots(tmp_path, capsys)
     recipe = tmp_path / "cohort.yaml"
     recipe.write_text(yaml.safe_dump(COHORT))
     run = tmp_path / "run"
-    assert main(["train", str(recipe), "--out", str(run)]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["train", str(recipe), "--out", str(run), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)  # exactly one JSON object: the epoch lines go to stderr
     assert printed["report"] == str(run / "report.md")
     report = (run / "report.md").read_text()
     final = json.loads((run / "results.json").read_text())["final"]

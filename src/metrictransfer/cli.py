@@ -1,17 +1,23 @@
-"""The ``metrictransfer`` command line: demo, train, data inspect, embed, evaluate."""
+"""The ``metrictransfer`` command line: a ``cmd_*`` function per command, and a ``_add_*`` function that
+declares its options. :data:`COMMANDS` describes each command for ``--help``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
+import textwrap
 import time
 import traceback
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 # Only light modules here: torch and the rest load inside the commands, where Ctrl-C is handled.
+from metrictransfer import __version__
 from metrictransfer.errors import ConfigError, MetricTransferError, MissingFileError, is_output_problem, output_error
 
 if TYPE_CHECKING:
@@ -45,17 +51,25 @@ def _timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
+def _json_only(args: argparse.Namespace) -> AbstractContextManager[Any]:
+    """With ``--json``, what the work prints (epoch lines, notices) goes to stderr, so that stdout holds the
+    one JSON document the command prints after it."""
+    return contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from metrictransfer.demo import run_demo
 
     out = Path(args.out or f"runs/demo-{_timestamp()}")
-    run_demo(out, seed=args.seed, epochs_scale=args.epochs_scale, overrides=args.set, overwrite=args.overwrite)
+    with _json_only(args):
+        summary = run_demo(out, seed=args.seed, epochs_scale=args.epochs_scale, overrides=args.set, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps({"out": str(out), **summary}))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from metrictransfer.config import load_config
-    from metrictransfer.engine.trainer import train
 
     overrides = list(args.set) + ([f"optim.on_nan={args.on_nan}"] if args.on_nan else [])
     if args.resume:
@@ -73,6 +87,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             what = "does not exist" if not run_dir.exists() else "holds no run (no config.yaml)"
             raise MissingFileError(f"cannot resume {run_dir}: it {what}; give the folder of an interrupted run")
         config = load_config(run_dir / "config.yaml", overrides)
+        from metrictransfer.engine.run_folder import finished_run
+
+        done = finished_run(run_dir, config)
+        if done is not None:  # answered without loading the model or the data
+            return _already_finished(run_dir, done, config.optim.epochs, args.json)
     else:
         if not args.recipe:
             raise ConfigError("give a recipe (metrictransfer train RECIPE.yaml) or --resume RUN_DIR")
@@ -80,25 +99,57 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("under torchrun give the run folder with --out: every process must write to the same one")
         run_dir = Path(args.out or f"runs/{config.name or Path(args.recipe).stem}-{_timestamp()}")
-    results = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+    from metrictransfer.engine.trainer import train
+
+    with _json_only(args):
+        results = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         from metrictransfer.report import write_report
 
         try:
-            write_report(run_dir)
+            with _json_only(args):
+                write_report(run_dir)
         except KeyboardInterrupt:
             print(f"metrictransfer: interrupted while writing the report; the run itself is finished and saved. "
                   f"Rebuild the report with: metrictransfer report {run_dir}", file=sys.stderr)
             return 130
-        print(json.dumps({"run": str(run_dir), "final": results["final"], "report": str(run_dir / "report.md")}))
+        if args.json:
+            print(json.dumps({"run": str(run_dir), "final": results["final"], "results": str(run_dir / "results.json"),
+                              "report": str(run_dir / "report.md"), "already_finished": False}))
+        else:
+            final = ", ".join(f"{key} {value:.4f}" for key, value in results["final"].items())
+            print(f"{run_dir}: trained {results['epochs']} epochs; final {final}; report: {run_dir / 'report.md'}")
+    return 0
+
+
+def _already_finished(run_dir: Path, results: dict[str, Any], epochs: int, as_json: bool) -> int:
+    """``train --resume`` of a run that has trained all its epochs: where its results are, at once."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    from metrictransfer.engine.run_folder import claim_run_folder
+
+    claim_run_folder(run_dir, resume=True).release()  # refuses a folder in use; removes a killed writer's temporaries
+    report = run_dir / "report.md"
+    if as_json:
+        print(json.dumps({"run": str(run_dir), "final": results.get("final"), "results": str(run_dir / "results.json"),
+                          "report": str(report), "already_finished": True}))
+    else:
+        rebuild = "" if report.is_file() else f"; it has no report.md: metrictransfer report {run_dir}"
+        print(f"{run_dir} already finished ({epochs} epochs); its results: {run_dir / 'results.json'}{rebuild}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from metrictransfer.report import write_report
 
+    written = []
     for run in args.runs:
-        print(write_report(run))
+        with _json_only(args):
+            written.append(str(write_report(run)))
+        if not args.json:
+            print(written[-1])
+    if args.json:
+        print(json.dumps({"reports": written}))
     return 0
 
 
@@ -107,10 +158,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from metrictransfer.evaluation.evaluate import embed_split
     from metrictransfer.runtime.checkpoint import load_embedding_model
 
-    model, config = load_embedding_model(args.checkpoint, name=args.model)
-    data = embed_split(model, config, args.split, args.device, args.batch_size, progress=sys.stderr.isatty())
-    save_embeddings(args.out, data)
-    print(json.dumps({"out": str(args.out), "items": len(data.labels), "dim": int(data.embeddings.shape[1])}))
+    with _json_only(args):
+        model, config = load_embedding_model(args.checkpoint, name=args.model)
+        data = embed_split(model, config, args.split, args.device, args.batch_size, progress=sys.stderr.isatty())
+        save_embeddings(args.out, data)
+    items, dim = len(data.labels), int(data.embeddings.shape[1])
+    if args.json:
+        print(json.dumps({"out": str(args.out), "split": args.split, "items": items, "dim": dim}))
+    else:
+        print(f"{args.out}: {items} items of the {args.split} split, {dim}-d embeddings")
     return 0
 
 
@@ -196,8 +252,13 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from metrictransfer.search import build_index
 
-    meta = build_index(args.checkpoint, args.images, args.out, args.model, _device(args.device), args.batch_size,
-                       progress=sys.stderr.isatty())
+    with _json_only(args):
+        meta = build_index(args.checkpoint, args.images, args.out, args.model, _device(args.device), args.batch_size,
+                           progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({"out": str(args.out), "count": meta["count"], "dim": meta["dim"], "metric": meta["metric"],
+                          "classes": len(meta["classes"]), "faiss": bool(meta["faiss"])}))
+        return 0
     engine = "faiss" if meta["faiss"] else "exact (torch; pip install faiss-cpu for a faiss index)"
     labels = f"{len(meta['classes'])} classes" if meta["classes"] else "no labels"
     print(f"{args.out}: {meta['count']} images, {meta['dim']}-d, {meta['metric']}, {labels}, search: {engine}")
@@ -207,9 +268,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from metrictransfer.export import description_path, export_model
 
-    described = export_model(args.checkpoint, args.format, args.out, args.model)
-    checked = described["checked"]
-    print(f"{args.out}: {args.format}, {described['output']['embedding_dim']}-d embeddings, checked against the "
+    with _json_only(args):
+        described = export_model(args.checkpoint, args.format, args.out, args.model)
+    checked, dim = described["checked"], described["output"]["embedding_dim"]
+    if args.json:
+        print(json.dumps({"out": str(args.out), "format": args.format, "description": str(description_path(args.out)),
+                          "embedding_dim": dim, "max_abs_difference": checked["max_abs_difference"]}))
+        return 0
+    print(f"{args.out}: {args.format}, {dim}-d embeddings, checked against the "
           f"PyTorch model (largest difference {checked['max_abs_difference']:.1e}); preprocessing in {description_path(args.out)}")
     return 0
 
@@ -263,69 +329,198 @@ class _Parser(argparse.ArgumentParser):
 
 
 DEBUG_HELP = "show the full traceback of an error (also: METRICTRANSFER_DEBUG=1)"
+JSON_HELP = "print exactly one JSON object on stdout (progress and notices go to stderr)"
+DEVICES = ["auto", "cpu", "cuda"]
+MODEL_HELP = "which model of the run (a cohort's member1, say; default: the run's output model)"
+CHECKPOINT_HELP = "a run folder, or a checkpoint file of one"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    # names read from the registering decorators' source, so the help lists them without importing torch
-    from metrictransfer.registry import DATASETS, METHODS
+class Command(NamedTuple):
+    """What ``--help`` says of a command: one line for the command list, then what it does, what it writes
+    and prints, and the pages of docs/ that document it."""
 
-    parser = _Parser(prog="metrictransfer", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    # every subcommand takes --debug too; SUPPRESS keeps a subcommand's default from hiding the top-level flag
+    summary: str
+    does: str
+    writes: str
+    docs: str
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        "offline: a source, a target alone, a target with transfer",
+        "The offline demo: a source model, a smaller target alone, and the same target trained with the relaxed "
+        "contrastive loss from the source, on glyph images rendered from matplotlib's fonts (no network, no "
+        "dataset to download); compares their Recall@K on held-out classes.",
+        "--out (default runs/demo-<timestamp>): a run folder per model, each with its report.md, and the three's "
+        "results.json, log.csv and recall.png; prints a line per epoch and the Recall@K table (--json: one JSON object)",
+        "getting-started.md"),
+    "train": Command(
+        "train a model from a YAML recipe, or --resume a run",
+        "Train a run from a YAML recipe, or continue an interrupted one from its newest checkpoint with "
+        "--resume RUN_DIR (a finished run is answered at once). --set overrides any configuration key.",
+        "the run folder (--out, default runs/<name>-<timestamp>): config.yaml, checkpoint.pt, log.csv, results.json, "
+        "report.md and plots; prints a line per epoch and the final metrics (--json: one JSON object)",
+        "getting-started.md, guides/transfer.md, guides/long-runs.md (resuming, torchrun), "
+        "reference/configuration.md (every key)"),
+    "data": Command(
+        "look at a dataset's files before training on it",
+        "Look at a dataset's files before training on it: metrictransfer data inspect.",
+        "nothing", "guides/datasets.md"),
+    "data inspect": Command(
+        "images and classes per split; checks listed files exist",
+        "Count the images and classes of each split of a dataset and check that every image its annotation "
+        "files list exists (no image is opened); exits 1 when files are missing.",
+        "nothing; prints a table of the splits (--json: one JSON object)", "guides/datasets.md"),
+    "embed": Command(
+        "embed one split of a run's dataset into an .npz file",
+        "Embed one split of a run's dataset with the run's model.",
+        "--out: an .npz of embeddings, labels and item paths (what evaluate --embeddings and "
+        "transfer.source_embeddings read); prints how many items and dimensions (--json: one JSON object)",
+        "guides/evaluation.md"),
+    "evaluate": Command(
+        "Recall@K, MAP@R, R-Precision (NMI) of a run or embeddings",
+        "Retrieval metrics of a run's model on its dataset's test split (--checkpoint), or of .npz embeddings "
+        "files (--embeddings; several files: their ensemble): every item against all others, or queries "
+        "against a gallery.",
+        "nothing; prints the metrics (--json: one JSON object)", "guides/evaluation.md"),
+    "index": Command(
+        "embed a gallery of images with a run's model, for search",
+        "Embed a gallery of images (a folder, sub-folders as classes, or a CSV of path[,label]) with a run's "
+        "model, for metrictransfer search.",
+        "--out INDEX_DIR: embeddings.npz, index.json (and faiss.index when faiss is installed); prints what it holds "
+        "(--json: one JSON object)",
+        "guides/using-a-model.md"),
+    "search": Command(
+        "the nearest gallery images of query images",
+        "The nearest gallery images of each query image, in an index built by metrictransfer index, embedded "
+        "with the model that built it.",
+        "nothing, or with --grid an image of the queries and their neighbours; prints the neighbours and their "
+        "distances (--json: one JSON list, an entry per query)",
+        "guides/using-a-model.md"),
+    "export": Command(
+        "the model as safetensors, TorchScript or ONNX, checked",
+        "Export a run's embedding model for other programs, and check the written file against the PyTorch model.",
+        "--out FILE and its description FILE.json (preprocessing, architecture, checksum); prints the largest "
+        "difference found (--json: one JSON object)", "guides/using-a-model.md"),
+    "report": Command(
+        "(re)build a finished run's report.md and plots",
+        "(Re)build the report of finished runs: the final metrics of every model, training curves, a retrieval "
+        "grid and a map of the test embeddings.",
+        "RUN_DIR/report.md, curves.png, retrieval.png and embedding_map.png; prints each report's path (--json: one JSON object)",
+        "guides/using-a-model.md"),
+    "table": Command(
+        "final metrics of finished runs as one markdown table",
+        "The final metrics of finished runs (or of folders of them, a demo's say) as one markdown table; runs of "
+        "one configuration that differ only in the seed are one row (mean ± std).",
+        "nothing; prints the table (--json: one JSON list, a record per run)", "guides/using-a-model.md"),
+}
+
+
+def _overview() -> str:
+    """The top-level help: every command in a line."""
+    listed = {name: command for name, command in COMMANDS.items() if name != "data"}  # the group shows as data inspect
+    width = max(map(len, listed))
+    lines = [f"  {name:<{width}}  {command.summary}" for name, command in listed.items()]
+    return "\n".join([
+        "Deep metric learning with knowledge transfer between embedding models.", "",
+        "commands (metrictransfer COMMAND --help: what it writes, its options, docs):",
+        *lines, "",
+        "Commands that print results take --json: one JSON document on stdout.",
+        "Documentation: docs/index.md in the repository.",
+    ])
+
+
+def _describe(command: Command) -> str:
+    width = max(40, shutil.get_terminal_size().columns - 2)  # argparse's own width
+    wrap = textwrap.TextWrapper(width=width, subsequent_indent="  ")
+    return "\n".join([textwrap.fill(command.does, width), "", wrap.fill(f"writes: {command.writes}"),
+                      wrap.fill(f"docs: {command.docs}")])
+
+
+def _debug_option() -> argparse.ArgumentParser:
+    """``--debug`` for a subcommand: SUPPRESS keeps a subcommand's default from hiding the top-level flag."""
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
-    sub = parser.add_subparsers(dest="command", required=True)
+    return common
 
-    def command(name: str, subparsers: argparse._SubParsersAction[Any] = sub,
-                **options: Any) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = subparsers.add_parser(name, parents=[common], **options)
-        return parser
-    overrides: dict[str, Any] = {"action": "append", "default": [], "metavar": "KEY=VALUE",
-                 "help": "override a configuration key, e.g. --set optim.lr=3e-4 (repeatable)"}
 
-    demo = command("demo", help="offline demo: source, target alone, target with transfer on glyphs")
+def _command(subparsers: argparse._SubParsersAction[Any], name: str, key: str | None = None) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, parents=[_debug_option()], description=_describe(COMMANDS[key or name]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def _overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a configuration key, e.g. --set optim.lr=3e-4 (repeatable)")
+
+
+def _json(parser: argparse.ArgumentParser, help: str = JSON_HELP) -> None:
+    parser.add_argument("--json", action="store_true", help=help)
+
+
+def _add_demo(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--out", help="output folder (default runs/demo-<timestamp>)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the three runs (default 0); the glyph images stay the same")
     demo.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every run's epochs (e.g. 0.2 for a quick look)")
-    demo.add_argument("--set", **overrides)
+    _overrides(demo)
     demo.add_argument("--overwrite", action="store_true", help="replace the demo runs already in --out")
+    _json(demo, "print exactly one JSON object at the end (the Recall@K of each model); epoch lines go to stderr")
     demo.set_defaults(func=cmd_demo)
 
-    train = command("train", help=f"run a recipe (method: {', '.join(METHODS.declared_names())})")
-    train.add_argument("recipe", nargs="?", help="YAML recipe")
+
+def _add_train(train: argparse.ArgumentParser) -> None:
+    # names read from the registering decorators' source, so the help lists them without importing torch
+    from metrictransfer.registry import METHODS
+
+    train.add_argument("recipe", nargs="?", help=f"YAML recipe (method: {', '.join(METHODS.declared_names())})")
     train.add_argument("--out", help="run folder (default runs/<name>-<timestamp>)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue an interrupted run from its last checkpoint (a finished run: where its results are)")
     train.add_argument("--overwrite", action="store_true",
                        help="--out already holds a run: delete its checkpoints, results and log and start anew")
-    train.add_argument("--set", **overrides)
+    _overrides(train)
     train.add_argument("--on-nan", choices=["error", "skip"],
                        help="a non-finite loss stops the run (error, the default) or its step is skipped and counted")
+    _json(train, "print exactly one JSON object at the end (run, final metrics, results and report paths); "
+          "epoch lines go to stderr")
     train.set_defaults(func=cmd_train)
 
-    data = command("data", help="look at a dataset folder")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    inspect = command("inspect", data_sub, help="images and classes per split; checks every listed file exists")
+
+def _add_data(data: argparse.ArgumentParser) -> None:
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="inspect",
+                                   help="the one data command: metrictransfer data inspect --help")
+    _add_data_inspect(_command(data_sub, "inspect", "data inspect"))
+
+
+def _add_data_inspect(inspect: argparse.ArgumentParser) -> None:
+    from metrictransfer.registry import DATASETS
+
     inspect.add_argument("--dataset", required=True, metavar="NAME",
                          help=f"a registered dataset: {', '.join(DATASETS.declared_names())} (or a plug-in's)")
     inspect.add_argument("--root", help="the folder holding the dataset's files (csv: the CSV file)")
-    inspect.add_argument("--test-fraction", type=float, default=0.5, help="folder/csv without a split column")
-    inspect.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    inspect.add_argument("--test-fraction", type=float, default=0.5,
+                         help="folder/csv without a split column: the share of classes held out for test (default 0.5)")
+    _json(inspect)
     inspect.set_defaults(func=cmd_data_inspect)
 
-    embed = command("embed", help="embed one split of a run's dataset into an .npz file")
-    embed.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
-    embed.add_argument("--split", default="test", help="dataset split (default test)")
-    embed.add_argument("--model", help="which model of the run (a cohort's member1, say; default: the run's output model)")
+
+def _add_embed(embed: argparse.ArgumentParser) -> None:
+    embed.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    embed.add_argument("--split", default="test", help="dataset split: train or test (default test)")
+    embed.add_argument("--model", help=MODEL_HELP)
     embed.add_argument("--out", required=True, help="output .npz (embeddings, labels, paths)")
-    embed.add_argument("--batch-size", type=_positive_int, help="default: the run's eval.batch_size")
-    embed.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's device")
+    embed.add_argument("--batch-size", type=_positive_int, help="images per batch (default: the run's eval.batch_size)")
+    embed.add_argument("--device", choices=DEVICES, help="where to embed (default: the run's device)")
+    _json(embed)
     embed.set_defaults(func=cmd_embed)
 
-    evaluate = command(
-        "evaluate", help="Recall@K, MAP@R, R-Precision (and NMI) of a run's test split or of an embeddings file"
-    )
+
+def _add_evaluate(evaluate: argparse.ArgumentParser) -> None:
     what = evaluate.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="run folder or checkpoint file: embed its test split, then evaluate")
+    what.add_argument("--checkpoint", help=f"{CHECKPOINT_HELP}: embed its test split, then evaluate")
     what.add_argument("--embeddings", nargs="+", metavar="FILE.npz",
                       help=".npz with embeddings and labels (see metrictransfer embed); several files: their ensemble")
     evaluate.add_argument("--model", help="with --checkpoint: which model of the run (default: its output model)")
@@ -334,46 +529,69 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--query-gallery", action="store_true", help="queries (is_query) against the gallery (is_gallery)")
     evaluate.add_argument("--nmi", action="store_true", help="also NMI (k-means: slow on large sets)")
     evaluate.add_argument("--backend", choices=["torch", "faiss"], default="torch", help="kNN engine (default torch)")
-    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to compute (default: auto)")
-    evaluate.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    evaluate.add_argument("--device", choices=DEVICES, help="where to compute (default: auto)")
+    _json(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
-    index = command("index", help="embed a gallery of images with a run's model, for metrictransfer search")
-    index.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+
+
+def _add_index(index: argparse.ArgumentParser) -> None:
+    index.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     index.add_argument("--images", required=True, metavar="FOLDER_OR_CSV",
                        help="a folder (searched recursively; sub-folders are classes) or a CSV with path[,label] columns")
     index.add_argument("--out", required=True, metavar="INDEX_DIR", help="the index folder to write")
-    index.add_argument("--model", help="which model of the run (a cohort's member1, say; default: its output model)")
-    index.add_argument("--batch-size", type=_positive_int, default=128)
-    index.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    index.add_argument("--model", help=MODEL_HELP)
+    index.add_argument("--batch-size", type=_positive_int, default=128, help="images per batch (default 128)")
+    index.add_argument("--device", choices=DEVICES, default="auto", help="where to embed (default auto: a GPU if there is one)")
+    _json(index)
     index.set_defaults(func=cmd_index)
 
-    search = command("search", help="nearest gallery images of query images")
-    search.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
+
+def _add_search(search: argparse.ArgumentParser) -> None:
+    search.add_argument("queries", nargs="+", metavar="QUERY_IMAGE", help="image files to find neighbours of")
     search.add_argument("--index", required=True, metavar="INDEX_DIR", help="built by metrictransfer index")
     search.add_argument("--k", type=_positive_int, default=10, help="neighbours per query (default 10)")
     search.add_argument("--checkpoint", help="the model's checkpoint, if it moved since the index was built")
-    search.add_argument("--json", action="store_true", help="print exactly one JSON list")
+    _json(search, "print exactly one JSON list (an entry per query: its label and neighbours) on stdout")
     search.add_argument("--grid", metavar="OUT.png", help="draw queries and neighbours (green: same class, red: other)")
-    search.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    search.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where to embed the queries (default auto: a GPU if there is one)")
     search.set_defaults(func=cmd_search)
 
-    export = command("export", help="the embedding model as safetensors, TorchScript or ONNX, checked after writing")
-    export.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
-    export.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"])
+
+def _add_export(export: argparse.ArgumentParser) -> None:
+    export.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    export.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"],
+                        help="safetensors (the weights), torchscript or onnx (the whole model; onnx needs pip install onnx onnxruntime)")
     export.add_argument("--out", required=True, metavar="FILE", help="the exported file (its description goes to FILE.json)")
-    export.add_argument("--model", help="which model of the run (a cohort's member1, say; default: its output model)")
+    export.add_argument("--model", help=MODEL_HELP)
+    _json(export)
     export.set_defaults(func=cmd_export)
 
-    report = command("report", help="(re)build a finished run's report.md and plots")
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR")
+
+def _add_report(report: argparse.ArgumentParser) -> None:
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders of finished runs (holding results.json)")
+    _json(report)
     report.set_defaults(func=cmd_report)
 
-    table = command("table", help="final metrics of finished runs as one markdown table (seeds of one configuration averaged)")
+
+def _add_table(table: argparse.ArgumentParser) -> None:
     table.add_argument("runs", nargs="+", metavar="RUN_DIR",
                        help="run folders (holding results.json and config.yaml), or folders of them (a demo's, a study's)")
     table.add_argument("--metrics", type=lambda t: t.split(","), help="comma-separated keys (default: every recall@k)")
-    table.add_argument("--json", action="store_true", help="print the collected runs as JSON instead")
+    _json(table, "print exactly one JSON list (the collected runs) instead of the table")
     table.set_defaults(func=cmd_table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metrictransfer", description=_overview(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"metrictransfer {__version__}",
+                        help="print metrictransfer's version and exit")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands above")
+    adders = {"demo": _add_demo, "train": _add_train, "data": _add_data, "embed": _add_embed, "evaluate": _add_evaluate,
+              "index": _add_index, "search": _add_search, "export": _add_export, "report": _add_report, "table": _add_table}
+    for name, add in adders.items():
+        add(_command(sub, name))
     return parser
 
 

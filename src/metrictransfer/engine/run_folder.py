@@ -15,7 +15,10 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
+from metrictransfer import __version__
+from metrictransfer.config import RunConfig, config_to_dict, resume_differences
 from metrictransfer.errors import OutputLocationError, RunExistsError, RunLockedError, is_output_problem, output_error
 from metrictransfer.io import remove_stale_partials
 
@@ -158,3 +161,27 @@ def remove_if_unused(folder: Path) -> None:
         (folder / LOCK_NAME).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             folder.rmdir()
+
+
+def finished_run(folder: str | os.PathLike[str], config: RunConfig) -> dict[str, Any] | None:
+    """The results (``results.json``) of the run in ``folder`` when it has trained all its epochs: its results
+    are written, and its newest checkpoint, written by this version with this configuration (but for the keys
+    a resumed run may change), has ``config.optim.epochs`` epochs done. None otherwise, or when a file cannot
+    be read: resuming then continues the run, or says what stops it. Reads the checkpoint's position and
+    configuration, not its weights."""
+    folder = Path(folder)
+    try:
+        results = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    import torch  # deferred: only a run with results needs its checkpoint opened
+
+    try:  # memory-mapped: the weights are not read
+        state = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, empty or damaged: not known to be finished
+        return None
+    if not isinstance(state, dict) or not isinstance(results, dict) or state.get("epoch") != config.optim.epochs:
+        return None
+    if state.get("version") != __version__ or resume_differences(state.get("config") or {}, config_to_dict(config)):
+        return None
+    return results

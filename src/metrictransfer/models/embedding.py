@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import urllib.request
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -40,9 +44,8 @@ class EmbeddingModel(nn.Module):
     ) -> None:
         super().__init__()
         check_backbone_name(backbone)
-        self.backbone = timm.create_model(
-            backbone, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans
-        )
+        # a local weights file replaces every backbone weight: nothing to download then
+        self.backbone = create_backbone(backbone, pretrained and weights is None, in_chans)
         if weights is not None:
             load_backbone_weights(self.backbone, weights)
         self.feature_dim: int = self.backbone.num_features
@@ -99,6 +102,84 @@ def check_backbone_name(backbone: str) -> None:
     if tag and backbone not in timm.list_pretrained(backbone):
         known = [name.partition(".")[2] for name in timm.list_pretrained(f"{arch}.*")]
         raise ConfigError(f"timm has no weights {tag!r} for {arch!r}; its weights: {', '.join(known) or 'none'}")
+
+
+# How long a connection to the host of pretrained weights may take before the download counts as offline.
+HOST_PROBE_SECONDS = 2.0
+
+
+def create_backbone(backbone: str, pretrained: bool, in_chans: int = 3) -> Any:
+    """The timm backbone without classifier or pooling. Pretrained weights on the Hugging Face hub come from
+    the local cache when the hub cannot be reached within :data:`HOST_PROBE_SECONDS` (or ``HF_HUB_OFFLINE=1``),
+    and weights in neither place are a one-line :class:`MissingFileError` in seconds, not a minute of retries.
+    (Weights at a URL, such as bn_inception's, fail on their own: ``download_weights`` names the URL.)"""
+    hub = _hub_address(backbone) if pretrained else None
+    if hub is None:
+        return timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans)
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    forced = bool(constants.HF_HUB_OFFLINE) or _env_flag("HF_HUB_OFFLINE")
+    offline = forced or not _reachable(hub)
+    before = constants.HF_HUB_OFFLINE  # read by huggingface_hub at each request: offline, it answers from its cache
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        return timm.create_model(backbone, pretrained=True, num_classes=0, global_pool="", in_chans=in_chans)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        if not offline:
+            raise
+        why = "HF_HUB_OFFLINE is set" if forced else f"{urlparse(hub).hostname} cannot be reached"
+        raise MissingFileError(
+            f"the pretrained weights of backbone {backbone!r} are not in the local cache and {why}; set model.weights: "
+            "FILE (a local state dict) to train offline, or connect to download them"
+        ) from None
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _hub_address(backbone: str) -> str | None:
+    """The Hugging Face hub's address when timm downloads the backbone's pretrained weights from there; None
+    when it takes them from elsewhere (a URL, a local file) or huggingface_hub is not installed."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(backbone)
+    if cfg is None or not cfg.hf_hub_id or cfg.state_dict or cfg.file or cfg.source == "local-dir":
+        return None
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # timm downloads from the cfg's URL instead
+        return None
+    return str(constants.ENDPOINT)
+
+
+def _reachable(url: str, seconds: float = HOST_PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to ``url``'s host (or to the proxy the environment names for it) opens within
+    ``seconds``, name lookup included."""
+    parts = urlparse(url)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and host and not urllib.request.proxy_bypass(host):
+        via = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname, via.port or (443 if via.scheme == "https" else 80)
+    if not host:
+        return False
+    address, opened = (host, port), threading.Event()
+
+    def connect() -> None:
+        try:
+            with socket.create_connection(address, timeout=seconds):
+                opened.set()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)  # a name lookup can outlast any socket timeout
+    thread.start()
+    thread.join(seconds)
+    return opened.is_set()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> None:
