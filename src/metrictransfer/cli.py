@@ -71,7 +71,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from metrictransfer.config import load_config
 
-    overrides = list(args.set) + ([f"optim.on_nan={args.on_nan}"] if args.on_nan else [])
+    overrides = ([f"data.root={json.dumps(args.root)}"] if args.root else []) + list(args.set)  # quoted: any path
+    overrides += [f"optim.on_nan={args.on_nan}"] if args.on_nan else []
     if args.resume:
         if args.recipe:
             raise ConfigError(
@@ -481,6 +482,8 @@ def _add_train(train: argparse.ArgumentParser) -> None:
                        help="continue an interrupted run from its last checkpoint (a finished run: where its results are)")
     train.add_argument("--overwrite", action="store_true",
                        help="--out already holds a run: delete its checkpoints, results and log and start anew")
+    train.add_argument("--root", metavar="PATH", help="the folder holding the dataset's files (csv: the CSV file); "
+                       "short for --set data.root=PATH")
     _overrides(train)
     train.add_argument("--on-nan", choices=["error", "skip"],
                        help="a non-finite loss stops the run (error, the default) or its step is skipped and counted")

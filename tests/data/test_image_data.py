@@ -129,6 +129,7 @@ def test_data_inspect_json_and_missing_files(tmp_path, capsys):
     assert main(["data", "inspect", "--dataset", "cub", "--root", str(root), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["dataset"] == "cub" and report["root"] == str(root)
+    assert len(report["splits"]["train"].pop("class_names")) == 3  # each split's classes by name
     assert report["splits"]["train"] == {
         "images": 18, "classes": 3, "smallest_class": 6, "largest_class": 6, "missing_files": 0, "first_missing": []
     }

@@ -35,7 +35,8 @@ def test_epoch_covers_most_images_and_is_seeded():
 
 
 def test_too_few_classes_is_a_clear_error():
-    with pytest.raises(ValueError, match="needs 40 distinct classes but the data has only 30"):
+    fits = r"the largest batch that fits: .*data\.classes_per_batch=30 with data\.images_per_class=1"
+    with pytest.raises(ValueError, match=r"classes_per_batch=40 distinct classes .* it has 30 classes.* " + fits):
         ClassBalancedBatchSampler(_labels(), 40, 2)
 
 

@@ -13,9 +13,11 @@ from metrictransfer.errors import ConfigError
 from metrictransfer.registry import DATASETS
 
 _QUOTED = 5
+#: The text report names this many classes of a split, then says how many more there are.
+_NAMED_CLASSES = 20
 
 
-def _split_summary(labels: np.ndarray, missing: list[str]) -> dict[str, Any]:
+def _split_summary(labels: np.ndarray, missing: list[str], class_names: list[str]) -> dict[str, Any]:
     labelled = labels[labels >= 0]
     counts = np.bincount(labelled) if len(labelled) else np.zeros(0, dtype=np.int64)
     counts = counts[counts > 0]
@@ -26,12 +28,14 @@ def _split_summary(labels: np.ndarray, missing: list[str]) -> dict[str, Any]:
         "largest_class": int(counts.max()) if len(counts) else None,
         "missing_files": len(missing),
         "first_missing": missing[:_QUOTED],
+        "class_names": [class_names[c] for c in np.unique(labelled)] if class_names else [],
     }
 
 
 def inspect_dataset(dataset: str, root: str | None = None, test_fraction: float = 0.5) -> dict[str, Any]:
     """``{"dataset", "root", "splits": {split: {"images", "classes", "smallest_class", "largest_class",
-    "missing_files", "first_missing"}}}``; reading only the annotation files and checking that each listed
+    "missing_files", "first_missing", "class_names"}}}`` (``class_names``: the split's classes, in label
+    order); reading only the annotation files and checking that each listed
     image exists (none is opened). Malformed annotations and splits that share images or classes raise
     :class:`~metrictransfer.errors.DataError`, as training would."""
     entry = DATASETS.entry(dataset, "--dataset")
@@ -39,10 +43,11 @@ def inspect_dataset(dataset: str, root: str | None = None, test_fraction: float 
         raise ConfigError(f"dataset {dataset!r} needs data.root: pass --root (the folder holding its files; csv: the CSV file)")
     config = DataConfig(dataset=dataset, root=root, test_fraction=test_fraction)
     if dataset == "glyphs":
-        splits = {s: _split_summary(GlyphsDataset(s, seed=config.glyph_seed).labels, []) for s in ("train", "test")}
+        glyphs = {s: GlyphsDataset(s, seed=config.glyph_seed) for s in ("train", "test")}
+        splits = {s: _split_summary(g.labels, [], g.classes) for s, g in glyphs.items()}
         return {"dataset": dataset, "root": None, "splits": splits}
     indexes = read_splits(config, combine_query_gallery=False)
-    splits = {name: _split_summary(index.labels, index.missing_files()) for name, index in indexes.items()}
+    splits = {name: _split_summary(index.labels, index.missing_files(), index.classes) for name, index in indexes.items()}
     return {"dataset": dataset, "root": str(root), "splits": splits}
 
 
@@ -55,4 +60,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {name:<8} {s['images']:>8,} {s['classes']:>8,} {small:>9} {large:>8} {s['missing_files']:>8,}")
         if s["missing_files"]:
             lines.append(f"    missing, first: {', '.join(s['first_missing'])}")
+    for name, s in report["splits"].items():
+        names = s.get("class_names") or []
+        if names:
+            more = f" …and {len(names) - _NAMED_CLASSES} more" if len(names) > _NAMED_CLASSES else ""
+            lines.append(f"  {name} classes: {', '.join(names[:_NAMED_CLASSES])}{more}")
     return "\n".join(lines)

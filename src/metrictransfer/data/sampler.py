@@ -11,6 +11,36 @@ from metrictransfer.data.multiview import SeededItem
 from metrictransfer.errors import ConfigError
 
 
+def batch_misfit(classes_per_batch: int, images_per_class: int, sizes: Sequence[int] | np.ndarray) -> str:
+    """The one-line message for a batch of P classes × K images that the training split (its classes'
+    ``sizes``) cannot fill, with the largest batches that would fit."""
+    sizes = np.asarray(sizes)
+    sizes = sizes[sizes > 0]
+    k = images_per_class
+    fitting = int((sizes >= k).sum())
+    smallest = int(sizes.min()) if len(sizes) else 0
+    options = []
+    if fitting >= 1:
+        options.append(f"data.classes_per_batch={fitting} with data.images_per_class={k}")
+    if smallest < k and smallest >= 1 and len(sizes) >= 1:
+        options.append(f"data.classes_per_batch={len(sizes)} with data.images_per_class={smallest}")
+    fits = f"the largest batch that fits: {' or '.join(options)}" if options else "no batch fits: the split is empty"
+    return (f"a batch of data.classes_per_batch={classes_per_batch} distinct classes × data.images_per_class={k} "
+            f"images does not fit the training split: it has {len(sizes)} classes, the smallest with {smallest} "
+            f"images, {fitting} with at least {k}; {fits}")
+
+
+def check_batch_fits(classes_per_batch: int, images_per_class: int, labels: Sequence[int] | np.ndarray) -> None:
+    """Refuse, before any model is built, a class-balanced batch that the training labels cannot fill:
+    ``classes_per_batch`` distinct classes that each have at least ``images_per_class`` images.
+    Unlabelled items (label -1) are not counted."""
+    labels = np.asarray(labels)
+    labels = labels[labels >= 0]
+    sizes = np.unique(labels, return_counts=True)[1]
+    if int((sizes >= images_per_class).sum()) < classes_per_batch:
+        raise ConfigError(batch_misfit(classes_per_batch, images_per_class, sizes))
+
+
 class ClassBalancedBatchSampler(Sampler[list[int]]):
     """Yields batches of dataset indices: ``classes_per_batch`` distinct classes, ``images_per_class`` each.
 
@@ -37,10 +67,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             )
         classes, inverse = np.unique(labels, return_inverse=True)
         if len(classes) < classes_per_batch:
-            raise ConfigError(
-                f"a batch needs {classes_per_batch} distinct classes but the data has only {len(classes)}; "
-                "lower data.classes_per_batch"
-            )
+            raise ConfigError(batch_misfit(classes_per_batch, images_per_class, np.bincount(inverse)))
         self.class_indices = [np.flatnonzero(inverse == c) for c in range(len(classes))]
         self.classes_per_batch = classes_per_batch
         self.images_per_class = images_per_class
