@@ -25,8 +25,9 @@ from metrictransfer.methods.base import SingleModelMethod
 from metrictransfer.methods.teaching import build_losses, setup_losses
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.registry import register_method
-from metrictransfer.runtime.checkpoint import load_embedding_model
+from metrictransfer.runtime.checkpoint import load_source_model
 from metrictransfer.runtime.distributed import gather
+from metrictransfer.runtime.provenance import check_source_overlap
 
 
 @register_method("classifier")
@@ -42,8 +43,10 @@ class ClassifierMethod(SingleModelMethod):
         self.weight = cfg.weight
         self.source: EmbeddingModel | None = None
         self.distill: TransferLoss | None = None
+        self.source_record: dict[str, Any] | None = None
         if cfg.source_checkpoint:
-            self.source = self.freeze(load_embedding_model(cfg.source_checkpoint)[0])
+            source, _, self.source_record = load_source_model(cfg.source_checkpoint)
+            self.source = self.freeze(source)
             if self.source.embedding_dim != num_classes:
                 raise ConfigError(
                     f"source {cfg.source_checkpoint} has {self.source.embedding_dim} outputs but there are "
@@ -61,6 +64,10 @@ class ClassifierMethod(SingleModelMethod):
         """Held-out images of the training classes: a classifier cannot be tested on unseen classes."""
         if holdout is None:
             raise ConfigError("method 'classifier' is evaluated on held-out images of its classes: set data.holdout_images (e.g. 0.2)")
+        cfg = config.classifier
+        if cfg.source_checkpoint and not cfg.allow_overlap:  # the source must not have trained on these images
+            check_source_overlap(cfg.source_checkpoint, self.source_record, holdout, config.data,
+                                 "classifier.allow_overlap", images=True)
         data = config.data
         return MultiViewDataset(holdout, build_transform(data.transform, False, data.image_size, data.normalization))
 

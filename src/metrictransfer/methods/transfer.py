@@ -16,10 +16,12 @@ from metrictransfer.evaluation.embeddings_file import compare_items, load_embedd
 from metrictransfer.losses import TransferLoss
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
 from metrictransfer.methods.teaching import HintTaps, build_losses, capturing, needs_of, setup_items, setup_losses, teacher_inputs
+from metrictransfer.models import EmbeddingModel
 from metrictransfer.models.features import last_stages
 from metrictransfer.registry import register_method
-from metrictransfer.runtime.checkpoint import load_embedding_model
+from metrictransfer.runtime.checkpoint import load_source_model
 from metrictransfer.runtime.distributed import gather
+from metrictransfer.runtime.provenance import check_source_overlap
 
 
 def source_file_dim(path: str) -> int:
@@ -85,7 +87,11 @@ class TransferMethod(Method):
         cfg = config.transfer
         self.target = build_model(config.model)
         self.source_file = cfg.source_embeddings
-        self.source = self.freeze(load_embedding_model(cfg.source_checkpoint)[0]) if cfg.source_checkpoint else None
+        self.source: EmbeddingModel | None = None
+        self.source_record: dict[str, Any] | None = None
+        if cfg.source_checkpoint:
+            source, _, self.source_record = load_source_model(cfg.source_checkpoint)
+            self.source = self.freeze(source)
         terms = cfg.loss_terms()
         self.terms = [(t.name, t.weight) for t in terms]
         provides = {"indices", "labels"} | ({"features"} if self.source is not None else set())
@@ -124,6 +130,16 @@ class TransferMethod(Method):
         if config.transfer.metric_weight > 0:
             label += f" + {config.metric_loss.name}"
         return label
+
+    def evaluation_set(self, config: RunConfig, holdout: Dataset[Any] | None) -> Dataset[Any]:
+        """The test split; refused when the source checkpoint trained on any of its classes (unless
+        ``transfer.allow_overlap``)."""
+        dataset = super().evaluation_set(config, holdout)
+        cfg = config.transfer
+        if cfg.source_checkpoint and not cfg.allow_overlap:
+            check_source_overlap(cfg.source_checkpoint, self.source_record, dataset, config.eval.data or config.data,
+                                 "transfer.allow_overlap")
+        return dataset
 
     def prepare_training_set(self, dataset: Dataset[Any]) -> None:
         setup_items(self._losses(), len(cast(Sized, dataset)))

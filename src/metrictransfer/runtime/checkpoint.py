@@ -15,6 +15,7 @@ from metrictransfer.config import RunConfig, build_config, config_to_dict
 from metrictransfer.errors import CheckpointError, DamagedCheckpointError, MissingFileError
 from metrictransfer.io import atomic_write
 from metrictransfer.models import EmbeddingModel
+from metrictransfer.runtime.provenance import TRAINING_DATA_KEY
 
 CHECKPOINT_NAME = "checkpoint.pt"
 HISTORY_DIR = "checkpoints"
@@ -156,6 +157,17 @@ def load_embedding_model(
 ) -> tuple[EmbeddingModel, RunConfig]:
     """A trained embedding model of a run and the run's configuration: its ``output`` model, or the
     model called ``name`` (a cohort's ``member1``, say)."""
+    model, config, _ = load_source_model(path, map_location, name)
+    return model, config
+
+
+def load_source_model(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", name: str | None = None
+) -> tuple[EmbeddingModel, RunConfig, dict[str, Any] | None]:
+    """:func:`load_embedding_model`, and what the checkpoint records of the data the model trained on
+    (:func:`metrictransfer.runtime.provenance.training_data_record`; None in checkpoints written before
+    it was recorded, or by :func:`save_embedding_model` without it). The record is part of the content
+    the checksum verifies."""
     state = load_checkpoint(path, map_location)
     config = build_config(state["config"], origin=f"configuration stored in {resolve_checkpoint(path)}")
     name = name or state["output"]
@@ -171,14 +183,20 @@ def load_embedding_model(
     model = EmbeddingModel(arch.get("backbone", m.backbone), outputs, pretrained=False, weights=None,
                            normalize=arch.get("normalize", m.normalize))
     model.load_state_dict(weights)
-    return model, config
+    return model, config, state.get(TRAINING_DATA_KEY)
 
 
-def save_embedding_model(model: EmbeddingModel, config: RunConfig, path: str | os.PathLike[str]) -> Path:
+def save_embedding_model(model: EmbeddingModel, config: RunConfig, path: str | os.PathLike[str],
+                         training_data: dict[str, Any] | None = None) -> Path:
     """A checkpoint holding one embedding model and its run configuration, readable by
     :func:`load_embedding_model` (and so by ``evaluate``, ``index``, ``export`` and as a transfer source):
-    for models trained or converted outside ``metrictransfer train``."""
+    for models trained or converted outside ``metrictransfer train``. ``training_data``: the record of
+    its training set (:func:`metrictransfer.runtime.provenance.training_data_record`), which lets runs
+    that use it as a source check it for leaks into their evaluation data."""
     path = Path(path)
-    save_checkpoint({"format": FORMAT_VERSION, "config": config_to_dict(config), "output": "model",
-                     "models": {"model": model.state_dict()}, "architectures": {"model": model.architecture()}}, path)
+    state: dict[str, Any] = {"format": FORMAT_VERSION, "config": config_to_dict(config), "output": "model",
+             "models": {"model": model.state_dict()}, "architectures": {"model": model.architecture()}}
+    if training_data is not None:
+        state[TRAINING_DATA_KEY] = training_data
+    save_checkpoint(state, path)
     return path
