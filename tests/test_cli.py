@@ -158,6 +158,7 @@ def test_train_prints_a_line_for_people_by_default(tmp_path, monkeypatch):
     from metrictransfer import report
 
     def fake_train(config, out, **kwargs):
+        Path(out).mkdir(parents=True, exist_ok=True)  # as a real training run does
         print("[tiny] epoch 1/1  loss 1.0000")
         return {"epochs": 1, "final": {"recall@1": 0.5, "recall@2": 0.75}}
 
