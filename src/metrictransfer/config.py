@@ -86,8 +86,10 @@ class DataConfig(Strict):
     dataset: str = Field("glyphs", description="a registered dataset: glyphs (generated demo data), cub, cars, sop, inshop, "
                          "folder, csv, unlabelled, or one a plug-in registers")
     root: str | None = Field(None, description="the folder holding the dataset's files (csv: the CSV file)")
-    image_size: int = Field(32, ge=8)
-    transform: str = "glyphs"
+    image_size: int = Field(32, ge=8, description="side of the square training images; default: 32 for "
+                                   "glyphs, 224 for every other dataset")
+    transform: str = Field("glyphs", description="a registered transform; default: glyphs for glyphs, paper "
+                                  "(random resized crop + flip, the papers' augmentation) for every other dataset")
     normalization: str = Field("imagenet", description="the weights' input convention by name, or model: read "
                                "from the backbone's pretrained configuration when the configuration is loaded")
     skip_bad_images: bool = False
@@ -119,6 +121,18 @@ class DataConfig(Strict):
     @classmethod
     def _normalization(cls, v: str) -> str:
         return v if v == "model" else _check_name(v, NORMALIZATIONS, "normalization")
+
+    @model_validator(mode="after")
+    def _follow_the_data(self) -> "DataConfig":
+        # what the user leaves out follows the dataset: the demo's glyphs are 32 px drawings, anything
+        # else is photos; written into __dict__ so the stored configuration says the resolved value
+        # while model_fields_set still tells what the user gave
+        glyphs = self.dataset == "glyphs"
+        if "transform" not in self.model_fields_set:
+            self.__dict__["transform"] = "glyphs" if glyphs else "paper"
+        if "image_size" not in self.model_fields_set:
+            self.__dict__["image_size"] = 32 if glyphs else 224
+        return self
 
     @model_validator(mode="after")
     def _root_when_needed(self) -> "DataConfig":
@@ -405,6 +419,16 @@ class RunConfig(Strict):
     @classmethod
     def _precision_as_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # YAML reads `precision: 16` as a number
+
+    @model_validator(mode="after")
+    def _eval_data_like_training(self) -> "RunConfig":
+        """``eval.data`` preprocesses its images as the model was trained unless it says otherwise."""
+        data = self.eval.data
+        if data is not None:
+            for key in ("transform", "image_size"):
+                if key not in data.model_fields_set:
+                    data.__dict__[key] = getattr(self.data, key)
+        return self
 
     @model_validator(mode="after")
     def _resolve_model_normalization(self) -> "RunConfig":

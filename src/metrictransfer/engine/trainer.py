@@ -20,7 +20,7 @@ from metrictransfer.config import OptimConfig, RunConfig, config_to_dict, resume
 from metrictransfer.data.holdout import split_holdout
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
 from metrictransfer.data.registry import build_dataset
-from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler
+from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler, check_batch_fits
 from metrictransfer.engine.callbacks import (
     Callback,
     Checkpoints,
@@ -117,6 +117,18 @@ def build_train_loader(
         generator=torch.Generator().manual_seed(config.seed),
     )
     return loader, batches
+
+
+def _draws_by_class(config: RunConfig) -> bool:
+    """Whether the configured method will draw class-balanced batches (:attr:`Method.uses_labels`), read
+    from the configuration alone so that a batch the data cannot fill is refused before the models exist."""
+    from metrictransfer.registry import TRANSFER_LOSSES
+
+    if config.method == "transfer":
+        if config.transfer.metric_weight > 0:
+            return True
+        return any("labels" in getattr(TRANSFER_LOSSES.get(term.name), "needs", ()) for term in config.transfer.loss_terms())
+    return bool(getattr(METHODS.get(config.method), "uses_labels", True))
 
 
 class Updater:
@@ -301,6 +313,9 @@ class Trainer:
         evaluated = train_set is None
         if evaluated:
             train_set, holdout = self._training_set()
+        labels = np.asarray(train_set.labels)
+        if _draws_by_class(config) and (labels >= 0).all():  # before any model is built (pretrained weights take minutes)
+            check_batch_fits(config.data.classes_per_batch, config.data.images_per_class, labels)
         self.training_data = training_data_record(train_set, config.data)  # stored in every checkpoint
         self.method = self._new_method(train_set)
         self.eval_set = self.method.evaluation_set(config, holdout) if evaluated else None
