@@ -89,7 +89,7 @@ def test_a_two_process_run_ends_with_the_metrics_of_a_one_process_run(tmp_path):
     one = trainer.train(build_config(raw), tmp_path / "one", progress=False)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    done = torchrun("-m", "metrictransfer.cli", "train", str(recipe), "--out", str(tmp_path / "two"))
+    done = torchrun("-m", "metrictransfer.cli", "train", str(recipe), "--out", str(tmp_path / "two"), "--json")
     assert done.stdout.count('"final"') == 1  # only the first process prints and writes
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     a, b = load_checkpoint(tmp_path / "one")["models"]["model"], load_checkpoint(tmp_path / "two")["models"]["model"]

@@ -119,18 +119,6 @@ def build_train_loader(
     return loader, batches
 
 
-def _draws_by_class(config: RunConfig) -> bool:
-    """Whether the configured method will draw class-balanced batches (:attr:`Method.uses_labels`), read
-    from the configuration alone so that a batch the data cannot fill is refused before the models exist."""
-    from metrictransfer.registry import TRANSFER_LOSSES
-
-    if config.method == "transfer":
-        if config.transfer.metric_weight > 0:
-            return True
-        return any("labels" in getattr(TRANSFER_LOSSES.get(term.name), "needs", ()) for term in config.transfer.loss_terms())
-    return bool(getattr(METHODS.get(config.method), "uses_labels", True))
-
-
 class Updater:
     """One optimiser and learning-rate schedule per update group of the method. Call :meth:`step` after
     each backward pass: a group with period τ steps on every τ-th call, its gradients accumulating in
@@ -314,7 +302,8 @@ class Trainer:
         if evaluated:
             train_set, holdout = self._training_set()
         labels = np.asarray(train_set.labels)
-        if _draws_by_class(config) and (labels >= 0).all():  # before any model is built (pretrained weights take minutes)
+        # before any model is built (pretrained weights take minutes)
+        if METHODS[config.method].draws_by_class(config) and (labels >= 0).all():
             check_batch_fits(config.data.classes_per_batch, config.data.images_per_class, labels)
         self.training_data = training_data_record(train_set, config.data)  # stored in every checkpoint
         self.method = self._new_method(train_set)

@@ -42,6 +42,12 @@ class Method(nn.Module):
         self.label_loss: nn.Module | None = None  # a loss with state (proxies) is checkpointed too
 
     @classmethod
+    def draws_by_class(cls, config: RunConfig) -> bool:
+        """Whether training batches are drawn class-balanced (:attr:`uses_labels`), read from the
+        configuration alone, so that a batch the data cannot fill is refused before any model is built."""
+        return cls.uses_labels
+
+    @classmethod
     def label(cls, config: RunConfig) -> str:
         """How tables name a run of this method (the paper's tables name the loss)."""
         return f"{config.metric_loss.name} (no transfer)"

@@ -18,7 +18,7 @@ from metrictransfer.methods.base import Method, build_label_loss, build_model, l
 from metrictransfer.methods.teaching import HintTaps, build_losses, capturing, needs_of, setup_items, setup_losses, teacher_inputs
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.models.features import last_stages
-from metrictransfer.registry import register_method
+from metrictransfer.registry import TRANSFER_LOSSES, register_method
 from metrictransfer.runtime.checkpoint import load_source_model
 from metrictransfer.runtime.distributed import gather
 from metrictransfer.runtime.provenance import check_source_overlap
@@ -122,6 +122,13 @@ class TransferMethod(Method):
 
     def _losses(self) -> Sequence[TransferLoss]:
         return cast(Sequence[TransferLoss], self.transfer_losses)  # an nn.ModuleList of TransferLoss
+
+    @classmethod
+    def draws_by_class(cls, config: RunConfig) -> bool:
+        """Label-free unless a label loss is added or a transfer loss needs labels."""
+        if config.transfer.metric_weight > 0:
+            return True
+        return any("labels" in TRANSFER_LOSSES.get(term.name).needs for term in config.transfer.loss_terms())
 
     @classmethod
     def label(cls, config: RunConfig) -> str:
