@@ -23,6 +23,7 @@ test: $(STAMP)
 # ruff (lint and import order) and mypy (types), both configured in pyproject.toml; CI runs them before the tests
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 # Every GPU path in one command (tests, throughput tables, a Table 1 smoke run; about 10 min on one H100).

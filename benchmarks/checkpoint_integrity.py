@@ -32,8 +32,7 @@ def training_state(backbone: str) -> dict:
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     optimizer.step()  # fills the moments
-    return {"format": FORMAT_VERSION, "models": {"model": model.state_dict()}, "optimizers": {"model": optimizer.state_dict()},
-            "step": 1}
+    return {"format": FORMAT_VERSION, "models": {"model": model.state_dict()}, "optimizers": {"model": optimizer.state_dict()}, "step": 1}
 
 
 def median_seconds(action, repeats: int) -> float:
@@ -82,9 +81,12 @@ def main() -> None:
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(
-        {"backbone": args.backbone, "megabytes": megabytes, "seconds": rows, "write_ratio": write_ratio,
-         "load_ratio": load_ratio}, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(
+        json.dumps(
+            {"backbone": args.backbone, "megabytes": megabytes, "seconds": rows, "write_ratio": write_ratio, "load_ratio": load_ratio},
+            indent=2,
+        )
+    )
     print("\n".join(lines))
 
 

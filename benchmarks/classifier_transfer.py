@@ -30,8 +30,15 @@ STUDENTS = {
 
 
 def config(backbone: str, epochs: int, seed: int, classifier: dict | None = None) -> dict:
-    return {"method": "classifier", "seed": seed, "data": DATA, "model": {"backbone": backbone},
-            "optim": {"lr": 1e-3, "epochs": epochs}, "eval": {"every": 0}, "classifier": classifier or {}}
+    return {
+        "method": "classifier",
+        "seed": seed,
+        "data": DATA,
+        "model": {"backbone": backbone},
+        "optim": {"lr": 1e-3, "epochs": epochs},
+        "eval": {"every": 0},
+        "classifier": classifier or {},
+    }
 
 
 def run(raw: dict, out: Path) -> dict:
@@ -48,15 +55,20 @@ def main() -> None:
     for seed in args.seeds:
         teacher_dir = work / f"seed{seed}" / "teacher"
         accuracy.setdefault("teacher (ResNet-18-D)", []).append(
-            run(config(TEACHER["backbone"], TEACHER["epochs"], seed), teacher_dir)["final"]["accuracy"])
+            run(config(TEACHER["backbone"], TEACHER["epochs"], seed), teacher_dir)["final"]["accuracy"]
+        )
         for name, classifier in STUDENTS.items():
             if classifier["distill"] != "none":
                 classifier = {**classifier, "source_checkpoint": str(teacher_dir)}
             out = work / f"seed{seed}" / classifier["distill"]
             accuracy.setdefault(name, []).append(run(config("resnet10t", 10, seed, classifier), out)["final"]["accuracy"])
 
-    lines = [f"# Classifier transfer on glyphs: top-1 accuracy (%) on held-out images, seeds {args.seeds}", "",
-             "| model | accuracy |", "|---|---:|"]
+    lines = [
+        f"# Classifier transfer on glyphs: top-1 accuracy (%) on held-out images, seeds {args.seeds}",
+        "",
+        "| model | accuracy |",
+        "|---|---:|",
+    ]
     lines += [f"| {name} | {mean_std(values)} |" for name, values in accuracy.items()]
     lines += ["", f"Rerun: `.venv/bin/python benchmarks/classifier_transfer.py --seeds {' '.join(map(str, args.seeds))}`"]
     RESULTS.mkdir(exist_ok=True)

@@ -95,8 +95,12 @@ def main() -> None:
     for name, seconds in median.items():
         ratio = "" if name.endswith("alone") else f"{seconds / alone:.2f}"
         lines.append(f"| {name} | {seconds:.3f} | {ratio} |")
-    lines += ["", f"Sum of the members alone: {alone:.3f} s per step. Goal: every cohort ratio ≤ 1.10.", "",
-              f"Rerun: `.venv/bin/python benchmarks/cohort_step.py --steps {args.steps} --rounds {args.rounds} --backbone {args.backbone}`"]
+    lines += [
+        "",
+        f"Sum of the members alone: {alone:.3f} s per step. Goal: every cohort ratio ≤ 1.10.",
+        "",
+        f"Rerun: `.venv/bin/python benchmarks/cohort_step.py --steps {args.steps} --rounds {args.rounds} --backbone {args.backbone}`",
+    ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cohort_step.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "cohort_step.json").write_text(json.dumps({"args": vars(args), "seconds": times, "median": median}, indent=2) + "\n")

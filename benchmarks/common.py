@@ -134,8 +134,9 @@ class DeviceStepper:
     ``compile_backend`` replaces torch.compile's default backend (inductor) — ``"eager"`` on the CPU,
     where inductor would first build C++ for minutes."""
 
-    def __init__(self, raw: dict, device, num_classes: int, train_size: int, compile_backend: str | None = None,
-                 origin: str = "benchmark") -> None:
+    def __init__(
+        self, raw: dict, device, num_classes: int, train_size: int, compile_backend: str | None = None, origin: str = "benchmark"
+    ) -> None:
         import functools
 
         import numpy as np
@@ -182,8 +183,9 @@ class DeviceStepper:
             return float("nan")
 
 
-def write_cub_tree(root: Path, train_per_class: int, test_per_class: int, size: tuple[int, int] = (500, 375),
-                   distinct: int = 64, seed: int = 0) -> dict:
+def write_cub_tree(
+    root: Path, train_per_class: int, test_per_class: int, size: tuple[int, int] = (500, 375), distinct: int = 64, seed: int = 0
+) -> dict:
     """A synthetic CUB-200-2011 tree (images.txt, image_class_labels.txt, classes.txt, images/) of
     ``size`` JPEGs: classes 1–100 (train) with ``train_per_class`` images, 101–200 (test) with
     ``test_per_class``. ``distinct`` different pictures (smooth colour fields with fine noise, about the
@@ -226,5 +228,11 @@ def write_cub_tree(root: Path, train_per_class: int, test_per_class: int, size: 
     (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
     (root / "classes.txt").write_text("\n".join(names) + "\n")
     mean_bytes = sum(p.stat().st_size for p in pictures) / len(pictures)
-    return {"root": str(root), "train_images": 100 * train_per_class, "test_images": 100 * test_per_class,
-            "size": list(size), "distinct_pictures": distinct, "mean_jpeg_bytes": round(mean_bytes)}
+    return {
+        "root": str(root),
+        "train_images": 100 * train_per_class,
+        "test_images": 100 * test_per_class,
+        "size": list(size),
+        "distinct_pictures": distinct,
+        "mean_jpeg_bytes": round(mean_bytes),
+    }

@@ -23,7 +23,6 @@ from metrictransfer.demo import demo_configs, run_demo
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -36,8 +35,9 @@ def main() -> None:
     per_seed: dict[int, dict] = {}
     for seed in args.seeds:
         started = time.perf_counter()
-        summary = run_demo(work / f"seed{seed}", seed=seed, epochs_scale=args.epochs_scale, progress=False,
-                           overwrite=True)  # the benchmark's own folder: a rerun measures afresh
+        summary = run_demo(
+            work / f"seed{seed}", seed=seed, epochs_scale=args.epochs_scale, progress=False, overwrite=True
+        )  # the benchmark's own folder: a rerun measures afresh
         per_seed[seed] = {"seconds": round(time.perf_counter() - started, 1), "models": summary["models"]}
 
     configs = demo_configs(work, epochs_scale=args.epochs_scale)
@@ -56,18 +56,33 @@ def main() -> None:
     for name in models:
         c = configs[name]
         cells = [mean_std([per_seed[s]["models"][name][k] for s in args.seeds]) for k in ks]
-        lines.append(f"| {name} | {c.method} | {c.model.backbone} | {c.model.embedding_dim} | {c.optim.epochs} | "
-                     + " | ".join(cells) + " |")
-    lines += ["", "Per seed Recall@1 (%) and wall time of the whole demo:", "",
-              "| seed | " + " | ".join(models) + " | seconds |", "|---|" + "---|" * (len(models) + 1)]
+        lines.append(
+            f"| {name} | {c.method} | {c.model.backbone} | {c.model.embedding_dim} | {c.optim.epochs} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        "Per seed Recall@1 (%) and wall time of the whole demo:",
+        "",
+        "| seed | " + " | ".join(models) + " | seconds |",
+        "|---|" + "---|" * (len(models) + 1),
+    ]
     for s in args.seeds:
-        lines.append(f"| {s} | " + " | ".join(f"{100 * per_seed[s]['models'][m]['recall@1']:.1f}" for m in models)
-                     + f" | {per_seed[s]['seconds']} |")
+        lines.append(
+            f"| {s} | " + " | ".join(f"{100 * per_seed[s]['models'][m]['recall@1']:.1f}" for m in models) + f" | {per_seed[s]['seconds']} |"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(
-        {"seeds": args.seeds, "epochs_scale": args.epochs_scale, "per_seed": per_seed,
-         "configs": {n: c.model_dump(mode="json") for n, c in configs.items()}}, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(
+        json.dumps(
+            {
+                "seeds": args.seeds,
+                "epochs_scale": args.epochs_scale,
+                "per_seed": per_seed,
+                "configs": {n: c.model_dump(mode="json") for n, c in configs.items()},
+            },
+            indent=2,
+        )
+    )
     print("\n".join(lines))
 
 

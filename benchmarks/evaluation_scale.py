@@ -101,8 +101,14 @@ def worker(method: str, data_path: str, n: int, threads: int) -> dict:
     else:
         raise ValueError(method)
     seconds = time.perf_counter() - started
-    return {"method": method, "n": n, "seconds": round(seconds, 2), "peak_mb": round(peak_mb()),
-            "above_loaded_mb": round(peak_mb() - loaded), "metrics": metrics}
+    return {
+        "method": method,
+        "n": n,
+        "seconds": round(seconds, 2),
+        "peak_mb": round(peak_mb()),
+        "above_loaded_mb": round(peak_mb() - loaded),
+        "metrics": metrics,
+    }
 
 
 def naive_metrics(x, y) -> dict:
@@ -173,7 +179,8 @@ def main() -> None:
         "peak = the process's peak resident memory (Python, torch and the data included); "
         "above data = the part of the peak above the process's memory once the data was loaded.",
         "",
-        "| method | N | seconds | time vs ours | peak MB | above data MB | " + " | ".join(f"R@{k}" for k in KS)
+        "| method | N | seconds | time vs ours | peak MB | above data MB | "
+        + " | ".join(f"R@{k}" for k in KS)
         + " | MAP@R | R-Prec | max abs diff vs ours |",
         "|---|---:|---:|---:|---:|---:|" + "---:|" * (len(KS) + 3),
     ]
@@ -191,7 +198,7 @@ def main() -> None:
         "",
         f"pytorch-metric-learning's default AccuracyCalculator (k=None: all N − 1 neighbours of every query) is not "
         f"run: its neighbour lists alone would take N × (N − 1) × (4 + 8) bytes = {pml_full_gb:.1f} GB at N = {args.n:,}. "
-        "With k=\"max_bin_count\" it searches only as many neighbours as the largest class, so it gives Recall@1 "
+        'With k="max_bin_count" it searches only as many neighbours as the largest class, so it gives Recall@1 '
         "and MAP@R but not Recall@10 and beyond.",
         "",
         f"Rerun: `.venv/bin/python benchmarks/evaluation_scale.py --n {args.n} --dim {args.dim} --naive-n {args.naive_n} "

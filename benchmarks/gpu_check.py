@@ -43,8 +43,15 @@ def run_stage(name: str, command: list[str], timeout: float, log: Path, env: dic
     started = time.perf_counter()
     lines: list[str] = []
     with open(log, "w") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env={**os.environ, **(env or {})}, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
 
         def pump() -> None:
             for line in process.stdout:
@@ -64,8 +71,14 @@ def run_stage(name: str, command: list[str], timeout: float, log: Path, env: dic
         reader.join(timeout=10)
     seconds = time.perf_counter() - started
     status = "timed out" if timed_out else ("passed" if code == 0 else f"failed (exit {code})")
-    return {"stage": name, "status": status, "ok": code == 0 and not timed_out, "seconds": round(seconds, 1),
-            "tail": [line for line in lines if line.strip()][-3:], "log": str(log)}
+    return {
+        "stage": name,
+        "status": status,
+        "ok": code == 0 and not timed_out,
+        "seconds": round(seconds, 1),
+        "tail": [line for line in lines if line.strip()][-3:],
+        "log": str(log),
+    }
 
 
 def headline(stage: dict, out: Path, suffix: str) -> str:
@@ -82,13 +95,18 @@ def headline(stage: dict, out: Path, suffix: str) -> str:
                     _, setting, precision, layout, mode = key.split("|")
                     if cell["images_per_s"] > best.get(setting, (0.0, ""))[0]:
                         best[setting] = (cell["images_per_s"], f"{precision}/{layout}/{mode}")
-            return (", ".join(f"{n} {status}" for status, n in counts.items()) + "; best images/s: "
-                    + "; ".join(f"{setting.split(',')[0]} {v:,.0f} ({how})" for setting, (v, how) in best.items()))
+            return (
+                ", ".join(f"{n} {status}" for status, n in counts.items())
+                + "; best images/s: "
+                + "; ".join(f"{setting.split(',')[0]} {v:,.0f} ({how})" for setting, (v, how) in best.items())
+            )
         if stage["stage"] == "gpu_smoke":
             runs = json.loads((out / f"gpu_smoke{suffix}.json").read_text())["runs"]
-            return (f"Table 1 cell {runs['transfer']['projected_hours']:.2f} h after its source "
-                    f"{runs['source']['projected_hours']:.2f} h; s/step {runs['source']['mean_step_s']:.3f} (source), "
-                    f"{runs['transfer']['mean_step_s']:.3f} (transfer)")
+            return (
+                f"Table 1 cell {runs['transfer']['projected_hours']:.2f} h after its source "
+                f"{runs['source']['projected_hours']:.2f} h; s/step {runs['source']['mean_step_s']:.3f} (source), "
+                f"{runs['transfer']['mean_step_s']:.3f} (transfer)"
+            )
     except (OSError, KeyError, ValueError):
         pass
     return stage["tail"][-1] if stage["tail"] else ""
@@ -115,8 +133,11 @@ def main() -> int:
     import torch
 
     if not args.dry and not torch.cuda.is_available():
-        print("gpu-check: no CUDA device here (torch.cuda.is_available() is False); "
-              "`make gpu-check DRY=1` runs the same scripts at toy sizes on the CPU", file=sys.stderr)
+        print(
+            "gpu-check: no CUDA device here (torch.cuda.is_available() is False); "
+            "`make gpu-check DRY=1` runs the same scripts at toy sizes on the CPU",
+            file=sys.stderr,
+        )
         return 1
     out = DRY_RESULTS if args.dry else RESULTS
     logs = Path(tempfile.mkdtemp(prefix="gpu-check-logs-"))
@@ -134,12 +155,25 @@ def main() -> int:
         return args.total - (time.perf_counter() - started)
 
     smoke_share = 60.0 if args.dry else 150.0  # kept back for the smoke run while the others run
-    stages = [run_stage("pytest -m gpu", [python, "-m", "pytest", "-m", "gpu", "-q"], min(240.0, left() - 2 * smoke_share),
-                        logs / "pytest.log", env={"METRICTRANSFER_GPU_MEASURED": str(measured)})]
+    stages = [
+        run_stage(
+            "pytest -m gpu",
+            [python, "-m", "pytest", "-m", "gpu", "-q"],
+            min(240.0, left() - 2 * smoke_share),
+            logs / "pytest.log",
+            env={"METRICTRANSFER_GPU_MEASURED": str(measured)},
+        )
+    ]
     # the throughput script stops starting cells at its budget; a started cell (a compilation) may run on
     budget = max(30.0, left() - smoke_share - 60.0)
-    stages.append(run_stage("gpu_throughput", [python, str(HERE / "gpu_throughput.py"), *dry, "--budget", f"{budget:.0f}"],
-                            left() - smoke_share, logs / "throughput.log"))
+    stages.append(
+        run_stage(
+            "gpu_throughput",
+            [python, str(HERE / "gpu_throughput.py"), *dry, "--budget", f"{budget:.0f}"],
+            left() - smoke_share,
+            logs / "throughput.log",
+        )
+    )
     stages.append(run_stage("gpu_smoke", [python, str(HERE / "gpu_smoke.py"), *dry], max(60.0, left()), logs / "smoke.log"))
     total = time.perf_counter() - started
 
@@ -149,8 +183,7 @@ def main() -> int:
         "",
         "| stage | status | seconds | found |",
         "|---|---|---:|---|",
-        *[f"| {s['stage']} | {s['status']} | {s['seconds']:.0f} | {headline(s, out, suffix).replace('|', '/')} |"
-          for s in stages],
+        *[f"| {s['stage']} | {s['status']} | {s['seconds']:.0f} | {headline(s, out, suffix).replace('|', '/')} |" for s in stages],
         "",
         f"- tables: {out / f'gpu_throughput{suffix}.md'}, {out / f'gpu_smoke{suffix}.md'}",
         f"- full output of each stage: {logs}",
@@ -163,8 +196,10 @@ def main() -> int:
     (out / f"gpu_check{suffix}.md").write_text("\n".join(summary) + "\n")
     print("\n" + "\n".join(summary))
     ok = all(s["ok"] for s in stages)
-    print(f"\ngpu-check: {'all stages passed' if ok else 'FAILED: ' + ', '.join(s['stage'] for s in stages if not s['ok'])}"
-          f" in {total:.0f} s (limit {args.total:.0f} s)")
+    print(
+        f"\ngpu-check: {'all stages passed' if ok else 'FAILED: ' + ', '.join(s['stage'] for s in stages if not s['ok'])}"
+        f" in {total:.0f} s (limit {args.total:.0f} s)"
+    )
     return 0 if ok else 1
 
 

@@ -117,13 +117,24 @@ def summarize(run: dict, config, skip: int, test_images: int) -> dict:
     train_hours = mean * per_epoch * config.optim.epochs / 3600
     eval_hours = epoch_end * (CUB_TEST / test_images) * evaluations / 3600
     return {
-        "steps_run": len(stamps), "steps_timed": len(timed), "skipped_first": skip,
-        "first_step_s": float(gaps[0]) if len(gaps) else None, "mean_step_s": mean, "median_step_s": float(np.median(timed)),
-        "p90_step_s": float(np.percentile(timed, 90)), "images_per_s": rows / mean, "images_per_step": rows,
-        "startup_s": stamps[0] - run["started"], "epoch_end_s": epoch_end,
-        "cub_steps_per_epoch": per_epoch, "epochs": config.optim.epochs, "evaluations": evaluations,
-        "projected_train_hours": train_hours, "projected_eval_hours": eval_hours,
-        "projected_hours": train_hours + eval_hours, "final": run["results"]["final"],
+        "steps_run": len(stamps),
+        "steps_timed": len(timed),
+        "skipped_first": skip,
+        "first_step_s": float(gaps[0]) if len(gaps) else None,
+        "mean_step_s": mean,
+        "median_step_s": float(np.median(timed)),
+        "p90_step_s": float(np.percentile(timed, 90)),
+        "images_per_s": rows / mean,
+        "images_per_step": rows,
+        "startup_s": stamps[0] - run["started"],
+        "epoch_end_s": epoch_end,
+        "cub_steps_per_epoch": per_epoch,
+        "epochs": config.optim.epochs,
+        "evaluations": evaluations,
+        "projected_train_hours": train_hours,
+        "projected_eval_hours": eval_hours,
+        "projected_hours": train_hours + eval_hours,
+        "final": run["results"]["final"],
     }
 
 
@@ -133,8 +144,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200, help="training steps per run (one epoch of the synthetic tree)")
     parser.add_argument("--skip", type=int, default=5, help="first steps left out of the mean")
     parser.add_argument("--test-per-class", type=int, default=10, help="test images per class (the epoch-end evaluation)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="another override for both runs, e.g. --set precision=bf16 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another override for both runs, e.g. --set precision=bf16 (repeatable)",
+    )
     parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results, or a temporary one when dry)")
     args = parser.parse_args()
     if args.dry:
@@ -148,13 +164,23 @@ def main() -> int:
     out_dir = args.out or (DRY_RESULTS if args.dry else RESULTS)
     name = "gpu_smoke_dry" if args.dry else "gpu_smoke"
 
-    common = ["model.pretrained=false", "optim.epochs=1", f"device={device}", f"data.image_size={size}",
-              f"data.num_workers={workers}", *(["model.backbone=resnet10t", "threads=1"] if args.dry else []), *args.set]
-    recipes = {"source": load_config(ROOT / SOURCE, [*common, "data.root=unused"]),
-               "transfer": load_config(ROOT / TRANSFER, [*common, "data.root=unused"])}
+    common = [
+        "model.pretrained=false",
+        "optim.epochs=1",
+        f"device={device}",
+        f"data.image_size={size}",
+        f"data.num_workers={workers}",
+        *(["model.backbone=resnet10t", "threads=1"] if args.dry else []),
+        *args.set,
+    ]
+    recipes = {
+        "source": load_config(ROOT / SOURCE, [*common, "data.root=unused"]),
+        "transfer": load_config(ROOT / TRANSFER, [*common, "data.root=unused"]),
+    }
     # the projection uses the recipes as they would run (their epochs and evaluation interval, --set included)
-    full = {key: load_config(ROOT / recipe, ["data.root=unused", *args.set])
-            for key, recipe in (("source", SOURCE), ("transfer", TRANSFER))}
+    full = {
+        key: load_config(ROOT / recipe, ["data.root=unused", *args.set]) for key, recipe in (("source", SOURCE), ("transfer", TRANSFER))
+    }
     per_class = images_per_class_for(list(recipes.values()), args.steps)
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,9 +199,19 @@ def main() -> int:
     lines = report(rows, env, facts, args)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (out_dir / f"{name}.json").write_text(json.dumps(
-        {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "environment": env,
-         "tree": facts, "runs": rows}, indent=2, default=str) + "\n")
+    (out_dir / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "environment": env,
+                "tree": facts,
+                "runs": rows,
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     print("\n".join(lines))
     print(f"wrote {out_dir / (name + '.md')} and .json")
     return 0
@@ -212,8 +248,10 @@ def report(rows: dict, env: dict, facts: dict, args) -> list[str]:
         "- CUB steps per epoch: the recipe's sampler on 5,864 training images in 100 classes of 58–59 "
         "(class-balanced for the source, shuffled batches for the label-free transfer).",
         "",
-        "Rerun: `.venv/bin/python benchmarks/gpu_smoke.py" + (" --dry" if args.dry else f" --steps {args.steps}")
-        + "".join(f" --set {s}" for s in args.set) + "`",
+        "Rerun: `.venv/bin/python benchmarks/gpu_smoke.py"
+        + (" --dry" if args.dry else f" --steps {args.steps}")
+        + "".join(f" --set {s}" for s in args.set)
+        + "`",
     ]
     return lines
 

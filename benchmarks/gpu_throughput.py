@@ -128,9 +128,16 @@ def step_cell(raw: dict, device: torch.device, args) -> dict:
     first, seconds = timed_steps(lambda: losses.append(stepper.step()), args.warmup, args.steps, device)
     data = stepper.config.data
     decoded = data.classes_per_batch * data.images_per_class  # images the loader decodes per step
-    row = {"status": "ok", "rows": stepper.rows, "decoded": decoded, "decoded_per_s": decoded / seconds,
-           "step_s": seconds, "images_per_s": stepper.rows / seconds,
-           "first_step_s": first, "last_loss": losses[-1]}
+    row = {
+        "status": "ok",
+        "rows": stepper.rows,
+        "decoded": decoded,
+        "decoded_per_s": decoded / seconds,
+        "step_s": seconds,
+        "images_per_s": stepper.rows / seconds,
+        "first_step_s": first,
+        "last_loss": losses[-1],
+    }
     if device.type == "cuda":
         row["peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     if not all(np.isfinite(losses)):
@@ -174,8 +181,7 @@ def loader_cell(tree: Path, workers: int, device: torch.device, args) -> dict:
         views += batch.shape[0] * batch.shape[1]
         count += 1
     seconds = time.perf_counter() - started
-    return {"status": "ok", "workers": workers, "batches": count, "images_per_s": images / seconds,
-            "views_per_s": views / seconds}
+    return {"status": "ok", "workers": workers, "batches": count, "images_per_s": images / seconds, "views_per_s": views / seconds}
 
 
 def evaluation_cell(device: torch.device, n: int, args) -> dict:
@@ -197,8 +203,15 @@ def evaluation_cell(device: torch.device, n: int, args) -> dict:
     started = time.perf_counter()
     cpu = retrieval_metrics(x, y, ks)
     cpu_seconds = time.perf_counter() - started
-    return {"status": "ok", "n": n, "dim": 512, "device_s": times, "cpu_s": cpu_seconds, "metrics": metrics,
-            "max_abs_diff_vs_cpu": max(abs(metrics[k] - cpu[k]) for k in cpu)}
+    return {
+        "status": "ok",
+        "n": n,
+        "dim": 512,
+        "device_s": times,
+        "cpu_s": cpu_seconds,
+        "metrics": metrics,
+        "max_abs_diff_vs_cpu": max(abs(metrics[k] - cpu[k]) for k in cpu),
+    }
 
 
 def run_cell(name: str, fn, results: dict, started: float, args, device: torch.device, reserve: float = 0.0) -> None:
@@ -229,8 +242,9 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=300.0, help="seconds after which no further cell starts")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per cell")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one is reported)")
-    parser.add_argument("--compile-reserve", type=float, default=90.0,
-                        help="a compiled cell starts only with this many seconds of the budget left")
+    parser.add_argument(
+        "--compile-reserve", type=float, default=90.0, help="a compiled cell starts only with this many seconds of the budget left"
+    )
     parser.add_argument("--loader-seconds", type=float, default=4.0, help="timed seconds per worker count")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--eval-n", type=int, default=60502)
@@ -262,15 +276,28 @@ def main() -> int:
         eager = DRY_EAGER if args.dry else [(p, cl) for p in PRECISIONS for cl in (False, True)]
         for setting, raw in grid.items():
             for precision, channels_last in eager:
-                run_cell(step_key(setting, precision, channels_last, False), cell(raw, precision, channels_last, False),
-                         results, started, args, device)
+                run_cell(
+                    step_key(setting, precision, channels_last, False),
+                    cell(raw, precision, channels_last, False),
+                    results,
+                    started,
+                    args,
+                    device,
+                )
         compiled = [(setting, p, cl) for p, cl in COMPILE_ORDER for setting in grid]
         if args.dry:
             compiled = compiled[:1]
 
         def compiled_cell(setting: str, precision: str, channels_last: bool) -> None:
-            run_cell(step_key(setting, precision, channels_last, True), cell(grid[setting], precision, channels_last, True),
-                     results, started, args, device, reserve=args.compile_reserve)
+            run_cell(
+                step_key(setting, precision, channels_last, True),
+                cell(grid[setting], precision, channels_last, True),
+                results,
+                started,
+                args,
+                device,
+                reserve=args.compile_reserve,
+            )
             torch._dynamo.reset()  # drop the compiled graphs of models that are gone
 
         compiled_cell(*compiled[0])  # the likely fastest setting of the source, before the cheap sections
@@ -288,9 +315,19 @@ def main() -> int:
     lines = report(results, grid, env, facts, args, total)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (out_dir / f"{name}.json").write_text(json.dumps(
-        {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "environment": env,
-         "tree": facts, "seconds": total, "cells": results}, indent=2) + "\n")
+    (out_dir / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "environment": env,
+                "tree": facts,
+                "seconds": total,
+                "cells": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print("\n".join(lines))
     print(f"wrote {out_dir / (name + '.md')} and .json")
     failed = [k for k, v in results.items() if v["status"] == "error"]
@@ -324,15 +361,28 @@ def report(results: dict, grid: dict, env: dict, facts: dict, args, total: float
                     if r is None:  # not in this run's grid (a dry run takes a few cells)
                         continue
                     if r["status"] == "ok":
-                        cells = [f"{r['rows']}", f"{1000 * r['step_s']:.1f}", f"{r['images_per_s']:,.0f}",
-                                 f"{r['first_step_s']:.1f}", f"{r['peak_gb']:.1f}" if "peak_gb" in r else "–", "ok"]
+                        cells = [
+                            f"{r['rows']}",
+                            f"{1000 * r['step_s']:.1f}",
+                            f"{r['images_per_s']:,.0f}",
+                            f"{r['first_step_s']:.1f}",
+                            f"{r['peak_gb']:.1f}" if "peak_gb" in r else "–",
+                            "ok",
+                        ]
                     else:
                         cells = ["", "", "", "", "", f"{r['status']}: {r.get('note', '')}"]
-                    lines.append(f"| {setting} | {precision} | {'on' if channels_last else 'off'} | "
-                                 f"{'on' if compile_ else 'off'} | " + " | ".join(cells) + " |")
-    lines += ["", f"## Data loader ({facts['train_images']:,} synthetic JPEGs of {facts['size'][0]} × {facts['size'][1]}, "
-              f"{facts['mean_jpeg_bytes'] / 1000:.0f} kB each; paper augmentation at {size} px, 2 views per image)", "",
-              "| workers | decoded images/s | views/s | batches timed | status |", "|---:|---:|---:|---:|---|"]
+                    lines.append(
+                        f"| {setting} | {precision} | {'on' if channels_last else 'off'} | "
+                        f"{'on' if compile_ else 'off'} | " + " | ".join(cells) + " |"
+                    )
+    lines += [
+        "",
+        f"## Data loader ({facts['train_images']:,} synthetic JPEGs of {facts['size'][0]} × {facts['size'][1]}, "
+        f"{facts['mean_jpeg_bytes'] / 1000:.0f} kB each; paper augmentation at {size} px, 2 views per image)",
+        "",
+        "| workers | decoded images/s | views/s | batches timed | status |",
+        "|---:|---:|---:|---:|---|",
+    ]
     for workers in args.workers:
         r = results.get(f"loader|{workers}", {"status": "not run"})
         if r["status"] == "ok":
@@ -341,11 +391,14 @@ def report(results: dict, grid: dict, env: dict, facts: dict, args, total: float
             lines.append(f"| {workers} | | | | {r['status']}: {r.get('note', '')} |")
     loader = {r["workers"]: r["images_per_s"] for k, r in results.items() if k.startswith("loader|") and r["status"] == "ok"}
     if loader:
-        lines += ["", "Does the loader keep up? Decoded images per second each setting's fastest step consumes, against the "
-                  "loader's best here (" + ", ".join(f"{w} workers: {v:,.0f}" for w, v in loader.items()) + "):", ""]
+        lines += [
+            "",
+            "Does the loader keep up? Decoded images per second each setting's fastest step consumes, against the "
+            "loader's best here (" + ", ".join(f"{w} workers: {v:,.0f}" for w, v in loader.items()) + "):",
+            "",
+        ]
         for setting in grid:
-            cells = [(r["decoded_per_s"], k) for k, r in results.items()
-                     if k.startswith(f"step|{setting}|") and r["status"] == "ok"]
+            cells = [(r["decoded_per_s"], k) for k, r in results.items() if k.startswith(f"step|{setting}|") and r["status"] == "ok"]
             if cells:
                 need, key = max(cells)
                 enough = [w for w, v in loader.items() if v >= need]
@@ -362,8 +415,13 @@ def report(results: dict, grid: dict, env: dict, facts: dict, args, total: float
         ]
     else:
         lines.append(f"{r['status']}: {r.get('note', '')}")
-    lines += ["", "Rerun: `.venv/bin/python benchmarks/gpu_throughput.py" + (" --dry" if args.dry else "")
-              + (" --cudnn-benchmark" if args.cudnn_benchmark else "") + f" --budget {args.budget:.0f}`"]
+    lines += [
+        "",
+        "Rerun: `.venv/bin/python benchmarks/gpu_throughput.py"
+        + (" --dry" if args.dry else "")
+        + (" --cudnn-benchmark" if args.cudnn_benchmark else "")
+        + f" --budget {args.budget:.0f}`",
+    ]
     return lines
 
 

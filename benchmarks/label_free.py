@@ -41,7 +41,6 @@ def configs(work: Path, seed: int, epochs_scale: float) -> dict[str, dict]:
     }
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

@@ -43,16 +43,19 @@ def main() -> None:
     work = Path(args.work)
 
     started = time.perf_counter()
-    online = train(build_config(target({"source_checkpoint": args.source}, args.seed)), work / "online", progress=False,
-                   overwrite=True)
+    online = train(build_config(target({"source_checkpoint": args.source}, args.seed)), work / "online", progress=False, overwrite=True)
     online_s = time.perf_counter() - started
 
     started = time.perf_counter()
     model, config = load_embedding_model(args.source)
     save_embeddings(work / "source_train.npz", embed_split(model, config, "train", "cpu"))
     embed_s = time.perf_counter() - started
-    table = train(build_config(target({"source_embeddings": str(work / "source_train.npz")}, args.seed)), work / "table", progress=False,
-                  overwrite=True)
+    table = train(
+        build_config(target({"source_embeddings": str(work / "source_train.npz")}, args.seed)),
+        work / "table",
+        progress=False,
+        overwrite=True,
+    )
     table_s = time.perf_counter() - started
 
     rows = [("source runs every step (paper)", online, online_s, 0.0), ("precomputed source table", table, table_s, embed_s)]
@@ -64,15 +67,26 @@ def main() -> None:
     ]
     for label, result, seconds, embed in rows:
         f = result["final"]
-        lines.append(f"| {label} | {100 * f['recall@1']:.1f} | {100 * f['recall@2']:.1f} | {seconds:.0f} | {embed:.0f} "
-                     f"| {seconds / online_s:.2f} |")
-    lines += ["", f"Seed {args.seed}, source {args.source}. "
-                  f"Rerun: `.venv/bin/python benchmarks/precomputed_source.py --source {args.source}`"]
+        lines.append(
+            f"| {label} | {100 * f['recall@1']:.1f} | {100 * f['recall@2']:.1f} | {seconds:.0f} | {embed:.0f} | {seconds / online_s:.2f} |"
+        )
+    lines += [
+        "",
+        f"Seed {args.seed}, source {args.source}. Rerun: `.venv/bin/python benchmarks/precomputed_source.py --source {args.source}`",
+    ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "precomputed_source.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "precomputed_source.json").write_text(json.dumps(
-        {"args": vars(args), "online": {"seconds": online_s, **online["final"]},
-         "table": {"seconds": table_s, "embed_seconds": embed_s, **table["final"]}}, indent=2) + "\n")
+    (RESULTS / "precomputed_source.json").write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "online": {"seconds": online_s, **online["final"]},
+                "table": {"seconds": table_s, "embed_seconds": embed_s, **table["final"]},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print("\n".join(lines))
 
 

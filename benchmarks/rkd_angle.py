@@ -124,8 +124,11 @@ def main() -> None:
         "|---:|---|---:|---:|",
     ]
     lines += [f"| {r['n']} | {r['method']} | {r['ms']:.1f} | {r['vs_naive']:.2f}× |" for r in rows]
-    lines += ["", f"Rerun: `.venv/bin/python benchmarks/rkd_angle.py --sizes {' '.join(map(str, args.sizes))} "
-              f"--dim {args.dim} --repeats {args.repeats}`"]
+    lines += [
+        "",
+        f"Rerun: `.venv/bin/python benchmarks/rkd_angle.py --sizes {' '.join(map(str, args.sizes))} "
+        f"--dim {args.dim} --repeats {args.repeats}`",
+    ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "rkd_angle.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "rkd_angle.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")

@@ -92,20 +92,39 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         base = {"data": DEMO_DATA, "optim": {"lr": 1e-3, "epochs": 10}, "precision": args.precision}
-        transfer = Step({**base, "method": "transfer", "model": {"backbone": args.backbone, "embedding_dim": 32},
-                         "transfer": {"source_checkpoint": str(save_source(Path(tmp) / "source.pt"))}})
+        transfer = Step(
+            {
+                **base,
+                "method": "transfer",
+                "model": {"backbone": args.backbone, "embedding_dim": 32},
+                "transfer": {"source_checkpoint": str(save_source(Path(tmp) / "source.pt"))},
+            }
+        )
         cohorts = {
-            loss: Step({**base, "method": "mutual", "metric_loss": TRIPLET,
-                        "model": {"backbone": args.backbone, "embedding_dim": 32, "normalize": True},
-                        "mutual": {"members": 2, "update_every": [1, 1], "loss": loss}})
+            loss: Step(
+                {
+                    **base,
+                    "method": "mutual",
+                    "metric_loss": TRIPLET,
+                    "model": {"backbone": args.backbone, "embedding_dim": 32, "normalize": True},
+                    "mutual": {"members": 2, "update_every": [1, 1], "loss": loss},
+                }
+            )
             for loss in ("rkd", "relaxed_contrastive")
         }
     cohort = cohorts["rkd"]
     member_views = cohort.method.split_views(cohort.images)
     alone = []
     for k in range(2):
-        member = Step({**base, "method": "source", "metric_loss": TRIPLET, "seed": k,
-                       "model": {"backbone": args.backbone, "embedding_dim": 32, "normalize": True}})
+        member = Step(
+            {
+                **base,
+                "method": "source",
+                "metric_loss": TRIPLET,
+                "seed": k,
+                "model": {"backbone": args.backbone, "embedding_dim": 32, "normalize": True},
+            }
+        )
         # exactly the member's share of the cohort's batch: its own views, the same labels and indices
         member.images = member_views[k]
         member.labels = cohort.method.split_views(cohort.labels)[k]
@@ -152,13 +171,26 @@ def main() -> None:
         f"--precision {args.precision} --threads {args.threads} --backbone {args.backbone}`",
     ]
     RESULTS.mkdir(exist_ok=True)
-    name = "step_overhead" + ("" if args.precision == "32" else f"_{args.precision}") + (
-        "" if args.backbone == "resnet10t" else f"_{args.backbone}")
+    name = (
+        "step_overhead"
+        + ("" if args.precision == "32" else f"_{args.precision}")
+        + ("" if args.backbone == "resnet10t" else f"_{args.backbone}")
+    )
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{name}.json").write_text(json.dumps(
-        {"args": vars(args), "seconds": times, "median": median, "transfer_ratio": transfer_ratio, "cohort_ratio": cohort_ratio,
-         "relaxed_cohort_ratio": relaxed_ratio},
-        indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "seconds": times,
+                "median": median,
+                "transfer_ratio": transfer_ratio,
+                "cohort_ratio": cohort_ratio,
+                "relaxed_cohort_ratio": relaxed_ratio,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print("\n".join(lines))
 
 

@@ -68,8 +68,7 @@ def source_config(seed: int, epochs_scale: float, threads: int) -> dict:
     return raw
 
 
-def target_config(setting: dict, method: dict | None, source_dir: Path, seed: int, epochs_scale: float,
-                  threads: int | None = None) -> dict:
+def target_config(setting: dict, method: dict | None, source_dir: Path, seed: int, epochs_scale: float, threads: int | None = None) -> dict:
     raw = json.loads(json.dumps(DEMO_TARGET))
     raw["model"] = {**raw["model"], **setting}
     raw["optim"]["epochs"] = max(1, round(raw["optim"]["epochs"] * epochs_scale))
@@ -100,9 +99,10 @@ def load_finished(path: Path, epochs_scale: float) -> dict:
         return empty
     return {
         "source": {int(seed): r for seed, r in old.get("source", {}).items()},
-        "targets": {setting: {method: {int(seed): r for seed, r in per_seed.items()}
-                              for method, per_seed in methods.items()}
-                    for setting, methods in old.get("targets", {}).items()},
+        "targets": {
+            setting: {method: {int(seed): r for seed, r in per_seed.items()} for method, per_seed in methods.items()}
+            for setting, methods in old.get("targets", {}).items()
+        },
     }
 
 
@@ -112,33 +112,39 @@ def main() -> None:
     parser.add_argument("--epochs-scale", type=float, default=1.0)
     parser.add_argument("--work", default="runs/transfer_table", help="run folders (kept; finished runs are skipped)")
     parser.add_argument("--name", default="transfer_table")
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
-                        help="only these target settings (default: all three)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs trained at once, each with (CPU cores / jobs) threads")
-    parser.add_argument("--fresh", action="store_true",
-                        help="ignore the cells of benchmarks/results/NAME.json from earlier invocations")
+    parser.add_argument(
+        "--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), help="only these target settings (default: all three)"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each with (CPU cores / jobs) threads")
+    parser.add_argument("--fresh", action="store_true", help="ignore the cells of benchmarks/results/NAME.json from earlier invocations")
     args = parser.parse_args()
 
     work = Path(args.work)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
     results = {"source": {}, "targets": {}} if args.fresh else load_finished(RESULTS / f"{args.name}.json", args.epochs_scale)
-    pending = [(setting_name, seed, method_name)  # setting by setting, so that finished columns have every seed
-               for setting_name in args.settings for seed in args.seeds for method_name in METHODS
-               if seed not in results["targets"].get(setting_name, {}).get(method_name, {})]
+    pending = [
+        (setting_name, seed, method_name)  # setting by setting, so that finished columns have every seed
+        for setting_name in args.settings
+        for seed in args.seeds
+        for method_name in METHODS
+        if seed not in results["targets"].get(setting_name, {}).get(method_name, {})
+    ]
     pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
     with pool:
         seeds_needed = sorted({seed for _, seed, _ in pending} | (set(args.seeds) - set(results["source"])))
-        sources = {seed: pool.submit(train_final, source_config(seed, args.epochs_scale, threads),
-                                     str(work / f"seed{seed}" / "source")) for seed in seeds_needed}
+        sources = {
+            seed: pool.submit(train_final, source_config(seed, args.epochs_scale, threads), str(work / f"seed{seed}" / "source"))
+            for seed in seeds_needed
+        }
         for seed, future in sources.items():
             results["source"][seed] = future.result()
         jobs = {}
         for setting_name, seed, method_name in pending:
             out = work / f"seed{seed}" / slug(setting_name) / slug(method_name)
-            raw = target_config(SETTINGS[setting_name], METHODS[method_name], work / f"seed{seed}" / "source", seed,
-                                args.epochs_scale, threads)
+            raw = target_config(
+                SETTINGS[setting_name], METHODS[method_name], work / f"seed{seed}" / "source", seed, args.epochs_scale, threads
+            )
             jobs[pool.submit(train_final, raw, str(out))] = (setting_name, seed, method_name)
         for future in as_completed(jobs):
             setting_name, seed, method_name = jobs[future]
@@ -173,8 +179,11 @@ def write_table(args, results: dict, minutes: float) -> None:
         "",
         "Targets: compression ResNet-10t 32-d, dimension reduction ResNet-18-D 16-d, self-transfer ResNet-18-D 128-d.",
         "The paper's CUB-200-2011 R@1 for orientation (other data, models and scale): "
-        + "; ".join(f"{s}: relaxed contrastive {p['Relaxed contrastive']}, best baseline {p['best baseline']}, "
-                    f"source {p['source']}" for s, p in PAPER_CUB.items()) + ".",
+        + "; ".join(
+            f"{s}: relaxed contrastive {p['Relaxed contrastive']}, best baseline {p['best baseline']}, source {p['source']}"
+            for s, p in PAPER_CUB.items()
+        )
+        + ".",
         "",
         f"Rerun: `.venv/bin/python benchmarks/transfer_table.py --seeds {' '.join(map(str, args.seeds))}"
         + (f" --settings {' '.join(repr(s) for s in args.settings)}" if args.settings != list(SETTINGS) else "")

@@ -31,18 +31,18 @@ PAGE = ROOT / "docs" / "reference" / "configuration.md"
 INTROS = {
     "": "Keys at the top level of a recipe.",
     "checkpoint": "When checkpoints are written and how many are kept "
-                  "([Multi-GPU and long runs](../guides/long-runs.md#checkpoints-signals-resume)).",
+    "([Multi-GPU and long runs](../guides/long-runs.md#checkpoints-signals-resume)).",
     "logging": "Extra logs beside `log.csv`, which is always written.",
     "data": "Which images, how they are split, batched and augmented ([Datasets](../guides/datasets.md)).",
     "model": "The embedding model: a timm backbone, global average + global max pooling, a linear head "
-             "([A backbone](../extending/backbone.md)).",
+    "([A backbone](../extending/backbone.md)).",
     "metric_loss": "The loss on labels (`method: source`, `transfer.metric_weight`, the members of `method: mutual`) "
-                   "([A metric loss](../extending/metric-loss.md)).",
+    "([A metric loss](../extending/metric-loss.md)).",
     "transfer": "`method: transfer`: the frozen source and the transfer loss ([Embedding transfer](../guides/transfer.md)).",
     "transfer.terms[]": "Each entry of `transfer.terms`: one term of a weighted sum of transfer losses.",
     "selfsup": "`method: selfsup`: NT-Xent between the views of each image, no labels.",
     "classifier": "`method: classifier`: cross-entropy on the training classes, optionally taught by a source "
-                  "classifier; accuracy on `data.holdout_images`.",
+    "classifier; accuracy on `data.holdout_images`.",
     "mutual": "`method: mutual`: a cohort of models that teach each other ([Mutual learning](../guides/mutual-learning.md)).",
     "optim": "Optimiser and learning-rate schedule (cosine: per step).",
     "eval": "Retrieval metrics on the test split ([Evaluation](../guides/evaluation.md)).",
@@ -100,8 +100,12 @@ def type_name(annotation) -> str:
 
 def bounds(field: FieldInfo) -> str:
     """The numeric range the schema enforces, e.g. ``≥ 1`` or ``> 0, < 1``."""
-    signs = {annotated_types.Ge: ("≥", "ge"), annotated_types.Gt: (">", "gt"),
-             annotated_types.Le: ("≤", "le"), annotated_types.Lt: ("<", "lt")}
+    signs = {
+        annotated_types.Ge: ("≥", "ge"),
+        annotated_types.Gt: (">", "gt"),
+        annotated_types.Le: ("≤", "le"),
+        annotated_types.Lt: ("<", "lt"),
+    }
     parts = []
     for item in field.metadata:
         for kind, (sign, attribute) in signs.items():

@@ -54,8 +54,11 @@ def work(finished, tmp_path) -> Path:
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (but the lock) → SHA-256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def _npy(w: Path) -> list[str]:
@@ -102,91 +105,213 @@ def _recipe_of_a_list(w: Path) -> list[str]:
 
 # (id, build the broken input → argv, one-line message pattern, exit status)
 CASES: list[tuple[str, Callable[[Path], list[str]], str, int]] = [
-    ("train into a finished run",
-     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "run")],
-     r"run already holds a finished run; choose another --out, or add --overwrite", 2),
-    ("train into an unfinished run", _unfinished,
-     r"run already holds an unfinished run; continue it with `metrictransfer train --resume .*run`", 2),
-    ("recipe and --resume together",
-     lambda w: ["train", str(w / "recipe.yaml"), "--resume", str(w / "run")],
-     r"give either a recipe \(a new run\) or --resume .*, not both", 2),
-    ("--resume with another --out",
-     lambda w: ["train", "--resume", str(w / "run"), "--out", str(w / "elsewhere")],
-     r"--resume .*run continues that run in its own folder; --out .*elsewhere names another", 2),
-    ("--resume with --overwrite",
-     lambda w: ["train", "--resume", str(w / "run"), "--overwrite"],
-     r"--overwrite .* cannot be combined with --resume", 2),
-    ("--resume of a folder without a run",
-     lambda w: ["train", "--resume", str(w / "nothing")],
-     r"cannot resume .*nothing: it does not exist", 2),
-    ("--resume with a changed setting",
-     lambda w: ["train", "--resume", str(w / "run"), "--set", "optim.lr=0.5"],
-     r"cannot resume .*run: the configuration differs .*optim\.lr: 0\.001 → 0\.5", 2),
+    (
+        "train into a finished run",
+        lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "run")],
+        r"run already holds a finished run; choose another --out, or add --overwrite",
+        2,
+    ),
+    (
+        "train into an unfinished run",
+        _unfinished,
+        r"run already holds an unfinished run; continue it with `metrictransfer train --resume .*run`",
+        2,
+    ),
+    (
+        "recipe and --resume together",
+        lambda w: ["train", str(w / "recipe.yaml"), "--resume", str(w / "run")],
+        r"give either a recipe \(a new run\) or --resume .*, not both",
+        2,
+    ),
+    (
+        "--resume with another --out",
+        lambda w: ["train", "--resume", str(w / "run"), "--out", str(w / "elsewhere")],
+        r"--resume .*run continues that run in its own folder; --out .*elsewhere names another",
+        2,
+    ),
+    (
+        "--resume with --overwrite",
+        lambda w: ["train", "--resume", str(w / "run"), "--overwrite"],
+        r"--overwrite .* cannot be combined with --resume",
+        2,
+    ),
+    (
+        "--resume of a folder without a run",
+        lambda w: ["train", "--resume", str(w / "nothing")],
+        r"cannot resume .*nothing: it does not exist",
+        2,
+    ),
+    (
+        "--resume with a changed setting",
+        lambda w: ["train", "--resume", str(w / "run"), "--set", "optim.lr=0.5"],
+        r"cannot resume .*run: the configuration differs .*optim\.lr: 0\.001 → 0\.5",
+        2,
+    ),
     ("--out is a file", _out_is_a_file, r"taken is a file, not a folder", 2),
     ("missing recipe", lambda w: ["train", str(w / "nope.yaml")], r"recipe not found: .*nope\.yaml", 2),
-    ("malformed YAML in --set",
-     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "optim.lr=[1"],
-     r"override 'optim\.lr=\[1': the value is not valid YAML \(.*line 1, column 3\)", 2),
-    ("non-numeric loss parameter",
-     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "metric_loss.params.margin=wide"],
-     r"metric_loss\.params\.margin expects a number, got 'wide'", 2),
-    ("numeric text as a loss parameter",
-     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "metric_loss.params.margin=1e-1"],
-     r"expects a number, got '1e-1' \(YAML reads 1e-3 as text: write 1\.0e-3\)", 2),
-    ("unknown miner parameter",
-     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"),
-                "--set", "metric_loss.miner=distance_weighted", "--set", "metric_loss.miner_params.cutof=0.5"],
-     r"miner 'distance_weighted': unexpected keyword argument 'cutof' .*its parameters: cutoff, nonzero_loss_cutoff", 2),
-    ("loss parameter metrictransfer sets",
-     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "metric_loss.params.num_classes=7"],
-     r"metric_loss\.params\.num_classes is set by metrictransfer", 2),
-    ("backbone weights that are not a state dict", _damage_weights_file,
-     r"cannot read backbone weights .*weights\.pt: not a state dict", 2),
-    ("backbone weights holding a list", _list_weights_file,
-     r"backbone weights .*weights\.pt hold a list, not a state dict of tensors", 2),
-    ("unknown backbone",
-     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "model.backbone=resnet19"],
-     r"unknown timm backbone 'resnet19'", 2),
-    ("unknown weights of a backbone",
-     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "model.backbone=resnet10t.tv_in1k"],
-     r"timm has no weights 'tv_in1k' for 'resnet10t'; its weights: ", 2),
+    (
+        "malformed YAML in --set",
+        lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "optim.lr=[1"],
+        r"override 'optim\.lr=\[1': the value is not valid YAML \(.*line 1, column 3\)",
+        2,
+    ),
+    (
+        "non-numeric loss parameter",
+        lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "metric_loss.params.margin=wide"],
+        r"metric_loss\.params\.margin expects a number, got 'wide'",
+        2,
+    ),
+    (
+        "numeric text as a loss parameter",
+        lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "metric_loss.params.margin=1e-1"],
+        r"expects a number, got '1e-1' \(YAML reads 1e-3 as text: write 1\.0e-3\)",
+        2,
+    ),
+    (
+        "unknown miner parameter",
+        lambda w: [
+            "train",
+            str(w / "recipe.yaml"),
+            "--out",
+            str(w / "new"),
+            "--set",
+            "metric_loss.miner=distance_weighted",
+            "--set",
+            "metric_loss.miner_params.cutof=0.5",
+        ],
+        r"miner 'distance_weighted': unexpected keyword argument 'cutof' .*its parameters: cutoff, nonzero_loss_cutoff",
+        2,
+    ),
+    (
+        "loss parameter metrictransfer sets",
+        lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "metric_loss.params.num_classes=7"],
+        r"metric_loss\.params\.num_classes is set by metrictransfer",
+        2,
+    ),
+    (
+        "backbone weights that are not a state dict",
+        _damage_weights_file,
+        r"cannot read backbone weights .*weights\.pt: not a state dict",
+        2,
+    ),
+    ("backbone weights holding a list", _list_weights_file, r"backbone weights .*weights\.pt hold a list, not a state dict of tensors", 2),
+    (
+        "unknown backbone",
+        lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "model.backbone=resnet19"],
+        r"unknown timm backbone 'resnet19'",
+        2,
+    ),
+    (
+        "unknown weights of a backbone",
+        lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "model.backbone=resnet10t.tv_in1k"],
+        r"timm has no weights 'tv_in1k' for 'resnet10t'; its weights: ",
+        2,
+    ),
     ("flipped bytes in a weight", _flip_a_weight, r"checkpoint\.pt: its content fails its checksum", 2),
     ("evaluate an .npy", _npy, r"x\.npy holds a single array .*not an \.npz of named arrays", 2),
-    ("ensemble of files in another order", _ensemble_in_another_order,
-     r"b\.npz differs from .*a\.npz: the same items in a different order: row 0 is 'b\.jpg' where 'a\.jpg'", 2),
+    (
+        "ensemble of files in another order",
+        _ensemble_in_another_order,
+        r"b\.npz differs from .*a\.npz: the same items in a different order: row 0 is 'b\.jpg' where 'a\.jpg'",
+        2,
+    ),
     ("recipe that is a list", _recipe_of_a_list, r"list\.yaml must hold a mapping of configuration keys, got list", 2),
-    ("dataset root that does not exist",
-     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "data.dataset=cub",
-                "--set", f"data.root={w / 'nope'}"], r"cub: root .*nope does not exist", 2),
-    ("transfer from a source run that does not exist",
-     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "method=transfer",
-                "--set", f"transfer.source_checkpoint={w / 'nothing'}"], r"no checkpoint at .*nothing", 2),
-    ("a class the dataset does not have",
-     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "data.dataset=folder",
-                "--set", f"data.root={Path(__file__).resolve().parent.parent / 'examples' / 'gallery'}",
-                "--set", "data.num_classes=null", "--set", "data.train_classes=[Z]"],
-     r"train_classes names unknown class\(es\) 'Z'; known classes: 0, 6, 7, C", 2),
-    ("a type error in the recipe",
-     lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "data.classes_per_batch=many"],
-     r"data\.classes_per_batch: Input should be a valid integer.*\(got 'many'\)", 2),
-    ("search with --k 0", lambda w: ["search", "--index", str(w / "index"), str(w / "q.png"), "--k", "0"],
-     r"argument --k: must be at least 1, got 0", 2),
-    ("evaluate a missing checkpoint", lambda w: ["evaluate", "--checkpoint", str(w / "nothing")],
-     r"no checkpoint at .*nothing", 2),
-    ("embed an unknown split", lambda w: ["embed", "--checkpoint", str(w / "run"), "--split", "validation",
-                                          "--out", str(w / "e.npz")], r"unknown split 'validation'", 2),
-    ("report of an unfinished run", lambda w: _unfinished(w) and ["report", str(w / "run")],
-     r"has no results\.json: the run has not finished", 2),
-    ("table of a folder without results", lambda w: _unfinished(w) and ["table", str(w)],
-     r"has no results\.json and holds no run folders", 2),
-    ("export a missing checkpoint",
-     lambda w: ["export", "--checkpoint", str(w / "nothing"), "--format", "safetensors", "--out", str(w / "m.st")],
-     r"no checkpoint at .*nothing", 2),
+    (
+        "dataset root that does not exist",
+        lambda w: [
+            "train",
+            str(w / "recipe.yaml"),
+            "--out",
+            str(w / "new"),
+            "--set",
+            "data.dataset=cub",
+            "--set",
+            f"data.root={w / 'nope'}",
+        ],
+        r"cub: root .*nope does not exist",
+        2,
+    ),
+    (
+        "transfer from a source run that does not exist",
+        lambda w: [
+            "train",
+            str(w / "recipe.yaml"),
+            "--out",
+            str(w / "new"),
+            "--set",
+            "method=transfer",
+            "--set",
+            f"transfer.source_checkpoint={w / 'nothing'}",
+        ],
+        r"no checkpoint at .*nothing",
+        2,
+    ),
+    (
+        "a class the dataset does not have",
+        lambda w: [
+            "train",
+            str(w / "recipe.yaml"),
+            "--out",
+            str(w / "new"),
+            "--set",
+            "data.dataset=folder",
+            "--set",
+            f"data.root={Path(__file__).resolve().parent.parent / 'examples' / 'gallery'}",
+            "--set",
+            "data.num_classes=null",
+            "--set",
+            "data.train_classes=[Z]",
+        ],
+        r"train_classes names unknown class\(es\) 'Z'; known classes: 0, 6, 7, C",
+        2,
+    ),
+    (
+        "a type error in the recipe",
+        lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "data.classes_per_batch=many"],
+        r"data\.classes_per_batch: Input should be a valid integer.*\(got 'many'\)",
+        2,
+    ),
+    (
+        "search with --k 0",
+        lambda w: ["search", "--index", str(w / "index"), str(w / "q.png"), "--k", "0"],
+        r"argument --k: must be at least 1, got 0",
+        2,
+    ),
+    ("evaluate a missing checkpoint", lambda w: ["evaluate", "--checkpoint", str(w / "nothing")], r"no checkpoint at .*nothing", 2),
+    (
+        "embed an unknown split",
+        lambda w: ["embed", "--checkpoint", str(w / "run"), "--split", "validation", "--out", str(w / "e.npz")],
+        r"unknown split 'validation'",
+        2,
+    ),
+    (
+        "report of an unfinished run",
+        lambda w: _unfinished(w) and ["report", str(w / "run")],
+        r"has no results\.json: the run has not finished",
+        2,
+    ),
+    (
+        "table of a folder without results",
+        lambda w: _unfinished(w) and ["table", str(w)],
+        r"has no results\.json and holds no run folders",
+        2,
+    ),
+    (
+        "export a missing checkpoint",
+        lambda w: ["export", "--checkpoint", str(w / "nothing"), "--format", "safetensors", "--out", str(w / "m.st")],
+        r"no checkpoint at .*nothing",
+        2,
+    ),
 ]
 if not torch.cuda.is_available():
-    CASES.append(("device cuda without a GPU",
-                  lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "device=cuda"],
-                  r"device 'cuda' was asked for but CUDA is not available", 2))
+    CASES.append(
+        (
+            "device cuda without a GPU",
+            lambda w: ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "device=cuda"],
+            r"device 'cuda' was asked for but CUDA is not available",
+            2,
+        )
+    )
 
 
 @pytest.mark.parametrize("build, message, status", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -244,8 +369,11 @@ def test_a_damaged_newest_checkpoint_falls_back_and_is_repaired(work, capsys):
 
 def test_stale_temporaries_of_a_killed_writer_are_removed_at_the_next_start(work):
     run = work / "run"
-    stale = [run / ".checkpoint.pt.k2j4x9aq.partial", run / ".checkpoint.pt.abcd1234",
-             run / "checkpoints" / ".step-000000022.pt.zz9y8x7w.partial"]
+    stale = [
+        run / ".checkpoint.pt.k2j4x9aq.partial",
+        run / ".checkpoint.pt.abcd1234",
+        run / "checkpoints" / ".step-000000022.pt.zz9y8x7w.partial",
+    ]
     for path in stale:
         path.write_bytes(b"x" * 1000)
     keep = run / "notes.txt"
@@ -263,8 +391,7 @@ def test_overwrite_replaces_only_the_runs_own_files(work, capsys):
     assert (run / "notes.txt").read_text() == "mine"
     assert snapshot(run)["checkpoint.pt"] != old["checkpoint.pt"]
     assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 1
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
-        p.name for p in (work / "run" / "checkpoints").iterdir())
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(p.name for p in (work / "run" / "checkpoints").iterdir())
 
 
 def test_a_locked_run_folder_is_refused_naming_the_holder(work, capsys):
@@ -300,8 +427,9 @@ def _read_only(*args, **kwargs):
     raise OSError(errno.EROFS, "Read-only file system")
 
 
-@pytest.mark.parametrize("failure, words", [(_no_space, "no space left on the device (the disk is full)"),
-                                            (_read_only, "the file system is read-only")])
+@pytest.mark.parametrize(
+    "failure, words", [(_no_space, "no space left on the device (the disk is full)"), (_read_only, "the file system is read-only")]
+)
 def test_a_full_or_read_only_disk_is_named(work, capsys, monkeypatch, failure, words):
     monkeypatch.setattr(tempfile, "mkstemp", failure)
     assert main(["train", str(work / "recipe.yaml"), "--out", str(work / "new")]) == 2
@@ -361,9 +489,11 @@ def test_help_loads_no_heavy_library_and_names_every_dataset():
 
     for registry in (DATASETS, METHODS, TRANSFER_LOSSES):  # the names read from source are those registered
         assert registry.declared_names() == registry.names()
-    probe = ("import sys; from metrictransfer.cli import main\n"
-             "try:\n    main(['data', 'inspect', '--help'])\nexcept SystemExit:\n    pass\n"
-             "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'pytorch_metric_learning') if m in sys.modules))")
+    probe = (
+        "import sys; from metrictransfer.cli import main\n"
+        "try:\n    main(['data', 'inspect', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'pytorch_metric_learning') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
     assert all(name in result.stdout for name in DATASETS.names())

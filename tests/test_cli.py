@@ -113,9 +113,11 @@ def test_every_command_that_prints_results_takes_json(name):
 
 
 def test_version_is_printed_without_importing_torch():
-    code = ("import sys\nfrom metrictransfer.cli import main\n"
-            "try:\n    main(['--version'])\nexcept SystemExit as done:\n    assert done.code == 0\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    code = (
+        "import sys\nfrom metrictransfer.cli import main\n"
+        "try:\n    main(['--version'])\nexcept SystemExit as done:\n    assert done.code == 0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"metrictransfer {__version__}"
@@ -149,8 +151,13 @@ def tiny(tmp_path_factory) -> tuple[Path, str, str]:
 def test_train_json_is_one_object_and_the_epoch_lines_go_to_stderr(tiny):
     run, out, err = tiny
     printed = _one_json_document(out)
-    assert printed == {"run": str(run), "final": json.loads((run / "results.json").read_text())["final"],
-                       "results": str(run / "results.json"), "report": str(run / "report.md"), "already_finished": False}
+    assert printed == {
+        "run": str(run),
+        "final": json.loads((run / "results.json").read_text())["final"],
+        "results": str(run / "results.json"),
+        "report": str(run / "report.md"),
+        "already_finished": False,
+    }
     assert "[tiny] epoch 1/1" in err and "writing the report of" in err
 
 
@@ -167,8 +174,9 @@ def test_train_prints_a_line_for_people_by_default(tmp_path, monkeypatch):
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(TINY))
     status, out, _ = _run(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")])
     assert status == 0
-    assert out.splitlines()[-1] == (f"{tmp_path / 'run'}: trained 1 epochs; final recall@1 0.5000, recall@2 0.7500; "
-                                    f"report: {tmp_path / 'run' / 'report.md'}")
+    assert out.splitlines()[-1] == (
+        f"{tmp_path / 'run'}: trained 1 epochs; final recall@1 0.5000, recall@2 0.7500; report: {tmp_path / 'run' / 'report.md'}"
+    )
 
 
 def test_resuming_a_finished_run_answers_at_once_without_loading_model_or_data(tiny, tmp_path, monkeypatch):
@@ -189,8 +197,12 @@ def test_resuming_a_finished_run_answers_at_once_without_loading_model_or_data(t
     assert {p.name: p.stat().st_mtime_ns for p in copy.iterdir() if p.is_file() and p.name != ".lock"} == before
     status, out, _ = _run(["train", "--resume", str(copy), "--json"])
     assert status == 0 and _one_json_document(out) == {
-        "run": str(copy), "final": json.loads((copy / "results.json").read_text())["final"],
-        "results": str(copy / "results.json"), "report": str(copy / "report.md"), "already_finished": True}
+        "run": str(copy),
+        "final": json.loads((copy / "results.json").read_text())["final"],
+        "results": str(copy / "results.json"),
+        "report": str(copy / "report.md"),
+        "already_finished": True,
+    }
     (copy / "report.md").unlink()
     status, out, _ = _run(["train", "--resume", str(copy)])
     assert status == 0 and out.rstrip().endswith(f"it has no report.md: metrictransfer report {copy}")
@@ -220,13 +232,29 @@ def test_embed_prints_a_line_by_default_and_one_object_with_json(tiny, tmp_path)
     assert status == 0 and printed["out"] == str(tmp_path / "b.npz") and printed["dim"] == 16 and printed["items"] > 0
 
 
-@pytest.mark.parametrize("argv, keys", [
-    (lambda run, tmp: ["index", "--checkpoint", str(run), "--images", str(ROOT / "examples" / "gallery"),
-                       "--out", str(tmp / "index")], {"out", "count", "dim", "metric", "classes", "faiss"}),
-    (lambda run, tmp: ["export", "--checkpoint", str(run), "--format", "safetensors", "--out", str(tmp / "m.safetensors")],
-     {"out", "format", "description", "embedding_dim", "max_abs_difference"}),
-    (lambda run, tmp: ["evaluate", "--checkpoint", str(run)], {"recall@1", "recall@2", "map@r", "r_precision"}),
-], ids=["index", "export", "evaluate"])
+@pytest.mark.parametrize(
+    "argv, keys",
+    [
+        (
+            lambda run, tmp: [
+                "index",
+                "--checkpoint",
+                str(run),
+                "--images",
+                str(ROOT / "examples" / "gallery"),
+                "--out",
+                str(tmp / "index"),
+            ],
+            {"out", "count", "dim", "metric", "classes", "faiss"},
+        ),
+        (
+            lambda run, tmp: ["export", "--checkpoint", str(run), "--format", "safetensors", "--out", str(tmp / "m.safetensors")],
+            {"out", "format", "description", "embedding_dim", "max_abs_difference"},
+        ),
+        (lambda run, tmp: ["evaluate", "--checkpoint", str(run)], {"recall@1", "recall@2", "map@r", "r_precision"}),
+    ],
+    ids=["index", "export", "evaluate"],
+)
 def test_json_is_exactly_one_object(tiny, tmp_path, argv, keys):
     run, _, _ = tiny
     copy = tmp_path / "run"
@@ -264,8 +292,7 @@ def test_demo_json_is_one_object_and_its_progress_goes_to_stderr(monkeypatch, tm
     monkeypatch.setattr(demo, "run_demo", fake_demo)
     status, out, err = _run(["demo", "--out", str(tmp_path / "demo"), "--json"])
     assert status == 0
-    assert _one_json_document(out) == {"out": str(tmp_path / "demo"), "seed": 0, "split": "test",
-                                       "models": {"source": {"recall@1": 0.5}}}
+    assert _one_json_document(out) == {"out": str(tmp_path / "demo"), "seed": 0, "split": "test", "models": {"source": {"recall@1": 0.5}}}
     assert "== source" in err
 
 
@@ -286,12 +313,14 @@ def test_pretrained_weights_offline_fail_in_seconds_and_leave_no_run_folder(tmp_
     _empty_caches(monkeypatch, tmp_path)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(TINY))
     started = time.monotonic()
-    status, out, err = _run(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "new"),
-                             "--set", "model.pretrained=true"])
+    status, out, err = _run(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "new"), "--set", "model.pretrained=true"])
     assert time.monotonic() - started < 10
     assert status == 2 and len(err.strip().splitlines()) == 1, err
-    assert re.search(r"the pretrained weights of backbone 'resnet10t' are not in the local cache and huggingface\.co "
-                     r"cannot be reached; set model\.weights: FILE \(a local state dict\) to train offline, or connect", err), err
+    assert re.search(
+        r"the pretrained weights of backbone 'resnet10t' are not in the local cache and huggingface\.co "
+        r"cannot be reached; set model\.weights: FILE \(a local state dict\) to train offline, or connect",
+        err,
+    ), err
     assert not (tmp_path / "new").exists(), "a failed start left a run folder behind"
 
 

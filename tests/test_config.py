@@ -65,10 +65,13 @@ def _generator(folder: str):
     return generator
 
 
-@pytest.mark.parametrize(("folder", "count", "datasets"), [
-    ("table1", 3 * 3 * 8, ("cub", "cars", "sop")),
-    ("mutual", 2 * 6 + 1, ("cub", "cars", "glyphs")),
-])
+@pytest.mark.parametrize(
+    ("folder", "count", "datasets"),
+    [
+        ("table1", 3 * 3 * 8, ("cub", "cars", "sop")),
+        ("mutual", 2 * 6 + 1, ("cub", "cars", "glyphs")),
+    ],
+)
 def test_generated_recipes_are_valid_and_match_their_generator(folder, count, datasets):
     expected = _generator(folder).all_recipes()
     on_disk = {p.name: p.read_text() for p in (RECIPES / folder).glob("*.yaml")}
@@ -95,11 +98,14 @@ def test_mutual_recipes_state_the_papers_figures_and_cover_the_ablation():
         assert rows | {"all"} == set(ABLATION)
 
 
-@pytest.mark.parametrize("backbone, expected", [
-    ("resnet50.tv_in1k", "imagenet"),  # torchvision's weights, as the papers' code loads them
-    ("inception_v3.tv_in1k", "inception"),
-    ("vit_base_patch16_clip_224.openai", "clip"),
-])
+@pytest.mark.parametrize(
+    "backbone, expected",
+    [
+        ("resnet50.tv_in1k", "imagenet"),  # torchvision's weights, as the papers' code loads them
+        ("inception_v3.tv_in1k", "inception"),
+        ("vit_base_patch16_clip_224.openai", "clip"),
+    ],
+)
 def test_normalization_model_is_the_backbones_own_convention(backbone, expected):
     config = build_config({}, [f"model.backbone={backbone}", "data.normalization=model"])
     assert config.data.normalization == expected  # stored resolved: the run folder says what was used
@@ -107,9 +113,14 @@ def test_normalization_model_is_the_backbones_own_convention(backbone, expected)
 
 def test_normalization_model_refuses_a_cohort_whose_members_expect_different_inputs():
     with pytest.raises(ConfigError, match=r"expect different inputs \(imagenet, inception\)"):
-        build_config({"method": "mutual", "model": {"normalize": True},
-                      "mutual": {"members": 2, "backbones": ["resnet18", "inception_v3.tv_in1k"]},
-                      "data": {"normalization": "model"}})
+        build_config(
+            {
+                "method": "mutual",
+                "model": {"normalize": True},
+                "mutual": {"members": 2, "backbones": ["resnet18", "inception_v3.tv_in1k"]},
+                "data": {"normalization": "model"},
+            }
+        )
 
 
 def test_inception_and_clip_statistics_normalise_as_their_weights_expect():
@@ -130,9 +141,11 @@ def test_inception_and_clip_statistics_normalise_as_their_weights_expect():
 def test_table1_recipes_name_the_papers_backbones_and_weights(dataset):
     """The paper's own code: BN-Inception (Caffe weights, BGR 0-255) for self-transfer and dimension
     reduction, torchvision's ResNet-50 -> ResNet-18 for compression; targets' batch norm trains."""
-    expected = {"self_transfer": ("bn_inception", 512, "bn_inception", "bn_inception"),
-                "dim_reduction": ("bn_inception", 64, "bn_inception", "bn_inception"),
-                "compression": ("resnet18.tv_in1k", 128, "imagenet", "resnet50")}
+    expected = {
+        "self_transfer": ("bn_inception", 512, "bn_inception", "bn_inception"),
+        "dim_reduction": ("bn_inception", 64, "bn_inception", "bn_inception"),
+        "compression": ("resnet18.tv_in1k", 128, "imagenet", "resnet50"),
+    }
     for setting, (backbone, dim, normalization, source) in expected.items():
         config = load_config(RECIPES / "table1" / f"{dataset}_{setting}_relaxed_contrastive.yaml")
         assert (config.model.backbone, config.model.embedding_dim, config.model.pretrained) == (backbone, dim, True)

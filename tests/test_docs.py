@@ -133,7 +133,7 @@ def test_docs_metrictransfer_commands_parse():
         if argv[0].endswith("bin/metrictransfer") or argv[0] == "metrictransfer":
             args = argv[1:]
         elif "metrictransfer.cli" in argv:
-            args = argv[argv.index("metrictransfer.cli") + 1:]
+            args = argv[argv.index("metrictransfer.cli") + 1 :]
         else:
             continue
         try:
@@ -239,9 +239,21 @@ def test_mkdocs_build_strict(tmp_path):
         if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed (pip install -e '.[docs]')")
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
-         "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -16,8 +16,7 @@ from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_mo
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TINY = {
-    "data": {"num_classes": 6, "classes_per_batch": 6, "images_per_class": 4, "views": 2, "transform": "glyphs",
-             "image_size": 32},
+    "data": {"num_classes": 6, "classes_per_batch": 6, "images_per_class": 4, "views": 2, "transform": "glyphs", "image_size": 32},
     "model": {"backbone": "resnet10t", "embedding_dim": 16},
     "optim": {"lr": 1e-3, "epochs": 2},
     "eval": {"recall_at": [1, 2]},
@@ -141,8 +140,11 @@ def test_table_collects_runs_and_averages_seeds(source_run, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "| dataset | target | method | n | seeds | R@1 | map@r |"
     r1 = 100 * results["final"]["recall@1"]
-    assert lines[2] == f"| glyphs | resnet10t 16-d | proxy_anchor (no transfer) | 2 | {config.seed}, {config.seed + 1} | " + \
-        f"{r1:.1f} ± 0.0 | {100 * results['final']['map@r']:.1f} ± 0.0 |"
+    assert (
+        lines[2]
+        == f"| glyphs | resnet10t 16-d | proxy_anchor (no transfer) | 2 | {config.seed}, {config.seed + 1} | "
+        + f"{r1:.1f} ± 0.0 | {100 * results['final']['map@r']:.1f} ± 0.0 |"
+    )
     assert main(["table", str(out), str(out)]) == 0  # one run named twice is one run, not two seeds
     assert "| proxy_anchor (no transfer) | 1 |" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
@@ -224,14 +226,35 @@ def test_train_cli_with_overrides_and_bad_input(tmp_path, capsys):
 
 def test_demo_command_writes_results_table_log_and_plot(tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--epochs-scale", "0.01", "--set", "data.num_classes=6",
-            "--set", "data.classes_per_batch=6", "--set", "data.images_per_class=4", "--set", "threads=2"]
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--epochs-scale",
+        "0.01",
+        "--set",
+        "data.num_classes=6",
+        "--set",
+        "data.classes_per_batch=6",
+        "--set",
+        "data.images_per_class=4",
+        "--set",
+        "threads=2",
+    ]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["models"]) == {"source", "target_alone", "target_transfer"}
-    for name in ["config.json", "log.csv", "recall.png", "source/checkpoint.pt", "target_transfer/checkpoint.pt",
-                 "target_transfer/report.md", "target_transfer/curves.png", "target_transfer/retrieval.png",
-                 "target_transfer/embedding_map.png"]:
+    for name in [
+        "config.json",
+        "log.csv",
+        "recall.png",
+        "source/checkpoint.pt",
+        "target_transfer/checkpoint.pt",
+        "target_transfer/report.md",
+        "target_transfer/curves.png",
+        "target_transfer/retrieval.png",
+        "target_transfer/embedding_map.png",
+    ]:
         assert (out / name).is_file(), name
     assert "| target_transfer" in capsys.readouterr().out
 
@@ -249,15 +272,26 @@ def test_classifier_with_holdout_accuracy_and_both_distillations(tmp_path):
     from metrictransfer.data.holdout import split_holdout
     from metrictransfer.data.registry import build_dataset
 
-    data = {"num_classes": 6, "classes_per_batch": 6, "images_per_class": 4, "views": 1, "transform": "glyphs",
-            "image_size": 32, "holdout_images": 0.25}
+    data = {
+        "num_classes": 6,
+        "classes_per_batch": 6,
+        "images_per_class": 4,
+        "views": 1,
+        "transform": "glyphs",
+        "image_size": 32,
+        "holdout_images": 0.25,
+    }
     fit, held = split_holdout(build_dataset(_config(data=data).data, "train"), 0.25)
     assert set(fit.indices).isdisjoint(held.indices) and set(np.unique(held.labels)) == set(range(6))
     teacher = trainer.train(_config(method="classifier", data=data, optim={"epochs": 1}), tmp_path / "teacher", progress=False)
     assert 0.0 <= teacher["final"]["accuracy"] <= 1.0 and set(teacher["final"]) == {"accuracy"}
     for distill in ("relaxed_contrastive", "hinton"):
-        config = _config(method="classifier", data=data, optim={"epochs": 1},
-                         classifier={"source_checkpoint": str(tmp_path / "teacher"), "distill": distill})
+        config = _config(
+            method="classifier",
+            data=data,
+            optim={"epochs": 1},
+            classifier={"source_checkpoint": str(tmp_path / "teacher"), "distill": distill},
+        )
         row = trainer.train(config, tmp_path / distill, progress=False)["history"][-1]
         assert np.isfinite(row["distill_loss"]) and "accuracy" in row
 

@@ -46,9 +46,16 @@ def test_an_export_gives_the_models_embeddings_and_describes_its_preprocessing(c
     assert described["input"]["height"] == 32 and described["output"]["embedding_dim"] == 8
     assert described["format_version"] == 2 and described["preprocessing"]["mean"] == list(NORMALIZATION_STATS["imagenet"][0])
     assert described["architecture"] | {"feature_dim": None} == {
-        "backbone": "resnet10t", "embedding_dim": 8, "normalize": False, "feature_dim": None, "pooling": "avg+max",
+        "backbone": "resnet10t",
+        "embedding_dim": 8,
+        "normalize": False,
+        "feature_dim": None,
+        "pooling": "avg+max",
         "head": {"type": "linear", "in_features": 512, "out_features": 8, "bias": True},
-        "l2_normalized": False, "output_dim": 8, "input_size": [3, 32, 32]}
+        "l2_normalized": False,
+        "output_dim": 8,
+        "input_size": [3, 32, 32],
+    }
     assert described["checked"]["max_abs_difference"] <= 1e-4
 
     model, _ = load_embedding_model(checkpoint)
@@ -106,26 +113,50 @@ def test_onnx_export_runs_in_onnxruntime_with_any_batch_size(checkpoint, tmp_pat
 IMAGENET_MEAN, IMAGENET_STD = (list(v) for v in NORMALIZATION_STATS["imagenet"])
 
 
-@pytest.mark.parametrize("transform, normalization, geometry, pixels", [
-    ("glyphs", "imagenet", {"resize": {"size": [32, 32], "interpolation": "bilinear", "antialias": True}, "crop": None},
-     {"channel_order": "RGB", "value_range": "0-1", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}),
-    ("paper", "imagenet", {"resize": {"shorter_side": 37, "longer_side_rounding": "floor", "interpolation": "bilinear",
-                                      "antialias": True},
-                           "crop": {"size": [32, 32], "position": "center", "offset_rounding": "half_to_even"}},
-     {"channel_order": "RGB", "value_range": "0-1", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}),
-    ("glyphs", "bn_inception", {"resize": {"size": [32, 32], "interpolation": "bilinear", "antialias": True}, "crop": None},
-     {"channel_order": "BGR", "value_range": "0-255", "mean": list(BN_INCEPTION_MEAN_BGR), "std": [1.0, 1.0, 1.0]}),
-    ("paper", "clip", {"resize": {"shorter_side": 37, "longer_side_rounding": "floor", "interpolation": "bilinear",
-                                  "antialias": True},
-                       "crop": {"size": [32, 32], "position": "center", "offset_rounding": "half_to_even"}},
-     {"channel_order": "RGB", "value_range": "0-1", "mean": list(NORMALIZATION_STATS["clip"][0]),
-      "std": list(NORMALIZATION_STATS["clip"][1])}),
-])
+@pytest.mark.parametrize(
+    "transform, normalization, geometry, pixels",
+    [
+        (
+            "glyphs",
+            "imagenet",
+            {"resize": {"size": [32, 32], "interpolation": "bilinear", "antialias": True}, "crop": None},
+            {"channel_order": "RGB", "value_range": "0-1", "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+        ),
+        (
+            "paper",
+            "imagenet",
+            {
+                "resize": {"shorter_side": 37, "longer_side_rounding": "floor", "interpolation": "bilinear", "antialias": True},
+                "crop": {"size": [32, 32], "position": "center", "offset_rounding": "half_to_even"},
+            },
+            {"channel_order": "RGB", "value_range": "0-1", "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+        ),
+        (
+            "glyphs",
+            "bn_inception",
+            {"resize": {"size": [32, 32], "interpolation": "bilinear", "antialias": True}, "crop": None},
+            {"channel_order": "BGR", "value_range": "0-255", "mean": list(BN_INCEPTION_MEAN_BGR), "std": [1.0, 1.0, 1.0]},
+        ),
+        (
+            "paper",
+            "clip",
+            {
+                "resize": {"shorter_side": 37, "longer_side_rounding": "floor", "interpolation": "bilinear", "antialias": True},
+                "crop": {"size": [32, 32], "position": "center", "offset_rounding": "half_to_even"},
+            },
+            {
+                "channel_order": "RGB",
+                "value_range": "0-1",
+                "mean": list(NORMALIZATION_STATS["clip"][0]),
+                "std": list(NORMALIZATION_STATS["clip"][1]),
+            },
+        ),
+    ],
+)
 def test_the_preprocessing_is_described_as_data_from_the_test_transform(transform, normalization, geometry, pixels):
     """Catches: preprocessing hard-coded (or as reprs) instead of read from the transform the run tests with."""
     described = describe_preprocessing(build_transform(transform, False, 32, normalization))
-    assert described == {"image_mode": "RGB", **geometry, **pixels, "layout": "NCHW", "dtype": "float32",
-                         "height": 32, "width": 32}
+    assert described == {"image_mode": "RGB", **geometry, **pixels, "layout": "NCHW", "dtype": "float32", "height": 32, "width": 32}
     json.dumps(described)  # plain data
 
 
@@ -138,16 +169,19 @@ def _tail(*steps):
     return [*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
-@pytest.mark.parametrize("steps, words", [
-    (_tail(v2.Resize((32, 32)), v2.RandomHorizontalFlip()), "RandomHorizontalFlip.*unknown step"),
-    (_tail(v2.Resize((32, 32)), v2.Lambda(lambda x: x)), "Lambda.*unknown step"),
-    (_tail(v2.CenterCrop(32), v2.Resize((32, 32))), "Resize.*out of order"),
-    (_tail(v2.Resize(32, max_size=40), v2.CenterCrop(32)), "Resize.*max_size"),
-    (_tail(v2.Resize(32)), "depends on the input's"),
-    ([v2.Resize((32, 32)), v2.ToImage(), v2.ToDtype(torch.float16, scale=True)], "float16, not float32"),
-    ([v2.Resize((32, 32)), v2.ToDtype(torch.float32, scale=True)], "needs ToImage"),
-    ([v2.Resize((32, 32)), v2.ToImage()], "does not end in a float32 tensor"),
-])
+@pytest.mark.parametrize(
+    "steps, words",
+    [
+        (_tail(v2.Resize((32, 32)), v2.RandomHorizontalFlip()), "RandomHorizontalFlip.*unknown step"),
+        (_tail(v2.Resize((32, 32)), v2.Lambda(lambda x: x)), "Lambda.*unknown step"),
+        (_tail(v2.CenterCrop(32), v2.Resize((32, 32))), "Resize.*out of order"),
+        (_tail(v2.Resize(32, max_size=40), v2.CenterCrop(32)), "Resize.*max_size"),
+        (_tail(v2.Resize(32)), "depends on the input's"),
+        ([v2.Resize((32, 32)), v2.ToImage(), v2.ToDtype(torch.float16, scale=True)], "float16, not float32"),
+        ([v2.Resize((32, 32)), v2.ToDtype(torch.float32, scale=True)], "needs ToImage"),
+        ([v2.Resize((32, 32)), v2.ToImage()], "does not end in a float32 tensor"),
+    ],
+)
 def test_a_step_that_cannot_be_described_is_named(steps, words):
     """Catches: a plug-in transform exported with a description that leaves out or misstates a step."""
     with pytest.raises(ConfigError, match=f"cannot describe the test transform.*{words}"):
@@ -209,18 +243,18 @@ def _query_images(folder: Path) -> list[Path]:
     return [*paths, gray]
 
 
-@pytest.mark.parametrize("transform, normalization", [("glyphs", "imagenet"), ("paper", "imagenet"),
-                                                      ("paper", "bn_inception")])
+@pytest.mark.parametrize("transform, normalization", [("glyphs", "imagenet"), ("paper", "imagenet"), ("paper", "bn_inception")])
 def test_the_guides_script_embeds_like_metrictransfer_from_the_description_alone(tmp_path, transform, normalization):
     """Catches: a description a program without metrictransfer cannot follow to the same embeddings (a missing
     crop, RGB fed to a BGR model, 0-1 values to a 0-255 one, a rounding that moves the crop by a pixel)."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    raw = {"model": {"backbone": "resnet10t", "embedding_dim": 8, "normalize": True},
-           "data": {"image_size": 32, "transform": transform, "normalization": normalization}}
-    checkpoint = save_embedding_model(EmbeddingModel("resnet10t", 8, normalize=True), build_config(raw),
-                                      tmp_path / "checkpoint.pt")
+    raw = {
+        "model": {"backbone": "resnet10t", "embedding_dim": 8, "normalize": True},
+        "data": {"image_size": 32, "transform": transform, "normalization": normalization},
+    }
+    checkpoint = save_embedding_model(EmbeddingModel("resnet10t", 8, normalize=True), build_config(raw), tmp_path / "checkpoint.pt")
     out = tmp_path / "model.onnx"
     export_model(checkpoint, "onnx", out)
     images = _query_images(tmp_path / "images")
@@ -232,8 +266,13 @@ def test_the_guides_script_embeds_like_metrictransfer_from_the_description_alone
 
     script = tmp_path / "embed_onnx.py"
     script.write_text(_guide_script())
-    done = subprocess.run([sys.executable, "-I", "-c", ISOLATED, str(script), str(out), *map(str, images)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", ISOLATED, str(script), str(out), *map(str, images)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     got = np.array(json.loads(done.stdout), dtype=np.float32)
     assert got.shape == expected.shape == (4, 8)

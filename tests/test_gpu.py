@@ -50,8 +50,7 @@ TINY = {
 STEPS_PER_EPOCH = 22  # 4 classes × 44 training images, 4 × 2 per batch
 # The resume runs: 2 epochs of SGD (an update proportional to the gradient, so CPU and CUDA rounding
 # stays small; Adam's first steps are ±lr whatever the gradient's size), both epoch ends kept.
-RESUMED = {**TINY, "optim": {"optimizer": "sgd", "lr": 0.01, "epochs": 2}, "checkpoint": {"keep": 2},
-           "deterministic": True}
+RESUMED = {**TINY, "optim": {"optimizer": "sgd", "lr": 0.01, "epochs": 2}, "checkpoint": {"keep": 2}, "deterministic": True}
 
 
 def _raw(**changes) -> dict:
@@ -181,8 +180,7 @@ def test_a_reduced_precision_step_is_finite_and_close_to_float32(precision, meas
     measure("gradient cosine", cosine, limits["cosine"])
     measure("gradient relative error", relative, limits["relative"])
     measure("scaler skips before finite gradients", attempt)
-    assert loss_error <= limits["loss"] and cosine >= limits["cosine"] and relative <= limits["relative"], \
-        (loss_error, cosine, relative)
+    assert loss_error <= limits["loss"] and cosine >= limits["cosine"] and relative <= limits["relative"], (loss_error, cosine, relative)
 
 
 @pytest.mark.parametrize("precision", ["bf16", pytest.param("16", marks=needs_cuda)])
@@ -293,8 +291,7 @@ def _train_cli(*args: str, cuda: bool = True, torchrun: bool = False) -> subproc
     launcher = [sys.executable]
     if torchrun:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
-    done = subprocess.run([*launcher, "-m", "metrictransfer.cli", "train", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run([*launcher, "-m", "metrictransfer.cli", "train", *args], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -373,8 +370,7 @@ def test_a_one_process_torchrun_run_on_the_device_resumes_to_the_same_weights(de
 
 
 @pytest.mark.parametrize("direction", ["device→cpu", "cpu→device"])
-def test_a_checkpoint_resumes_on_the_other_device_and_continues_where_it_stopped(direction, device_run, cpu_run,
-                                                                               tmp_path, measure):
+def test_a_checkpoint_resumes_on_the_other_device_and_continues_where_it_stopped(direction, device_run, cpu_run, tmp_path, measure):
     """The first epoch on A, the second resumed on B, against both epochs straight on A. CPU and CUDA
     kernels round differently (and TF32 convolutions on recent GPUs), so the weights are compared by
     how far apart they end relative to how far the second epoch moved them: a resume from the wrong

@@ -100,8 +100,13 @@ def test_every_package_has_a_layer():
 
 
 def test_module_level_imports_go_down_the_layers():
-    upward = [imp for imp in IMPORTS if not imp.function_level and _layer(imp.target)[0] > _layer(imp.source)[0]
-              and (imp.source, graph.package_of(imp.target)) not in UPWARD]
+    upward = [
+        imp
+        for imp in IMPORTS
+        if not imp.function_level
+        and _layer(imp.target)[0] > _layer(imp.source)[0]
+        and (imp.source, graph.package_of(imp.target)) not in UPWARD
+    ]
     assert not upward, _fail([_crossing(imp) for imp in upward], "imports of a higher layer")
 
 
@@ -110,8 +115,7 @@ def test_packages_import_each_other_without_cycles():
     kept = [imp for imp in IMPORTS if (imp.source, graph.package_of(imp.target)) not in UPWARD]
     edges = graph.package_edges(kept)
     found = graph.cycles(edges)
-    lines = [" -> ".join(cycle) + "  (" + "; ".join(_where(edges[a, b][0]) for a, b in zip(cycle, cycle[1:])) + ")"
-             for cycle in found]
+    lines = [" -> ".join(cycle) + "  (" + "; ".join(_where(edges[a, b][0]) for a, b in zip(cycle, cycle[1:])) + ")" for cycle in found]
     assert not found, _fail(lines, "package import cycles")
 
 
@@ -125,8 +129,10 @@ def test_function_level_imports_only_defer_heavy_dependencies():
     for imp in (imp for imp in IMPORTS if imp.function_level):
         allowed = FUNCTION_LEVEL.get(imp.source, {})
         if "*" not in allowed and imp.target not in allowed:
-            problems.append(f"{_where(imp)} inside a function: import it at module level, or add it to FUNCTION_LEVEL "
-                            "with the heavy dependency it defers")
+            problems.append(
+                f"{_where(imp)} inside a function: import it at module level, or add it to FUNCTION_LEVEL "
+                "with the heavy dependency it defers"
+            )
         elif _layer(imp.target)[0] > _layer(imp.source)[0]:
             problems.append(f"{_crossing(imp)}, inside a function (it hides a cycle)")
     assert not problems, _fail(problems, "function-level imports")
@@ -140,6 +146,10 @@ def test_exceptions_are_still_needed(table):
         stale = [f"{a} -> {b}" for a, b in UPWARD if (a, b) not in found]
     else:
         found = {(imp.source, imp.target) for imp in IMPORTS if imp.function_level}
-        stale = [f"{a} -> {b}" for a, targets in FUNCTION_LEVEL.items() for b in targets
-                 if (a, b) not in found and not (b == "*" and any(s == a for s, _ in found))]
+        stale = [
+            f"{a} -> {b}"
+            for a, targets in FUNCTION_LEVEL.items()
+            for b in targets
+            if (a, b) not in found and not (b == "*" and any(s == a for s, _ in found))
+        ]
     assert not stale, f"delete these entries of {table} in tests/test_layers.py, their imports are gone: {stale}"

@@ -23,9 +23,19 @@ from metrictransfer.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO_RECIPES = ["folder_source.yaml", "folder_transfer.yaml", "csv_source.yaml"]
 # what makes a photo recipe tiny: the guide's overrides for its end-to-end walk
-TINY = ["model.backbone=resnet10t", "model.pretrained=false", "data.image_size=32", "data.normalization=imagenet",
-        "optim.epochs=1", "optim.warmup_epochs=0", "data.classes_per_batch=3", "data.images_per_class=2",
-        "data.num_workers=0", "eval.recall_at=[1,2]", "threads=2"]
+TINY = [
+    "model.backbone=resnet10t",
+    "model.pretrained=false",
+    "data.image_size=32",
+    "data.normalization=imagenet",
+    "optim.epochs=1",
+    "optim.warmup_epochs=0",
+    "data.classes_per_batch=3",
+    "data.images_per_class=2",
+    "data.num_workers=0",
+    "eval.recall_at=[1,2]",
+    "threads=2",
+]
 
 
 def _photos(root: Path, classes: int = 6, images: int = 6, size: int = 40) -> Path:
@@ -81,8 +91,13 @@ def test_defaults_follow_the_dataset_and_the_stored_configuration_says_them(tmp_
     stored = config_to_dict(build_config({"data": {"dataset": "folder", "root": "photos"}}))
     assert (stored["data"]["transform"], stored["data"]["image_size"]) == ("paper", 224)
     # eval.data preprocesses as the model was trained unless it says otherwise
-    run = build_config({"data": {"dataset": "unlabelled", "root": "u", "image_size": 64},
-                        "method": "selfsup", "eval": {"data": {"dataset": "folder", "root": "p"}}})
+    run = build_config(
+        {
+            "data": {"dataset": "unlabelled", "root": "u", "image_size": 64},
+            "method": "selfsup",
+            "eval": {"data": {"dataset": "folder", "root": "p"}},
+        }
+    )
     assert run.eval.data is not None and (run.eval.data.transform, run.eval.data.image_size) == ("paper", 64)
 
 
@@ -96,8 +111,14 @@ def test_a_batch_the_split_cannot_fill_names_the_largest_that_fits():
         check_batch_fits(16, 4, labels)
     message = str(too_many.value)
     assert "\n" not in message
-    for part in ("data.classes_per_batch=16", "data.images_per_class=4", "5 classes", "smallest with 2 images",
-                 "data.classes_per_batch=3 with data.images_per_class=4", "data.classes_per_batch=5 with data.images_per_class=2"):
+    for part in (
+        "data.classes_per_batch=16",
+        "data.images_per_class=4",
+        "5 classes",
+        "smallest with 2 images",
+        "data.classes_per_batch=3 with data.images_per_class=4",
+        "data.classes_per_batch=5 with data.images_per_class=2",
+    ):
         assert part in message
     with pytest.raises(ConfigError, match="data.classes_per_batch=4 with data.images_per_class=3"):
         check_batch_fits(5, 3, labels)  # enough classes, but one has fewer than 3 images
@@ -141,8 +162,18 @@ def test_train_root_is_set_data_root(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "train", fake_train)
     photos = tmp_path / "my photos: 2024"
-    status = main(["train", str(ROOT / "recipes" / "folder_source.yaml"), "--root", str(photos),
-                   "--set", "model.pretrained=false", "--out", str(tmp_path / "run")])
+    status = main(
+        [
+            "train",
+            str(ROOT / "recipes" / "folder_source.yaml"),
+            "--root",
+            str(photos),
+            "--set",
+            "model.pretrained=false",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert status == 2 and seen["root"] == str(photos)
 
 
@@ -156,11 +187,22 @@ def test_the_own_data_guide_end_to_end(tmp_path):
     assert status == 0 and "train classes: class_00, class_01, class_02" in text
     sets = [arg for item in TINY for arg in ("--set", item)]
     source, target = tmp_path / "runs" / "my-source", tmp_path / "runs" / "my-target"
-    status, _ = _run(["train", str(ROOT / "recipes" / "folder_source.yaml"), "--root", str(photos), "--out", str(source),
-                      *sets, "--json"])
+    status, _ = _run(["train", str(ROOT / "recipes" / "folder_source.yaml"), "--root", str(photos), "--out", str(source), *sets, "--json"])
     assert status == 0 and (source / "config.yaml").is_file()
-    status, _ = _run(["train", str(ROOT / "recipes" / "folder_transfer.yaml"), "--root", str(photos), "--out", str(target),
-                      "--set", f"transfer.source_checkpoint={source}", *sets, "--json"])
+    status, _ = _run(
+        [
+            "train",
+            str(ROOT / "recipes" / "folder_transfer.yaml"),
+            "--root",
+            str(photos),
+            "--out",
+            str(target),
+            "--set",
+            f"transfer.source_checkpoint={source}",
+            *sets,
+            "--json",
+        ]
+    )
     assert status == 0
     status, text = _run(["evaluate", "--checkpoint", str(target), "--json"])
     assert status == 0 and 0.0 <= json.loads(text)["recall@1"] <= 1.0

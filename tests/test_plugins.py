@@ -90,8 +90,12 @@ def test_a_plugin_registers_through_its_entry_point(tmp_path, install_plugin, re
 
 
 def test_a_plugin_that_fails_to_import_says_so(install_plugin, rediscovered):
-    install_plugin("mt_plugin_broken", "metrictransfer.transfer_losses", ["broken"],
-                   "raise ImportError('mt_plugin_broken needs a library that is not installed')\n")
+    install_plugin(
+        "mt_plugin_broken",
+        "metrictransfer.transfer_losses",
+        ["broken"],
+        "raise ImportError('mt_plugin_broken needs a library that is not installed')\n",
+    )
     with pytest.raises(Exception, match="mt_plugin_broken needs"):  # loud, with the plug-in's own reason
         TRANSFER_LOSSES.names()
 
@@ -162,7 +166,7 @@ def test_names_read_from_source_are_the_registered_ones(registry):
         assert declared == registered
 
 
-TIMM_BACKBONE = '''
+TIMM_BACKBONE = """
 from timm.models import register_model
 from timm.models.resnet import resnet10t
 
@@ -173,7 +177,7 @@ from metrictransfer.registry import register_backbone
 @register_model
 def mt_plugin_resnet(pretrained=False, **kwargs):
     return resnet10t(pretrained=False, **kwargs)
-'''
+"""
 
 
 def test_a_plugin_backbone_is_found_when_the_model_is_built(install_plugin, monkeypatch):
@@ -183,8 +187,9 @@ def test_a_plugin_backbone_is_found_when_the_model_is_built(install_plugin, monk
 
     saved = BACKBONES.snapshot()
     monkeypatch.setattr(BACKBONES, "_discovered", False)  # as for TRANSFER_LOSSES above
-    tables = {name: table.copy() for name, table in vars(timm_registry).items()
-              if not name.startswith("__") and isinstance(table, (dict, set))}
+    tables = {
+        name: table.copy() for name, table in vars(timm_registry).items() if not name.startswith("__") and isinstance(table, (dict, set))
+    }
     install_plugin("mt_plugin_resnet", "metrictransfer.backbones", ["mt_plugin_resnet"], TIMM_BACKBONE)
     try:
         assert EmbeddingModel("mt_plugin_resnet", 8).backbone_name == "mt_plugin_resnet"

@@ -94,8 +94,10 @@ def test_an_inshop_report_searches_queries_against_the_gallery(tmp_path, monkeyp
     run = tmp_path / "run"
     run.mkdir()
     _checkpoint(run / "checkpoint.pt")
-    config = {"data": {"dataset": "inshop", "root": str(root), "transform": "paper", "image_size": 32},
-              "model": {"backbone": "resnet10t", "embedding_dim": 8}}
+    config = {
+        "data": {"dataset": "inshop", "root": str(root), "transform": "paper", "image_size": 32},
+        "model": {"backbone": "resnet10t", "embedding_dim": 8},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     row = {"epoch": 1, "loss": 1.0, "recall@1": 0.5}
     (run / "results.json").write_text(json.dumps({"final": {"recall@1": 0.5}, "history": [row]}))

@@ -37,8 +37,17 @@ def gpu_recipe(dataset: str, row: str) -> dict:
     return {
         "method": "mutual",
         "name": f"{dataset}-mutual-{row}",
-        "data": {"dataset": dataset, "root": root, "transform": "paper", "image_size": 224, "normalization": "model",
-                 "classes_per_batch": 25, "images_per_class": 5, "views": 1, "num_workers": 8},
+        "data": {
+            "dataset": dataset,
+            "root": root,
+            "transform": "paper",
+            "image_size": 224,
+            "normalization": "model",
+            "classes_per_batch": 25,
+            "images_per_class": 5,
+            "views": 1,
+            "num_workers": 8,
+        },
         "model": {"backbone": "resnet50.tv_in1k", "embedding_dim": 512, "pretrained": True, "normalize": True},
         "metric_loss": BASE_LOSS,
         "mutual": {**MUTUAL, **ABLATION[row]},
@@ -53,8 +62,7 @@ def glyphs_recipe() -> dict:
         "method": "mutual",
         "name": "glyphs-mutual",
         "threads": 2,
-        "data": {"dataset": "glyphs", "transform": "glyphs", "image_size": 32,
-                 "classes_per_batch": 45, "images_per_class": 2, "views": 2},
+        "data": {"dataset": "glyphs", "transform": "glyphs", "image_size": 32, "classes_per_batch": 45, "images_per_class": 2, "views": 2},
         "model": {"backbone": "resnet10t", "embedding_dim": 32, "normalize": True},
         "metric_loss": BASE_LOSS,
         "mutual": {**MUTUAL, **ABLATION["all"]},
@@ -83,27 +91,35 @@ def all_recipes() -> dict[str, str]:
     recipes = {}
     for dataset, (_, paper) in DATASETS.items():
         name = f"{dataset}_mutual.yaml"
-        recipes[name] = render(gpu_recipe(dataset, "all"), [
-            f"Diversified mutual learning on {dataset}: two ImageNet-pretrained ResNet-50 512-d members with model,",
-            "temporal and view diversity (the ablation's 'all three' row).",
-            f"Paper: Recall@1 {paper} (its headline result). Not yet run by us (GPU scale): the figure is the paper's.",
-            f"metrictransfer train recipes/mutual/{name} --set data.root=...",
-        ])
+        recipes[name] = render(
+            gpu_recipe(dataset, "all"),
+            [
+                f"Diversified mutual learning on {dataset}: two ImageNet-pretrained ResNet-50 512-d members with model,",
+                "temporal and view diversity (the ablation's 'all three' row).",
+                f"Paper: Recall@1 {paper} (its headline result). Not yet run by us (GPU scale): the figure is the paper's.",
+                f"metrictransfer train recipes/mutual/{name} --set data.root=...",
+            ],
+        )
         for row in ABLATION:
             if row == "all":
                 continue  # the ablation's last row is the headline recipe above
             name = f"{dataset}_ablation_{row}.yaml"
-            recipes[name] = render(gpu_recipe(dataset, row), [
-                f"Ablation of diversified mutual learning on {dataset}, row '{row}' "
-                f"(all three diversities: {dataset}_mutual.yaml).",
-                "Not yet run by us (GPU scale).",
-                f"metrictransfer train recipes/mutual/{name} --set data.root=...",
-            ])
-    recipes["glyphs_mutual.yaml"] = render(glyphs_recipe(), [
-        "A cohort of two ResNet-10t 32-d members on the offline glyphs data (CPU, about 3 minutes on 2 cores).",
-        "benchmarks/mutual_ablation.py runs this and the other ablation rows over 3 seeds.",
-        "metrictransfer train recipes/mutual/glyphs_mutual.yaml --out runs/glyphs-mutual",
-    ])
+            recipes[name] = render(
+                gpu_recipe(dataset, row),
+                [
+                    f"Ablation of diversified mutual learning on {dataset}, row '{row}' (all three diversities: {dataset}_mutual.yaml).",
+                    "Not yet run by us (GPU scale).",
+                    f"metrictransfer train recipes/mutual/{name} --set data.root=...",
+                ],
+            )
+    recipes["glyphs_mutual.yaml"] = render(
+        glyphs_recipe(),
+        [
+            "A cohort of two ResNet-10t 32-d members on the offline glyphs data (CPU, about 3 minutes on 2 cores).",
+            "benchmarks/mutual_ablation.py runs this and the other ablation rows over 3 seeds.",
+            "metrictransfer train recipes/mutual/glyphs_mutual.yaml --out runs/glyphs-mutual",
+        ],
+    )
     return recipes
 
 

@@ -37,9 +37,9 @@ METHODS = {  # transfer section (None: the target trained with Proxy-Anchor alon
     "darkrank": "  loss: {name: darkrank, params: {alpha: 3, beta: 3, list_length: 4}}\n",
     "fitnet": "  loss: {name: fitnet}\n  hint_stages: 1\n  metric_weight: 1.0  # the paper adds Proxy-Anchor\n",
     "attention": "  loss: {name: attention}\n  weight: 1000.0  # β = 10³ of the attention-transfer paper\n  hint_stages: 3\n"
-                 "  metric_weight: 1.0  # the paper adds Proxy-Anchor\n",
+    "  metric_weight: 1.0  # the paper adds Proxy-Anchor\n",
     "crd": "  loss: {name: crd, params: {feat_dim: 128, negatives: 4096, temperature: 0.07, momentum: 0.5}}\n"
-           "  metric_weight: 1.0  # the paper adds Proxy-Anchor\n",
+    "  metric_weight: 1.0  # the paper adds Proxy-Anchor\n",
     "none": None,
 }
 

@@ -111,12 +111,24 @@ def cmd_train(args: argparse.Namespace) -> int:
             with _json_only(args):
                 write_report(run_dir)
         except KeyboardInterrupt:
-            print(f"metrictransfer: interrupted while writing the report; the run itself is finished and saved. "
-                  f"Rebuild the report with: metrictransfer report {run_dir}", file=sys.stderr)
+            print(
+                f"metrictransfer: interrupted while writing the report; the run itself is finished and saved. "
+                f"Rebuild the report with: metrictransfer report {run_dir}",
+                file=sys.stderr,
+            )
             return 130
         if args.json:
-            print(json.dumps({"run": str(run_dir), "final": results["final"], "results": str(run_dir / "results.json"),
-                              "report": str(run_dir / "report.md"), "already_finished": False}))
+            print(
+                json.dumps(
+                    {
+                        "run": str(run_dir),
+                        "final": results["final"],
+                        "results": str(run_dir / "results.json"),
+                        "report": str(run_dir / "report.md"),
+                        "already_finished": False,
+                    }
+                )
+            )
         else:
             final = ", ".join(f"{key} {value:.4f}" for key, value in results["final"].items())
             print(f"{run_dir}: trained {results['epochs']} epochs; final {final}; report: {run_dir / 'report.md'}")
@@ -132,8 +144,17 @@ def _already_finished(run_dir: Path, results: dict[str, Any], epochs: int, as_js
     claim_run_folder(run_dir, resume=True).release()  # refuses a folder in use; removes a killed writer's temporaries
     report = run_dir / "report.md"
     if as_json:
-        print(json.dumps({"run": str(run_dir), "final": results.get("final"), "results": str(run_dir / "results.json"),
-                          "report": str(report), "already_finished": True}))
+        print(
+            json.dumps(
+                {
+                    "run": str(run_dir),
+                    "final": results.get("final"),
+                    "results": str(run_dir / "results.json"),
+                    "report": str(report),
+                    "already_finished": True,
+                }
+            )
+        )
     else:
         rebuild = "" if report.is_file() else f"; it has no report.md: metrictransfer report {run_dir}"
         print(f"{run_dir} already finished ({epochs} epochs); its results: {run_dir / 'results.json'}{rebuild}")
@@ -219,8 +240,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     embeddings = embeddings.to(resolve_device(device))
     metrics = retrieval_metrics(
-        embeddings, labels, ks, metric, nmi=args.nmi, backend=args.backend, progress=sys.stderr.isatty(),
-        is_query=masks.get("is_query"), is_gallery=masks.get("is_gallery"),
+        embeddings,
+        labels,
+        ks,
+        metric,
+        nmi=args.nmi,
+        backend=args.backend,
+        progress=sys.stderr.isatty(),
+        is_query=masks.get("is_query"),
+        is_gallery=masks.get("is_gallery"),
     )
     if args.json:
         print(json.dumps(metrics))
@@ -254,11 +282,22 @@ def cmd_index(args: argparse.Namespace) -> int:
     from metrictransfer.search import build_index
 
     with _json_only(args):
-        meta = build_index(args.checkpoint, args.images, args.out, args.model, _device(args.device), args.batch_size,
-                           progress=sys.stderr.isatty())
+        meta = build_index(
+            args.checkpoint, args.images, args.out, args.model, _device(args.device), args.batch_size, progress=sys.stderr.isatty()
+        )
     if args.json:
-        print(json.dumps({"out": str(args.out), "count": meta["count"], "dim": meta["dim"], "metric": meta["metric"],
-                          "classes": len(meta["classes"]), "faiss": bool(meta["faiss"])}))
+        print(
+            json.dumps(
+                {
+                    "out": str(args.out),
+                    "count": meta["count"],
+                    "dim": meta["dim"],
+                    "metric": meta["metric"],
+                    "classes": len(meta["classes"]),
+                    "faiss": bool(meta["faiss"]),
+                }
+            )
+        )
         return 0
     engine = "faiss" if meta["faiss"] else "exact (torch; pip install faiss-cpu for a faiss index)"
     labels = f"{len(meta['classes'])} classes" if meta["classes"] else "no labels"
@@ -273,11 +312,22 @@ def cmd_export(args: argparse.Namespace) -> int:
         described = export_model(args.checkpoint, args.format, args.out, args.model)
     checked, dim = described["checked"], described["output"]["embedding_dim"]
     if args.json:
-        print(json.dumps({"out": str(args.out), "format": args.format, "description": str(description_path(args.out)),
-                          "embedding_dim": dim, "max_abs_difference": checked["max_abs_difference"]}))
+        print(
+            json.dumps(
+                {
+                    "out": str(args.out),
+                    "format": args.format,
+                    "description": str(description_path(args.out)),
+                    "embedding_dim": dim,
+                    "max_abs_difference": checked["max_abs_difference"],
+                }
+            )
+        )
         return 0
-    print(f"{args.out}: {args.format}, {dim}-d embeddings, checked against the "
-          f"PyTorch model (largest difference {checked['max_abs_difference']:.1e}); preprocessing in {description_path(args.out)}")
+    print(
+        f"{args.out}: {args.format}, {dim}-d embeddings, checked against the "
+        f"PyTorch model (largest difference {checked['max_abs_difference']:.1e}); preprocessing in {description_path(args.out)}"
+    )
     return 0
 
 
@@ -292,10 +342,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     results = gallery.search(args.queries, args.k)
     query_labels = [_folder_label(q, gallery.meta["classes"]) for q in args.queries]
     if args.json:
-        print(json.dumps([
-            {"query": q, "label": label, "neighbours": [vars(n) for n in found]}
-            for q, label, found in zip(args.queries, query_labels, results)
-        ]))
+        print(
+            json.dumps(
+                [
+                    {"query": q, "label": label, "neighbours": [vars(n) for n in found]}
+                    for q, label, found in zip(args.queries, query_labels, results)
+                ]
+            )
+        )
     else:
         for q, found in zip(args.queries, results):
             print(q)
@@ -354,66 +408,80 @@ COMMANDS: dict[str, Command] = {
         "dataset to download); compares their Recall@K on held-out classes.",
         "--out (default runs/demo-<timestamp>): a run folder per model, each with its report.md, and the three's "
         "results.json, log.csv and recall.png; prints a line per epoch and the Recall@K table (--json: one JSON object)",
-        "getting-started.md"),
+        "getting-started.md",
+    ),
     "train": Command(
         "train a model from a YAML recipe, or --resume a run",
         "Train a run from a YAML recipe, or continue an interrupted one from its newest checkpoint with "
         "--resume RUN_DIR (a finished run is answered at once). --set overrides any configuration key.",
         "the run folder (--out, default runs/<name>-<timestamp>): config.yaml, checkpoint.pt, log.csv, results.json, "
         "report.md and plots; prints a line per epoch and the final metrics (--json: one JSON object)",
-        "getting-started.md, guides/transfer.md, guides/long-runs.md (resuming, torchrun), "
-        "reference/configuration.md (every key)"),
+        "getting-started.md, guides/transfer.md, guides/long-runs.md (resuming, torchrun), reference/configuration.md (every key)",
+    ),
     "data": Command(
         "look at a dataset's files before training on it",
         "Look at a dataset's files before training on it: metrictransfer data inspect.",
-        "nothing", "guides/datasets.md"),
+        "nothing",
+        "guides/datasets.md",
+    ),
     "data inspect": Command(
         "images and classes per split; checks listed files exist",
         "Count the images and classes of each split of a dataset and check that every image its annotation "
         "files list exists (no image is opened); exits 1 when files are missing.",
-        "nothing; prints a table of the splits (--json: one JSON object)", "guides/datasets.md"),
+        "nothing; prints a table of the splits (--json: one JSON object)",
+        "guides/datasets.md",
+    ),
     "embed": Command(
         "embed one split of a run's dataset into an .npz file",
         "Embed one split of a run's dataset with the run's model.",
         "--out: an .npz of embeddings, labels and item paths (what evaluate --embeddings and "
         "transfer.source_embeddings read); prints how many items and dimensions (--json: one JSON object)",
-        "guides/evaluation.md"),
+        "guides/evaluation.md",
+    ),
     "evaluate": Command(
         "Recall@K, MAP@R, R-Precision (NMI) of a run or embeddings",
         "Retrieval metrics of a run's model on its dataset's test split (--checkpoint), or of .npz embeddings "
         "files (--embeddings; several files: their ensemble): every item against all others, or queries "
         "against a gallery.",
-        "nothing; prints the metrics (--json: one JSON object)", "guides/evaluation.md"),
+        "nothing; prints the metrics (--json: one JSON object)",
+        "guides/evaluation.md",
+    ),
     "index": Command(
         "embed a gallery of images with a run's model, for search",
         "Embed a gallery of images (a folder, sub-folders as classes, or a CSV of path[,label]) with a run's "
         "model, for metrictransfer search.",
         "--out INDEX_DIR: embeddings.npz, index.json (and faiss.index when faiss is installed); prints what it holds "
         "(--json: one JSON object)",
-        "guides/using-a-model.md"),
+        "guides/using-a-model.md",
+    ),
     "search": Command(
         "the nearest gallery images of query images",
-        "The nearest gallery images of each query image, in an index built by metrictransfer index, embedded "
-        "with the model that built it.",
+        "The nearest gallery images of each query image, in an index built by metrictransfer index, embedded with the model that built it.",
         "nothing, or with --grid an image of the queries and their neighbours; prints the neighbours and their "
         "distances (--json: one JSON list, an entry per query)",
-        "guides/using-a-model.md"),
+        "guides/using-a-model.md",
+    ),
     "export": Command(
         "the model as safetensors, TorchScript or ONNX, checked",
         "Export a run's embedding model for other programs, and check the written file against the PyTorch model.",
         "--out FILE and its description FILE.json (preprocessing, architecture, checksum); prints the largest "
-        "difference found (--json: one JSON object)", "guides/using-a-model.md"),
+        "difference found (--json: one JSON object)",
+        "guides/using-a-model.md",
+    ),
     "report": Command(
         "(re)build a finished run's report.md and plots",
         "(Re)build the report of finished runs: the final metrics of every model, training curves, a retrieval "
         "grid and a map of the test embeddings.",
         "RUN_DIR/report.md, curves.png, retrieval.png and embedding_map.png; prints each report's path (--json: one JSON object)",
-        "guides/using-a-model.md"),
+        "guides/using-a-model.md",
+    ),
     "table": Command(
         "final metrics of finished runs as one markdown table",
         "The final metrics of finished runs (or of folders of them, a demo's say) as one markdown table; runs of "
         "one configuration that differ only in the seed are one row (mean ± std).",
-        "nothing; prints the table (--json: one JSON list, a record per run)", "guides/using-a-model.md"),
+        "nothing; prints the table (--json: one JSON list, a record per run)",
+        "guides/using-a-model.md",
+    ),
 }
 
 
@@ -422,20 +490,23 @@ def _overview() -> str:
     listed = {name: command for name, command in COMMANDS.items() if name != "data"}  # the group shows as data inspect
     width = max(map(len, listed))
     lines = [f"  {name:<{width}}  {command.summary}" for name, command in listed.items()]
-    return "\n".join([
-        "Deep metric learning with knowledge transfer between embedding models.", "",
-        "commands (metrictransfer COMMAND --help: what it writes, its options, docs):",
-        *lines, "",
-        "Commands that print results take --json: one JSON document on stdout.",
-        "Documentation: docs/index.md in the repository.",
-    ])
+    return "\n".join(
+        [
+            "Deep metric learning with knowledge transfer between embedding models.",
+            "",
+            "commands (metrictransfer COMMAND --help: what it writes, its options, docs):",
+            *lines,
+            "",
+            "Commands that print results take --json: one JSON document on stdout.",
+            "Documentation: docs/index.md in the repository.",
+        ]
+    )
 
 
 def _describe(command: Command) -> str:
     width = max(40, shutil.get_terminal_size().columns - 2)  # argparse's own width
     wrap = textwrap.TextWrapper(width=width, subsequent_indent="  ")
-    return "\n".join([textwrap.fill(command.does, width), "", wrap.fill(f"writes: {command.writes}"),
-                      wrap.fill(f"docs: {command.docs}")])
+    return "\n".join([textwrap.fill(command.does, width), "", wrap.fill(f"writes: {command.writes}"), wrap.fill(f"docs: {command.docs}")])
 
 
 def _debug_option() -> argparse.ArgumentParser:
@@ -447,15 +518,22 @@ def _debug_option() -> argparse.ArgumentParser:
 
 def _command(subparsers: argparse._SubParsersAction[Any], name: str, key: str | None = None) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        name, parents=[_debug_option()], description=_describe(COMMANDS[key or name]),
+        name,
+        parents=[_debug_option()],
+        description=_describe(COMMANDS[key or name]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return parser
 
 
 def _overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a configuration key, e.g. --set optim.lr=3e-4 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a configuration key, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
 
 
 def _json(parser: argparse.ArgumentParser, help: str = JSON_HELP) -> None:
@@ -478,34 +556,45 @@ def _add_train(train: argparse.ArgumentParser) -> None:
 
     train.add_argument("recipe", nargs="?", help=f"YAML recipe (method: {', '.join(METHODS.declared_names())})")
     train.add_argument("--out", help="run folder (default runs/<name>-<timestamp>)")
-    train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue an interrupted run from its last checkpoint (a finished run: where its results are)")
-    train.add_argument("--overwrite", action="store_true",
-                       help="--out already holds a run: delete its checkpoints, results and log and start anew")
-    train.add_argument("--root", metavar="PATH", help="the folder holding the dataset's files (csv: the CSV file); "
-                       "short for --set data.root=PATH")
+    train.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint (a finished run: where its results are)"
+    )
+    train.add_argument(
+        "--overwrite", action="store_true", help="--out already holds a run: delete its checkpoints, results and log and start anew"
+    )
+    train.add_argument(
+        "--root", metavar="PATH", help="the folder holding the dataset's files (csv: the CSV file); short for --set data.root=PATH"
+    )
     _overrides(train)
-    train.add_argument("--on-nan", choices=["error", "skip"],
-                       help="a non-finite loss stops the run (error, the default) or its step is skipped and counted")
-    _json(train, "print exactly one JSON object at the end (run, final metrics, results and report paths); "
-          "epoch lines go to stderr")
+    train.add_argument(
+        "--on-nan",
+        choices=["error", "skip"],
+        help="a non-finite loss stops the run (error, the default) or its step is skipped and counted",
+    )
+    _json(train, "print exactly one JSON object at the end (run, final metrics, results and report paths); epoch lines go to stderr")
     train.set_defaults(func=cmd_train)
 
 
 def _add_data(data: argparse.ArgumentParser) -> None:
-    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="inspect",
-                                   help="the one data command: metrictransfer data inspect --help")
+    data_sub = data.add_subparsers(
+        dest="data_command", required=True, metavar="inspect", help="the one data command: metrictransfer data inspect --help"
+    )
     _add_data_inspect(_command(data_sub, "inspect", "data inspect"))
 
 
 def _add_data_inspect(inspect: argparse.ArgumentParser) -> None:
     from metrictransfer.registry import DATASETS
 
-    inspect.add_argument("--dataset", required=True, metavar="NAME",
-                         help=f"a registered dataset: {', '.join(DATASETS.declared_names())} (or a plug-in's)")
+    inspect.add_argument(
+        "--dataset", required=True, metavar="NAME", help=f"a registered dataset: {', '.join(DATASETS.declared_names())} (or a plug-in's)"
+    )
     inspect.add_argument("--root", help="the folder holding the dataset's files (csv: the CSV file)")
-    inspect.add_argument("--test-fraction", type=float, default=0.5,
-                         help="folder/csv without a split column: the share of classes held out for test (default 0.5)")
+    inspect.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.5,
+        help="folder/csv without a split column: the share of classes held out for test (default 0.5)",
+    )
     _json(inspect)
     inspect.set_defaults(func=cmd_data_inspect)
 
@@ -524,8 +613,12 @@ def _add_embed(embed: argparse.ArgumentParser) -> None:
 def _add_evaluate(evaluate: argparse.ArgumentParser) -> None:
     what = evaluate.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help=f"{CHECKPOINT_HELP}: embed its test split, then evaluate")
-    what.add_argument("--embeddings", nargs="+", metavar="FILE.npz",
-                      help=".npz with embeddings and labels (see metrictransfer embed); several files: their ensemble")
+    what.add_argument(
+        "--embeddings",
+        nargs="+",
+        metavar="FILE.npz",
+        help=".npz with embeddings and labels (see metrictransfer embed); several files: their ensemble",
+    )
     evaluate.add_argument("--model", help="with --checkpoint: which model of the run (default: its output model)")
     evaluate.add_argument("--k", type=_k_list, help="comma-separated K values (default: the run's eval.recall_at, or 1,2,4,8)")
     evaluate.add_argument("--metric", choices=["euclidean", "cosine"], help="default: the run's or the file's, else euclidean")
@@ -539,8 +632,12 @@ def _add_evaluate(evaluate: argparse.ArgumentParser) -> None:
 
 def _add_index(index: argparse.ArgumentParser) -> None:
     index.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    index.add_argument("--images", required=True, metavar="FOLDER_OR_CSV",
-                       help="a folder (searched recursively; sub-folders are classes) or a CSV with path[,label] columns")
+    index.add_argument(
+        "--images",
+        required=True,
+        metavar="FOLDER_OR_CSV",
+        help="a folder (searched recursively; sub-folders are classes) or a CSV with path[,label] columns",
+    )
     index.add_argument("--out", required=True, metavar="INDEX_DIR", help="the index folder to write")
     index.add_argument("--model", help=MODEL_HELP)
     index.add_argument("--batch-size", type=_positive_int, default=128, help="images per batch (default 128)")
@@ -556,15 +653,20 @@ def _add_search(search: argparse.ArgumentParser) -> None:
     search.add_argument("--checkpoint", help="the model's checkpoint, if it moved since the index was built")
     _json(search, "print exactly one JSON list (an entry per query: its label and neighbours) on stdout")
     search.add_argument("--grid", metavar="OUT.png", help="draw queries and neighbours (green: same class, red: other)")
-    search.add_argument("--device", choices=DEVICES, default="auto",
-                        help="where to embed the queries (default auto: a GPU if there is one)")
+    search.add_argument(
+        "--device", choices=DEVICES, default="auto", help="where to embed the queries (default auto: a GPU if there is one)"
+    )
     search.set_defaults(func=cmd_search)
 
 
 def _add_export(export: argparse.ArgumentParser) -> None:
     export.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    export.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"],
-                        help="safetensors (the weights), torchscript or onnx (the whole model; onnx needs pip install onnx onnxruntime)")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=["safetensors", "torchscript", "onnx"],
+        help="safetensors (the weights), torchscript or onnx (the whole model; onnx needs pip install onnx onnxruntime)",
+    )
     export.add_argument("--out", required=True, metavar="FILE", help="the exported file (its description goes to FILE.json)")
     export.add_argument("--model", help=MODEL_HELP)
     _json(export)
@@ -578,8 +680,12 @@ def _add_report(report: argparse.ArgumentParser) -> None:
 
 
 def _add_table(table: argparse.ArgumentParser) -> None:
-    table.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                       help="run folders (holding results.json and config.yaml), or folders of them (a demo's, a study's)")
+    table.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders (holding results.json and config.yaml), or folders of them (a demo's, a study's)",
+    )
     table.add_argument("--metrics", type=lambda t: t.split(","), help="comma-separated keys (default: every recall@k)")
     _json(table, "print exactly one JSON list (the collected runs) instead of the table")
     table.set_defaults(func=cmd_table)
@@ -587,12 +693,23 @@ def _add_table(table: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metrictransfer", description=_overview(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"metrictransfer {__version__}",
-                        help="print metrictransfer's version and exit")
+    parser.add_argument(
+        "--version", action="version", version=f"metrictransfer {__version__}", help="print metrictransfer's version and exit"
+    )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands above")
-    adders = {"demo": _add_demo, "train": _add_train, "data": _add_data, "embed": _add_embed, "evaluate": _add_evaluate,
-              "index": _add_index, "search": _add_search, "export": _add_export, "report": _add_report, "table": _add_table}
+    adders = {
+        "demo": _add_demo,
+        "train": _add_train,
+        "data": _add_data,
+        "embed": _add_embed,
+        "evaluate": _add_evaluate,
+        "index": _add_index,
+        "search": _add_search,
+        "export": _add_export,
+        "report": _add_report,
+        "table": _add_table,
+    }
     for name, add in adders.items():
         add(_command(sub, name))
     return parser

@@ -80,18 +80,24 @@ def _moved(raw: Any, moves: dict[str, str], defaults: dict[str, Any] | None = No
     return raw
 
 
-
-
 class DataConfig(Strict):
-    dataset: str = Field("glyphs", description="a registered dataset: glyphs (generated demo data), cub, cars, sop, inshop, "
-                         "folder, csv, unlabelled, or one a plug-in registers")
+    dataset: str = Field(
+        "glyphs",
+        description="a registered dataset: glyphs (generated demo data), cub, cars, sop, inshop, "
+        "folder, csv, unlabelled, or one a plug-in registers",
+    )
     root: str | None = Field(None, description="the folder holding the dataset's files (csv: the CSV file)")
-    image_size: int = Field(32, ge=8, description="side of the square training images; default: 32 for "
-                                   "glyphs, 224 for every other dataset")
-    transform: str = Field("glyphs", description="a registered transform; default: glyphs for glyphs, paper "
-                                  "(random resized crop + flip, the papers' augmentation) for every other dataset")
-    normalization: str = Field("imagenet", description="the weights' input convention by name, or model: read "
-                               "from the backbone's pretrained configuration when the configuration is loaded")
+    image_size: int = Field(32, ge=8, description="side of the square training images; default: 32 for glyphs, 224 for every other dataset")
+    transform: str = Field(
+        "glyphs",
+        description="a registered transform; default: glyphs for glyphs, paper "
+        "(random resized crop + flip, the papers' augmentation) for every other dataset",
+    )
+    normalization: str = Field(
+        "imagenet",
+        description="the weights' input convention by name, or model: read "
+        "from the backbone's pretrained configuration when the configuration is loaded",
+    )
     skip_bad_images: bool = False
     test_fraction: float = Field(0.5, gt=0, lt=1, description="folder/csv without a split: share of classes held out")
     train_classes: list[str] | None = None
@@ -148,21 +154,27 @@ class ModelConfig(Strict):
     weights: str | None = None
     normalize: bool = False
     freeze_batchnorm: bool = Field(
-        False, description="batch-norm layers keep their running statistics while training (as Proxy-Anchor's "
-        "BN-Inception recipes do); also makes N processes train exactly like one, since no statistic depends on the batch"
+        False,
+        description="batch-norm layers keep their running statistics while training (as Proxy-Anchor's "
+        "BN-Inception recipes do); also makes N processes train exactly like one, since no statistic depends on the batch",
     )
     sync_batchnorm: bool = Field(True, description="under torchrun on GPUs: batch-norm statistics over the global batch")
 
 
 class MetricLossConfig(Strict):
-    name: str = Field("proxy_anchor", description="an alias (proxy_anchor, triplet, multi_similarity, contrastive) or "
-                      "any pytorch-metric-learning loss by class name (ArcFaceLoss, ...)")
-    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the loss (num_classes and "
-                                   "embedding_size are filled in)")
-    miner: Component = Field(default_factory=lambda: Component(name="none"), description="none, an alias "
-                             "(distance_weighted, multi_similarity) or any pytorch-metric-learning miner by class name")
-    proxy_lr_multiplier: float = Field(100.0, gt=0, description="learnable loss parameters (proxies) train at this "
-                                       "multiple of optim.lr")
+    name: str = Field(
+        "proxy_anchor",
+        description="an alias (proxy_anchor, triplet, multi_similarity, contrastive) or "
+        "any pytorch-metric-learning loss by class name (ArcFaceLoss, ...)",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the loss (num_classes and embedding_size are filled in)"
+    )
+    miner: Component = Field(
+        default_factory=lambda: Component(name="none"),
+        description="none, an alias (distance_weighted, multi_similarity) or any pytorch-metric-learning miner by class name",
+    )
+    proxy_lr_multiplier: float = Field(100.0, gt=0, description="learnable loss parameters (proxies) train at this multiple of optim.lr")
 
     @model_validator(mode="before")
     @classmethod
@@ -194,8 +206,10 @@ class TransferConfig(Strict):
     source_embeddings: str | None = Field(
         None, description="precomputed source embeddings of the training split (not the paper's protocol)"
     )
-    loss: Component = Field(default_factory=lambda: Component(name="relaxed_contrastive"),
-                            description="the transfer loss (relaxed_contrastive's params: sigma, delta)")
+    loss: Component = Field(
+        default_factory=lambda: Component(name="relaxed_contrastive"),
+        description="the transfer loss (relaxed_contrastive's params: sigma, delta)",
+    )
     terms: list[TransferTerm] = Field(default_factory=list, description="a weighted sum, instead of loss")
     weight: float = Field(1.0, ge=0)
     metric_weight: float = Field(0.0, ge=0, description="weight of the metric loss on labels (paper: 0)")
@@ -203,15 +217,17 @@ class TransferConfig(Strict):
     target_layers: list[str] | None = Field(None, description="fitnet/attention: explicit target submodule names")
     source_layers: list[str] | None = Field(None, description="fitnet/attention: explicit source submodule names")
     allow_overlap: bool = Field(
-        False, description="start even though the source checkpoint trained on some of this run's evaluation classes "
-        "(by default refused: the test figures would measure what the source memorised)"
+        False,
+        description="start even though the source checkpoint trained on some of this run's evaluation classes "
+        "(by default refused: the test figures would measure what the source memorised)",
     )
 
     @model_validator(mode="before")
     @classmethod
     def _earlier_layout(cls, raw: Any) -> Any:
-        return _moved(raw, {"sigma": "loss.params.sigma", "delta": "loss.params.delta", "params": "loss.params"},
-                      {"loss": "relaxed_contrastive"})
+        return _moved(
+            raw, {"sigma": "loss.params.sigma", "delta": "loss.params.delta", "params": "loss.params"}, {"loss": "relaxed_contrastive"}
+        )
 
     @model_validator(mode="after")
     def _one_way(self) -> "TransferConfig":
@@ -259,12 +275,15 @@ class ClassifierConfig(Strict):
     """method: classifier — cross-entropy on the training classes, optionally taught by a source classifier."""
 
     source_checkpoint: str | None = None
-    distill: Component = Field(default_factory=lambda: Component(name="none"), description="none, or a transfer loss: "
-                               "relaxed_contrastive on the penultimate features, hinton on the logits (params: temperature)")
+    distill: Component = Field(
+        default_factory=lambda: Component(name="none"),
+        description="none, or a transfer loss: relaxed_contrastive on the penultimate features, hinton on the logits (params: temperature)",
+    )
     weight: float = Field(1.0, ge=0, description="weight of the distillation term")
     allow_overlap: bool = Field(
-        False, description="start even though the source checkpoint trained on some of this run's held-out images "
-        "(by default refused: the held-out accuracy would measure what the source memorised)"
+        False,
+        description="start even though the source checkpoint trained on some of this run's held-out images "
+        "(by default refused: the held-out accuracy would measure what the source memorised)",
     )
 
     @model_validator(mode="before")
@@ -299,17 +318,14 @@ class MutualConfig(Strict):
     """
 
     members: int = Field(2, ge=1, description="cohort size K (1 is plain training, kept for checks)")
-    loss: Component = Field(default_factory=lambda: Component(name="rkd"),
-                            description="the mutual loss: any transfer loss (the peer plays the source)")
+    loss: Component = Field(
+        default_factory=lambda: Component(name="rkd"), description="the mutual loss: any transfer loss (the peer plays the source)"
+    )
     weight: float = Field(1.0, ge=0, description="λ: weight of the mutual loss (0: independent members)")
     peers: Literal["mean", "sum"] = Field("mean", description="how the K-1 peers' mutual losses combine")
     model_diversity: bool = Field(True, description="member k initialised from seed + k (else all from seed)")
-    update_every: list[int] | None = Field(
-        None, description="τ_k: member k steps its optimiser every τ_k iterations (default 1, 2, …, K)"
-    )
-    ema_momentum: float | None = Field(
-        None, gt=0, lt=1, description="the last member is an exponential moving average of member 0 instead"
-    )
+    update_every: list[int] | None = Field(None, description="τ_k: member k steps its optimiser every τ_k iterations (default 1, 2, …, K)")
+    ema_momentum: float | None = Field(None, gt=0, lt=1, description="the last member is an exponential moving average of member 0 instead")
     view_diversity: bool = Field(True, description="each member its own augmentation of the same images")
     hint_stages: int = Field(1, ge=1, description="fitnet/attention as the mutual loss: the backbones' last N stages")
     augmentation_strength: list[float] | None = Field(None, description="per member (default 1.0 each)")
@@ -365,10 +381,13 @@ RESUMABLE_KEYS = ("threads", "device", "compile", "data.num_workers", "eval.batc
 
 
 class RunConfig(Strict):
-    method: str = Field("source", description="a registered method: source, transfer, selfsup, classifier, mutual, or one "
-                        "a plug-in registers")
-    method_params: dict[str, Any] = Field(default_factory=dict, description="parameters of a plug-in method "
-                                          "(checked against its params_model); the built-in methods have their own sections")
+    method: str = Field(
+        "source", description="a registered method: source, transfer, selfsup, classifier, mutual, or one a plug-in registers"
+    )
+    method_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="parameters of a plug-in method (checked against its params_model); the built-in methods have their own sections",
+    )
     name: str | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -439,8 +458,10 @@ class RunConfig(Strict):
             if data is not None and data.normalization == "model":
                 found = {model_normalization(b) for b in backbones}
                 if len(found) > 1:
-                    raise ValueError(f"data.normalization: model: the cohort's backbones {backbones} expect different "
-                                     f"inputs ({', '.join(sorted(found))}); members share their views")
+                    raise ValueError(
+                        f"data.normalization: model: the cohort's backbones {backbones} expect different "
+                        f"inputs ({', '.join(sorted(found))}); members share their views"
+                    )
                 data.normalization = found.pop()
         return self
 

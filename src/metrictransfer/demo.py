@@ -16,8 +16,7 @@ from metrictransfer.report import write_report
 
 # The three runs of the demo, as configuration overrides of the defaults. The same settings are in
 # recipes/glyphs_*.yaml for `metrictransfer train` (a test keeps them equal).
-DEMO_DATA = {"dataset": "glyphs", "transform": "glyphs", "image_size": 32,
-             "classes_per_batch": 45, "images_per_class": 2, "views": 2}
+DEMO_DATA = {"dataset": "glyphs", "transform": "glyphs", "image_size": 32, "classes_per_batch": 45, "images_per_class": 2, "views": 2}
 DEMO_SOURCE = {
     "method": "source",
     "name": "source",
@@ -50,9 +49,15 @@ def demo_configs(out: Path, seed: int = 0, epochs_scale: float = 1.0, overrides:
         "source": make(DEMO_SOURCE, "source", "source"),
         "target_alone": make(DEMO_TARGET, "target_alone", "source"),
         "target_transfer": make(
-            DEMO_TARGET, "target_transfer", "transfer",
-            {"transfer": {"source_checkpoint": str(out / "source"),
-                          "loss": {"name": "relaxed_contrastive", "params": {"sigma": 1.0, "delta": 1.0}}}}
+            DEMO_TARGET,
+            "target_transfer",
+            "transfer",
+            {
+                "transfer": {
+                    "source_checkpoint": str(out / "source"),
+                    "loss": {"name": "relaxed_contrastive", "params": {"sigma": 1.0, "delta": 1.0}},
+                }
+            },
         ),
     }
 
@@ -60,8 +65,14 @@ def demo_configs(out: Path, seed: int = 0, epochs_scale: float = 1.0, overrides:
 DEMO_FILES = ("config.json", "results.json", "log.csv", "recall.png")
 
 
-def run_demo(out: str | Path, seed: int = 0, epochs_scale: float = 1.0, overrides: list[str] | None = None,
-             progress: bool | None = None, overwrite: bool = False) -> dict[str, Any]:
+def run_demo(
+    out: str | Path,
+    seed: int = 0,
+    epochs_scale: float = 1.0,
+    overrides: list[str] | None = None,
+    progress: bool | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Train the three models into ``out/<name>/`` and write the combined results, log and plot. A
     folder holding an earlier demo is refused unless ``overwrite``; it is locked while the demo runs."""
     out = Path(out)
@@ -69,32 +80,41 @@ def run_demo(out: str | Path, seed: int = 0, epochs_scale: float = 1.0, override
     with RunLock(out):
         earlier = [p.name for p in (out / n for n in DEMO_FILES) if p.exists()] + [n for n in configs if holds_run(out / n)]
         if earlier and not overwrite:
-            raise RunExistsError(f"{out} already holds a demo ({', '.join(earlier)}); choose another --out, "
-                                 "or add --overwrite to replace it")
+            raise RunExistsError(
+                f"{out} already holds a demo ({', '.join(earlier)}); choose another --out, or add --overwrite to replace it"
+            )
         return _run_demo(out, configs, seed, progress, overwrite)
 
 
 def _run_demo(out: Path, configs: dict[str, RunConfig], seed: int, progress: bool | None, overwrite: bool) -> dict[str, Any]:
-    atomic_write_text(
-        json.dumps({name: c.model_dump(mode="json") for name, c in configs.items()}, indent=2), out / "config.json"
-    )
+    atomic_write_text(json.dumps({name: c.model_dump(mode="json") for name, c in configs.items()}, indent=2), out / "config.json")
     results: dict[str, dict[str, Any]] = {}
     for name, config in configs.items():
-        print(f"== {name}: {config.method}, {config.model.backbone} {config.model.embedding_dim}-d, "
-              f"{config.optim.epochs} epochs ==", flush=True)
+        print(
+            f"== {name}: {config.method}, {config.model.backbone} {config.model.embedding_dim}-d, {config.optim.epochs} epochs ==",
+            flush=True,
+        )
         results[name] = train(config, out / name, progress=progress, overwrite=overwrite)
         write_report(out / name)  # report.md, curves, retrieval grid, embedding map
 
     rows = [{"model": name, **row} for name, r in results.items() for row in r["history"]]
     write_csv(rows, out / "log.csv")
-    plot_recall({name: [(row["epoch"], row["recall@1"]) for row in r["history"] if "recall@1" in row]
-                 for name, r in results.items()}, out / "recall.png")
+    plot_recall(
+        {name: [(row["epoch"], row["recall@1"]) for row in r["history"] if "recall@1" in row] for name, r in results.items()},
+        out / "recall.png",
+    )
     summary: dict[str, Any] = {
         "seed": seed,
         "split": "test (held-out classes), final epoch",
-        "models": {name: {"backbone": configs[name].model.backbone,
-                          "embedding_dim": configs[name].model.embedding_dim,
-                          "method": configs[name].method, **r["final"]} for name, r in results.items()},
+        "models": {
+            name: {
+                "backbone": configs[name].model.backbone,
+                "embedding_dim": configs[name].model.embedding_dim,
+                "method": configs[name].method,
+                **r["final"],
+            }
+            for name, r in results.items()
+        },
     }
     atomic_write_text(json.dumps(summary, indent=2), out / "results.json")
     print(format_table(summary["models"]))
@@ -107,6 +127,5 @@ def format_table(models: dict[str, dict[str, Any]]) -> str:
     header = f"| {'model':<16} | {'backbone':<10} | {'dim':>4} | " + " | ".join(f"{k:>9}" for k in ks) + " |"
     lines = [header, "|" + "---|" * (3 + len(ks))]
     for name, m in models.items():
-        lines.append(f"| {name:<16} | {m['backbone']:<10} | {m['embedding_dim']:>4} | "
-                     + " | ".join(f"{m[k]:>9.4f}" for k in ks) + " |")
+        lines.append(f"| {name:<16} | {m['backbone']:<10} | {m['embedding_dim']:>4} | " + " | ".join(f"{m[k]:>9.4f}" for k in ks) + " |")
     return "\n".join(lines)

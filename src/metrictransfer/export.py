@@ -58,8 +58,9 @@ def _need(module: str, package: str, why: str) -> ModuleType:
         raise MissingPackageError(f"{why} needs the {package} package: pip install {package}") from None
 
 
-def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: str | None = None,
-                 tolerance: float = 1e-4) -> dict[str, Any]:
+def export_model(
+    checkpoint: str | Path, fmt: str, out: str | Path, model_name: str | None = None, tolerance: float = 1e-4
+) -> dict[str, Any]:
     """Write the run's embedding model as ``fmt`` to ``out`` and its description beside it; returns the
     description, including the largest difference found when the export was checked."""
     if fmt not in FORMATS:
@@ -75,8 +76,10 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: 
     size = data.image_size
     preprocessing = describe_preprocessing(build_transform(data.transform, False, size, data.normalization))
     if (preprocessing["height"], preprocessing["width"]) != (size, size):
-        raise ConfigError(f"the test transform {data.transform!r} gives {preprocessing['height']}×{preprocessing['width']} "
-                          f"images but the model is exported for data.image_size {size}×{size}; nothing was written")
+        raise ConfigError(
+            f"the test transform {data.transform!r} gives {preprocessing['height']}×{preprocessing['width']} "
+            f"images but the model is exported for data.image_size {size}×{size}; nothing was written"
+        )
     architecture = describe_architecture(model, size)
     example = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -85,9 +88,11 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: 
         exported = _EXPORTERS[fmt](model, example, staged)
         difference = float((exported - expected).abs().max())
         if not difference <= tolerance:
-            raise ConfigError(f"the {fmt} export gives embeddings up to {difference:.2e} away from the PyTorch model's "
-                              f"(allowed {tolerance:.0e}); {out} was not written (a previous one is unchanged); "
-                              "try another --format")
+            raise ConfigError(
+                f"the {fmt} export gives embeddings up to {difference:.2e} away from the PyTorch model's "
+                f"(allowed {tolerance:.0e}); {out} was not written (a previous one is unchanged); "
+                "try another --format"
+            )
         names = {"input": {"name": ONNX_INPUT}, "output": {"name": ONNX_OUTPUT}} if fmt == "onnx" else {"input": {}, "output": {}}
         description = {
             "format_version": DESCRIPTION_VERSION,
@@ -97,8 +102,14 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, model_name: 
             "sha256": file_sha256(staged),
             "checkpoint": str(resolve_checkpoint(checkpoint)),
             "architecture": architecture,
-            "input": {**names["input"], "layout": preprocessing["layout"], "channels": preprocessing["channel_order"],
-                      "dtype": preprocessing["dtype"], "height": size, "width": size},
+            "input": {
+                **names["input"],
+                "layout": preprocessing["layout"],
+                "channels": preprocessing["channel_order"],
+                "dtype": preprocessing["dtype"],
+                "height": size,
+                "width": size,
+            },
             "preprocessing": preprocessing,
             "output": {**names["output"], "embedding_dim": model.embedding_dim, "l2_normalized": model.normalize},
             "metric": config.eval.metric,
@@ -122,9 +133,11 @@ _STEPS: list[tuple[str, Any]] = [
 
 
 def _refuse(step: object, why: str) -> ConfigError:
-    return ConfigError(f"cannot describe the test transform's step {step!r} for an export ({why}); a description "
-                       "holds RGB, Resize, CenterCrop, ToImage, ToDtype(float32), BN-Inception's BGR 0-255 step and "
-                       "Normalize, in that order")
+    return ConfigError(
+        f"cannot describe the test transform's step {step!r} for an export ({why}); a description "
+        "holds RGB, Resize, CenterCrop, ToImage, ToDtype(float32), BN-Inception's BGR 0-255 step and "
+        "Normalize, in that order"
+    )
 
 
 def _names(steps: list[Any]) -> str:
@@ -158,8 +171,10 @@ def describe_preprocessing(transform: v2.Compose) -> dict[str, Any]:
                 raise _refuse(step, "max_size")
             interpolation = str(getattr(step.interpolation, "value", step.interpolation))
             sizes = [int(s) for s in step.size]
-            found["resize"] = ({"shorter_side": sizes[0], "longer_side_rounding": "floor"} if len(sizes) == 1
-                               else {"size": sizes}) | {"interpolation": interpolation, "antialias": True}
+            found["resize"] = ({"shorter_side": sizes[0], "longer_side_rounding": "floor"} if len(sizes) == 1 else {"size": sizes}) | {
+                "interpolation": interpolation,
+                "antialias": True,
+            }
         elif kind == "center_crop":
             found["crop"] = {"size": [int(s) for s in step.size], "position": "center", "offset_rounding": "half_to_even"}
         elif kind == "to_image":
@@ -177,18 +192,30 @@ def describe_preprocessing(transform: v2.Compose) -> dict[str, Any]:
         elif kind == "normalize":
             mean, std = ([float(v) for v in values] * (3 if len(values) == 1 else 1) for values in (step.mean, step.std))
     if value_range is None or dtype is None:
-        raise ConfigError(f"cannot describe the test transform ({_names(steps)}) for an export: it does not end in a "
-                          "float32 tensor (ToImage, ToDtype(float32))")
+        raise ConfigError(
+            f"cannot describe the test transform ({_names(steps)}) for an export: it does not end in a "
+            "float32 tensor (ToImage, ToDtype(float32))"
+        )
     if found["crop"]:
         height, width = found["crop"]["size"]
     elif found["resize"] and "size" in found["resize"]:
         height, width = found["resize"]["size"]
     else:
-        raise ConfigError(f"cannot describe the test transform ({_names(steps)}) for an export: the size of its images "
-                          "depends on the input's (no CenterCrop and no Resize to height and width)")
-    return {**found, "channel_order": channels, "value_range": value_range,
-            "mean": mean if mean is not None else [0.0, 0.0, 0.0], "std": std if std is not None else [1.0, 1.0, 1.0],
-            "layout": "NCHW", "dtype": dtype, "height": height, "width": width}
+        raise ConfigError(
+            f"cannot describe the test transform ({_names(steps)}) for an export: the size of its images "
+            "depends on the input's (no CenterCrop and no Resize to height and width)"
+        )
+    return {
+        **found,
+        "channel_order": channels,
+        "value_range": value_range,
+        "mean": mean if mean is not None else [0.0, 0.0, 0.0],
+        "std": std if std is not None else [1.0, 1.0, 1.0],
+        "layout": "NCHW",
+        "dtype": dtype,
+        "height": height,
+        "width": width,
+    }
 
 
 def describe_architecture(model: EmbeddingModel, image_size: int) -> dict[str, Any]:
@@ -196,15 +223,25 @@ def describe_architecture(model: EmbeddingModel, image_size: int) -> dict[str, A
     pooling its ``pool`` computes, its head, and the input and output sizes."""
     head = model.head
     if isinstance(head, nn.Linear):
-        head_described: dict[str, Any] | None = {"type": "linear", "in_features": head.in_features,
-                                                 "out_features": head.out_features, "bias": head.bias is not None}
+        head_described: dict[str, Any] | None = {
+            "type": "linear",
+            "in_features": head.in_features,
+            "out_features": head.out_features,
+            "bias": head.bias is not None,
+        }
     elif isinstance(head, nn.Identity):
         head_described = None
     else:
         raise ConfigError(f"cannot describe the embedding head {head!r} for an export (a Linear layer or none)")
-    return {**model.architecture(), "feature_dim": model.feature_dim, "pooling": _pooling(model), "head": head_described,
-            "l2_normalized": bool(model.normalize), "output_dim": model.embedding_dim,
-            "input_size": [3, image_size, image_size]}
+    return {
+        **model.architecture(),
+        "feature_dim": model.feature_dim,
+        "pooling": _pooling(model),
+        "head": head_described,
+        "l2_normalized": bool(model.normalize),
+        "output_dim": model.embedding_dim,
+        "input_size": [3, image_size, image_size],
+    }
 
 
 _POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -261,8 +298,15 @@ def _torchscript(model: EmbeddingModel, example: torch.Tensor, out: Path) -> tor
 def _onnx(model: EmbeddingModel, example: torch.Tensor, out: Path) -> torch.Tensor:
     _need("onnx", "onnx", "the onnx export")
     runtime = _need("onnxruntime", "onnxruntime", "checking the onnx export")
-    torch.onnx.export(model, (example,), str(out), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                      dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(out),
+        input_names=[ONNX_INPUT],
+        output_names=[ONNX_OUTPUT],
+        dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+        dynamo=False,
+    )
     session = runtime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: example.numpy()})[0])
 

@@ -33,12 +33,16 @@ def model_normalization(backbone: str) -> str:
 
     cfg = get_pretrained_cfg(backbone)
     if cfg is None:
-        raise ConfigError(f"data.normalization: model: timm has no pretrained configuration for {backbone!r}; "
-                          f"name the normalization ({', '.join(NORMALIZATIONS)})")
+        raise ConfigError(
+            f"data.normalization: model: timm has no pretrained configuration for {backbone!r}; "
+            f"name the normalization ({', '.join(NORMALIZATIONS)})"
+        )
     if getattr(cfg, "input_convention", None) == BGR_CONVENTION or (cfg.to_dict().get("input_convention") == BGR_CONVENTION):  # type: ignore[no-untyped-call]  # unannotated in timm
         return "bn_inception"
     for name, (mean, std) in NORMALIZATION_STATS.items():
         if all(abs(a - b) < 1e-3 for a, b in zip((*cfg.mean, *cfg.std), (*mean, *std))):
             return name
-    raise ConfigError(f"data.normalization: model: {backbone!r} was trained with mean {cfg.mean} and std {cfg.std}, "
-                      f"which none of {', '.join(NORMALIZATION_STATS)} is")
+    raise ConfigError(
+        f"data.normalization: model: {backbone!r} was trained with mean {cfg.mean} and std {cfg.std}, "
+        f"which none of {', '.join(NORMALIZATION_STATS)} is"
+    )

@@ -50,8 +50,9 @@ class Registry(Generic[T]):
         def decorate(component: T) -> T:
             known = self._entries.get(name)
             if known is not None and known.component is not component and _qualname(known.component) != _qualname(component):
-                raise ValueError(f"{self.kind} {name!r} is already registered by {_qualname(known.component)}; "
-                                 f"{_qualname(component)} needs another name")
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered by {_qualname(known.component)}; {_qualname(component)} needs another name"
+                )
             self._entries[name] = Entry(name, component, dict(info))
             return component
 
@@ -77,8 +78,13 @@ class Registry(Generic[T]):
         for folder in (spec.submodule_search_locations or []) if spec else []:
             for path in sorted(Path(folder).glob("*.py")):
                 for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                    if (isinstance(node, ast.Call) and _called_name(node.func) == self.decorator and node.args
-                            and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                    if (
+                        isinstance(node, ast.Call)
+                        and _called_name(node.func) == self.decorator
+                        and node.args
+                        and isinstance(node.args[0], ast.Constant)
+                        and isinstance(node.args[0].value, str)
+                    ):
                         found.add(node.args[0].value)
         return sorted(found)
 

@@ -41,12 +41,21 @@ def write_report(run_dir: str | Path, queries: int = 6, neighbours: int = 6, map
     config = load_config(run / "config.yaml")
     history = results["history"]
     plot_training(history, run / "curves.png")
-    sections = [f"# {config.name or run.name}", "", _summary(config), "", "## Final metrics (last epoch, test split)", "",
-                *_metrics_table(results), "", "![training curves](curves.png)", ""]
+    sections = [
+        f"# {config.name or run.name}",
+        "",
+        _summary(config),
+        "",
+        "## Final metrics (last epoch, test split)",
+        "",
+        *_metrics_table(results),
+        "",
+        "![training curves](curves.png)",
+        "",
+    ]
     best = results.get("best_epoch_selected_on_test_split")
     if best:
-        sections += [f"Best epoch by the test split (for reference only: choosing it looks at the test data): "
-                     f"{best['epoch']}.", ""]
+        sections += [f"Best epoch by the test split (for reference only: choosing it looks at the test data): {best['epoch']}.", ""]
     if config.method != "classifier":
         sections += _retrieval_sections(run, config, queries, neighbours, map_points, seed)
     path = run / "report.md"
@@ -57,8 +66,10 @@ def write_report(run_dir: str | Path, queries: int = 6, neighbours: int = 6, map
 def _summary(config: RunConfig) -> str:
     m = config.model
     data = config.data
-    return (f"Method `{config.method}`, backbone `{m.backbone}`, {m.embedding_dim}-d embeddings, data `{data.dataset}`"
-            f" ({data.image_size} px), {config.optim.epochs} epochs, seed {config.seed}.")
+    return (
+        f"Method `{config.method}`, backbone `{m.backbone}`, {m.embedding_dim}-d embeddings, data `{data.dataset}`"
+        f" ({data.image_size} px), {config.optim.epochs} epochs, seed {config.seed}."
+    )
 
 
 def _metrics_table(results: dict[str, Any]) -> list[str]:
@@ -90,8 +101,10 @@ def _retrieval_sections(run: Path, config: RunConfig, queries: int, neighbours: 
     k = min(neighbours, len(gallery) - (0 if is_query is not None else 1))
     nearest = distances.topk(k, dim=1, largest=False)
     names = [f"item:{i}" for i in range(len(embeddings))]
-    found = [[Neighbour(names[j], float(d), classes[int(labels[j])]) for d, j in zip(row_d, row_i)]
-             for row_d, row_i in zip(nearest.values.tolist(), nearest.indices.tolist())]
+    found = [
+        [Neighbour(names[j], float(d), classes[int(labels[j])]) for d, j in zip(row_d, row_i)]
+        for row_d, row_i in zip(nearest.values.tolist(), nearest.indices.tolist())
+    ]
 
     def load(name: str) -> Image.Image:
         return cast("Image.Image", base[int(name.split(":")[1])][0])
@@ -99,10 +112,20 @@ def _retrieval_sections(run: Path, config: RunConfig, queries: int, neighbours: 
     draw_grid([names[i] for i in picked], found, run / "retrieval.png", [classes[int(labels[i])] for i in picked], load=load)
     method = _embedding_map(embeddings.numpy(), labels.numpy(), run / "embedding_map.png", map_points, seed)
     return [
-        "## Retrieval", "", f"{len(picked)} random test queries (seed {seed}) and their {k} nearest "
+        "## Retrieval",
+        "",
+        f"{len(picked)} random test queries (seed {seed}) and their {k} nearest "
         + ("gallery images" if is_query is not None else "test images")
-        + ", nearest first, with distances; green: same class, red: another class.", "", "![retrieval](retrieval.png)", "",
-        "## Embedding map", "", f"Test embeddings in 2-D by {method}, coloured by class.", "", "![embedding map](embedding_map.png)", "",
+        + ", nearest first, with distances; green: same class, red: another class.",
+        "",
+        "![retrieval](retrieval.png)",
+        "",
+        "## Embedding map",
+        "",
+        f"Test embeddings in 2-D by {method}, coloured by class.",
+        "",
+        "![embedding map](embedding_map.png)",
+        "",
     ]
 
 

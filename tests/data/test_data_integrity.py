@@ -45,15 +45,18 @@ def _csv(path: Path, rows: list[str], images: bool = False) -> Path:
 
 def test_csv_splits_sharing_images_name_the_file_the_count_and_the_lines(tmp_path):
     # Bug caught: an image evaluated after being trained on, also when spelled ./x or d/../x.
-    listing = _csv(tmp_path / "list.csv", [
-        "path,label,split",
-        "imgs/a.jpg,1,train",
-        "imgs/b.jpg,1,train",
-        "imgs/c.jpg,2,train",
-        "./imgs/a.jpg,3,test",
-        "imgs/x/../b.jpg,3,test",
-        "imgs/d.jpg,4,test",
-    ])
+    listing = _csv(
+        tmp_path / "list.csv",
+        [
+            "path,label,split",
+            "imgs/a.jpg,1,train",
+            "imgs/b.jpg,1,train",
+            "imgs/c.jpg,2,train",
+            "./imgs/a.jpg,3,test",
+            "imgs/x/../b.jpg,3,test",
+            "imgs/d.jpg,4,test",
+        ],
+    )
     with pytest.raises(DataError) as err:
         read_csv_list(listing)
     message = str(err.value)
@@ -65,8 +68,10 @@ def test_csv_splits_sharing_images_name_the_file_the_count_and_the_lines(tmp_pat
 def test_the_check_runs_when_a_dataset_is_built_and_inspected(tmp_path):
     # Bug caught: the readers check, but training (build_dataset) or `data inspect` goes around them.
     listing = _csv(tmp_path / "list.csv", ["path,label,split", "a.jpg,1,train", "b.jpg,2,test", "a.jpg,3,test"], images=True)
-    for build in (lambda: build_dataset(DataConfig(dataset="csv", root=str(listing)), "train"),
-                  lambda: inspect_dataset("csv", str(listing))):
+    for build in (
+        lambda: build_dataset(DataConfig(dataset="csv", root=str(listing)), "train"),
+        lambda: inspect_dataset("csv", str(listing)),
+    ):
         with pytest.raises(DataError, match=r"list\.csv: 1 image\(s\) are listed in both train and test, first: 'a\.jpg'"):
             build()
 
@@ -131,9 +136,16 @@ def test_leak_checks_keep_full_size_sop_indexing_fast(tmp_path):
 
 def test_csv_split_column_sharing_a_class_names_the_class_and_lines(tmp_path):
     # Bug caught: an explicit split column that trains on a class evaluated later.
-    listing = _csv(tmp_path / "list.csv", [
-        "path,label,split", "a.jpg,cat,train", "b.jpg,dog,train", "c.jpg,dog,test", "d.jpg,eel,test",
-    ])
+    listing = _csv(
+        tmp_path / "list.csv",
+        [
+            "path,label,split",
+            "a.jpg,cat,train",
+            "b.jpg,dog,train",
+            "c.jpg,dog,test",
+            "d.jpg,eel,test",
+        ],
+    )
     with pytest.raises(DataError) as err:
         read_csv_list(listing)
     assert str(err.value).startswith(f"{listing}: 1 class(es) are in both train and test, first: 'dog' (list.csv lines 3 and 4)")
@@ -155,16 +167,22 @@ def test_inshop_training_item_in_the_gallery_is_refused(tmp_path):
     rows = INSHOP_ROWS + [("img/WOMEN/Dresses/id_00000002/03_1_front.jpg", "id_00000002", "gallery")]
     _write(tmp_path / "list_eval_partition.txt", _inshop_lines(rows))
     (tmp_path / "img").mkdir()
-    with pytest.raises(DataError, match=r"list_eval_partition\.txt: 1 class\(es\) are in both train and gallery, first: "
-                       r"'id_00000002' \(list_eval_partition\.txt lines 3 and 12\)"):
+    with pytest.raises(
+        DataError,
+        match=r"list_eval_partition\.txt: 1 class\(es\) are in both train and gallery, first: "
+        r"'id_00000002' \(list_eval_partition\.txt lines 3 and 12\)",
+    ):
         read_inshop(tmp_path)
 
 
 def test_sop_class_in_both_lists_is_refused(tmp_path):
     _write(tmp_path / "Ebay_train.txt", [SOP_HEADER, "1 1 1 bike/1_0.JPG", "2 5 1 bike/5_0.JPG"])
     _write(tmp_path / "Ebay_test.txt", [SOP_HEADER, "3 5 1 bike/5_1.JPG"])
-    with pytest.raises(DataError, match=r"1 class\(es\) are in both train and test, first: '5' "
-                       r"\(Ebay_train\.txt line 3, Ebay_test\.txt line 2\)"):
+    with pytest.raises(
+        DataError,
+        match=r"1 class\(es\) are in both train and test, first: '5' "
+        r"\(Ebay_train\.txt line 3, Ebay_test\.txt line 2\)",
+    ):
         read_sop(tmp_path)
 
 
@@ -205,12 +223,15 @@ def _cars_garbage(root: Path, kind: str) -> None:
         savemat(root / "cars_annos.mat", {"annotations": np.arange(3), "class_names": np.array(["a"], dtype=object)})
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("text", r"cars_annos\.mat is not a readable MATLAB file \(.*\); expected the cars_annos\.mat of the Cars-196"),
-    ("empty", r"cars_annos\.mat is not a readable MATLAB file"),
-    ("no annotations", r"cars_annos\.mat: no variable 'annotations'"),
-    ("no fields", r"cars_annos\.mat: 'annotations' lacks field\(s\) relative_im_path, class"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("text", r"cars_annos\.mat is not a readable MATLAB file \(.*\); expected the cars_annos\.mat of the Cars-196"),
+        ("empty", r"cars_annos\.mat is not a readable MATLAB file"),
+        ("no annotations", r"cars_annos\.mat: no variable 'annotations'"),
+        ("no fields", r"cars_annos\.mat: 'annotations' lacks field\(s\) relative_im_path, class"),
+    ],
+)
 def test_garbage_cars_annotations(tmp_path, kind, message):
     # Bug caught: scipy's own exception (or a KeyError) escaping as a traceback without the file.
     _cars_garbage(tmp_path, kind)
@@ -291,8 +312,14 @@ def test_errors_are_the_library_hierarchy(tmp_path):
 
 def test_embeddings_files_name_their_items_and_old_files_still_load(tmp_path):
     # Bug caught: the new fields not written, or files of the previous version no longer readable.
-    data = EmbeddingsFile(np.eye(3, dtype=np.float32), np.arange(3), items=np.array(["a.jpg", "b.jpg", "c.jpg"]),
-                          dataset="csv", split="train", metric="cosine")
+    data = EmbeddingsFile(
+        np.eye(3, dtype=np.float32),
+        np.arange(3),
+        items=np.array(["a.jpg", "b.jpg", "c.jpg"]),
+        dataset="csv",
+        split="train",
+        metric="cosine",
+    )
     save_embeddings(tmp_path / "new.npz", data)
     back = load_embeddings(tmp_path / "new.npz")
     assert back.items.tolist() == ["a.jpg", "b.jpg", "c.jpg"]
@@ -317,8 +344,11 @@ def test_check_same_items_for_ensembles(tmp_path):
     check_same_items([first, EmbeddingsFile(emb, labels, items=items.copy(), dataset="csv", split="test")], ["1.npz", "2.npz"])
     check_same_items([first, EmbeddingsFile(emb, labels)], ["1.npz", "old.npz"])  # nothing to compare but labels
     swapped = EmbeddingsFile(emb, labels, items=np.array(["b", "a", "c", "d"]))  # same labels, rows swapped
-    with pytest.raises(DataError, match=r"^2\.npz differs from 1\.npz: the same items in a different order: row 0 is 'b' "
-                       r"where 'a' is expected; an ensemble needs"):
+    with pytest.raises(
+        DataError,
+        match=r"^2\.npz differs from 1\.npz: the same items in a different order: row 0 is 'b' "
+        r"where 'a' is expected; an ensemble needs",
+    ):
         check_same_items([first, swapped], ["1.npz", "2.npz"])
     other = EmbeddingsFile(emb, labels, items=np.array(["a", "b", "c", "e"]))
     with pytest.raises(DataError, match=r"1 of 4 rows name other items: row 3 is 'e' where 'd' is expected"):
@@ -330,8 +360,7 @@ def test_check_same_items_for_ensembles(tmp_path):
     with pytest.raises(DataError, match=r"2\.npz holds 3 items but 1\.npz holds 4"):
         check_same_items([first, EmbeddingsFile(emb[:3], labels[:3])], ["1.npz", "2.npz"])
     with pytest.raises(DataError, match=r"'is_query' differs"):
-        check_same_items([first, EmbeddingsFile(emb, labels, is_query=np.ones(4, bool), is_gallery=np.ones(4, bool))],
-                         ["1.npz", "2.npz"])
+        check_same_items([first, EmbeddingsFile(emb, labels, is_query=np.ones(4, bool), is_gallery=np.ones(4, bool))], ["1.npz", "2.npz"])
 
 
 # ------------------------------------------------------------------------ transfer.source_embeddings
@@ -350,8 +379,7 @@ def _run_config(tmp_path: Path, dataset: str, **data):
         data["root"] = str(_csv(tmp_path / "list.csv", rows, images=True))
     else:
         data.setdefault("num_classes", 2)
-    raw = {"data": {"dataset": dataset, "image_size": 32, **data}, "model": {"backbone": "resnet10t", "embedding_dim": 12},
-           "device": "cpu"}
+    raw = {"data": {"dataset": dataset, "image_size": 32, **data}, "model": {"backbone": "resnet10t", "embedding_dim": 12}, "device": "cpu"}
     return build_config(raw)
 
 
@@ -380,15 +408,21 @@ def test_source_embeddings_must_be_the_training_split_in_its_order(tmp_path, dat
     assert load_embeddings(train_file).items.tolist() == train_set.item_names
 
     test_file = _embed(config, "test", tmp_path / "test.npz")
-    with pytest.raises(DataError, match=r"test\.npz holds embeddings of the 'test' split, but transfer trains on the 'train' "
-                       r"split; embed the training split with the source checkpoint: metrictransfer embed --checkpoint "
-                       r"SOURCE --split train"):
+    with pytest.raises(
+        DataError,
+        match=r"test\.npz holds embeddings of the 'test' split, but transfer trains on the 'train' "
+        r"split; embed the training split with the source checkpoint: metrictransfer embed --checkpoint "
+        r"SOURCE --split train",
+    ):
         load_source_table(str(test_file), train_set)
 
     backwards = _reversed(train_file, tmp_path / "backwards.npz")
     expected = re.escape(f"row 0 is {train_set.item_names[-1]!r} where {train_set.item_names[0]!r} is expected")
-    with pytest.raises(DataError, match=r"backwards\.npz is not the training set's embeddings: the same items in a "
-                       rf"different order: {expected}; embed the training split"):
+    with pytest.raises(
+        DataError,
+        match=r"backwards\.npz is not the training set's embeddings: the same items in a "
+        rf"different order: {expected}; embed the training split",
+    ):
         load_source_table(str(backwards), train_set)
 
 
@@ -424,10 +458,17 @@ def test_files_without_item_names_or_of_another_dataset_are_refused(tmp_path):
     config = _run_config(tmp_path, "glyphs")
     train_set = build_dataset(config.data, "train")
     n = len(train_set)
-    np.savez(tmp_path / "old.npz", embeddings=np.zeros((n, 4), np.float32), labels=np.asarray(train_set.labels),
-             paths=np.array([f"glyphs:train:{i}" for i in range(n)]))
-    with pytest.raises(DataError, match=r"old\.npz does not name its items .*; embed the training split with the source "
-                       r"checkpoint: metrictransfer embed --checkpoint SOURCE --split train"):
+    np.savez(
+        tmp_path / "old.npz",
+        embeddings=np.zeros((n, 4), np.float32),
+        labels=np.asarray(train_set.labels),
+        paths=np.array([f"glyphs:train:{i}" for i in range(n)]),
+    )
+    with pytest.raises(
+        DataError,
+        match=r"old\.npz does not name its items .*; embed the training split with the source "
+        r"checkpoint: metrictransfer embed --checkpoint SOURCE --split train",
+    ):
         load_source_table(str(tmp_path / "old.npz"), train_set)
     data = load_embeddings(_embed(config, "train", tmp_path / "train.npz"))
     data.dataset = "cub"
@@ -451,8 +492,7 @@ def test_inshop_embeddings_keep_query_and_gallery_and_items(tmp_path):
     _write(tmp_path / "list_eval_partition.txt", _inshop_lines(INSHOP_ROWS))
     for path, _, _ in INSHOP_ROWS:
         _image(tmp_path / path)
-    config = build_config({"data": {"dataset": "inshop", "root": str(tmp_path), "image_size": 32, "transform": "paper"},
-                           "device": "cpu"})
+    config = build_config({"data": {"dataset": "inshop", "root": str(tmp_path), "image_size": 32, "transform": "paper"}, "device": "cpu"})
     data = embed_split(_Pool(), config, "test")
     status = {path: s for path, _, s in INSHOP_ROWS}
     assert data.items.tolist() == data.paths.tolist() and (data.dataset, data.split) == ("inshop", "test")

@@ -51,10 +51,7 @@ def test_check_files_counts_and_quotes_first_five(tmp_path):
     index = ImageIndex(tmp_path, paths, np.zeros(10, dtype=np.int64), ["x"])
     assert len(index) == 10
     assert index.missing_files() == paths[3:]
-    expected = (
-        f"demo: 7 of 10 listed images do not exist under {tmp_path}; first: "
-        "d/3.jpg, d/4.jpg, d/5.jpg, d/6.jpg, d/7.jpg"
-    )
+    expected = f"demo: 7 of 10 listed images do not exist under {tmp_path}; first: d/3.jpg, d/4.jpg, d/5.jpg, d/6.jpg, d/7.jpg"
     with pytest.raises(FileNotFoundError, match=re.escape(expected) + "$"):
         index.check_files("demo")
     for p in paths[3:]:
@@ -72,8 +69,7 @@ def test_require_files_names_root_and_expected(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         require_files(missing_root, EXPECTED["cub"], "cub")
     assert str(err.value) == (
-        f"cub: root {missing_root} does not exist; expected a folder holding "
-        "images.txt, image_class_labels.txt, classes.txt, images/"
+        f"cub: root {missing_root} does not exist; expected a folder holding images.txt, image_class_labels.txt, classes.txt, images/"
     )
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
@@ -160,14 +156,20 @@ def test_cub_check_files_reports_missing_images(cub_root):
     (cub_root / test.paths[0]).unlink()
     (cub_root / test.paths[3]).unlink()
     assert test.missing_files() == [test.paths[0], test.paths[3]]
-    with pytest.raises(FileNotFoundError, match=rf"^cub: 2 of 5 listed images do not exist under .*; first: "
-                       rf"{re.escape(test.paths[0])}, {re.escape(test.paths[3])}$"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"^cub: 2 of 5 listed images do not exist under .*; first: "
+        rf"{re.escape(test.paths[0])}, {re.escape(test.paths[3])}$",
+    ):
         test.check_files("cub")
 
 
 def test_cub_missing_root_and_annotation(tmp_path, cub_root):
-    with pytest.raises(FileNotFoundError, match=r"cub: root .*nope does not exist; expected a folder holding "
-                       r"images.txt, image_class_labels.txt, classes.txt, images/"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"cub: root .*nope does not exist; expected a folder holding "
+        r"images.txt, image_class_labels.txt, classes.txt, images/",
+    ):
         read_cub(tmp_path / "nope")
     (cub_root / "image_class_labels.txt").unlink()
     with pytest.raises(FileNotFoundError) as err:
@@ -277,10 +279,17 @@ SOP_HEADER = "image_id class_id super_class_id path"
 @pytest.fixture
 def sop_root(tmp_path) -> Path:
     root = tmp_path / "Stanford_Online_Products"
-    train = [(1, 1, "bicycle_final/111085122871_0.JPG"), (2, 1, "bicycle_final/111085122871_1.JPG"),
-             (3, 5, "bicycle_final/111265328556_0.JPG"), (4, 3, "chair_final/111182689872_0.JPG")]
-    test = [(5, 11319, 7, "sofa_final/111024013946_0.JPG"), (6, 11320, 7, "sofa_final/111109101389_0.JPG"),
-            (7, 11319, 7, "sofa_final/111024013946_1.JPG")]
+    train = [
+        (1, 1, "bicycle_final/111085122871_0.JPG"),
+        (2, 1, "bicycle_final/111085122871_1.JPG"),
+        (3, 5, "bicycle_final/111265328556_0.JPG"),
+        (4, 3, "chair_final/111182689872_0.JPG"),
+    ]
+    test = [
+        (5, 11319, 7, "sofa_final/111024013946_0.JPG"),
+        (6, 11320, 7, "sofa_final/111109101389_0.JPG"),
+        (7, 11319, 7, "sofa_final/111024013946_1.JPG"),
+    ]
     _write(root / "Ebay_train.txt", [SOP_HEADER] + [f"{i} {c} {1 if 'bicycle' in p else 4} {p}" for i, c, p in train])
     _write(root / "Ebay_test.txt", [SOP_HEADER] + [f"{i} {c} {s} {p}" for i, c, s, p in test])
     for _, _, p in train:
@@ -471,16 +480,19 @@ def test_folder_errors(tmp_path):
 
 
 def test_csv_with_split_column(tmp_path):
-    _write(tmp_path / "list.csv", [
-        "path,label,split",
-        "imgs/a.jpg,7,train",
-        "imgs/b.jpg,12,train",
-        "imgs/c.jpg,7,train",
-        "imgs/q1.jpg,shoe,query",
-        "imgs/g1.jpg,boot,gallery",
-        "imgs/g2.jpg,shoe,Gallery",
-        "",
-    ])
+    _write(
+        tmp_path / "list.csv",
+        [
+            "path,label,split",
+            "imgs/a.jpg,7,train",
+            "imgs/b.jpg,12,train",
+            "imgs/c.jpg,7,train",
+            "imgs/q1.jpg,shoe,query",
+            "imgs/g1.jpg,boot,gallery",
+            "imgs/g2.jpg,shoe,Gallery",
+            "",
+        ],
+    )
     splits = read_csv_list(tmp_path / "list.csv")
     assert set(splits) == {"train", "query", "gallery"}
     assert splits["train"].root == tmp_path

@@ -117,9 +117,7 @@ def test_corrupt_image_is_named_or_skipped(tmp_path):
 def test_corrupt_image_inside_a_worker_still_names_the_file(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"garbage")
     index = ImageIndex(tmp_path, ["bad.jpg"], np.array([0]), ["a"])
-    loader = torch.utils.data.DataLoader(
-        MultiViewDataset(ImageFolderDataset(index), build_transform("paper", False, 16)), num_workers=1
-    )
+    loader = torch.utils.data.DataLoader(MultiViewDataset(ImageFolderDataset(index), build_transform("paper", False, 16)), num_workers=1)
     with pytest.raises(Exception, match=r"bad\.jpg"):
         next(iter(loader))
 
@@ -131,7 +129,12 @@ def test_data_inspect_json_and_missing_files(tmp_path, capsys):
     assert report["dataset"] == "cub" and report["root"] == str(root)
     assert len(report["splits"]["train"].pop("class_names")) == 3  # each split's classes by name
     assert report["splits"]["train"] == {
-        "images": 18, "classes": 3, "smallest_class": 6, "largest_class": 6, "missing_files": 0, "first_missing": []
+        "images": 18,
+        "classes": 3,
+        "smallest_class": 6,
+        "largest_class": 6,
+        "missing_files": 0,
+        "first_missing": [],
     }
     assert report["splits"]["test"]["images"] == 18
     (root / "images" / "101.Bird_101" / "Bird_101_0000.jpg").unlink()
@@ -214,8 +217,15 @@ def test_selfsup_then_label_free_transfer_on_an_unlabelled_folder(tmp_path):
         _jpeg(tmp_path / "photos" / f"{i}.jpg", (i * 20, 255 - i * 20, 60))
     cub = make_cub(tmp_path / "cub")
     common = {
-        "data": {"dataset": "unlabelled", "root": str(tmp_path / "photos"), "transform": "paper", "image_size": 32,
-                 "classes_per_batch": 3, "images_per_class": 2, "views": 2},
+        "data": {
+            "dataset": "unlabelled",
+            "root": str(tmp_path / "photos"),
+            "transform": "paper",
+            "image_size": 32,
+            "classes_per_batch": 3,
+            "images_per_class": 2,
+            "views": 2,
+        },
         "model": {"backbone": "resnet10t", "embedding_dim": 8},
         "optim": {"lr": 1e-3, "epochs": 1},
         "eval": {"recall_at": [1], "data": {"dataset": "cub", "root": str(cub), "transform": "paper", "image_size": 32}},

@@ -55,27 +55,38 @@ CASES = [
     ("rgb.png", "RGB", lambda p: _row("RGB", [RED, (1, 2, 3)]).save(p), [RED, (1, 2, 3)], 0),
     ("rgb_key.png", "RGB", lambda p: _row("RGB", [(1, 2, 3), RED]).save(p, transparency=(1, 2, 3)), [WHITE, RED], 0),
     ("grey_key.png", "L", lambda p: _row("L", [7, 90]).save(p, transparency=7), [WHITE, (90,) * 3], 0),
-    ("rgba.png", "RGBA", lambda p: _row("RGBA", [(255, 0, 0, 0), (255, 0, 0, 128), (0, 0, 255, 255)]).save(p),
-     [WHITE, (255, 127, 127), BLUE], 1),
+    (
+        "rgba.png",
+        "RGBA",
+        lambda p: _row("RGBA", [(255, 0, 0, 0), (255, 0, 0, 128), (0, 0, 255, 255)]).save(p),
+        [WHITE, (255, 127, 127), BLUE],
+        1,
+    ),
     ("la.png", "LA", lambda p: _row("LA", [(76, 0), (76, 128), (76, 255)]).save(p), [WHITE, (165,) * 3, (76,) * 3], 1),
     ("pa.tif", "PA", lambda p: _palette("PA", [(0, 0), (1, 255)]).save(p), [WHITE, GREEN], 0),
-    ("cmyk.tif", "CMYK", lambda p: _row("CMYK", [(0, 255, 255, 0), (0, 0, 0, 0), (0, 0, 0, 255)]).save(p),
-     [RED, WHITE, BLACK], 0),
+    ("cmyk.tif", "CMYK", lambda p: _row("CMYK", [(0, 255, 255, 0), (0, 0, 0, 0), (0, 0, 0, 255)]).save(p), [RED, WHITE, BLACK], 0),
     ("ycbcr.tif", "YCbCr", lambda p: _row("RGB", [RED, GREEN, WHITE]).convert("YCbCr").save(p), [RED, GREEN, WHITE], 2),
     # a channel copy instead of a colour conversion would give (138, 209, 198) for red
     ("lab.tif", "LAB", lambda p: _lab([RED, GREEN, WHITE]).save(p), [RED, GREEN, WHITE], 15),
     # 16 bits scaled with rounding, not clipped: 257 is 1/255 of full scale
-    ("grey16.png", "I;16", lambda p: Image.fromarray(np.array([[0, 257, 32768, 65535]], np.uint16)).save(p),
-     [BLACK, (1,) * 3, (128,) * 3, WHITE], 0),
-    ("grey16_key.png", "I;16", lambda p: Image.fromarray(np.array([[0, 1000]], np.uint16)).save(p, transparency=1000),
-     [BLACK, WHITE], 0),
-    ("grey16b.tif", "I;16B", lambda p: Image.fromarray(np.array([[0, 32768, 65535]], ">u2")).save(p),
-     [BLACK, (128,) * 3, WHITE], 0),
+    (
+        "grey16.png",
+        "I;16",
+        lambda p: Image.fromarray(np.array([[0, 257, 32768, 65535]], np.uint16)).save(p),
+        [BLACK, (1,) * 3, (128,) * 3, WHITE],
+        0,
+    ),
+    ("grey16_key.png", "I;16", lambda p: Image.fromarray(np.array([[0, 1000]], np.uint16)).save(p, transparency=1000), [BLACK, WHITE], 0),
+    ("grey16b.tif", "I;16B", lambda p: Image.fromarray(np.array([[0, 32768, 65535]], ">u2")).save(p), [BLACK, (128,) * 3, WHITE], 0),
     # 32-bit integers: above 255 means 16-bit, negative clipped
-    ("int32_16bit.tif", "I", lambda p: Image.fromarray(np.array([[0, 32768, 65535, -5]], np.int32)).save(p),
-     [BLACK, (128,) * 3, WHITE, BLACK], 0),
-    ("int32_8bit.tif", "I", lambda p: Image.fromarray(np.array([[0, 100, 255]], np.int32)).save(p),
-     [BLACK, (100,) * 3, WHITE], 0),
+    (
+        "int32_16bit.tif",
+        "I",
+        lambda p: Image.fromarray(np.array([[0, 32768, 65535, -5]], np.int32)).save(p),
+        [BLACK, (128,) * 3, WHITE, BLACK],
+        0,
+    ),
+    ("int32_8bit.tif", "I", lambda p: Image.fromarray(np.array([[0, 100, 255]], np.int32)).save(p), [BLACK, (100,) * 3, WHITE], 0),
 ]
 
 
@@ -98,13 +109,17 @@ def test_cmyk_jpeg_reads_as_pillows_conversion(tmp_path):
     np.testing.assert_array_equal(_pixels(_dataset(tmp_path, ["cmyk.jpg"])[0][0]), expected)
 
 
-@pytest.mark.parametrize("image, expected", [
-    (_row("La", [(0, 0), (38, 128), (76, 255)]), [WHITE, (165,) * 3, (76,) * 3]),  # premultiplied: 76 * 128 / 255
-    (_row("RGBa", [(0, 0, 0, 0), (128, 0, 0, 128)]), [WHITE, (255, 127, 127)]),
-    (_row("HSV", [(0, 255, 255), (85, 255, 255)]), [RED, GREEN]),
-    (Image.frombytes("I;16L", (3, 1), np.array([0, 32768, 65535], "<u2").tobytes()), [BLACK, (128,) * 3, WHITE]),
-    (Image.frombytes("I;16N", (3, 1), np.array([0, 32768, 65535], np.uint16).tobytes()), [BLACK, (128,) * 3, WHITE]),
-], ids=["La", "RGBa", "HSV", "I;16L", "I;16N"])
+@pytest.mark.parametrize(
+    "image, expected",
+    [
+        (_row("La", [(0, 0), (38, 128), (76, 255)]), [WHITE, (165,) * 3, (76,) * 3]),  # premultiplied: 76 * 128 / 255
+        (_row("RGBa", [(0, 0, 0, 0), (128, 0, 0, 128)]), [WHITE, (255, 127, 127)]),
+        (_row("HSV", [(0, 255, 255), (85, 255, 255)]), [RED, GREEN]),
+        (Image.frombytes("I;16L", (3, 1), np.array([0, 32768, 65535], "<u2").tobytes()), [BLACK, (128,) * 3, WHITE]),
+        (Image.frombytes("I;16N", (3, 1), np.array([0, 32768, 65535], np.uint16).tobytes()), [BLACK, (128,) * 3, WHITE]),
+    ],
+    ids=["La", "RGBa", "HSV", "I;16L", "I;16N"],
+)
 def test_modes_no_file_format_stores_convert_too(image, expected):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -130,10 +145,14 @@ def test_dark_16bit_png_opened_as_int32_is_scaled_by_its_bit_depth():
         assert _pixels(to_rgb8(image, "dark.png"))[:, 0].tolist() == [0, 0, 1]
 
 
-@pytest.mark.parametrize("write, mode", [
-    (lambda p: Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)).save(p), "'F'"),
-    (lambda p: Image.fromarray(np.array([[0, 70000]], np.int32)).save(p), "'I' with values up to 70000"),
-], ids=["float", "int32_above_16_bits"])
+@pytest.mark.parametrize(
+    "write, mode",
+    [
+        (lambda p: Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)).save(p), "'F'"),
+        (lambda p: Image.fromarray(np.array([[0, 70000]], np.int32)).save(p), "'I' with values up to 70000"),
+    ],
+    ids=["float", "int32_above_16_bits"],
+)
 def test_modes_without_an_agreed_range_are_refused_by_name(tmp_path, write, mode):
     write(tmp_path / "odd.tif")
     with pytest.raises(BadImageError, match=rf"cannot read image .*odd\.tif: Pillow mode {mode}.*data\.skip_bad_images"):

@@ -30,10 +30,18 @@ def fake_run(folder: Path, recall1: float, seed: int = 0, epochs: int = 16, **ch
     folder.mkdir(parents=True)
     save_config(build_config(raw), folder / "config.yaml")
     final = {"recall@1": recall1, "recall@2": min(1.0, recall1 + 0.1), "map@r": recall1 / 2, "r_precision": recall1 / 2}
-    (folder / "results.json").write_text(json.dumps({
-        "name": None, "method": raw["method"], "epochs": epochs, "final": final,
-        "best_epoch_selected_on_test_split": {"epoch": epochs, **final}, "history": [{"epoch": epochs, **final}],
-    }))
+    (folder / "results.json").write_text(
+        json.dumps(
+            {
+                "name": None,
+                "method": raw["method"],
+                "epochs": epochs,
+                "final": final,
+                "best_epoch_selected_on_test_split": {"epoch": epochs, **final},
+                "history": [{"epoch": epochs, **final}],
+            }
+        )
+    )
     return folder
 
 
@@ -55,8 +63,10 @@ def test_runs_of_different_epochs_are_separate_rows_told_apart(tmp_path, capsys)
     long = fake_run(tmp_path / "long", 0.9, epochs=16)
     short = fake_run(tmp_path / "short", 0.2, epochs=1)
     assert main(["table", str(long), str(short), "--metrics", "recall@1"]) == 0
-    assert rows(capsys)[2:] == ["| glyphs | resnet10t 16-d | relaxed_contrastive (optim.epochs=16) | 1 | 0 | 90.0 |",
-                                "| glyphs | resnet10t 16-d | relaxed_contrastive (optim.epochs=1) | 1 | 0 | 20.0 |"]
+    assert rows(capsys)[2:] == [
+        "| glyphs | resnet10t 16-d | relaxed_contrastive (optim.epochs=16) | 1 | 0 | 90.0 |",
+        "| glyphs | resnet10t 16-d | relaxed_contrastive (optim.epochs=1) | 1 | 0 | 20.0 |",
+    ]
 
 
 def test_rows_told_apart_by_their_method_need_no_keys(tmp_path, capsys):
@@ -87,9 +97,11 @@ def test_a_demo_like_folder_expands_to_its_runs(tmp_path, capsys):
     (demo / "config.json").write_text("{}")
     (demo / "unfinished").mkdir()
     assert main(["table", str(demo), "--metrics", "recall@1"]) == 0
-    assert rows(capsys)[2:] == ["| glyphs | resnet10t 32-d | proxy_anchor (no transfer) | 1 | 0 | 80.0 |",
-                                "| glyphs | resnet10t 16-d | proxy_anchor (no transfer) | 1 | 0 | 40.0 |",
-                                "| glyphs | resnet10t 16-d | relaxed_contrastive | 1 | 0 | 60.0 |"]
+    assert rows(capsys)[2:] == [
+        "| glyphs | resnet10t 32-d | proxy_anchor (no transfer) | 1 | 0 | 80.0 |",
+        "| glyphs | resnet10t 16-d | proxy_anchor (no transfer) | 1 | 0 | 40.0 |",
+        "| glyphs | resnet10t 16-d | relaxed_contrastive | 1 | 0 | 60.0 |",
+    ]
     (tmp_path / "empty").mkdir()
     assert main(["table", str(tmp_path / "empty")]) == 2
     assert "empty has no results.json and holds no run folders" in capsys.readouterr().err

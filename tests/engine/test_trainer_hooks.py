@@ -127,8 +127,11 @@ def _assert_same(a, b, where="state"):
 
 
 def test_state_dict_round_trips_through_load_state_dict():
-    config = _config(mutual={"members": 2, "update_every": [1, 3]}, method="mutual",
-                     model={"backbone": "resnet10t", "embedding_dim": 16, "normalize": True})
+    config = _config(
+        mutual={"members": 2, "update_every": [1, 3]},
+        method="mutual",
+        model={"backbone": "resnet10t", "embedding_dim": 16, "normalize": True},
+    )
     first = trainer.Trainer(config, progress=False, callbacks=[])
     first.setup()
     first.start_epoch()

@@ -45,8 +45,11 @@ def test_query_gallery_and_table(tmp_path, capsys):
     code, out, _ = _run(capsys, "--embeddings", str(tmp_path / "qg.npz"), "--query-gallery", "--k", "1,5", "--json")
     assert code == 0
     expected = retrieval_metrics(
-        torch.from_numpy(embeddings), torch.from_numpy(labels), [1, 5],
-        is_query=torch.from_numpy(is_query), is_gallery=torch.from_numpy(~is_query),
+        torch.from_numpy(embeddings),
+        torch.from_numpy(labels),
+        [1, 5],
+        is_query=torch.from_numpy(is_query),
+        is_gallery=torch.from_numpy(~is_query),
     )
     assert json.loads(out) == pytest.approx(expected, abs=1e-12)
     code, out, _ = _run(capsys, "--embeddings", str(tmp_path / "qg.npz"), "--query-gallery")
@@ -68,11 +71,13 @@ def test_file_round_trip_keeps_every_array(tmp_path):
     "arrays, extra, message",
     [
         ({"embeddings": np.zeros((3, 2), np.float32)}, [], "has no 'labels' array"),
-        ({"embeddings": np.zeros((3, 2), np.float32), "labels": np.zeros(3, int)}, ["--query-gallery"],
-         "has no 'is_query', 'is_gallery' array"),
+        (
+            {"embeddings": np.zeros((3, 2), np.float32), "labels": np.zeros(3, int)},
+            ["--query-gallery"],
+            "has no 'is_query', 'is_gallery' array",
+        ),
         ({"embeddings": np.zeros((3, 2), np.float32), "labels": np.zeros(2, int)}, [], "mismatched lengths: 3 embeddings but 2 labels"),
-        ({"embeddings": np.array([[np.nan, 0], [0, 0], [1, np.nan]], np.float32), "labels": np.zeros(3, int)}, [],
-         "2 rows hold NaN"),
+        ({"embeddings": np.array([[np.nan, 0], [0, 0], [1, np.nan]], np.float32), "labels": np.zeros(3, int)}, [], "2 rows hold NaN"),
         ({"embeddings": np.zeros((1, 2), np.float32), "labels": np.zeros(1, int)}, [], "at least 2 items"),
         ({"embeddings": np.zeros((3, 2), np.float32), "labels": np.zeros(3)}, [], "'labels' must be a 1-D integer array"),
     ],

@@ -62,7 +62,7 @@ def test_attention_loss_matches_its_formula_and_ignores_scale():
     s = [torch.randn(3, 10, 4, 4, generator=g)]
 
     def at(f):
-        a = (f ** 2).mean(1).reshape(len(f), -1)
+        a = (f**2).mean(1).reshape(len(f), -1)
         return a / a.norm(dim=1, keepdim=True)
 
     expected = ((at(t[0]) - at(s[0])) ** 2).mean()

@@ -31,9 +31,11 @@ def test_matches_reference_loss_and_gradient(name, case):
 
 def _naive_rkd_angle(t, s):
     """The original N × N × D form: normalised difference vectors at every anchor, all triples."""
+
     def angles(x):
         diff = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)
         return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
+
     with torch.no_grad():
         source_angles = angles(s)
     return F.smooth_l1_loss(angles(t), source_angles)

@@ -208,7 +208,10 @@ def test_bad_cohort_configurations_name_the_key(mutual, model, message):
 def test_the_default_base_loss_is_the_triplet_loss_with_distance_weighted_sampling():
     config = build_config(_mutual())
     assert (config.metric_loss.name, config.metric_loss.params, config.metric_loss.miner.name) == (
-        "triplet", {"margin": 0.2}, "distance_weighted")
+        "triplet",
+        {"margin": 0.2},
+        "distance_weighted",
+    )
     assert config.mutual.taus() == [1, 2] and config.mutual.loss.name == "rkd"
     explicit = build_config(_raw(method="mutual", metric_loss={"name": "proxy_anchor"}))
     assert explicit.metric_loss.name == "proxy_anchor"
@@ -229,8 +232,17 @@ def test_the_cub_mutual_recipe_trains_on_a_cub_tree_from_the_command_line(tmp_pa
 
     root = make_cub(tmp_path / "CUB_200_2011", per_class=5)
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "mutual" / "cub_mutual.yaml"
-    small = ["model.backbone=resnet10t", "model.pretrained=false", "model.embedding_dim=8", "data.image_size=32",
-             "data.num_workers=0", "data.classes_per_batch=3", "optim.epochs=2", "eval.batch_size=16", "threads=2"]
+    small = [
+        "model.backbone=resnet10t",
+        "model.pretrained=false",
+        "model.embedding_dim=8",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "data.classes_per_batch=3",
+        "optim.epochs=2",
+        "eval.batch_size=16",
+        "threads=2",
+    ]
     out = tmp_path / "run"
     args = ["train", str(recipe), "--out", str(out), "--set", f"data.root={root}", *[x for s in small for x in ("--set", s)]]
     assert main(args) == 0

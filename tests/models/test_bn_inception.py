@@ -28,8 +28,18 @@ PORT_SHAPES: dict[str, list[int]] = json.loads((Path(__file__).parents[1] / "fix
 PORT_PARAMETERS = 11_295_240
 PORT_CLASSIFIER = 1024 * 1000 + 1000
 # Output channels of the inception blocks (Figure 5 of Ioffe & Szegedy 2015; the port's concatenations), side at 224 px.
-BLOCKS = {"3a": (256, 28), "3b": (320, 28), "3c": (576, 14), "4a": (576, 14), "4b": (576, 14), "4c": (608, 14),
-          "4d": (608, 14), "4e": (1056, 7), "5a": (1024, 7), "5b": (1024, 7)}
+BLOCKS = {
+    "3a": (256, 28),
+    "3b": (320, 28),
+    "3c": (576, 14),
+    "4a": (576, 14),
+    "4b": (576, 14),
+    "4c": (608, 14),
+    "4d": (608, 14),
+    "4e": (1056, 7),
+    "5a": (1024, 7),
+    "5b": (1024, 7),
+}
 
 
 def port_state(row_vectors: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -75,8 +85,9 @@ def test_feature_info_names_maps_of_its_channels_and_reductions(forward_at_224):
     # Catches feature_info that disagrees with the maps hint losses (FitNet, attention) will be given.
     model, _, maps = forward_at_224
     info = model.backbone.feature_info
-    assert [(maps[f"backbone.{e['module']}"].shape[1], 224 // maps[f"backbone.{e['module']}"].shape[-1]) for e in info] \
-        == [(e["num_chs"], e["reduction"]) for e in info]
+    assert [(maps[f"backbone.{e['module']}"].shape[1], 224 // maps[f"backbone.{e['module']}"].shape[-1]) for e in info] == [
+        (e["num_chs"], e["reduction"]) for e in info
+    ]
     assert [e["reduction"] for e in info] == [2, 4, 8, 16, 32]
     assert last_stages(model, 2) == ["backbone.inception_4d_output", "backbone.inception_5b_output"]
 
@@ -166,11 +177,19 @@ def test_pretrained_downloads_once_with_the_hash_prefix_checked(tmp_path, monkey
 @pytest.mark.parametrize(
     "failure, error, message",
     [
-        (urllib.error.URLError("[Errno -3] Temporary failure in name resolution"), MissingFileError,
-         (r"^cannot download the bn_inception ImageNet weights from http://data\.lip6\.fr/cadene/pretrainedmodels/"
-          r"bn_inception-52deb4733\.pth \(.*name resolution\): .*model\.weights: FILE")),
-        (RuntimeError('invalid hash value (expected "52deb4733", got "0123abcd")'), DamagedCheckpointError,
-         r"^the file downloaded from .* SHA-256 does not start with 52deb4733"),
+        (
+            urllib.error.URLError("[Errno -3] Temporary failure in name resolution"),
+            MissingFileError,
+            (
+                r"^cannot download the bn_inception ImageNet weights from http://data\.lip6\.fr/cadene/pretrainedmodels/"
+                r"bn_inception-52deb4733\.pth \(.*name resolution\): .*model\.weights: FILE"
+            ),
+        ),
+        (
+            RuntimeError('invalid hash value (expected "52deb4733", got "0123abcd")'),
+            DamagedCheckpointError,
+            r"^the file downloaded from .* SHA-256 does not start with 52deb4733",
+        ),
     ],
 )
 def test_pretrained_download_failures_are_one_clear_line(tmp_path, monkeypatch, failure, error, message):

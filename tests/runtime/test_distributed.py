@@ -35,7 +35,10 @@ def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -53,8 +56,9 @@ def _step_config(name: str, tmp_path: Path) -> dict:
     if name == "relaxed_contrastive":
         raw.update(method="transfer", transfer={"source_checkpoint": str(_source(tmp_path / "source.pt"))})
     elif name == "rkd + proxy_anchor":
-        raw.update(method="transfer", transfer={"source_checkpoint": str(_source(tmp_path / "source.pt")),
-                                                "loss": "rkd", "metric_weight": 1.0})
+        raw.update(
+            method="transfer", transfer={"source_checkpoint": str(_source(tmp_path / "source.pt")), "loss": "rkd", "metric_weight": 1.0}
+        )
     else:  # a cohort: two members, their own views, member 1 accumulating over 2 iterations
         raw.update(method="mutual", mutual={"members": 2, "loss": "rkd"}, model={**MODEL, "normalize": True})
     return raw

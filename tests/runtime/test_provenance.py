@@ -99,8 +99,11 @@ def test_allow_overlap_runs_anyway(folder_source, tmp_path):
 
 def test_an_overlap_through_eval_data_is_refused_too(folder_source, tmp_path):
     root, source = folder_source
-    config = _config({"dataset": "glyphs", "num_classes": 3}, **_transfer(source),
-                     eval={"recall_at": [1], "every": 0, "data": _folder_data(root, CLASSES[:4], CLASSES[4:])})
+    config = _config(
+        {"dataset": "glyphs", "num_classes": 3},
+        **_transfer(source),
+        eval={"recall_at": [1], "every": 0, "data": _folder_data(root, CLASSES[:4], CLASSES[4:])},
+    )
     with pytest.raises(DataError, match="2 of this run's evaluation classes"):
         _setup(config, tmp_path / "target")
 

@@ -51,8 +51,15 @@ def setup(tmp_path_factory):
     for name, chosen in {"reversed": listed[::-1], "small": listed[:3]}.items():
         (base / f"{name}.csv").write_text("path\n" + "".join(f"{p}\n" for p in chosen))
         build_index(checkpoint, base / f"{name}.csv", base / name)
-    return {"base": base, "images": images, "checkpoint": checkpoint, "index": base / "index",
-            "reversed": base / "reversed", "small": base / "small", "query": str(images / "red" / "0.png")}
+    return {
+        "base": base,
+        "images": images,
+        "checkpoint": checkpoint,
+        "index": base / "index",
+        "reversed": base / "reversed",
+        "small": base / "small",
+        "query": str(images / "red" / "0.png"),
+    }
 
 
 def _copy(setup, tmp_path, name: str = "index"):
@@ -106,8 +113,10 @@ def test_embeddings_of_another_build_are_refused(setup, tmp_path, other, differs
         Gallery(index)
 
 
-@pytest.mark.parametrize("metric, words", [("cosine", "metric 'euclidean' \\(index.json: 'cosine'\\)"),
-                                           ("manhattan", "metric 'manhattan'; valid: euclidean, cosine")])
+@pytest.mark.parametrize(
+    "metric, words",
+    [("cosine", "metric 'euclidean' \\(index.json: 'cosine'\\)"), ("manhattan", "metric 'manhattan'; valid: euclidean, cosine")],
+)
 def test_an_edited_metric_is_refused(setup, tmp_path, metric, words):
     """Catches: an index.json metric edited by hand being used to search euclidean embeddings."""
     index = _copy(setup, tmp_path)
@@ -154,8 +163,10 @@ def test_a_missing_file_of_the_index_is_named(setup, tmp_path, missing):
         Gallery(index)
 
 
-@pytest.mark.parametrize("damaged, words", [(INDEX_FILE, "not readable JSON"), (EMBEDDINGS_FILE, "not a readable .npz"),
-                                            (FAISS_FILE, "not a readable faiss index")])
+@pytest.mark.parametrize(
+    "damaged, words",
+    [(INDEX_FILE, "not readable JSON"), (EMBEDDINGS_FILE, "not a readable .npz"), (FAISS_FILE, "not a readable faiss index")],
+)
 def test_a_damaged_file_of_the_index_is_named(setup, tmp_path, damaged, words):
     """Catches: a JSONDecodeError, zipfile or faiss RuntimeError traceback instead of one line."""
     if damaged == FAISS_FILE:
@@ -227,16 +238,19 @@ def _csv(tmp_path, text: str):
     return listing
 
 
-@pytest.mark.parametrize("case, error, words", [
-    ("empty folder", MissingFileError, "no images"),
-    ("no such path", MissingFileError, "does not exist"),
-    ("not a csv", ConfigError, "neither a folder of images nor a .csv"),
-    ("csv without path column", DataError, "expected a header with a 'path' column"),
-    ("csv with a short row", DataError, "line 3: no label"),
-    ("csv listing a missing image", MissingFileError, "lists 1 image\\(s\\) that do not exist"),
-    ("checkpoint is not one", CheckpointError, "checkpoint"),
-    ("out is a file", OutputLocationError, "not a folder"),
-])
+@pytest.mark.parametrize(
+    "case, error, words",
+    [
+        ("empty folder", MissingFileError, "no images"),
+        ("no such path", MissingFileError, "does not exist"),
+        ("not a csv", ConfigError, "neither a folder of images nor a .csv"),
+        ("csv without path column", DataError, "expected a header with a 'path' column"),
+        ("csv with a short row", DataError, "line 3: no label"),
+        ("csv listing a missing image", MissingFileError, "lists 1 image\\(s\\) that do not exist"),
+        ("checkpoint is not one", CheckpointError, "checkpoint"),
+        ("out is a file", OutputLocationError, "not a folder"),
+    ],
+)
 def test_bad_index_inputs_raise_one_named_error(setup, tmp_path, case, error, words):
     """Catches: each careless input ending in a traceback (KeyError, IsADirectoryError, FileExistsError)."""
     image = setup["images"] / "red" / "0.png"
@@ -307,8 +321,7 @@ def previous(setup, tmp_path):
 
 def _unchanged(previous) -> bool:
     out, model_bytes, description_bytes = previous
-    return (out.read_bytes() == model_bytes and description_path(out).read_bytes() == description_bytes
-            and not _partials(out.parent))
+    return out.read_bytes() == model_bytes and description_path(out).read_bytes() == description_bytes and not _partials(out.parent)
 
 
 def test_the_description_records_the_exported_files_sha256(previous):
@@ -329,6 +342,7 @@ def test_a_failed_check_keeps_the_previous_export_and_description(setup, previou
 
 def test_an_interrupted_export_keeps_the_previous_export_and_description(setup, previous, monkeypatch):
     """Catches: Ctrl-C while the exporter writes leaving a truncated FILE (or a stray temporary)."""
+
     def interrupted(model, example, out):
         out.write_bytes(b"half a model")
         raise KeyboardInterrupt
@@ -354,14 +368,17 @@ def test_a_crash_between_the_file_and_its_description_is_recognisable(setup, pre
     assert not describes(out)
 
 
-@pytest.mark.parametrize("case, error, words", [
-    ("unknown format", ConfigError, "unknown export format 'tflite'"),
-    ("checkpoint is not one", CheckpointError, "checkpoint"),
-    ("no checkpoint", MissingFileError, "no checkpoint at"),
-    ("no such model", CheckpointError, "holds no embedding model 'member9'"),
-    ("out is a folder", OutputLocationError, "is a folder; name the file"),
-    ("onnx not installed", MissingPackageError, "pip install onnx"),
-])
+@pytest.mark.parametrize(
+    "case, error, words",
+    [
+        ("unknown format", ConfigError, "unknown export format 'tflite'"),
+        ("checkpoint is not one", CheckpointError, "checkpoint"),
+        ("no checkpoint", MissingFileError, "no checkpoint at"),
+        ("no such model", CheckpointError, "holds no embedding model 'member9'"),
+        ("out is a folder", OutputLocationError, "is a folder; name the file"),
+        ("onnx not installed", MissingPackageError, "pip install onnx"),
+    ],
+)
 def test_bad_export_inputs_raise_one_named_error_and_keep_the_previous_files(setup, previous, monkeypatch, case, error, words):
     """Catches: ValueError/ImportError/IsADirectoryError tracebacks, and a failure touching the previous files."""
     out, checkpoint, fmt, name = previous[0], setup["checkpoint"], "safetensors", None

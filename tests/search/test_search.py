@@ -112,4 +112,3 @@ def test_bad_queries_and_galleries_name_the_file(gallery, tmp_path, capsys):
     assert "no images" in capsys.readouterr().err
     assert main(["search", str(root / "red" / "0.png"), "--index", str(tmp_path)]) == 2
     assert "metrictransfer index" in capsys.readouterr().err
-

@@ -90,9 +90,7 @@ def _split_classes(
         if train_classes is not None and test_classes is not None:
             overlap = sorted(set(train_classes) & set(test_classes))
             if overlap:
-                raise ConfigError(
-                    f"{source}: class(es) {', '.join(map(repr, overlap))} are in both train_classes and test_classes"
-                )
+                raise ConfigError(f"{source}: class(es) {', '.join(map(repr, overlap))} are in both train_classes and test_classes")
             train, test = list(dict.fromkeys(train_classes)), list(dict.fromkeys(test_classes))
         elif train_classes is not None:
             train = list(dict.fromkeys(train_classes))
@@ -148,15 +146,12 @@ def read_folder(
     empty = [name for name, files in images.items() if not files]
     if empty:
         raise DataError(
-            f"folder: class folder(s) {', '.join(empty)} under {root} hold no images "
-            f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            f"folder: class folder(s) {', '.join(empty)} under {root} hold no images (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     if len(class_dirs) < 2:
         loose = sum(1 for e in os.scandir(root) if e.is_file() and _is_image(e.name))
         hint = f"; {loose} images lie directly under it - use the 'unlabelled' layout for those" if loose else ""
-        raise DataError(
-            f"folder: {root} needs one sub-folder per class and at least 2 classes, found {len(class_dirs)}{hint}"
-        )
+        raise DataError(f"folder: {root} needs one sub-folder per class and at least 2 classes, found {len(class_dirs)}{hint}")
     train, test = _split_classes(class_dirs, test_fraction, f"folder {root}", train_classes, test_classes)
     result = {}
     for split, classes in (("train", train), ("test", test)):
@@ -183,8 +178,7 @@ def _csv_rows(path: Path) -> tuple[list[tuple[str, str, str | None, int]], bool]
         missing = [c for c in ("path", "label") if c not in columns]
         if missing:
             raise DataError(
-                f"{path}, line 1: header lacks column(s) {', '.join(missing)}; expected path,label[,split], "
-                f"got {','.join(header or [])!r}"
+                f"{path}, line 1: header lacks column(s) {', '.join(missing)}; expected path,label[,split], got {','.join(header or [])!r}"
             )
         i_path, i_label = columns.index("path"), columns.index("label")
         i_split = columns.index("split") if "split" in columns else None
@@ -193,9 +187,7 @@ def _csv_rows(path: Path) -> tuple[list[tuple[str, str, str | None, int]], bool]
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) < len(columns):
-                raise DataError(
-                    f"{path}, line {line}: expected {len(columns)} columns ({','.join(columns)}), got {row}"
-                )
+                raise DataError(f"{path}, line {line}: expected {len(columns)} columns ({','.join(columns)}), got {row}")
             rel = row[i_path].strip()
             label = row[i_label].strip()
             if not rel:
@@ -208,10 +200,7 @@ def _csv_rows(path: Path) -> tuple[list[tuple[str, str, str | None, int]], bool]
             if i_split is not None:
                 split = row[i_split].strip().lower()
                 if split not in CSV_SPLITS:
-                    raise DataError(
-                        f"{path}, line {line}: unknown split value {row[i_split]!r}; "
-                        f"expected one of {', '.join(CSV_SPLITS)}"
-                    )
+                    raise DataError(f"{path}, line {line}: unknown split value {row[i_split]!r}; expected one of {', '.join(CSV_SPLITS)}")
             rows.append((rel, label, split, line))
     return rows, i_split is not None
 
@@ -272,8 +261,12 @@ def read_csv_list(
             chosen_idx = np.flatnonzero(where == split)
             if len(chosen_idx):
                 result[split] = ImageIndex(
-                    root, [shared.paths[i] for i in chosen_idx], shared.labels[chosen_idx], shared.classes,
-                    listing=path, lines=None if shared.lines is None else shared.lines[chosen_idx],
+                    root,
+                    [shared.paths[i] for i in chosen_idx],
+                    shared.labels[chosen_idx],
+                    shared.classes,
+                    listing=path,
+                    lines=None if shared.lines is None else shared.lines[chosen_idx],
                 )
     check_splits(result, path)
     return result

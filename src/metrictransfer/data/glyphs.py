@@ -128,28 +128,28 @@ LOOKALIKE_GROUPS: tuple[tuple[str, ...], ...] = (
     ("B", "\u0392", "\u0412"),  # B, Greek Beta, Cyrillic Ve
     ("C", "\u0421"),  # C, Cyrillic Es
     ("E", "\u0395", "\u0415"),  # E, Greek Epsilon, Cyrillic Ie
-    ("H", "\u0397", "\u041D"),  # H, Greek Eta, Cyrillic En
+    ("H", "\u0397", "\u041d"),  # H, Greek Eta, Cyrillic En
     ("I", "\u0399"),  # I, Greek Iota
-    ("K", "\u039A"),  # K, Greek Kappa
-    ("M", "\u039C", "\u041C"),  # M, Greek Mu, Cyrillic Em
-    ("N", "\u039D"),  # N, Greek Nu
-    ("O", "\u039F", "\u041E"),  # O, Greek Omicron, Cyrillic O
-    ("P", "\u03A1", "\u0420"),  # P, Greek Rho, Cyrillic Er
-    ("T", "\u03A4", "\u0422"),  # T, Greek Tau, Cyrillic Te
-    ("X", "\u03A7", "\u0425"),  # X, Greek Chi, Cyrillic Ha
-    ("Y", "\u03A5"),  # Y, Greek Upsilon
+    ("K", "\u039a"),  # K, Greek Kappa
+    ("M", "\u039c", "\u041c"),  # M, Greek Mu, Cyrillic Em
+    ("N", "\u039d"),  # N, Greek Nu
+    ("O", "\u039f", "\u041e"),  # O, Greek Omicron, Cyrillic O
+    ("P", "\u03a1", "\u0420"),  # P, Greek Rho, Cyrillic Er
+    ("T", "\u03a4", "\u0422"),  # T, Greek Tau, Cyrillic Te
+    ("X", "\u03a7", "\u0425"),  # X, Greek Chi, Cyrillic Ha
+    ("Y", "\u03a5"),  # Y, Greek Upsilon
     ("Z", "\u0396"),  # Z, Greek Zeta
     ("\u0393", "\u0413"),  # Greek Gamma, Cyrillic Ghe
-    ("\u03A0", "\u041F"),  # Greek Pi, Cyrillic Pe
+    ("\u03a0", "\u041f"),  # Greek Pi, Cyrillic Pe
     # small letters
     ("a", "\u0430"),  # a, Cyrillic a
     ("c", "\u0441"),  # c, Cyrillic es
     ("e", "\u0435"),  # e, Cyrillic ie
-    ("o", "\u03BF", "\u043E"),  # o, Greek omicron, Cyrillic o
+    ("o", "\u03bf", "\u043e"),  # o, Greek omicron, Cyrillic o
     ("p", "\u0440"),  # p, Cyrillic er
     ("x", "\u0445"),  # x, Cyrillic ha
     ("y", "\u0443"),  # y, Cyrillic u
-    ("\u03BA", "\u043A"),  # Greek kappa, Cyrillic ka
+    ("\u03ba", "\u043a"),  # Greek kappa, Cyrillic ka
 )
 
 
@@ -216,11 +216,7 @@ def _expected_glyph_names(ch: str) -> frozenset[str]:
 def _candidate_font_paths() -> list[Path]:
     directory = _font_dir()
     return sorted(
-        (
-            path
-            for path in directory.iterdir()
-            if _FONT_FILE_PATTERN.match(path.name) and path.name not in _EXCLUDED_FONT_FILES
-        ),
+        (path for path in directory.iterdir() if _FONT_FILE_PATTERN.match(path.name) and path.name not in _EXCLUDED_FONT_FILES),
         key=lambda path: path.name,
     )
 
@@ -271,9 +267,7 @@ def _render_base_glyph(font: ImageFont.FreeTypeFont, ch: str, font_px: int) -> _
     )
 
 
-def _render_jittered(
-    glyph: _BaseGlyph, canvas_px: int, shift: tuple[float, float], scale: float, angle_deg: float
-) -> Image.Image:
+def _render_jittered(glyph: _BaseGlyph, canvas_px: int, shift: tuple[float, float], scale: float, angle_deg: float) -> Image.Image:
     """Rotate/scale the glyph about its anchor and place the anchor at the (shifted) centre."""
     theta = math.radians(angle_deg)
     cos_t, sin_t = math.cos(theta) / scale, math.sin(theta) / scale
@@ -283,14 +277,10 @@ def _render_jittered(
     a, b, d, e = cos_t, sin_t, -sin_t, cos_t
     c = glyph.anchor_x - a * cx - b * cy
     f = glyph.anchor_y - d * cx - e * cy
-    return glyph.image.transform(
-        (canvas_px, canvas_px), Image.Transform.AFFINE, (a, b, c, d, e, f), Image.Resampling.BILINEAR
-    )
+    return glyph.image.transform((canvas_px, canvas_px), Image.Transform.AFFINE, (a, b, c, d, e, f), Image.Resampling.BILINEAR)
 
 
-def detect_lookalike_pairs(
-    chars: Sequence[str] | None = None, image_size: int = 32
-) -> list[tuple[str, str, float]]:
+def detect_lookalike_pairs(chars: Sequence[str] | None = None, image_size: int = 32) -> list[tuple[str, str, float]]:
     """Pairs of ``chars`` that the look-alike rule calls identical, with their font share.
 
     Used to derive and to test :data:`LOOKALIKE_GROUPS`: every candidate is rendered upright,
@@ -390,9 +380,7 @@ def build_glyphs(seed: int = 0, image_size: int = 32, renders: int = 2) -> Glyph
             if not _font_cmap_has(ft, cmap, ch):
                 continue
             if pil_font is None:
-                pil_font = ImageFont.truetype(
-                    os.fspath(path), font_px, layout_engine=ImageFont.Layout.BASIC
-                )
+                pil_font = ImageFont.truetype(os.fspath(path), font_px, layout_engine=ImageFont.Layout.BASIC)
             glyph = _render_base_glyph(pil_font, ch, font_px)
             if glyph is not None:
                 base.append((class_id, path.name, glyph))
@@ -414,7 +402,10 @@ def build_glyphs(seed: int = 0, image_size: int = 32, renders: int = 2) -> Glyph
     for class_id, font_name, glyph in base:
         for _ in range(renders):
             big = _render_jittered(
-                glyph, canvas_px, (float(shifts[k, 0]), float(shifts[k, 1])), float(scales[k]),
+                glyph,
+                canvas_px,
+                (float(shifts[k, 0]), float(shifts[k, 1])),
+                float(scales[k]),
                 float(angles[k]),
             )
             images[k] = np.asarray(big.reduce(SUPERSAMPLE))
@@ -451,7 +442,9 @@ def default_cache_dir() -> Path:
 
 
 def glyph_cache_path(
-    seed: int = 0, image_size: int = 32, renders: int = 2,
+    seed: int = 0,
+    image_size: int = 32,
+    renders: int = 2,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Cache file for these parameters; the name carries every parameter and the format version."""
@@ -579,10 +572,7 @@ class GlyphsDataset(torch.utils.data.Dataset[Any]):
         split_classes = arrays.train_classes if split == "train" else arrays.test_classes
         if num_classes is not None:
             if num_classes < 1 or num_classes > len(split_classes):
-                raise ConfigError(
-                    f"num_classes={num_classes} but the {split!r} split has "
-                    f"{len(split_classes)} classes"
-                )
+                raise ConfigError(f"num_classes={num_classes} but the {split!r} split has {len(split_classes)} classes")
             split_classes = split_classes[:num_classes]
         keep = np.isin(arrays.labels, split_classes)
         to_local = np.full(len(arrays.chars), -1, dtype=np.int64)

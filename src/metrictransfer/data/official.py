@@ -53,23 +53,31 @@ def _lines(path: Path) -> list[str]:
             return f.read().splitlines()
     except UnicodeDecodeError as err:
         line = err.object[: err.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}, line {line}: not UTF-8 text ({err.reason}); expected the dataset's text annotation file"
-        ) from None
+        raise DataError(f"{path}, line {line}: not UTF-8 text ({err.reason}); expected the dataset's text annotation file") from None
 
 
 def _index(
-    root: Path, paths: list[str], raw: Sequence[Any] | np.ndarray, name_of: Callable[[Any], str],
-    listing: Path | None = None, lines: Sequence[int] | None = None,
+    root: Path,
+    paths: list[str],
+    raw: Sequence[Any] | np.ndarray,
+    name_of: Callable[[Any], str],
+    listing: Path | None = None,
+    lines: Sequence[int] | None = None,
 ) -> ImageIndex:
     labels, unique = contiguous_labels(raw)
-    return ImageIndex(root, paths, labels, [name_of(u) for u in unique], listing=listing,
-                      lines=None if lines is None else np.asarray(lines))
+    return ImageIndex(
+        root, paths, labels, [name_of(u) for u in unique], listing=listing, lines=None if lines is None else np.asarray(lines)
+    )
 
 
 def _split_by_class(
-    root: Path, paths: list[str], class_ids: list[int], last_train_class: int, name_of: Callable[[Any], str],
-    listing: Path | None = None, lines: list[int] | None = None,
+    root: Path,
+    paths: list[str],
+    class_ids: list[int],
+    last_train_class: int,
+    name_of: Callable[[Any], str],
+    listing: Path | None = None,
+    lines: list[int] | None = None,
 ) -> dict[str, ImageIndex]:
     """Class-disjoint protocol: raw classes ``<= last_train_class`` train, the others test."""
     ids = np.asarray(class_ids, dtype=np.int64)
@@ -176,9 +184,7 @@ def read_cars(root: str | Path) -> dict[str, ImageIndex]:
     fields = annotations.dtype.names or ()
     missing = [f for f in ("relative_im_path", "class") if f not in fields]
     if missing:
-        raise DataError(
-            f"{path}: 'annotations' lacks field(s) {', '.join(missing)}; has {', '.join(fields) or 'no fields'}"
-        )
+        raise DataError(f"{path}: 'annotations' lacks field(s) {', '.join(missing)}; has {', '.join(fields) or 'no fields'}")
     try:
         names = [str(_scalar(n)) for n in np.atleast_1d(mat["class_names"]).reshape(-1)]
     except ValueError as err:

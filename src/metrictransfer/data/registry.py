@@ -35,9 +35,7 @@ def glyph_item_names(dataset: GlyphsDataset, config: DataConfig, split: str) -> 
     for i, (label, font) in enumerate(zip(dataset.global_labels.tolist(), dataset.font_ids.tolist())):
         render = renders[label, font] = renders.get((label, font), -1) + 1
         char = dataset.classes[int(dataset.labels[i])]
-        names.append(
-            f"glyphs:{split}:{i}:seed={config.glyph_seed}:{config.image_size}px:U+{ord(char):04X}:{dataset.fonts[font]}#{render}"
-        )
+        names.append(f"glyphs:{split}:{i}:seed={config.glyph_seed}:{config.image_size}px:U+{ord(char):04X}:{dataset.fonts[font]}#{render}")
     return names
 
 
@@ -89,8 +87,9 @@ def _limit_classes(index: ImageIndex, num_classes: int | None) -> ImageIndex:
         return index
     keep = index.labels < num_classes
     masks = [None if m is None else m[keep] for m in (index.is_query, index.is_gallery)]
-    return ImageIndex(index.root, [p for p, k in zip(index.paths, keep) if k], index.labels[keep], index.classes[:num_classes],
-                      masks[0], masks[1])
+    return ImageIndex(
+        index.root, [p for p, k in zip(index.paths, keep) if k], index.labels[keep], index.classes[:num_classes], masks[0], masks[1]
+    )
 
 
 def _files(config: DataConfig, split: str) -> Dataset[Any]:

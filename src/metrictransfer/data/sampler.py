@@ -25,9 +25,11 @@ def batch_misfit(classes_per_batch: int, images_per_class: int, sizes: Sequence[
     if smallest < k and smallest >= 1 and len(sizes) >= 1:
         options.append(f"data.classes_per_batch={len(sizes)} with data.images_per_class={smallest}")
     fits = f"the largest batch that fits: {' or '.join(options)}" if options else "no batch fits: the split is empty"
-    return (f"a batch of data.classes_per_batch={classes_per_batch} distinct classes × data.images_per_class={k} "
-            f"images does not fit the training split: it has {len(sizes)} classes, the smallest with {smallest} "
-            f"images, {fitting} with at least {k}; {fits}")
+    return (
+        f"a batch of data.classes_per_batch={classes_per_batch} distinct classes × data.images_per_class={k} "
+        f"images does not fit the training split: it has {len(sizes)} classes, the smallest with {smallest} "
+        f"images, {fitting} with at least {k}; {fits}"
+    )
 
 
 def check_batch_fits(classes_per_batch: int, images_per_class: int, labels: Sequence[int] | np.ndarray) -> None:
@@ -62,9 +64,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         if labels.ndim != 1 or len(labels) == 0:
             raise ConfigError("labels must be a non-empty 1-D sequence of class ids")
         if classes_per_batch < 1 or images_per_class < 1:
-            raise ConfigError(
-                f"classes_per_batch and images_per_class must be >= 1, got {classes_per_batch} and {images_per_class}"
-            )
+            raise ConfigError(f"classes_per_batch and images_per_class must be >= 1, got {classes_per_batch} and {images_per_class}")
         classes, inverse = np.unique(labels, return_inverse=True)
         if len(classes) < classes_per_batch:
             raise ConfigError(batch_misfit(classes_per_batch, images_per_class, np.bincount(inverse)))

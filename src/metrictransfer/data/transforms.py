@@ -31,8 +31,9 @@ def _crop_scale(smallest: float, strength: float) -> tuple[float, float]:
 
 def _paper_train(size: int, normalization: str, strength: float = 1.0) -> v2.Compose:
     # The papers' augmentation: RandomResizedCrop + horizontal flip.
-    return v2.Compose([v2.RGB(), v2.RandomResizedCrop(size, scale=_crop_scale(0.08, strength)), v2.RandomHorizontalFlip(),
-                       *_to_tensor(normalization)])
+    return v2.Compose(
+        [v2.RGB(), v2.RandomResizedCrop(size, scale=_crop_scale(0.08, strength)), v2.RandomHorizontalFlip(), *_to_tensor(normalization)]
+    )
 
 
 def _paper_test(size: int, normalization: str) -> v2.Compose:
@@ -61,9 +62,7 @@ register_transform("paper")((_paper_train, _paper_test))
 register_transform("glyphs")((_glyphs_train, _glyphs_test))
 
 
-def build_transform(
-    name: str, train: bool, image_size: int, normalization: str = "imagenet", strength: float = 1.0
-) -> v2.Compose:
+def build_transform(name: str, train: bool, image_size: int, normalization: str = "imagenet", strength: float = 1.0) -> v2.Compose:
     """The named augmentation pipeline: ``train=True`` gives the random one, else the deterministic one.
 
     ``strength`` scales the random one (cohort members' view diversity): the crop's smallest area moves

@@ -56,8 +56,13 @@ class ProgressBar(Callback):
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         config = trainer.config
-        self.bar = tqdm(desc=f"{config.name or config.method} epoch {epoch + 1}/{config.optim.epochs}", leave=False,
-                        unit="batch", initial=trainer.done, total=trainer.steps_per_epoch)
+        self.bar = tqdm(
+            desc=f"{config.name or config.method} epoch {epoch + 1}/{config.optim.epochs}",
+            leave=False,
+            unit="batch",
+            initial=trainer.done,
+            total=trainer.steps_per_epoch,
+        )
 
     def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
         if self.bar is None:

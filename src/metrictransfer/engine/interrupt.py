@@ -15,8 +15,9 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-        super().__init__(f"{signal_name} at step {step}: saved {checkpoint}; continue with "
-                         f"metrictransfer train --resume {checkpoint.parent}")
+        super().__init__(
+            f"{signal_name} at step {step}: saved {checkpoint}; continue with metrictransfer train --resume {checkpoint.parent}"
+        )
 
     @property
     def exit_status(self) -> int:
@@ -40,8 +41,7 @@ class GracefulStop:
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name}: finishing this step, then saving a checkpoint "
-              "(send it again to stop at once)", flush=True)
+        print(f"\n{self.signal_name}: finishing this step, then saving a checkpoint (send it again to stop at once)", flush=True)
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():

@@ -39,8 +39,9 @@ def figure_format(path: str | Path) -> str:
     fmt = Path(path).suffix[1:].lower() or "png"
     supported = FigureCanvasBase.get_supported_filetypes()
     if fmt not in supported:
-        raise ConfigError(f"cannot draw {path}: matplotlib writes no .{fmt} files; use .png "
-                          f"(or {', '.join('.' + f for f in sorted(supported))})")
+        raise ConfigError(
+            f"cannot draw {path}: matplotlib writes no .{fmt} files; use .png (or {', '.join('.' + f for f in sorted(supported))})"
+        )
     return fmt
 
 

@@ -31,8 +31,7 @@ LOCK_NAME = ".lock"
 # What marks a folder as holding a run, and what `--overwrite` deletes: only the files a run writes,
 # never anything else a user keeps in the folder.
 RUN_MARKERS = ("config.yaml", "checkpoint.pt", "checkpoints", "results.json")
-RUN_FILES = RUN_MARKERS + ("log.csv", "recall.png", "curves.png", "retrieval.png", "embedding_map.png",
-                           "report.md", "tensorboard")
+RUN_FILES = RUN_MARKERS + ("log.csv", "recall.png", "curves.png", "retrieval.png", "embedding_map.png", "report.md", "tensorboard")
 
 
 class RunLock:
@@ -56,12 +55,10 @@ class RunLock:
             except BlockingIOError:
                 os.close(fd)
                 raise RunLockedError(
-                    f"{self.folder} is in use by another training ({self.holder()}); wait for it to end, "
-                    "or train into another --out"
+                    f"{self.folder} is in use by another training ({self.holder()}); wait for it to end, or train into another --out"
                 ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
         self._fd = fd
         return self
 
@@ -130,7 +127,7 @@ def claim_run_folder(folder: str | os.PathLike[str], resume: bool = False, overw
         if not resume and holds_run(folder):
             if not overwrite:
                 what = describe_run(folder)
-                advice = ("" if what == "a finished run" else f"continue it with `metrictransfer train --resume {folder}`, ")
+                advice = "" if what == "a finished run" else f"continue it with `metrictransfer train --resume {folder}`, "
                 raise RunExistsError(
                     f"{folder} already holds {what}; {advice}choose another --out, or add --overwrite to replace it "
                     "(its checkpoints, results and log are deleted)"

@@ -41,8 +41,9 @@ def expand_runs(paths: list[str | Path]) -> list[Path]:
             found = sorted(p for p in path.iterdir() if p.is_dir() and (p / "results.json").is_file()) if path.is_dir() else []
             if not found:
                 what = "has results.json but no config.yaml" if (path / "results.json").is_file() else "has no results.json"
-                raise MissingFileError(f"{path} {what} and holds no run folders (subfolders with results.json): "
-                                       "not a finished run folder nor a folder of runs")
+                raise MissingFileError(
+                    f"{path} {what} and holds no run folders (subfolders with results.json): not a finished run folder nor a folder of runs"
+                )
         for run in found:
             if all(run.resolve() != r.resolve() for r in runs):
                 runs.append(run)
@@ -64,8 +65,7 @@ def group_key(config: RunConfig) -> dict[str, Any]:
     :data:`NOT_GROUPED`: the seed, the name, the run-time keys that do not change results, and
     ``transfer.source_checkpoint`` / ``classifier.source_checkpoint`` (each seed points at its own
     source run). Runs with equal keys are seeds of one setting; any other difference is another row."""
-    return {k: v for k, v in sorted(_flat(config_to_dict(config)).items())
-            if not any(k == r or k.startswith(r + ".") for r in NOT_GROUPED)}
+    return {k: v for k, v in sorted(_flat(config_to_dict(config)).items()) if not any(k == r or k.startswith(r + ".") for r in NOT_GROUPED)}
 
 
 def _value(value: Any) -> str:
@@ -85,15 +85,17 @@ def collect_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
         if not config_file.is_file():
             raise MissingFileError(f"{run} has results.json but no config.yaml: not a run folder metrictransfer wrote")
         config = build_config(yaml.safe_load(config_file.read_text()), origin=str(config_file))
-        records.append({
-            "run": str(run),
-            "dataset": config.data.dataset,
-            "model": f"{config.model.backbone} {config.model.embedding_dim}-d",
-            "method": method_label(config),
-            "seed": config.seed,
-            "metrics": results["final"],
-            "group_key": group_key(config),
-        })
+        records.append(
+            {
+                "run": str(run),
+                "dataset": config.data.dataset,
+                "model": f"{config.model.backbone} {config.model.embedding_dim}-d",
+                "method": method_label(config),
+                "seed": config.seed,
+                "metrics": results["final"],
+                "group_key": group_key(config),
+            }
+        )
     _label_groups(records)
     return records
 
@@ -107,8 +109,10 @@ def _label_groups(records: list[dict[str, Any]]) -> None:
         seen: dict[int, str] = {}
         for record in group:
             if record["seed"] in seen:
-                raise ConfigError(f"{seen[record['seed']]} and {record['run']} are the same configuration with the same seed "
-                                  f"{record['seed']}: give only one of them (or runs of different seeds)")
+                raise ConfigError(
+                    f"{seen[record['seed']]} and {record['run']} are the same configuration with the same seed "
+                    f"{record['seed']}: give only one of them (or runs of different seeds)"
+                )
             seen[record["seed"]] = record["run"]
     by_label: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for group in groups.values():
@@ -137,8 +141,9 @@ def check_metrics(records: list[dict[str, Any]], metrics: list[str] | None) -> N
     available = list(dict.fromkeys(k for r in records for k in r["metrics"]))
     unknown = [m for m in metrics or [] if m not in available]
     if unknown:
-        raise ConfigError(f"--metrics: no run has {', '.join(map(repr, unknown))}; their final metrics are: "
-                          f"{', '.join(available) or '(none)'}")
+        raise ConfigError(
+            f"--metrics: no run has {', '.join(map(repr, unknown))}; their final metrics are: {', '.join(available) or '(none)'}"
+        )
 
 
 def markdown_table(records: list[dict[str, Any]], metrics: list[str] | None = None) -> str:
@@ -153,8 +158,10 @@ def markdown_table(records: list[dict[str, Any]], metrics: list[str] | None = No
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault(json.dumps(record["group_key"], sort_keys=True), []).append(record)
-    lines = ["| dataset | target | method | n | seeds | " + " | ".join(m.replace("recall@", "R@") for m in metrics) + " |",
-             "|---|---|---|---:|---|" + "---:|" * len(metrics)]
+    lines = [
+        "| dataset | target | method | n | seeds | " + " | ".join(m.replace("recall@", "R@") for m in metrics) + " |",
+        "|---|---|---|---:|---|" + "---:|" * len(metrics),
+    ]
     for group in groups.values():
         first = group[0]
         cells = []
@@ -162,6 +169,5 @@ def markdown_table(records: list[dict[str, Any]], metrics: list[str] | None = No
             values = [r["metrics"][m] for r in group if m in r["metrics"]]
             cells.append(_mean_std(values) if values else "–")
         seeds = ", ".join(str(s) for s in sorted(r["seed"] for r in group))
-        lines.append(f"| {first['dataset']} | {first['model']} | {first['group']} | {len(group)} | {seeds} | "
-                     + " | ".join(cells) + " |")
+        lines.append(f"| {first['dataset']} | {first['model']} | {first['group']} | {len(group)} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -130,9 +130,7 @@ class Updater:
         self.grad_clip = optim_config.grad_clip
         self.groups = method.update_groups(optim_config.lr)
         self.optimizers = {g.name: build_optimizer(g.params, optim_config) for g in self.groups}
-        self.schedulers = {
-            g.name: build_scheduler(self.optimizers[g.name], optim_config, steps_per_epoch / g.every) for g in self.groups
-        }
+        self.schedulers = {g.name: build_scheduler(self.optimizers[g.name], optim_config, steps_per_epoch / g.every) for g in self.groups}
         self.updates = {g.name: 0 for g in self.groups}
         self.iteration = 0
 
@@ -176,7 +174,8 @@ class Updater:
         applied (τ need not divide an epoch's steps: without them a resumed run would differ)."""
         pending = {
             g.name: [None if p.grad is None else p.grad.detach().clone() for p in self._params(g.name)]
-            for g in self.groups if self.iteration % g.every
+            for g in self.groups
+            if self.iteration % g.every
         }
         return {
             "optimizers": {name: o.state_dict() for name, o in self.optimizers.items()},
@@ -273,9 +272,16 @@ class Trainer:
     and ``history`` are what a checkpoint stores beside the weights, optimisers and random streams.
     """
 
-    def __init__(self, config: RunConfig, out: str | Path | None = None, *, ranks: distributed.Ranks | None = None,
-                 device_name: str | None = None, progress: bool | None = None,
-                 callbacks: list[Callback] | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        out: str | Path | None = None,
+        *,
+        ranks: distributed.Ranks | None = None,
+        device_name: str | None = None,
+        progress: bool | None = None,
+        callbacks: list[Callback] | None = None,
+    ) -> None:
         self.config = config
         self.out = None if out is None else Path(out)
         self.ranks = ranks or distributed.current()
@@ -488,8 +494,9 @@ class Trainer:
         return row
 
 
-def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool | None = None,
-          overwrite: bool = False) -> dict[str, Any]:
+def train(
+    config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Train one run into ``out_dir``; returns the results written to ``results.json``.
 
     Every epoch ends with an evaluation on the test split (``eval.every``), a CSV log row and an
@@ -515,8 +522,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, progress
             lock.release()
 
 
-def _train(config: RunConfig, out: Path, resume: bool, progress: bool | None, ranks: distributed.Ranks,
-           device_name: str) -> dict[str, Any]:
+def _train(config: RunConfig, out: Path, resume: bool, progress: bool | None, ranks: distributed.Ranks, device_name: str) -> dict[str, Any]:
     trainer = Trainer(config, out, ranks=ranks, device_name=device_name, progress=progress)
     trainer.setup()
     if resume:
@@ -549,9 +555,7 @@ def _resumable_state(out: Path, config: RunConfig) -> dict[str, Any] | None:
         )
     changed = resume_differences(state["config"], config_to_dict(config))
     if changed:
-        raise ConfigError(
-            f"cannot resume {out}: the configuration differs from the one the run started with: " + "; ".join(changed)
-        )
+        raise ConfigError(f"cannot resume {out}: the configuration differs from the one the run started with: " + "; ".join(changed))
     return state
 
 
@@ -574,8 +578,7 @@ def _newest_readable(out: Path) -> tuple[Path, dict[str, Any]] | None:
         latest = out / CHECKPOINT_NAME
         if file != latest:
             atomic_copy(file, latest)
-        print(f"warning: resuming from {file} (copied to {latest}); newer checkpoints are damaged: {'; '.join(damaged)}",
-              file=sys.stderr)
+        print(f"warning: resuming from {file} (copied to {latest}); newer checkpoints are damaged: {'; '.join(damaged)}", file=sys.stderr)
     return file, state
 
 
@@ -599,5 +602,4 @@ def _non_finite_message(epoch: int, batch: int, step: int, logs: dict[str, float
 
 
 # the run's results, computed by the callbacks module (names kept for callers of earlier versions)
-_results, _primary, _curves, _curve, _epoch_line, _metrics_of = (
-    run_results, primary_metric, curves, curve, epoch_line, metrics_of)
+_results, _primary, _curves, _curve, _epoch_line, _metrics_of = (run_results, primary_metric, curves, curve, epoch_line, metrics_of)

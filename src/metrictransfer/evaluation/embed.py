@@ -37,8 +37,7 @@ def extract_embeddings(
     was_training = model.training
     model.eval()
     pin = torch.device(device).type == "cuda"
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_readable, pin_memory=pin)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_readable, pin_memory=pin)
     embeddings, labels, indices = [], [], []
     for views, batch_labels, batch_indices in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
         embeddings.append(model(views[:, 0].to(device, non_blocking=pin)).float().cpu())

@@ -46,7 +46,8 @@ class EmbeddingsFile:
 def save_embeddings(path: str | os.PathLike[str], data: EmbeddingsFile) -> None:
     """Write atomically, so an interrupted run never leaves a truncated file behind."""
     arrays: dict[str, Any] = {
-        "embeddings": np.asarray(data.embeddings, dtype=np.float32), "labels": np.asarray(data.labels, dtype=np.int64)
+        "embeddings": np.asarray(data.embeddings, dtype=np.float32),
+        "labels": np.asarray(data.labels, dtype=np.int64),
     }
     for key in _N_KEYS:
         if getattr(data, key) is not None:
@@ -73,8 +74,10 @@ def load_embeddings(path: str | os.PathLike[str], query_gallery: bool = False) -
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
         raise DataError(f"{path} is not a readable .npz file ({err}); expected one holding {KEYS_HELP}") from err
     if not isinstance(loaded, np.lib.npyio.NpzFile):  # a lone .npy array: no labels beside it
-        raise DataError(f"{path} holds a single array (shape {loaded.shape}), not an .npz of named arrays; "
-                        f"expected one holding {KEYS_HELP} (metrictransfer embed writes one)")
+        raise DataError(
+            f"{path} holds a single array (shape {loaded.shape}), not an .npz of named arrays; "
+            f"expected one holding {KEYS_HELP} (metrictransfer embed writes one)"
+        )
     required = ["embeddings", "labels"] + (["is_query", "is_gallery"] if query_gallery else [])
     missing = [key for key in required if key not in arrays]
     if missing:
@@ -100,8 +103,13 @@ def load_embeddings(path: str | os.PathLike[str], query_gallery: bool = False) -
             raise DataError(f"{path}: {key!r} must be a single string, got an array of shape {arrays[key].shape}")
     text = {key: str(arrays[key]) if key in arrays else None for key in _TEXT_KEYS}
     return EmbeddingsFile(
-        embeddings=embeddings, labels=labels, paths=arrays.get("paths"), items=arrays.get("items"),
-        is_query=arrays.get("is_query"), is_gallery=arrays.get("is_gallery"), **text,
+        embeddings=embeddings,
+        labels=labels,
+        paths=arrays.get("paths"),
+        items=arrays.get("items"),
+        is_query=arrays.get("is_query"),
+        is_gallery=arrays.get("is_gallery"),
+        **text,
     )
 
 
@@ -118,8 +126,10 @@ def compare_items(found: Sequence[str] | np.ndarray, expected: Sequence[str] | n
     if not len(differ):
         return None
     row = int(differ[0])
-    kind = "the same items in a different order" if np.array_equal(np.sort(found), np.sort(expected)) else (
-        f"{len(differ)} of {len(expected)} rows name other items"
+    kind = (
+        "the same items in a different order"
+        if np.array_equal(np.sort(found), np.sort(expected))
+        else (f"{len(differ)} of {len(expected)} rows name other items")
     )
     return f"{kind}: row {row} is {str(found[row])!r} where {str(expected[row])!r} is expected"
 

@@ -80,8 +80,9 @@ def evaluate_models(
     masks = query_gallery_masks(dataset, indices)
 
     def metrics(x: torch.Tensor) -> dict[str, float]:
-        return retrieval_metrics(x, labels, config.eval.recall_at, config.eval.metric,
-                                 is_query=masks.get("is_query"), is_gallery=masks.get("is_gallery"))
+        return retrieval_metrics(
+            x, labels, config.eval.recall_at, config.eval.metric, is_query=masks.get("is_query"), is_gallery=masks.get("is_gallery")
+        )
 
     if len(models) == 1:
         return metrics(embeddings)
@@ -121,17 +122,22 @@ def embed_split(
     target = resolve_device(device or config.device)
     dataset: Any = build_dataset(config.data, split)  # with item_names, and paths / is_query / is_gallery where the data has them
     embeddings, labels, indices = extract_embeddings(
-        model.to(target), with_test_transform(dataset, config.data), batch_size or config.eval.batch_size, target, config.data.num_workers,
-        progress=progress, return_indices=True,
+        model.to(target),
+        with_test_transform(dataset, config.data),
+        batch_size or config.eval.batch_size,
+        target,
+        config.data.num_workers,
+        progress=progress,
+        return_indices=True,
     )
     rows = indices.numpy()
     paths = getattr(dataset, "paths", None)
     if paths is None:  # as files of earlier versions named glyphs; ``items`` identifies them fully
         paths = [f"{config.data.dataset}:{split}:{i}" for i in range(len(dataset))]
-    masks = {key: np.asarray(getattr(dataset, key))[rows] for key in ("is_query", "is_gallery")
-             if getattr(dataset, key, None) is not None}
+    masks = {key: np.asarray(getattr(dataset, key))[rows] for key in ("is_query", "is_gallery") if getattr(dataset, key, None) is not None}
     return EmbeddingsFile(
-        embeddings.numpy(), labels.numpy(),
+        embeddings.numpy(),
+        labels.numpy(),
         paths=np.asarray(paths, dtype=str)[rows],
         metric=config.eval.metric,
         items=np.asarray(dataset.item_names, dtype=str)[rows],

@@ -83,6 +83,8 @@ def faiss_query_statistics(
         ap[rows] = (precision * hits).sum(1) / r
         rp[rows] = hits.sum(1) / r
     return QueryStats(
-        positives=torch.from_numpy(positives), rank=torch.from_numpy(rank),
-        average_precision=torch.from_numpy(ap), r_precision=torch.from_numpy(rp),
+        positives=torch.from_numpy(positives),
+        rank=torch.from_numpy(rank),
+        average_precision=torch.from_numpy(ap),
+        r_precision=torch.from_numpy(rp),
     )

@@ -115,7 +115,7 @@ def query_statistics(
         all_labels = torch.cat([query_labels, gallery_labels.to(query_labels.device)])
     _, compact = torch.unique(all_labels.to(device), return_inverse=True)
     num_classes = int(compact.max()) + 1
-    q_lab, g_lab = (compact, compact) if same_set else (compact[: len(q_all)], compact[len(q_all):])
+    q_lab, g_lab = (compact, compact) if same_set else (compact[: len(q_all)], compact[len(q_all) :])
 
     g_count = torch.bincount(g_lab, minlength=num_classes)
     if same_set:
@@ -169,8 +169,10 @@ def query_statistics(
     inverse = torch.empty_like(rows.order)
     inverse[rows.order] = torch.arange(len(rows.order), device=device)
     return QueryStats(
-        positives=q_pos[inverse].cpu(), rank=rank[inverse].cpu(),
-        average_precision=ap[inverse].cpu(), r_precision=rp[inverse].cpu(),
+        positives=q_pos[inverse].cpu(),
+        rank=rank[inverse].cpu(),
+        average_precision=ap[inverse].cpu(),
+        r_precision=rp[inverse].cpu(),
     )
 
 

@@ -147,8 +147,15 @@ def retrieval_metrics(
     if not ks or any(int(k) < 1 for k in ks):
         raise ConfigError(f"K values must be positive integers, got {ks}")
     stats = compute_query_statistics(
-        embeddings, labels, metric, is_query=is_query, is_gallery=is_gallery, backend=backend,
-        max_k=max(ks), block_size=block_size, progress=progress,
+        embeddings,
+        labels,
+        metric,
+        is_query=is_query,
+        is_gallery=is_gallery,
+        backend=backend,
+        max_k=max(ks),
+        block_size=block_size,
+        progress=progress,
     )
     out = summarize(stats, ks)
     if nmi:

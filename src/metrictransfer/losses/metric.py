@@ -25,12 +25,14 @@ from metrictransfer.registry import METRIC_LOSSES, MINERS, register_metric_loss,
 FILLED = ("num_classes", "embedding_size")
 
 
-
 def _buildable(cls: type) -> bool:
     """A class a recipe can build: every parameter without a default is one that metrictransfer fills
     (wrappers such as CrossBatchMemory, which take another loss object, cannot come from YAML)."""
-    required = [p.name for p in inspect.signature(cls).parameters.values()
-                if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    required = [
+        p.name
+        for p in inspect.signature(cls).parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
     return not _is_base(cls) and all(name in FILLED for name in required)
 
 

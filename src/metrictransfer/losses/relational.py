@@ -35,9 +35,7 @@ class RKDDistanceLoss(TransferLoss):
         return F.smooth_l1_loss(_mean_normalised_distances(target), source_d.to(target.dtype))
 
 
-def _angle_cosines(
-    anchors: torch.Tensor, gram: torch.Tensor, inv_dist: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _angle_cosines(anchors: torch.Tensor, gram: torch.Tensor, inv_dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """cos ∠(x_j − x_i, x_k − x_i) for anchors i (A × N × N), from Gram products: no A × N × D tensor.
 
     <x_j − x_i, x_k − x_i> = G_jk − G_ij − G_ik + G_ii, divided by ||x_j − x_i|| · ||x_k − x_i||. ``inv_dist``
@@ -68,9 +66,7 @@ class _AngleLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: Any, t_gram: torch.Tensor, t_inv: torch.Tensor, s_gram: torch.Tensor, s_inv: torch.Tensor, chunk: int
-    ) -> torch.Tensor:
+    def forward(ctx: Any, t_gram: torch.Tensor, t_inv: torch.Tensor, s_gram: torch.Tensor, s_inv: torch.Tensor, chunk: int) -> torch.Tensor:
         n = len(t_gram)
         total = t_gram.new_zeros(())
         grad_gram, grad_inv = torch.zeros_like(t_gram), torch.zeros_like(t_inv)

@@ -123,7 +123,11 @@ class SingleModelMethod(Method):
 
 def build_model(config: ModelConfig) -> EmbeddingModel:
     return EmbeddingModel(
-        config.backbone, config.embedding_dim, config.pretrained, config.weights, config.normalize,
+        config.backbone,
+        config.embedding_dim,
+        config.pretrained,
+        config.weights,
+        config.normalize,
         freeze_batchnorm=config.freeze_batchnorm,
     )
 

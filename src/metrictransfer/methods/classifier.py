@@ -54,8 +54,7 @@ class ClassifierMethod(SingleModelMethod):
                 )
         if cfg.distill.name != "none":
             # Embedding losses compare the two models' penultimate (pooled backbone) features; logit losses, the logits.
-            (self.distill,) = build_losses([(cfg.distill.name, cfg.distill.params)], "classifier.distill.params",
-                                           {"logits", "labels"})
+            (self.distill,) = build_losses([(cfg.distill.name, cfg.distill.params)], "classifier.distill.params", {"logits", "labels"})
             if self.source is None:
                 raise ConfigError("classifier.distill other than 'none' needs classifier.source_checkpoint, and only then")
             setup_losses([self.distill], self.model.feature_dim, self.source.feature_dim, None)
@@ -66,15 +65,13 @@ class ClassifierMethod(SingleModelMethod):
             raise ConfigError("method 'classifier' is evaluated on held-out images of its classes: set data.holdout_images (e.g. 0.2)")
         cfg = config.classifier
         if cfg.source_checkpoint and not cfg.allow_overlap:  # the source must not have trained on these images
-            check_source_overlap(cfg.source_checkpoint, self.source_record, holdout, config.data,
-                                 "classifier.allow_overlap", images=True)
+            check_source_overlap(cfg.source_checkpoint, self.source_record, holdout, config.data, "classifier.allow_overlap", images=True)
         data = config.data
         return MultiViewDataset(holdout, build_transform(data.transform, False, data.image_size, data.normalization))
 
     def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """Top-1 accuracy on the held-out images."""
-        loader = DataLoader(dataset, batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
-                            collate_fn=collate_readable)
+        loader = DataLoader(dataset, batch_size=config.eval.batch_size, num_workers=config.data.num_workers, collate_fn=collate_readable)
         return {"accuracy": accuracy(self.output_model(), loader)}
 
     def training_loss(
@@ -90,8 +87,9 @@ class ClassifierMethod(SingleModelMethod):
                 source_features = self.source.features(images)
                 source_logits = self.source.head(source_features)
             # pairwise losses over the global batch; logit losses per image (this process's)
-            inputs = TransferInputs(gather(features), gather(source_features), labels=gather(labels),
-                                    target_logits=logits, source_logits=source_logits)
+            inputs = TransferInputs(
+                gather(features), gather(source_features), labels=gather(labels), target_logits=logits, source_logits=source_logits
+            )
             term = self.distill.compute(inputs)
             loss = loss + self.weight * term
             logs["distill_loss"] = term.item()

@@ -74,10 +74,12 @@ class MutualMethod(Method):
             # Seeding right before each member is built makes member k's initial weights depend on its seed
             # alone; with one member this is exactly what method 'source' builds.
             torch.manual_seed(config.seed + k if cfg.model_diversity else config.seed)
-            model_config = config.model.model_copy(update={
-                "backbone": cfg.backbones[k] if cfg.backbones else config.model.backbone,
-                "weights": cfg.weights[k] if cfg.weights else config.model.weights,
-            })
+            model_config = config.model.model_copy(
+                update={
+                    "backbone": cfg.backbones[k] if cfg.backbones else config.model.backbone,
+                    "weights": cfg.weights[k] if cfg.weights else config.model.weights,
+                }
+            )
             self.members.append(build_model(model_config))
             label_losses.append(
                 None if k == self.ema_member else build_label_loss(config.metric_loss, num_classes, config.model.embedding_dim)
@@ -92,8 +94,7 @@ class MutualMethod(Method):
         # One mutual loss per ordered pair (learner k, peer j): losses with parameters (FitNet's regressors,
         # CRD's heads and memory banks) must not be shared between pairs.
         self.pairs = [(k, j) for k in self.learners() for j in range(self.size) if j != k]
-        losses = build_losses([(cfg.loss.name, cfg.loss.params)] * len(self.pairs), "mutual.loss.params",
-                              {"features", "indices", "labels"})
+        losses = build_losses([(cfg.loss.name, cfg.loss.params)] * len(self.pairs), "mutual.loss.params", {"features", "indices", "labels"})
         self.mutual_losses = nn.ModuleDict({f"{k}_{j}": loss for (k, j), loss in zip(self.pairs, losses)})
         self.uses_features = "features" in needs_of(losses)
         self.taps: list[FeatureTaps] = []
@@ -112,11 +113,16 @@ class MutualMethod(Method):
     def label(cls, config: RunConfig) -> str:
         """Cohorts by their size, base and mutual loss, and diversities."""
         m = config.mutual
-        diversities = [name for name, on in (
-            ("model", m.model_diversity), ("temporal", any(t > 1 for t in m.taus()) or m.ema_momentum is not None),
-            ("view", m.view_diversity)) if on]
-        return (f"mutual K={m.members} {config.metric_loss.name} + {m.weight:g}·{m.loss.name}"
-                f" ({' + '.join(diversities) or 'no'} diversity)")
+        diversities = [
+            name
+            for name, on in (
+                ("model", m.model_diversity),
+                ("temporal", any(t > 1 for t in m.taus()) or m.ema_momentum is not None),
+                ("view", m.view_diversity),
+            )
+            if on
+        ]
+        return f"mutual K={m.members} {config.metric_loss.name} + {m.weight:g}·{m.loss.name} ({' + '.join(diversities) or 'no'} diversity)"
 
     def learners(self) -> list[int]:
         """Members trained by gradient (all but an EMA member)."""
@@ -197,8 +203,9 @@ class MutualMethod(Method):
                 for j in peers:  # the peer teaches: its outputs are constants to learner k's loss
                     peer = features[j]
                     peer_features = [f.detach() for f in peer] if peer is not None else None
-                    inputs_kj = TransferInputs(embeddings[k], embeddings[j].detach(), features[k], peer_features,
-                                               indices=member_indices, labels=member_labels)
+                    inputs_kj = TransferInputs(
+                        embeddings[k], embeddings[j].detach(), features[k], peer_features, indices=member_indices, labels=member_labels
+                    )
                     mutual = mutual + cast(TransferLoss, self.mutual_losses[f"{k}_{j}"]).compute(inputs_kj)
                 if peers and self.peer_mean:
                     mutual = mutual / len(peers)

@@ -29,9 +29,7 @@ class SourceMethod(Method):
         return {"model": self.model}
 
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
-        return [{"params": list(self.model.parameters()), "lr": lr}, *label_loss_groups(
-            self.label_loss, lr, self.proxy_lr_multiplier
-        )]
+        return [{"params": list(self.model.parameters()), "lr": lr}, *label_loss_groups(self.label_loss, lr, self.proxy_lr_multiplier)]
 
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None

@@ -23,8 +23,9 @@ from metrictransfer.models.features import FeatureTaps, feature_shapes
 class HintTaps:
     """Forward hooks on a learner's and a teacher's paired layers (for losses that need feature maps)."""
 
-    def __init__(self, learner: nn.Module, teacher: nn.Module, learner_layers: Sequence[str], teacher_layers: Sequence[str],
-                 image_size: int) -> None:
+    def __init__(
+        self, learner: nn.Module, teacher: nn.Module, learner_layers: Sequence[str], teacher_layers: Sequence[str], image_size: int
+    ) -> None:
         if len(learner_layers) != len(teacher_layers):
             raise ConfigError(f"hint layers must pair up: {len(learner_layers)} target layers but {len(teacher_layers)} source layers")
         self.learner_channels = [shape[0] for shape in feature_shapes(learner, list(learner_layers), image_size)]
@@ -53,8 +54,10 @@ def build_losses(specs: Sequence[tuple[str, dict[str, Any]]], where: str, provid
     for (name, _), loss in zip(specs, losses):
         missing = loss.needs - provides
         if missing:
-            raise ConfigError(f"transfer loss {name!r} needs {', '.join(sorted(missing))}, which {where.split('.')[0]} "
-                              f"cannot provide here" + _NEEDS_HINT.get(min(missing), ""))
+            raise ConfigError(
+                f"transfer loss {name!r} needs {', '.join(sorted(missing))}, which {where.split('.')[0]} "
+                f"cannot provide here" + _NEEDS_HINT.get(min(missing), "")
+            )
     return losses
 
 
@@ -65,8 +68,7 @@ _NEEDS_HINT = {
 
 
 def setup_losses(losses: Sequence[TransferLoss], learner_dim: int, teacher_dim: int, hints: HintTaps | None) -> None:
-    shapes = TransferShapes(learner_dim, teacher_dim,
-                            hints.learner_channels if hints else None, hints.teacher_channels if hints else None)
+    shapes = TransferShapes(learner_dim, teacher_dim, hints.learner_channels if hints else None, hints.teacher_channels if hints else None)
     for loss in losses:
         loss.setup(shapes)
 
@@ -86,8 +88,13 @@ def frozen(model: ModuleT) -> ModuleT:
     return model.eval()
 
 
-def teacher_inputs(target: torch.Tensor, source: torch.Tensor, hints: HintTaps | None = None,
-                   detach_teacher_features: bool = False, **extra: torch.Tensor | None) -> TransferInputs:
+def teacher_inputs(
+    target: torch.Tensor,
+    source: torch.Tensor,
+    hints: HintTaps | None = None,
+    detach_teacher_features: bool = False,
+    **extra: torch.Tensor | None,
+) -> TransferInputs:
     """One step's :class:`TransferInputs`; feature maps come from ``hints`` (read inside :func:`capturing`)."""
     target_features = source_features = None
     if hints is not None:

@@ -36,23 +36,17 @@ def load_source_table(path: str, dataset: Dataset[Any]) -> torch.Tensor:
     pair each target view with the wrong source embedding and train on noise without any error.
     """
     data = load_embeddings(path)
-    redo = (
-        "embed the training split with the source checkpoint: "
-        f"metrictransfer embed --checkpoint SOURCE --split train --out {path}"
-    )
+    redo = f"embed the training split with the source checkpoint: metrictransfer embed --checkpoint SOURCE --split train --out {path}"
     split = getattr(dataset, "split", None) or "train"
     if data.split is not None and data.split != split:
-        raise DataError(
-            f"{path} holds embeddings of the {data.split!r} split, but transfer trains on the {split!r} split; {redo}"
-        )
+        raise DataError(f"{path} holds embeddings of the {data.split!r} split, but transfer trains on the {split!r} split; {redo}")
     name = getattr(dataset, "dataset_name", None)
     if data.dataset is not None and name is not None and data.dataset != name:
         raise DataError(f"{path} holds embeddings of dataset {data.dataset!r}, but training uses {name!r}; {redo}")
     if len(data.embeddings) != len(cast(Sized, dataset)):
         held_out = " (data.holdout_images holds some of its images out)" if isinstance(dataset, LabelledSubset) else ""
         raise DataError(
-            f"{path} holds {len(data.embeddings)} embeddings but the training set has {len(cast(Sized, dataset))} images{held_out}; "
-            f"{redo}"
+            f"{path} holds {len(data.embeddings)} embeddings but the training set has {len(cast(Sized, dataset))} images{held_out}; {redo}"
         )
     if data.items is None:
         raise DataError(
@@ -95,14 +89,17 @@ class TransferMethod(Method):
         terms = cfg.loss_terms()
         self.terms = [(t.name, t.weight) for t in terms]
         provides = {"indices", "labels"} | ({"features"} if self.source is not None else set())
-        self.transfer_losses = nn.ModuleList(
-            build_losses([(t.name, t.params) for t in terms], "transfer.loss.params", provides)
-        )
+        self.transfer_losses = nn.ModuleList(build_losses([(t.name, t.params) for t in terms], "transfer.loss.params", provides))
         self.hints: HintTaps | None = None
         if "features" in needs_of(self._losses()):
             assert self.source is not None  # build_losses refused losses needing features without a source model
-            self.hints = HintTaps(self.target, self.source, cfg.target_layers or last_stages(self.target, cfg.hint_stages),
-                                  cfg.source_layers or last_stages(self.source, cfg.hint_stages), config.data.image_size)
+            self.hints = HintTaps(
+                self.target,
+                self.source,
+                cfg.target_layers or last_stages(self.target, cfg.hint_stages),
+                cfg.source_layers or last_stages(self.source, cfg.hint_stages),
+                config.data.image_size,
+            )
         if self.source is not None:
             source_dim = self.source.embedding_dim
         elif self.source_file is not None:
@@ -112,11 +109,7 @@ class TransferMethod(Method):
         setup_losses(self._losses(), config.model.embedding_dim, source_dim, self.hints)
         self.weight = cfg.weight
         self.metric_weight = cfg.metric_weight
-        self.label_loss = (
-            build_label_loss(config.metric_loss, num_classes, config.model.embedding_dim)
-            if cfg.metric_weight > 0
-            else None
-        )
+        self.label_loss = build_label_loss(config.metric_loss, num_classes, config.model.embedding_dim) if cfg.metric_weight > 0 else None
         self.proxy_lr_multiplier = config.metric_loss.proxy_lr_multiplier
         self.uses_labels = self.label_loss is not None or "labels" in needs_of(self._losses())
 
@@ -144,8 +137,9 @@ class TransferMethod(Method):
         dataset = super().evaluation_set(config, holdout)
         cfg = config.transfer
         if cfg.source_checkpoint and not cfg.allow_overlap:
-            check_source_overlap(cfg.source_checkpoint, self.source_record, dataset, config.eval.data or config.data,
-                                 "transfer.allow_overlap")
+            check_source_overlap(
+                cfg.source_checkpoint, self.source_record, dataset, config.eval.data or config.data, "transfer.allow_overlap"
+            )
         return dataset
 
     def prepare_training_set(self, dataset: Dataset[Any]) -> None:

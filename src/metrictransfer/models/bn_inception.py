@@ -104,23 +104,27 @@ class BNInception(nn.Module):
         setattr(self, name, module)
         return [name]
 
-    def _unit(self, prefix: str, unit: str, in_chs: int, out_chs: int, kernel: int, stride: int = 1,
-              relu: str | None = None) -> list[str]:
+    def _unit(self, prefix: str, unit: str, in_chs: int, out_chs: int, kernel: int, stride: int = 1, relu: str | None = None) -> list[str]:
         """conv (with bias) → BN → ReLU, named ``{prefix}{unit}``, ``{prefix}{unit}_bn``, ``{prefix}relu_{unit}``."""
         conv = f"{prefix}{unit}"
-        return (self._add(conv, nn.Conv2d(in_chs, out_chs, kernel, stride=stride, padding=kernel // 2))
-                + self._add(f"{conv}_bn", nn.BatchNorm2d(out_chs))
-                + self._add(relu or f"{prefix}relu_{unit}", nn.ReLU(inplace=True)))
+        return (
+            self._add(conv, nn.Conv2d(in_chs, out_chs, kernel, stride=stride, padding=kernel // 2))
+            + self._add(f"{conv}_bn", nn.BatchNorm2d(out_chs))
+            + self._add(relu or f"{prefix}relu_{unit}", nn.ReLU(inplace=True))
+        )
 
-    def _block(self, p: str, in_chs: int, n1x1: int, n3x3_reduce: int, n3x3: int, ndouble_reduce: int, ndouble: int,
-               pool: str, nproj: int) -> tuple[list[list[str]], int]:
+    def _block(
+        self, p: str, in_chs: int, n1x1: int, n3x3_reduce: int, n3x3: int, ndouble_reduce: int, ndouble: int, pool: str, nproj: int
+    ) -> tuple[list[list[str]], int]:
         """One inception block from its branch widths; returns its branches (as module-name plans) and output channels."""
         stride = 1 if n1x1 else 2
         branches = [self._unit(p, "1x1", in_chs, n1x1, 1)] if n1x1 else []
         branches.append(self._unit(p, "3x3_reduce", in_chs, n3x3_reduce, 1) + self._unit(p, "3x3", n3x3_reduce, n3x3, 3, stride))
-        branches.append(self._unit(p, "double_3x3_reduce", in_chs, ndouble_reduce, 1)
-                        + self._unit(p, "double_3x3_1", ndouble_reduce, ndouble, 3)
-                        + self._unit(p, "double_3x3_2", ndouble, ndouble, 3, stride))
+        branches.append(
+            self._unit(p, "double_3x3_reduce", in_chs, ndouble_reduce, 1)
+            + self._unit(p, "double_3x3_1", ndouble_reduce, ndouble, 3)
+            + self._unit(p, "double_3x3_2", ndouble, ndouble, 3, stride)
+        )
         if pool == "avg":
             pooling: nn.Module = nn.AvgPool2d(3, stride=1, padding=1, ceil_mode=True, count_include_pad=True)
         else:
@@ -221,23 +225,25 @@ class _BNInceptionCfg(PretrainedCfg):
     input_convention: str = "bgr_0_255"
 
 
-default_cfgs = generate_default_cfgs({
-    "bn_inception.cadene_in1k": _BNInceptionCfg(
-        url=WEIGHTS_URL,
-        input_size=(3, 224, 224),
-        pool_size=(7, 7),
-        interpolation="bilinear",
-        crop_pct=224 / 256,
-        mean=tuple(m / 255 for m in (104.0, 117.0, 128.0)),  # B, G, R on timm's 0–1 scale
-        std=(1 / 255,) * 3,
-        num_classes=1000,
-        first_conv="conv1_7x7_s2",
-        classifier="last_linear",
-        input_convention="bgr_0_255",
-        origin_url="https://github.com/Cadene/pretrained-models.pytorch",
-        paper_ids="arXiv:1502.03167",
-    ),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "bn_inception.cadene_in1k": _BNInceptionCfg(
+            url=WEIGHTS_URL,
+            input_size=(3, 224, 224),
+            pool_size=(7, 7),
+            interpolation="bilinear",
+            crop_pct=224 / 256,
+            mean=tuple(m / 255 for m in (104.0, 117.0, 128.0)),  # B, G, R on timm's 0–1 scale
+            std=(1 / 255,) * 3,
+            num_classes=1000,
+            first_conv="conv1_7x7_s2",
+            classifier="last_linear",
+            input_convention="bgr_0_255",
+            origin_url="https://github.com/Cadene/pretrained-models.pytorch",
+            paper_ids="arXiv:1502.03167",
+        ),
+    }
+)
 
 
 @register_backbone("bn_inception")
@@ -248,7 +254,9 @@ def bn_inception(pretrained: bool = False, **kwargs: Any) -> BNInception:
     if pretrained and not any(overlay.get(k) for k in ("state_dict", "file", "url", "hf_hub_id")):
         overlay["file"] = download_weights(kwargs.get("cache_dir"))  # hash-checked, unlike timm's own URL download
     return build_model_with_cfg(
-        BNInception, "bn_inception", pretrained,
+        BNInception,
+        "bn_inception",
+        pretrained,
         pretrained_cfg_overlay=overlay or None,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg={"feature_cls": "hook", "no_rewrite": True},

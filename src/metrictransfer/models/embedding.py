@@ -201,8 +201,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> 
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"backbone weights {path} hold a {type(state).__name__}, not a state dict of tensors "
-                              "(parameter name → tensor)")
+        raise CheckpointError(
+            f"backbone weights {path} hold a {type(state).__name__}, not a state dict of tensors (parameter name → tensor)"
+        )
     if isinstance(backbone, BNInception):  # copies of its ImageNet file store 1-D tensors as (1, C)
         state = checkpoint_filter_fn(state, backbone)
     try:
@@ -212,6 +213,4 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> 
     # A classifier in the file is expected (timm backbones are built headless); anything else is not.
     unexpected = [k for k in unexpected if not k.startswith(("fc.", "head", "classifier", "last_linear."))]
     if missing or unexpected:
-        raise CheckpointError(
-            f"weights in {path} do not fit the backbone: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
-        )
+        raise CheckpointError(f"weights in {path} do not fit the backbone: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")

@@ -130,8 +130,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     expected = state.pop(CHECKSUM_KEY, None)  # None: written before checkpoints carried one
     if expected is not None and content_digest(state) != expected:
         raise DamagedCheckpointError(
-            f"cannot read checkpoint {file}: its content fails its checksum (bytes changed after it was written)"
-            + _recovery_hint(file)
+            f"cannot read checkpoint {file}: its content fails its checksum (bytes changed after it was written)" + _recovery_hint(file)
         )
     return state
 
@@ -142,8 +141,10 @@ def _recovery_hint(file: Path) -> str:
     others = [p for p in run_checkpoints(run_dir) if not os.path.samefile(p, file)]  # kept copies are hard links
     if not others:
         return "; no other checkpoint of this run is kept (checkpoint.keep), so it cannot be repaired"
-    return (f"; `metrictransfer train --resume {run_dir}` falls back to the newest intact checkpoint "
-            f"in {run_dir / HISTORY_DIR} and repairs {CHECKPOINT_NAME}")
+    return (
+        f"; `metrictransfer train --resume {run_dir}` falls back to the newest intact checkpoint "
+        f"in {run_dir / HISTORY_DIR} and repairs {CHECKPOINT_NAME}"
+    )
 
 
 def embedding_model_names(path: str | os.PathLike[str]) -> list[str]:
@@ -180,22 +181,29 @@ def load_source_model(
     m = config.model
     # the head's size comes from the weights: a classifier's head has one output per class
     outputs = weights["head.weight"].shape[0]
-    model = EmbeddingModel(arch.get("backbone", m.backbone), outputs, pretrained=False, weights=None,
-                           normalize=arch.get("normalize", m.normalize))
+    model = EmbeddingModel(
+        arch.get("backbone", m.backbone), outputs, pretrained=False, weights=None, normalize=arch.get("normalize", m.normalize)
+    )
     model.load_state_dict(weights)
     return model, config, state.get(TRAINING_DATA_KEY)
 
 
-def save_embedding_model(model: EmbeddingModel, config: RunConfig, path: str | os.PathLike[str],
-                         training_data: dict[str, Any] | None = None) -> Path:
+def save_embedding_model(
+    model: EmbeddingModel, config: RunConfig, path: str | os.PathLike[str], training_data: dict[str, Any] | None = None
+) -> Path:
     """A checkpoint holding one embedding model and its run configuration, readable by
     :func:`load_embedding_model` (and so by ``evaluate``, ``index``, ``export`` and as a transfer source):
     for models trained or converted outside ``metrictransfer train``. ``training_data``: the record of
     its training set (:func:`metrictransfer.runtime.provenance.training_data_record`), which lets runs
     that use it as a source check it for leaks into their evaluation data."""
     path = Path(path)
-    state: dict[str, Any] = {"format": FORMAT_VERSION, "config": config_to_dict(config), "output": "model",
-             "models": {"model": model.state_dict()}, "architectures": {"model": model.architecture()}}
+    state: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "config": config_to_dict(config),
+        "output": "model",
+        "models": {"model": model.state_dict()},
+        "architectures": {"model": model.architecture()},
+    }
     if training_data is not None:
         state[TRAINING_DATA_KEY] = training_data
     save_checkpoint(state, path)

@@ -76,8 +76,9 @@ def training_data_record(dataset: Any, data: DataConfig) -> dict[str, Any]:
     return record
 
 
-def check_source_overlap(source: str, record: dict[str, Any] | None, evaluation_set: Any, evaluation_data: DataConfig,
-                         allow_key: str, *, images: bool = False) -> None:
+def check_source_overlap(
+    source: str, record: dict[str, Any] | None, evaluation_set: Any, evaluation_data: DataConfig, allow_key: str, *, images: bool = False
+) -> None:
     """Refuse a source model that trained on any of the target's evaluation classes (``images``: any of its
     evaluation images), when both come from the same dataset (name and resolved root). ``allow_key``
     names the setting that allows it deliberately (the caller skips the check when it is set). A source
@@ -85,8 +86,11 @@ def check_source_overlap(source: str, record: dict[str, Any] | None, evaluation_
     warning; a source of another dataset, silently."""
     unchecked = f"it cannot be checked for leaks into this run's evaluation {'images' if images else 'classes'}"
     if record is None:
-        warnings.warn(f"source checkpoint {source} does not record its training data (written by an earlier "
-                      f"metrictransfer, or outside `metrictransfer train`): {unchecked}", stacklevel=2)
+        warnings.warn(
+            f"source checkpoint {source} does not record its training data (written by an earlier "
+            f"metrictransfer, or outside `metrictransfer train`): {unchecked}",
+            stacklevel=2,
+        )
         return
     if record.get("dataset") != evaluation_data.dataset or record.get("root_resolved") != resolved_root(evaluation_data):
         return  # another dataset: nothing of the evaluation set can have been seen

@@ -77,18 +77,22 @@ def _read_csv(source: Path) -> ImageIndex:
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{source} is not a readable CSV file: {err}") from None
     if not rows or "path" not in rows[0]:
-        raise DataError(f"{source}: expected a header with a 'path' column (and optionally 'label'), "
-                        f"got {list(rows[0]) if rows else 'no rows'}")
+        raise DataError(
+            f"{source}: expected a header with a 'path' column (and optionally 'label'), got {list(rows[0]) if rows else 'no rows'}"
+        )
     columns = ["path", "label"] if "label" in rows[0] else ["path"]
     for line, row in enumerate(rows, start=2):
         if any(not row[c] for c in columns):  # None: a short row; "": an empty cell
-            raise DataError(f"{source}, line {line}: no {' or '.join(c for c in columns if not row[c])}; "
-                            f"every row needs {' and '.join(columns)}")
+            raise DataError(
+                f"{source}, line {line}: no {' or '.join(c for c in columns if not row[c])}; every row needs {' and '.join(columns)}"
+            )
     paths = [row["path"] for row in rows]
     missing = [p for p in paths if not (source.parent / p).is_file()]
     if missing:
-        raise MissingFileError(f"{source} lists {len(missing)} image(s) that do not exist, the first {source.parent / missing[0]} "
-                               "(paths are relative to the CSV's folder)")
+        raise MissingFileError(
+            f"{source} lists {len(missing)} image(s) that do not exist, the first {source.parent / missing[0]} "
+            "(paths are relative to the CSV's folder)"
+        )
     return _labelled(source.parent, paths, [row["label"] for row in rows] if "label" in columns else None)
 
 
@@ -119,8 +123,15 @@ def contents_record(data: EmbeddingsFile, classes: list[str]) -> dict[str, Any]:
     }
 
 
-def build_index(checkpoint: str | Path, images: str | Path, out: str | Path, model_name: str | None = None,
-                device: str = "cpu", batch_size: int = 128, progress: bool = False) -> dict[str, Any]:
+def build_index(
+    checkpoint: str | Path,
+    images: str | Path,
+    out: str | Path,
+    model_name: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 128,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Embed a gallery with a run's model and write the index folder; returns ``index.json``'s contents."""
     model, config = load_embedding_model(checkpoint, name=model_name)
     listed = list_images(images)
@@ -163,8 +174,7 @@ def _write_faiss(embeddings: np.ndarray, metric: str, path: Path) -> dict[str, A
         faiss.write_index(index, str(staged))
         digest = file_sha256(staged)
     names = {faiss.METRIC_L2: "METRIC_L2", faiss.METRIC_INNER_PRODUCT: "METRIC_INNER_PRODUCT"}
-    return {"file": FAISS_FILE, "ntotal": int(index.ntotal), "d": int(index.d),
-            "metric_type": names[index.metric_type], "sha256": digest}
+    return {"file": FAISS_FILE, "ntotal": int(index.ntotal), "d": int(index.d), "metric_type": names[index.metric_type], "sha256": digest}
 
 
 def _for_metric(x: np.ndarray, metric: str) -> np.ndarray:
@@ -201,12 +211,13 @@ class Gallery:
         self.model, self.config = load_embedding_model(self.checkpoint, name=self.meta.get("model"))
         if model_fingerprint(self.model) != self.meta["fingerprint"]:
             raise SearchIndexError(
-                f"the index {index_dir} was built by a different model than {self.checkpoint} (its weights differ); "
-                f"{self._rebuild}"
+                f"the index {index_dir} was built by a different model than {self.checkpoint} (its weights differ); {self._rebuild}"
             )
         if self.config.eval.metric != self.metric:
-            raise SearchIndexError(f"{index_dir / INDEX_FILE} says metric {self.metric!r} but the model in "
-                                   f"{self.checkpoint} measures {self.config.eval.metric!r}; {self._rebuild}")
+            raise SearchIndexError(
+                f"{index_dir / INDEX_FILE} says metric {self.metric!r} but the model in "
+                f"{self.checkpoint} measures {self.config.eval.metric!r}; {self._rebuild}"
+            )
         self.device = device
 
     def _load_embeddings(self) -> EmbeddingsFile:
@@ -220,13 +231,18 @@ class Gallery:
         if data.paths is None:
             raise SearchIndexError(f"{file} has no 'paths' array, so results could not be named; {self._rebuild}")
         found = contents_record(data, self.meta["classes"])
-        differs = [f"{key} {found[key]} (index.json: {record.get(key)})" if key in ("count", "dim") else key
-                   for key in ("count", "dim", "sha256", "paths_sha256", "labels_sha256") if found[key] != record.get(key)]
+        differs = [
+            f"{key} {found[key]} (index.json: {record.get(key)})" if key in ("count", "dim") else key
+            for key in ("count", "dim", "sha256", "paths_sha256", "labels_sha256")
+            if found[key] != record.get(key)
+        ]
         if data.metric is not None and data.metric != self.metric:
             differs.append(f"metric {data.metric!r} (index.json: {self.metric!r})")
         if differs:
-            raise SearchIndexError(f"{file} does not hold what {INDEX_FILE} describes (it differs in {', '.join(differs)}): "
-                                   f"the files were edited or come from different builds; {self._rebuild}")
+            raise SearchIndexError(
+                f"{file} does not hold what {INDEX_FILE} describes (it differs in {', '.join(differs)}): "
+                f"the files were edited or come from different builds; {self._rebuild}"
+            )
         return data
 
     def _load_faiss(self) -> Any:
@@ -243,19 +259,26 @@ class Gallery:
         try:
             index = faiss.read_index(str(file))
         except RuntimeError as err:
-            raise SearchIndexError(f"{file} is not a readable faiss index ({str(err).strip().splitlines()[-1]}); "
-                                   f"{self._rebuild}") from None
+            raise SearchIndexError(f"{file} is not a readable faiss index ({str(err).strip().splitlines()[-1]}); {self._rebuild}") from None
         count, dim = self.data.embeddings.shape  # checked against index.json already
         expected = {"ntotal": count, "d": dim, "metric_type": FAISS_METRIC[self.metric]}
-        found = {"ntotal": int(index.ntotal), "d": int(index.d),
-                 "metric_type": "METRIC_L2" if index.metric_type == faiss.METRIC_L2 else "METRIC_INNER_PRODUCT"}
-        differs = [f"{key} {found[key]} (expected {expected[key]})" for key in expected
-                   if found[key] != expected[key] or record.get(key) != expected[key]]
+        found = {
+            "ntotal": int(index.ntotal),
+            "d": int(index.d),
+            "metric_type": "METRIC_L2" if index.metric_type == faiss.METRIC_L2 else "METRIC_INNER_PRODUCT",
+        }
+        differs = [
+            f"{key} {found[key]} (expected {expected[key]})"
+            for key in expected
+            if found[key] != expected[key] or record.get(key) != expected[key]
+        ]
         if not differs and file_sha256(file) != record.get("sha256"):
             differs.append("its contents (SHA-256)")
         if differs:
-            raise SearchIndexError(f"{file} does not belong to {EMBEDDINGS_FILE} (it differs in {', '.join(differs)}) and "
-                                   f"would return wrong neighbours; {self._rebuild}")
+            raise SearchIndexError(
+                f"{file} does not belong to {EMBEDDINGS_FILE} (it differs in {', '.join(differs)}) and "
+                f"would return wrong neighbours; {self._rebuild}"
+            )
         return index
 
     def label_name(self, label: int) -> str | None:
@@ -309,12 +332,14 @@ def _read_meta(index_dir: Path, checkpoint: str | Path | None) -> dict[str, Any]
         hint = f"; did you mean --index {index_dir.parent}?" if index_dir.name == INDEX_FILE else ""
         raise SearchIndexError(f"{index_dir} is a file, not an index folder (the folder metrictransfer index --out wrote){hint}")
     if not index_dir.is_dir():
-        raise MissingFileError(f"no index folder {index_dir}: build one with metrictransfer index --checkpoint RUN "
-                               f"--images GALLERY --out {index_dir}")
+        raise MissingFileError(
+            f"no index folder {index_dir}: build one with metrictransfer index --checkpoint RUN --images GALLERY --out {index_dir}"
+        )
     meta_file = index_dir / INDEX_FILE
     if not meta_file.is_file():
-        raise MissingFileError(f"no {INDEX_FILE} in {index_dir}: build the index with metrictransfer index "
-                               f"--checkpoint RUN --images GALLERY --out {index_dir}")
+        raise MissingFileError(
+            f"no {INDEX_FILE} in {index_dir}: build the index with metrictransfer index --checkpoint RUN --images GALLERY --out {index_dir}"
+        )
     try:
         meta = json.loads(meta_file.read_text())
     except (ValueError, OSError) as err:
@@ -325,8 +350,7 @@ def _read_meta(index_dir: Path, checkpoint: str | Path | None) -> dict[str, Any]
     if meta.get("index_format") != INDEX_FORMAT:
         written = meta.get("index_format", "1, from before indexes recorded what their files hold")
         raise SearchIndexError(f"{meta_file} has index format {written}, this metrictransfer reads format {INDEX_FORMAT}; {rebuild}")
-    missing = [key for key in ("checkpoint", "fingerprint", "metric", "count", "dim", "classes", "embeddings", "faiss")
-               if key not in meta]
+    missing = [key for key in ("checkpoint", "fingerprint", "metric", "count", "dim", "classes", "embeddings", "faiss") if key not in meta]
     if missing:
         raise SearchIndexError(f"{meta_file} lacks {', '.join(missing)}; {rebuild}")
     if not isinstance(meta["embeddings"], dict) or not (meta["faiss"] is False or isinstance(meta["faiss"], dict)):

@@ -20,9 +20,14 @@ def _open(path: str) -> Image.Image:
     return open_rgb8(path)  # the same faithful decoding as training (16-bit, transparency, bombs)
 
 
-def draw_grid(queries: list[str], results: list[list[Neighbour]], out: str | Path,
-              query_labels: list[str | None] | None = None, thumb: float = 1.3,
-              load: Callable[[str], Image.Image] = _open) -> Path:
+def draw_grid(
+    queries: list[str],
+    results: list[list[Neighbour]],
+    out: str | Path,
+    query_labels: list[str | None] | None = None,
+    thumb: float = 1.3,
+    load: Callable[[str], Image.Image] = _open,
+) -> Path:
     """Write an image (PNG, or the format ``out``'s extension names, whole or not at all): each query,
     then its neighbours nearest first with their distances; frames are green or red when both the
     query's and the neighbour's classes are known. ``load`` turns a path into an image (datasets
