@@ -407,7 +407,8 @@ COMMANDS: dict[str, Command] = {
         "contrastive loss from the source, on glyph images rendered from matplotlib's fonts (no network, no "
         "dataset to download); compares their Recall@K on held-out classes.",
         "--out (default runs/demo-<timestamp>): a run folder per model, each with its report.md, and the three's "
-        "results.json, log.csv and recall.png; prints a line per epoch and the Recall@K table (--json: one JSON object)",
+        "results.json, log.csv, recall.png and report.md (the three side by side); prints a line per epoch, "
+        "the Recall@K table (%) and a conclusion (--json: one JSON object)",
         "getting-started.md",
     ),
     "train": Command(

@@ -31,8 +31,17 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
-def write_report(run_dir: str | Path, queries: int = 6, neighbours: int = 6, map_points: int = 1500, seed: int = 0) -> Path:
-    """Write ``report.md`` and its plots into ``run_dir``; returns the report's path."""
+def write_report(
+    run_dir: str | Path,
+    queries: int = 6,
+    neighbours: int = 6,
+    map_points: int = 1500,
+    seed: int = 0,
+    query_items: list[int] | None = None,
+) -> Path:
+    """Write ``report.md`` and its plots into ``run_dir``; returns the report's path. The retrieval grid
+    shows ``queries`` test items drawn with ``seed`` (:func:`pick_queries`), or exactly ``query_items``
+    (indices into the test split) when given: several runs on the same data then show the same queries."""
     run = Path(run_dir)
     results_file = run / "results.json"
     if not results_file.is_file():
@@ -57,7 +66,7 @@ def write_report(run_dir: str | Path, queries: int = 6, neighbours: int = 6, map
     if best:
         sections += [f"Best epoch by the test split (for reference only: choosing it looks at the test data): {best['epoch']}.", ""]
     if config.method != "classifier":
-        sections += _retrieval_sections(run, config, queries, neighbours, map_points, seed)
+        sections += _retrieval_sections(run, config, queries, neighbours, map_points, seed, query_items)
     path = run / "report.md"
     atomic_write_text("\n".join(sections), path)
     return path
@@ -84,17 +93,40 @@ def _metrics_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _retrieval_sections(run: Path, config: RunConfig, queries: int, neighbours: int, map_points: int, seed: int) -> list[str]:
+def _query_candidates(base: Any, size: int) -> np.ndarray:
+    is_query = getattr(base, "is_query", None)  # query-vs-gallery data (In-Shop): queries search the gallery only
+    return np.flatnonzero(is_query) if is_query is not None else np.arange(size)
+
+
+def pick_queries(config: RunConfig, queries: int = 6, seed: int = 0) -> list[int]:
+    """The test items (indices into the run's test split) a report shows as retrieval queries: ``queries``
+    of them drawn with ``seed`` from the split's queries (all its items where it has no query/gallery split)."""
+    dataset = test_dataset(config)
+    candidates = _query_candidates(dataset.dataset, len(dataset))
+    return [int(i) for i in np.random.default_rng(seed).choice(candidates, size=min(queries, len(candidates)), replace=False)]
+
+
+def _retrieval_sections(
+    run: Path, config: RunConfig, queries: int, neighbours: int, map_points: int, seed: int, query_items: list[int] | None
+) -> list[str]:
     model, _ = load_embedding_model(run)
     dataset = test_dataset(config)
     embeddings, labels = extract_embeddings(model, dataset, config.eval.batch_size)
     base: Any = dataset.dataset  # the test split: classes, and is_query / is_gallery where the data has them
     classes = getattr(base, "classes", None) or [str(c) for c in range(int(labels.max()) + 1)]
-    is_query = getattr(base, "is_query", None)  # query-vs-gallery data (In-Shop): queries search the gallery only
-    candidates = np.flatnonzero(is_query) if is_query is not None else np.arange(len(embeddings))
+    is_query = getattr(base, "is_query", None)
+    candidates = _query_candidates(base, len(embeddings))
     gallery = np.flatnonzero(base.is_gallery) if is_query is not None else np.arange(len(embeddings))
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(candidates, size=min(queries, len(candidates)), replace=False)
+    if query_items is None:
+        rng = np.random.default_rng(seed)
+        picked = rng.choice(candidates, size=min(queries, len(candidates)), replace=False)
+        chosen = f"{len(picked)} random test queries (seed {seed})"
+    else:
+        outside = sorted(set(query_items) - set(candidates.tolist()))
+        if outside:
+            raise ValueError(f"query items {outside} are not queries of {run}'s test split ({len(candidates)} candidates)")
+        picked = np.asarray(query_items, dtype=np.int64)
+        chosen = f"{len(picked)} chosen test queries"
     distances = torch.full((len(picked), len(embeddings)), float("inf"))
     distances[:, gallery] = torch.cdist(embeddings[picked], embeddings[gallery])
     distances[torch.arange(len(picked)), torch.as_tensor(picked)] = float("inf")  # a query is not its own neighbour
@@ -114,9 +146,11 @@ def _retrieval_sections(run: Path, config: RunConfig, queries: int, neighbours: 
     return [
         "## Retrieval",
         "",
-        f"{len(picked)} random test queries (seed {seed}) and their {k} nearest "
+        f"{chosen} and their {k} nearest "
         + ("gallery images" if is_query is not None else "test images")
         + ", nearest first, with distances; green: same class, red: another class.",
+        "",
+        f"Query items (test split): {', '.join(str(int(i)) for i in picked)}.",
         "",
         "![retrieval](retrieval.png)",
         "",
