@@ -86,10 +86,10 @@ class ClassifierMethod(SingleModelMethod):
             with torch.no_grad():
                 source_features = self.source.features(images)
                 source_logits = self.source.head(source_features)
-            # pairwise losses over the global batch; logit losses per image (this process's)
-            inputs = TransferInputs(
-                gather(features), gather(source_features), labels=gather(labels), target_logits=logits, source_logits=source_logits
-            )
+            if "logits" in self.distill.needs:  # per image: this process's batch, nothing to gather
+                inputs = TransferInputs(features, source_features, labels=labels, target_logits=logits, source_logits=source_logits)
+            else:  # pairwise losses see the global batch
+                inputs = TransferInputs(gather(features), gather(source_features), labels=gather(labels))
             term = self.distill.compute(inputs)
             loss = loss + self.weight * term
             logs["distill_loss"] = term.item()
