@@ -9,7 +9,7 @@ layers too, so none hides a cycle. ``if TYPE_CHECKING:`` imports do not count.
 
     layer        packages                                      what they hold
     base         metrictransfer errors io params registry     the version, error types, atomic file writing, component registries
-    config       normalization config                          input conventions by name, the recipe schema
+    config       normalization model_names config              input conventions and timm names, the recipe schema
     parts        data models losses                            datasets and samplers, backbones and embedding models, losses
     runtime      runtime                                       the device, torch.distributed helpers, checkpoint files, a run's model
     evaluation   evaluation                                    embeddings, retrieval metrics, test-split evaluation

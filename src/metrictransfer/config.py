@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from metrictransfer.errors import ConfigError
 from metrictransfer.io import atomic_write_text
+from metrictransfer.model_names import check_backbone_name, pretrained_input_size
 from metrictransfer.normalization import NORMALIZATIONS, model_normalization
 from metrictransfer.params import check_params
 from metrictransfer.registry import DATASETS, METHODS, METRIC_LOSSES, MINERS, TRANSFER_LOSSES, TRANSFORMS, Registry
@@ -201,8 +202,54 @@ class TransferTerm(Strict):
         return self
 
 
+class SourceModelConfig(Strict):
+    """transfer.source: any timm model as the frozen source, with its own features, input size and
+    normalisation (a pretrained foundation model, or a local weights file offline)."""
+
+    name: str = Field(description="a timm model name, with the tag of its weights (vit_small_patch14_dinov2.lvd142m)")
+    pretrained: bool = Field(True, description="timm's pretrained weights (from its cache, else downloaded); ignored when weights is set")
+    weights: str | None = Field(None, description="a local state dict (.pt, .pth, .safetensors) of the model: nothing is downloaded")
+    features: Literal["pooled", "cls", "avg_max"] = Field(
+        "pooled",
+        description="pooled: the model's own pooled pre-logits features; cls: the class token; "
+        "avg_max: average + maximum over the feature map or patch tokens",
+    )
+    image_size: int | None = Field(
+        None, ge=8, description="the side of the source's input images; default: the model's pretrained input size"
+    )
+    normalization: str = Field("model", description="the source's input convention; model: read from its pretrained configuration")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, raw: Any) -> Any:
+        return {"name": raw} if isinstance(raw, str) else raw
+
+    @field_validator("normalization")
+    @classmethod
+    def _normalization(cls, v: str) -> str:
+        return v if v == "model" else _check_name(v, NORMALIZATIONS, "normalization")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "SourceModelConfig":
+        """The model's name is checked, and its image size and normalisation resolved, here, once, so the
+        stored configuration says what the source was fed."""
+        try:
+            check_backbone_name(self.name)
+        except ConfigError as err:
+            raise ValueError(str(err).replace("timm backbone", "timm model")) from None
+        if self.image_size is None:
+            self.__dict__["image_size"] = pretrained_input_size(self.name) or 224
+        if self.normalization == "model":
+            try:
+                self.__dict__["normalization"] = model_normalization(self.name)
+            except ConfigError as err:  # named for data.normalization; here it is this section's key
+                raise ValueError(str(err).replace("data.normalization: model: ", "normalization: model: ")) from None
+        return self
+
+
 class TransferConfig(Strict):
     source_checkpoint: str | None = None
+    source: SourceModelConfig | None = Field(None, description="any timm model as the source (instead of a checkpoint)")
     source_embeddings: str | None = Field(
         None, description="precomputed source embeddings of the training split (not the paper's protocol)"
     )
@@ -476,10 +523,11 @@ class RunConfig(Strict):
             if (self.classifier.distill.name != "none") != bool(self.classifier.source_checkpoint):
                 raise ValueError("classifier.distill other than 'none' needs classifier.source_checkpoint, and only then")
         t = self.transfer
-        if self.method == "transfer" and bool(t.source_checkpoint) == bool(t.source_embeddings):
+        if self.method == "transfer" and sum(map(bool, (t.source_checkpoint, t.source_embeddings, t.source))) != 1:
             raise ValueError(
-                "method 'transfer' needs exactly one of transfer.source_checkpoint (a run folder or checkpoint file) "
-                "and transfer.source_embeddings (an .npz of the training set from `metrictransfer embed`)"
+                "method 'transfer' needs exactly one of transfer.source_checkpoint (a run folder or checkpoint file), "
+                "transfer.source (any timm model: {name: ..., pretrained: true | weights: FILE}) "
+                "and transfer.source_embeddings (embeddings of the training set from `metrictransfer embed`)"
             )
         return self
 

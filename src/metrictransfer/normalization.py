@@ -17,6 +17,7 @@ NORMALIZATION_STATS = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),  # torchvision's and most timm weights
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # Inception-v3/v4, many ViTs: [-1, 1]
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),  # CLIP, EVA
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # RGB in [0, 1] as it is (views that each model normalises itself)
 }
 NORMALIZATIONS = (*NORMALIZATION_STATS, "bn_inception")
 # timm's pretrained_cfg key by which a model states an input convention mean/std cannot express

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from metrictransfer.errors import ConfigError
@@ -75,3 +76,22 @@ def build_transform(name: str, train: bool, image_size: int, normalization: str 
     if not train:
         return test_builder(image_size, normalization)
     return train_builder(image_size, normalization, strength)
+
+
+def to_model_input(pixels: torch.Tensor, size: int, normalization: str) -> torch.Tensor:
+    """Views in plain RGB, [0, 1] (``normalization: none``), as one model takes them: resized to ``size`` ×
+    ``size`` (bilinear, antialiased, as ``v2.Resize`` does on tensors) and normalised by its convention.
+
+    Two models with different input sizes or normalisations (a transfer from a foundation model) are fed the
+    very same augmented view this way, each its own way, instead of two different random crops."""
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+    if pixels.shape[-2:] != (size, size):
+        pixels = F.interpolate(pixels.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if normalization == "bn_inception":
+        pixels = _bgr_0_255(pixels)
+        mean, std = BN_INCEPTION_MEAN_BGR, (1.0, 1.0, 1.0)
+    else:
+        mean, std = NORMALIZATION_STATS[normalization]
+    shape = (1, 3, 1, 1)
+    return (pixels - pixels.new_tensor(mean).view(shape)) / pixels.new_tensor(std).view(shape)

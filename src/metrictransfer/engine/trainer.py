@@ -44,6 +44,7 @@ from metrictransfer.io import atomic_copy
 from metrictransfer.methods import METHODS
 from metrictransfer.methods.base import Method
 from metrictransfer.models import EmbeddingModel
+from metrictransfer.models.pretrained import PretrainedFeatures
 from metrictransfer.runtime import distributed
 from metrictransfer.runtime.checkpoint import (
     CHECKPOINT_NAME,
@@ -226,7 +227,7 @@ def configure_models(method: Method, config: RunConfig, device: torch.device) ->
     method (the frozen source too: it runs in the run's precision, in inference only)."""
     dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[config.precision]
     for module in method.modules():
-        if isinstance(module, EmbeddingModel):
+        if isinstance(module, (EmbeddingModel, PretrainedFeatures)):
             module.autocast_dtype = dtype
             if config.compile:
                 module.compile()

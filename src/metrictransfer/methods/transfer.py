@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Sized
+from collections.abc import Callable, Sequence, Sized
 from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from metrictransfer.config import RunConfig
+from metrictransfer.config import DataConfig, RunConfig
 from metrictransfer.data.holdout import LabelledSubset
+from metrictransfer.data.transforms import build_transform, to_model_input
 from metrictransfer.errors import ConfigError, DataError
 from metrictransfer.evaluation.embeddings_file import compare_items, load_embeddings
 from metrictransfer.losses import TransferLoss
@@ -18,6 +19,7 @@ from metrictransfer.methods.base import Method, build_label_loss, build_model, l
 from metrictransfer.methods.teaching import HintTaps, build_losses, capturing, needs_of, setup_items, setup_losses, teacher_inputs
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.models.features import last_stages
+from metrictransfer.models.pretrained import PretrainedFeatures
 from metrictransfer.registry import TRANSFER_LOSSES, register_method
 from metrictransfer.runtime.checkpoint import load_source_model
 from metrictransfer.runtime.distributed import gather
@@ -81,18 +83,28 @@ class TransferMethod(Method):
         cfg = config.transfer
         self.target = build_model(config.model)
         self.source_file = cfg.source_embeddings
-        self.source: EmbeddingModel | None = None
+        self.source: EmbeddingModel | PretrainedFeatures | None = None
         self.source_record: dict[str, Any] | None = None
+        # (size, normalization) of the target's and the source's inputs when they differ: the loader then
+        # makes plain-RGB views that each model resizes and normalises itself (training_loss)
+        self.feeds: tuple[tuple[int, str], tuple[int, str]] | None = None
         if cfg.source_checkpoint:
             source, _, self.source_record = load_source_model(cfg.source_checkpoint)
             self.source = self.freeze(source)
+        elif cfg.source is not None:
+            spec = cfg.source
+            self.source = self.freeze(PretrainedFeatures(spec.name, spec.pretrained, spec.weights, spec.features, spec.image_size))
+            target_feed = (config.data.image_size, config.data.normalization)
+            source_feed = (self.source.image_size, spec.normalization)
+            if source_feed != target_feed:
+                self.feeds = (target_feed, source_feed)
         terms = cfg.loss_terms()
         self.terms = [(t.name, t.weight) for t in terms]
-        provides = {"indices", "labels"} | ({"features"} if self.source is not None else set())
+        provides = {"indices", "labels"} | ({"features"} if isinstance(self.source, EmbeddingModel) else set())
         self.transfer_losses = nn.ModuleList(build_losses([(t.name, t.params) for t in terms], "transfer.loss.params", provides))
         self.hints: HintTaps | None = None
         if "features" in needs_of(self._losses()):
-            assert self.source is not None  # build_losses refused losses needing features without a source model
+            assert isinstance(self.source, EmbeddingModel)  # build_losses refused losses needing features without one
             self.hints = HintTaps(
                 self.target,
                 self.source,
@@ -105,7 +117,7 @@ class TransferMethod(Method):
         elif self.source_file is not None:
             source_dim = source_file_dim(self.source_file)
         else:
-            raise ConfigError("method 'transfer' needs transfer.source_checkpoint or transfer.source_embeddings")
+            raise ConfigError("method 'transfer' needs transfer.source_checkpoint, transfer.source or transfer.source_embeddings")
         setup_losses(self._losses(), config.model.embedding_dim, source_dim, self.hints)
         self.weight = cfg.weight
         self.metric_weight = cfg.metric_weight
@@ -142,6 +154,15 @@ class TransferMethod(Method):
             )
         return dataset
 
+    def train_transforms(self, data: DataConfig) -> list[Callable[..., Any]]:
+        """The data's augmentation; when the source takes another input size or normalisation than the
+        target, at the larger of the two sizes and not normalised, so that :func:`to_model_input` makes each
+        model's input from the very same augmented view."""
+        if self.feeds is None:
+            return super().train_transforms(data)
+        size = max(self.feeds[0][0], self.feeds[1][0])
+        return [build_transform(data.transform, True, size, "none")]
+
     def prepare_training_set(self, dataset: Dataset[Any]) -> None:
         setup_items(self._losses(), len(cast(Sized, dataset)))
         if self.source_file is not None:
@@ -162,13 +183,16 @@ class TransferMethod(Method):
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        target_images = source_images = images
+        if self.feeds is not None:  # one augmented view, resized and normalised for each model
+            target_images, source_images = (to_model_input(images, size, norm) for size, norm in self.feeds)
         with capturing([self.hints.learner, self.hints.teacher] if self.hints else []):
             if self.source is None:  # precomputed: one row per training image, the same for all its views
                 source_embeddings = self.source_table[indices]
             else:
                 with torch.no_grad():
-                    source_embeddings = self.source(images)
-            target_embeddings = self.target(images)
+                    source_embeddings = self.source(source_images)
+            target_embeddings = self.target(target_images)
             # Pairwise losses see the global batch (hint losses stay on this process's feature maps).
             target_embeddings, source_embeddings = gather(target_embeddings), gather(source_embeddings)
             labels, indices = gather(labels), gather(indices)

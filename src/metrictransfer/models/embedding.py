@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import urllib.request
 from contextlib import AbstractContextManager, nullcontext
@@ -16,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrictransfer.errors import CheckpointError, ConfigError, MissingFileError
+from metrictransfer.errors import CheckpointError, MissingFileError
+from metrictransfer.model_names import check_backbone_name
 from metrictransfer.models.bn_inception import BNInception, checkpoint_filter_fn
-from metrictransfer.registry import BACKBONES
 
 
 class EmbeddingModel(nn.Module):
@@ -92,30 +93,22 @@ class EmbeddingModel(nn.Module):
         return F.normalize(embeddings, dim=1) if self.normalize else embeddings
 
 
-def check_backbone_name(backbone: str) -> None:
-    """A timm architecture, optionally with the tag of its weights (``resnet50.tv_in1k``), or ConfigError."""
-    arch, _, tag = backbone.partition(".")
-    BACKBONES.names()  # backbones written here or by plug-ins register with timm when found
-    if not timm.is_model(arch):
-        close = timm.list_models(f"*{arch}*")[:10]
-        raise ConfigError(f"unknown timm backbone {arch!r}" + (f"; similar names: {', '.join(close)}" if close else ""))
-    if tag and backbone not in timm.list_pretrained(backbone):
-        known = [name.partition(".")[2] for name in timm.list_pretrained(f"{arch}.*")]
-        raise ConfigError(f"timm has no weights {tag!r} for {arch!r}; its weights: {', '.join(known) or 'none'}")
-
-
 # How long a connection to the host of pretrained weights may take before the download counts as offline.
 HOST_PROBE_SECONDS = 2.0
 
 
-def create_backbone(backbone: str, pretrained: bool, in_chans: int = 3) -> Any:
-    """The timm backbone without classifier or pooling. Pretrained weights on the Hugging Face hub come from
+def create_backbone(backbone: str, pretrained: bool, in_chans: int = 3, weights_key: str = "model.weights", **timm_kwargs: Any) -> Any:
+    """The timm backbone without classifier or pooling (``timm_kwargs`` replace those defaults of
+    ``timm.create_model``: ``global_pool`` to keep the model's own pooling, ``img_size``, ...; ``weights_key``:
+    the configuration key that names a local weights file instead, for the message). Pretrained weights on the Hugging Face hub come from
     the local cache when the hub cannot be reached within :data:`HOST_PROBE_SECONDS` (or ``HF_HUB_OFFLINE=1``),
     and weights in neither place are a one-line :class:`MissingFileError` in seconds, not a minute of retries.
     (Weights at a URL, such as bn_inception's, fail on their own: ``download_weights`` names the URL.)"""
+    kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": "", "in_chans": in_chans, **timm_kwargs}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None: the architecture's own default
     hub = _hub_address(backbone) if pretrained else None
     if hub is None:
-        return timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans)
+        return timm.create_model(backbone, pretrained=pretrained, **kwargs)
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
@@ -124,13 +117,13 @@ def create_backbone(backbone: str, pretrained: bool, in_chans: int = 3) -> Any:
     before = constants.HF_HUB_OFFLINE  # read by huggingface_hub at each request: offline, it answers from its cache
     constants.HF_HUB_OFFLINE = before or offline
     try:
-        return timm.create_model(backbone, pretrained=True, num_classes=0, global_pool="", in_chans=in_chans)
+        return timm.create_model(backbone, pretrained=True, **kwargs)
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         if not offline:
             raise
         why = "HF_HUB_OFFLINE is set" if forced else f"{urlparse(hub).hostname} cannot be reached"
         raise MissingFileError(
-            f"the pretrained weights of backbone {backbone!r} are not in the local cache and {why}; set model.weights: "
+            f"the pretrained weights of backbone {backbone!r} are not in the local cache and {why}; set {weights_key}: "
             "FILE (a local state dict) to train offline, or connect to download them"
         ) from None
     finally:
@@ -178,12 +171,18 @@ def _reachable(url: str, seconds: float = HOST_PROBE_SECONDS) -> bool:
     return opened.is_set()
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a local state dict (``.pt``/``.pth`` or ``.safetensors``) into a timm backbone."""
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str], adapt: bool = False) -> None:
+    """Load a local state dict (``.pt``/``.pth`` or ``.safetensors``) into a timm backbone. ``adapt``: pass
+    it through the model family's own ``checkpoint_filter_fn`` first, as timm does for its downloads (a
+    ViT's position embeddings resampled to the size it was built for, original checkpoints' names mapped)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"backbone weights file not found: {path}")
@@ -196,8 +195,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> 
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch and safetensors raise several types for a file they cannot read
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"cannot read backbone weights {path}: not a state dict that loads safely ({reason})") from None
+        raise CheckpointError(f"cannot read backbone weights {path}: not a state dict that loads safely ({_first_line(err)})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -206,6 +204,13 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> 
         )
     if isinstance(backbone, BNInception):  # copies of its ImageNet file store 1-D tensors as (1, C)
         state = checkpoint_filter_fn(state, backbone)
+    elif adapt:
+        family_filter = getattr(sys.modules.get(type(backbone).__module__), "checkpoint_filter_fn", None)
+        if family_filter is not None:
+            try:
+                state = family_filter(state, backbone)
+            except Exception as err:  # each family's filter raises its own types for a state it cannot map
+                raise CheckpointError(f"weights in {path} do not fit the backbone: {_first_line(err)}") from None
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches: another architecture's weights
