@@ -309,12 +309,17 @@ class EvalConfig(Strict):
     every: int = Field(1, ge=0, description="evaluate every N epochs (0: only at the end)")
     batch_size: int = Field(256, ge=1)
     metric: Literal["euclidean", "cosine"] = "euclidean"
+    agreement_at: list[int] = Field(
+        default_factory=lambda: [10],
+        description="transfer without labelled evaluation data (an unlabelled folder with data.holdout_images): "
+        "agreement@k with the source on the held-out images, the share of each image's k nearest neighbours they share",
+    )
 
-    @field_validator("recall_at")
+    @field_validator("recall_at", "agreement_at")
     @classmethod
     def _ks(cls, v: list[int]) -> list[int]:
         if not v or any(k < 1 for k in v):
-            raise ValueError(f"recall_at must be a non-empty list of positive integers, got {v}")
+            raise ValueError(f"must be a non-empty list of positive integers, got {v}")
         return sorted(set(v))
 
 

@@ -18,10 +18,13 @@ import numpy as np
 import torch
 
 from metrictransfer.config import RunConfig, load_config
-from metrictransfer.engine.logging import plot_training, save_figure
+from metrictransfer.data.holdout import split_holdout
+from metrictransfer.data.multiview import MultiViewDataset
+from metrictransfer.data.registry import build_dataset
+from metrictransfer.engine.logging import plot_training, primary_metric, save_figure
 from metrictransfer.errors import MissingFileError
 from metrictransfer.evaluation.embed import extract_embeddings
-from metrictransfer.evaluation.evaluate import test_dataset
+from metrictransfer.evaluation.evaluate import test_dataset, with_test_transform
 from metrictransfer.io import atomic_write_text
 from metrictransfer.runtime.checkpoint import load_embedding_model
 from metrictransfer.search.gallery import Neighbour
@@ -55,7 +58,7 @@ def write_report(
         "",
         _summary(config),
         "",
-        "## Final metrics (last epoch, test split)",
+        "## Final metrics (last epoch, " + ("held-out images" if primary_metric(history).startswith("agreement@") else "test split") + ")",
         "",
         *_metrics_table(results),
         "",
@@ -64,7 +67,8 @@ def write_report(
     ]
     best = results.get("best_epoch_selected_on_test_split")
     if best:
-        sections += [f"Best epoch by the test split (for reference only: choosing it looks at the test data): {best['epoch']}.", ""]
+        by = "held-out images" if primary_metric(history).startswith("agreement@") else "test split"
+        sections += [f"Best epoch by the {by} (for reference only: choosing it looks at the evaluation data): {best['epoch']}.", ""]
     if config.method != "classifier":
         sections += _retrieval_sections(run, config, queries, neighbours, map_points, seed, query_items)
     path = run / "report.md"
@@ -98,10 +102,21 @@ def _query_candidates(base: Any, size: int) -> np.ndarray:
     return np.flatnonzero(is_query) if is_query is not None else np.arange(size)
 
 
+def shown_images(config: RunConfig) -> tuple[MultiViewDataset, bool]:
+    """The images a report embeds, with the test-time preprocessing, and whether they are labelled: the test
+    split, or, for a run on unlabelled images evaluated by agreement with its source, the images it held out."""
+    data = config.data
+    if config.eval.data is None and data.holdout_images > 0 and config.method != "classifier":
+        train = build_dataset(data, "train")
+        if (np.asarray(getattr(train, "labels", [0])) < 0).all():
+            return with_test_transform(split_holdout(train, data.holdout_images)[1], data), False
+    return test_dataset(config), True
+
+
 def pick_queries(config: RunConfig, queries: int = 6, seed: int = 0) -> list[int]:
     """The test items (indices into the run's test split) a report shows as retrieval queries: ``queries``
     of them drawn with ``seed`` from the split's queries (all its items where it has no query/gallery split)."""
-    dataset = test_dataset(config)
+    dataset, _ = shown_images(config)
     candidates = _query_candidates(dataset.dataset, len(dataset))
     return [int(i) for i in np.random.default_rng(seed).choice(candidates, size=min(queries, len(candidates)), replace=False)]
 
@@ -110,23 +125,26 @@ def _retrieval_sections(
     run: Path, config: RunConfig, queries: int, neighbours: int, map_points: int, seed: int, query_items: list[int] | None
 ) -> list[str]:
     model, _ = load_embedding_model(run)
-    dataset = test_dataset(config)
+    dataset, labelled = shown_images(config)
+    split = "test" if labelled else "held-out"
     embeddings, labels = extract_embeddings(model, dataset, config.eval.batch_size)
     base: Any = dataset.dataset  # the test split: classes, and is_query / is_gallery where the data has them
-    classes = getattr(base, "classes", None) or [str(c) for c in range(int(labels.max()) + 1)]
+    classes: list[str | None] = getattr(base, "classes", None) or [str(c) for c in range(int(labels.max()) + 1)]
+    if not labelled:
+        labels, classes = torch.zeros_like(labels), [None]
     is_query = getattr(base, "is_query", None)
     candidates = _query_candidates(base, len(embeddings))
     gallery = np.flatnonzero(base.is_gallery) if is_query is not None else np.arange(len(embeddings))
     if query_items is None:
         rng = np.random.default_rng(seed)
         picked = rng.choice(candidates, size=min(queries, len(candidates)), replace=False)
-        chosen = f"{len(picked)} random test queries (seed {seed})"
+        chosen = f"{len(picked)} random {split} queries (seed {seed})"
     else:
         outside = sorted(set(query_items) - set(candidates.tolist()))
         if outside:
-            raise ValueError(f"query items {outside} are not queries of {run}'s test split ({len(candidates)} candidates)")
+            raise ValueError(f"query items {outside} are not queries of {run}'s {split} images ({len(candidates)} candidates)")
         picked = np.asarray(query_items, dtype=np.int64)
-        chosen = f"{len(picked)} chosen test queries"
+        chosen = f"{len(picked)} chosen {split} queries"
     distances = torch.full((len(picked), len(embeddings)), float("inf"))
     distances[:, gallery] = torch.cdist(embeddings[picked], embeddings[gallery])
     distances[torch.arange(len(picked)), torch.as_tensor(picked)] = float("inf")  # a query is not its own neighbour
@@ -142,28 +160,29 @@ def _retrieval_sections(
         return cast("Image.Image", base[int(name.split(":")[1])][0])
 
     draw_grid([names[i] for i in picked], found, run / "retrieval.png", [classes[int(labels[i])] for i in picked], load=load)
-    method = _embedding_map(embeddings.numpy(), labels.numpy(), run / "embedding_map.png", map_points, seed)
+    method = _embedding_map(embeddings.numpy(), labels.numpy(), run / "embedding_map.png", map_points, seed, split)
+    colours = "; green: same class, red: another class" if labelled else " (no labels: no colours)"
     return [
         "## Retrieval",
         "",
         f"{chosen} and their {k} nearest "
-        + ("gallery images" if is_query is not None else "test images")
-        + ", nearest first, with distances; green: same class, red: another class.",
+        + ("gallery images" if is_query is not None else f"{split} images")
+        + f", nearest first, with distances{colours}.",
         "",
-        f"Query items (test split): {', '.join(str(int(i)) for i in picked)}.",
+        f"Query items ({split} images): {', '.join(str(int(i)) for i in picked)}.",
         "",
         "![retrieval](retrieval.png)",
         "",
         "## Embedding map",
         "",
-        f"Test embeddings in 2-D by {method}, coloured by class.",
+        f"{split.capitalize()} embeddings in 2-D by {method}" + (", coloured by class." if labelled else "."),
         "",
         "![embedding map](embedding_map.png)",
         "",
     ]
 
 
-def _embedding_map(x: np.ndarray, labels: np.ndarray, out: Path, points: int, seed: int) -> str:
+def _embedding_map(x: np.ndarray, labels: np.ndarray, out: Path, points: int, seed: int, split: str = "test") -> str:
     """2-D layout of (at most ``points``) embeddings: UMAP when installed, t-SNE from scikit-learn otherwise."""
     import matplotlib.pyplot as plt
 
@@ -183,7 +202,7 @@ def _embedding_map(x: np.ndarray, labels: np.ndarray, out: Path, points: int, se
     ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=6)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"test embeddings ({method}), {len(np.unique(labels))} classes")
+    ax.set_title(f"{split} embeddings ({method})" + (f", {len(np.unique(labels))} classes" if split == "test" else ""))
     fig.tight_layout()
     save_figure(fig, out)
     plt.close(fig)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from metrictransfer.config import RunConfig
-from metrictransfer.engine.logging import TensorBoardLog, plot_recall, write_csv
+from metrictransfer.engine.logging import TensorBoardLog, plot_recall, primary_metric, write_csv
 from metrictransfer.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -146,11 +146,6 @@ class FinalFiles(Callback):
 # ------------------------------------------------------------------------------------- results of a run
 
 
-def primary_metric(history: list[dict[str, Any]]) -> str:
-    """The metric that runs are compared by: accuracy for classifiers, Recall@1 otherwise."""
-    return "accuracy" if any("accuracy" in row for row in history) else "recall@1"
-
-
 def curves(config: RunConfig, history: list[dict[str, Any]], primary: str) -> dict[str, list[tuple[int, float]]]:
     """One curve per evaluated model: the run's, or every cohort member's and the ensemble's."""
     prefixes = sorted({k.split("/")[0] for row in history for k in row if k.endswith("/" + primary)})
@@ -173,7 +168,7 @@ def epoch_line(config: RunConfig, row: dict[str, Any]) -> str:
 def metrics_of(row: dict[str, Any]) -> dict[str, float]:
     def is_metric(key: str) -> bool:
         name = key.rsplit("/", 1)[-1]  # cohorts: member0/recall@1, ensemble/recall@1
-        return name.startswith("recall@") or name in ("map@r", "r_precision", "nmi", "accuracy")
+        return name.startswith(("recall@", "agreement@")) or name in ("map@r", "r_precision", "nmi", "accuracy")
 
     return {k: v for k, v in row.items() if is_metric(k)}
 

@@ -81,7 +81,7 @@ def plot_recall(curves: dict[str, list[tuple[int, float]]], path: str | Path, me
             ax.plot(epochs, values, marker="o", markersize=3, label=name)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"{metric.capitalize()} (test split)")
+    ax.set_ylabel(f"{metric.capitalize()} ({'held-out images' if metric.startswith('agreement@') else 'test split'})")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -89,11 +89,21 @@ def plot_recall(curves: dict[str, list[tuple[int, float]]], path: str | Path, me
     plt.close(fig)
 
 
+def primary_metric(history: list[dict[str, Any]]) -> str:
+    """The metric that runs are compared by: accuracy for classifiers, Recall@1 for retrieval, and for a
+    transfer evaluated without labels its agreement with the source at the smallest k."""
+    keys = {k.rsplit("/", 1)[-1] for row in history for k in row}
+    if "accuracy" in keys:
+        return "accuracy"
+    agreements = sorted((k for k in keys if k.startswith("agreement@")), key=lambda k: int(k.split("@")[1]))
+    return agreements[0] if agreements and "recall@1" not in keys else "recall@1"
+
+
 def plot_training(history: list[dict[str, Any]], path: str | Path) -> None:
     """Two panels per epoch: every logged loss (left), and the primary metric of every evaluated model,
     cohort members and ensemble included (right)."""
     losses = [k for k in history[0] if k.endswith("loss")] if history else []
-    primary = "accuracy" if any("accuracy" in row for row in history) else "recall@1"
+    primary = primary_metric(history)
     curves = sorted({k for row in history for k in row if k.endswith("/" + primary)}) or [primary]  # a cohort: per model
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
     for key in losses:
@@ -103,7 +113,8 @@ def plot_training(history: list[dict[str, Any]], path: str | Path) -> None:
         points = [(row["epoch"], row[key]) for row in history if key in row]
         right.plot(*zip(*points), marker="o", markersize=3, label=key.rsplit("/", 1)[0] if "/" in key else "model")
     left.set_ylabel("training loss (mean over the epoch)")
-    right.set_ylabel(f"{primary.capitalize()} (test split)")
+    evaluated_on = "held-out images" if primary.startswith("agreement@") else "test split"
+    right.set_ylabel(f"{primary.capitalize()} ({evaluated_on})")
     for ax in (left, right):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

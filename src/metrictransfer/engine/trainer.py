@@ -33,11 +33,10 @@ from metrictransfer.engine.callbacks import (
     curves,
     epoch_line,
     metrics_of,
-    primary_metric,
     run_results,
 )
 from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
-from metrictransfer.engine.logging import write_csv  # looked up here when a run starts (tests replace it)
+from metrictransfer.engine.logging import primary_metric, write_csv  # write_csv looked up here when a run starts (tests replace it)
 from metrictransfer.engine.run_folder import claim_run_folder, remove_if_unused
 from metrictransfer.errors import CheckpointError, ConfigError, DamagedCheckpointError, TrainingDivergedError
 from metrictransfer.io import atomic_copy

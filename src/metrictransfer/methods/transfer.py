@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence, Sized
 from typing import Any, cast
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -13,6 +14,7 @@ from metrictransfer.config import DataConfig, RunConfig
 from metrictransfer.data.holdout import LabelledSubset
 from metrictransfer.data.transforms import build_transform, to_model_input
 from metrictransfer.errors import ConfigError, DataError
+from metrictransfer.evaluation.agreement import evaluate_agreement
 from metrictransfer.evaluation.embeddings_file import compare_items, load_embeddings
 from metrictransfer.losses import TransferLoss
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
@@ -88,6 +90,7 @@ class TransferMethod(Method):
         # (size, normalization) of the target's and the source's inputs when they differ: the loader then
         # makes plain-RGB views that each model resizes and normalises itself (training_loss)
         self.feeds: tuple[tuple[int, str], tuple[int, str]] | None = None
+        self.by_agreement = False  # evaluated by agreement with the source (no labels): see evaluation_set
         if cfg.source_checkpoint:
             source, _, self.source_record = load_source_model(cfg.source_checkpoint)
             self.source = self.freeze(source)
@@ -145,7 +148,16 @@ class TransferMethod(Method):
 
     def evaluation_set(self, config: RunConfig, holdout: Dataset[Any] | None) -> Dataset[Any]:
         """The test split; refused when the source checkpoint trained on any of its classes (unless
-        ``transfer.allow_overlap``)."""
+        ``transfer.allow_overlap``). Without labels (unlabelled data, no ``eval.data``): the held-out
+        images, on which the target's agreement with the source is measured."""
+        if holdout is not None and config.eval.data is None and (np.asarray(getattr(holdout, "labels", [0])) < 0).all():
+            if self.source is None:
+                raise ConfigError(
+                    "without labelled evaluation data, a transfer is evaluated by its agreement with the source model, "
+                    "which a table of source embeddings cannot give: set eval.data (labelled images)"
+                )
+            self.by_agreement = True
+            return holdout
         dataset = super().evaluation_set(config, holdout)
         cfg = config.transfer
         if cfg.source_checkpoint and not cfg.allow_overlap:
@@ -162,6 +174,19 @@ class TransferMethod(Method):
             return super().train_transforms(data)
         size = max(self.feeds[0][0], self.feeds[1][0])
         return [build_transform(data.transform, True, size, "none")]
+
+    def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+        """Retrieval metrics on labelled evaluation data; agreement@k with the source on unlabelled held-out images."""
+        if not self.by_agreement:
+            return super().evaluate(dataset, config, device, progress)
+        assert self.source is not None  # evaluation_set refused agreement without a source model
+        data = config.data
+        target_feed = (data.image_size, data.normalization)
+        source_feed = self.feeds[1] if self.feeds is not None else target_feed
+        return evaluate_agreement(
+            self.target, self.source, dataset, data.transform, target_feed, source_feed,
+            config.eval.agreement_at, config.eval.metric, config.eval.batch_size, device, data.num_workers, progress,
+        )  # fmt: skip
 
     def prepare_training_set(self, dataset: Dataset[Any]) -> None:
         setup_items(self._losses(), len(cast(Sized, dataset)))

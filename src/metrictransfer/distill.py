@@ -1,0 +1,90 @@
+"""``metrictransfer distill``: the recipe of the common case, a pretrained model distilled into a small
+embedding model on the user's own images, without labels.
+
+The recipe is an ordinary one (a ``method: transfer`` run with a timm source and the relaxed contrastive
+loss), stored as the run's ``config.yaml``: ``evaluate``, ``export``, ``index``, ``search``, ``report`` and
+``train --resume`` treat the result like any other run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metrictransfer.config import RunConfig, build_config
+from metrictransfer.errors import MissingFileError
+
+#: Defaults of the recipe, chosen for photos and a few thousand images (each one a flag of the command).
+DEFAULT_EPOCHS = 30
+DEFAULT_BATCH = 64
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_LR = 1e-4
+#: Share of the images held out, without labels, to report agreement with the source every epoch.
+AGREEMENT_HOLDOUT = 0.1
+
+
+def data_section(path: str | Path, image_size: int, what: str) -> dict[str, Any]:
+    """A folder (every image under it, sub-folders or not; no labels read) or a CSV list (its train
+    split for training, its test split for evaluation) as a ``data`` section."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return {"dataset": "unlabelled", "root": str(path), "image_size": image_size}
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return {"dataset": "csv", "root": str(path), "image_size": image_size}
+    if not path.exists():
+        raise MissingFileError(f"{what} {path} does not exist; give a folder of images or a CSV list (path,label[,split])")
+    raise MissingFileError(f"{what} {path} is neither a folder of images nor a .csv list (path,label[,split])")
+
+
+def eval_section(path: str | Path, image_size: int) -> dict[str, Any]:
+    """Labelled evaluation data: a folder with one sub-folder per class, or a CSV list; its test split."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return {"dataset": "folder", "root": str(path), "image_size": image_size}
+    return data_section(path, image_size, "--eval-data")
+
+
+def distill_config(
+    source: str,
+    target: str,
+    dim: int,
+    images: str | Path,
+    eval_data: str | Path | None = None,
+    source_weights: str | None = None,
+    source_features: str = "pooled",
+    source_image_size: int | None = None,
+    target_pretrained: bool = False,
+    target_weights: str | None = None,
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = DEFAULT_BATCH,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """The distillation recipe: ``target`` (a timm backbone with a ``dim``-d head) taught by the frozen
+    ``source`` (a timm model: pretrained weights, or ``source_weights``, a local file) with the relaxed
+    contrastive loss on label-free batches of ``images``. Evaluated every epoch on ``eval_data``'s test split
+    when given (Recall@K), else by agreement@k with the source on a tenth of the images held out."""
+    data = data_section(images, image_size, "--images")
+    labelled_csv = data["dataset"] == "csv"
+    data.update({"classes_per_batch": batch_size, "images_per_class": 1, "views": 2, "transform": "paper"})
+    if eval_data is None and not labelled_csv:
+        data["holdout_images"] = AGREEMENT_HOLDOUT
+    source_section: dict[str, Any] = {"name": source, "features": source_features, "pretrained": source_weights is None}
+    if source_weights is not None:
+        source_section["weights"] = source_weights
+    if source_image_size is not None:
+        source_section["image_size"] = source_image_size
+    raw: dict[str, Any] = {
+        "method": "transfer",
+        "name": "distill",
+        "seed": seed,
+        "data": data,
+        "model": {"backbone": target, "embedding_dim": dim, "pretrained": target_pretrained, "weights": target_weights},
+        "transfer": {"source": source_section, "loss": {"name": "relaxed_contrastive", "params": {"sigma": 1.0, "delta": 1.0}}},
+        "optim": {"epochs": epochs, "lr": lr},
+    }
+    if eval_data is not None:
+        raw["eval"] = {"data": eval_section(eval_data, image_size)}
+    return build_config(raw, overrides, origin="metrictransfer distill")
