@@ -5,10 +5,15 @@ from), ``is_query`` and ``is_gallery`` (N bool, for query-vs-gallery evaluation)
 the model was trained for), and what the rows are: ``dataset`` and ``split`` (str) and ``items`` (N str,
 each row's item name: its image path relative to the dataset root, or a synthetic id for generated data).
 Files written before ``dataset``, ``split`` and ``items`` existed still load, with those fields None.
+``model`` (str, JSON) describes the model that embedded the rows (``metrictransfer embed`` records it).
+
+:func:`load_embeddings` also reads an embeddings table, a folder of ``.npy`` arrays for sets too large for
+memory (:mod:`metrictransfer.evaluation.embeddings_table`), whose embeddings it memory-maps.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from collections.abc import Sequence
@@ -19,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from metrictransfer.errors import DataError, MissingFileError
+from metrictransfer.evaluation.embeddings_table import read_table
 from metrictransfer.io import atomic_write
 
 KEYS_HELP = (
@@ -41,6 +47,7 @@ class EmbeddingsFile:
     items: np.ndarray | None = None  # the name of each row's item; None in files of older versions
     dataset: str | None = None  # data.dataset of the embedded items
     split: str | None = None
+    model: dict[str, Any] | None = None  # what embedded the rows (a checkpoint's model, a timm model)
 
 
 def save_embeddings(path: str | os.PathLike[str], data: EmbeddingsFile) -> None:
@@ -58,14 +65,25 @@ def save_embeddings(path: str | os.PathLike[str], data: EmbeddingsFile) -> None:
     for key in _TEXT_KEYS:
         if getattr(data, key) is not None:
             arrays[key] = np.asarray(str(getattr(data, key)))
+    if data.model is not None:
+        arrays["model"] = np.asarray(json.dumps(data.model))
     atomic_write(path, lambda f: np.savez(f, **arrays), "wb")
 
 
-def load_embeddings(path: str | os.PathLike[str], query_gallery: bool = False) -> EmbeddingsFile:
-    """Read and check an embeddings file; every problem is reported with the file and the key."""
+def load_embeddings(path: str | os.PathLike[str], query_gallery: bool = False, verify: bool = False) -> EmbeddingsFile:
+    """Read and check an embeddings file; every problem is reported with the file and the key.
+
+    ``path`` is an ``.npz``, or an embeddings table's folder: then ``embeddings`` is a read-only
+    :class:`numpy.memmap` of its ``embeddings.npy``, checked against its meta.json (count, dim, dtype), and
+    with ``verify`` against the SHA-256 meta.json records (which reads the whole file).
+    """
     path = Path(path)
+    if path.is_dir():
+        return _load_table(path, query_gallery, verify)
     if not path.is_file():
-        raise MissingFileError(f"embeddings file {path} does not exist; expected an .npz holding {KEYS_HELP}")
+        raise MissingFileError(
+            f"embeddings file {path} does not exist; expected an .npz holding {KEYS_HELP}, or an embeddings table's folder"
+        )
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -109,6 +127,36 @@ def load_embeddings(path: str | os.PathLike[str], query_gallery: bool = False) -
         items=arrays.get("items"),
         is_query=arrays.get("is_query"),
         is_gallery=arrays.get("is_gallery"),
+        model=_model_record(path, arrays.get("model")),
+        **text,
+    )
+
+
+def _model_record(path: Path, value: np.ndarray | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        record = json.loads(str(value))
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: 'model' must be a JSON object describing the model, got {str(value)[:60]!r}")
+    return record
+
+
+def _load_table(path: Path, query_gallery: bool, verify: bool) -> EmbeddingsFile:
+    table = read_table(path, verify)
+    meta = table["meta"]
+    if query_gallery and not all(key in table for key in ("is_query", "is_gallery")):
+        raise DataError(f"{path} has no is_query.npy and is_gallery.npy, which query-vs-gallery evaluation needs")
+    text = {key: meta[key] if isinstance(meta.get(key), str) else None for key in _TEXT_KEYS}
+    return EmbeddingsFile(
+        embeddings=table["embeddings"],
+        labels=table["labels"],
+        items=table["items"],
+        is_query=table.get("is_query"),
+        is_gallery=table.get("is_gallery"),
+        model=meta.get("model") if isinstance(meta.get("model"), dict) else None,
         **text,
     )
 
