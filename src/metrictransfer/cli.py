@@ -176,31 +176,144 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from metrictransfer.evaluation.embeddings_file import save_embeddings
-    from metrictransfer.evaluation.evaluate import embed_split
-    from metrictransfer.runtime.checkpoint import load_embedding_model
+    _check_embed_options(args)
+    from metrictransfer.evaluation.embed_to_file import check_output, embed_split_to_file
+    from metrictransfer.runtime import distributed
+    from metrictransfer.runtime.device import resolve_device
 
+    check_output(args.out, args.dtype, args.overwrite)  # before minutes of loading a model
     with _json_only(args):
-        model, config = load_embedding_model(args.checkpoint, name=args.model)
-        data = embed_split(model, config, args.split, args.device, args.batch_size, progress=sys.stderr.isatty())
-        save_embeddings(args.out, data)
-    items, dim = len(data.labels), int(data.embeddings.shape[1])
+        if args.checkpoint:
+            model, config, preprocess, record = _checkpoint_embedder(args)
+        else:
+            model, config, preprocess, record = _timm_embedder(args)
+        ranks, device_name = distributed.setup(args.device or config.device)  # under torchrun: this process's share
+        try:
+            written = embed_split_to_file(
+                model,
+                config,
+                args.split,
+                args.out,
+                resolve_device(device_name),
+                preprocess=preprocess,
+                batch_size=args.batch_size,
+                dtype=args.dtype,
+                overwrite=args.overwrite,
+                model_record=record,
+                progress=ranks.main and sys.stderr.isatty(),
+            )
+        finally:
+            distributed.teardown()
+    if not ranks.main:
+        return 0
+    items, dim = written.count, written.dim
     if args.json:
-        print(json.dumps({"out": str(args.out), "split": args.split, "items": items, "dim": dim}))
+        form = "table" if written.table else "npz"
+        print(json.dumps({"out": str(args.out), "split": args.split, "items": items, "dim": dim, "format": form, "dtype": written.dtype}))
     else:
-        print(f"{args.out}: {items} items of the {args.split} split, {dim}-d embeddings")
+        table = f" ({written.dtype} table)" if written.table else ""
+        print(f"{args.out}: {items} items of the {args.split} split, {dim}-d embeddings{table}")
     return 0
+
+
+_TIMM_OPTIONS = ("weights", "no_pretrained", "features", "image_size", "normalization", "recipe", "dataset", "root", "set")
+
+
+def _check_embed_options(args: argparse.Namespace) -> None:
+    """What --checkpoint and --timm each take, before anything loads."""
+    if args.checkpoint:
+        given = [f"--{name.replace('_', '-')}" for name in _TIMM_OPTIONS if getattr(args, name)]
+        if given:
+            raise ConfigError(f"{', '.join(given)} apply to --timm; --checkpoint embeds with the run's own model, data and preprocessing")
+        return
+    if args.model:
+        raise ConfigError("--model picks a model of a run (--checkpoint); --timm names the model itself")
+    if not (args.recipe or args.dataset):
+        raise ConfigError("--timm embeds the data of a recipe or a dataset: give --recipe RECIPE.yaml or --dataset NAME [--root PATH]")
+
+
+def _checkpoint_embedder(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """A run's model on the run's data, with the run's test-time preprocessing."""
+    from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
+
+    model, config = load_embedding_model(args.checkpoint, name=args.model)
+    record = {
+        "kind": "checkpoint",
+        "checkpoint": str(resolve_checkpoint(args.checkpoint)),
+        "model": args.model,
+        "backbone": config.model.backbone,
+        "embedding_dim": int(model.embedding_dim),
+        "image_size": config.data.image_size,
+        "normalization": config.data.normalization,
+    }
+    return model, config, None, record
+
+
+def _timm_embedder(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """A timm model's own features (transfer.source's options) on the data of a recipe or a dataset, with
+    that data's test transform at the model's input size and normalisation."""
+    from metrictransfer.config import build_config, load_config
+    from metrictransfer.models.pretrained import PretrainedFeatures
+
+    overrides = [f"data.dataset={json.dumps(args.dataset)}"] if args.dataset else []
+    overrides += [f"data.root={json.dumps(args.root)}"] if args.root else []
+    overrides += list(args.set)
+    config = load_config(args.recipe, overrides) if args.recipe else build_config({}, overrides, origin="metrictransfer embed")
+    spec = _timm_source(args)
+    model = PretrainedFeatures(spec.name, spec.pretrained, spec.weights, spec.features, spec.image_size, weights_key="--weights")
+    preprocess = config.data.model_copy(update={"image_size": model.image_size, "normalization": spec.normalization})
+    record = {
+        "kind": "timm",
+        "name": spec.name,
+        "pretrained": spec.pretrained and spec.weights is None,
+        "weights": spec.weights,
+        "features": spec.features,
+        "image_size": model.image_size,
+        "normalization": spec.normalization,
+        "embedding_dim": model.embedding_dim,
+    }
+    return model, config, preprocess, record
+
+
+_TIMM_FLAGS = {"name": "--timm", "pretrained": "--no-pretrained", "weights": "--weights", "features": "--features"}
+_TIMM_FLAGS |= {"image_size": "--image-size", "normalization": "--normalization"}
+
+
+def _timm_source(args: argparse.Namespace) -> Any:
+    """The model options checked and resolved as transfer.source's are (name, input size, normalisation)."""
+    from pydantic import ValidationError
+
+    from metrictransfer.config import SourceModelConfig
+
+    given = {"name": args.timm, "pretrained": not args.no_pretrained, "weights": args.weights, "features": args.features}
+    given |= {"image_size": args.image_size, "normalization": args.normalization}
+    try:
+        return SourceModelConfig.model_validate({key: value for key, value in given.items() if value is not None})
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            flag = _TIMM_FLAGS.get(str(e["loc"][0]), "--timm") if e["loc"] else "--timm"
+            message = e["msg"].removeprefix("Value error, ")
+            problems.append(f"{flag}: {message}" + (f" (got {e['input']!r})" if e["type"] != "value_error" else ""))
+        raise ConfigError("; ".join(problems)) from None
 
 
 def _ensemble(files: list[EmbeddingsFile], paths: list[str]) -> torch.Tensor:
     """Several models' embeddings of the same items, L2-normalised and concatenated."""
-    import torch
-
     from metrictransfer.evaluation import ensemble_embeddings
     from metrictransfer.evaluation.embeddings_file import check_same_items
 
     check_same_items(files, paths)
-    return ensemble_embeddings([torch.from_numpy(f.embeddings) for f in files])
+    return ensemble_embeddings([_tensor(f.embeddings) for f in files])
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """An array as a tensor; a table's read-only memory map is read into memory first (torch warns of
+    read-only arrays)."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(array if array.flags.writeable else np.array(array))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -219,7 +332,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ks = args.k or [1, 2, 4, 8]
         if args.query_gallery:
             masks = {"is_query": data.is_query, "is_gallery": data.is_gallery}
-        embeddings, labels = torch.from_numpy(data.embeddings), torch.from_numpy(data.labels)
+        embeddings, labels = _tensor(data.embeddings), torch.from_numpy(data.labels)
         if len(files) > 1:
             embeddings = _ensemble(files, args.embeddings)
         device = args.device or "auto"
@@ -433,11 +546,16 @@ COMMANDS: dict[str, Command] = {
         "guides/datasets.md",
     ),
     "embed": Command(
-        "embed one split of a run's dataset into an .npz file",
-        "Embed one split of a run's dataset with the run's model.",
-        "--out: an .npz of embeddings, labels and item paths (what evaluate --embeddings and "
+        "embed a split with a run's model or a timm model",
+        "Embed one split of a dataset: with a run's model on the run's data (--checkpoint), or with any timm "
+        "model's own features (--timm, pretrained weights by default, --weights FILE offline) on the data of a "
+        "recipe or --dataset, preprocessed by that data's test transform at the model's input size and "
+        "normalisation. Under torchrun each process embeds its share of the images; the output holds every row "
+        "in the dataset's order.",
+        "--out FILE.npz: embeddings, labels and item names; any other --out: an embeddings table, a folder of "
+        "embeddings.npy, labels.npy, items.npy and meta.json, read memory-mapped (what evaluate --embeddings and "
         "transfer.source_embeddings read); prints how many items and dimensions (--json: one JSON object)",
-        "guides/evaluation.md",
+        "guides/evaluation.md, guides/transfer.md (sources at scale)",
     ),
     "evaluate": Command(
         "Recall@K, MAP@R, R-Precision (NMI) of a run or embeddings",
@@ -601,12 +719,60 @@ def _add_data_inspect(inspect: argparse.ArgumentParser) -> None:
 
 
 def _add_embed(embed: argparse.ArgumentParser) -> None:
-    embed.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    from metrictransfer.normalization import NORMALIZATIONS
+
+    model = embed.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help=f"{CHECKPOINT_HELP}: embed with the run's model, on the run's data")
+    model.add_argument(
+        "--timm",
+        metavar="NAME",
+        help="embed with a timm model's own features (as transfer.source; e.g. vit_small_patch14_dinov2.lvd142m), "
+        "on the data of --recipe or --dataset",
+    )
     embed.add_argument("--split", default="test", help="dataset split: train or test (default test)")
-    embed.add_argument("--model", help=MODEL_HELP)
-    embed.add_argument("--out", required=True, help="output .npz (embeddings, labels, paths)")
-    embed.add_argument("--batch-size", type=_positive_int, help="images per batch (default: the run's eval.batch_size)")
-    embed.add_argument("--device", choices=DEVICES, help="where to embed (default: the run's device)")
+    embed.add_argument("--model", help=f"with --checkpoint: {MODEL_HELP}")
+    embed.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="FILE.npz (embeddings, labels, item names; loaded whole), or any other name: a folder, an embeddings "
+        "table of .npy arrays read memory-mapped, for large sets",
+    )
+    embed.add_argument(
+        "--overwrite", action="store_true", help="replace the embeddings table already at --out (an .npz is always replaced)"
+    )
+    embed.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="a table's embeddings: float32 (default) or float16 (half the size; rows read back as float32)",
+    )
+    embed.add_argument("--batch-size", type=_positive_int, help="images per batch (default: eval.batch_size of the run or recipe)")
+    embed.add_argument("--device", choices=DEVICES, help="where to embed (default: the run's or recipe's device)")
+    timm = embed.add_argument_group("with --timm: the model (as transfer.source) and the data")
+    weights = timm.add_mutually_exclusive_group()
+    weights.add_argument("--weights", metavar="FILE", help="a local state dict of the model (offline: nothing is downloaded)")
+    weights.add_argument(
+        "--no-pretrained", action="store_true", help="random weights (tests); default: timm's pretrained weights, from its cache or the hub"
+    )
+    timm.add_argument(
+        "--features",
+        choices=["pooled", "cls", "avg_max"],
+        help="the model's own pooled features (default), its class token, or average + maximum over its feature map",
+    )
+    timm.add_argument("--image-size", type=_positive_int, metavar="N", help="the model's input side (default: its pretrained input size)")
+    timm.add_argument(
+        "--normalization",
+        metavar="NAME",
+        help=f"the model's input convention: {', '.join(NORMALIZATIONS)} or model (default: from its pretrained configuration)",
+    )
+    data = timm.add_mutually_exclusive_group()
+    data.add_argument("--recipe", metavar="RECIPE.yaml", help="a recipe whose data section says what to embed (and eval.metric)")
+    data.add_argument("--dataset", metavar="NAME", help="a registered dataset, with the data section's defaults")
+    timm.add_argument("--root", metavar="PATH", help="the folder holding the dataset's files; short for --set data.root=PATH")
+    timm.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. --set data.num_classes=6 (repeatable)"
+    )
     _json(embed)
     embed.set_defaults(func=cmd_embed)
 

@@ -1,0 +1,230 @@
+"""One split of a dataset embedded into a file (``metrictransfer embed``): an ``.npz``, or an embeddings
+table (:mod:`~metrictransfer.evaluation.embeddings_table`) for sets too large for memory; by one process, or
+sharded over the processes torchrun starts.
+
+Sharded, each of N processes embeds every N-th image, and the file holds every row in the dataset's order,
+as one process writes it. An ``.npz`` is gathered whole and written by the first process. A table is not:
+the first process creates its memory-mapped ``embeddings.npy`` in a staging folder, every process writes
+its own rows into it a chunk at a time, and the first process completes and renames it once all are done.
+
+The model is any module mapping a batch of images to ``(N, model.embedding_dim)`` features: a run's
+:class:`~metrictransfer.models.EmbeddingModel`, or a timm model's
+:class:`~metrictransfer.models.pretrained.PretrainedFeatures`. Images get the test-time preprocessing of
+``preprocess`` (default: the data's own), e.g. the data's test transform at a timm model's input size and
+normalisation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, Subset
+from tqdm.auto import tqdm
+
+from metrictransfer import __version__
+from metrictransfer.config import DataConfig, RunConfig
+from metrictransfer.data.registry import build_dataset
+from metrictransfer.errors import ConfigError
+from metrictransfer.evaluation import embeddings_table
+from metrictransfer.evaluation.embed import extract_embeddings
+from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, save_embeddings
+from metrictransfer.evaluation.evaluate import with_test_transform
+from metrictransfer.runtime import distributed
+
+#: A table is embedded this many batches at a time: one chunk's embeddings are in memory at once.
+CHUNK_BATCHES = 64
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`embed_split_to_file` wrote."""
+
+    out: Path
+    count: int
+    dim: int
+    dtype: str
+    table: bool  # an embeddings table's folder (else an .npz)
+
+
+def writes_table(out: str | os.PathLike[str]) -> bool:
+    """Whether ``out`` names an embeddings table (anything but an ``.npz``)."""
+    return not str(out).endswith(".npz")
+
+
+def check_output(out: str | os.PathLike[str], dtype: str = "float32", overwrite: bool = False) -> None:
+    """Refuse what cannot be written, before any model is built or image embedded: another format than a
+    table's in half precision, an existing table without ``overwrite`` (an ``.npz`` is replaced, as ever)."""
+    if dtype not in embeddings_table.DTYPES:
+        raise ConfigError(f"unknown embeddings dtype {dtype!r}; valid: {', '.join(embeddings_table.DTYPES)}")
+    if not writes_table(out):
+        if dtype != "float32":
+            raise ConfigError(f"--dtype {dtype} applies to embeddings tables; an .npz holds float32 (name a folder in --out for a table)")
+        return
+    embeddings_table.check_output(Path(out), overwrite)
+
+
+def embed_split_to_file(
+    model: nn.Module,
+    config: RunConfig,
+    split: str,
+    out: str | os.PathLike[str],
+    device: torch.device,
+    *,
+    preprocess: DataConfig | None = None,
+    batch_size: int | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    model_record: dict[str, Any] | None = None,
+    progress: bool = False,
+    chunk_batches: int = CHUNK_BATCHES,
+) -> Written:
+    """Embed the ``split`` of ``config.data`` into ``out`` (an ``.npz``, else an embeddings table's folder)
+    and record the dataset, the split, each row's item name, the metric (``config.eval.metric``) and
+    ``model_record`` (what embedded the rows).
+
+    Under torchrun (an initialised process group) every process calls this with the same arguments and
+    embeds its share. Rows follow the dataset's order; images skipped as unreadable have no row."""
+    out = Path(out)
+    check_output(out, dtype, overwrite)
+    dataset: Any = build_dataset(config.data, split)
+    views = with_test_transform(dataset, preprocess or config.data)
+    ranks = distributed.current()
+    mine = range(ranks.rank, len(dataset), ranks.world)
+    model = model.to(device)
+    dim = int(cast(Any, model).embedding_dim)
+    batch_size = batch_size or config.eval.batch_size
+    if not writes_table(out):
+        data = _embed_whole(model, views, mine, config, split, batch_size, device, progress)
+        data.model = model_record
+        if ranks.main:
+            save_embeddings(out, data)
+        distributed.barrier()
+        return Written(out, len(data.labels), dim, "float32", table=False)
+
+    staging = _shared_staging(out, len(dataset), dim, dtype)
+    try:
+        rows, labels = _embed_into(staging, model, views, mine, batch_size, device, config.data.num_workers, progress, chunk_batches)
+        if ranks.world > 1:
+            rows, labels = (distributed.gather(t.to(device)).cpu() for t in (rows, labels))
+        order = torch.argsort(rows)
+        kept, kept_labels = rows[order].numpy(), labels[order].numpy()
+        distributed.barrier()  # every process's rows are on disk
+        if ranks.main:
+            masks = _masks(dataset, kept)
+            meta = {
+                "dataset": config.data.dataset,
+                "split": split,
+                "metric": config.eval.metric,
+                "model": model_record,
+                "written_by": f"metrictransfer {__version__}",
+            }
+            items = np.asarray(dataset.item_names, dtype=str)[kept]
+            embeddings_table.finish_table(staging, out, kept, kept_labels, items, meta, masks, overwrite)
+        distributed.barrier()
+    except BaseException:
+        if ranks.main:
+            embeddings_table.remove_staging(staging)
+        raise
+    return Written(out, len(kept), dim, dtype, table=True)
+
+
+def _embed_whole(
+    model: nn.Module,
+    views: Dataset[Any],
+    mine: range,
+    config: RunConfig,
+    split: str,
+    batch_size: int,
+    device: torch.device,
+    progress: bool,
+) -> EmbeddingsFile:
+    """Every row in memory (an .npz is written whole), gathered from all processes in the dataset's order."""
+    world = distributed.current().world
+    shard = Subset(views, mine) if world > 1 else views
+    embeddings, labels, indices = extract_embeddings(
+        model, shard, batch_size, device, config.data.num_workers, progress=progress, return_indices=True
+    )
+    if world > 1:
+        embeddings, labels, indices = (distributed.gather(t.to(device)).cpu() for t in (embeddings, labels, indices))
+        order = torch.argsort(indices)
+        embeddings, labels, indices = embeddings[order], labels[order], indices[order]
+    dataset: Any = getattr(views, "dataset", views)
+    rows = indices.numpy()
+    paths = getattr(dataset, "paths", None)
+    if paths is None:  # as embed_split names generated items' paths
+        paths = [f"{config.data.dataset}:{split}:{i}" for i in range(len(dataset))]
+    masks = _masks(dataset, rows)
+    return EmbeddingsFile(
+        embeddings.numpy(),
+        labels.numpy(),
+        paths=np.asarray(paths, dtype=str)[rows],
+        metric=config.eval.metric,
+        items=np.asarray(dataset.item_names, dtype=str)[rows],
+        dataset=config.data.dataset,
+        split=split,
+        is_query=masks.get("is_query"),
+        is_gallery=masks.get("is_gallery"),
+    )
+
+
+def _masks(dataset: Any, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """``is_query`` / ``is_gallery`` of the embedded rows, where the split has them (In-Shop's test split)."""
+    return {key: np.asarray(getattr(dataset, key))[rows] for key in embeddings_table.MASKS if getattr(dataset, key, None) is not None}
+
+
+def _shared_staging(out: Path, count: int, dim: int, dtype: str) -> Path:
+    """The first process creates the table's staging folder and zero-filled ``embeddings.npy``; every
+    process gets its path."""
+    ranks = distributed.current()
+    staging = None
+    if ranks.main:
+        staging = embeddings_table.new_staging(out)
+        try:
+            embeddings_table.create_rows(staging, count, dim, dtype)
+        except BaseException:
+            embeddings_table.remove_staging(staging)
+            raise
+    if ranks.world == 1:
+        return cast(Path, staging)
+    shared = [str(staging) if staging is not None else None]
+    dist.broadcast_object_list(shared, src=0)  # also the barrier: the file exists before anyone opens it
+    return Path(cast(str, shared[0]))
+
+
+def _embed_into(
+    staging: Path,
+    model: nn.Module,
+    views: Dataset[Any],
+    mine: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+    num_workers: int,
+    progress: bool,
+    chunk_batches: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's rows written into the table being built, ``chunk_batches`` batches at a time; returns
+    the dataset indices written and their labels."""
+    rows = embeddings_table.open_rows(staging)
+    indices, labels = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
+    step = batch_size * chunk_batches
+    with tqdm(total=len(mine), desc="embed", disable=not progress, leave=False, unit="image") as bar:
+        for start in range(0, len(mine), step):
+            chunk = mine[start : start + step]
+            embeddings, chunk_labels, chunk_indices = extract_embeddings(
+                model, Subset(views, chunk), batch_size, device, num_workers, return_indices=True
+            )
+            rows[chunk_indices.numpy()] = embeddings.numpy()  # converted to the table's dtype
+            indices.append(chunk_indices)
+            labels.append(chunk_labels)
+            bar.update(len(chunk))
+    rows.flush()
+    del rows
+    return torch.cat(indices), torch.cat(labels).long()
