@@ -16,6 +16,7 @@ from metrictransfer.data.transforms import build_transform, to_model_input
 from metrictransfer.errors import ConfigError, DataError
 from metrictransfer.evaluation.agreement import evaluate_agreement
 from metrictransfer.evaluation.embeddings_file import compare_items, load_embeddings
+from metrictransfer.evaluation.embeddings_table import TableRows, rows_by_index
 from metrictransfer.losses import TransferLoss
 from metrictransfer.methods.base import Method, build_label_loss, build_model, label_loss_groups
 from metrictransfer.methods.teaching import HintTaps, build_losses, capturing, needs_of, setup_items, setup_losses, teacher_inputs
@@ -32,8 +33,9 @@ def source_file_dim(path: str) -> int:
     return int(load_embeddings(path).embeddings.shape[1])
 
 
-def load_source_table(path: str, dataset: Dataset[Any]) -> torch.Tensor:
-    """Precomputed source embeddings, one row per training image in the dataset's order.
+def load_source_table(path: str, dataset: Dataset[Any]) -> torch.Tensor | TableRows:
+    """Precomputed source embeddings, one row per training image in the dataset's order: an .npz as one
+    float32 tensor, an embeddings table's folder memory-mapped (each step reads its batch's rows).
 
     The file must say that its rows are this very training set: the training split, the same dataset and
     the same item names in the same order. Rows of other images, or of these in another order, would
@@ -65,7 +67,7 @@ def load_source_table(path: str, dataset: Dataset[Any]) -> torch.Tensor:
     problem = compare_items(data.items, names)
     if problem:
         raise DataError(f"{path} is not the training set's embeddings: {problem}; {redo}")
-    return torch.from_numpy(data.embeddings).float()
+    return rows_by_index(data.embeddings)
 
 
 @register_method("transfer")
@@ -78,7 +80,8 @@ class TransferMethod(Method):
     """
 
     output = "target"
-    source_table: torch.Tensor  # a buffer, registered by prepare_training_set when reading precomputed embeddings
+    # precomputed embeddings, set by prepare_training_set: an .npz's as a buffer, a table's rows read from disk
+    source_table: torch.Tensor | TableRows
 
     def __init__(self, config: RunConfig, num_classes: int) -> None:
         super().__init__()
@@ -191,7 +194,11 @@ class TransferMethod(Method):
     def prepare_training_set(self, dataset: Dataset[Any]) -> None:
         setup_items(self._losses(), len(cast(Sized, dataset)))
         if self.source_file is not None:
-            self.register_buffer("source_table", load_source_table(self.source_file, dataset), persistent=False)
+            table = load_source_table(self.source_file, dataset)
+            if isinstance(table, torch.Tensor):
+                self.register_buffer("source_table", table, persistent=False)
+            else:  # memory-mapped: stays on disk, indexed by the steps' positions (training_loss)
+                self.source_table = table
 
     def trainable(self) -> dict[str, nn.Module]:
         modules: dict[str, nn.Module] = {"target": self.target}
