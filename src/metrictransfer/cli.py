@@ -100,10 +100,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("under torchrun give the run folder with --out: every process must write to the same one")
         run_dir = Path(args.out or f"runs/{config.name or Path(args.recipe).stem}-{_timestamp()}")
+    return _train_and_report(args, config, run_dir, resume=bool(args.resume))
+
+
+def _train_and_report(args: argparse.Namespace, config: Any, run_dir: Path, resume: bool = False) -> int:
+    """Train (or resume) the run, write its report, print where they are."""
     from metrictransfer.engine.trainer import train
 
     with _json_only(args):
-        results = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+        results = train(config, run_dir, resume=resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         from metrictransfer.report import write_report
 
@@ -133,6 +138,41 @@ def cmd_train(args: argparse.Namespace) -> int:
             final = ", ".join(f"{key} {value:.4f}" for key, value in results["final"].items())
             print(f"{run_dir}: trained {results['epochs']} epochs; final {final}; report: {run_dir / 'report.md'}")
     return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from metrictransfer.config import config_to_dict
+    from metrictransfer.distill import distill_config
+
+    config = distill_config(
+        args.source,
+        args.target,
+        args.dim,
+        args.images,
+        eval_data=args.eval_data,
+        source_weights=args.source_weights,
+        source_features=args.source_features,
+        source_image_size=args.source_image_size,
+        target_pretrained=args.target_pretrained,
+        target_weights=args.target_weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        lr=args.lr,
+        seed=args.seed,
+        overrides=list(args.set),
+    )
+    if args.print_recipe:
+        import yaml
+
+        print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+        return 0
+    if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("under torchrun give the run folder with --out: every process must write to the same one")
+    run_dir = Path(args.out or f"runs/distill-{_timestamp()}")
+    if not args.json:  # the recipe is the run's config.yaml: the run can be resumed, rerun or edited like any other
+        print(f"metrictransfer: recipe {run_dir / 'config.yaml'} (resume: metrictransfer train --resume {run_dir})", file=sys.stderr)
+    return _train_and_report(args, config, run_dir)
 
 
 def _already_finished(run_dir: Path, results: dict[str, Any], epochs: int, as_json: bool) -> int:
@@ -343,8 +383,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.query_gallery:
             raise ConfigError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
         model, config = load_embedding_model(args.checkpoint, name=args.model)
+        if config.eval.data is None and config.data.dataset == "unlabelled":
+            raise ConfigError(
+                f"{args.checkpoint} trained on unlabelled images and has no labelled test split; its agreement with "
+                f"its source is in {Path(args.checkpoint) / 'results.json'}. For Recall@K embed labelled images: "
+                "metrictransfer embed --checkpoint RUN ... or train with eval.data (distill --eval-data)"
+            )
         data = embed_split(model, config, "test", args.device, progress=sys.stderr.isatty())
-        source = f"{args.checkpoint}: {config.data.dataset} test split"
+        source = f"{args.checkpoint}: {(config.eval.data or config.data).dataset} test split"
         metric = args.metric or config.eval.metric
         ks = args.k or config.eval.recall_at
         embeddings, labels = torch.from_numpy(data.embeddings), torch.from_numpy(data.labels)
@@ -532,6 +578,18 @@ COMMANDS: dict[str, Command] = {
         "report.md and plots; prints a line per epoch and the final metrics (--json: one JSON object)",
         "getting-started.md, guides/transfer.md, guides/long-runs.md (resuming, torchrun), reference/configuration.md (every key)",
     ),
+    "distill": Command(
+        "distil a pretrained timm model into a small embedding model, on your images, without labels",
+        "Distil any timm model (a foundation model such as DINOv2, CLIP or SigLIP: pretrained weights by default, "
+        "--source-weights FILE offline) into a small target with a DIM-d head on a folder of images (or a CSV "
+        "list), without labels, with the relaxed contrastive loss. Builds an ordinary transfer recipe; "
+        "the result is an ordinary run (evaluate, export, index, search, report, train --resume).",
+        "the run folder (--out, default runs/distill-<timestamp>): config.yaml (the recipe), checkpoint.pt, log.csv, "
+        "results.json, report.md and plots; prints a line per epoch with Recall@K on --eval-data's test split, or "
+        "else agreement@k with the source on a tenth of the images held out, and the final metrics (--json: one "
+        "JSON object; --print-recipe: the recipe's YAML and nothing else)",
+        "guides/distill.md, guides/transfer.md",
+    ),
     "data": Command(
         "look at a dataset's files before training on it",
         "Look at a dataset's files before training on it: metrictransfer data inspect.",
@@ -692,6 +750,55 @@ def _add_train(train: argparse.ArgumentParser) -> None:
     )
     _json(train, "print exactly one JSON object at the end (run, final metrics, results and report paths); epoch lines go to stderr")
     train.set_defaults(func=cmd_train)
+
+
+def _add_distill(distill: argparse.ArgumentParser) -> None:
+    from metrictransfer import distill as defaults
+
+    distill.add_argument("--source", required=True, metavar="TIMM_NAME", help="the teacher: a timm model name with its weights tag")
+    distill.add_argument("--target", required=True, metavar="BACKBONE", help="the student's timm backbone (resnet18, ...)")
+    distill.add_argument("--dim", required=True, type=_positive_int, help="the student's embedding dimension")
+    distill.add_argument(
+        "--images",
+        required=True,
+        metavar="FOLDER_OR_CSV",
+        help="your images: a folder (searched recursively, no labels read) or a CSV list",
+    )
+    distill.add_argument(
+        "--eval-data", metavar="FOLDER_OR_CSV", help="labelled images to report Recall@K on (a folder per class, or a CSV): its test split"
+    )
+    distill.add_argument("--source-weights", metavar="FILE", help="a local state dict of the source: nothing is downloaded")
+    distill.add_argument(
+        "--source-features", choices=["pooled", "cls", "avg_max"], default="pooled", help="which features of the source (default: pooled)"
+    )
+    distill.add_argument("--source-image-size", type=_positive_int, help="the source's input side (default: its pretrained size)")
+    distill.add_argument(
+        "--target-pretrained", action="store_true", help="start the student from timm's pretrained weights (downloads them)"
+    )
+    distill.add_argument("--target-weights", metavar="FILE", help="start the student from a local state dict of its backbone")
+    distill.add_argument("--epochs", type=_positive_int, default=defaults.DEFAULT_EPOCHS, help=f"default {defaults.DEFAULT_EPOCHS}")
+    distill.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=defaults.DEFAULT_BATCH,
+        help=f"images per batch, two views each (default {defaults.DEFAULT_BATCH})",
+    )
+    distill.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=defaults.DEFAULT_IMAGE_SIZE,
+        help=f"the student's input side (default {defaults.DEFAULT_IMAGE_SIZE})",
+    )
+    distill.add_argument("--lr", type=float, default=defaults.DEFAULT_LR, help=f"learning rate (default {defaults.DEFAULT_LR:g})")
+    distill.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
+    distill.add_argument("--out", help="run folder (default runs/distill-<timestamp>)")
+    distill.add_argument("--overwrite", action="store_true", help="--out already holds a run: start anew over it")
+    distill.add_argument(
+        "--print-recipe", action="store_true", help="print the recipe's YAML and stop (edit it, then: metrictransfer train RECIPE)"
+    )
+    _overrides(distill)
+    _json(distill, "print exactly one JSON object at the end (run, final metrics, results and report paths); epoch lines go to stderr")
+    distill.set_defaults(func=cmd_distill)
 
 
 def _add_data(data: argparse.ArgumentParser) -> None:
@@ -868,6 +975,7 @@ def build_parser() -> argparse.ArgumentParser:
     adders = {
         "demo": _add_demo,
         "train": _add_train,
+        "distill": _add_distill,
         "data": _add_data,
         "embed": _add_embed,
         "evaluate": _add_evaluate,

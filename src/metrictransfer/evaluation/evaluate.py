@@ -112,7 +112,8 @@ def embed_split(
     batch_size: int | None = None,
     progress: bool = False,
 ) -> EmbeddingsFile:
-    """Embeddings, labels and item names of one split of a run's dataset, with the test-time transform.
+    """Embeddings, labels and item names of one split of a run's dataset, with the test-time transform
+    (``test``: of ``eval.data`` when the run has it, the data its test figures came from).
 
     The file records the dataset, the split and each row's item name (the image path relative to the
     dataset root; for the generated glyphs, see :func:`~metrictransfer.data.registry.glyph_item_names`),
@@ -120,20 +121,22 @@ def embed_split(
     ``dataset:split:index``. Rows follow the dataset's order; images skipped as unreadable have no row.
     """
     target = resolve_device(device or config.device)
-    dataset: Any = build_dataset(config.data, split)  # with item_names, and paths / is_query / is_gallery where the data has them
+    # the test split the run was evaluated on: eval.data when the run set it (training on unlabelled images)
+    data = config.eval.data if split == "test" and config.eval.data is not None else config.data
+    dataset: Any = build_dataset(data, split)  # with item_names, and paths / is_query / is_gallery where the data has them
     embeddings, labels, indices = extract_embeddings(
         model.to(target),
-        with_test_transform(dataset, config.data),
+        with_test_transform(dataset, data),
         batch_size or config.eval.batch_size,
         target,
-        config.data.num_workers,
+        data.num_workers,
         progress=progress,
         return_indices=True,
     )
     rows = indices.numpy()
     paths = getattr(dataset, "paths", None)
     if paths is None:  # as files of earlier versions named glyphs; ``items`` identifies them fully
-        paths = [f"{config.data.dataset}:{split}:{i}" for i in range(len(dataset))]
+        paths = [f"{data.dataset}:{split}:{i}" for i in range(len(dataset))]
     masks = {key: np.asarray(getattr(dataset, key))[rows] for key in ("is_query", "is_gallery") if getattr(dataset, key, None) is not None}
     return EmbeddingsFile(
         embeddings.numpy(),
@@ -141,7 +144,7 @@ def embed_split(
         paths=np.asarray(paths, dtype=str)[rows],
         metric=config.eval.metric,
         items=np.asarray(dataset.item_names, dtype=str)[rows],
-        dataset=config.data.dataset,
+        dataset=data.dataset,
         split=split,
         **masks,
     )

@@ -1,0 +1,110 @@
+"""`metrictransfer distill` on a generated folder of photos: one command, and the result is an ordinary run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from PIL import Image
+
+from metrictransfer.cli import main
+from metrictransfer.errors import MissingFileError
+
+
+def _photos(root: Path, classes: int = 4, per_class: int = 6, seed: int = 0) -> Path:
+    """Class folders of 40-px RGB JPEGs: each class a colour with noise and a bright square somewhere."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True)
+        colour = rng.integers(30, 220, 3)
+        for i in range(per_class):
+            pixels = np.clip(colour + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+            y, x = rng.integers(0, 30, 2)
+            pixels[y : y + 10, x : x + 10] = 255
+            Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A timm CNN's weights in a local file: the offline stand-in for a downloaded foundation model."""
+    path = tmp_path_factory.mktemp("teacher") / "resnet10t.pt"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet10t", num_classes=0).state_dict(), path)
+    return path
+
+
+def _distill(images: Path, out: Path, teacher: Path, *extra: str) -> list[str]:
+    return [
+        "distill",
+        "--source", "resnet10t", "--source-weights", str(teacher), "--source-image-size", "48",
+        "--target", "resnet10t", "--dim", "8", "--images", str(images), "--image-size", "32",
+        "--epochs", "1", "--batch-size", "8", "--out", str(out), "--set", "threads=1", *extra,
+    ]  # fmt: skip
+
+
+def test_distill_with_labelled_eval_data_is_an_ordinary_run(tmp_path, teacher, capsys):
+    """Catches a recipe that reads the training images' labels, evaluates on the wrong data, or leaves a run
+    that evaluate, export, index, search and report cannot use."""
+    images = _photos(tmp_path / "mine")
+    labelled = _photos(tmp_path / "labelled", seed=1)
+    run = tmp_path / "run"
+    assert main(_distill(images, run, teacher, "--eval-data", str(labelled), "--json")) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed["final"]) >= {"recall@1", "map@r"}
+    config = yaml.safe_load((run / "config.yaml").read_text())  # the recipe, rerunnable with train
+    assert config["method"] == "transfer" and config["data"]["dataset"] == "unlabelled"
+    assert config["transfer"]["source"] == {
+        "name": "resnet10t", "pretrained": False, "weights": str(teacher), "features": "pooled",
+        "image_size": 48, "normalization": "imagenet",
+    }  # fmt: skip
+    assert config["eval"]["data"]["dataset"] == "folder" and config["transfer"]["loss"]["name"] == "relaxed_contrastive"
+    assert (run / "report.md").is_file()
+
+    assert main(["evaluate", "--checkpoint", str(run), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["recall@1"] == pytest.approx(printed["final"]["recall@1"], abs=1e-6)  # the same test split
+    assert main(["export", "--checkpoint", str(run), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors"), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["index", "--checkpoint", str(run), "--images", str(labelled), "--out", str(tmp_path / "index")]) == 0
+    capsys.readouterr()
+    query = next((labelled / "class_2").iterdir())
+    assert main(["search", str(query), "--index", str(tmp_path / "index"), "--k", "3", "--json"]) == 0
+    assert str(query.name) in capsys.readouterr().out
+
+
+def test_distill_without_labels_reports_agreement_with_the_source(tmp_path, teacher, capsys):
+    """Catches an unlabelled run that cannot be evaluated at all, and evaluate failing in a dataset's words."""
+    images = _photos(tmp_path / "mine", classes=5, per_class=8)
+    run = tmp_path / "run"
+    assert main(_distill(images, run, teacher, "--set", "eval.agreement_at=[1,3]", "--json")) == 0
+    final = json.loads(capsys.readouterr().out)["final"]
+    assert set(final) == {"agreement@1", "agreement@3"} and all(0.0 <= v <= 1.0 for v in final.values())
+    log = (run / "log.csv").read_text().splitlines()
+    assert "agreement@1" in log[0] and len(log) == 2
+    assert "held-out" in (run / "report.md").read_text()
+    assert main(["evaluate", "--checkpoint", str(run)]) == 2
+    assert "unlabelled images" in capsys.readouterr().err
+
+
+def test_print_recipe_and_bad_input(tmp_path, teacher, capsys):
+    """Catches --print-recipe starting a run, and a missing image folder reported as a traceback."""
+    images = _photos(tmp_path / "mine", classes=2, per_class=3)
+    assert main(_distill(images, tmp_path / "run", teacher, "--print-recipe")) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"] == {
+        "backbone": "resnet10t", "embedding_dim": 8, "pretrained": False, "weights": None,
+        "normalize": False, "freeze_batchnorm": False, "sync_batchnorm": True,
+    }  # fmt: skip
+    assert not (tmp_path / "run").exists()
+    assert main(_distill(tmp_path / "nowhere", tmp_path / "run", teacher)) == 2
+    assert "--images" in capsys.readouterr().err
+    with pytest.raises(MissingFileError, match="--images"):
+        from metrictransfer.distill import distill_config
+
+        distill_config("resnet10t", "resnet10t", 8, tmp_path / "nowhere")
