@@ -105,9 +105,25 @@ def test_readme_commands_write_under_runs():
 
 # Toy sizes for every new training the README shows: a few classes, one epoch.
 TINY = ["--set", "data.num_classes=4", "--set", "data.classes_per_batch=4", "--set", "optim.epochs=1"]
+# ... and for a distillation, whose pretrained source cannot be downloaded here: the same architecture with
+# random weights in a local file (saved at its pretrained size, so loading resamples a ViT's positions too).
+TINY_DISTILL = ["--source-image-size", "56", "--image-size", "32", "--epochs", "1", "--batch-size", "6", "--set", "eval.agreement_at=[1]"]
 
 
-def test_readme_commands_run(tmp_path, monkeypatch, capsys):
+def _toy(args: list[str], scratch: Path) -> list[str]:
+    if args[0] == "train" and "--resume" not in args:
+        return args + TINY
+    if args[0] == "distill":
+        import timm
+
+        source = args[args.index("--source") + 1]
+        weights = scratch / "source.pt"
+        torch.save(timm.create_model(source.partition(".")[0], num_classes=0).state_dict(), weights)
+        return args + TINY_DISTILL + ["--source-weights", str(weights)]
+    return args
+
+
+def test_readme_commands_run(tmp_path, tmp_path_factory, monkeypatch, capsys):
     """Every metrictransfer command of the README, in order, as a user would type them from the repository
     root (here a temporary copy of it holding recipes/ and examples/), trainings at toy sizes. Afterwards
     the folder holds nothing new but runs/."""
@@ -119,7 +135,7 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
     threads = torch.get_num_threads()  # a recipe may set `threads`
     try:
         for args in CLI:
-            run = args + TINY if args[0] == "train" and "--resume" not in args else args
+            run = _toy(args, tmp_path_factory.mktemp("weights"))
             status = main(run)
             assert status == 0, f"`metrictransfer {shlex.join(run)}` exited {status}: {capsys.readouterr().err}"
             for option, value in zip(args, args[1:]):

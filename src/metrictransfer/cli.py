@@ -579,7 +579,7 @@ COMMANDS: dict[str, Command] = {
         "getting-started.md, guides/transfer.md, guides/long-runs.md (resuming, torchrun), reference/configuration.md (every key)",
     ),
     "distill": Command(
-        "distil a pretrained timm model into a small embedding model, on your images, without labels",
+        "distil any timm model into a small one on your images",
         "Distil any timm model (a foundation model such as DINOv2, CLIP or SigLIP: pretrained weights by default, "
         "--source-weights FILE offline) into a small target with a DIM-d head on a folder of images (or a CSV "
         "list), without labels, with the relaxed contrastive loss. Builds an ordinary transfer recipe; "

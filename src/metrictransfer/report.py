@@ -183,21 +183,19 @@ def _retrieval_sections(
 
 
 def _embedding_map(x: np.ndarray, labels: np.ndarray, out: Path, points: int, seed: int, split: str = "test") -> str:
-    """2-D layout of (at most ``points``) embeddings: UMAP when installed, t-SNE from scikit-learn otherwise."""
+    """2-D layout of (at most ``points``) embeddings: UMAP when installed, t-SNE from scikit-learn otherwise
+    (PCA for fewer than 5 points)."""
     import matplotlib.pyplot as plt
 
     if len(x) > points:
         keep = np.random.default_rng(seed).choice(len(x), points, replace=False)
         x, labels = x[keep], labels[keep]
-    try:
-        import umap
-
-        xy, method = umap.UMAP(random_state=seed).fit_transform(x), "UMAP"
-    except ImportError:
-        from sklearn.manifold import TSNE
-
-        perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
-        xy, method = TSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(x), "t-SNE"
+    if len(x) < 5:  # too few points for a neighbourhood embedding: the first two principal axes
+        centred = x - x.mean(axis=0)
+        axes = np.linalg.svd(centred, full_matrices=False)[2][:2]
+        xy, method = np.pad(centred @ axes.T, ((0, 0), (0, 2 - len(axes)))), "PCA"
+    else:
+        xy, method = _neighbourhood_layout(x, seed)
     fig, ax = plt.subplots(figsize=(6, 6), dpi=120)
     ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=6)
     ax.set_xticks([])
@@ -207,3 +205,16 @@ def _embedding_map(x: np.ndarray, labels: np.ndarray, out: Path, points: int, se
     save_figure(fig, out)
     plt.close(fig)
     return method
+
+
+def _neighbourhood_layout(x: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    """UMAP when installed, t-SNE from scikit-learn otherwise."""
+    try:
+        import umap
+
+        return umap.UMAP(random_state=seed).fit_transform(x), "UMAP"
+    except ImportError:
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+        return TSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(x), "t-SNE"

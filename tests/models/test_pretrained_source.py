@@ -74,7 +74,8 @@ def test_the_config_resolves_size_and_normalisation_and_checks_names():
     config = build_config({"method": "transfer", "transfer": {"source": "vit_tiny_patch16_224.augreg_in21k"}})
     source = config.transfer.source
     assert (source.image_size, source.normalization, source.pretrained) == (224, "inception", True)
-    assert build_config({"method": "transfer", "transfer": {"source": {"name": "resnet10t", "image_size": 48}}}).transfer.source.image_size == 48
+    sized = build_config({"method": "transfer", "transfer": {"source": {"name": "resnet10t", "image_size": 48}}})
+    assert sized.transfer.source.image_size == 48
     with pytest.raises(ConfigError, match="transfer.source: unknown timm model 'resnet_nope'"):
         build_config({"method": "transfer", "transfer": {"source": "resnet_nope"}})
     with pytest.raises(ConfigError, match="no weights 'bad'"):

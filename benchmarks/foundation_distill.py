@@ -1,0 +1,232 @@
+"""Distilling a foundation-style teacher into the demo's small target on unlabelled images: which loss?
+
+    .venv/bin/python benchmarks/foundation_distill.py [--seeds 0 1 2] [--epochs-scale 1.0] [--work runs/foundation_distill]
+
+No pretrained weights can be downloaded here, so a stand-in plays the foundation model (DINOv2, CLIP, ...):
+
+* **Teacher**: ResNet-18-D (11 M parameters, twice the target's), trained self-supervised (NT-Xent between
+  two views of each image, no label read) on *broad* data that includes the task's domain: every one of
+  the 140 glyph classes, the held-out test classes too, rendered with another data seed (glyph_seed 1),
+  so it never saw the evaluation images themselves. That is the position of a foundation model: large,
+  trained without the task's labels on data that covers the domain. It is read as any timm model through
+  ``transfer.source`` (``features: avg_max`` of its backbone, 512-d, no head of ours): its weights file is
+  a plain timm state dict.
+* **Target**: the demo's ResNet-10t with a 32-d head, trained 10 epochs on the glyph training split's
+  images *without their labels* (label-free batches), from the teacher with each transfer loss.
+* **References**: the teacher itself (its 512-d features), and the target trained alone *with* the
+  training labels (the demo's target_alone: Proxy-Anchor).
+
+Everything is evaluated once, at the final epoch, by kNN Recall@K on the held-out glyph classes (no epoch
+or setting is chosen on them). Also times one training step per loss (median of 10 rounds in which the losses
+take turns, one process, after 3 warm-up steps each). Finished runs in ``--work`` are reused.
+Writes benchmarks/results/foundation_distill.md
+and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from common import Stepper, mean_std, train_once
+
+from metrictransfer.demo import DEMO_DATA, DEMO_TARGET
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+TEACHER_EPOCHS = 20
+# The transfer losses compared, with the parameters each is run with (no tuning: the defaults, or the
+# demo's settings for relaxed contrastive).
+LOSSES = {
+    "relaxed_contrastive": {"name": "relaxed_contrastive", "params": {"sigma": 1.0, "delta": 1.0}},
+    "proj_cosine": {"name": "proj_cosine"},
+    "proj_mse": {"name": "proj_mse"},
+    "queue_distill": {"name": "queue_distill", "params": {"queue_size": 1024}},
+    "rkd": {"name": "rkd"},
+    "pkt": {"name": "pkt"},
+}
+LABELS = {
+    "relaxed_contrastive": "relaxed contrastive (Kim et al. 2021)",
+    "proj_cosine": "feature regression, cosine, learned linear projector",
+    "proj_mse": "feature regression, MSE on L2-normalised features, learned linear projector",
+    "queue_distill": "pseudo-classifier over a queue of teacher features (LightlyTrain distillation v1 style)",
+    "rkd": "RKD distance + angle",
+    "pkt": "PKT",
+}
+
+
+def teacher_images(folder: Path) -> Path:
+    """Every glyph class (train and test classes) rendered with data seed 1, as an unlabelled folder of PNGs."""
+    from metrictransfer.config import build_config
+    from metrictransfer.data.registry import build_dataset
+
+    done = folder / ".complete"
+    if done.is_file():
+        return folder
+    data = build_config({"data": {"dataset": "glyphs", "glyph_seed": 1}}).data
+    for split in ("train", "test"):
+        dataset = build_dataset(data, split)
+        for i in range(len(dataset)):
+            image, _ = dataset[i]
+            path = folder / split / f"{i:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+    done.write_text("")
+    return folder
+
+
+def teacher_config(images: Path, epochs_scale: float) -> dict:
+    return {
+        "method": "selfsup",
+        "name": "teacher",
+        "seed": 0,
+        "data": {**DEMO_DATA, "dataset": "unlabelled", "root": str(images)},
+        "model": {"backbone": "resnet18d", "embedding_dim": 128, "normalize": True},
+        "optim": {"lr": 1e-3, "epochs": max(1, round(TEACHER_EPOCHS * epochs_scale))},
+        # evaluated once, at the end, only to report it (the student's test classes): nothing is chosen on it
+        "eval": {"data": {**DEMO_DATA}, "every": 0, "recall_at": [1, 2, 4, 8]},
+    }
+
+
+def export_backbone(run: Path, out: Path) -> Path:
+    """The teacher's backbone as a plain timm state dict: what a user would download for a foundation model."""
+    from metrictransfer.runtime.checkpoint import load_embedding_model
+
+    if not out.is_file():
+        model, _ = load_embedding_model(run)
+        torch.save(model.backbone.state_dict(), out)
+    return out
+
+
+def source_section(weights: Path) -> dict:
+    return {"name": "resnet18d", "weights": str(weights), "features": "avg_max", "image_size": 32, "normalization": "imagenet"}
+
+
+def student_config(loss: str, weights: Path, seed: int, epochs_scale: float) -> dict:
+    raw = json.loads(json.dumps(DEMO_TARGET))
+    raw.pop("metric_loss")
+    raw.update({"method": "transfer", "name": loss, "seed": seed})
+    raw["optim"]["epochs"] = max(1, round(raw["optim"]["epochs"] * epochs_scale))
+    raw["eval"] = {**raw["eval"], "every": 0}
+    raw["transfer"] = {"source": source_section(weights), "loss": LOSSES[loss]}
+    return raw
+
+
+def alone_config(seed: int, epochs_scale: float) -> dict:
+    raw = json.loads(json.dumps(DEMO_TARGET))
+    raw.update({"method": "source", "name": "target_alone", "seed": seed})
+    raw["optim"]["epochs"] = max(1, round(raw["optim"]["epochs"] * epochs_scale))
+    raw["eval"] = {**raw["eval"], "every": 0}
+    return raw
+
+
+def teacher_recall(weights: Path) -> dict[str, float]:
+    """Recall@K of the teacher's own features (as the students see them) on the held-out classes."""
+    from metrictransfer.config import build_config
+    from metrictransfer.evaluation.evaluate import evaluate_model, test_dataset
+    from metrictransfer.models.pretrained import PretrainedFeatures
+
+    config = build_config({"data": DEMO_DATA, "eval": {"recall_at": [1, 2, 4, 8]}})
+    model = PretrainedFeatures("resnet18d", pretrained=False, weights=weights, features="avg_max", image_size=32)
+    return evaluate_model(model, test_dataset(config), config, torch.device("cpu"))
+
+
+def step_seconds(weights: Path, rounds: int = 10, warmup: int = 3) -> dict[str, float]:
+    """Median seconds of one training step (teacher forward, loss, backward, update) per loss, on one batch
+    each; the losses take turns within each round, so machine noise falls on all of them alike."""
+    steppers = {loss: Stepper(student_config(loss, weights, 0, 1.0), origin=f"foundation_distill step {loss}") for loss in LOSSES}
+    batches = {loss: stepper.next_batch() for loss, stepper in steppers.items()}
+    for loss, stepper in steppers.items():
+        for _ in range(warmup):
+            stepper.update(*batches[loss])
+    times: dict[str, list[float]] = {loss: [] for loss in LOSSES}
+    for _ in range(rounds):
+        for loss, stepper in steppers.items():
+            started = time.perf_counter()
+            stepper.update(*batches[loss])
+            times[loss].append(time.perf_counter() - started)
+    return {loss: statistics.median(values) for loss, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs-scale", type=float, default=1.0)
+    parser.add_argument("--work", default="runs/foundation_distill")
+    args = parser.parse_args()
+
+    work, started = Path(args.work), time.perf_counter()
+    images = teacher_images(work / "teacher_images")
+    teacher = train_once(teacher_config(images, args.epochs_scale), work / "teacher", "foundation_distill")
+    weights = export_backbone(work / "teacher", work / "teacher_backbone.pt")
+    finals: dict[str, dict[int, dict]] = {}
+    for seed in args.seeds:
+        finals.setdefault("target_alone", {})[seed] = train_once(
+            alone_config(seed, args.epochs_scale), work / f"seed{seed}" / "target_alone", "foundation_distill"
+        )["final"]
+        for loss in LOSSES:
+            out = work / f"seed{seed}" / loss
+            finals.setdefault(loss, {})[seed] = train_once(
+                student_config(loss, weights, seed, args.epochs_scale), out, "foundation_distill"
+            )["final"]
+    features = teacher_recall(weights)
+    timings = step_seconds(weights)
+
+    ks = ["recall@1", "recall@2", "recall@4", "recall@8"]
+    header = "| model | labels used | " + " | ".join(k.replace("recall@", "R@") for k in ks) + " | step (s) | step ratio |"
+    lines = [
+        f"# Distilling a foundation-style teacher on unlabelled images: kNN Recall@K (%) on held-out glyph classes, seeds {args.seeds}",
+        "",
+        f"Command: `.venv/bin/python benchmarks/foundation_distill.py --seeds {' '.join(map(str, args.seeds))}"
+        f" --epochs-scale {args.epochs_scale}`  ",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"{(time.perf_counter() - started) / 60:.0f} min this time (finished runs reused).",
+        "",
+        "Teacher: ResNet-18-D trained self-supervised on all 140 glyph classes rendered with another data seed "
+        "(no labels); read as a timm model with a local weights file (`transfer.source`, features avg_max, 512-d). "
+        "Target: ResNet-10t, 32-d, 10 epochs on the training split's images without labels. Final epoch, no selection.",
+        "",
+        header,
+        "|---|---|" + "---:|" * (len(ks) + 2),
+        "| teacher, its own 512-d features (one model) | none | " + " | ".join(f"{100 * features[k]:.1f}" for k in ks) + " | | |",
+        "| teacher, its 128-d trained head (for reference) | none | "
+        + " | ".join(f"{100 * teacher['final'][k]:.1f}" for k in ks)
+        + " | | |",
+        "| target alone, Proxy-Anchor | training classes | "
+        + " | ".join(mean_std([f[k] for f in finals["target_alone"].values()]) for k in ks)
+        + " | | |",
+    ]
+    base = timings["relaxed_contrastive"]
+    for loss, label in LABELS.items():
+        cells = " | ".join(mean_std([f[k] for f in finals[loss].values()]) for k in ks)
+        lines.append(f"| target ← teacher: {label} | none | {cells} | {timings[loss]:.3f} | {timings[loss] / base:.2f} |")
+    lines += [
+        "",
+        "Step: median seconds of one training step of the target (teacher forward, loss, backward, update) on one "
+        "90-image batch × 2 views, median of 10 rounds in which the losses take turns (one process); ratio to relaxed contrastive.",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "foundation_distill.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "foundation_distill.json").write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "teacher_features": features,
+                "teacher_head": teacher["final"],
+                "final": finals,
+                "step_seconds": timings,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
