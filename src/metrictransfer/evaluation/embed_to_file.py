@@ -36,7 +36,7 @@ from metrictransfer.errors import ConfigError
 from metrictransfer.evaluation import embeddings_table
 from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, save_embeddings
-from metrictransfer.evaluation.evaluate import with_test_transform
+from metrictransfer.evaluation.evaluate import rows_file, split_data, with_test_transform
 from metrictransfer.runtime import distributed
 
 #: A table is embedded this many batches at a time: one chunk's embeddings are in memory at once.
@@ -86,7 +86,7 @@ def embed_split_to_file(
     progress: bool = False,
     chunk_batches: int = CHUNK_BATCHES,
 ) -> Written:
-    """Embed the ``split`` of ``config.data`` into ``out`` (an ``.npz``, else an embeddings table's folder)
+    """Embed the ``split`` of the run's data (:func:`split_data`) into ``out`` (an ``.npz``, else an embeddings table's folder)
     and record the dataset, the split, each row's item name, the metric (``config.eval.metric``) and
     ``model_record`` (what embedded the rows).
 
@@ -94,20 +94,21 @@ def embed_split_to_file(
     embeds its share. Rows follow the dataset's order; images skipped as unreadable have no row."""
     out = Path(out)
     check_output(out, dtype, overwrite)
-    dataset: Any = build_dataset(config.data, split)
-    views = with_test_transform(dataset, preprocess or config.data)
+    data = split_data(config, split)
+    dataset: Any = build_dataset(data, split)
+    views = with_test_transform(dataset, preprocess or data)
     ranks = distributed.current()
     mine = range(ranks.rank, len(dataset), ranks.world)
     model = model.to(device)
     dim = int(cast(Any, model).embedding_dim)
     batch_size = batch_size or config.eval.batch_size
     if not writes_table(out):
-        data = _embed_whole(model, views, mine, config, split, batch_size, device, progress)
-        data.model = model_record
+        whole = _embed_whole(model, views, mine, config, split, batch_size, device, progress)
+        whole.model = model_record
         if ranks.main:
-            save_embeddings(out, data)
+            save_embeddings(out, whole)
         distributed.barrier()
-        return Written(out, len(data.labels), dim, "float32", table=False)
+        return Written(out, len(whole.labels), dim, "float32", table=False)
 
     staging = _shared_staging(out, len(dataset), dim, dtype)
     try:
@@ -120,7 +121,7 @@ def embed_split_to_file(
         if ranks.main:
             masks = _masks(dataset, kept)
             meta = {
-                "dataset": config.data.dataset,
+                "dataset": data.dataset,
                 "split": split,
                 "metric": config.eval.metric,
                 "model": model_record,
@@ -157,22 +158,7 @@ def _embed_whole(
         order = torch.argsort(indices)
         embeddings, labels, indices = embeddings[order], labels[order], indices[order]
     dataset: Any = getattr(views, "dataset", views)
-    rows = indices.numpy()
-    paths = getattr(dataset, "paths", None)
-    if paths is None:  # as embed_split names generated items' paths
-        paths = [f"{config.data.dataset}:{split}:{i}" for i in range(len(dataset))]
-    masks = _masks(dataset, rows)
-    return EmbeddingsFile(
-        embeddings.numpy(),
-        labels.numpy(),
-        paths=np.asarray(paths, dtype=str)[rows],
-        metric=config.eval.metric,
-        items=np.asarray(dataset.item_names, dtype=str)[rows],
-        dataset=config.data.dataset,
-        split=split,
-        is_query=masks.get("is_query"),
-        is_gallery=masks.get("is_gallery"),
-    )
+    return rows_file(dataset, embeddings, labels, indices, split_data(config, split).dataset, split, config.eval.metric)
 
 
 def _masks(dataset: Any, rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -121,8 +121,7 @@ def embed_split(
     ``dataset:split:index``. Rows follow the dataset's order; images skipped as unreadable have no row.
     """
     target = resolve_device(device or config.device)
-    # the test split the run was evaluated on: eval.data when the run set it (training on unlabelled images)
-    data = config.eval.data if split == "test" and config.eval.data is not None else config.data
+    data = split_data(config, split)
     dataset: Any = build_dataset(data, split)  # with item_names, and paths / is_query / is_gallery where the data has them
     embeddings, labels, indices = extract_embeddings(
         model.to(target),
@@ -133,18 +132,32 @@ def embed_split(
         progress=progress,
         return_indices=True,
     )
+    return rows_file(dataset, embeddings, labels, indices, data.dataset, split, config.eval.metric)
+
+
+def split_data(config: RunConfig, split: str) -> DataConfig:
+    """The data a run's ``split`` comes from: for the test split ``eval.data`` when the run has it (the data
+    its test figures came from, as when training on unlabelled images), else ``data``."""
+    return config.eval.data if split == "test" and config.eval.data is not None else config.data
+
+
+def rows_file(
+    dataset: Any, embeddings: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, dataset_name: str, split: str, metric: str
+) -> EmbeddingsFile:
+    """The embedded rows of ``dataset`` (``indices``: each row's item; skipped images have none) as an
+    :class:`EmbeddingsFile` naming each row's item, path and query/gallery role."""
     rows = indices.numpy()
     paths = getattr(dataset, "paths", None)
     if paths is None:  # as files of earlier versions named glyphs; ``items`` identifies them fully
-        paths = [f"{data.dataset}:{split}:{i}" for i in range(len(dataset))]
+        paths = [f"{dataset_name}:{split}:{i}" for i in range(len(dataset))]
     masks = {key: np.asarray(getattr(dataset, key))[rows] for key in ("is_query", "is_gallery") if getattr(dataset, key, None) is not None}
     return EmbeddingsFile(
         embeddings.numpy(),
         labels.numpy(),
         paths=np.asarray(paths, dtype=str)[rows],
-        metric=config.eval.metric,
+        metric=metric,
         items=np.asarray(dataset.item_names, dtype=str)[rows],
-        dataset=data.dataset,
+        dataset=dataset_name,
         split=split,
         **masks,
     )
