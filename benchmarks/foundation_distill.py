@@ -39,7 +39,7 @@ from metrictransfer.demo import DEMO_DATA, DEMO_TARGET
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-TEACHER_EPOCHS = 20
+TEACHER_EPOCHS = 10
 # The transfer losses compared, with the parameters each is run with (no tuning: the defaults, or the
 # demo's settings for relaxed contrastive).
 LOSSES = {
