@@ -11,7 +11,7 @@ No pretrained weights can be downloaded here, so a stand-in plays the foundation
   trained without the task's labels on data that covers the domain. It is read as any timm model through
   ``transfer.source`` (``features: avg_max`` of its backbone, 512-d, no head of ours): its weights file is
   a plain timm state dict.
-* **Target**: the demo's ResNet-10t with a 32-d head, trained 10 epochs on the glyph training split's
+* **Target**: the demo's ResNet-10t with a 32-d head, trained 10 epochs × ``--epochs-scale`` on the glyph training split's
   images *without their labels* (label-free batches), from the teacher with each transfer loss.
 * **References**: the teacher itself (its 512-d features), and the target trained alone *with* the
   training labels (the demo's target_alone: Proxy-Anchor).
@@ -80,14 +80,14 @@ def teacher_images(folder: Path) -> Path:
     return folder
 
 
-def teacher_config(images: Path, epochs_scale: float) -> dict:
+def teacher_config(images: Path, epochs: int) -> dict:
     return {
         "method": "selfsup",
         "name": "teacher",
         "seed": 0,
         "data": {**DEMO_DATA, "dataset": "unlabelled", "root": str(images)},
         "model": {"backbone": "resnet18d", "embedding_dim": 128, "normalize": True},
-        "optim": {"lr": 1e-3, "epochs": max(1, round(TEACHER_EPOCHS * epochs_scale))},
+        "optim": {"lr": 1e-3, "epochs": epochs},
         # evaluated once, at the end, only to report it (the student's test classes): nothing is chosen on it
         "eval": {"data": {**DEMO_DATA}, "every": 0, "recall_at": [1, 2, 4, 8]},
     }
@@ -156,13 +156,14 @@ def step_seconds(weights: Path, rounds: int = 10, warmup: int = 3) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs-scale", type=float, default=1.0)
+    parser.add_argument("--epochs-scale", type=float, default=1.0, help="of the targets' 10 epochs")
+    parser.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
     parser.add_argument("--work", default="runs/foundation_distill")
     args = parser.parse_args()
 
     work, started = Path(args.work), time.perf_counter()
     images = teacher_images(work / "teacher_images")
-    teacher = train_once(teacher_config(images, args.epochs_scale), work / "teacher", "foundation_distill")
+    teacher = train_once(teacher_config(images, args.teacher_epochs), work / "teacher", "foundation_distill")
     weights = export_backbone(work / "teacher", work / "teacher_backbone.pt")
     finals: dict[str, dict[int, dict]] = {}
     for seed in args.seeds:
@@ -183,13 +184,14 @@ def main() -> None:
         f"# Distilling a foundation-style teacher on unlabelled images: kNN Recall@K (%) on held-out glyph classes, seeds {args.seeds}",
         "",
         f"Command: `.venv/bin/python benchmarks/foundation_distill.py --seeds {' '.join(map(str, args.seeds))}"
-        f" --epochs-scale {args.epochs_scale}`  ",
+        f" --epochs-scale {args.epochs_scale} --teacher-epochs {args.teacher_epochs}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
         f"{(time.perf_counter() - started) / 60:.0f} min this time (finished runs reused).",
         "",
         "Teacher: ResNet-18-D trained self-supervised on all 140 glyph classes rendered with another data seed "
-        "(no labels); read as a timm model with a local weights file (`transfer.source`, features avg_max, 512-d). "
-        "Target: ResNet-10t, 32-d, 10 epochs on the training split's images without labels. Final epoch, no selection.",
+        f"(no labels), {args.teacher_epochs} epochs; read as a timm model with a local weights file (`transfer.source`, "
+        f"features avg_max, 512-d). Targets: ResNet-10t, 32-d, {max(1, round(10 * args.epochs_scale))} epochs (the demo's "
+        "target has 10), the transfers on the training split's images without labels. Final epoch, no selection.",
         "",
         header,
         "|---|---|" + "---:|" * (len(ks) + 2),
