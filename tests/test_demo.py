@@ -75,3 +75,18 @@ def test_tiny_demo_prints_percent_and_a_conclusion_and_writes_a_combined_report(
     for name in MODELS:  # each model's own retrieval grid drew the same queries
         own = re.search(r"^Query items \(test split\): ([\d, ]+)\.$", (out / name / "report.md").read_text(), flags=re.M)
         assert own and own.group(1) == shared.group(1), name
+
+
+def _demo_output_blocks(text: str) -> list[str]:
+    return [block for block in re.findall(r"^```text\n(.*?)^```", text, flags=re.S | re.M) if block.startswith("| model ")]
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md"])
+def test_the_quick_start_shows_what_the_demo_prints_for_seed_0(page):
+    """The demo's table and conclusion quoted in the quick start are what the demo prints for seed 0 with the
+    benchmark's figures (benchmarks/results/demo_quality.json): refreshed with it, never made up."""
+    bench = json.loads(BENCHMARK.read_text())
+    models = bench["per_seed"]["0"]["models"]
+    expected = format_table(models) + "\n" + conclusion(models, seed=0)["text"] + "\n"
+    blocks = _demo_output_blocks((BENCHMARK.parents[2] / page).read_text())
+    assert blocks == [expected], f"refresh the demo's output in {page} from benchmarks/results/demo_quality.json (seed 0)"
