@@ -169,7 +169,7 @@ def _retrieval_sections(
         + ("gallery images" if is_query is not None else f"{split} images")
         + f", nearest first, with distances{colours}.",
         "",
-        f"Query items ({split} images): {', '.join(str(int(i)) for i in picked)}.",
+        f"Query items ({'test split' if labelled else 'held-out images'}): {', '.join(str(int(i)) for i in picked)}.",
         "",
         "![retrieval](retrieval.png)",
         "",
