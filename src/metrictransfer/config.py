@@ -36,6 +36,11 @@ def _check_name(value: str, registry: Registry[Any] | tuple[str, ...], what: str
     return value
 
 
+def _normalization_name(value: str) -> str:
+    """A named input convention, or ``model``: the backbone's own, resolved when the configuration loads."""
+    return value if value == "model" else _check_name(value, NORMALIZATIONS, "normalization")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
 
@@ -127,7 +132,7 @@ class DataConfig(Strict):
     @field_validator("normalization")
     @classmethod
     def _normalization(cls, v: str) -> str:
-        return v if v == "model" else _check_name(v, NORMALIZATIONS, "normalization")
+        return _normalization_name(v)
 
     @model_validator(mode="after")
     def _follow_the_data(self) -> "DataConfig":
@@ -227,7 +232,7 @@ class SourceModelConfig(Strict):
     @field_validator("normalization")
     @classmethod
     def _normalization(cls, v: str) -> str:
-        return v if v == "model" else _check_name(v, NORMALIZATIONS, "normalization")
+        return _normalization_name(v)
 
     @model_validator(mode="after")
     def _resolve(self) -> "SourceModelConfig":

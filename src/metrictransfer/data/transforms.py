@@ -78,6 +78,11 @@ def build_transform(name: str, train: bool, image_size: int, normalization: str 
     return train_builder(image_size, normalization, strength)
 
 
+def feed_each(pixels: torch.Tensor, feeds: tuple[tuple[int, str], ...]) -> tuple[torch.Tensor, ...]:
+    """The same plain-RGB views as each model takes them, one ``(size, normalization)`` per model."""
+    return tuple(to_model_input(pixels, size, normalization) for size, normalization in feeds)
+
+
 def to_model_input(pixels: torch.Tensor, size: int, normalization: str) -> torch.Tensor:
     """Views in plain RGB, [0, 1] (``normalization: none``), as one model takes them: resized to ``size`` ×
     ``size`` (bilinear, antialiased, as ``v2.Resize`` does on tensors) and normalised by its convention.

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from metrictransfer.data.multiview import MultiViewDataset
-from metrictransfer.data.transforms import build_transform, to_model_input
+from metrictransfer.data.transforms import build_transform, feed_each
 from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.knn import pair_distances, prepare
 
@@ -72,7 +72,7 @@ class _FedPair(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         target_images = source_images = images
         if self.feeds is not None:
-            target_images, source_images = (to_model_input(images, size, norm) for size, norm in self.feeds)
+            target_images, source_images = feed_each(images, self.feeds)
         ours = self.target(target_images).float()
         self.target_dim = ours.shape[1]
         return torch.cat([ours, self.source(source_images).float()], dim=1)

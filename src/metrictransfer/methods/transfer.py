@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from metrictransfer.config import DataConfig, RunConfig
 from metrictransfer.data.holdout import LabelledSubset
-from metrictransfer.data.transforms import build_transform, to_model_input
+from metrictransfer.data.transforms import build_transform, feed_each
 from metrictransfer.errors import ConfigError, DataError
 from metrictransfer.evaluation.agreement import evaluate_agreement
 from metrictransfer.evaluation.embeddings_file import compare_items, load_embeddings
@@ -217,7 +217,7 @@ class TransferMethod(Method):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         target_images = source_images = images
         if self.feeds is not None:  # one augmented view, resized and normalised for each model
-            target_images, source_images = (to_model_input(images, size, norm) for size, norm in self.feeds)
+            target_images, source_images = feed_each(images, self.feeds)
         with capturing([self.hints.learner, self.hints.teacher] if self.hints else []):
             if self.source is None:  # precomputed: one row per training image, the same for all its views
                 source_embeddings = self.source_table[indices]

@@ -69,9 +69,7 @@ class EmbeddingModel(nn.Module):
         return self
 
     def _autocast(self, images: torch.Tensor) -> AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(images.device.type, dtype=self.autocast_dtype)
+        return autocast_to(self.autocast_dtype, images)
 
     def architecture(self) -> dict[str, Any]:
         """What rebuilds this model around a state dict (checkpoints store it per model)."""
@@ -169,6 +167,11 @@ def _reachable(url: str, seconds: float = HOST_PROBE_SECONDS) -> bool:
     thread.start()
     thread.join(seconds)
     return opened.is_set()
+
+
+def autocast_to(dtype: torch.dtype | None, images: torch.Tensor) -> AbstractContextManager[Any]:
+    """Autocast to the run's half precision (``dtype``) on the images' device, or nothing for float32."""
+    return nullcontext() if dtype is None else torch.autocast(images.device.type, dtype=dtype)
 
 
 def _first_line(err: BaseException) -> str:

@@ -9,7 +9,6 @@ without autograd (the transfer method sees to that), in the run's precision (``a
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 
 from metrictransfer.errors import ConfigError
 from metrictransfer.model_names import check_backbone_name, pretrained_input_size
-from metrictransfer.models.embedding import create_backbone, load_backbone_weights
+from metrictransfer.models.embedding import autocast_to, create_backbone, load_backbone_weights
 
 #: How the features are read from the model: ``pooled`` is the model's own pooled, pre-logits output
 #: (the CLS token or the token average for ViTs, as each model was trained; global pooling for CNNs);
@@ -72,13 +71,8 @@ class PretrainedFeatures(nn.Module):
         with torch.no_grad():  # the width of the features, whatever the architecture's head does
             self.embedding_dim = int(self(torch.zeros(1, 3, self.image_size, self.image_size)).shape[1])
 
-    def _autocast(self, images: torch.Tensor) -> AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(images.device.type, dtype=self.autocast_dtype)
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with self._autocast(images):
+        with autocast_to(self.autocast_dtype, images):
             if self.features == "pooled":
                 out: torch.Tensor = self.model(images)  # built with num_classes=0: pooled pre-logits features
             else:
