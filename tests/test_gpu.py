@@ -156,7 +156,7 @@ def test_a_reduced_precision_step_is_finite_and_close_to_float32(precision, meas
     images, labels = _batch()
     loss32 = plain.training_loss(images, labels)[0]
     loss32.backward()
-    scaler = torch.amp.GradScaler(DEVICE.type, enabled=precision == "16")
+    scaler = torch.amp.GradScaler(DEVICE.type, init_scale=trainer.FLOAT16_INITIAL_SCALE, enabled=precision == "16")  # as the trainer's
     optimizer = torch.optim.SGD(reduced.parameters(), lr=0.0)  # only for the scaler's unscale and skip logic
     for attempt in range(40):  # noqa: B007  (read after the loop: how many steps the scaler skipped)
         optimizer.zero_grad(set_to_none=True)
@@ -181,6 +181,7 @@ def test_a_reduced_precision_step_is_finite_and_close_to_float32(precision, meas
     measure("gradient relative error", relative, limits["relative"])
     measure("scaler skips before finite gradients", attempt)
     assert loss_error <= limits["loss"] and cosine >= limits["cosine"] and relative <= limits["relative"], (loss_error, cosine, relative)
+    assert attempt == 0, f"the trainer's initial loss scale overflowed {attempt} times"  # each a step lost
 
 
 @pytest.mark.parametrize("precision", ["bf16", pytest.param("16", marks=needs_cuda)])

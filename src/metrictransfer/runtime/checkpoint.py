@@ -157,7 +157,7 @@ def load_embedding_model(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu", name: str | None = None
 ) -> tuple[EmbeddingModel, RunConfig]:
     """A trained embedding model of a run and the run's configuration: its ``output`` model, or the
-    model called ``name`` (a cohort's ``member1``, say)."""
+    model called ``name`` (a cohort's ``member1``, say), with its weights on ``map_location``."""
     model, config, _ = load_source_model(path, map_location, name)
     return model, config
 
@@ -185,7 +185,7 @@ def load_source_model(
         arch.get("backbone", m.backbone), outputs, pretrained=False, weights=None, normalize=arch.get("normalize", m.normalize)
     )
     model.load_state_dict(weights)
-    return model, config, state.get(TRAINING_DATA_KEY)
+    return model.to(map_location), config, state.get(TRAINING_DATA_KEY)
 
 
 def save_embedding_model(
