@@ -86,6 +86,37 @@ def _moved(raw: Any, moves: dict[str, str], defaults: dict[str, Any] | None = No
     return raw
 
 
+class ValidationConfig(Strict):
+    """``data.validation``: validation data carved from the training split (see metrictransfer.data.validation)."""
+
+    classes: float | list[str | int] = Field(
+        0.2,
+        description="share of the training classes held out for validation (retrieval), or a list of their names or ids; "
+        "classifier and unlabelled data: share of the images of each class",
+    )
+    folds: int = Field(1, ge=1, description="K > 1: the classes (or images) are cut into K folds, and fold `fold` validates")
+    fold: int = Field(0, ge=0, description="which of the K folds is the validation data")
+    seed: int = Field(0, description="seed of the split, independent of the run seed (compared runs share it)")
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: float | list[str | int]) -> float | list[str | int]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty list holds nothing out; give class names or ids, or a share such as 0.2")
+        elif not 0 < v < 1:
+            raise ValueError(f"a share of the training classes must lie between 0 and 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> "ValidationConfig":
+        if self.fold >= self.folds:
+            raise ValueError(f"fold {self.fold} does not exist among {self.folds} folds (0..{self.folds - 1})")
+        if self.folds > 1 and "classes" in self.model_fields_set:
+            raise ValueError("give classes (one split) or folds (K-fold cross-validation), not both")
+        return self
+
+
 class DataConfig(Strict):
     dataset: str = Field(
         "glyphs",
@@ -117,6 +148,11 @@ class DataConfig(Strict):
     glyph_seed: int = Field(0, description="seed of the demo data itself, independent of the run seed")
     holdout_images: float = Field(
         0.0, ge=0, lt=1, description="method classifier: share of each training class's images held out for accuracy"
+    )
+    validation: ValidationConfig | None = Field(
+        None,
+        description="validation data from the training split: evaluated every eval.every epochs and used to keep the best "
+        "model (checkpoint.best), while the test split is evaluated once, at the end",
     )
 
     @field_validator("dataset")
@@ -427,6 +463,11 @@ MUTUAL_METRIC_LOSS = {"name": "triplet", "params": {"margin": 0.2}, "miner": {"n
 class CheckpointConfig(Strict):
     every_steps: int = Field(0, ge=0, description="also save every N training steps (0: at the end of each epoch only)")
     keep: int = Field(1, ge=1, description="how many of the newest checkpoints to keep (more than 1: in checkpoints/)")
+    best: str | None = Field(
+        "auto",
+        description="with data.validation: keep the model of the best validation epoch as best.pt, by this metric "
+        "(auto: the run's primary metric, e.g. recall@1); null: keep none",
+    )
 
 
 class LoggingConfig(Strict):
@@ -520,6 +561,15 @@ class RunConfig(Strict):
                         f"inputs ({', '.join(sorted(found))}); members share their views"
                     )
                 data.normalization = found.pop()
+        return self
+
+    @model_validator(mode="after")
+    def _best_needs_validation(self) -> "RunConfig":
+        if self.checkpoint.best not in (None, "auto") and self.data.validation is None:
+            raise ValueError(
+                f"checkpoint.best: {self.checkpoint.best} chooses a model by its evaluation, which without "
+                "data.validation is the test split; add data.validation (e.g. {classes: 0.2})"
+            )
         return self
 
     @model_validator(mode="after")

@@ -65,6 +65,15 @@ def write_report(
         "![training curves](curves.png)",
         "",
     ]
+    chosen = results.get("best")
+    if results.get("selection") == "validation" and chosen:
+        test = chosen["test"]
+        shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in test.items() if "/" not in k)
+        sections += [
+            f"The curves are the validation data's (held out of the training split). Best model by validation "
+            f"{chosen['metric']}: epoch {chosen['epoch']} (`best.pt`); on the test split: {shown}.",
+            "",
+        ]
     best = results.get("best_epoch_selected_on_test_split")
     if best:
         by = "held-out images" if primary_metric(history).startswith("agreement@") else "test split"

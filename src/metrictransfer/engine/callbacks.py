@@ -84,6 +84,11 @@ class EpochLine(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
         print(epoch_line(trainer.config, row), flush=True)
 
+    def on_fit_end(self, trainer: Trainer, results: dict[str, Any]) -> None:
+        if results.get("selection") == "validation":
+            for line in test_lines(trainer.config, results):
+                print(line, flush=True)
+
 
 class Checkpoints(Callback):
     """The run's checkpoint, written every ``every_steps`` steps within an epoch, at every epoch's end,
@@ -99,6 +104,19 @@ class Checkpoints(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
         trainer.save_checkpoint()
+
+
+class BestModel(Callback):
+    """``best.pt``: the models of the best validation epoch so far, by ``checkpoint.best``, written before
+    the epoch's checkpoint (a crash between them repeats the epoch, which writes it again). Its layout is
+    a checkpoint's, so ``evaluate``, ``export`` and ``index`` take ``RUN/best.pt``; it never selects on
+    the test split: the trainer adds it only for runs with ``data.validation``."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+        key = selection_key(trainer.config, trainer.method.output, trainer.history)
+        best = best_row(trainer.history, key)
+        if best is not None and best is row:
+            trainer.save_best(key, row)
 
 
 class CsvLog(Callback):
@@ -160,9 +178,26 @@ def curve(history: list[dict[str, Any]], metric: str = "recall@1") -> list[tuple
 
 def epoch_line(config: RunConfig, row: dict[str, Any]) -> str:
     parts = [f"[{config.name or config.method}] epoch {row['epoch']}/{config.optim.epochs}", f"loss {row.get('loss', float('nan')):.4f}"]
+    if row.get("evaluated_on") == "validation":
+        parts.append("validation:")
     parts += [f"{k} {v:.4f}" for k, v in metrics_of(row).items() if "/" not in k or k.endswith("/recall@1")]
     parts.append(f"{row['train_seconds']:.1f}s")
     return "  ".join(parts)
+
+
+def test_lines(config: RunConfig, results: dict[str, Any]) -> list[str]:
+    """The test split's metrics of a run with validation data: of the final model, and of the best one."""
+
+    def shown(metrics: dict[str, float]) -> str:
+        return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k or k.endswith("/recall@1"))
+
+    name = config.name or config.method
+    lines = [f"[{name}] test split, final model (epoch {config.optim.epochs}):  {shown(results['final'])}"]
+    best = results.get("best")
+    if best is not None:
+        chosen = f"best by validation {best['metric']}, epoch {best['epoch']}"
+        lines.append(f"[{name}] test split, {chosen}:  {shown(best['test'])}")
+    return lines
 
 
 def metrics_of(row: dict[str, Any]) -> dict[str, float]:
@@ -171,6 +206,49 @@ def metrics_of(row: dict[str, Any]) -> dict[str, float]:
         return name.startswith(("recall@", "agreement@")) or name in ("map@r", "r_precision", "nmi", "accuracy")
 
     return {k: v for k, v in row.items() if is_metric(k)}
+
+
+BEST_NAME = "best.pt"
+
+
+def selection_key(config: RunConfig, output: str, history: list[dict[str, Any]]) -> str:
+    """The history key the best model is chosen by: ``checkpoint.best`` (auto: the primary metric), of
+    the run's output model when several are evaluated (a cohort's member)."""
+    metric = primary_metric(history) if config.checkpoint.best in (None, "auto") else config.checkpoint.best
+    evaluated = [row for row in history if row.get("evaluated_on") == "validation"]
+    if not evaluated or metric in evaluated[-1]:
+        return metric
+    if f"{output}/{metric}" in evaluated[-1]:
+        return f"{output}/{metric}"
+    known = ", ".join(sorted(metrics_of(evaluated[-1])))
+    raise ValueError(f"checkpoint.best: {metric!r} is not a metric this run's validation gives; it gives: {known}")
+
+
+def best_row(history: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """The validation-evaluated row with the highest ``key``; the earliest of equal ones."""
+    evaluated = [row for row in history if row.get("evaluated_on") == "validation" and key in row]
+    return max(evaluated, key=lambda r: r[key]) if evaluated else None
+
+
+def validated_results(
+    config: RunConfig, history: list[dict[str, Any]], final_test: dict[str, float], best: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A run with validation data: the test split's metrics of the final model (``final``) and of the
+    best-by-validation model (``best``), each evaluated once after training; the history holds the
+    validation metrics the choice was made on."""
+    evaluated = [row for row in history if row.get("evaluated_on") == "validation"]
+    results: dict[str, Any] = {
+        "name": config.name,
+        "method": config.method,
+        "epochs": config.optim.epochs,
+        "selection": "validation",
+        "final": final_test,
+        "validation": {"final": metrics_of(evaluated[-1]) if evaluated else {}},
+    }
+    if best is not None:
+        results["best"] = best
+    results["history"] = history
+    return results
 
 
 def run_results(config: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:

@@ -21,7 +21,10 @@ from metrictransfer.data.holdout import split_holdout
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler, check_batch_fits
+from metrictransfer.data.validation import split_validation
 from metrictransfer.engine.callbacks import (
+    BEST_NAME,
+    BestModel,
     Callback,
     Checkpoints,
     CsvLog,
@@ -29,11 +32,14 @@ from metrictransfer.engine.callbacks import (
     FinalFiles,
     ProgressBar,
     TensorBoard,
+    best_row,
     curve,
     curves,
     epoch_line,
     metrics_of,
     run_results,
+    selection_key,
+    validated_results,
 )
 from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
 from metrictransfer.engine.logging import primary_metric, write_csv  # write_csv looked up here when a run starts (tests replace it)
@@ -50,6 +56,7 @@ from metrictransfer.runtime.checkpoint import (
     FORMAT_VERSION,
     load_checkpoint,
     run_checkpoints,
+    save_checkpoint,
     save_run_checkpoint,
 )
 from metrictransfer.runtime.device import resolve_device
@@ -261,7 +268,10 @@ def default_callbacks(config: RunConfig, ranks: distributed.Ranks, interactive: 
     if not ranks.main:
         return []
     callbacks: list[Callback] = [ProgressBar()] if interactive else []
-    callbacks += [EpochLine(), Checkpoints(config.checkpoint.every_steps), CsvLog(write_csv)]
+    callbacks.append(EpochLine())
+    if config.data.validation is not None and config.checkpoint.best is not None:
+        callbacks.append(BestModel())  # before the checkpoint: see BestModel
+    callbacks += [Checkpoints(config.checkpoint.every_steps), CsvLog(write_csv)]
     if config.logging.tensorboard:
         callbacks.append(TensorBoard())
     return callbacks + [FinalFiles()]
@@ -305,17 +315,22 @@ class Trainer:
         it on disk): no evaluation set is built then."""
         config = self.config
         self.device = self._start_process()
-        holdout = None
+        holdout = validation = None
         evaluated = train_set is None
         if evaluated:
             train_set, holdout = self._training_set()
+            if config.data.validation is not None:
+                unit = METHODS[config.method].validation_unit(config)
+                train_set, validation = split_validation(train_set, config.data.validation, unit)
         labels = np.asarray(train_set.labels)
         # before any model is built (pretrained weights take minutes)
         if METHODS[config.method].draws_by_class(config) and (labels >= 0).all():
             check_batch_fits(config.data.classes_per_batch, config.data.images_per_class, labels)
         self.training_data = training_data_record(train_set, config.data)  # stored in every checkpoint
         self.method = self._new_method(train_set)
+        # the test split is built here (its checks fail early) but, with validation data, read only after training
         self.eval_set = self.method.evaluation_set(config, holdout) if evaluated else None
+        self.validation_set = None if validation is None else self.method.validation_set(config, validation)
         self.method.prepare_training_set(train_set)
         self.method = self.method.to(self.device)
         configure_models(self.method, config, self.device)
@@ -414,7 +429,11 @@ class Trainer:
                 epoch = self.epoch
                 self._train_epoch()
                 self._call("on_epoch_end", epoch, self.end_epoch(epoch))
-        self.results = run_results(self.config, self.history)
+        if self.validation_set is None:
+            self.results = run_results(self.config, self.history)
+        else:
+            final_test, best = self.test_once()
+            self.results = validated_results(self.config, self.history, final_test, best)
         self._call("on_fit_end", self.results)
         distributed.barrier()
         return self.results
@@ -428,6 +447,51 @@ class Trainer:
             if self.stop_requested:
                 assert self._stop is not None  # fit() runs the epochs inside GracefulStop
                 raise TrainingInterrupted(self._stop.signal_name, self.updater.iteration, self._folder() / CHECKPOINT_NAME)
+
+    def test_once(self) -> tuple[dict[str, float], dict[str, Any] | None]:
+        """After training with validation data: the test split's metrics of the final model and the
+        record of the best-by-validation one, whose test metrics are evaluated here too (the same ones
+        when the best epoch is the last). The only place such a run reads the test split."""
+        config = self.config
+        if self.eval_set is None:
+            raise RuntimeError("no test set: this Trainer was set up with a training set of its own")
+        final = self.method.evaluate(self.eval_set, config, self.device, progress=self.interactive)
+        if config.checkpoint.best is None:
+            return final, None
+        key = selection_key(config, self.method.output, self.history)
+        row = best_row(self.history, key)
+        if row is None:
+            return final, None
+        record: dict[str, Any] = {"epoch": row["epoch"], "metric": key, "validation": metrics_of(row)}
+        if row["epoch"] == self.history[-1]["epoch"]:
+            record["test"] = final
+            return final, record
+        distributed.barrier()  # the first process wrote best.pt
+        best = load_checkpoint(self._folder() / BEST_NAME)
+        if best["epoch"] != row["epoch"]:
+            found = f"{self._folder() / BEST_NAME} holds epoch {best['epoch']}"
+            raise CheckpointError(f"{found}, but the history's best is epoch {row['epoch']}")
+        trainable = self.method.trainable()
+        final_weights = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in trainable.items()}
+        for name, model in trainable.items():
+            model.load_state_dict(best["models"][name])
+        try:
+            record["test"] = self.method.evaluate(self.eval_set, config, self.device, progress=self.interactive)
+        finally:
+            for name, model in trainable.items():
+                model.load_state_dict(final_weights[name])
+        return final, record
+
+    def save_best(self, key: str, row: dict[str, Any]) -> Path:
+        """``best.pt``: the weights of the epoch of ``row`` (just ended), as a checkpoint that
+        load_embedding_model reads, with the validation metric it was chosen by."""
+        state = self.state_dict()
+        kept = ("format", "version", "config", "method", "output", "models", "architectures", TRAINING_DATA_KEY)
+        chosen = {"metric": key, "value": row[key], "on": "validation"}
+        best = {**{k: state[k] for k in kept}, "epoch": row["epoch"], "selected_by": chosen}
+        path = self._folder() / BEST_NAME
+        save_checkpoint(best, path)
+        return path
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -477,9 +541,12 @@ class Trainer:
         config = self.config
         row = self._train_row(epoch)
         if epoch + 1 == config.optim.epochs or (config.eval.every and (epoch + 1) % config.eval.every == 0):
-            if self.eval_set is None:
+            evaluated_set = self.validation_set if self.validation_set is not None else self.eval_set
+            if evaluated_set is None:
                 raise RuntimeError("no evaluation set: this Trainer was set up with a training set of its own")
-            row.update(self.method.evaluate(self.eval_set, config, self.device, progress=self.interactive))
+            row.update(self.method.evaluate(evaluated_set, config, self.device, progress=self.interactive))
+            if self.validation_set is not None:
+                row["evaluated_on"] = "validation"
         self.history.append(row)
         self.epoch, self.done, self.totals = epoch + 1, 0, {}
         return row
@@ -500,23 +567,30 @@ class Trainer:
 
 
 def train(
-    config: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool | None = None, overwrite: bool = False
+    config: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool | None = None,
+    overwrite: bool = False,
+    extra_callbacks: list[Callback] | None = None,
 ) -> dict[str, Any]:
     """Train one run into ``out_dir``; returns the results written to ``results.json``.
 
-    Every epoch ends with an evaluation on the test split (``eval.every``), a CSV log row and an
+    Every epoch ends with an evaluation (``eval.every``: of the test split, or with ``data.validation`` of
+    the validation data, the test split then evaluated once after training), a CSV log row and an
     atomically written checkpoint (also every ``checkpoint.every_steps`` steps, and when SIGINT or
     SIGTERM arrives), so ``resume=True`` continues from the last checkpoint, in the middle of an epoch
     if need be, and in deterministic mode ends with the same weights as an uninterrupted run.
     A folder that holds another run is refused unless ``overwrite``; the folder is locked while the
     run trains. Under torchrun every process runs this; only the first writes files and holds the lock.
+    ``extra_callbacks`` run after the default ones at every hook (a tuner's pruning, say).
     """
     out = Path(out_dir)
     ranks, device_name = distributed.setup(config.device)
     created = not out.exists()
     lock = claim_run_folder(out, resume, overwrite) if ranks.main else None
     try:
-        return _train(config, out, resume, progress, ranks, device_name)
+        return _train(config, out, resume, progress, ranks, device_name, extra_callbacks or [])
     except BaseException:
         if lock is not None and created:
             lock.release()
@@ -527,8 +601,17 @@ def train(
             lock.release()
 
 
-def _train(config: RunConfig, out: Path, resume: bool, progress: bool | None, ranks: distributed.Ranks, device_name: str) -> dict[str, Any]:
+def _train(
+    config: RunConfig,
+    out: Path,
+    resume: bool,
+    progress: bool | None,
+    ranks: distributed.Ranks,
+    device_name: str,
+    extra_callbacks: list[Callback],
+) -> dict[str, Any]:
     trainer = Trainer(config, out, ranks=ranks, device_name=device_name, progress=progress)
+    trainer.callbacks += extra_callbacks
     trainer.setup()
     if resume:
         trainer.resume()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from metrictransfer.config import DataConfig, MetricLossConfig, ModelConfig, RunConfig
 from metrictransfer.data.transforms import build_transform
-from metrictransfer.evaluation.evaluate import evaluate_models, test_dataset
+from metrictransfer.evaluation.evaluate import evaluate_models, test_dataset, with_test_transform
 from metrictransfer.losses import MinedMetricLoss, build_metric_loss, build_miner
 from metrictransfer.methods.teaching import ModuleT, frozen
 from metrictransfer.models import EmbeddingModel
@@ -89,6 +89,16 @@ class Method(nn.Module):
         """The images :meth:`evaluate` is given: the test split (``eval.data`` when set). ``holdout``: the
         training classes' held-out images (``data.holdout_images``), or None."""
         return test_dataset(config)
+
+    @classmethod
+    def validation_unit(cls, config: RunConfig) -> Literal["classes", "images"]:
+        """What ``data.validation`` holds out of the training split: whole classes for a retrieval model,
+        tested on unseen classes (a classifier, tested on its own classes, holds out images)."""
+        return "classes"
+
+    def validation_set(self, config: RunConfig, part: Dataset[Any]) -> Dataset[Any]:
+        """The validation part of the training split as :meth:`evaluate` takes it (the test preprocessing)."""
+        return with_test_transform(part, config.data)
 
     def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """The metrics of the epochs that are evaluated, in log-row order: retrieval metrics of

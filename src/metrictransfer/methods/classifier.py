@@ -9,7 +9,7 @@ divergence between temperature-softened class distributions, scaled by T²).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +66,15 @@ class ClassifierMethod(SingleModelMethod):
         cfg = config.classifier
         if cfg.source_checkpoint and not cfg.allow_overlap:  # the source must not have trained on these images
             check_source_overlap(cfg.source_checkpoint, self.source_record, holdout, config.data, "classifier.allow_overlap", images=True)
+        return self.validation_set(config, holdout)
+
+    @classmethod
+    def validation_unit(cls, config: RunConfig) -> Literal["classes", "images"]:
+        return "images"  # a classifier knows only its training classes
+
+    def validation_set(self, config: RunConfig, part: Dataset[Any]) -> Dataset[Any]:
         data = config.data
-        return MultiViewDataset(holdout, build_transform(data.transform, False, data.image_size, data.normalization))
+        return MultiViewDataset(part, build_transform(data.transform, False, data.image_size, data.normalization))
 
     def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """Top-1 accuracy on the held-out images."""

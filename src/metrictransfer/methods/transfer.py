@@ -93,7 +93,6 @@ class TransferMethod(Method):
         # (size, normalization) of the target's and the source's inputs when they differ: the loader then
         # makes plain-RGB views that each model resizes and normalises itself (training_loss)
         self.feeds: tuple[tuple[int, str], tuple[int, str]] | None = None
-        self.by_agreement = False  # evaluated by agreement with the source (no labels): see evaluation_set
         if cfg.source_checkpoint:
             source, _, self.source_record = load_source_model(cfg.source_checkpoint)
             self.source = self.freeze(source)
@@ -149,17 +148,26 @@ class TransferMethod(Method):
             label += f" + {config.metric_loss.name}"
         return label
 
+    def validation_set(self, config: RunConfig, part: Dataset[Any]) -> Dataset[Any]:
+        """Unlabelled validation images are evaluated as the held-out test images are: by agreement."""
+        if _unlabelled(part):
+            self._check_agreement_possible()
+            return part
+        return super().validation_set(config, part)
+
+    def _check_agreement_possible(self) -> None:
+        if self.source is None:
+            raise ConfigError(
+                "without labelled evaluation data, a transfer is evaluated by its agreement with the source model, "
+                "which a table of source embeddings cannot give: set eval.data (labelled images)"
+            )
+
     def evaluation_set(self, config: RunConfig, holdout: Dataset[Any] | None) -> Dataset[Any]:
         """The test split; refused when the source checkpoint trained on any of its classes (unless
         ``transfer.allow_overlap``). Without labels (unlabelled data, no ``eval.data``): the held-out
         images, on which the target's agreement with the source is measured."""
-        if holdout is not None and config.eval.data is None and (np.asarray(getattr(holdout, "labels", [0])) < 0).all():
-            if self.source is None:
-                raise ConfigError(
-                    "without labelled evaluation data, a transfer is evaluated by its agreement with the source model, "
-                    "which a table of source embeddings cannot give: set eval.data (labelled images)"
-                )
-            self.by_agreement = True
+        if holdout is not None and config.eval.data is None and _unlabelled(holdout):
+            self._check_agreement_possible()
             return holdout
         dataset = super().evaluation_set(config, holdout)
         cfg = config.transfer
@@ -180,9 +188,9 @@ class TransferMethod(Method):
 
     def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """Retrieval metrics on labelled evaluation data; agreement@k with the source on unlabelled held-out images."""
-        if not self.by_agreement:
+        if not _unlabelled(dataset):
             return super().evaluate(dataset, config, device, progress)
-        assert self.source is not None  # evaluation_set refused agreement without a source model
+        assert self.source is not None  # evaluation_set and validation_set refused agreement without a source model
         data = config.data
         target_feed = (data.image_size, data.normalization)
         source_feed = self.feeds[1] if self.feeds is not None else target_feed
@@ -244,3 +252,9 @@ class TransferMethod(Method):
             logs["metric_loss"] = label.item()
         logs["loss"] = loss.item()
         return loss, logs
+
+
+def _unlabelled(images: Any) -> bool:
+    """Raw unlabelled images (held out of an unlabelled training split), evaluated by agreement; the
+    labelled evaluation sets are wrapped with their test transform and carry no ``labels`` of their own."""
+    return bool((np.asarray(getattr(images, "labels", [0])) < 0).all())
