@@ -201,6 +201,48 @@ def _already_finished(run_dir: Path, results: dict[str, Any], epochs: int, as_js
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from metrictransfer.tuning import Pruning, run_study
+
+    if args.seeds is not None and not args.final:
+        raise ConfigError("--seeds are the seeds of the --final runs; add --final (or drop --seeds)")
+    pruning = Pruning(enabled=not args.no_prune, startup=args.prune_startup, warmup=args.prune_warmup)
+    with _json_only(args):
+        result = run_study(
+            args.recipe,
+            args.space,
+            args.trials,
+            args.out,
+            jobs=args.jobs,
+            storage=args.storage,
+            study_name=args.study_name,
+            metric=args.metric,
+            seed=args.seed,
+            overrides=list(args.set),
+            final_seeds=(args.seeds or [0, 1, 2]) if args.final else None,
+            overwrite=args.overwrite,
+            pruning=pruning,
+            progress="stderr" if args.json else "stdout",
+        )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    trials, best = result["trials"], result["best"]
+    done = f"{trials['counted']}/{trials['wanted']} trials done ({trials['complete']} complete, {trials['pruned']} pruned"
+    done += f", {trials['failed']} failed)"
+    if best is None:
+        print(f"{args.out}: {done}; no trial complete, no best.yaml")
+    else:
+        print(f"{args.out}: {done}; best trial {best['trial']}: {result['metric']} {best['value']:.4f} (validation); {args.out}/best.yaml")
+    for note in result["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    if "final" in result:
+        final = result["final"]
+        shown = ", ".join(f"{k} {100 * v:.1f} ± {100 * final['std'][k]:.1f}" for k, v in final["mean"].items())
+        print(f"{args.out}/final.md: test split over seeds {final['seeds']}: {shown} (%)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from metrictransfer.report import write_report
 
@@ -659,6 +701,18 @@ COMMANDS: dict[str, Command] = {
         "nothing; prints the table (--json: one JSON list, a record per run)",
         "guides/using-a-model.md",
     ),
+    "tune": Command(
+        "hyperparameter search (Optuna) on validation classes",
+        "Search a recipe's hyperparameters with Optuna (TPE, median pruning): each trial is an ordinary run of the "
+        "recipe with values drawn from --space, compared on the recipe's data.validation classes, never on the "
+        "test split. The study is stored (DIR/study.db, or --storage) so that rerunning the command resumes it "
+        "until --trials are done; --jobs runs workers in parallel. --final retrains the best configuration on "
+        "all training classes and evaluates the test split once per seed.",
+        "--out DIR: study.json, study.db, trials/trial-NNNN/ (run folders), best.yaml, trials.csv, trials.md, "
+        "history.png, importances.png; with --final, final/seed-S/, final.md and final.json; prints a line per "
+        "finished trial and a summary (--json: one JSON object)",
+        "guides/tune.md",
+    ),
 }
 
 
@@ -965,6 +1019,39 @@ def _add_table(table: argparse.ArgumentParser) -> None:
     table.set_defaults(func=cmd_table)
 
 
+def _add_tune(tune: argparse.ArgumentParser) -> None:
+    tune.add_argument("recipe", help="YAML recipe with data.validation (the classes trials are compared on)")
+    tune.add_argument(
+        "--space", required=True, metavar="SPACE.yaml", help="dotted configuration keys and their ranges (see docs/guides/tune.md)"
+    )
+    tune.add_argument(
+        "--trials", required=True, type=_positive_int, help="finished trials wanted (complete or pruned; failed ones do not count)"
+    )
+    tune.add_argument("--out", required=True, metavar="DIR", help="the study's folder; the same command again continues the study there")
+    tune.add_argument(
+        "--jobs", type=_positive_int, default=1, help="worker processes training trials at once (default 1); each gets cores/jobs threads"
+    )
+    tune.add_argument(
+        "--storage",
+        metavar="URL",
+        help="an Optuna database URL (postgresql://...) shared by workers on several machines (default sqlite:///DIR/study.db)",
+    )
+    tune.add_argument("--study-name", metavar="NAME", help="the study's name in the storage (default: DIR's name)")
+    tune.add_argument("--metric", help="the value compared (higher is better): recall@1, map@r, ... (default: the run's primary metric)")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the sampler (TPE) (default 0)")
+    tune.add_argument("--no-prune", action="store_true", help="train every trial to its end (default: median pruning)")
+    tune.add_argument("--prune-startup", type=int, default=3, metavar="N", help="complete trials before any is pruned (default 3)")
+    tune.add_argument("--prune-warmup", type=int, default=1, metavar="E", help="epochs of a trial never pruned (default 1)")
+    tune.add_argument("--final", action="store_true", help="then retrain best.yaml without data.validation, once per --seeds, and test it")
+    tune.add_argument("--seeds", type=int, nargs="+", metavar="S", help="seeds of the --final runs (default 0 1 2)")
+    tune.add_argument(
+        "--overwrite", action="store_true", help="DIR holds another study: delete its files (and its study in --storage) and start anew"
+    )
+    _overrides(tune)
+    _json(tune, "print exactly one JSON object at the end (counts, best trial, files, final metrics); trial lines go to stderr")
+    tune.set_defaults(func=cmd_tune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metrictransfer", description=_overview(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -984,6 +1071,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export": _add_export,
         "report": _add_report,
         "table": _add_table,
+        "tune": _add_tune,
     }
     for name, add in adders.items():
         add(_command(sub, name))
