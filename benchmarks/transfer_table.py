@@ -1,6 +1,7 @@
 """The embedding-transfer paper's Table 1 at CPU scale, on the offline glyphs data.
 
     .venv/bin/python benchmarks/transfer_table.py [--seeds 0 1 2] [--epochs-scale 1.0] [--work runs/transfer_table]
+    .venv/bin/python benchmarks/transfer_table.py --tuned [--trials 8] [--trial-epochs 3]   # tuned alike first
 
 Per seed: the demo's source model (ResNet-18-D, 128-d, Proxy-Anchor), then three targets, each trained
 without transfer (Proxy-Anchor alone) and with every baseline and the relaxed contrastive loss:
@@ -117,7 +118,15 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each with (CPU cores / jobs) threads")
     parser.add_argument("--fresh", action="store_true", help="ignore the cells of benchmarks/results/NAME.json from earlier invocations")
+    parser.add_argument("--tuned", action="store_true", help="tune each method alike on validation classes first (benchmarks/tuned.py)")
+    parser.add_argument("--trials", type=int, default=8, help="--tuned: trials per method")
+    parser.add_argument("--trial-epochs", type=int, default=3, help="--tuned: epochs of a trial")
     args = parser.parse_args()
+    if args.tuned:
+        from tuned import run_tuned
+
+        run_tuned(args, SETTINGS, METHODS, source_config, target_config, slug)
+        return
 
     work = Path(args.work)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
