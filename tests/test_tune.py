@@ -397,3 +397,15 @@ def test_a_k_fold_trial_is_the_mean_of_its_folds(tmp_path):
         assert yaml.safe_load((run / "config.yaml").read_text())["data"]["validation"]["fold"] == fold
         values.append(yaml.safe_load((run / "results.json").read_text())["best"]["validation"]["recall@1"])
     assert trial.value == pytest.approx(statistics.fmean(values)) and trial.user_attrs["fold_values"] == values
+
+
+def test_the_guides_worked_example_is_a_valid_study():
+    """docs/guides/tune.md's recipe validates on held-out classes and its space file loads against it (the
+    docs tests parse its commands; a study of it takes minutes, so it runs by hand)."""
+    root = Path(__file__).resolve().parents[1]
+    recipe = root / "recipes" / "tune" / "glyphs_target.yaml"
+    raw = yaml.safe_load(recipe.read_text())
+    assert build_config(raw).data.validation is not None
+    space = load_space(root / "recipes" / "tune" / "space_target.yaml", raw, str(recipe))
+    assert space.keys == ["optim.lr", "metric_loss.params.margin", "model.embedding_dim"]
+    assert "recipes/tune/space_target.yaml" in (root / "docs" / "guides" / "tune.md").read_text()

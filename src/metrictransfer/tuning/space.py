@@ -155,7 +155,7 @@ def load_space(path: str | Path, recipe: dict[str, Any], recipe_name: str = "the
     for param in params:
         for value in param.values_to_check():
             try:
-                build_config(with_values(recipe, {param.key: value}), origin=f"{recipe_name} with {param.key}: {value!r} from {path}")
+                build_config(with_values(recipe, {param.key: value}), origin=f"{recipe_name} with {param.key}: {value!r}")
             except ConfigError as err:
                 raise ConfigError(f"{path}: {param.key}: {err}") from None
     return SearchSpace(path, params)

@@ -436,6 +436,17 @@ class PruneCallback(Callback):
             raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}: {self.metric} {row[self.metric]:.4f} is below the median")
 
 
+class StudyInterrupted(TrainingInterrupted):
+    """Ctrl-C or SIGTERM during a trial: the trial is failed (not counted) and the study stops; the
+    command line says how to continue the study, not the trial's run (exit status 128 + the signal's)."""
+
+    def __init__(self, signal_name: str, trial: int, out: Path) -> None:
+        self.signal_name, self.step, self.checkpoint = signal_name, 0, out
+        KeyboardInterrupt.__init__(
+            self, f"{signal_name}: trial {trial} stopped and failed (not counted); the same tune command continues the study in {out}"
+        )
+
+
 class Orphaned(Exception):
     """A spawned worker whose parent (the ``tune`` command) is gone: it stops instead of training on alone."""
 
@@ -470,8 +481,11 @@ def run_trial(plan: Plan, study: optuna.Study, storage: optuna.storages.RDBStora
         metric = (callback.metric if callback is not None else None) or metric
     except TrainingDivergedError as err:  # a bad value of the space, not a broken study: the next trial tries another
         state, note = TrialState.FAIL, str(err)
-    except (KeyboardInterrupt, TrainingInterrupted, Orphaned) as stop:
-        _finish(study, trial, TrialState.FAIL, None, f"interrupted ({stop or 'Ctrl-C'}); not counted", started, metric, fold_values)
+    except (KeyboardInterrupt, Orphaned) as stop:
+        signal_name = stop.signal_name if isinstance(stop, TrainingInterrupted) else "Ctrl-C" if isinstance(stop, KeyboardInterrupt) else ""
+        _finish(study, trial, TrialState.FAIL, None, f"interrupted ({signal_name or stop}); not counted", started, metric, fold_values)
+        if isinstance(stop, TrainingInterrupted):
+            raise StudyInterrupted(stop.signal_name, trial.number, plan.out) from None
         raise
     except BaseException as err:
         _finish(study, trial, TrialState.FAIL, None, str(err).splitlines()[0] if str(err) else type(err).__name__, started, metric, [])
