@@ -1,6 +1,7 @@
 """Diversified mutual metric learning at CPU scale: the ablation of the diversities, on the offline glyphs data.
 
     .venv/bin/python benchmarks/mutual_ablation.py [--seeds 0 1 2] [--epochs 10] [--work runs/mutual_ablation]
+    .venv/bin/python benchmarks/mutual_ablation.py --tuned [--trials 6] [--trial-epochs 4]   # main rows tuned alike first
 
 Every row is a cohort of ResNet-10t 32-d members (L2-normalised), trained from scratch with the default
 base loss (triplet, margin 0.2, distance-weighted sampling) and the default mutual loss (RKD distance × 1 +
@@ -73,7 +74,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--work", default="runs/mutual_ablation", help="run folders (kept; finished runs are skipped)")
+    parser.add_argument("--tuned", action="store_true", help="tune the main rows alike on validation classes first (benchmarks/tuned.py)")
+    parser.add_argument("--trials", type=int, default=6, help="--tuned: trials per row")
+    parser.add_argument("--trial-epochs", type=int, default=4, help="--tuned: epochs of a trial")
     args = parser.parse_args()
+    if args.tuned:
+        from tuned import run_tuned_mutual
+
+        run_tuned_mutual(args, ROWS, cohort_config, slug)
+        return
 
     work, started = Path(args.work), time.perf_counter()
     finals: dict[str, dict[int, dict]] = {}

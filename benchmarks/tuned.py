@@ -13,6 +13,7 @@ Writes benchmarks/results/transfer_table_tuned.md and .json beside the untuned t
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -50,6 +51,10 @@ def as_component(raw: dict) -> dict:
     return raw
 
 
+def shown(value) -> str:
+    return str(value) if isinstance(value, (list, str)) else f"{value:.3g}"
+
+
 def value_at(raw: dict, key: str):
     node = raw
     for part in key.split("."):
@@ -74,9 +79,8 @@ def tune_method(name: str, recipe: dict, out: Path, trials: int, seed: int) -> d
 
 def study_counts(out: Path) -> dict:
     """How many trials finished and how many were pruned (from the study's trials table)."""
-    rows = (out / "trials.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    states = [dict(zip(header, row.split(","))).get("state", "") for row in rows[1:]]
+    with open(out / "trials.csv", newline="") as f:
+        states = [row.get("state", "") for row in csv.DictReader(f)]
     return {"complete": sum(s == "COMPLETE" for s in states), "pruned": sum(s == "PRUNED" for s in states)}
 
 
@@ -128,7 +132,7 @@ def write_tuned_table(args, results: dict, minutes: float) -> None:
     for name, row in results["methods"].items():
         tuned = list(row["tuned"].values())
         before = [r["recall@1"] for r in row["untuned"].values()]
-        values = ", ".join(f"{key.split('.')[-1]} {value:.3g}" for key, value in row["best"].items())
+        values = ", ".join(f"{key.split('.')[-1]} {shown(value)}" for key, value in row["best"].items())
         lines.append(
             f"| {name} | {mean_std(before) if before else '–'} | {mean_std([r['recall@1'] for r in tuned])} | "
             f"{mean_std([r['recall@2'] for r in tuned])} | {values} | {row['study']['complete']} / {row['study']['pruned']} |"
@@ -144,4 +148,74 @@ def write_tuned_table(args, results: dict, minutes: float) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "transfer_table_tuned.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "transfer_table_tuned.json").write_text(json.dumps(results, indent=2) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+# ------------------------------------------------------------------------------------- mutual learning
+
+MUTUAL_SPACES = {  # the ablation's main rows; λ (and τ where members differ in it) beside the learning rate
+    "independent (λ = 0)": {**LR, "optim.weight_decay": {"type": "log_uniform", "low": 1.0e-6, "high": 1.0e-2}},
+    "mutual, no diversity": {**LR, "mutual.weight": {"type": "log_uniform", "low": 0.1, "high": 10.0}},
+    "all three": {
+        **LR,
+        "mutual.weight": {"type": "log_uniform", "low": 0.1, "high": 10.0},
+        "mutual.update_every": {"type": "categorical", "choices": [[1, 1], [1, 2], [1, 3]]},
+    },
+}
+
+
+def run_tuned_mutual(args, rows: dict, cohort_config, slug) -> None:
+    """Tune the ablation's main rows alike on validation classes, then train their best values over the seeds."""
+    work = Path(args.work) / "tuned"
+    started = time.perf_counter()
+    untuned = json.loads((RESULTS / "mutual_ablation.json").read_text())["finals"]
+    results: dict = {"args": vars(args), "budget": {"trials": args.trials, "trial_epochs": args.trial_epochs}, "rows": {}}
+    for name, space in MUTUAL_SPACES.items():
+        trial = cohort_config(rows[name], 0, args.trial_epochs)
+        trial["data"] = {**trial["data"], "validation": VALIDATION}
+        trial["eval"] = {**trial["eval"], "every": 1}
+        SPACES[name] = space
+        study = work / "studies" / slug(name)
+        best = tune_method(name, trial, study, args.trials, 0)
+        finals = {}
+        for seed in args.seeds:
+            raw = apply_overrides(cohort_config(rows[name], seed, args.epochs), [f"{k}={json.dumps(v)}" for k, v in best.items()])
+            finals[seed] = train_once(raw, work / f"seed{seed}" / slug(name), "mutual_ablation --tuned")["final"]
+        results["rows"][name] = {"best": best, "study": study_counts(study), "tuned": finals, "untuned": untuned.get(name, {})}
+        write_tuned_mutual_table(args, results, (time.perf_counter() - started) / 60)
+
+
+def write_tuned_mutual_table(args, results: dict, minutes: float) -> None:
+    lines = [
+        f"# Mutual learning ablation, main rows tuned alike on validation classes: Recall@1 (%), seeds {args.seeds}",
+        "",
+        f"Budget per row: {args.trials} TPE trials of {args.trial_epochs} epochs (median pruning) on 80 % of the training "
+        f"classes, chosen by member 0's Recall@1 on the other 20 %; the best values then train {args.epochs} epochs on "
+        "all training classes; test split read once per run, at its end.",
+        "",
+        "| cohort | member 0 untuned | member 0 tuned | ensemble untuned | ensemble tuned | best values | trials complete / pruned |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for name, row in results["rows"].items():
+        tuned, before = list(row["tuned"].values()), list(row["untuned"].values())
+
+        def cell(runs: list, key: str) -> str:
+            return mean_std([r[key] for r in runs]) if runs else "–"
+
+        values = ", ".join(f"{key.split('.')[-1]} {shown(value)}" for key, value in row["best"].items())
+        lines.append(
+            f"| {name} | {cell(before, 'member0/recall@1')} | {cell(tuned, 'member0/recall@1')} | {cell(before, 'ensemble/recall@1')} | "
+            f"{cell(tuned, 'ensemble/recall@1')} | {values} | {row['study']['complete']} / {row['study']['pruned']} |"
+        )
+    lines += [
+        "",
+        "Untuned: benchmarks/results/mutual_ablation.json (the same seeds and length, λ = 1, τ = (1, 2), lr 10⁻³).",
+        "",
+        f"Rerun: `.venv/bin/python benchmarks/mutual_ablation.py --tuned --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} "
+        f"--trials {args.trials} --trial-epochs {args.trial_epochs}` ({minutes:.0f} min in this invocation; finished runs and "
+        "studies in --work are reused).",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "mutual_ablation_tuned.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "mutual_ablation_tuned.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(lines), flush=True)
