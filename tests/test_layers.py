@@ -15,7 +15,7 @@ layers too, so none hides a cycle. ``if TYPE_CHECKING:`` imports do not count.
     evaluation   evaluation                                    embeddings, retrieval metrics, test-split evaluation
     methods      methods                                       training strategies: their models, losses and evaluation
     engine       engine                                        the training loop, callbacks, run folders, logs, result tables
-    apps         search export report demo distill tuning      index and search, export, run reports, the offline demo, the distill recipe, tune
+    apps         search export report demo distill tuning      index and search, export, run reports, the demo, distill, tune
     cli          cli                                           the command line
 
 ``metrictransfer`` is the package's own ``__init__`` (``__version__``). scripts/import_graph.py prints

@@ -20,7 +20,7 @@ from metrictransfer.engine.run_folder import finished_run
 from metrictransfer.engine.trainer import train
 from metrictransfer.errors import ConfigError
 from metrictransfer.io import atomic_write_text
-from metrictransfer.tuning.summary import best_recipe
+from metrictransfer.tuning.summary import best_recipe, best_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -46,10 +46,9 @@ def final_config(recipe: dict[str, Any], seed: int) -> RunConfig:
 def run_final(study: optuna.Study, plan: Plan, seeds: list[int]) -> dict[str, Any]:
     """Train the final runs into ``DIR/final/seed-S`` (a finished one with the same configuration is kept,
     an interrupted one resumed), then write final.json and final.md: the test metrics, mean ± std."""
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if not complete:
+    best = best_trial(study.get_trials(deepcopy=False))
+    if best is None:
         raise ConfigError(f"--final: no trial of {plan.out} is complete, so there is no best configuration to retrain")
-    best = study.best_trial
     recipe = best_recipe(plan, best)
     runs: dict[str, dict[str, Any]] = {}
     for seed in dict.fromkeys(seeds):

@@ -36,7 +36,7 @@ def write_summary(study: optuna.Study, plan: Plan) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     metric = next((t.user_attrs["metric"] for t in trials if t.user_attrs.get("metric")), plan.metric or "value")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: float(t.value if t.value is not None else -math.inf), default=None)
+    best = best_trial(trials)
     found = counts(study)
     notes = []
     if found["RUNNING"]:
@@ -71,6 +71,12 @@ def write_summary(study: optuna.Study, plan: Plan) -> dict[str, Any]:
         },
         "notes": notes,
     }
+
+
+def best_trial(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    """The complete trial of the highest value; of equal values the earliest (best.yaml and --final agree)."""
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None), key=lambda t: t.number)
+    return max(complete, key=lambda t: float(t.value if t.value is not None else -math.inf), default=None)
 
 
 def trial_rows(trials: list[optuna.trial.FrozenTrial], plan: Plan) -> list[dict[str, Any]]:
