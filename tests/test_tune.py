@@ -323,7 +323,7 @@ def test_pruning_stops_a_hopeless_trial_after_its_first_epoch(tmp_path, monkeypa
     pruned = out / "trials" / "trial-0001"
     assert len((pruned / "log.csv").read_text().splitlines()) == 2  # header and epoch 1: epoch 2 never trained
     assert not (pruned / "results.json").exists()
-    assert ",pruned,0.0," in (out / "trials.csv").read_text()
+    assert ",PRUNED,0.0," in (out / "trials.csv").read_text()
     assert "pruned after epoch 1" in (out / "trials.md").read_text()
     assert "importances.png not drawn: the space has a single key" in result["notes"]
 

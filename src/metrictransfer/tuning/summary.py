@@ -80,10 +80,11 @@ def best_trial(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTri
 
 
 def trial_rows(trials: list[optuna.trial.FrozenTrial], plan: Plan) -> list[dict[str, Any]]:
-    """A row per trial: number, state, value, each key of the space, seconds, note and folder."""
+    """A row per trial: number, state (Optuna's name: COMPLETE, PRUNED, FAIL, RUNNING), value, each key of
+    the space, seconds, note and folder."""
     rows = []
     for t in trials:
-        row: dict[str, Any] = {"number": t.number, "state": t.state.name.lower(), "value": "" if t.value is None else t.value}
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name, "value": "" if t.value is None else t.value}
         row.update({key: t.params.get(key, "") for key in plan.space.keys})
         row["seconds"] = t.user_attrs.get("seconds", "")
         row["note"] = t.user_attrs.get("note", "")
