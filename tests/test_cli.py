@@ -38,7 +38,7 @@ TINY = {
     "threads": 2,
 }
 # The commands that print results, each of which takes --json.
-RESULT_COMMANDS = {"demo", "train", "data inspect", "embed", "evaluate", "index", "search", "export", "report", "table"}
+RESULT_COMMANDS = {"demo", "train", "data inspect", "embed", "evaluate", "index", "search", "export", "report", "table", "tune"}
 
 
 def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:

@@ -350,6 +350,10 @@ class EvalConfig(Strict):
     every: int = Field(1, ge=0, description="evaluate every N epochs (0: only at the end)")
     batch_size: int = Field(256, ge=1)
     metric: Literal["euclidean", "cosine"] = "euclidean"
+    test: bool = Field(
+        True,
+        description="with data.validation: evaluate the test split once after training (false: never, as tune's trials do)",
+    )
     agreement_at: list[int] = Field(
         default_factory=lambda: [10],
         description="transfer without labelled evaluation data (an unlabelled folder with data.holdout_images): "
@@ -565,6 +569,8 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _best_needs_validation(self) -> "RunConfig":
+        if not self.eval.test and self.data.validation is None:
+            raise ValueError("eval.test: false leaves a run without data.validation with nothing to evaluate; add data.validation")
         if self.checkpoint.best not in (None, "auto") and self.data.validation is None:
             raise ValueError(
                 f"checkpoint.best: {self.checkpoint.best} chooses a model by its evaluation, which without "

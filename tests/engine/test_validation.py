@@ -162,3 +162,12 @@ def test_choosing_without_validation_data_is_refused():
         build_config({"data": {"validation": {"classes": 1.0}}})
     with pytest.raises(ConfigError, match="fold 2 does not exist"):
         build_config({"data": {"validation": {"folds": 2, "fold": 2}}})
+
+
+def test_a_run_told_not_to_test_never_reads_the_test_split(tmp_path):
+    trainer = _trainer(tmp_path, _config(eval={"test": False}, optim={"epochs": 2}), scripted=[0.4, 0.2])
+    results = trainer.fit()
+    assert trainer.eval_set.dataset.reads == [] and results["final"] == {}
+    assert results["best"]["epoch"] == 1 and "test" not in results["best"]
+    with pytest.raises(ConfigError, match="eval.test: false"):
+        build_config({"eval": {"test": False}})

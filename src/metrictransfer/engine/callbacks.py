@@ -192,6 +192,8 @@ def test_lines(config: RunConfig, results: dict[str, Any]) -> list[str]:
         return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k or k.endswith("/recall@1"))
 
     name = config.name or config.method
+    if not config.eval.test:
+        return [f"[{name}] test split not evaluated (eval.test: false)"]
     lines = [f"[{name}] test split, final model (epoch {config.optim.epochs}):  {shown(results['final'])}"]
     best = results.get("best")
     if best is not None:

@@ -455,14 +455,14 @@ class Trainer:
         config = self.config
         if self.eval_set is None:
             raise RuntimeError("no test set: this Trainer was set up with a training set of its own")
-        final = self.method.evaluate(self.eval_set, config, self.device, progress=self.interactive)
-        if config.checkpoint.best is None:
-            return final, None
         key = selection_key(config, self.method.output, self.history)
-        row = best_row(self.history, key)
-        if row is None:
+        row = None if config.checkpoint.best is None else best_row(self.history, key)
+        record = None if row is None else {"epoch": row["epoch"], "metric": key, "validation": metrics_of(row)}
+        if not config.eval.test:  # eval.test: false (a tuning trial): the test split is not read at all
+            return {}, record
+        final = self.method.evaluate(self.eval_set, config, self.device, progress=self.interactive)
+        if row is None or record is None:
             return final, None
-        record: dict[str, Any] = {"epoch": row["epoch"], "metric": key, "validation": metrics_of(row)}
         if row["epoch"] == self.history[-1]["epoch"]:
             record["test"] = final
             return final, record

@@ -39,6 +39,7 @@ def final_config(recipe: dict[str, Any], seed: int) -> RunConfig:
     if isinstance(checkpoint, dict):
         checkpoint.pop("best", None)  # choosing an epoch needs validation data
     raw.setdefault("eval", {})["every"] = 0
+    raw["eval"].pop("test", None)  # without validation data the test split is the evaluation
     raw["seed"] = seed
     return build_config(raw, origin=f"the best recipe, retrained with seed {seed}")
 

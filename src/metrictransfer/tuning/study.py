@@ -137,6 +137,7 @@ class Plan:
             raw["name"] += f"-fold-{fold}"
         if self.threads is not None:
             raw["threads"] = self.threads
+        set_key(raw, "eval.test", False)  # a trial never reads the test split (nor spends time on it)
         checkpoint = raw.get("checkpoint") or {}
         if self.metric is not None:
             set_key(raw, "checkpoint.best", self.metric)  # the run's best epoch is chosen by the metric tuned
