@@ -51,11 +51,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower().replace("λ", "lambda")).strip("_")
 
 
-def cohort_config(row: dict, seed: int, epochs: int) -> dict:
+def cohort_config(row: dict, seed: int, epochs: int, threads: int = 2) -> dict:
     return {
         "method": "mutual",
         "seed": seed,
-        "threads": 2,
+        "threads": threads,
         "data": DEMO_DATA,
         "model": {"backbone": "resnet10t", "embedding_dim": 32, "normalize": True},
         "mutual": {"members": 2, **row},
@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--tuned", action="store_true", help="tune the main rows alike on validation classes first (benchmarks/tuned.py)")
     parser.add_argument("--trials", type=int, default=6, help="--tuned: trials per row")
     parser.add_argument("--trial-epochs", type=int, default=4, help="--tuned: epochs of a trial")
+    parser.add_argument("--threads", type=int, default=2, help="threads of each run (1: beside another benchmark on 2 cores)")
     args = parser.parse_args()
     if args.tuned:
         from tuned import run_tuned_mutual

@@ -171,7 +171,9 @@ def run_tuned_mutual(args, rows: dict, cohort_config, slug) -> None:
     untuned = json.loads((RESULTS / "mutual_ablation.json").read_text())["finals"]
     results: dict = {"args": vars(args), "budget": {"trials": args.trials, "trial_epochs": args.trial_epochs}, "rows": {}}
     for name, space in MUTUAL_SPACES.items():
-        trial = cohort_config(rows[name], 0, args.trial_epochs)
+        if name not in args.rows:
+            continue
+        trial = cohort_config(rows[name], 0, args.trial_epochs, args.threads)
         trial["data"] = {**trial["data"], "validation": VALIDATION}
         trial["eval"] = {**trial["eval"], "every": 1}
         SPACES[name] = space
@@ -179,13 +181,15 @@ def run_tuned_mutual(args, rows: dict, cohort_config, slug) -> None:
         best = tune_method(name, trial, study, args.trials, 0)
         finals = {}
         for seed in args.seeds:
-            raw = apply_overrides(cohort_config(rows[name], seed, args.epochs), [f"{k}={json.dumps(v)}" for k, v in best.items()])
+            raw = cohort_config(rows[name], seed, args.epochs, args.threads)
+            raw = apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in best.items()])
             finals[seed] = train_once(raw, work / f"seed{seed}" / slug(name), "mutual_ablation --tuned")["final"]
         results["rows"][name] = {"best": best, "study": study_counts(study), "tuned": finals, "untuned": untuned.get(name, {})}
         write_tuned_mutual_table(args, results, (time.perf_counter() - started) / 60)
 
 
 def write_tuned_mutual_table(args, results: dict, minutes: float) -> None:
+    tuned_rows = " ".join(repr(r) for r in args.rows if r in MUTUAL_SPACES)
     lines = [
         f"# Mutual learning ablation, main rows tuned alike on validation classes: Recall@1 (%), seeds {args.seeds}",
         "",
@@ -211,7 +215,8 @@ def write_tuned_mutual_table(args, results: dict, minutes: float) -> None:
         "",
         "Untuned: benchmarks/results/mutual_ablation.json (the same seeds and length, λ = 1, τ = (1, 2), lr 10⁻³).",
         "",
-        f"Rerun: `.venv/bin/python benchmarks/mutual_ablation.py --tuned --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} "
+        f"Rerun: `.venv/bin/python benchmarks/mutual_ablation.py --tuned --rows {tuned_rows} "
+        f"--seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} "
         f"--trials {args.trials} --trial-epochs {args.trial_epochs}` ({minutes:.0f} min in this invocation; finished runs and "
         "studies in --work are reused).",
     ]

@@ -171,3 +171,14 @@ def test_a_run_told_not_to_test_never_reads_the_test_split(tmp_path):
     assert results["best"]["epoch"] == 1 and "test" not in results["best"]
     with pytest.raises(ConfigError, match="eval.test: false"):
         build_config({"eval": {"test": False}})
+
+
+def test_a_cohort_is_chosen_by_its_output_member_unless_told_otherwise():
+    from metrictransfer.engine.callbacks import selection_key
+
+    rows = [{"epoch": 1, "evaluated_on": "validation", "member0/recall@1": 0.4, "ensemble/recall@1": 0.5, "recall@1": 0.5}]
+    assert selection_key(_config(), "member0", rows) == "member0/recall@1"
+    assert selection_key(_config(checkpoint={"best": "ensemble/recall@1"}), "member0", rows) == "ensemble/recall@1"
+    assert selection_key(_config(), "model", [{"epoch": 1, "evaluated_on": "validation", "recall@1": 0.3}]) == "recall@1"
+    with pytest.raises(ValueError, match="not a metric this run's validation gives"):
+        selection_key(_config(checkpoint={"best": "map@r"}), "model", [{"epoch": 1, "evaluated_on": "validation", "recall@1": 0.3}])

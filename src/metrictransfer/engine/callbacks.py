@@ -218,10 +218,13 @@ def selection_key(config: RunConfig, output: str, history: list[dict[str, Any]])
     the run's output model when several are evaluated (a cohort's member)."""
     metric = primary_metric(history) if config.checkpoint.best in (None, "auto") else config.checkpoint.best
     evaluated = [row for row in history if row.get("evaluated_on") == "validation"]
-    if not evaluated or metric in evaluated[-1]:
+    if not evaluated:
         return metric
-    if f"{output}/{metric}" in evaluated[-1]:
+    # a cohort's rows hold each member's metrics and, unprefixed, the ensemble's: choose by the output model
+    if "/" not in metric and f"{output}/{metric}" in evaluated[-1]:
         return f"{output}/{metric}"
+    if metric in evaluated[-1]:
+        return metric
     known = ", ".join(sorted(metrics_of(evaluated[-1])))
     raise ValueError(f"checkpoint.best: {metric!r} is not a metric this run's validation gives; it gives: {known}")
 
