@@ -105,6 +105,7 @@ BAD_SPACES = {
         "holds optim.lr",
     ),
     "not a range": ("optim.lr: 0.001", "optim.lr", "expected a range"),
+    "a mapping as a choice": ("data.transform: {type: categorical, choices: [{a: 1}]}", "data.transform", "not a value or a list"),
 }
 
 
@@ -140,6 +141,7 @@ def test_a_space_file_is_read_as_written(tmp_path):
         "transfer.params.sigma: {type: float, low: 0.5, high: 2.0, step: 0.5}\n"
         "optim.epochs: {type: int, low: 2, high: 8, log: true}\n"
         "model.embedding_dim: {type: categorical, choices: [16, 32]}\n"
+        "mutual.update_every: {type: categorical, choices: [[1, 1], [1, 2]]}\n"  # a list key's values
     )
     recipe, space = _write(tmp_path, space=text)
     loaded = load_space(space, yaml.safe_load(recipe.read_text()))
@@ -148,6 +150,7 @@ def test_a_space_file_is_read_as_written(tmp_path):
         "transfer.params.sigma": {"type": "float", "low": 0.5, "high": 2.0, "step": 0.5},
         "optim.epochs": {"type": "int", "low": 2, "high": 8, "log": True},
         "model.embedding_dim": {"type": "categorical", "choices": [16, 32]},
+        "mutual.update_every": {"type": "categorical", "choices": [[1, 1], [1, 2]]},
     }
     assert loaded.max_epochs(2) == 8
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,9 @@ class Param:
 
     def suggest(self, trial: optuna.trial.Trial) -> Any:
         if self.kind == "categorical":
-            return trial.suggest_categorical(self.key, list(self.choices))
+            with warnings.catch_warnings():  # Optuna stores list choices (as JSON) but warns about them
+                warnings.filterwarnings("ignore", message="Choices for a categorical distribution should be")
+                return trial.suggest_categorical(self.key, list(self.choices))
         assert self.low is not None and self.high is not None
         if self.kind == "int":
             return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
@@ -186,10 +189,11 @@ def _param(path: Path, key: str, spec: Any) -> Param:
 def _categorical(where: str, key: str, choices: Any) -> Param:
     if not isinstance(choices, list) or not choices:
         raise ConfigError(f"{where}: choices must be a non-empty list, got {choices!r}")
-    read = tuple(_number_or_text(c) for c in choices)
+    read = tuple([_number_or_text(v) for v in c] if isinstance(c, list) else _number_or_text(c) for c in choices)
     for choice in read:
-        if choice is not None and not isinstance(choice, (bool, int, float, str)):
-            raise ConfigError(f"{where}: choice {choice!r} is not a single value (a number, text, true/false or null)")
+        values = choice if isinstance(choice, list) else [choice]  # a list choice is one value of a list key (mutual.update_every)
+        if any(v is not None and not isinstance(v, (bool, int, float, str)) for v in values):
+            raise ConfigError(f"{where}: choice {choice!r} is not a value or a list of values (numbers, text, true/false or null)")
     return Param(key, "categorical", choices=read)
 
 
