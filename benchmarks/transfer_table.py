@@ -121,11 +121,12 @@ def main() -> None:
     parser.add_argument("--tuned", action="store_true", help="tune each method alike on validation classes first (benchmarks/tuned.py)")
     parser.add_argument("--trials", type=int, default=8, help="--tuned: trials per method")
     parser.add_argument("--trial-epochs", type=int, default=3, help="--tuned: epochs of a trial")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="--tuned: these methods, in this order")
     args = parser.parse_args()
     if args.tuned:
         from tuned import run_tuned
 
-        run_tuned(args, SETTINGS, METHODS, source_config, target_config, slug)
+        run_tuned(args, SETTINGS, {name: METHODS[name] for name in args.methods}, source_config, target_config, slug)
         return
 
     work = Path(args.work)
