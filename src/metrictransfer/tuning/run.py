@@ -6,6 +6,7 @@ summary (best.yaml, tables, plots) and final (the retrained best configuration, 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,6 +97,8 @@ def run_study(
     )
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial is ours to print
+    # list choices (space.py) are stored and read back fine; Optuna warns about them each time it loads them
+    warnings.filterwarnings("ignore", message="Choices for a categorical distribution should be")
     try:
         storage_object = open_storage(url)
         study = open_study(storage_object, name, identity, overwrite and storage is not None)

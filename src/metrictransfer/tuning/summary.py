@@ -186,6 +186,8 @@ def importance_note(study: optuna.Study, plan: Plan, complete: list[optuna.trial
         return f"{len(complete)} complete trial(s); importances need at least 2"
     if len({t.value for t in complete}) < 2:
         return "every complete trial has the same value"
+    if any(isinstance(c, list) for p in plan.space.params for c in p.choices):
+        return "Optuna's importance evaluator cannot take list choices (such as mutual.update_every)"
     return None
 
 
