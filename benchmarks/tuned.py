@@ -92,6 +92,9 @@ def run_tuned(args, settings: dict, methods: dict, source_config, target_config,
     setting = settings["compression"]
     untuned = json.loads((RESULTS / "transfer_table.json").read_text())
     results: dict = {"args": vars(args), "budget": {"trials": args.trials, "trial_epochs": args.trial_epochs}, "methods": {}}
+    earlier = RESULTS / "transfer_table_tuned.json"
+    if earlier.is_file():  # rows of an earlier invocation (another --methods) stay in the table
+        results["methods"] = json.loads(earlier.read_text()).get("methods", {})
 
     validation_source = work / "validation_source"
     raw = source_config(0, args.epochs_scale, threads)
