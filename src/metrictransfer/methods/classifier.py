@@ -17,8 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from metrictransfer.config import ModelConfig, RunConfig
-from metrictransfer.data.multiview import MultiViewDataset, collate_readable
-from metrictransfer.data.transforms import build_transform
+from metrictransfer.data.multiview import collate_readable
 from metrictransfer.errors import ConfigError
 from metrictransfer.losses import TransferInputs, TransferLoss
 from metrictransfer.methods.base import SingleModelMethod
@@ -71,10 +70,6 @@ class ClassifierMethod(SingleModelMethod):
     @classmethod
     def validation_unit(cls, config: RunConfig) -> Literal["classes", "images"]:
         return "images"  # a classifier knows only its training classes
-
-    def validation_set(self, config: RunConfig, part: Dataset[Any]) -> Dataset[Any]:
-        data = config.data
-        return MultiViewDataset(part, build_transform(data.transform, False, data.image_size, data.normalization))
 
     def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """Top-1 accuracy on the held-out images."""
