@@ -159,6 +159,13 @@ def write_tuned_table(args, results: dict, minutes: float) -> None:
 MUTUAL_SPACES = {  # the ablation's main rows; λ (and τ where members differ in it) beside the learning rate
     "independent (λ = 0)": {**LR, "optim.weight_decay": {"type": "log_uniform", "low": 1.0e-6, "high": 1.0e-2}},
     "mutual, no diversity": {**LR, "mutual.weight": {"type": "log_uniform", "low": 0.1, "high": 10.0}},
+    "+ model": {**LR, "mutual.weight": {"type": "log_uniform", "low": 0.1, "high": 10.0}},
+    "+ temporal": {
+        **LR,
+        "mutual.weight": {"type": "log_uniform", "low": 0.1, "high": 10.0},
+        "mutual.update_every": {"type": "categorical", "choices": [[1, 1], [1, 2], [1, 3]]},
+    },
+    "+ view": {**LR, "mutual.weight": {"type": "log_uniform", "low": 0.1, "high": 10.0}},
     "all three": {
         **LR,
         "mutual.weight": {"type": "log_uniform", "low": 0.1, "high": 10.0},
@@ -173,6 +180,9 @@ def run_tuned_mutual(args, rows: dict, cohort_config, slug) -> None:
     started = time.perf_counter()
     untuned = json.loads((RESULTS / "mutual_ablation.json").read_text())["finals"]
     results: dict = {"args": vars(args), "budget": {"trials": args.trials, "trial_epochs": args.trial_epochs}, "rows": {}}
+    earlier = RESULTS / "mutual_ablation_tuned.json"
+    if earlier.is_file():  # rows of an earlier invocation (another --rows) stay in the table
+        results["rows"] = json.loads(earlier.read_text()).get("rows", {})
     for name, space in MUTUAL_SPACES.items():
         if name not in args.rows:
             continue
@@ -188,11 +198,12 @@ def run_tuned_mutual(args, rows: dict, cohort_config, slug) -> None:
             raw = apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in best.items()])
             finals[seed] = train_once(raw, work / f"seed{seed}" / slug(name), "mutual_ablation --tuned")["final"]
         results["rows"][name] = {"best": best, "study": study_counts(study), "tuned": finals, "untuned": untuned.get(name, {})}
+        results["rows"] = {row: results["rows"][row] for row in MUTUAL_SPACES if row in results["rows"]}  # the ablation's order
         write_tuned_mutual_table(args, results, (time.perf_counter() - started) / 60)
 
 
 def write_tuned_mutual_table(args, results: dict, minutes: float) -> None:
-    tuned_rows = " ".join(repr(r) for r in args.rows if r in MUTUAL_SPACES)
+    tuned_rows = " ".join(repr(r) for r in results["rows"])
     lines = [
         f"# Mutual learning ablation, main rows tuned alike on validation classes: Recall@1 (%), seeds {args.seeds}",
         "",
