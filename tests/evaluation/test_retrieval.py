@@ -55,6 +55,16 @@ def _assert_stats_equal(stats, expected):
     np.testing.assert_allclose(stats.r_precision.numpy(), rp, rtol=0, atol=1e-12)
 
 
+@pytest.fixture(autouse=True, params=["kernel", "kernel, 2 threads", "torch"])
+def fold_path(request, monkeypatch):
+    """Every test on the CPU's compiled kernel (one and two threads) and on the torch path the GPU uses."""
+    monkeypatch.setattr(knn, "FUSED_KERNEL_MIN_PAIRS", 2**62 if request.param == "torch" else 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2 if "2 threads" in request.param else 1)
+    yield request.param
+    torch.set_num_threads(threads)
+
+
 def _clustered(n=150, classes=12, dim=6, seed=0, spread=0.9):
     g = torch.Generator().manual_seed(seed)
     centers = torch.randn(classes, dim, generator=g)
@@ -124,14 +134,14 @@ def test_query_is_excluded_by_index_not_position():
 def test_blocks_bound_the_memory(monkeypatch):
     """No distance matrix larger than a block (pass 2) or the same-class budget (pass 1) is ever built."""
     shapes = []
-    original = knn.pair_distances
+    original = knn.distances
 
-    def recording(a, b, a_sq, b_sq):
-        d = original(a, b, a_sq, b_sq)
+    def recording(left, right, out=None):
+        d = original(left, right, out)
         shapes.append(d.shape)
         return d
 
-    monkeypatch.setattr(knn, "pair_distances", recording)
+    monkeypatch.setattr(knn, "distances", recording)
     monkeypatch.setattr(knn, "_PAIR_BUDGET", 64)
     x, labels = _clustered(n=300, classes=4, seed=4)  # classes of ~75 items: pass 1 must split them
     compute_query_statistics(x, labels, block_size=32)
@@ -206,3 +216,13 @@ def test_ensemble_is_the_concatenation_of_normalised_embeddings():
 def test_bad_input_is_named(embeddings, labels, kwargs, message):
     with pytest.raises(ValueError, match=message):
         retrieval_metrics(embeddings, labels, [1], **kwargs)
+
+
+def test_kernel_and_torch_paths_agree_at_default_blocks():
+    """Many full spans of the kernel's vector test, two blocks, and the automatic choice of path."""
+    x, labels = _clustered(n=2600, classes=300, dim=12, seed=8, spread=0.6)
+    paths = [knn.query_statistics(x, labels, fused_kernel=fused) for fused in (True, False, None)]
+    for stats in paths[1:]:
+        assert torch.equal(stats.rank, paths[0].rank)
+        assert torch.equal(stats.average_precision.nan_to_num(), paths[0].average_precision.nan_to_num())
+        assert torch.equal(stats.r_precision.nan_to_num(), paths[0].r_precision.nan_to_num())

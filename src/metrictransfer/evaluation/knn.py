@@ -27,6 +27,10 @@ from tqdm.auto import tqdm
 from metrictransfer.errors import ConfigError
 
 METRICS = ("euclidean", "cosine")
+# CPU evaluations of at least this many query × gallery pairs fold their blocks with fold_kernel (numba);
+# smaller ones with torch operations, as on the GPU: there, loading the compiled kernel (about 1 s per
+# process) would cost more than it saves
+FUSED_KERNEL_MIN_PAIRS = 1 << 25
 _PAIR_BUDGET = 1 << 22  # same-class distances computed at once in step 1 (16 MB in float32)
 
 
@@ -77,16 +81,32 @@ def _ranges(sorted_labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor
 
 
 class _Side:
-    """Items of one side (queries or gallery) sorted so that classes are contiguous."""
+    """Items of one side (queries or gallery) sorted so that classes are contiguous, as the operands of
+    one matrix product per block: ``left[a] · right[b]`` is the distance stand-in of ``pair_distances``.
 
-    def __init__(self, x: torch.Tensor, labels: torch.Tensor, sort_key: torch.Tensor, metric: str):
+    For squared Euclidean, ``left = [x, |x|², 1]`` and ``right = [-2x, 1, |y|²]``: the norms are added
+    inside the product, not in extra passes over every block (those cost more than the product on the CPU).
+    """
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor, sort_key: torch.Tensor, metric: str, left: bool, right: bool):
         self.order = torch.sort(sort_key, stable=True).indices
-        self.x = x[self.order].contiguous()
         self.labels = labels[self.order]
-        self.sq = self.x.pow(2).sum(1) if metric == "euclidean" else None
+        x = x[self.order]
+        self.size, self.dtype = len(x), x.dtype
+        if metric == "euclidean":
+            sq, ones = x.pow(2).sum(1, keepdim=True), torch.ones(len(x), 1, dtype=x.dtype, device=x.device)
+            self.left = torch.cat([x, sq, ones], 1) if left else None
+            self.right = torch.cat([x.mul(-2), ones, sq], 1) if right else None
+        else:
+            self.left = x.contiguous() if left else None
+            self.right = x.neg() if right else None
 
-    def sq_at(self, index: slice | torch.Tensor) -> torch.Tensor | None:
-        return None if self.sq is None else self.sq[index]
+
+def distances(left: torch.Tensor, right: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Distance stand-ins of (batched) ``_Side`` operands, written into ``out`` when it is given."""
+    if out is not None:
+        return torch.mm(left, right.t(), out=out)
+    return left @ right.transpose(-1, -2)
 
 
 def query_statistics(
@@ -97,11 +117,15 @@ def query_statistics(
     metric: str = "euclidean",
     block_size: int | None = None,
     progress: bool = False,
+    fused_kernel: bool | None = None,
 ) -> QueryStats:
     """Exact retrieval statistics of every query.
 
     Without a gallery, all-vs-all: each item queries all others, excluded by its index. With a gallery,
-    query-vs-gallery (the two sets must be disjoint). Runs on the device the embeddings are on.
+    query-vs-gallery (the two sets must be disjoint). Runs on the device the embeddings are on; on the
+    CPU, blocks are folded by the compiled kernel of ``fold_kernel`` when ``fused_kernel`` is True, or when
+    it is None and there are at least :data:`FUSED_KERNEL_MIN_PAIRS` pairs; otherwise by the torch path,
+    which the GPU uses.
     """
     same_set = gallery is None
     device = queries.device
@@ -119,50 +143,68 @@ def query_statistics(
 
     g_count = torch.bincount(g_lab, minlength=num_classes)
     if same_set:
-        rows = cols = _Side(q_all, q_lab, g_count[q_lab] * num_classes + q_lab, metric)
+        rows = cols = _Side(q_all, q_lab, g_count[q_lab] * num_classes + q_lab, metric, left=True, right=True)
         q_pos = g_count[rows.labels] - 1
     else:
-        cols = _Side(g_all, g_lab, g_lab, metric)
+        cols = _Side(g_all, g_lab, g_lab, metric, left=False, right=True)
         q_pos_unsorted = g_count[q_lab]
-        rows = _Side(q_all, q_lab, q_pos_unsorted * num_classes + q_lab, metric)
+        rows = _Side(q_all, q_lab, q_pos_unsorted * num_classes + q_lab, metric, left=True, right=False)
         q_pos = q_pos_unsorted[rows.order]
     g_start, g_end = _ranges(cols.labels, num_classes)
 
     offsets = torch.cumsum(q_pos, 0) - q_pos  # where each query's sorted positive distances start in `flat`
     flat = _sorted_positive_distances(rows, cols, q_pos, offsets, num_classes, same_set)
 
-    block = block_size or (8192 if device.type == "cuda" else 1024)
-    starts = list(range(0, len(rows.x), block))
-    near = torch.full((len(rows.x),), float("-inf"), dtype=rows.x.dtype, device=device)
+    block = block_size or (8192 if device.type == "cuda" else 2048)  # 2,048: the CPU's matrix product is at full speed
+    starts = list(range(0, rows.size, block))
+    near = torch.full((rows.size,), float("-inf"), dtype=rows.dtype, device=device)
     has_pos = q_pos > 0
     near[has_pos] = flat[offsets[has_pos]]
     far = torch.full_like(near, float("-inf"))
     far[has_pos] = flat[offsets[has_pos] + q_pos[has_pos] - 1]
-    count = torch.zeros(len(rows.x), dtype=torch.long, device=device)
+    count = torch.zeros(rows.size, dtype=torch.long, device=device)
     top_negatives: list[torch.Tensor] = []  # per row block: its queries' closest other-class distances, padded to the block's max R
     for s in starts:
         k = int(q_pos[s : s + block].max())
-        top_negatives.append(torch.full((min(block, len(rows.x) - s), k), float("inf"), dtype=rows.x.dtype, device=device))
+        top_negatives.append(torch.full((min(block, rows.size - s), k), float("inf"), dtype=rows.dtype, device=device))
 
-    col_starts = starts if same_set else list(range(0, len(cols.x), block))
+    col_starts = starts if same_set else list(range(0, cols.size, block))
     pairs = [(i, j) for i in range(len(starts)) for j in range(len(col_starts)) if not same_set or j >= i]
     lo, hi = g_start[rows.labels], g_end[rows.labels]
+    assert rows.left is not None and cols.right is not None  # queries are left operands, the gallery right ones
+    outputs: dict[tuple[int, int], torch.Tensor] = {}
+    folder = None
+    if fused_kernel is None:
+        fused_kernel = rows.size * cols.size >= FUSED_KERNEL_MIN_PAIRS
+    if device.type == "cpu" and fused_kernel:  # the kernel works in place on numpy views of the running state
+        from metrictransfer.evaluation.fold_kernel import BlockFolder
+
+        buffers = [b.numpy() for b in top_negatives]
+        folder = BlockFolder(near.numpy(), far.numpy(), count.numpy(), buffers, torch.get_num_threads())
     for i, j in tqdm(pairs, desc="kNN blocks", disable=not progress, leave=False):
         r0, c0 = starts[i], col_starts[j]
-        r1, c1 = min(r0 + block, len(rows.x)), min(c0 + block, len(cols.x))
-        d = pair_distances(rows.x[r0:r1], cols.x[c0:c1], rows.sq_at(slice(r0, r1)), cols.sq_at(slice(c0, c1)))
+        r1, c1 = min(r0 + block, rows.size), min(c0 + block, cols.size)
+        shape = (r1 - r0, c1 - c0)
+        if shape not in outputs:  # written in place block after block: no fresh pages per block
+            outputs[shape] = torch.empty(shape, dtype=rows.dtype, device=device)
+        d = distances(rows.left[r0:r1], cols.right[c0:c1], outputs[shape])
         row_lo, row_hi = lo[r0:r1], hi[r0:r1]
         if bool(((row_lo < c1) & (row_hi > c0)).any()):  # this block holds same-class pairs: mask them
             col = torch.arange(c0, c1, device=device)
             d.masked_fill_((col >= row_lo.unsqueeze(1)) & (col < row_hi.unsqueeze(1)), float("inf"))
+        if folder is not None:
+            folder.fold(d.numpy(), r0, i, *((c0, j) if same_set and j != i else ()))
+            continue
         _update(d, near[r0:r1], far[r0:r1], count, r0, top_negatives, i)
         if same_set and j != i:  # the transposed block is block (j, i), already masked by symmetry
             _update(d.t(), near[c0:c1], far[c0:c1], count, c0, top_negatives, j)
 
-    ap = torch.full((len(rows.x),), float("nan"), dtype=torch.float64, device=device)
+    if folder is not None:
+        folder.close()
+    ap = torch.full((rows.size,), float("nan"), dtype=torch.float64, device=device)
     rp = torch.full_like(ap, float("nan"))
     for i, s in enumerate(starts):
-        e = min(s + block, len(rows.x))
+        e = min(s + block, rows.size)
         ap[s:e], rp[s:e] = _precision_at_r(flat, offsets[s:e], q_pos[s:e], top_negatives[i])
     rank = torch.where(has_pos, count, torch.full_like(count, -1))
 
@@ -230,8 +272,9 @@ def _sorted_positive_distances(
     rows: _Side, cols: _Side, q_pos: torch.Tensor, offsets: torch.Tensor, num_classes: int, same_set: bool
 ) -> torch.Tensor:
     """Every query's distances to its positives, sorted, concatenated in query order (query i at offsets[i])."""
-    device = rows.x.device
-    flat = torch.empty(int(q_pos.sum()), dtype=rows.x.dtype, device=device)
+    device = rows.labels.device
+    assert rows.left is not None and cols.right is not None
+    flat = torch.empty(int(q_pos.sum()), dtype=rows.dtype, device=device)
     q_start, q_end = _ranges(rows.labels, num_classes)
     g_start, g_end = _ranges(cols.labels, num_classes)
     nq, ng = q_end - q_start, g_end - g_start
@@ -249,7 +292,7 @@ def _sorted_positive_distances(
             for t0 in range(0, n_q, rows_per_piece):
                 t = torch.arange(t0, min(t0 + rows_per_piece, n_q), device=device)
                 q_idx = q_start[group].unsqueeze(1) + t
-                d = pair_distances(rows.x[q_idx], cols.x[g_idx], rows.sq_at(q_idx), cols.sq_at(g_idx))
+                d = distances(rows.left[q_idx], cols.right[g_idx])
                 if same_set:  # the query itself (same sorted index on both sides)
                     d.masked_fill_(q_idx.unsqueeze(2) == g_idx.unsqueeze(1), float("inf"))
                 r = n_g - int(same_set)
