@@ -123,6 +123,18 @@ def test_version_is_printed_without_importing_torch():
     assert done.stdout.strip() == f"metrictransfer {__version__}"
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--no-such-flag"]])
+def test_parsing_imports_nothing_heavy(argv):
+    """--help and argument errors answer at once: no torch, numpy, pydantic or package metadata."""
+    code = (
+        f"import sys\nfrom metrictransfer.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'numpy', 'pydantic', 'yaml', 'importlib.metadata') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 # ------------------------------------------------------------------------------ one tiny finished run
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 # Only light modules here: torch and the rest load inside the commands, where Ctrl-C is handled.
-from metrictransfer import __version__
 from metrictransfer.errors import ConfigError, MetricTransferError, MissingFileError, is_output_problem, output_error
 
 if TYPE_CHECKING:
@@ -1052,11 +1051,19 @@ def _add_tune(tune: argparse.ArgumentParser) -> None:
     tune.set_defaults(func=cmd_tune)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, reading the version only when asked (see ``metrictransfer.__getattr__``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
+        import metrictransfer
+
+        print(f"metrictransfer {metrictransfer.__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metrictransfer", description=_overview(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--version", action="version", version=f"metrictransfer {__version__}", help="print metrictransfer's version and exit"
-    )
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="print metrictransfer's version and exit")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands above")
     adders = {

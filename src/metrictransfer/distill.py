@@ -9,10 +9,12 @@ loss), stored as the run's ``config.yaml``: ``evaluate``, ``export``, ``index``,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from metrictransfer.config import RunConfig, build_config
 from metrictransfer.errors import MissingFileError
+
+if TYPE_CHECKING:  # the command line reads this module's defaults for --help, before any heavy import
+    from metrictransfer.config import RunConfig
 
 #: Defaults of the recipe, chosen for photos and a few thousand images (each one a flag of the command).
 DEFAULT_EPOCHS = 30
@@ -87,4 +89,6 @@ def distill_config(
     }
     if eval_data is not None:
         raw["eval"] = {"data": eval_section(eval_data, image_size)}
+    from metrictransfer.config import build_config
+
     return build_config(raw, overrides, origin="metrictransfer distill")
