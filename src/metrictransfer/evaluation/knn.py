@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 from metrictransfer.errors import ConfigError
 
 METRICS = ("euclidean", "cosine")
-# CPU evaluations of at least this many query × gallery pairs fold their blocks with fold_kernel (numba);
-# smaller ones with torch operations, as on the GPU: there, loading the compiled kernel (about 1 s per
-# process) would cost more than it saves
-FUSED_KERNEL_MIN_PAIRS = 1 << 25
+# CPU evaluations that compute at least this many distances (N²/2 all-vs-all, queries × gallery otherwise)
+# fold their blocks with fold_kernel (numba); smaller ones with torch operations, as on the GPU. Loading
+# the compiled kernel costs about 1 s per process; benchmarks/evaluation_scale.py measured it 0.9 s slower
+# at In-Shop's 1.8e8 and 7.8 s faster at SOP's 1.8e9.
+FUSED_KERNEL_MIN_PAIRS = 1 << 28
 _PAIR_BUDGET = 1 << 22  # same-class distances computed at once in step 1 (16 MB in float32)
 
 
@@ -175,7 +176,7 @@ def query_statistics(
     outputs: dict[tuple[int, int], torch.Tensor] = {}
     folder = None
     if fused_kernel is None:
-        fused_kernel = rows.size * cols.size >= FUSED_KERNEL_MIN_PAIRS
+        fused_kernel = rows.size * cols.size // (2 if same_set else 1) >= FUSED_KERNEL_MIN_PAIRS
     if device.type == "cpu" and fused_kernel:  # the kernel works in place on numpy views of the running state
         from metrictransfer.evaluation.fold_kernel import BlockFolder
 
