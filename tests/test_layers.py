@@ -52,6 +52,12 @@ FUNCTION_LEVEL = {
     "metrictransfer.cli": {
         "*": "each command imports what it runs: --help, usage and configuration errors answer without loading torch",
     },
+    "metrictransfer.distill": {
+        "metrictransfer.config": "defers pydantic: the command line reads distill's defaults to build --help",
+    },
+    "metrictransfer.evaluation.knn": {
+        "metrictransfer.evaluation.fold_kernel": "defers numba (about 1 s to load) to evaluations large enough to use its kernel",
+    },
     "metrictransfer.search.grid": {
         "metrictransfer.engine.logging": "defers matplotlib (engine.logging loads it, with the Agg backend) to drawing a grid",
     },

@@ -8,8 +8,10 @@ So, instead of sorting K or 1,000 neighbours per query as generic kNN search doe
 1. Same-class distances are computed class by class (small matrices, batched by class size) and sorted.
 2. One pass over blocks of the query × gallery distance matrix, with same-class entries masked out, keeps
    per query a count of other-class items at least as close as its nearest positive, and its R closest
-   other-class distances. In all-vs-all mode the matrix is symmetric: a block above the diagonal serves its
-   rows and, transposed, its columns, which halves the arithmetic.
+   other-class distances (only those up to its farthest positive matter). In all-vs-all mode the matrix is
+   symmetric: a block above the diagonal serves its rows and, transposed, its columns, which halves the
+   arithmetic. Each block is one matrix product (the squared norms ride in it, see ``_Side``); on the CPU,
+   large evaluations fold it into the queries' state with the compiled kernel of ``fold_kernel``.
 
 Memory is O(block² + N·D + Σ R), never N × N. Items are reordered by (class size, class), so a query's
 positives form one column range and queries with similar R share a block (the top-R buffer of a block is
