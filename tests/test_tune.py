@@ -5,9 +5,11 @@ Every study trains resnet10t on 7 glyph classes at 16 px for 1-2 epochs (about 1
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -71,6 +73,18 @@ def _write(folder: Path, recipe: dict | None = None, space: str = SPACE, **chang
 
 def _study(out: Path) -> optuna.Study:
     return optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def _peek(out: Path) -> tuple[dict[int, str], set[int]]:
+    """Trial states and the trials with a heartbeat, read from the study's SQLite file read-only, while
+    the study runs: opening it through optuna would create its tables, racing the study's own creation."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True, timeout=5)) as db:
+            states = dict(db.execute("SELECT trial_id, state FROM trials").fetchall())
+            beating = {row[0] for row in db.execute("SELECT trial_id FROM trial_user_attributes WHERE key = 'heartbeat'")}
+    except sqlite3.OperationalError:  # not created yet, or locked for a moment
+        return {}, set()
+    return states, beating
 
 
 def _states(out: Path) -> dict[int, str]:
@@ -343,13 +357,8 @@ def test_a_killed_study_resumes_to_exactly_the_trials_asked(tmp_path):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.3)
-            try:
-                trials = _study(out).get_trials(deepcopy=False)
-            except Exception:  # the database or the study is not created yet
-                continue
-            if any(t.state.name == "COMPLETE" for t in trials) and any(
-                t.state.name == "RUNNING" and "heartbeat" in t.user_attrs for t in trials
-            ):
+            states, beating = _peek(out)
+            if "COMPLETE" in states.values() and any(states.get(t) == "RUNNING" for t in beating):
                 break
         else:
             pytest.fail(f"the study never had a trial complete and one training: {process.stderr.read().decode()[-2000:]}")
