@@ -8,7 +8,8 @@ in one process, interleaved round by round (A, B, C, … then again), median ove
 
 - each member trained alone (method: source, the cohort's base loss, its own data loading),
 - the K = 2 cohort (method: mutual, RKD mutual loss) with shared views, with its own views per member,
-  and with the default temporal diversity (τ = 1, 2).
+  and with the default temporal diversity (τ = 1, 2); and the default cohort with the relaxed
+  contrastive loss as its mutual loss.
 
 The issue's goal: a cohort step costs at most 1.1 × the sum of the standalone steps. Writes
 benchmarks/results/cohort_step.md and .json.
@@ -70,6 +71,9 @@ def main() -> None:
         "cohort, shared views, τ 1/1": raw_config(args.backbone, "mutual", {"members": 2, "view_diversity": False, "update_every": [1, 1]}),
         "cohort, own views, τ 1/1": raw_config(args.backbone, "mutual", {"members": 2, "update_every": [1, 1]}),
         "cohort, own views, τ 1/2 (default)": raw_config(args.backbone, "mutual", {"members": 2}),
+        "cohort, relaxed contrastive mutual loss, τ 1/2": raw_config(
+            args.backbone, "mutual", {"members": 2, "loss": {"name": "relaxed_contrastive"}}
+        ),
     }
     steppers = {name: Stepper(raw) for name, raw in settings.items()}
     for stepper in steppers.values():  # warm-up: first batches, allocator, lazy initialisation
