@@ -64,6 +64,10 @@ def test_tiny_demo_prints_percent_and_a_conclusion_and_writes_a_combined_report(
     assert results["conclusion"]["benchmark"]["mean"] == DEMO_QUALITY["mean"]
     assert results["conclusion"]["comparable_to_benchmark"] is False
 
+    for name in ["config.json", "log.csv", "recall.png", "source/checkpoint.pt", "target_transfer/checkpoint.pt"]:
+        assert (out / name).is_file(), name
+    assert (out / "target_transfer" / "embedding_map.png").is_file()
+
     report = (out / "report.md").read_text()
     for name in MODELS:
         assert f"[{name}]({name}/report.md)" in report

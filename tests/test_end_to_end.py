@@ -224,41 +224,6 @@ def test_train_cli_with_overrides_and_bad_input(tmp_path, capsys):
     assert "no checkpoint at" in capsys.readouterr().err
 
 
-def test_demo_command_writes_results_table_log_and_plot(tmp_path, capsys):
-    out = tmp_path / "demo"
-    args = [
-        "demo",
-        "--out",
-        str(out),
-        "--epochs-scale",
-        "0.01",
-        "--set",
-        "data.num_classes=6",
-        "--set",
-        "data.classes_per_batch=6",
-        "--set",
-        "data.images_per_class=4",
-        "--set",
-        "threads=2",
-    ]
-    assert main(args) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["models"]) == {"source", "target_alone", "target_transfer"}
-    for name in [
-        "config.json",
-        "log.csv",
-        "recall.png",
-        "source/checkpoint.pt",
-        "target_transfer/checkpoint.pt",
-        "target_transfer/report.md",
-        "target_transfer/curves.png",
-        "target_transfer/retrieval.png",
-        "target_transfer/embedding_map.png",
-    ]:
-        assert (out / name).is_file(), name
-    assert "| target_transfer" in capsys.readouterr().out
-
-
 @pytest.mark.parametrize("name", ["source", "target_alone", "target_transfer"])
 def test_recipes_match_the_demo(name, tmp_path):
     recipe = {"source": "glyphs_source", "target_alone": "glyphs_target_alone", "target_transfer": "glyphs_transfer"}
