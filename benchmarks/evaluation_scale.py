@@ -34,6 +34,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KS = (1, 10, 100, 1000)
+REPEATED = {"ours", "ours, torch path", "half Gram"}  # quick enough to run several times: medians, not one draw
 SEARCHES = ["faiss search k=1", "faiss search k=1001"]
 CASES = {  # name → (items, dimension, query count for query-vs-gallery or 0, methods)
     "sop": (60502, 512, 0, ["ours", "ours, torch path", "half Gram", *SEARCHES, "faiss k=1001 + metrics", "pml"]),
@@ -184,10 +186,28 @@ def run_worker(method: str, data_path: Path, queries: int, threads: int) -> dict
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def measure(methods: list[str], data_path: Path, queries: int, threads: int, repeats: int) -> list[dict]:
+    """Every method once, in order; then the quick ones (``REPEATED``) again, round after round, interleaved:
+    each of those reports the median of ``repeats`` runs (every run's seconds are kept in ``runs``)."""
+    rows = [run_worker(m, data_path, queries, threads) for m in methods]
+    quick = [row for row in rows if row["method"] in REPEATED]
+    for row in quick:
+        row["runs"] = [row["seconds"]]
+    for _ in range(repeats - 1):
+        for row in quick:
+            row["runs"].append(run_worker(row["method"], data_path, queries, threads)["seconds"])
+    for row in quick:
+        row["seconds"] = statistics.median(row["runs"])
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    return [{**row, "measured": stamp} for row in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each quick method (ours, torch path, half Gram): median")
+    parser.add_argument("--fresh", action="store_true", help="drop the cases of earlier invocations from the table")
     parser.add_argument("--name", default="evaluation_scale")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -202,13 +222,16 @@ def main() -> None:
     import torch
 
     results = {}
+    earlier = RESULTS / f"{args.name}.json"
+    if earlier.is_file() and not args.fresh:  # cases of an earlier invocation (another --cases) stay in the table
+        results = {case: rows for case, rows in json.loads(earlier.read_text()).get("cases", {}).items() if case not in args.cases}
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases:
             n, dim, queries, methods = CASES[case]
             data_path = Path(tmp) / f"{case}.npz"
             make_data(n, dim, data_path)
             print(f"== {case}: N = {n:,} × {dim}", file=sys.stderr, flush=True)
-            results[case] = [run_worker(m, data_path, queries, args.threads) for m in methods]
+            results[case] = measure(methods, data_path, queries, args.threads, args.repeats)
 
     lines = [
         f"# Retrieval evaluation at scale, {args.threads} CPU threads",
@@ -217,7 +240,8 @@ def main() -> None:
         f"faiss {faiss.__version__}, pytorch-metric-learning {pytorch_metric_learning.__version__}. Each method in its own "
         "process; peak = the process's peak resident memory (Python, torch and the data included); above data = the part "
         "of the peak above the process's memory once the data was loaded. Ratio = seconds ÷ faiss's k = 1,001 search alone "
-        "in this run. Metric cells: ours; `=` where a method's metrics equal ours exactly, the largest difference otherwise.",
+        "in this run. Ours, the torch path and half Gram: the median of --repeats runs, interleaved (range in brackets). "
+        "Metric cells: ours; `=` where a method's metrics equal ours exactly, the largest difference otherwise.",
     ]
     for case, rows in results.items():
         n, dim, queries, _ = CASES[case]
@@ -226,7 +250,7 @@ def main() -> None:
         search = next((row["seconds"] for row in rows if row["method"] == "faiss search k=1001"), None)
         lines += [
             "",
-            f"## {case}: {shape}, {dim}-d",
+            f"## {case}: {shape}, {dim}-d (measured {rows[0].get('measured', '?')})",
             "",
             "| method | seconds | ÷ faiss k=1001 search | peak MB | above data MB | metrics |",
             "|---|---:|---:|---:|---:|---|",
@@ -243,7 +267,9 @@ def main() -> None:
                 cell = "=" if diff == 0 else f"max diff {diff:.1e}"
                 cell += f" ({', '.join(k for k in m)})" if len(m) < len(reference) else ""
             ratio = f"{row['seconds'] / search:.2f}×" if search else "–"
-            lines.append(f"| {row['method']} | {row['seconds']:.1f} | {ratio} | {row['peak_mb']:,} | {row['above_loaded_mb']:,} | {cell} |")
+            spread = f" ({min(row['runs']):.1f}–{max(row['runs']):.1f})" if len(row.get("runs", [])) > 1 else ""
+            memory = f"{row['peak_mb']:,} | {row['above_loaded_mb']:,}"
+            lines.append(f"| {row['method']} | {row['seconds']:.1f}{spread} | {ratio} | {memory} | {cell} |")
     lines += [
         "",
         "pytorch-metric-learning's default AccuracyCalculator (k=None: all N − 1 neighbours of every query) is not "
@@ -251,7 +277,8 @@ def main() -> None:
         'N = 60,502. With k="max_bin_count" it searches only as many neighbours as the largest class: Recall@1 and MAP@R, '
         "not Recall@10 and beyond.",
         "",
-        f"Rerun: `.venv/bin/python benchmarks/evaluation_scale.py --cases {' '.join(args.cases)} --threads {args.threads}`",
+        f"Rerun: `.venv/bin/python benchmarks/evaluation_scale.py --cases {' '.join(results)} --threads {args.threads} "
+        f"--repeats {args.repeats}` (a case at a time keeps the others' rows).",
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
