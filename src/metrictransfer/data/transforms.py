@@ -25,6 +25,26 @@ def _to_tensor(normalization: str = "imagenet") -> list[Any]:
     return steps + [v2.Normalize(*NORMALIZATION_STATS[normalization])]
 
 
+def split_per_batch(transform: Any) -> tuple[v2.Compose, v2.Compose] | None:
+    """(per-image part, per-batch part) of a pipeline that turns its image into a tensor (``ToImage``) and
+    after that only converts and normalises it, elementwise; None for any other pipeline.
+
+    :class:`~metrictransfer.data.multiview.MultiViewDataset` runs the second part once on a whole batch of
+    same-size images, with the very same numbers: run per 32-px view it cost about a third of the glyphs
+    augmentation's time (benchmarks/demo_profile.py)."""
+    steps = transform.transforms if isinstance(transform, v2.Compose) else None
+    if not steps:
+        return None
+    for i, step in enumerate(steps):
+        if isinstance(step, v2.ToImage):
+            tail = steps[i + 1 :]
+            elementwise = all(
+                isinstance(t, (v2.ToDtype, v2.Normalize)) or (isinstance(t, v2.Lambda) and t.lambd is _bgr_0_255) for t in tail
+            )
+            return (v2.Compose(steps[: i + 1]), v2.Compose(tail)) if elementwise else None
+    return None
+
+
 def _crop_scale(smallest: float, strength: float) -> tuple[float, float]:
     """RandomResizedCrop's area range, widened or narrowed around full size by ``strength`` (1: as given)."""
     return max(0.02, 1.0 - strength * (1.0 - smallest)), 1.0
