@@ -226,4 +226,7 @@ def _neighbourhood_layout(x: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
-        return TSNE(perplexity=perplexity, init="pca", random_state=seed).fit_transform(x), "t-SNE"
+        # 500 iterations, not 1,000: half the time (the three reports' maps were 12 s of the demo), and on
+        # 1,500 clustered points the final KL divergence rose only from 0.14 to 0.18
+        tsne = TSNE(perplexity=perplexity, init="pca", random_state=seed, max_iter=500)
+        return tsne.fit_transform(x), "t-SNE"
