@@ -31,14 +31,14 @@ DEMO_SOURCE = {
     "model": {"backbone": "resnet18d", "embedding_dim": 128, "normalize": True},
     "metric_loss": {"name": "proxy_anchor"},
     "optim": {"lr": 1e-3, "epochs": 16},
-    "eval": {"recall_at": [1, 2, 4, 8]},
+    "eval": {"recall_at": [1, 2, 4, 8], "every": 2},
 }
 DEMO_TARGET = {
     "data": DEMO_DATA,
     "model": {"backbone": "resnet10t", "embedding_dim": 32},
     "metric_loss": {"name": "proxy_anchor"},
     "optim": {"lr": 1e-3, "epochs": 10},
-    "eval": {"recall_at": [1, 2, 4, 8]},
+    "eval": {"recall_at": [1, 2, 4, 8], "every": 2},
 }
 
 
