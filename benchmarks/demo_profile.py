@@ -20,6 +20,7 @@ import argparse
 import functools
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -83,6 +84,12 @@ def instrument() -> None:
                 cls.evaluate = timed("evaluation", cls.__dict__["evaluate"])
 
 
+def _commit() -> str:
+    """The measured code's commit (with ``-dirty`` when the working tree differs from it)."""
+    found = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    return found.stdout.strip() or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
@@ -122,7 +129,9 @@ def main() -> None:
     recalls = ", ".join(f"{name} {100 * m['recall@1']:.1f}" for name, m in summary["models"].items())
     lines += [f"Recall@1 (%): {recalls}.", ""]
     scale = f" --epochs-scale {args.epochs_scale}" if args.epochs_scale != 1 else ""
-    lines.append(f"Rerun: `.venv/bin/python benchmarks/demo_profile.py --seed {args.seed} --threads {args.threads}{scale}`")
+    name = f" --name {args.name}" if args.name != "demo_profile" else ""
+    lines.append(f"Code: commit {_commit()}.  ")
+    lines.append(f"Rerun: `.venv/bin/python benchmarks/demo_profile.py --seed {args.seed} --threads {args.threads}{scale}{name}`")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     record = {"args": vars(args), "seconds": phases, "total": total, "counts": dict(COUNTS), "recall@1": summary["models"]}
