@@ -41,7 +41,7 @@ def test_table_is_in_percent_and_conclusion_says_the_gain_and_the_benchmark_rang
 
 def test_tiny_demo_prints_percent_and_a_conclusion_and_writes_a_combined_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    overrides = ["data.num_classes=30", "data.classes_per_batch=15", "data.images_per_class=2", "threads=2"]
+    overrides = ["data.num_classes=12", "data.classes_per_batch=6", "data.images_per_class=2", "threads=2"]
     args = ["demo", "--out", str(out), "--epochs-scale", "0.05"] + [a for o in overrides for a in ("--set", o)]
     assert main(args) == 0
     printed = capsys.readouterr().out

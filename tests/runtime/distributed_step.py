@@ -4,8 +4,10 @@ Run by torchrun, each rank takes its slice of the batch (as the trainer's sample
 one process takes the whole batch. The first rank saves the loss and every parameter's gradient, after the
 gradient averaging the trainer does before an optimiser step.
 
-    python tests/runtime/distributed_step.py CONFIG.json OUT.pt
-    torchrun --nproc_per_node 2 tests/runtime/distributed_step.py CONFIG.json OUT.pt
+    python tests/runtime/distributed_step.py CONFIG.json OUT.pt [CONFIG.json OUT.pt ...]
+    torchrun --nproc_per_node 2 tests/runtime/distributed_step.py CONFIG.json OUT.pt [...]
+
+Several (configuration, output) pairs share one launch: the processes' start-up is most of its time.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ def one_step(raw: dict) -> dict:
 
 
 if __name__ == "__main__":
-    raw = json.loads(open(sys.argv[1]).read())
-    result = one_step(raw)
-    if distributed.current().main:
-        torch.save(result, sys.argv[2])
+    for config_file, out in zip(sys.argv[1::2], sys.argv[2::2]):
+        result = one_step(json.loads(open(config_file).read()))
+        if distributed.current().main:
+            torch.save(result, out)
     distributed.teardown()

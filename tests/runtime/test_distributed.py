@@ -64,13 +64,27 @@ def _step_config(name: str, tmp_path: Path) -> dict:
     return raw
 
 
-@pytest.mark.parametrize("name", ["relaxed_contrastive", "rkd + proxy_anchor", "mutual"])
-def test_one_step_on_two_processes_equals_one_process_on_the_global_batch(name, tmp_path):
-    raw = _step_config(name, tmp_path)
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(raw))
-    torchrun(str(HERE / "distributed_step.py"), str(config_file), str(tmp_path / "two.pt"))
-    two = torch.load(tmp_path / "two.pt", weights_only=True)
+STEP_METHODS = ["relaxed_contrastive", "rkd + proxy_anchor", "mutual"]
+
+
+@pytest.fixture(scope="module")
+def two_process_steps(tmp_path_factory) -> dict[str, tuple[dict, Path]]:
+    """Each method's configuration and its step's result on two processes: one torchrun launch for all."""
+    steps, arguments = {}, []
+    for name in STEP_METHODS:
+        folder = tmp_path_factory.mktemp("step")
+        raw = _step_config(name, folder)
+        (folder / "config.json").write_text(json.dumps(raw))
+        steps[name] = (raw, folder / "two.pt")
+        arguments += [str(folder / "config.json"), str(folder / "two.pt")]
+    torchrun(str(HERE / "distributed_step.py"), *arguments)
+    return steps
+
+
+@pytest.mark.parametrize("name", STEP_METHODS)
+def test_one_step_on_two_processes_equals_one_process_on_the_global_batch(name, two_process_steps):
+    raw, result = two_process_steps[name]
+    two = torch.load(result, weights_only=True)
     one = one_step(raw)
     torch.testing.assert_close(two["loss"], one["loss"], rtol=1e-5, atol=1e-6)
     assert two["grads"].keys() == one["grads"].keys()
