@@ -49,6 +49,9 @@ class MultiViewDataset(Dataset[Any]):
         self.transform = self.transforms[0]
         self.views = views
         self.seed = seed
+        # each transform as (per-image part, per-batch tail) when all of them split, else None: per item
+        splits = [split_per_batch(t) for t in self.transforms]
+        self._splits = None if any(split is None for split in splits) else cast(list[tuple[Callable[..., Any], Callable[..., Any]]], splits)
         self._memo: dict[int, tuple[torch.Tensor, int, int] | None] = {}
         self._memo_room = 0
 
@@ -77,22 +80,21 @@ class MultiViewDataset(Dataset[Any]):
         return [made[key] if key in made else self._memo[cast(int, key)] for key in keys]
 
     def _make(self, keys: list[int | SeededItem]) -> list[tuple[torch.Tensor, int, int] | None]:
-        splits = [split_per_batch(t) for t in self.transforms]
-        if not keys or any(split is None for split in splits):
+        if not keys or self._splits is None:
             return [self._seeded(key, lambda index: self._views(index, self.transforms)) for key in keys]
-        heads = [cast(tuple[Callable[..., Any], Callable[..., Any]], split)[0] for split in splits]
+        heads = [head for head, _ in self._splits]
         items = [self._seeded(key, lambda index: self._views(index, heads, stack=False)) for key in keys]
-        views_of = [item[0] for item in items if item is not None]
+        readable = [item for item in items if item is not None]
         by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, views in enumerate(views_of):
+        for i, (views, *_) in enumerate(readable):
             by_shape.setdefault(tuple(views[0].shape), []).append(i)
-        finished: list[torch.Tensor] = [torch.empty(0)] * len(views_of)
-        per_item = self.views
+        finished: list[torch.Tensor] = [torch.empty(0)] * len(readable)
+        v = self.views
         for members in by_shape.values():  # each transform's tail once, on all views of one size
             done = []
-            for k, (_, tail) in enumerate(cast(list[tuple[Callable[..., Any], Callable[..., Any]]], splits)):
-                batch = torch.stack([views_of[i][j] for i in members for j in range(k * per_item, (k + 1) * per_item)])
-                done.append(tail(batch).view(len(members), per_item, *batch.shape[1:]))
+            for k, (_, tail) in enumerate(self._splits):
+                batch = torch.stack([readable[i][0][j] for i in members for j in range(k * v, (k + 1) * v)])
+                done.append(tail(batch).view(len(members), v, *batch.shape[1:]))
             joined = torch.cat(done, dim=1)  # (items, T·V, C, H, W), transform-major
             for row, i in enumerate(members):
                 finished[i] = joined[row]
