@@ -3,13 +3,15 @@ checkpoint state round-trips."""
 
 import io
 import json
+import time
+import types
 
 import pytest
 import torch
 
 from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
-from metrictransfer.engine.callbacks import Callback
+from metrictransfer.engine.callbacks import DATA_BOUND_SHARE, Callback, DataWaitHint, epoch_line
 from metrictransfer.methods.source import SourceMethod
 
 TINY = {
@@ -154,3 +156,55 @@ def test_state_dict_round_trips_through_load_state_dict():
     trainer._set_rng_state(streams)
     second.step(batch)
     _assert_same(first.state_dict()["models"], second.state_dict()["models"])
+
+
+class _SlowLoader:
+    """The trainer's loader, each batch handed over ``delay`` seconds late."""
+
+    def __init__(self, loader, delay: float) -> None:
+        self.loader, self.delay = loader, delay
+
+    def __iter__(self):
+        for batch in self.loader:
+            time.sleep(self.delay)
+            yield batch
+
+
+def test_the_epoch_row_holds_the_time_spent_waiting_for_batches(tmp_path, capsys):
+    """A bug that counted the steps as waiting, or no waiting at all, fails the bounds: the wait is at least
+    the loader's sleeps and at most the epoch."""
+    delay = 0.02
+    run = trainer.Trainer(_config(optim={"epochs": 2}), progress=False, callbacks=[DataWaitHint()])
+    run.setup()
+    run.loader = _SlowLoader(run.loader, delay)
+    run.fit()
+    for row in run.history:
+        waited = row["data_wait"] * row["train_seconds"]
+        assert STEPS_PER_EPOCH * delay * 0.99 <= waited <= row["train_seconds"]
+        assert "data wait" in epoch_line(run.config, row)
+    said = [line for line in capsys.readouterr().out.splitlines() if "data-bound" in line]
+    if run.history[1]["data_wait"] >= DATA_BOUND_SHARE:  # the second epoch is judged, once
+        assert len(said) == 1 and "epoch 2" in said[0] and "data.num_workers (now 0" in said[0]
+    else:
+        assert said == []
+
+
+def test_the_data_bound_hint_is_said_once_and_never_for_a_first_epoch_that_is_not_the_last(capsys):
+    hint = DataWaitHint()
+    run = types.SimpleNamespace(config=_config(optim={"epochs": 3}))
+    for epoch, wait in enumerate([0.9, 0.5, 0.6]):
+        hint.on_epoch_start(run, epoch)
+        hint.on_epoch_end(run, epoch, {"epoch": epoch + 1, "data_wait": wait})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "50% of epoch 2" in lines[0]
+    quiet = DataWaitHint()
+    for epoch, wait in enumerate([0.1, 0.19, 0.05]):
+        quiet.on_epoch_start(run, epoch)
+        quiet.on_epoch_end(run, epoch, {"epoch": epoch + 1, "data_wait": wait})
+    one_epoch = types.SimpleNamespace(config=_config(optim={"epochs": 1}))
+    quiet.on_epoch_start(one_epoch, 0)
+    assert capsys.readouterr().out == ""
+    alone = DataWaitHint()
+    alone.on_epoch_start(one_epoch, 0)
+    alone.on_epoch_end(one_epoch, 0, {"epoch": 1, "data_wait": 0.3})
+    assert "30% of epoch 1" in capsys.readouterr().out

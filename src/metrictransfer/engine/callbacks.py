@@ -8,6 +8,7 @@ the loop. Under torchrun only the first process gets the callbacks that write fi
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,36 @@ class EpochLine(Callback):
         if results.get("selection") == "validation":
             for line in test_lines(trainer.config, results):
                 print(line, flush=True)
+
+
+#: Share of an epoch's training time spent waiting for batches above which a run is called data-bound.
+DATA_BOUND_SHARE = 0.2
+
+
+class DataWaitHint(Callback):
+    """Says once, in one line, when the steps wait for the loader for a large share of an epoch, and what
+    to try. The first epoch a process trains is judged only when it is the last (it pays worker start-up)."""
+
+    def __init__(self) -> None:
+        self.first_epoch: int | None = None
+        self.said = False
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.first_epoch = epoch if self.first_epoch is None else self.first_epoch
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+        last = epoch + 1 == trainer.config.optim.epochs
+        if self.said or (epoch == self.first_epoch and not last) or row.get("data_wait", 0.0) < DATA_BOUND_SHARE:
+            return
+        self.said = True
+        print(data_wait_hint(trainer.config, row, os.cpu_count() or 1), flush=True)
+
+
+def data_wait_hint(config: RunConfig, row: dict[str, Any], cores: int) -> str:
+    """The one line of :class:`DataWaitHint`: how long the steps waited, and the settings that shorten it."""
+    tries = [f"raise data.num_workers (now {config.data.num_workers}; this machine has {cores} CPU cores)"]
+    waited = f"the steps waited for the next batch {row['data_wait']:.0%} of epoch {row['epoch']}'s training time"
+    return f"[{config.name or config.method}] data-bound: {waited}; " + ", or ".join(tries)
 
 
 class Checkpoints(Callback):
@@ -181,7 +212,12 @@ def epoch_line(config: RunConfig, row: dict[str, Any]) -> str:
     if row.get("evaluated_on") == "validation":
         parts.append("validation:")
     parts += [f"{k} {v:.4f}" for k, v in metrics_of(row).items() if "/" not in k or k.endswith("/recall@1")]
-    parts.append(f"{row['train_seconds']:.1f}s")
+    seconds = f"{row['train_seconds']:.1f}s"
+    if "data_wait" in row:  # rows of earlier versions have none
+        seconds += f" (data wait {row['data_wait']:.0%})"
+    if "eval_seconds" in row:
+        seconds += f" + eval {row['eval_seconds']:.1f}s"
+    parts.append(seconds)
     return "  ".join(parts)
 
 

@@ -28,6 +28,7 @@ from metrictransfer.engine.callbacks import (
     Callback,
     Checkpoints,
     CsvLog,
+    DataWaitHint,
     EpochLine,
     FinalFiles,
     ProgressBar,
@@ -282,7 +283,7 @@ def default_callbacks(config: RunConfig, ranks: distributed.Ranks, interactive: 
     if not ranks.main:
         return []
     callbacks: list[Callback] = [ProgressBar()] if interactive else []
-    callbacks.append(EpochLine())
+    callbacks += [EpochLine(), DataWaitHint()]
     if config.data.validation is not None and config.checkpoint.best is not None:
         callbacks.append(BestModel())  # before the checkpoint: see BestModel
     callbacks += [Checkpoints(config.checkpoint.every_steps), CsvLog(write_csv)]
@@ -320,6 +321,7 @@ class Trainer:
         self.stop_requested = False
         self._stop: GracefulStop | None = None
         self.started = time.perf_counter()
+        self.data_wait = 0.0  # seconds of this epoch spent waiting for the loader (in this process)
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -458,12 +460,24 @@ class Trainer:
     def _train_epoch(self) -> None:
         self.start_epoch()
         self._call("on_epoch_start", self.epoch)
-        for batch in self.loader:
+        for batch in self._waited_for(self.loader):
             logs = self.step(batch)
             self._call("on_step_end", self.updater.iteration, logs)
             if self.stop_requested:
                 assert self._stop is not None  # fit() runs the epochs inside GracefulStop
                 raise TrainingInterrupted(self._stop.signal_name, self.updater.iteration, self._folder() / CHECKPOINT_NAME)
+
+    def _waited_for(self, loader: DataLoader[Any]) -> Any:
+        """The loader's batches; the time spent waiting for each is added to ``data_wait`` (seconds). A
+        step ends in a device synchronisation (the finite-loss check), so this is time the device sat idle."""
+        batches = iter(loader)
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            self.data_wait += time.perf_counter() - asked
+            yield batch
 
     def test_once(self) -> tuple[dict[str, float], dict[str, Any] | None]:
         """After training with validation data: the test split's metrics of the final model and the
@@ -519,6 +533,7 @@ class Trainer:
         self.method.train()
         self.batches.start(self.epoch, self.done)
         self.started = time.perf_counter()
+        self.data_wait = 0.0
 
     def step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, float]:
         """One training step on a loader batch ``(views, labels, indices)``; returns the loss's logged parts."""
@@ -561,7 +576,9 @@ class Trainer:
             evaluated_set = self.validation_set if self.validation_set is not None else self.eval_set
             if evaluated_set is None:
                 raise RuntimeError("no evaluation set: this Trainer was set up with a training set of its own")
+            started = time.perf_counter()
             row.update(self.method.evaluate(evaluated_set, config, self.device, progress=self.interactive))
+            row["eval_seconds"] = round(time.perf_counter() - started, 2)
             if self.validation_set is not None:
                 row["evaluated_on"] = "validation"
         self.history.append(row)
@@ -575,7 +592,9 @@ class Trainer:
             row.update({f"{name}/updates": count for name, count in updater.updates.items()})
         steps_counted = max(1, self.steps_per_epoch - totals.get("skipped_steps", 0))
         row.update({k: v / steps_counted for k, v in totals.items() if k not in ("skipped_images", "skipped_steps")})
-        row["train_seconds"] = round(time.perf_counter() - self.started, 2)
+        seconds = time.perf_counter() - self.started
+        row["train_seconds"] = round(seconds, 2)
+        row["data_wait"] = round(self.data_wait / seconds, 4) if seconds > 0 else 0.0  # share of the epoch's training time
         if self.config.data.skip_bad_images:
             row["skipped_images"] = int(totals.get("skipped_images", 0))
         if self.config.optim.on_nan == "skip":
