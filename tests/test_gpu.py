@@ -137,6 +137,32 @@ def test_evaluation_on_the_device_equals_the_cpu(block_size, dtype, metric, meas
             assert difference <= tolerance, (name, labels_on, device, cpu)
 
 
+def test_views_kept_on_the_device_embed_as_a_fresh_decode_on_the_cpu(measure, capsys):
+    """The test split kept as uint8 on the device, converted and normalised there, embeds as views decoded and
+    normalised on the CPU every time (the same model on the device)."""
+    from torchvision.datasets import FakeData
+
+    from metrictransfer.data.multiview import MultiViewDataset
+    from metrictransfer.data.transforms import build_transform
+    from metrictransfer.evaluation.embed import extract_embeddings
+    from metrictransfer.evaluation.kept_views import keep_views
+
+    images = FakeData(size=40, image_size=(3, 50, 70), num_classes=5, random_offset=3)
+    test = build_transform("paper", False, 32)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    model = model.to(DEVICE)
+    fresh = extract_embeddings(model, MultiViewDataset(images, test), batch_size=16, device=DEVICE)[0]  # normalised on the CPU
+    kept = keep_views(MultiViewDataset(images, test), 1.0, say=print, name="test")
+    for _ in range(2):
+        on_device = extract_embeddings(model, kept, batch_size=16, device=DEVICE)[0]
+        difference = float((on_device - fresh).abs().max())
+        measure("kept views: max embedding difference", difference, 1e-5)
+        assert difference <= 1e-5
+    where = "on cuda" if ON_CUDA else "in host memory"
+    assert f"test views kept {where}" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------ reduced precision
 
 

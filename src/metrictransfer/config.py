@@ -143,6 +143,11 @@ class DataConfig(Strict):
     images_per_class: int = Field(2, ge=1)
     views: int = Field(2, ge=1)
     num_workers: int = Field(0, ge=0)
+    cache: Literal["none", "memory"] = Field(
+        "none",
+        description="memory: decode the training images once, before the first epoch, and keep them in shared memory at a "
+        "short side of image_size × 256/224 (256 px for 224), for a loader that keeps up with a GPU; none: decode every epoch",
+    )
     num_classes: int | None = Field(None, ge=2, description="use only the first N classes of each split (tests)")
     glyph_renders: int = Field(2, ge=1)
     glyph_seed: int = Field(0, description="seed of the demo data itself, independent of the run seed")
@@ -349,6 +354,13 @@ class EvalConfig(Strict):
     data: DataConfig | None = Field(None, description="evaluate on this dataset's test split instead of data's")
     every: int = Field(1, ge=0, description="evaluate every N epochs (0: only at the end)")
     batch_size: int = Field(256, ge=1)
+    keep_views_gb: float = Field(
+        16.0,
+        ge=0,
+        description="the test and validation images are decoded and preprocessed once and kept as uint8 up to this many GB: "
+        "on the device when they take at most a quarter of its free memory, else in (pinned) host memory when they take at "
+        "most half of what is available; larger sets, or 0, are decoded again at every evaluation",
+    )
     metric: Literal["euclidean", "cosine"] = "euclidean"
     test: bool = Field(
         True,
@@ -479,7 +491,17 @@ class LoggingConfig(Strict):
 
 
 # Keys that may change when a run resumes: they change how it runs, not what it computes.
-RESUMABLE_KEYS = ("threads", "device", "compile", "data.num_workers", "eval.batch_size", "optim.on_nan", "checkpoint", "logging")
+RESUMABLE_KEYS = (
+    "threads",
+    "device",
+    "compile",
+    "data.num_workers",
+    "eval.batch_size",
+    "eval.keep_views_gb",
+    "optim.on_nan",
+    "checkpoint",
+    "logging",
+)
 
 
 class RunConfig(Strict):

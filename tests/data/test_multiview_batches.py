@@ -1,6 +1,5 @@
 """A batch of training views made at once (the per-image steps per image, the elementwise tail once per
-batch) is exactly what each item gives alone by the per-item definition; evaluation views kept between
-epochs are the same views, read once."""
+batch) is exactly what each item gives alone by the per-item definition."""
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from metrictransfer.data.multiview import MultiViewDataset, SeededItem, collate_readable, item_seed
+from metrictransfer.data.multiview import MultiViewDataset, SeededItem, collate_readable, finish_views, item_seed
 from metrictransfer.data.transforms import build_transform, split_per_batch
 
 SIZE = 16
@@ -72,6 +71,30 @@ def test_a_batch_is_each_item_by_the_per_item_definition(name):
         assert views.shape[:2] == (6, 2 * len(transforms)) and indices.tolist() == [0, 1, 2, 3, 4, 6]
 
 
+@pytest.mark.parametrize("name", ["glyphs, two strengths", "paper, bn_inception"])
+def test_uint8_views_finished_by_the_consumer_are_the_finished_views_bit_for_bit(name):
+    """The training loader's views leave as uint8 and are finished on the device (Trainer.prepare_batch)."""
+    transforms = PIPELINES[name]
+    keys = [SeededItem(i, 2) for i in range(7)]
+    finished = collate_readable(MultiViewDataset(_Images(), transforms, views=2, seed=5).__getitems__(keys))
+    unfinished = MultiViewDataset(_Images(), transforms, views=2, seed=5, finish=False)
+    views, labels, indices = collate_readable(unfinished.__getitems__(keys))
+    assert views.dtype == torch.uint8 and views.shape == finished[0].shape
+    tails = unfinished.unfinished_tails()
+    assert tails is not None and len(tails) == len(transforms)
+    assert torch.equal(finish_views(views, tails, 2), finished[0])
+    assert torch.equal(labels, finished[1]) and torch.equal(indices, finished[2])
+    assert MultiViewDataset(_Images(), transforms, views=2).unfinished_tails() is None  # finished items need nothing
+    random_tail = MultiViewDataset(_Images(), PIPELINES["a random tail (no batching)"], finish=False)
+    assert random_tail.unfinished_tails() is None and random_tail[0][0].dtype == torch.float32  # cannot split: finished
+
+
+def test_a_pipeline_that_ends_in_uint8_splits_with_nothing_left_for_the_batch():
+    head, tail = split_per_batch(v2.Compose([v2.RGB(), v2.Resize(SIZE), v2.CenterCrop(SIZE), v2.ToImage()]))
+    pixels = head(_Images()[0][0])
+    assert pixels.dtype == torch.uint8 and torch.equal(tail(pixels), pixels)
+
+
 def test_only_elementwise_tails_are_split():
     assert split_per_batch(build_transform("glyphs", True, SIZE)) is not None
     assert split_per_batch(build_transform("paper", False, SIZE)) is not None
@@ -87,19 +110,3 @@ def test_a_seeded_batch_leaves_the_global_random_stream_alone():
     torch.manual_seed(1)
     data.__getitems__([SeededItem(i, 0) for i in range(4)])
     assert torch.equal(torch.rand(3), expected)
-
-
-def test_a_remembered_evaluation_set_reads_each_image_once_within_its_budget():
-    """The trainer's test split keeps its preprocessed views between epochs; past the budget it reads again."""
-    test = build_transform("glyphs", False, SIZE)
-    images = _Images()
-    data = MultiViewDataset(images, test)
-    fresh = MultiViewDataset(_Images(), test).__getitems__(list(range(7)))
-    data.remember(4 * 3 * SIZE * SIZE * 4)  # room for 4 items of 3 × SIZE × SIZE float32
-    for _ in range(3):
-        got = data.__getitems__(list(range(7)))
-        assert all(a is None and b is None or torch.equal(a[0], b[0]) and a[1:] == b[1:] for a, b in zip(got, fresh))
-    assert images.reads == 7 + 2 * 3  # items 0-3 once; 4, 5 (unreadable) and 6 on every pass
-    seeded = MultiViewDataset(images, build_transform("glyphs", True, SIZE), seed=1)
-    seeded.remember(2**30)
-    assert not torch.equal(seeded[SeededItem(0, 0)][0], seeded[SeededItem(0, 1)][0])  # training draws are never kept

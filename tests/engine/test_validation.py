@@ -104,7 +104,8 @@ def _trainer(tmp_path, config, scripted=None):
     each epoch, given instead of the measured one (to place the best epoch)."""
     trainer = Trainer(config, tmp_path, progress=False)
     trainer.setup()
-    trainer.eval_set.dataset = _Counting(trainer.eval_set.dataset, trainer)
+    views = trainer.eval_set.dataset  # the test split's views, kept (KeptViews) over the images
+    views.dataset = _Counting(views.dataset, trainer)
     trainer.test_evaluations = 0
     if scripted is not None:
         evaluate = trainer.method.evaluate
@@ -122,7 +123,7 @@ def test_a_run_chooses_on_validation_and_reads_the_test_split_once_at_the_end(tm
     trainer = _trainer(tmp_path, _config(), scripted=[0.9, 0.3])
     results = trainer.fit()
     test_images = len(trainer.eval_set)
-    reads = trainer.eval_set.dataset.reads
+    reads = trainer.eval_set.dataset.dataset.reads
     # nothing of the test split before the last epoch ended; then each image once, its view kept for the
     # second model (the final and the best model are each evaluated: their metrics differ, below)
     assert set(reads) == {2} and len(reads) == test_images and trainer.test_evaluations == 2
@@ -145,7 +146,7 @@ def test_a_run_chooses_on_validation_and_reads_the_test_split_once_at_the_end(tm
 def test_the_test_split_is_evaluated_once_when_the_last_epoch_is_the_best(tmp_path):
     trainer = _trainer(tmp_path, _config(), scripted=[0.1, 0.2])
     results = trainer.fit()
-    assert len(trainer.eval_set.dataset.reads) == len(trainer.eval_set) and trainer.test_evaluations == 1
+    assert len(trainer.eval_set.dataset.dataset.reads) == len(trainer.eval_set) and trainer.test_evaluations == 1
     assert results["best"]["epoch"] == 2 and results["best"]["test"] == results["final"]
 
 
@@ -153,7 +154,7 @@ def test_the_validation_classes_are_not_trained_on(tmp_path):
     trainer = Trainer(_config(), tmp_path, progress=False)
     trainer.setup()
     trained = {trainer.loader.dataset.dataset.dataset.labels[i] for i in trainer.loader.dataset.dataset.indices}
-    validated = set(trainer.validation_set.dataset.labels.tolist())
+    validated = set(trainer.validation_set.dataset.dataset.labels.tolist())  # its views are kept (KeptViews)
     assert len(validated) == 2 and not trained & validated  # 25 % of 8 training classes
     assert trainer.method.label_loss.loss.num_classes == 6  # the proxies of the trained classes alone
 
@@ -170,7 +171,7 @@ def test_choosing_without_validation_data_is_refused():
 def test_a_run_told_not_to_test_never_reads_the_test_split(tmp_path):
     trainer = _trainer(tmp_path, _config(eval={"test": False}), scripted=[0.4, 0.2])
     results = trainer.fit()
-    assert trainer.eval_set.dataset.reads == [] and results["final"] == {}
+    assert trainer.eval_set.dataset.dataset.reads == [] and results["final"] == {}
     assert results["best"]["epoch"] == 1 and "test" not in results["best"]
     with pytest.raises(ConfigError, match="eval.test: false"):
         build_config({"eval": {"test": False}})

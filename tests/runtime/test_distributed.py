@@ -22,6 +22,7 @@ from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.engine import trainer
 from metrictransfer.evaluation import evaluate
+from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_model, save_embedding_model
 
@@ -119,9 +120,12 @@ def test_a_two_process_run_ends_with_the_metrics_of_a_one_process_run(tmp_path):
     model, config = load_embedding_model(tmp_path / "two")
     alone = evaluate.evaluate_model(model, evaluate.test_dataset(config), config, torch.device("cpu"))
     assert {k: two["final"][k] for k in alone} == pytest.approx(alone, abs=1e-9)
-    # After two epochs this tiny model ranks many neighbours at nearly equal distances, so weights that
-    # agree to 1e-5 may still order a few of the 352 queries' neighbours differently.
-    assert two["final"]["recall@1"] == pytest.approx(one["final"]["recall@1"], abs=0.02)
+    # The two runs embed the test split alike. (Their recalls are not compared: after two epochs this tiny
+    # model ranks many neighbours at nearly equal distances, and weights that agree to 1e-5 gave recall@1
+    # 24 and 32 of 352 on an AMD EPYC, where an Intel CPU gave equal ones.)
+    test = evaluate.test_dataset(config)
+    alone_one = extract_embeddings(load_embedding_model(tmp_path / "one")[0], test)[0]
+    torch.testing.assert_close(extract_embeddings(model, test)[0], alone_one, rtol=1e-3, atol=1e-4)
 
 
 def test_ranks_take_disjoint_contiguous_slices_that_rebuild_the_global_batch():

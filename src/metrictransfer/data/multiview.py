@@ -33,10 +33,19 @@ class MultiViewDataset(Dataset[Any]):
     source and the target (and cohort members) can be fed exactly the same views. V = 1 with the test
     transform is the evaluation dataset. Given a list of T transforms, each makes V views: (T·V, C, H, W),
     transform-major (a cohort's per-member views of the one decoded image).
+
+    ``finish=False``: where every transform splits (:func:`split_per_batch`), the views leave as uint8, their
+    conversion and normalisation left to the consumer (:func:`finish_views`, on the device): a quarter of
+    the bytes through the workers' queues and the host-to-device copy, and no float work in the workers.
     """
 
     def __init__(
-        self, dataset: Dataset[Any], transform: Callable[..., Any] | Sequence[Callable[..., Any]], views: int = 1, seed: int = 0
+        self,
+        dataset: Dataset[Any],
+        transform: Callable[..., Any] | Sequence[Callable[..., Any]],
+        views: int = 1,
+        seed: int = 0,
+        finish: bool = True,
     ) -> None:
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
@@ -49,19 +58,29 @@ class MultiViewDataset(Dataset[Any]):
         self.transform = self.transforms[0]
         self.views = views
         self.seed = seed
+        self.finish = finish
         # each transform as (per-image part, per-batch tail) when all of them split, else None: per item
         splits = [split_per_batch(t) for t in self.transforms]
         self._splits = None if any(split is None for split in splits) else cast(list[tuple[Callable[..., Any], Callable[..., Any]]], splits)
-        self._memo: dict[int, tuple[torch.Tensor, int, int] | None] = {}
-        self._memo_room = 0
 
     def __len__(self) -> int:
         return len(cast(Sized, self.dataset))
 
-    def remember(self, limit_bytes: int) -> None:
-        """Keep the items of plain (unseeded) keys once made, up to ``limit_bytes`` of views: for a set with a
-        deterministic transform that is read every epoch (the test split, evaluated in the training process)."""
-        self._memo_room = limit_bytes
+    def parts(self) -> list[tuple[Callable[..., Any], Callable[..., Any]]] | None:
+        """Each transform's (per-image part, batch tail) when every transform splits so, else None."""
+        return self._splits
+
+    def unfinished_tails(self) -> list[Callable[..., Any]] | None:
+        """The tails the consumer must apply (:func:`finish_views`): each transform's, for ``finish=False``
+        sets whose transforms split; None when the items come finished."""
+        return None if self.finish or self._splits is None else [tail for _, tail in self._splits]
+
+    def one_view_parts(self) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+        """(per-image part, batch tail) of a one-view, one-transform set whose transform splits so (an
+        evaluation set): its items before the tail are uint8 and can be kept; None for any other set."""
+        if self._splits is None or len(self._splits) != 1 or self.views != 1:
+            return None
+        return self._splits[0]
 
     def __getitem__(self, key: int | SeededItem) -> tuple[torch.Tensor, int, int] | None:
         return self.__getitems__([key])[0]
@@ -70,19 +89,14 @@ class MultiViewDataset(Dataset[Any]):
         """The items of a batch (the data loader asks for a batch at once). Where every transform ends in
         elementwise conversion and normalisation (:func:`split_per_batch`), that part runs once on the
         batch, with the same numbers as per image."""
-        wanted = [key for key in keys if isinstance(key, SeededItem) or key not in self._memo]
-        made = dict(zip(wanted, self._make(wanted)))
-        for key in wanted:
-            item = made[key]
-            if not isinstance(key, SeededItem) and self._memo_room > 0:
-                self._memo[key] = item
-                self._memo_room -= 0 if item is None else item[0].element_size() * item[0].nelement()
-        return [made[key] if key in made else self._memo[cast(int, key)] for key in keys]
+        return self._make(list(keys))
 
     def _make(self, keys: list[int | SeededItem]) -> list[tuple[torch.Tensor, int, int] | None]:
         if not keys or self._splits is None:
             return [self._seeded(key, lambda index: self._views(index, self.transforms)) for key in keys]
         heads = [head for head, _ in self._splits]
+        if not self.finish:  # uint8 views, (T·V, C, H, W): the consumer finishes them
+            return [self._seeded(key, lambda index: self._views(index, heads)) for key in keys]
         items = [self._seeded(key, lambda index: self._views(index, heads, stack=False)) for key in keys]
         readable = [item for item in items if item is not None]
         by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -125,6 +139,16 @@ def collate_readable(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torc
     if not kept:
         raise DataError(f"every image of a batch of {len(batch)} was unreadable; check the dataset files")
     return cast(tuple[torch.Tensor, torch.Tensor, torch.Tensor], default_collate(kept))
+
+
+def finish_views(views: torch.Tensor, tails: Sequence[Callable[..., Any]], per_transform: int) -> torch.Tensor:
+    """(B, T·V, C, H, W) uint8 views of a ``finish=False`` :class:`MultiViewDataset` as float, each transform's
+    tail on its ``per_transform`` views, wherever they are (the training device): the numbers the dataset
+    would have given, since the tails are elementwise."""
+    if len(tails) == 1:
+        return cast(torch.Tensor, tails[0](views))
+    chunks = [tail(views[:, k * per_transform : (k + 1) * per_transform]) for k, tail in enumerate(tails)]
+    return torch.cat(chunks, dim=1)
 
 
 def flatten_views(views: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ def _to_tensor(normalization: str = "imagenet") -> list[Any]:
     return steps + [v2.Normalize(*NORMALIZATION_STATS[normalization])]
 
 
-def split_per_batch(transform: Any) -> tuple[v2.Compose, v2.Compose] | None:
+def split_per_batch(transform: Any) -> tuple[v2.Compose, v2.Transform] | None:
     """(per-image part, per-batch part) of a pipeline that turns its image into a tensor (``ToImage``) and
     after that only converts and normalises it, elementwise; None for any other pipeline.
 
@@ -41,7 +41,7 @@ def split_per_batch(transform: Any) -> tuple[v2.Compose, v2.Compose] | None:
             elementwise = all(
                 isinstance(t, (v2.ToDtype, v2.Normalize)) or (isinstance(t, v2.Lambda) and t.lambd is _bgr_0_255) for t in tail
             )
-            return (v2.Compose(steps[: i + 1]), v2.Compose(tail)) if elementwise else None
+            return (v2.Compose(steps[: i + 1]), v2.Compose(tail) if tail else v2.Identity()) if elementwise else None
     return None
 
 

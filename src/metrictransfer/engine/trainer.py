@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from metrictransfer import __version__
 from metrictransfer.config import OptimConfig, RunConfig, config_to_dict, resume_differences, save_config
+from metrictransfer.data.cache import MemoryCache, memory_cache
 from metrictransfer.data.holdout import split_holdout
-from metrictransfer.data.multiview import MultiViewDataset, collate_readable, flatten_views
+from metrictransfer.data.multiview import MultiViewDataset, collate_readable, finish_views, flatten_views
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler, check_batch_fits
 from metrictransfer.data.validation import split_validation
@@ -46,6 +47,7 @@ from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
 from metrictransfer.engine.logging import primary_metric, write_csv  # write_csv looked up here when a run starts (tests replace it)
 from metrictransfer.engine.run_folder import claim_run_folder, remove_if_unused
 from metrictransfer.errors import CheckpointError, ConfigError, DamagedCheckpointError, TrainingDivergedError
+from metrictransfer.evaluation.kept_views import keep_views
 from metrictransfer.io import atomic_copy
 from metrictransfer.methods import METHODS
 from metrictransfer.methods.base import Method
@@ -63,9 +65,6 @@ from metrictransfer.runtime.checkpoint import (
 from metrictransfer.runtime.device import resolve_device
 from metrictransfer.runtime.provenance import TRAINING_DATA_KEY, training_data_record
 
-# Views of the evaluation sets kept between epochs (test preprocessing is deterministic): the demo's test
-# split (32 MB) is then decoded and preprocessed once instead of every epoch, 0.8 s of 1.8 s an evaluation.
-EVALUATION_MEMO_BYTES = 256 * 2**20
 FLOAT16_INITIAL_SCALE = 2.0**10  # the float16 gradient scaler's first scale; see Trainer.__init__
 
 
@@ -111,11 +110,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, steps
 
 
 def build_train_loader(
-    config: RunConfig, method: Method, train_set: Any, device: torch.device, ranks: distributed.Ranks | None = None
+    config: RunConfig,
+    method: Method,
+    train_set: Any,
+    device: torch.device,
+    ranks: distributed.Ranks | None = None,
+    images: Dataset[Any] | None = None,
 ) -> tuple[DataLoader[Any], RankBatches]:
     """The training batches: class-balanced P × K global batches (shuffled when the method ignores
     labels), of which this process loads its slice; each image decoded once and augmented into every
-    view the method's models need, the augmentation seeded by (seed, epoch, image)."""
+    view the method's models need, the augmentation seeded by (seed, epoch, image). The views leave the
+    loader as uint8 where the transforms allow (the dataset's ``unfinished_tails``, which
+    :meth:`Trainer.prepare_batch` applies on the device). ``images``: where the images are read from
+    when not ``train_set`` itself (its decoded-image cache, ``data.cache``)."""
     data = config.data
     ranks = ranks or distributed.Ranks()
     batch = data.classes_per_batch * data.images_per_class
@@ -131,7 +138,9 @@ def build_train_loader(
         )
     batches = RankBatches(sampler, batch, ranks.rank, ranks.world)
     loader = DataLoader(
-        MultiViewDataset(train_set, method.train_transforms(data), data.views, seed=config.seed),
+        MultiViewDataset(
+            train_set if images is None else images, method.train_transforms(data), data.views, seed=config.seed, finish=False
+        ),
         batch_sampler=batches,
         num_workers=data.num_workers,
         collate_fn=collate_readable,  # drops images skipped by data.skip_bad_images
@@ -347,13 +356,15 @@ class Trainer:
         # the test split is built here (its checks fail early) but, with validation data, read only after training
         self.eval_set = self.method.evaluation_set(config, holdout) if evaluated else None
         self.validation_set = None if validation is None else self.method.validation_set(config, validation)
-        for evaluated_set in (self.eval_set, self.validation_set):  # read every epoch: keep its views made
-            if isinstance(evaluated_set, MultiViewDataset) and config.data.num_workers == 0:
-                evaluated_set.remember(EVALUATION_MEMO_BYTES)
+        say = print if self.ranks.main else None  # where the views are kept, once, at the first evaluation
+        self.eval_set = keep_views(self.eval_set, config.eval.keep_views_gb, say, "test")
+        self.validation_set = keep_views(self.validation_set, config.eval.keep_views_gb, say, "validation")
         self.method.prepare_training_set(train_set)
         self.method = self.method.to(self.device)
         configure_models(self.method, config, self.device)
-        self.loader, self.batches = build_train_loader(config, self.method, train_set, self.device, self.ranks)
+        images = self._cached(train_set) if config.data.cache == "memory" else None
+        self.loader, self.batches = build_train_loader(config, self.method, train_set, self.device, self.ranks, images)
+        self.tails = cast(MultiViewDataset, self.loader.dataset).unfinished_tails()  # what prepare_batch finishes
         self.steps_per_epoch = len(self.batches.batches)
         # Start the float16 loss scale at 2**10, not PyTorch's 2**16: proxy losses (Proxy-Anchor, alpha = 32)
         # give parameter gradients near 25, so 2**16 overflowed and skipped the first 5 steps on an H100
@@ -376,6 +387,18 @@ class Trainer:
         if self.config.data.holdout_images > 0:
             return split_holdout(train_set, self.config.data.holdout_images)
         return train_set, None
+
+    def _cached(self, train_set: Any) -> MemoryCache:
+        """The training images decoded once (``data.cache: memory``), said in one line."""
+        started = time.perf_counter()
+        data = self.config.data
+        cache = memory_cache(train_set, self.method.train_image_size(data), data.num_workers, progress=self.interactive)
+        if self.ranks.main:
+            kept = f"{cache.nbytes() / 1e9:.2f} GB at a short side of at most {cache.short_side} px"
+            print(
+                f"training images cached in memory: {len(cache):,} ({kept}), decoded in {time.perf_counter() - started:.0f} s", flush=True
+            )
+        return cache
 
     def _new_method(self, train_set: Any) -> Method:
         config = self.config
@@ -544,9 +567,12 @@ class Trainer:
         """A loader batch as the method takes it: images, labels and indices per view, on the device."""
         views, labels, indices = batch
         indices = indices.repeat_interleave(views.shape[1])
+        views = views.to(self.device, non_blocking=views.is_pinned())
+        if self.tails is not None:  # uint8 from the loader: converted and normalised here, on the device
+            views = finish_views(views, self.tails, self.config.data.views)
         images, labels = flatten_views(views, labels)
         layout = torch.channels_last if self.config.channels_last else torch.contiguous_format
-        return images.to(self.device, memory_format=layout), labels.to(self.device), indices.to(self.device)
+        return images.contiguous(memory_format=layout), labels.to(self.device), indices.to(self.device)
 
     def update(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> dict[str, float]:
         """Loss, backward and optimiser update on a prepared batch. A non-finite loss (on any process)

@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
-from metrictransfer.data.multiview import collate_readable
+from metrictransfer.evaluation.kept_views import evaluation_batches
 
 
 @torch.inference_mode()
@@ -32,15 +31,14 @@ def extract_embeddings(
     """Embeddings (N × D, float32 on the CPU) and labels (N,) of a dataset yielding ``(views, label, index)``
     with a single view per item; with ``return_indices`` also the dataset index of each row.
 
-    Items the dataset skips (unreadable images, returned as ``None``) have no row, hence the indices.
+    Items the dataset skips (unreadable images, returned as ``None``) have no row, hence the indices. A
+    :class:`~metrictransfer.evaluation.kept_views.KeptViews` set gives its kept views.
     """
     was_training = model.training
     model.eval()
-    pin = torch.device(device).type == "cuda"
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_readable, pin_memory=pin)
     embeddings, labels, indices = [], [], []
-    for views, batch_labels, batch_indices in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
-        embeddings.append(model(views[:, 0].to(device, non_blocking=pin)).float().cpu())
+    for images, batch_labels, batch_indices in evaluation_batches(dataset, batch_size, device, num_workers, progress, desc):
+        embeddings.append(model(images).float().cpu())
         labels.append(batch_labels)
         indices.append(batch_indices)
     model.train(was_training)

@@ -21,6 +21,7 @@ from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile
+from metrictransfer.evaluation.kept_views import KeptViews
 from metrictransfer.evaluation.metrics import ensemble_embeddings, retrieval_metrics
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.runtime import distributed
@@ -67,16 +68,19 @@ def evaluate_models(
     headline numbers)."""
     stacked = _Stacked(list(models.values()))
     ranks = distributed.current()
+    share: Dataset[Any] = dataset
     if ranks.world > 1:  # each process embeds every N-th image; all of them then hold every row, in order
-        dataset = Subset(dataset, range(ranks.rank, len(cast(Sized, dataset)), ranks.world))
+        if isinstance(dataset, KeptViews):
+            share = dataset.part(ranks.rank, ranks.world)
+        else:
+            share = Subset(dataset, range(ranks.rank, len(cast(Sized, dataset)), ranks.world))
     embeddings, labels, indices = extract_embeddings(
-        stacked, dataset, config.eval.batch_size, device, config.data.num_workers, progress=progress, return_indices=True
+        stacked, share, config.eval.batch_size, device, config.data.num_workers, progress=progress, return_indices=True
     )
     if ranks.world > 1:
         embeddings, labels, indices = (distributed.gather(t.to(device)).cpu() for t in (embeddings, labels, indices))
         order = torch.argsort(indices)
         embeddings, labels, indices = embeddings[order], labels[order], indices[order]
-        dataset = cast(Subset[Any], dataset).dataset
     masks = query_gallery_masks(dataset, indices)
 
     def metrics(x: torch.Tensor) -> dict[str, float]:
@@ -98,7 +102,8 @@ def evaluate_models(
 
 def query_gallery_masks(dataset: Dataset[Any], indices: torch.Tensor) -> dict[str, torch.Tensor]:
     """``is_query`` / ``is_gallery`` of the embedded items (skipped images have no row), if the data has them."""
-    base: Any = getattr(dataset, "dataset", dataset)  # through the MultiViewDataset wrapper
+    base: Any = dataset.dataset if isinstance(dataset, KeptViews) else dataset
+    base = getattr(base, "dataset", base)  # through the MultiViewDataset wrapper
     if getattr(base, "is_query", None) is None:
         return {}
     return {"is_query": torch.as_tensor(base.is_query)[indices], "is_gallery": torch.as_tensor(base.is_gallery)[indices]}

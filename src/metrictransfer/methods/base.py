@@ -81,6 +81,10 @@ class Method(nn.Module):
         """The training augmentations: each makes ``data.views`` views of every image (several: cohorts)."""
         return [build_transform(data.transform, True, data.image_size, data.normalization)]
 
+    def train_image_size(self, data: DataConfig) -> int:
+        """The side of the largest training view the method makes (what a decoded-image cache must keep)."""
+        return data.image_size
+
     def evaluation_models(self) -> dict[str, nn.Module]:
         """The models evaluated every epoch; more than one are also evaluated as an ensemble."""
         return {self.output: self.output_model()}

@@ -14,11 +14,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from metrictransfer.config import ModelConfig, RunConfig
-from metrictransfer.data.multiview import collate_readable
 from metrictransfer.errors import ConfigError
+from metrictransfer.evaluation.kept_views import evaluation_batches
 from metrictransfer.losses import TransferInputs, TransferLoss
 from metrictransfer.methods.base import SingleModelMethod
 from metrictransfer.methods.teaching import build_losses, setup_losses
@@ -73,8 +73,8 @@ class ClassifierMethod(SingleModelMethod):
 
     def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """Top-1 accuracy on the held-out images."""
-        loader = DataLoader(dataset, batch_size=config.eval.batch_size, num_workers=config.data.num_workers, collate_fn=collate_readable)
-        return {"accuracy": accuracy(self.output_model(), loader)}
+        batches = evaluation_batches(dataset, config.eval.batch_size, device, config.data.num_workers)
+        return {"accuracy": accuracy(self.output_model(), batches)}
 
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
@@ -100,14 +100,14 @@ class ClassifierMethod(SingleModelMethod):
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float:
-    """Top-1 accuracy of a classifier over a loader of ``(views, label, index)`` with one view."""
+def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float:
+    """Top-1 accuracy of a classifier over batches of ``(images on its device, labels, indices)``
+    (:func:`~metrictransfer.evaluation.kept_views.evaluation_batches`)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     correct = total = 0
-    for views, labels, _ in loader:
-        predicted = model(views[:, 0].to(device)).argmax(dim=1).cpu()
+    for images, labels, _ in batches:
+        predicted = model(images).argmax(dim=1).cpu()
         correct += int((predicted == labels).sum())
         total += len(labels)
     model.train(was_training)

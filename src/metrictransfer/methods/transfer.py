@@ -183,8 +183,10 @@ class TransferMethod(Method):
         model's input from the very same augmented view."""
         if self.feeds is None:
             return super().train_transforms(data)
-        size = max(self.feeds[0][0], self.feeds[1][0])
-        return [build_transform(data.transform, True, size, "none")]
+        return [build_transform(data.transform, True, self.train_image_size(data), "none")]
+
+    def train_image_size(self, data: DataConfig) -> int:
+        return data.image_size if self.feeds is None else max(self.feeds[0][0], self.feeds[1][0])
 
     def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """Retrieval metrics on labelled evaluation data; agreement@k with the source on unlabelled held-out images."""
