@@ -65,11 +65,10 @@ def _loaders(root: str, workers: int, cached):
     device = torch.device("cpu")
     loaders = {}
     for way in WAYS:
-        loader, _ = build_train_loader(
-            config, method, cached if "cache" in way else train_set, device, images=cached if "cache" in way else None
-        )
+        loader, _ = build_train_loader(config, method, train_set, device, images=cached if "cache" in way else None)
         if "uint8" not in way:  # before: the same loader, the views finished in the workers
-            finished = MultiViewDataset(loader.dataset.dataset, loader.dataset.transforms, config.data.views, seed=config.seed, finish=True)
+            made = loader.dataset
+            finished = MultiViewDataset(made.dataset, made.transforms, config.data.views, seed=config.seed, finish=True)
             loader = DataLoader(
                 finished,
                 batch_sampler=loader.batch_sampler,

@@ -19,10 +19,12 @@ def _bgr_0_255(image: torch.Tensor) -> torch.Tensor:
 
 def _to_tensor(normalization: str = "imagenet") -> list[Any]:
     """PIL image → normalised float tensor, by the convention the backbone's weights were trained with."""
+    # Normalize in place: it always follows ToDtype (or the BGR step), whose float tensor is new and its own;
+    # the same numbers with one pass over the batch fewer (benchmarks/results/evaluation_views.md)
     steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if normalization == "bn_inception":
-        return steps + [v2.Lambda(_bgr_0_255), v2.Normalize(BN_INCEPTION_MEAN_BGR, (1.0, 1.0, 1.0))]
-    return steps + [v2.Normalize(*NORMALIZATION_STATS[normalization])]
+        return steps + [v2.Lambda(_bgr_0_255), v2.Normalize(BN_INCEPTION_MEAN_BGR, (1.0, 1.0, 1.0), inplace=True)]
+    return steps + [v2.Normalize(*NORMALIZATION_STATS[normalization], inplace=True)]
 
 
 def split_per_batch(transform: Any) -> tuple[v2.Compose, v2.Transform] | None:
