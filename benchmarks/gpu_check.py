@@ -9,10 +9,12 @@ budget (``--total``, 600 s), and prints one summary:
 1. ``pytest -m gpu -q`` (tests/test_gpu.py; without CUDA they are all reported as skipped), the measured
    differences of the tests against their tolerances collected in gpu_tests_measured.jsonl;
 2. benchmarks/gpu_throughput.py (training steps, data loader, evaluation), given what is left of the
-   budget less the smoke run's share as its own ``--budget``;
-3. benchmarks/gpu_smoke.py (200 steps of a CUB Table 1 cell, projected hours).
+   budget less the protocol run's share as its own ``--budget``;
+3. benchmarks/gpu_protocol.py (the papers' protocol end to end: a CUB source and a Table 1 cell for 3 epochs
+   each, evaluation every epoch, the transfer killed and resumed, export and index; measured hours).
+   benchmarks/gpu_smoke.py (200 steps, projected hours) still runs on its own.
 
-Real runs write their tables to benchmarks/results/ (gpu_throughput.md, gpu_smoke.md, and this summary
+Real runs write their tables to benchmarks/results/ (gpu_throughput.md, gpu_protocol.md, and this summary
 as gpu_check.md); dry runs write everything to a temporary folder. Exit status 1 if a stage failed or
 ran out of time, or (without ``--dry``) if there is no CUDA device.
 """
@@ -100,12 +102,13 @@ def headline(stage: dict, out: Path, suffix: str) -> str:
                 + "; best images/s: "
                 + "; ".join(f"{setting.split(',')[0]} {v:,.0f} ({how})" for setting, (v, how) in best.items())
             )
-        if stage["stage"] == "gpu_smoke":
-            runs = json.loads((out / f"gpu_smoke{suffix}.json").read_text())["runs"]
+        if stage["stage"] == "gpu_protocol":
+            record = json.loads((out / f"gpu_protocol{suffix}.json").read_text())
+            waits = [row.get("data_wait", 0.0) for key in ("source", "transfer") for row in record[key]["rows"]]
             return (
-                f"Table 1 cell {runs['transfer']['projected_hours']:.2f} h after its source "
-                f"{runs['source']['projected_hours']:.2f} h; s/step {runs['source']['mean_step_s']:.3f} (source), "
-                f"{runs['transfer']['mean_step_s']:.3f} (transfer)"
+                f"Table 1 cell {record['transfer']['full_hours']:.2f} h after its source {record['source']['full_hours']:.2f} h "
+                f"(measured epochs); data wait up to {max(waits):.0%}; killed and resumed: "
+                f"{'yes' if record['transfer_kill']['killed'] else 'no'}"
             )
     except (OSError, KeyError, ValueError):
         pass
@@ -146,7 +149,7 @@ def main() -> int:
     measured.unlink(missing_ok=True)
     dry = ["--dry"] if args.dry else []
     suffix = "_dry" if args.dry else ""
-    for stale in (f"gpu_throughput{suffix}.json", f"gpu_smoke{suffix}.json"):  # never summarise an older run's file
+    for stale in (f"gpu_throughput{suffix}.json", f"gpu_protocol{suffix}.json"):  # never summarise an older run's file
         (out / stale).unlink(missing_ok=True)
     python = sys.executable
     started = time.perf_counter()
@@ -154,29 +157,31 @@ def main() -> int:
     def left() -> float:
         return args.total - (time.perf_counter() - started)
 
-    # kept back for the smoke run while the others run (it took 99 s on an H100, 2026-11-26)
-    smoke_share = 60.0 if args.dry else 110.0
+    # kept back for the protocol run while the others run (its dry run took 107 s on 2 loaded CPU cores; on an
+    # H100 two CUDA start-ups, 3 + 3 epochs of about 10 s, export and index are expected in 3-4 minutes)
+    protocol_share = 150.0 if args.dry else 210.0
     stages = [
         run_stage(
             "pytest -m gpu",
             [python, "-m", "pytest", "-m", "gpu", "-q", "--durations=8"],
-            # the GPU tests took about 340 s on an H100 (2026-11-26): CUDA start-up in each subprocess, compilation
-            min(420.0, left() - 2 * smoke_share),
+            # the GPU tests took about 340 s on an H100 (2026-11-26): CUDA start-up in each subprocess, compilation;
+            # at most 300 s here, so that the throughput cells (90 s) and the protocol run (210 s) keep their share
+            min(300.0, left() - protocol_share - 90.0),
             logs / "pytest.log",
             env={"METRICTRANSFER_GPU_MEASURED": str(measured)},
         )
     ]
     # the throughput script stops starting cells at its budget; a started cell (a compilation) may run on
-    budget = max(30.0, left() - smoke_share - 60.0)
+    budget = max(30.0, left() - protocol_share - 30.0)
     stages.append(
         run_stage(
             "gpu_throughput",
             [python, str(HERE / "gpu_throughput.py"), *dry, "--budget", f"{budget:.0f}"],
-            left() - smoke_share,
+            left() - protocol_share,
             logs / "throughput.log",
         )
     )
-    stages.append(run_stage("gpu_smoke", [python, str(HERE / "gpu_smoke.py"), *dry], max(60.0, left()), logs / "smoke.log"))
+    stages.append(run_stage("gpu_protocol", [python, str(HERE / "gpu_protocol.py"), *dry], max(60.0, left()), logs / "protocol.log"))
     total = time.perf_counter() - started
 
     device = "CPU (dry run)" if args.dry else torch.cuda.get_device_name(0)
@@ -187,7 +192,7 @@ def main() -> int:
         "|---|---|---:|---|",
         *[f"| {s['stage']} | {s['status']} | {s['seconds']:.0f} | {headline(s, out, suffix).replace('|', '/')} |" for s in stages],
         "",
-        f"- tables: {out / f'gpu_throughput{suffix}.md'}, {out / f'gpu_smoke{suffix}.md'}",
+        f"- tables: {out / f'gpu_throughput{suffix}.md'}, {out / f'gpu_protocol{suffix}.md'}",
         f"- full output of each stage: {logs}",
     ]
     tests = measured_lines(measured)
