@@ -564,11 +564,12 @@ class Trainer:
         return self.update(*self.prepare_batch(batch))
 
     def prepare_batch(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A loader batch as the method takes it: images, labels and indices per view, on the device."""
+        """A loader batch as the method takes it: images, labels and indices per view, on the device. The
+        loader's uint8 views are converted and normalised there; float views (made elsewhere) pass as they are."""
         views, labels, indices = batch
         indices = indices.repeat_interleave(views.shape[1])
         views = views.to(self.device, non_blocking=views.is_pinned())
-        if self.tails is not None:  # uint8 from the loader: converted and normalised here, on the device
+        if self.tails is not None and views.dtype == torch.uint8:  # the loader's uint8: finished here, on the device
             views = finish_views(views, self.tails, self.config.data.views)
         images, labels = flatten_views(views, labels)
         layout = torch.channels_last if self.config.channels_last else torch.contiguous_format
