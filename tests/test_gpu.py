@@ -163,6 +163,22 @@ def test_views_kept_on_the_device_embed_as_a_fresh_decode_on_the_cpu(measure, ca
     assert f"test views kept {where}" in capsys.readouterr().out
 
 
+def test_training_views_finished_on_the_device_equal_the_cpu_finished_ones(measure):
+    """The loader's uint8 views, converted and normalised on the device by prepare_batch, equal the CPU's."""
+    config = build_config(_raw(data={"views": 2}))
+    finished = {}
+    for device in ("cpu", str(DEVICE)):
+        run = trainer.Trainer(config, progress=False, callbacks=[], device_name=device)
+        run.setup()
+        run.start_epoch()
+        batch = next(iter(run.loader))
+        assert batch[0].dtype == torch.uint8  # the workers send uint8
+        finished[device] = run.prepare_batch(batch)[0].cpu()
+    difference = float((finished[str(DEVICE)] - finished["cpu"]).abs().max())
+    measure("training views: max difference, device against CPU", difference, 1e-6)
+    assert difference <= 1e-6
+
+
 # ------------------------------------------------------------------------------------ reduced precision
 
 
