@@ -11,7 +11,7 @@ import torch
 
 from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
-from metrictransfer.engine.callbacks import DATA_BOUND_SHARE, Callback, DataWaitHint, epoch_line
+from metrictransfer.engine.callbacks import DATA_BOUND_SHARE, Callback, DataWaitHint, data_wait_hint, epoch_line
 from metrictransfer.methods.source import SourceMethod
 
 TINY = {
@@ -196,7 +196,9 @@ def test_the_data_bound_hint_is_said_once_and_never_for_a_first_epoch_that_is_no
         hint.on_epoch_start(run, epoch)
         hint.on_epoch_end(run, epoch, {"epoch": epoch + 1, "data_wait": wait})
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 and "50% of epoch 2" in lines[0]
+    assert len(lines) == 1 and "50% of epoch 2" in lines[0] and "data.cache" not in lines[0]  # glyphs: in memory already
+    photos = types.SimpleNamespace(config=_config(data={"dataset": "folder", "root": "photos"}))
+    assert "or set data.cache: memory" in data_wait_hint(photos.config, {"epoch": 2, "data_wait": 0.5}, cores=8)
     quiet = DataWaitHint()
     for epoch, wait in enumerate([0.1, 0.19, 0.05]):
         quiet.on_epoch_start(run, epoch)

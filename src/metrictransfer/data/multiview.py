@@ -66,10 +66,6 @@ class MultiViewDataset(Dataset[Any]):
     def __len__(self) -> int:
         return len(cast(Sized, self.dataset))
 
-    def parts(self) -> list[tuple[Callable[..., Any], Callable[..., Any]]] | None:
-        """Each transform's (per-image part, batch tail) when every transform splits so, else None."""
-        return self._splits
-
     def unfinished_tails(self) -> list[Callable[..., Any]] | None:
         """The tails the consumer must apply (:func:`finish_views`): each transform's, for ``finish=False``
         sets whose transforms split; None when the items come finished."""

@@ -117,6 +117,8 @@ class DataWaitHint(Callback):
 def data_wait_hint(config: RunConfig, row: dict[str, Any], cores: int) -> str:
     """The one line of :class:`DataWaitHint`: how long the steps waited, and the settings that shorten it."""
     tries = [f"raise data.num_workers (now {config.data.num_workers}; this machine has {cores} CPU cores)"]
+    if config.data.cache == "none" and config.data.dataset != "glyphs":  # the glyphs are drawn in memory already
+        tries.append("set data.cache: memory (training images decoded once)")
     waited = f"the steps waited for the next batch {row['data_wait']:.0%} of epoch {row['epoch']}'s training time"
     return f"[{config.name or config.method}] data-bound: {waited}; " + ", or ".join(tries)
 
