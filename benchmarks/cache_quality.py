@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluation_views import _cpu_name  # noqa: E402
+from common import cpu_name  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -90,13 +90,13 @@ def main() -> int:
         spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
         return f"{statistics.mean(values):.1f}{spread}"
 
-    record = {"cpu": _cpu_name(), "args": vars(args), "runs": runs}
+    record = {"cpu": cpu_name(), "args": vars(args), "runs": runs}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "# Decoded-image cache: what the models learn",
         "",
         f"The demo's glyphs as JPEG folders at {args.side} × {args.side} px, trained at 32 px; the demo's source and its "
-        + f"relaxed-contrastive transfer, each way; seeds {', '.join(map(str, args.seeds))}; CPU: {_cpu_name()}, "
+        + f"relaxed-contrastive transfer, each way; seeds {', '.join(map(str, args.seeds))}; CPU: {cpu_name()}, "
         + f"{args.threads} threads. Recall@1 on the test classes, read from the files (mean ± standard deviation).",
         "",
         "| data.cache | source R@1 | transfer R@1 (from the source trained the same way) |",

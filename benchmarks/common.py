@@ -74,6 +74,19 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_name() -> str:
+    """The processor's model name (timings differ between CPUs, so every table names its own)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device) -> dict:
     """Where a timing was taken: device name, torch / CUDA / cuDNN versions, CPU cores."""
     import os

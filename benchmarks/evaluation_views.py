@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, synchronize, write_cub_tree  # noqa: E402
+from common import cpu_name, environment, synchronize, write_cub_tree  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -89,16 +88,16 @@ def main() -> int:
         )
     env = environment(device)
     facts = {"test_images": tree["test_images"], "jpeg": tree["size"], "mean_jpeg_bytes": tree["mean_jpeg_bytes"]}
-    record = {"environment": env, "cpu": platform.processor() or platform.machine(), "tree": facts, "rows": rows, "identical": identical}
+    processor = cpu_name()
+    record = {"environment": env, "cpu": processor, "tree": facts, "rows": rows, "identical": identical}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    cpu_name = _cpu_name()
     lines = [
         f"# Evaluation views kept: {env['device']}",
         "",
         f"{facts['test_images']:,} synthetic test JPEGs of {facts['jpeg'][0]} × {facts['jpeg'][1]} "
         f"({facts['mean_jpeg_bytes'] / 1e3:.0f} kB each), the paper's test transform at 224 px; "
         f"model: a global average pool (the data side alone); {args.threads} torch threads; "
-        + f"CPU: {cpu_name}, {env['cpu_cores']} cores; torch {env['torch']}. "
+        + f"CPU: {processor}, {env['cpu_cores']} cores; torch {env['torch']}. "
         + f"Medians of evaluations 2–{args.evaluations}, the ways interleaved in each round.",
         "",
         "| loader workers | decoded every time: first s | later s | kept: first s | later s | later, before ÷ kept |",
@@ -119,16 +118,6 @@ def main() -> int:
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if identical else 1
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, write_cub_tree  # noqa: E402
-from evaluation_views import _cpu_name  # noqa: E402
+from common import cpu_name, environment, write_cub_tree  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WAYS = ("before", "uint8", "cache", "uint8 + cache")
@@ -186,7 +185,7 @@ def main() -> int:
             )
     record = {
         "environment": env,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "tree": tree,
         "profile_ms": profile,
         "cache_build": builds,
@@ -199,7 +198,7 @@ def main() -> int:
         "",
         f"{tree['train_images']:,} synthetic training JPEGs of {tree['size'][0]} × {tree['size'][1]} "
         f"({tree['mean_jpeg_bytes'] / 1e3:.0f} kB each); the paper's augmentation at 224 px, 2 views per image, "
-        f"batches of 90 images; CPU: {_cpu_name()}, {env['cpu_cores']} cores; torch {env['torch']}. "
+        f"batches of 90 images; CPU: {cpu_name()}, {env['cpu_cores']} cores; torch {env['torch']}. "
         + f"Medians of {args.repeats} interleaved rounds of {args.batches} batches.",
         "",
         "| workers | way | views/s per worker | × before |",
