@@ -27,7 +27,7 @@ from metrictransfer.errors import ConfigError
 #: Bytes per shared block; images are packed into blocks of this size (one block per image would hold a
 #: file descriptor each in the workers).
 BLOCK_BYTES = 256 * 2**20
-#: The cache may take at most this share of the memory available when it is built.
+#: What may be kept in host memory (this cache, kept evaluation views): at most this share of what is available.
 HOST_SHARE = 0.5
 
 

@@ -17,13 +17,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from metrictransfer.data.cache import available_host_bytes
+from metrictransfer.data.cache import HOST_SHARE, available_host_bytes  # else host memory, within this share
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable
 
 #: Kept on the device when the views take at most this share of its free memory (training needs the rest).
 DEVICE_SHARE = 0.25
-#: Else kept in host memory when they take at most this share of the memory available.
-HOST_SHARE = 0.5
 #: Images decoded per batch while the views are made.
 BUILD_BATCH = 64
 
