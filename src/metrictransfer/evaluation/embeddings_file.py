@@ -70,12 +70,13 @@ def save_embeddings(path: str | os.PathLike[str], data: EmbeddingsFile) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays), "wb")
 
 
-def load_embeddings(path: str | os.PathLike[str], query_gallery: bool = False, verify: bool = False) -> EmbeddingsFile:
+def load_embeddings(path: str | os.PathLike[str], query_gallery: bool = False, verify: bool = True) -> EmbeddingsFile:
     """Read and check an embeddings file; every problem is reported with the file and the key.
 
     ``path`` is an ``.npz``, or an embeddings table's folder: then ``embeddings`` is a read-only
     :class:`numpy.memmap` of its ``embeddings.npy``, checked against its meta.json (count, dim, dtype), and
-    with ``verify`` against the SHA-256 meta.json records (which reads the whole file).
+    with ``verify`` against the SHA-256 meta.json records of each file (which reads every byte once; see
+    :func:`~metrictransfer.evaluation.embeddings_table.read_table`). An ``.npz`` is zip's CRC-checked.
     """
     path = Path(path)
     if path.is_dir():

@@ -8,13 +8,18 @@ Layout (``metrictransfer embed --out DIR`` writes it, :func:`read_table` reads i
                          synthetic id for generated data), as in an .npz's ``items``
     DIR/is_query.npy, DIR/is_gallery.npy   N bool, only where the split has them (In-Shop's test split)
     DIR/meta.json        what the rows are: format and version, count, dim, dtype, dataset, split, metric,
-                         the model that embedded them, and the SHA-256 of embeddings.npy
+                         the model that embedded them, and the SHA-256 of every file above
 
 Every array is a plain ``.npy`` (numpy, or any tool that reads the format, without pickle). A table is built
 in a hidden staging folder beside ``DIR`` (``.DIR.XXXXXXXX.staging``) and renamed to ``DIR`` only when every
 file is written and flushed, so a crash never leaves a half table under its final name. Several processes
 can fill one table: each writes its own rows straight into the memory-mapped ``embeddings.npy``
 (:func:`open_rows`), so the whole table never has to fit in one process's memory.
+
+:func:`read_table` checks every file against its recorded SHA-256 by default: a flipped bit in the
+embeddings or a ``labels.npy`` replaced by other labels would otherwise give wrong recalls without a word.
+Tables of version 1 written before the labels, items and masks were recorded have only the checksum of
+``embeddings.npy``; their other files are checked against the count and types only.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +127,7 @@ def finish_table(
         "dim": dim,
         "dtype": dtype,
         **meta,
-        "sha256": {EMBEDDINGS: file_sha256(path)},
+        "sha256": {name: file_sha256(staging / name) for name in _array_files(staging)},
     }
     atomic_write_text(json.dumps(record, indent=2) + "\n", staging / META)
     for file in staging.iterdir():
@@ -129,6 +135,11 @@ def finish_table(
     _fsync(staging)
     _replace(staging, out, overwrite)
     return record
+
+
+def _array_files(folder: Path) -> list[str]:
+    """The names of the table's array files present in ``folder``: the three always there, then the masks."""
+    return [EMBEDDINGS, LABELS, ITEMS] + [f"{key}.npy" for key in MASKS if (folder / f"{key}.npy").exists()]
 
 
 def _keep_rows(path: Path, kept: np.ndarray) -> None:
@@ -176,10 +187,12 @@ def remove_staging(staging: Path) -> None:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def read_table(path: Path, verify: bool = False) -> dict[str, Any]:
+def read_table(path: Path, verify: bool = True) -> dict[str, Any]:
     """A table's meta.json and arrays (``embeddings`` memory-mapped read-only, the rest loaded), checked
-    against each other: count, dim and dtype, and with ``verify`` the SHA-256 of embeddings.npy (reads the
-    whole file). Every problem is a one-line error naming the file."""
+    against each other (count, dim and dtype) and, with ``verify``, against the SHA-256 meta.json records of
+    each file: damage of the same shape (a flipped bit, labels replaced) passes every other check. Verifying
+    reads every byte once; ``verify=False`` is for a caller that only needs the shape and reads the table
+    again, verified, before using its rows. Every problem is a one-line error naming the file."""
     meta_path = path / META
     if not meta_path.is_file():
         raise MissingFileError(
@@ -220,14 +233,47 @@ def read_table(path: Path, verify: bool = False) -> dict[str, Any]:
             if mask.shape != (count,) or mask.dtype != np.bool_:
                 raise DataError(f"{path / f'{key}.npy'} must be {count} booleans, got {mask.dtype} of shape {mask.shape}")
     if verify:
-        expected = (meta.get("sha256") or {}).get(EMBEDDINGS)
-        found = file_sha256(path / EMBEDDINGS)
+        _verify(path, meta)
+    return arrays
+
+
+def _verify(path: Path, meta: dict[str, Any]) -> None:
+    """Compare each array file's SHA-256 with the one meta.json records.
+
+    Tables that record every file's checksum (this version on) must record each array file they hold:
+    a mask added afterwards would change the evaluation as surely as changed labels. Tables written
+    earlier record ``embeddings.npy`` only; their other files are left unchecked, with a warning.
+    """
+    meta_path = path / META
+    again = "write the table again with metrictransfer embed"
+    recorded = meta.get("sha256")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get(EMBEDDINGS), str):
+        raise DataError(f"{meta_path} records no SHA-256 of {EMBEDDINGS}, so the table cannot be checked; {again}")
+    present = _array_files(path)
+    if LABELS in recorded:
+        unrecorded = [name for name in present if name not in recorded]
+        if unrecorded:
+            raise DataError(
+                f"{path / unrecorded[0]} was not written with the table ({meta_path} records no checksum of it); remove it, or {again}"
+            )
+        missing = [name for name in recorded if name not in present]
+        if missing:
+            raise MissingFileError(f"{path / missing[0]} is missing: the embeddings table {path} is incomplete; {again}")
+        checked = present
+    else:
+        checked = [EMBEDDINGS]
+        warnings.warn(
+            f"{meta_path} records the checksum of {EMBEDDINGS} only (written by an earlier metrictransfer): "
+            f"{', '.join(present[1:])} are not checked for damage; {again} to have them checked",
+            stacklevel=3,
+        )
+    for name in checked:
+        found, expected = file_sha256(path / name), recorded[name]
         if found != expected:
             raise DataError(
-                f"{path / EMBEDDINGS} fails its checksum (SHA-256 {found[:12]}…, {meta_path} records "
-                f"{str(expected)[:12]}…): its bytes are not the ones written; write the table again"
+                f"{path / name} fails its checksum (SHA-256 {found[:12]}…, {meta_path} records {str(expected)[:12]}…): "
+                f"its bytes are not the ones written; {again}"
             )
-    return arrays
 
 
 def _load(path: Path, mmap: bool = False) -> np.ndarray:

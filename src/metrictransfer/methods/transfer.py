@@ -30,7 +30,8 @@ from metrictransfer.runtime.provenance import check_source_overlap
 
 
 def source_file_dim(path: str) -> int:
-    return int(load_embeddings(path).embeddings.shape[1])
+    """The source embeddings' dimension; the table's checksums are read once, by :func:`load_source_table`."""
+    return int(load_embeddings(path, verify=False).embeddings.shape[1])
 
 
 def load_source_table(path: str, dataset: Dataset[Any]) -> torch.Tensor | TableRows:
