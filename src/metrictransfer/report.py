@@ -10,7 +10,6 @@ rebuilds it at any time.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,6 +25,7 @@ from metrictransfer.errors import MissingFileError
 from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.evaluate import test_dataset, with_test_transform
 from metrictransfer.io import atomic_write_text
+from metrictransfer.readback import read_results
 from metrictransfer.runtime.checkpoint import load_embedding_model
 from metrictransfer.search.gallery import Neighbour
 from metrictransfer.search.grid import draw_grid
@@ -49,7 +49,7 @@ def write_report(
     results_file = run / "results.json"
     if not results_file.is_file():
         raise MissingFileError(f"{run} has no results.json: the run has not finished (resume it with metrictransfer train --resume {run})")
-    results = json.loads(results_file.read_text())
+    results = read_results(run)
     config = load_config(run / "config.yaml")
     history = results["history"]
     plot_training(history, run / "curves.png")

@@ -7,10 +7,9 @@ import statistics
 from pathlib import Path
 from typing import Any, cast
 
-import yaml
-
-from metrictransfer.config import RESUMABLE_KEYS, RunConfig, build_config, config_to_dict
+from metrictransfer.config import RESUMABLE_KEYS, RunConfig, config_to_dict, load_config
 from metrictransfer.errors import ConfigError, MissingFileError
+from metrictransfer.readback import read_results
 from metrictransfer.registry import METHODS
 
 # Keys that do not make two runs different settings: the seed (rows average over it), the run's name,
@@ -80,11 +79,11 @@ def collect_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     setting with the same seed are refused: averaging them would count one seed twice."""
     records = []
     for run in expand_runs(run_dirs):
-        results = json.loads((run / "results.json").read_text())
+        results = read_results(run)
         config_file = run / "config.yaml"
         if not config_file.is_file():
             raise MissingFileError(f"{run} has results.json but no config.yaml: not a run folder metrictransfer wrote")
-        config = build_config(yaml.safe_load(config_file.read_text()), origin=str(config_file))
+        config = load_config(config_file)
         records.append(
             {
                 "run": str(run),
