@@ -661,6 +661,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
     """PyYAML's multi-line message as one line: the problem and where."""
+    if isinstance(err, yaml.reader.ReaderError):  # a control character: a binary file, or text damaged
+        shown = f"#x{err.character:04x}" if isinstance(err.character, int) else repr(err.character)
+        return f"character {shown} at position {err.position} is not text"
     mark = getattr(err, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     return f"{getattr(err, 'problem', None) or type(err).__name__}{where}"
@@ -689,15 +692,29 @@ def build_config(raw: dict[str, Any] | None = None, overrides: list[str] | None 
         raise ConfigError(_format_errors(err, origin)) from None
 
 
+def read_yaml(path: str | Path, what: str = "a recipe") -> Any:
+    """The YAML document in ``path`` (``what`` it should be, for the message). A file that is not UTF-8
+    text (a checkpoint or an image given by mistake), cannot be read or is not YAML is one
+    :class:`ConfigError` naming it, whatever the machine's locale."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a text file (byte {err.start} is not UTF-8): {what} is YAML text; give the .yaml file") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML recipe and apply ``--set`` overrides."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of configuration keys, got {type(raw).__name__}")
     return build_config(raw, overrides, origin=str(path))

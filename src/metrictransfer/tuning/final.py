@@ -83,8 +83,8 @@ def run_final(study: optuna.Study, plan: Plan, seeds: list[int]) -> dict[str, An
 def _same_run(folder: Path, config: RunConfig) -> bool:
     """Whether ``folder`` holds an interrupted run of this very configuration (resumed, not restarted)."""
     try:
-        saved = yaml.safe_load((folder / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
         return False
     has_checkpoint = (folder / "checkpoint.pt").is_file() or (folder / "checkpoints").is_dir()
     return has_checkpoint and isinstance(saved, dict) and not resume_differences(saved, config_to_dict(config))

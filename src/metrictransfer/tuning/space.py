@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from metrictransfer.config import build_config
+from metrictransfer.config import build_config, read_yaml
 from metrictransfer.errors import ConfigError, MissingFileError
 
 if TYPE_CHECKING:
@@ -143,12 +141,7 @@ def load_space(path: str | Path, recipe: dict[str, Any], recipe_name: str = "the
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"space file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    raw = read_yaml(path, "a search space")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(
             f"{path} must map dotted configuration keys to ranges, e.g. optim.lr: {{type: log_uniform, low: 1.0e-4, high: 1.0e-2}}"

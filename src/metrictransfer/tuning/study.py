@@ -162,8 +162,10 @@ def claim_study_folder(out: Path, identity: dict[str, Any], url: str, name: str,
     manifest = out / MANIFEST
     if manifest.is_file():
         try:
-            saved = json.loads(manifest.read_text())
-        except ValueError:
+            saved = json.loads(manifest.read_text(encoding="utf-8"))
+        except ValueError:  # damaged (or not UTF-8): judged as another study's
+            saved = {}
+        if not isinstance(saved, dict):
             saved = {}
         differences = identity_differences(saved.get("identity") or {}, identity)
         if saved.get("storage") != redacted(url) or saved.get("study_name") != name:
