@@ -14,7 +14,7 @@ import time
 import traceback
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, NoReturn
 
 # Only light modules here: torch and the rest load inside the commands, where Ctrl-C is handled.
 from metrictransfer.errors import ConfigError, MetricTransferError, MissingFileError, is_output_problem, output_error
@@ -106,21 +106,10 @@ def _train_and_report(args: argparse.Namespace, config: Any, run_dir: Path, resu
     """Train (or resume) the run, write its report, print where they are."""
     from metrictransfer.engine.trainer import train
 
-    with _json_only(args):
-        results = train(config, run_dir, resume=resume, overwrite=args.overwrite)
-    if int(os.environ.get("RANK", "0")) == 0:
-        from metrictransfer.report import write_report
-
-        try:
-            with _json_only(args):
-                write_report(run_dir)
-        except KeyboardInterrupt:
-            print(
-                f"metrictransfer: interrupted while writing the report; the run itself is finished and saved. "
-                f"Rebuild the report with: metrictransfer report {run_dir}",
-                file=sys.stderr,
-            )
-            return 130
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with _json_only(args):  # the report is written under the run's lock: no --overwrite can start before it ends
+        results = train(config, run_dir, resume=resume, overwrite=args.overwrite, report=True)
+    if main_process:
         if args.json:
             print(
                 json.dumps(
@@ -247,13 +236,31 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     written = []
     for run in args.runs:
-        with _json_only(args):
+        with _json_only(args), _locked_run(Path(run)):
             written.append(str(write_report(run)))
         if not args.json:
             print(written[-1])
     if args.json:
         print(json.dumps({"reports": written}))
     return 0
+
+
+@contextlib.contextmanager
+def _locked_run(run: Path) -> Iterator[None]:
+    """Hold a finished run's lock while its files are rewritten, then record them in its manifest, with
+    the results it was built from checked against their recorded digest first."""
+    if not (run / "results.json").is_file():  # write_report says what is missing
+        yield
+        return
+    from metrictransfer.engine.run_folder import RunLock
+    from metrictransfer.output_folder import Manifest, verify_recorded
+
+    with RunLock(run):
+        verify_recorded(run / "results.json", f"evaluate its model again (metrictransfer evaluate --checkpoint {run}) or train it again")
+        yield
+        manifest = Manifest.read(run)
+        if manifest is not None:
+            manifest.record_present()
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -1090,14 +1097,14 @@ def main(argv: list[str] | None = None) -> int:
     read-only or forbidden output place) print one line and exit 2; Ctrl-C exits 130 without a
     traceback; anything else is a bug and keeps its traceback."""
     debug = os.environ.get("METRICTRANSFER_DEBUG", "") not in ("", "0")
-    from metrictransfer.engine.interrupt import TrainingInterrupted
+    from metrictransfer.engine.interrupt import Interrupted
 
     try:
         args = build_parser().parse_args(argv)
         debug = debug or getattr(args, "debug", False)
         status: int = args.func(args)
         return status
-    except TrainingInterrupted as stop:
+    except Interrupted as stop:
         print(f"metrictransfer: {stop}", file=sys.stderr)
         return stop.exit_status
     except KeyboardInterrupt:

@@ -9,9 +9,19 @@ from types import FrameType
 from typing import Any
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Raised after the checkpoint of an interrupted run is written; the CLI turns it into exit status
-    128 + the signal's number, as a shell expects."""
+class Interrupted(KeyboardInterrupt):
+    """A signal ended the command after its work was saved; the CLI prints the message (what was kept and
+    how to go on) and exits with 128 + the signal's number, as a shell expects."""
+
+    signal_name = "SIGINT"
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))
+
+
+class TrainingInterrupted(Interrupted):
+    """Raised after the checkpoint of an interrupted run is written."""
 
     def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
@@ -19,9 +29,16 @@ class TrainingInterrupted(KeyboardInterrupt):
             f"{signal_name} at step {step}: saved {checkpoint}; continue with metrictransfer train --resume {checkpoint.parent}"
         )
 
-    @property
-    def exit_status(self) -> int:
-        return 128 + int(getattr(signal, self.signal_name, signal.SIGINT))
+
+class ReportInterrupted(Interrupted):
+    """A signal while a finished run's report was due: the run is kept whole, the report is not written."""
+
+    def __init__(self, signal_name: str, run: Path) -> None:
+        self.signal_name, self.run = signal_name, run
+        super().__init__(
+            f"{signal_name}: the run itself is finished and saved, its report was not written; "
+            f"rebuild the report with: metrictransfer report {run}"
+        )
 
 
 class GracefulStop:

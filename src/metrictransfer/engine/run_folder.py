@@ -1,7 +1,8 @@
 """A run folder holds one run, and one process trains into it at a time.
 
 A new run refuses a folder that already holds one (unless asked to replace it), so a finished run's
-checkpoint, results and log are never replaced by accident. While training, the folder is locked with
+checkpoint, results and log are never replaced by accident, and a folder holding anything metrictransfer
+did not write (see :mod:`metrictransfer.output_folder`). While training, the folder is locked with
 an OS file lock (``flock``): the kernel releases it when the process ends, however it ends, so a
 killed run can always be resumed and no stale lock is ever left to clean up by hand.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -21,17 +21,24 @@ from metrictransfer import __version__
 from metrictransfer.config import RunConfig, config_to_dict, resume_differences
 from metrictransfer.errors import OutputLocationError, RunExistsError, RunLockedError, is_output_problem, output_error
 from metrictransfer.io import remove_stale_partials
+from metrictransfer.output_folder import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    DamagedFileError,
+    Manifest,
+    adopt_or_refuse,
+    check_placement,
+    refuse_foreign,
+)
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; runs there are not protected against a second process
     fcntl = None  # type: ignore[assignment]
 
-LOCK_NAME = ".lock"
-# What marks a folder as holding a run, and what `--overwrite` deletes: only the files a run writes,
-# never anything else a user keeps in the folder.
+# What marks a folder as holding a run (what `--overwrite` deletes is in the folder's manifest:
+# metrictransfer.output_folder).
 RUN_MARKERS = ("config.yaml", "checkpoint.pt", "checkpoints", "results.json")
-RUN_FILES = RUN_MARKERS + ("log.csv", "recall.png", "curves.png", "retrieval.png", "embedding_map.png", "report.md", "tensorboard")
 
 
 class RunLock:
@@ -42,6 +49,7 @@ class RunLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
+        self.manifest: Manifest | None = None  # set by claim_run_folder: what the run has written
 
     def acquire(self) -> "RunLock":
         make_folder(self.folder)
@@ -118,12 +126,20 @@ def make_folder(folder: Path) -> None:
 
 
 def claim_run_folder(folder: str | os.PathLike[str], resume: bool = False, overwrite: bool = False) -> RunLock:
-    """Create and lock ``folder`` for a run. A new run (``resume`` False) refuses a folder holding a
-    run, unless ``overwrite``, which deletes that run's files first. Temporary files that a killed
-    writer left behind are removed. Returns the held lock; release it when the run ends."""
+    """Create and lock ``folder`` for a run. A new run (``resume`` False) goes only into a new or empty
+    folder, or one holding a run, which it refuses unless ``overwrite`` (that run's files are deleted first;
+    files a person added are kept). A folder holding anything else, or inside another run or index, is
+    refused before anything is written in it. Temporary files that a killed writer left behind are
+    removed. Returns the held lock (with the folder's manifest); release it when the run ends."""
     folder = Path(folder)
+    check_placement(folder, "run")
+    refuse_foreign_unless_legacy(folder)  # before the lock file is created in a folder that is not ours
     lock = RunLock(folder).acquire()
     try:
+        legacy = (folder / "config.yaml").is_file() and not (folder / MANIFEST_NAME).is_file()
+        if not legacy:
+            refuse_foreign_unless_legacy(folder)  # again, under the lock
+        manifest = adopt_or_refuse(folder, "run", legacy, resume, overwrite)
         if not resume and holds_run(folder):
             if not overwrite:
                 what = describe_run(folder)
@@ -132,29 +148,36 @@ def claim_run_folder(folder: str | os.PathLike[str], resume: bool = False, overw
                     f"{folder} already holds {what}; {advice}choose another --out, or add --overwrite to replace it "
                     "(its checkpoints, results and log are deleted)"
                 )
-            remove_run_files(folder)
+            manifest.remove_files()
         remove_stale_partials(folder)
         if (folder / "checkpoints").is_dir():
             remove_stale_partials(folder / "checkpoints")
+        lock.manifest = manifest
     except BaseException:
         lock.release()
         raise
     return lock
 
 
-def remove_run_files(folder: Path) -> None:
-    """Delete what a run wrote into ``folder`` (see :data:`RUN_FILES`), nothing else."""
-    for name in RUN_FILES:
-        path = folder / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+def refuse_foreign_unless_legacy(folder: Path) -> None:
+    """A folder holding files the tool did not write is refused, unless it holds a run of a version that
+    wrote no manifest (its ``config.yaml``), which is then judged as a run."""
+    if not (folder / "config.yaml").is_file():
+        refuse_foreign(folder)
 
 
 def remove_if_unused(folder: Path) -> None:
-    """Remove a folder this run created if it holds nothing but the lock file."""
-    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+    """Remove the lock and an empty manifest from a folder a failed start left them in, and the folder
+    itself when that empties it."""
+    if not folder.is_dir():
+        return
+    try:
+        manifest = Manifest.read(folder)
+    except DamagedFileError:
+        return
+    if manifest is not None and not manifest.files:  # written by this start, which wrote nothing else
+        (folder / MANIFEST_NAME).unlink(missing_ok=True)
+    if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
         (folder / LOCK_NAME).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             folder.rmdir()

@@ -43,9 +43,9 @@ from metrictransfer.engine.callbacks import (
     selection_key,
     validated_results,
 )
-from metrictransfer.engine.interrupt import GracefulStop, TrainingInterrupted
+from metrictransfer.engine.interrupt import GracefulStop, ReportInterrupted, TrainingInterrupted
 from metrictransfer.engine.logging import primary_metric, write_csv  # write_csv looked up here when a run starts (tests replace it)
-from metrictransfer.engine.run_folder import claim_run_folder, remove_if_unused
+from metrictransfer.engine.run_folder import RunLock, claim_run_folder, remove_if_unused
 from metrictransfer.errors import CheckpointError, ConfigError, DamagedCheckpointError, TrainingDivergedError
 from metrictransfer.evaluation.kept_views import keep_views
 from metrictransfer.io import atomic_copy
@@ -470,15 +470,32 @@ class Trainer:
             while self.epoch < self.config.optim.epochs:
                 epoch = self.epoch
                 self._train_epoch()
-                self._call("on_epoch_end", epoch, self.end_epoch(epoch))
-        if self.validation_set is None:
-            self.results = run_results(self.config, self.history)
-        else:
-            final_test, best = self.test_once()
-            self.results = validated_results(self.config, self.history, final_test, best)
-        self._call("on_fit_end", self.results)
-        distributed.barrier()
+                self._call("on_epoch_end", epoch, self.end_epoch(epoch))  # saves the checkpoint
+                self._stop_if_asked()
+            if self.validation_set is None:
+                self.results = run_results(self.config, self.history)
+            else:
+                final_test, best = self.test_once()
+                self._stop_if_asked()  # the final test is repeated when the run is resumed
+                self.results = validated_results(self.config, self.history, final_test, best)
+            self._call("on_fit_end", self.results)
+            distributed.barrier()
+        if self._stop.requested and self.out is not None:  # during the results: the run is finished, the report skipped
+            raise ReportInterrupted(self._stop.signal_name, self.out)
         return self.results
+
+    def _stop_if_asked(self, save: bool = False) -> None:
+        """End the run here when a signal arrived on any process since the last step (during the last
+        step's end, an evaluation or the final test): with ``save``, after writing the checkpoint (the
+        epoch's evaluation is then skipped, and done when the run is resumed)."""
+        assert self._stop is not None
+        _, self.stop_requested = distributed.step_flags(True, self._stop.requested, self.device)
+        if not self.stop_requested:
+            return
+        if save and self.ranks.main and self.out is not None:
+            self.save_checkpoint()
+        distributed.barrier()
+        raise TrainingInterrupted(self._stop.signal_name or "SIGTERM", self.updater.iteration, self._folder() / CHECKPOINT_NAME)
 
     def _train_epoch(self) -> None:
         self.start_epoch()
@@ -489,6 +506,7 @@ class Trainer:
             if self.stop_requested:
                 assert self._stop is not None  # fit() runs the epochs inside GracefulStop
                 raise TrainingInterrupted(self._stop.signal_name, self.updater.iteration, self._folder() / CHECKPOINT_NAME)
+        self._stop_if_asked(save=True)  # a signal during the epoch's last step: no evaluation before stopping
 
     def _waited_for(self, loader: DataLoader[Any]) -> Any:
         """The loader's batches; the time spent waiting for each is added to ``data_wait`` (seconds). A
@@ -636,6 +654,7 @@ def train(
     progress: bool | None = None,
     overwrite: bool = False,
     extra_callbacks: list[Callback] | None = None,
+    report: bool = False,
 ) -> dict[str, Any]:
     """Train one run into ``out_dir``; returns the results written to ``results.json``.
 
@@ -644,24 +663,40 @@ def train(
     atomically written checkpoint (also every ``checkpoint.every_steps`` steps, and when SIGINT or
     SIGTERM arrives), so ``resume=True`` continues from the last checkpoint, in the middle of an epoch
     if need be, and in deterministic mode ends with the same weights as an uninterrupted run.
-    A folder that holds another run is refused unless ``overwrite``; the folder is locked while the
-    run trains. Under torchrun every process runs this; only the first writes files and holds the lock.
+    A folder that holds another run is refused unless ``overwrite``, and one holding anything else always
+    (see :func:`~metrictransfer.engine.run_folder.claim_run_folder`); the folder is locked while the run
+    trains and, with ``report``, until its ``report.md`` is written too. Under torchrun every process runs
+    this; only the first writes files and holds the lock.
     ``extra_callbacks`` run after the default ones at every hook (a tuner's pruning, say).
     """
     out = Path(out_dir)
     ranks, device_name = distributed.setup(config.device)
     created = not out.exists()
     lock = claim_run_folder(out, resume, overwrite) if ranks.main else None
+    failed = True
     try:
-        return _train(config, out, resume, progress, ranks, device_name, extra_callbacks or [])
-    except BaseException:
-        if lock is not None and created:
-            lock.release()
-            remove_if_unused(out)  # a start that failed (bad data, Ctrl-C) leaves no empty run folder
-        raise
+        results = _train(config, out, resume, progress, ranks, device_name, extra_callbacks or [], lock)
+        if report and ranks.main:
+            _write_report(out)
+        failed = False
+        return results
     finally:
         if lock is not None:
+            if lock.manifest is not None and out.is_dir():
+                lock.manifest.record_present()  # before the lock goes: what this run wrote, with digests
             lock.release()
+            if failed and created:
+                remove_if_unused(out)  # a start that failed (bad data, Ctrl-C) leaves no empty run folder
+
+
+def _write_report(out: Path) -> None:
+    """The report of a finished run; an interruption leaves the run as it is and says how to rebuild it."""
+    from metrictransfer import report
+
+    try:
+        report.write_report(out)
+    except KeyboardInterrupt:
+        raise ReportInterrupted("SIGINT", out) from None
 
 
 def _train(
@@ -672,6 +707,7 @@ def _train(
     ranks: distributed.Ranks,
     device_name: str,
     extra_callbacks: list[Callback],
+    lock: RunLock | None = None,
 ) -> dict[str, Any]:
     trainer = Trainer(config, out, ranks=ranks, device_name=device_name, progress=progress)
     trainer.callbacks += extra_callbacks
@@ -680,6 +716,8 @@ def _train(
         trainer.resume()
     if ranks.main:
         save_config(config, out / "config.yaml")
+        if lock is not None and lock.manifest is not None:
+            lock.manifest.record("config.yaml")
     return trainer.fit()
 
 
