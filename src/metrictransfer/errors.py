@@ -1,7 +1,8 @@
 """The failures a user can cause and fix: bad configuration, data, checkpoints, indexes, output places.
 
 Every one is a :class:`MetricTransferError`, whose message is one line naming the file, key or value
-and what to do; the command line prints it without a traceback and exits with status 2. Anything
+and what to do; the command line prints it without a traceback and exits with status 2 (bad input),
+or 1 for a fault of the machine (:class:`StorageFaultError`: a full disk; a diverged training). Anything
 else that escapes is a bug in metrictransfer and keeps its traceback.
 
 Each class also derives from the built-in exception that Python code would have caught before this
@@ -53,6 +54,13 @@ class OutputLocationError(MetricTransferError, OSError):
     """A place we cannot write to: full, read-only, not a folder, or holding something we must not replace."""
 
 
+class StorageFaultError(OutputLocationError):
+    """The disk failed a write: full, over quota, or an I/O error. Exit status 1, not 2: the input was
+    fine and the same command succeeds once there is room (a script may retry it, not fix its input)."""
+
+    exit_status = 1
+
+
 class RunExistsError(OutputLocationError):
     """``--out`` already holds a run."""
 
@@ -80,7 +88,10 @@ _OUTPUT_ERRNOS = {
     errno.EPERM: "permission denied",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EISDIR: "it is a folder, not a file",
+    errno.EIO: "the device reported an input/output error",
 }
+# Of those, the ones that are a fault of the machine rather than of the place the user chose.
+_STORAGE_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
 
 
 def is_output_problem(err: OSError) -> bool:
@@ -98,7 +109,9 @@ def output_error(err: OSError, path: str | os.PathLike[str] | None = None, verb:
         errno.EROFS: "write elsewhere",
         errno.EACCES: "write elsewhere or fix the folder's permissions",
         errno.EPERM: "write elsewhere or fix the folder's permissions",
+        errno.EIO: "check the disk (the system log names the fault) or write elsewhere",
     }.get(err.errno or 0, "choose another path")
-    made = OutputLocationError(f"cannot {verb} {where}: {reason}; {advice}")
+    kind = StorageFaultError if err.errno in _STORAGE_FAULTS else OutputLocationError
+    made = kind(f"cannot {verb} {where}: {reason}; {advice}")
     made.errno = err.errno
     return made

@@ -5,7 +5,10 @@ Formats: ``safetensors`` (weights only; rebuild with :class:`EmbeddingModel` fro
 ``FILE.json`` (``model.onnx.json``): the architecture, the exact test-time preprocessing and the distance to use.
 The export is written to a temporary file beside ``FILE``, loaded back and must give the PyTorch model's
 embeddings (to 1e-4) on a test batch; only then does it replace ``FILE``. A failure or an interruption
-before that leaves any previous ``FILE`` and ``FILE.json`` as they were. The description is written
+before that leaves any previous ``FILE`` and ``FILE.json`` as they were, and so does a full disk: the free
+space is checked before writing (the weights' size plus a margin) and a write that still runs out of
+space is one line naming ``FILE``. ``FILE`` (and ``FILE.json``) must be absent or regular files: a FIFO,
+a device or a socket there is refused, never replaced. Both are written with the user's umask. The description is written
 after ``FILE`` is replaced and records the file's SHA-256 (``"sha256"``), so a description left stale by
 a crash between the two writes is recognisable: see :func:`describes`.
 
@@ -27,6 +30,7 @@ preprocessing as Python reprs) is enough to use the file without metrictransfer:
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -40,9 +44,9 @@ from torchvision.transforms import v2
 from metrictransfer import __version__
 from metrictransfer.data.transforms import _bgr_0_255, build_transform
 from metrictransfer.errors import ConfigError, MissingPackageError, OutputLocationError
-from metrictransfer.io import atomic_write_text, file_sha256, remove_stale_partials, staged_path
+from metrictransfer.io import atomic_write_text, check_replaceable, file_sha256, remove_stale_partials, staged_path
 from metrictransfer.models import EmbeddingModel
-from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
+from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint, tensor_bytes
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 DESCRIPTION_VERSION = 2  # 1 (no "format_version" field): preprocessing as a list of Python reprs
@@ -68,6 +72,8 @@ def export_model(
     out = Path(out)
     if out.is_dir():
         raise OutputLocationError(f"--out {out} is a folder; name the file to write, e.g. {out / ('model.' + fmt)}")
+    for target in (out, description_path(out)):  # before any work: a FIFO or a device there is never replaced
+        check_replaceable(target)
     model, config = load_embedding_model(checkpoint, name=model_name)
     model.eval()
     for name in (out.name, description_path(out).name):  # what a killed export of this file left
@@ -84,7 +90,7 @@ def export_model(
     example = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(example)
-    with staged_path(out) as staged:  # replaces out only if the block finishes
+    with staged_path(out, size=tensor_bytes(model.state_dict())) as staged:  # replaces out only if the block finishes
         exported = _EXPORTERS[fmt](model, example, staged)
         difference = float((exported - expected).abs().max())
         if not difference <= tolerance:
@@ -289,7 +295,10 @@ def _safetensors(model: EmbeddingModel, example: torch.Tensor, out: Path) -> tor
 def _torchscript(model: EmbeddingModel, example: torch.Tensor, out: Path) -> torch.Tensor:
     with torch.no_grad():
         traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]  # unannotated in torch
-    traced.save(str(out))
+    # to memory, then written by Python: TorchScript's own writer aborts the process on a full disk
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    out.write_bytes(buffer.getbuffer())
     loaded = torch.jit.load(str(out))  # type: ignore[no-untyped-call]  # unannotated in torch
     with torch.no_grad():
         return cast(torch.Tensor, loaded(example))

@@ -13,7 +13,7 @@ import torch
 
 from metrictransfer.config import RunConfig, build_config, config_to_dict
 from metrictransfer.errors import CheckpointError, DamagedCheckpointError, MissingFileError
-from metrictransfer.io import atomic_write
+from metrictransfer.io import atomic_copy, atomic_write
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.runtime.provenance import TRAINING_DATA_KEY
 
@@ -27,8 +27,29 @@ CHECKSUM_KEY = "checksum"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` atomically."""
-    atomic_write(path, lambda f: torch.save(obj, f), "wb")
+    """``torch.save`` atomically, after checking the disk has room for its tensors (a full disk is one
+    line naming ``path``; the previous file stays)."""
+    atomic_write(path, lambda f: torch.save(obj, f), "wb", size=tensor_bytes(obj))
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts, lists, tuples) as ``torch.save`` writes them: each
+    storage once, whole; the estimate of a checkpoint's or an export's size that the free-space check uses."""
+    storages: dict[tuple[str, int], int] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            storages[(str(value.device), storage.data_ptr())] = storage.nbytes()
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    visit(obj)
+    return sum(storages.values())
 
 
 def content_digest(obj: Any) -> str:
@@ -65,19 +86,19 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
 
 def save_run_checkpoint(state: dict[str, Any], run_dir: str | os.PathLike[str], keep: int = 1) -> Path:
     """Write ``state`` atomically as the run's ``checkpoint.pt``; with ``keep`` > 1 also keep it as
-    ``checkpoints/step-N.pt`` (a hard link: no copy) and delete all but the ``keep`` newest there."""
+    ``checkpoints/step-N.pt`` and delete all but the ``keep`` newest there.
+
+    A kept checkpoint is a copy of ``checkpoint.pt`` (its bytes, written atomically), not a hard link:
+    damage to one name must not reach the others, and ``keep`` must mean that many checkpoints besides
+    the newest. The cost is one more checkpoint's size on disk (``keep`` + 1 files instead of ``keep``)
+    and the time to copy it, which is checked for room first like every checkpoint."""
     run_dir = Path(run_dir)
     latest = run_dir / CHECKPOINT_NAME
     save_checkpoint(state, latest)
     if keep > 1:
         history = run_dir / HISTORY_DIR
         history.mkdir(exist_ok=True)
-        kept = history / f"step-{state['step']:09d}.pt"
-        kept.unlink(missing_ok=True)
-        try:
-            os.link(latest, kept)
-        except OSError:  # a file system without hard links
-            save_checkpoint(state, kept)
+        atomic_copy(latest, history / f"step-{state['step']:09d}.pt")  # a fresh file, even over an old hard link
         for old in sorted(history.glob("step-*.pt"))[:-keep]:
             old.unlink(missing_ok=True)
     return latest
