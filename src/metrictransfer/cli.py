@@ -102,13 +102,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _train_and_report(args, config, run_dir, resume=bool(args.resume))
 
 
-def _train_and_report(args: argparse.Namespace, config: Any, run_dir: Path, resume: bool = False) -> int:
+def _train_and_report(
+    args: argparse.Namespace, config: Any, run_dir: Path, resume: bool = False, callbacks: list[Any] | None = None
+) -> int:
     """Train (or resume) the run, write its report, print where they are."""
     from metrictransfer.engine.trainer import train
 
     main_process = int(os.environ.get("RANK", "0")) == 0
     with _json_only(args):  # the report is written under the run's lock: no --overwrite can start before it ends
-        results = train(config, run_dir, resume=resume, overwrite=args.overwrite, report=True)
+        results = train(config, run_dir, resume=resume, overwrite=args.overwrite, report=True, extra_callbacks=callbacks)
     if main_process:
         if args.json:
             print(
@@ -158,9 +160,23 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("under torchrun give the run folder with --out: every process must write to the same one")
     run_dir = Path(args.out or f"runs/distill-{_timestamp()}")
-    if not args.json:  # the recipe is the run's config.yaml: the run can be resumed, rerun or edited like any other
-        print(f"metrictransfer: recipe {run_dir / 'config.yaml'} (resume: metrictransfer train --resume {run_dir})", file=sys.stderr)
-    return _train_and_report(args, config, run_dir)
+    return _train_and_report(args, config, run_dir, callbacks=None if args.json else [_resume_hint(run_dir)])
+
+
+def _resume_hint(run_dir: Path) -> Any:
+    """A callback that says where the recipe is and how to resume once training starts: by then the
+    recipe (config.yaml) is written and the folder is kept; a start that fails before it removes the
+    folder it created, so a hint printed earlier would name a folder that is gone."""
+    from metrictransfer.engine.callbacks import Callback
+
+    class ResumeHint(Callback):
+        def on_fit_start(self, trainer: Any) -> None:
+            if trainer.ranks.main:  # the recipe is the run's config.yaml: resumed, rerun or edited like any other
+                print(
+                    f"metrictransfer: recipe {run_dir / 'config.yaml'} (resume: metrictransfer train --resume {run_dir})", file=sys.stderr
+                )
+
+    return ResumeHint()
 
 
 def _already_finished(run_dir: Path, results: dict[str, Any], epochs: int, as_json: bool) -> int:
@@ -1094,8 +1110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Expected failures (:class:`~metrictransfer.errors.MetricTransferError`, and a full,
-    read-only or forbidden output place) print one line and exit 2; Ctrl-C exits 130 without a
-    traceback; anything else is a bug and keeps its traceback."""
+    read-only or forbidden output place) print one line and exit 2, or 1 for a fault of the machine (a
+    full disk); Ctrl-C exits 130 without a traceback; anything else is a bug and keeps its traceback."""
     debug = os.environ.get("METRICTRANSFER_DEBUG", "") not in ("", "0")
     from metrictransfer.engine.interrupt import Interrupted
 
@@ -1116,8 +1132,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         if not is_output_problem(err):
             raise
-        _report(debug, f"error: {output_error(err, verb='use')}")  # raised outside our writers: read or write
-        return 2
+        made = output_error(err, verb="use")  # raised outside our writers: read or write
+        _report(debug, f"error: {made}")
+        return made.exit_status  # 1 for a full disk or an I/O error, 2 for a place the user chose
 
 
 def _report(debug: bool, message: str) -> None:
