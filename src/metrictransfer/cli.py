@@ -459,8 +459,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ks = args.k or config.eval.recall_at
         embeddings, labels = torch.from_numpy(data.embeddings), torch.from_numpy(data.labels)
         device = args.device or config.device
+    from metrictransfer.evaluation.metrics import check_embeddings, check_ranks
     from metrictransfer.runtime.device import resolve_device
 
+    setting = "--k" if args.k else ("the run's eval.recall_at (choose others with --k)" if args.checkpoint else "K (choose with --k)")
+    check_embeddings(embeddings, labels)
+    check_ranks(ks, labels, masks.get("is_query"), masks.get("is_gallery"), setting=setting, where=source)  # refused, never capped
     embeddings = embeddings.to(resolve_device(device))
     metrics = retrieval_metrics(
         embeddings,
@@ -506,7 +510,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     with _json_only(args):
         meta = build_index(
-            args.checkpoint, args.images, args.out, args.model, _device(args.device), args.batch_size, progress=sys.stderr.isatty()
+            args.checkpoint,
+            args.images,
+            args.out,
+            args.model,
+            _device(args.device),
+            args.batch_size,
+            progress=sys.stderr.isatty(),
+            overwrite=args.overwrite,
         )
     if args.json:
         print(
@@ -988,7 +999,8 @@ def _add_index(index: argparse.ArgumentParser) -> None:
         metavar="FOLDER_OR_CSV",
         help="a folder (searched recursively; sub-folders are classes) or a CSV with path[,label] columns",
     )
-    index.add_argument("--out", required=True, metavar="INDEX_DIR", help="the index folder to write")
+    index.add_argument("--out", required=True, metavar="INDEX_DIR", help="the index folder to write (a new or empty one)")
+    index.add_argument("--overwrite", action="store_true", help="replace the index INDEX_DIR holds (nothing else there is deleted)")
     index.add_argument("--model", help=MODEL_HELP)
     index.add_argument("--batch-size", type=_positive_int, default=128, help="images per batch (default 128)")
     index.add_argument("--device", choices=DEVICES, default="auto", help="where to embed (default auto: a GPU if there is one)")

@@ -17,18 +17,26 @@ megabytes at every save would slow training for nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from metrictransfer import __version__
-from metrictransfer.errors import DataError, OutputLocationError, RunExistsError
-from metrictransfer.io import PARTIAL_SUFFIX, atomic_write_text, file_sha256
+from metrictransfer.errors import DataError, OutputLocationError, RunExistsError, RunLockedError, is_output_problem, output_error
+from metrictransfer.io import PARTIAL_SUFFIX, atomic_write_text, file_sha256, remove_stale_partials
 
 MANIFEST_NAME = ".metrictransfer.json"
 MANIFEST_FORMAT = "metrictransfer output folder"
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; folders there are not protected against a second process
+    fcntl = None  # type: ignore[assignment]
 LOCK_NAME = ".lock"
 # What each kind of folder writes (the names a manifest may list at its top level), and whether one kind
 # may not hold another inside it.
@@ -50,7 +58,8 @@ KIND_FILES: dict[str, tuple[str, ...]] = {
     "index": ("index.json", "embeddings.npz", "faiss.index"),
 }
 KIND_WORDS = {"run": "a run", "index": "a search index"}
-_SIZE_ONLY = (".pt",)  # files that verify themselves (see the module's docstring)
+_SIZE_ONLY = (".pt",)
+_Lock = TypeVar("_Lock", bound="OutputLock")  # files that verify themselves (see the module's docstring)
 
 
 class DamagedFileError(DataError):
@@ -125,6 +134,81 @@ class Manifest:
         self.write()
 
 
+class OutputLock:
+    """An exclusive lock on an output folder, held from :meth:`acquire` to :meth:`release`: an OS file lock
+    (``flock``), which the kernel releases when the process ends, however it ends, so no stale lock is ever
+    left to clean up by hand. The lock file records the holder's PID, host and start time so that a refused
+    second process can name it."""
+
+    activity = "process"  # what holds such locks, in the message of a refused second one
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._fd: int | None = None
+        self.manifest: Manifest | None = None  # set when the folder is claimed: what has been written there
+
+    def acquire(self: _Lock) -> _Lock:
+        make_folder(self.folder)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise (output_error(err, self.folder) if is_output_problem(err) else err) from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunLockedError(
+                    f"{self.folder} is in use by another {self.activity} ({self.holder()}); wait for it to end, or write to another --out"
+                ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        self._fd = fd
+        return self
+
+    def holder(self, wait: float = 2.0) -> str:
+        """Who holds the lock, in words (as far as the lock file tells). The holder writes its PID just
+        after locking, so a process refused in between waits up to ``wait`` seconds for it."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                info = json.loads(self.path.read_text() or "{}")
+            except (OSError, ValueError):  # being rewritten
+                info = {}
+            if info or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if not info:
+            return "a process that has not yet written its PID"
+        return f"PID {info.get('pid')} on host {info.get('host')}, since {info.get('since')}"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)  # the file stays: deleting it would let two processes lock different files
+            self._fd = None
+
+    def __enter__(self: _Lock) -> _Lock:
+        return self if self._fd is not None else self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents), naming a file in the way or an unwritable place."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputLocationError(f"{folder} is a file, not a folder; give a folder (--out)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputLocationError(f"cannot create {folder}: a part of the path is a file, not a folder") from None
+    except OSError as err:
+        raise (output_error(err, folder) if is_output_problem(err) else err) from None
+
+
 def is_ours(name: str) -> bool:
     """The lock, the manifest and temporaries of killed writers: present in any folder the tool uses."""
     return name in (LOCK_NAME, MANIFEST_NAME) or (name.startswith(".") and name.endswith(PARTIAL_SUFFIX))
@@ -159,28 +243,63 @@ def check_placement(folder: Path, kind: str, option: str = "--out") -> None:
         )
 
 
-def adopt_or_refuse(folder: Path, kind: str, legacy: bool, resume: bool, overwrite: bool, option: str = "--out") -> Manifest:
-    """The manifest of ``folder`` for a new output (``resume`` False) or for continuing one, enforcing the
-    module's rules; ``legacy``: the folder holds this kind's files from a version that wrote no manifest."""
-    manifest = Manifest.read(folder)
-    if manifest is not None and manifest.kind != kind:
-        raise OutputLocationError(f"{folder} holds {KIND_WORDS[manifest.kind]}, not {KIND_WORDS[kind]}; choose another {option}")
-    if manifest is None and legacy:
-        if resume:  # written by an earlier version: continue it, and from now on record its files
+# The file whose presence, without a manifest, marks a folder written by a version that kept none.
+LEGACY_MARK = {"run": "config.yaml", "index": "index.json"}
+
+
+def claim_output(
+    folder: Path,
+    kind: str,
+    lock: _Lock,
+    resume: bool = False,
+    overwrite: bool = False,
+    already_holds: Callable[[Path], str | None] | None = None,
+    option: str = "--out",
+    clear: bool = True,
+) -> _Lock:
+    """Create and lock ``folder`` for an output of ``kind``, enforcing the module's rules: a folder holding
+    anything the tool did not write, or inside another run or index, is refused before anything is written
+    in it. A new output (``resume`` False) into a folder holding one of its kind is refused with the message
+    ``already_holds`` gives (None: it holds none), unless ``overwrite``, which deletes that output's files
+    (files a person added are kept) first, or with ``clear`` False leaves them for the writer to replace.
+    Temporaries a killed writer left are removed. Returns ``lock``, held, with the folder's manifest in
+    ``lock.manifest``."""
+    check_placement(folder, kind, option)
+    mark = folder / LEGACY_MARK[kind]
+    if not mark.is_file():
+        refuse_foreign(folder, option)  # before the lock file is created in a folder that is not ours
+    lock.acquire()
+    try:
+        manifest = Manifest.read(folder)
+        if manifest is not None and manifest.kind != kind:
+            raise OutputLocationError(f"{folder} holds {KIND_WORDS[manifest.kind]}, not {KIND_WORDS[kind]}; choose another {option}")
+        legacy = manifest is None and mark.is_file()
+        if manifest is None and not legacy:
+            refuse_foreign(folder, option)  # again, under the lock
+        if manifest is None:
             manifest = Manifest(folder, kind)
-            manifest.record_present()
-            return manifest
-        if overwrite:
-            raise RunExistsError(
-                f"{folder} holds {KIND_WORDS[kind]} written before metrictransfer recorded the files it writes, so "
-                f"--overwrite cannot tell them from yours; delete the folder yourself, or choose another {option}"
-            )
-        return Manifest(folder, kind)  # the caller says it already holds one
-    if manifest is None:
-        refuse_foreign(folder, option)
-        manifest = Manifest(folder, kind)
-        manifest.write()
-    return manifest
+        held = already_holds(folder) if already_holds is not None and not resume else None
+        if held is not None:
+            if not overwrite:
+                raise RunExistsError(held)
+            if legacy:
+                raise RunExistsError(
+                    f"{folder} holds {KIND_WORDS[kind]} written before metrictransfer recorded the files it writes, so "
+                    f"--overwrite cannot tell them from yours; delete the folder yourself, or choose another {option}"
+                )
+            if clear:
+                manifest.remove_files()
+        if legacy:
+            manifest.record_present()  # from now on, its files are recorded
+        elif not manifest.path.is_file():
+            manifest.write()
+        for place in [folder] + [p for p in folder.iterdir() if p.is_dir() and p.name in manifest.files]:
+            remove_stale_partials(place)
+        lock.manifest = manifest
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def refuse_foreign(folder: Path, option: str = "--out") -> None:
@@ -194,6 +313,23 @@ def refuse_foreign(folder: Path, option: str = "--out") -> None:
         raise OutputLocationError(
             f"{folder} holds files metrictransfer did not write ({shown}); nothing was changed: choose a new or empty folder with {option}"
         )
+
+
+def remove_if_unused(folder: Path) -> None:
+    """Remove the lock and an empty manifest from a folder a failed start left them in, and the folder
+    itself when that empties it."""
+    if not folder.is_dir():
+        return
+    try:
+        manifest = Manifest.read(folder)
+    except DamagedFileError:
+        return
+    if manifest is not None and not manifest.files:  # written by this start, which wrote nothing else
+        (folder / MANIFEST_NAME).unlink(missing_ok=True)
+    if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+        (folder / LOCK_NAME).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def verify_recorded(path: str | os.PathLike[str], advice: str) -> None:

@@ -201,7 +201,7 @@ def test_an_interrupted_rebuild_leaves_no_half_faiss_file_and_is_refused(setup, 
 
     monkeypatch.setattr(faiss, "write_index", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        build_index(setup["checkpoint"], setup["base"] / "small.csv", index)
+        build_index(setup["checkpoint"], setup["base"] / "small.csv", index, overwrite=True)
     assert (index / FAISS_FILE).read_bytes() == before and not _partials(index)
     monkeypatch.undo()
     with pytest.raises(SearchIndexError, match="embeddings.npz does not hold what index.json describes"):
@@ -424,5 +424,5 @@ def test_temporaries_a_killed_export_or_index_build_left_are_removed_by_the_next
     index = _copy(setup, tmp_path)
     left = index / f".{FAISS_FILE}.a1b2c3d4.partial"
     left.write_bytes(b"half")
-    build_index(setup["checkpoint"], setup["images"], index)
+    build_index(setup["checkpoint"], setup["images"], index, overwrite=True)
     assert not left.exists()

@@ -45,14 +45,16 @@ from metrictransfer.engine.callbacks import (
 )
 from metrictransfer.engine.interrupt import GracefulStop, ReportInterrupted, TrainingInterrupted
 from metrictransfer.engine.logging import primary_metric, write_csv  # write_csv looked up here when a run starts (tests replace it)
-from metrictransfer.engine.run_folder import RunLock, claim_run_folder, remove_if_unused
+from metrictransfer.engine.run_folder import RunLock, claim_run_folder
 from metrictransfer.errors import CheckpointError, ConfigError, DamagedCheckpointError, TrainingDivergedError
+from metrictransfer.evaluation.evaluate import check_recall_ranks
 from metrictransfer.evaluation.kept_views import keep_views
 from metrictransfer.io import atomic_copy
 from metrictransfer.methods import METHODS
 from metrictransfer.methods.base import Method
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.models.pretrained import PretrainedFeatures
+from metrictransfer.output_folder import remove_if_unused
 from metrictransfer.runtime import distributed
 from metrictransfer.runtime.checkpoint import (
     CHECKPOINT_NAME,
@@ -356,6 +358,7 @@ class Trainer:
         # the test split is built here (its checks fail early) but, with validation data, read only after training
         self.eval_set = self.method.evaluation_set(config, holdout) if evaluated else None
         self.validation_set = None if validation is None else self.method.validation_set(config, validation)
+        check_recall_ranks(config, {"test": self.eval_set, "validation": self.validation_set}, self.method)  # before any step
         say = print if self.ranks.main else None  # where the views are kept, once, at the first evaluation
         self.eval_set = keep_views(self.eval_set, config.eval.keep_views_gb, say, "test")
         self.validation_set = keep_views(self.validation_set, config.eval.keep_views_gb, say, "validation")

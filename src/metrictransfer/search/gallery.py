@@ -35,7 +35,8 @@ from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings, save_embeddings
 from metrictransfer.evaluation.evaluate import with_test_transform
 from metrictransfer.evaluation.faiss_knn import flat_index
-from metrictransfer.io import atomic_write_text, file_sha256, make_parent, remove_stale_partials, staged_path
+from metrictransfer.io import atomic_write_text, file_sha256, staged_path
+from metrictransfer.output_folder import OutputLock, claim_output, remove_if_unused
 from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
 
 INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE = "index.json", "embeddings.npz", "faiss.index"
@@ -131,17 +132,55 @@ def build_index(
     device: str = "cpu",
     batch_size: int = 128,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Embed a gallery with a run's model and write the index folder; returns ``index.json``'s contents."""
+    """Embed a gallery with a run's model and write the index folder; returns ``index.json``'s contents.
+
+    The folder is claimed before anything is embedded (:func:`~metrictransfer.output_folder.claim_output`): a
+    folder holding anything but an index is refused, an index is replaced only with ``overwrite``, and a
+    second build into the same folder is refused while this one holds its lock."""
     model, config = load_embedding_model(checkpoint, name=model_name)
     listed = list_images(images)
-    gallery = with_test_transform(ImageFolderDataset(listed), config.data)  # an unreadable file is an error naming it
-    embeddings = extract_embeddings(model.to(device), gallery, batch_size, device, progress=progress)[0].numpy()
     out = Path(out)
-    make_parent(out / INDEX_FILE)  # a file at --out is reported as an OutputLocationError
-    remove_stale_partials(out)  # what a killed build of this index left
+    created = not out.exists()
+    # clear=False: the old index stays searchable until the new files replace it; index.json, written last,
+    # vouches for the others, so a build killed half-way leaves files that are refused, never mixed up.
+    lock = claim_output(out, "index", IndexLock(out), overwrite=overwrite, already_holds=_already_holds_index, clear=False)
+    try:
+        gallery = with_test_transform(ImageFolderDataset(listed), config.data)  # an unreadable file is an error naming it
+        embeddings = extract_embeddings(model.to(device), gallery, batch_size, device, progress=progress)[0].numpy()
+        return _write_index(out, model, model_name, checkpoint, config.eval.metric, listed, embeddings)
+    finally:
+        assert lock.manifest is not None
+        lock.manifest.record_present()  # what was written, even by a build that failed half-way
+        lock.release()
+        if created:
+            remove_if_unused(out)
+
+
+class IndexLock(OutputLock):
+    """The lock of an index folder while it is built."""
+
+    activity = "index build"
+
+
+def _already_holds_index(folder: Path) -> str | None:
+    if not any((folder / name).exists() for name in (INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE)):
+        return None
+    return f"{folder} already holds a search index; choose another --out, or add --overwrite to replace it"
+
+
+def _write_index(
+    out: Path,
+    model: torch.nn.Module,
+    model_name: str | None,
+    checkpoint: str | Path,
+    metric: str,
+    listed: ImageIndex,
+    embeddings: np.ndarray,
+) -> dict[str, Any]:
     paths = np.asarray([str((listed.root / p).resolve()) for p in listed.paths], dtype=str)
-    data = EmbeddingsFile(embeddings, listed.labels, paths, metric=config.eval.metric)
+    data = EmbeddingsFile(embeddings, listed.labels, paths, metric=metric)
     save_embeddings(out / EMBEDDINGS_FILE, data)
     meta = {
         "index_format": INDEX_FORMAT,
@@ -149,12 +188,12 @@ def build_index(
         "checkpoint": str(resolve_checkpoint(checkpoint).resolve()),
         "model": model_name,
         "fingerprint": model_fingerprint(model),
-        "metric": config.eval.metric,
+        "metric": metric,
         "count": len(paths),
         "dim": int(embeddings.shape[1]),
         "classes": listed.classes,
         "embeddings": contents_record(data, listed.classes),
-        "faiss": _write_faiss(embeddings, config.eval.metric, out / FAISS_FILE),
+        "faiss": _write_faiss(embeddings, metric, out / FAISS_FILE),
     }
     atomic_write_text(json.dumps(meta, indent=2), out / INDEX_FILE)  # last: it vouches for the files above
     return meta
@@ -322,7 +361,7 @@ class Gallery:
 
 
 def _rebuild_hint(index_dir: Path, checkpoint: str | Path | None) -> str:
-    return f"rebuild it: metrictransfer index --checkpoint {checkpoint or 'RUN'} --images GALLERY --out {index_dir}"
+    return f"rebuild it: metrictransfer index --checkpoint {checkpoint or 'RUN'} --images GALLERY --out {index_dir} --overwrite"
 
 
 def _read_meta(index_dir: Path, checkpoint: str | Path | None) -> dict[str, Any]:
