@@ -22,7 +22,7 @@ from metrictransfer.data.transforms import build_transform
 from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile
 from metrictransfer.evaluation.kept_views import KeptViews
-from metrictransfer.evaluation.metrics import ensemble_embeddings, retrieval_metrics
+from metrictransfer.evaluation.metrics import check_ranks, ensemble_embeddings, retrieval_metrics
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.runtime import distributed
 from metrictransfer.runtime.device import resolve_device
@@ -98,6 +98,32 @@ def evaluate_models(
     row.update({f"ensemble/{k}": v for k, v in ensemble.items()})
     row.update(ensemble)
     return row
+
+
+def check_recall_ranks(config: RunConfig, sets: Mapping[str, Dataset[Any] | None], method: Any = None) -> None:
+    """Refuse, before the first training step, ``eval.recall_at`` ranks that an evaluation set (named by
+    its key: ``test``, ``validation``) cannot answer: recall there would be 1.0 whatever the model
+    (:func:`~metrictransfer.evaluation.metrics.check_ranks`). Found only at the first evaluation, such a
+    rank would end the run after its training, and a run's recipe cannot be changed on ``--resume``.
+    Unlabelled sets (evaluated by agreement with a source), and a ``method`` whose evaluation reports no
+    recall (a classifier's accuracy), have nothing to check."""
+    if not getattr(method, "reports_recall", True):
+        return
+    for name, dataset in sets.items():
+        base: Any = dataset
+        while base is not None and getattr(base, "labels", None) is None:  # through KeptViews and MultiViewDataset
+            base = getattr(base, "dataset", None)
+        if base is None or (np.asarray(base.labels) < 0).any():
+            continue
+        what = getattr(base, "dataset_name", None)
+        check_ranks(
+            config.eval.recall_at,
+            np.asarray(base.labels),
+            getattr(base, "is_query", None),
+            getattr(base, "is_gallery", None),
+            setting="eval.recall_at",
+            where=f"the {name} split" + (f" of {what}" if what else ""),
+        )
 
 
 def query_gallery_masks(dataset: Dataset[Any], indices: torch.Tensor) -> dict[str, torch.Tensor]:

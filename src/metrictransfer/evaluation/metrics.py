@@ -115,6 +115,59 @@ def compute_query_statistics(
     return query_statistics(queries, query_labels, gallery, gallery_labels, metric=metric, block_size=block_size, progress=progress)
 
 
+def most_negatives(
+    labels: torch.Tensor | npt.ArrayLike,
+    is_query: torch.Tensor | npt.ArrayLike | None = None,
+    is_gallery: torch.Tensor | npt.ArrayLike | None = None,
+) -> int | None:
+    """The most other-class items any query can rank before its first same-class one: its gallery less
+    its class there (all-vs-all: the set less itself and its class). Recall@K for a larger K is 1.0 for
+    every query whatever the embeddings, so it measures nothing. None when no query has a same-class
+    item, or for masks that :func:`query_gallery_split` will refuse."""
+    compact = np.unique(as_tensor(labels).cpu().numpy().reshape(-1), return_inverse=True)[1].reshape(-1)
+    n = len(compact)
+    if is_query is None or is_gallery is None:
+        counts = np.bincount(compact)
+        per_query = counts[compact]
+        valid, negatives = per_query >= 2, n - per_query
+    else:
+        q, g = (as_tensor(m).cpu().numpy() for m in (is_query, is_gallery))
+        if q.dtype != np.bool_ or g.dtype != np.bool_ or q.shape != (n,) or g.shape != (n,):
+            return None
+        in_gallery = np.bincount(compact[g], minlength=int(compact.max(initial=0)) + 1)[compact[q]]
+        valid, negatives = in_gallery >= 1, int(g.sum()) - in_gallery
+    return int(negatives[valid].max()) if valid.any() else None
+
+
+def check_ranks(
+    ks: Sequence[int],
+    labels: torch.Tensor | npt.ArrayLike,
+    is_query: torch.Tensor | npt.ArrayLike | None = None,
+    is_gallery: torch.Tensor | npt.ArrayLike | None = None,
+    *,
+    setting: str = "K",
+    where: str = "these items",
+    advice: str = "",
+) -> None:
+    """Refuse a rank at which Recall@K would be 1.0 whatever the model (:func:`most_negatives`), naming
+    ``setting`` (``eval.recall_at``, ``--k``) and ``where`` the items come from; ``advice`` replaces the
+    default "use ranks of at most ..."."""
+    most = most_negatives(labels, is_query, is_gallery)
+    if most is None or max(ks) <= most:
+        return
+    k = min(k for k in ks if k > most)
+    n = len(as_tensor(labels).reshape(-1))
+    if most == 0:
+        reason, fix = "every item is of one class", "evaluate on items of several classes"
+    else:
+        reason = f"no query has more than {most:,} items of another class to rank before a same-class one"
+        fix = f"use ranks of at most {most:,}"
+    raise ConfigError(
+        f"{setting} {k} is more than {where} can answer ({n:,} items; {reason}): recall@{k} would be 1.0 whatever "
+        f"the model; {advice or fix}"
+    )
+
+
 def summarize(stats: QueryStats, ks: Sequence[int]) -> dict[str, float]:
     """Means over the queries that have at least one positive."""
     valid = stats.positives > 0
@@ -157,6 +210,8 @@ def retrieval_metrics(
         block_size=block_size,
         progress=progress,
     )
+    # after the inputs' own checks (the command line and the trainer check the ranks before any work)
+    check_ranks(ks, labels, is_query, is_gallery)  # a recall of 1.0 by construction is never reported
     out = summarize(stats, ks)
     if nmi:
         embeddings, labels = as_tensor(embeddings), as_tensor(labels)

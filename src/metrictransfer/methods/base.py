@@ -36,6 +36,7 @@ class Method(nn.Module):
 
     output: str = "model"
     uses_labels: bool = True  # False: batches are drawn without looking at labels (unlabelled data works)
+    reports_recall: bool = True  # False: evaluate() reports no Recall@K, so eval.recall_at is not checked
 
     def __init__(self) -> None:
         super().__init__()

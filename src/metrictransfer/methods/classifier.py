@@ -32,6 +32,7 @@ from metrictransfer.runtime.provenance import check_source_overlap
 @register_method("classifier")
 class ClassifierMethod(SingleModelMethod):
     output = "model"
+    reports_recall = False  # evaluated by accuracy on held-out images
     model: EmbeddingModel
 
     def __init__(self, config: RunConfig, num_classes: int) -> None:
