@@ -198,7 +198,10 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str], ada
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch and safetensors raise several types for a file they cannot read
-        raise CheckpointError(f"cannot read backbone weights {path}: not a state dict that loads safely ({_first_line(err)})") from None
+        # torch's weights-only message advises weights_only=False, unsafe for a file from elsewhere: not passed on
+        unsafe = "weights only load failed" in str(err).lower()
+        reason = "it holds Python objects besides tensors, or is not a PyTorch file" if unsafe else _first_line(err)
+        raise CheckpointError(f"cannot read backbone weights {path}: not a state dict that loads safely ({reason})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

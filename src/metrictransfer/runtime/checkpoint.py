@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -131,16 +132,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for a damaged or unsafe file
-        if "Weights only load failed" in str(err):
-            raise CheckpointError(
-                f"cannot read checkpoint {file}: it holds Python objects besides tensors and plain containers, which "
-                "could run code while loading, so it is not loaded (a checkpoint of metrictransfer before "
-                f"format {FORMAT_VERSION}, or not a metrictransfer checkpoint)"
-            ) from None
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DamagedCheckpointError(
-            f"cannot read checkpoint {file}: damaged or not a checkpoint ({reason}){_recovery_hint(file)}"
-        ) from None
+        reason, damaged = unloadable_reason(file, err)
+        if not damaged:
+            raise CheckpointError(f"cannot read checkpoint {file}: {reason}") from None
+        raise DamagedCheckpointError(f"cannot read checkpoint {file}: {reason}{_recovery_hint(file)}") from None
     if not isinstance(state, dict) or "format" not in state:
         raise CheckpointError(f"{file} is not a metrictransfer checkpoint")
     if state["format"] != FORMAT_VERSION:
@@ -156,8 +151,36 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return state
 
 
+def unloadable_reason(file: Path, err: Exception) -> tuple[str, bool]:
+    """Why ``torch.load(file, weights_only=True)`` failed with ``err``, in our words, and whether the file
+    may be a damaged one of ours. torch's own message is not passed on: for random bytes it speaks of
+    unsafe Python objects and advises ``weights_only=False``, which would run whatever a file from
+    elsewhere holds. What metrictransfer writes is a zip archive whose members carry CRC-32 checksums,
+    so a file that is not one, or whose checksums fail, is not (or no longer) a file it wrote."""
+    not_ours = "not a checkpoint metrictransfer wrote"
+    if not zipfile.is_zipfile(file):
+        return f"it is {not_ours}: not a PyTorch file, or one truncated or damaged", True
+    try:
+        with zipfile.ZipFile(file) as archive:
+            bad = archive.testzip()  # reads every member: only on this path, after torch failed
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as zip_err:
+        return f"it is {not_ours}, or it is damaged: its zip archive cannot be read ({zip_err})", True
+    if bad is not None:
+        return f"it is damaged: its part {bad} fails its CRC-32 check (bytes changed after it was written)", True
+    if "weights only load failed" in str(err).lower():
+        return (
+            f"it is {not_ours}: it holds Python objects besides tensors and plain containers (those could run code "
+            f"while loading, so it is not loaded; checkpoints of metrictransfer format {FORMAT_VERSION} hold none)"
+        ), False
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return f"it is {not_ours}, or it is damaged ({first})", True
+
+
 def _recovery_hint(file: Path) -> str:
-    """What to do about a damaged file: a run's older kept checkpoints can replace it."""
+    """What to do about a damaged file: a run's older kept checkpoints can replace it. Nothing for a file
+    that is not one of a run's checkpoints (a file of random bytes given as one has no run to repair)."""
+    if file.name != CHECKPOINT_NAME and file.parent.name != HISTORY_DIR:
+        return ""
     run_dir = file.parent.parent if file.parent.name == HISTORY_DIR else file.parent
     others = [p for p in run_checkpoints(run_dir) if not os.path.samefile(p, file)]  # kept copies are hard links
     if not others:
