@@ -95,7 +95,7 @@ def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_was(work, cap
     before = snapshot(theirs)
     code = main(["train", str(work / "recipe.yaml"), "--out", str(theirs)] + (["--overwrite"] if overwrite else []))
     one_line(
-        capsys, 2, code, r"theirs holds files metrictransfer did not write \(checkpoints, log\.csv, report\.md, tensorboard\); nothing"
+        capsys, 2, code, r"theirs holds files metrictransfer did not write \(checkpoints, log\.csv, report\.md, tensorboard\)"
     )
     assert snapshot(theirs) == before and not (theirs / ".lock").exists() and not (theirs / MANIFEST_NAME).exists()
 
