@@ -1,5 +1,5 @@
 """A careless user's inputs, through the command line: each gives one line naming what is wrong and
-what to do (exit status 2; 130 for Ctrl-C), never a traceback, and nothing in a finished run changes.
+what to do (exit status 2; 1 for a full disk; 130 for Ctrl-C), never a traceback, and nothing in a finished run changes.
 
 Each case builds its own broken input from a copy of one small finished run, runs ``metrictransfer``
 in this process and compares every file of the run folder before and after.
@@ -428,11 +428,13 @@ def _read_only(*args, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "failure, words", [(_no_space, "no space left on the device (the disk is full)"), (_read_only, "the file system is read-only")]
+    "failure, words, status",
+    [(_no_space, "no space left on the device (the disk is full)", 1), (_read_only, "the file system is read-only", 2)],
 )
-def test_a_full_or_read_only_disk_is_named(work, capsys, monkeypatch, failure, words):
+def test_a_full_or_read_only_disk_is_named(work, capsys, monkeypatch, failure, words, status):
+    """A full disk is a fault of the machine (exit status 1), a read-only place one the user chose (2)."""
     monkeypatch.setattr(tempfile, "mkstemp", failure)
-    assert main(["train", str(work / "recipe.yaml"), "--out", str(work / "new")]) == 2
+    assert main(["train", str(work / "recipe.yaml"), "--out", str(work / "new")]) == status
     err = capsys.readouterr().err
     assert "Traceback" not in err and words in err and "new" in err, err
 

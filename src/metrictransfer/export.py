@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -293,13 +294,16 @@ def _safetensors(model: EmbeddingModel, example: torch.Tensor, out: Path) -> tor
 
 
 def _torchscript(model: EmbeddingModel, example: torch.Tensor, out: Path) -> torch.Tensor:
-    with torch.no_grad():
+    # torch's FutureWarnings that TorchScript is deprecated speak to torch's developers, not to the
+    # user who asked for this format: three lines of noise around the command's own
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
         traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]  # unannotated in torch
-    # to memory, then written by Python: TorchScript's own writer aborts the process on a full disk
-    buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
-    out.write_bytes(buffer.getbuffer())
-    loaded = torch.jit.load(str(out))  # type: ignore[no-untyped-call]  # unannotated in torch
+        # to memory, then written by Python: TorchScript's own writer aborts the process on a full disk
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        out.write_bytes(buffer.getbuffer())
+        loaded = torch.jit.load(str(out))  # type: ignore[no-untyped-call]  # unannotated in torch
     with torch.no_grad():
         return cast(torch.Tensor, loaded(example))
 
