@@ -94,9 +94,7 @@ def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_was(work, cap
     theirs = a_persons_folder(work / "theirs")
     before = snapshot(theirs)
     code = main(["train", str(work / "recipe.yaml"), "--out", str(theirs)] + (["--overwrite"] if overwrite else []))
-    one_line(
-        capsys, 2, code, r"theirs holds files metrictransfer did not write \(checkpoints, log\.csv, report\.md, tensorboard\)"
-    )
+    one_line(capsys, 2, code, r"theirs holds files metrictransfer did not write \(checkpoints, log\.csv, report\.md, tensorboard\)")
     assert snapshot(theirs) == before and not (theirs / ".lock").exists() and not (theirs / MANIFEST_NAME).exists()
 
 
@@ -273,3 +271,58 @@ def test_the_library_raises_the_interruption_with_its_exit_status(tmp_path):
     with pytest.raises(TrainingInterrupted) as stopped:
         trainer.train(config, tmp_path / "run", progress=False, extra_callbacks=[SignalInLastStep(signal.SIGINT)])
     assert stopped.value.exit_status == 130 and stopped.value.step == STEPS_PER_EPOCH
+
+
+# ------------------------------------------------------------------------------------------ a lost process
+
+
+def _worker_of_rank(rank: int, out: Path) -> int | None:
+    """The PID of the torchrun worker of ``rank`` training into ``out`` (read from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"metrictransfer.cli" in command and str(out).encode() in command:
+            if b"torch.distributed.run" not in command:
+                return int(entry.name)
+    return None
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc")
+def test_a_killed_process_ends_the_others_with_one_line(tmp_path):
+    """Catches: the surviving process of a two-process run ending in gloo's traceback when the other is
+    killed (out of memory, a node lost)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "optim": {"lr": 1e-3, "epochs": 30}, "checkpoint": {"every_steps": 5}, "threads": 1}))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "metrictransfer.cli"]
+    process = subprocess.Popen(
+        command + ["train", str(recipe), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    victim = _worker_of_rank(1, out)
+    assert victim is not None, process.communicate(timeout=60)
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=240)
+    ours = [line for line in stderr.splitlines() if line.startswith("metrictransfer: ") or "[rank0]" in line]  # not torchrun's
+    assert len(ours) == 1, stderr[-3000:]
+    assert re.match(r"metrictransfer: error: process 0 of 2: another process of this run ended or stopped answering \(", ours[0])
+    assert f"`metrictransfer train --resume {out}`" in ours[0]
+    assert load_checkpoint(out)["step"] >= 5  # the last checkpoint is whole

@@ -1127,6 +1127,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("METRICTRANSFER_DEBUG", "") not in ("", "0")
     from metrictransfer.engine.interrupt import Interrupted
 
+    args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
         debug = debug or getattr(args, "debug", False)
@@ -1147,6 +1148,31 @@ def main(argv: list[str] | None = None) -> int:
         made = output_error(err, verb="use")  # raised outside our writers: read or write
         _report(debug, f"error: {made}")
         return made.exit_status  # 1 for a full disk or an I/O error, 2 for a place the user chose
+    except RuntimeError as err:
+        lost = _lost_process(err, args)
+        if lost is None:
+            raise
+        _report(debug, f"error: {lost}")
+        return 1
+
+
+def _lost_process(err: RuntimeError, args: argparse.Namespace | None) -> str | None:
+    """One line for a collective operation that failed under torchrun because another process of the run
+    ended (killed, out of memory, its machine lost): what happened and how to go on. None for any other
+    error, which keeps its traceback."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or not any(
+        "torch/distributed/" in frame.filename.replace(os.sep, "/") for frame in traceback.extract_tb(err.__traceback__)
+    ):
+        return None
+    cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    cause = cause.split("] ", 1)[-1].split(". ")[0]  # gloo's "[file:line] Read error ...: Connection reset by peer"
+    run = getattr(args, "resume", None) or getattr(args, "out", None)
+    go_on = f"continue it with the same torchrun command and `metrictransfer train --resume {run}`" if run else "run the command again"
+    rank = os.environ.get("RANK", "?")
+    return (
+        f"process {rank} of {world}: another process of this run ended or stopped answering ({cause}); its last checkpoint is kept: {go_on}"
+    )
 
 
 def _report(debug: bool, message: str) -> None:
