@@ -159,7 +159,8 @@ def test_cub_check_files_reports_missing_images(cub_root):
     with pytest.raises(
         FileNotFoundError,
         match=rf"^cub: 2 of 5 listed images do not exist under .*; first: "
-        rf"{re.escape(test.paths[0])}, {re.escape(test.paths[3])}$",
+        rf"{re.escape(test.paths[0])} \(images\.txt line {test.lines[0]}\), "
+        rf"{re.escape(test.paths[3])} \(images\.txt line {test.lines[3]}\)$",
     ):
         test.check_files("cub")
 
@@ -309,7 +310,7 @@ def test_sop_splits(sop_root):
     assert test.labels.tolist() == [0, 1, 0] and test.classes == ["11319", "11320"]
     train.check_files("sop")
     (sop_root / test.paths[1]).unlink()
-    with pytest.raises(FileNotFoundError, match=r"sop: 1 of 3 .*first: sofa_final/111109101389_0\.JPG$"):
+    with pytest.raises(FileNotFoundError, match=r"sop: 1 of 3 .*first: sofa_final/111109101389_0\.JPG \(Ebay_test\.txt line 3\)$"):
         test.check_files("sop")
 
 
@@ -397,7 +398,10 @@ def test_inshop_query_and_gallery_share_labels(inshop_root):
     for index in splits.values():
         index.check_files("inshop")
     (inshop_root / gallery.paths[2]).unlink()
-    with pytest.raises(FileNotFoundError, match=r"1 of 4 .*first: img/MEN/Tees_Tanks/id_00000007/01_3_back\.jpg$"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"1 of 4 .*first: img/MEN/Tees_Tanks/id_00000007/01_3_back\.jpg \(list_eval_partition\.txt line 10\)$",
+    ):
         gallery.check_files("inshop gallery")
 
 
@@ -522,7 +526,7 @@ def test_csv_errors(tmp_path):
     with pytest.raises(ValueError, match=r"list\.csv, line 3: empty path"):
         read_csv_list(csv_path)
     _write(csv_path, ["path,label,split", "a.jpg,1,train", "b.jpg,2,val"])
-    expected = r"list\.csv, line 3: unknown split value 'val'; expected one of train, test, query, gallery"
+    expected = r"list\.csv, line 3: unknown split value 'val'; .*one of train, test, query, gallery"
     with pytest.raises(ValueError, match=expected):
         read_csv_list(csv_path)
     with pytest.raises(FileNotFoundError, match="nope.csv does not exist"):

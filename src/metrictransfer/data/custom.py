@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import posixpath
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,8 @@ __all__ = ["CSV_SPLITS", "IMAGE_EXTENSIONS", "read_csv_list", "read_folder", "re
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 #: Values allowed in a CSV list's ``split`` column.
 CSV_SPLITS = ("train", "test", "query", "gallery")
+#: How many of a CSV's row problems its error quotes (all are counted).
+QUOTED_ROWS = 5
 
 
 def _is_image(name: str) -> bool:
@@ -168,9 +171,46 @@ def read_folder(
 # --------------------------------------------------------------------------------------------- CSV
 
 
+def listed_path_problem(rel: str) -> str | None:
+    """What is wrong with a path a CSV lists, or None. It must name a file inside the CSV's folder: a path
+    leading out of it (``..``, absolute) names an image under another root, which the checks that images
+    and classes stay in one split, and that a source never trained on a target's test images, compare
+    by the path under the root and so cannot see."""
+    if not rel:
+        return "empty path"
+    if os.path.isabs(rel):
+        return f"path {rel!r} is absolute"
+    normal = posixpath.normpath(rel)
+    if normal == ".." or normal.startswith("../"):
+        return f"path {rel!r} leads outside the CSV's folder"
+    if normal == ".":
+        return f"path {rel!r} names the CSV's folder, not an image"
+    return None
+
+
+def rows_error(source: str | os.PathLike[str], problems: list[tuple[int, str]], advice: str) -> DataError:
+    """One line for every problem of a listing's rows, ``(line number, problem)`` in file order: the first
+    :data:`QUOTED_ROWS` quoted, all counted, so that one round of fixes clears them."""
+    if len(problems) == 1:
+        line, problem = problems[0]
+        return DataError(f"{source}, line {line}: {problem}; {advice}")
+    shown = "; ".join(f"line {line}: {problem}" for line, problem in problems[:QUOTED_ROWS])
+    more = f"; and {len(problems) - QUOTED_ROWS} more" if len(problems) > QUOTED_ROWS else ""
+    return DataError(f"{source}: {len(problems)} problems in its rows: {shown}{more}; {advice}")
+
+
+_CSV_ADVICE = (
+    "each row lists one image once, by its path inside the CSV's folder (move the CSV up to the folder holding all "
+    f"its images), with a label and, in a split column, one of {', '.join(CSV_SPLITS)}"
+)
+
+
 def _csv_rows(path: Path) -> tuple[list[tuple[str, str, str | None, int]], bool]:
-    """``(rows as (path, label, split or None, line number), whether the CSV has a split column)``."""
+    """``(rows as (path, label, split or None, line number), whether the CSV has a split column)``. Every
+    row is checked before any is refused, and all problems are reported together (:func:`rows_error`)."""
     rows: list[tuple[str, str, str | None, int]] = []
+    problems: list[tuple[int, str]] = []
+    first_line: dict[tuple[str, str | None], int] = {}  # (normalised path, split) → the line that lists it
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -187,21 +227,26 @@ def _csv_rows(path: Path) -> tuple[list[tuple[str, str, str | None, int]], bool]
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) < len(columns):
-                raise DataError(f"{path}, line {line}: expected {len(columns)} columns ({','.join(columns)}), got {row}")
+                problems.append((line, f"expected {len(columns)} columns ({','.join(columns)}), got {row}"))
+                continue
             rel = row[i_path].strip()
             label = row[i_label].strip()
-            if not rel:
-                raise DataError(f"{path}, line {line}: empty path")
-            if os.path.isabs(rel):
-                raise DataError(f"{path}, line {line}: path {rel!r} must be relative to the CSV's folder")
+            found = [listed_path_problem(rel)]
             if not label:
-                raise DataError(f"{path}, line {line}: empty label")
+                found.append("empty label")
             split = None
             if i_split is not None:
                 split = row[i_split].strip().lower()
                 if split not in CSV_SPLITS:
-                    raise DataError(f"{path}, line {line}: unknown split value {row[i_split]!r}; expected one of {', '.join(CSV_SPLITS)}")
+                    found.append(f"unknown split value {row[i_split]!r}")
+            if found[0] is None:  # the same file twice in one split (across splits: check_splits says so)
+                earlier = first_line.setdefault((posixpath.normpath(rel), split), line)
+                if earlier != line:
+                    found.append(f"path {rel!r} is listed again (first on line {earlier})")
+            problems.extend((line, problem) for problem in found if problem is not None)
             rows.append((rel, label, split, line))
+    if problems:
+        raise rows_error(path, problems, _CSV_ADVICE)
     return rows, i_split is not None
 
 

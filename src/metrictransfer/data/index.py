@@ -72,11 +72,12 @@ class ImageIndex:
 
         Kept apart from the readers so indexing stays cheap; call it once before training.
         """
-        missing = self.missing_files()
+        root, isfile = os.fspath(self.root), os.path.isfile
+        missing = [i for i, p in enumerate(self.paths) if not isfile(os.path.join(root, p))]
         if missing:
+            quoted = [self.paths[i] + (f" ({self.where(i)})" if self.lines is not None else "") for i in missing[:_QUOTED_MISSING]]
             raise MissingFileError(
-                f"{name}: {len(missing)} of {len(self)} listed images do not exist under {self.root}; "
-                f"first: {', '.join(missing[:_QUOTED_MISSING])}"
+                f"{name}: {len(missing)} of {len(self)} listed images do not exist under {self.root}; first: {', '.join(quoted)}"
             )
 
 

@@ -78,7 +78,17 @@ def _query_gallery(query: ImageIndex, gallery: ImageIndex) -> ImageIndex:
     position = {name: i for i, name in enumerate(classes)}
     labels = [position[side.classes[label]] for side in (query, gallery) for label in side.labels]
     is_query = np.arange(len(query) + len(gallery)) < len(query)
-    return ImageIndex(query.root, query.paths + gallery.paths, np.asarray(labels), classes, is_query, ~is_query)
+    listed = query.listing is not None and query.listing == gallery.listing and query.lines is not None and gallery.lines is not None
+    return ImageIndex(
+        query.root,
+        query.paths + gallery.paths,
+        np.asarray(labels),
+        classes,
+        is_query,
+        ~is_query,
+        listing=query.listing if listed else None,
+        lines=np.concatenate([query.lines, gallery.lines]) if listed else None,
+    )
 
 
 def _limit_classes(index: ImageIndex, num_classes: int | None) -> ImageIndex:
@@ -87,8 +97,16 @@ def _limit_classes(index: ImageIndex, num_classes: int | None) -> ImageIndex:
         return index
     keep = index.labels < num_classes
     masks = [None if m is None else m[keep] for m in (index.is_query, index.is_gallery)]
+    lines = None if index.lines is None else index.lines[keep]  # kept: errors name an item's line in its listing
     return ImageIndex(
-        index.root, [p for p, k in zip(index.paths, keep) if k], index.labels[keep], index.classes[:num_classes], masks[0], masks[1]
+        index.root,
+        [p for p, k in zip(index.paths, keep) if k],
+        index.labels[keep],
+        index.classes[:num_classes],
+        masks[0],
+        masks[1],
+        listing=index.listing if lines is not None else None,
+        lines=lines,
     )
 
 
