@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from metrictransfer import __version__
-from metrictransfer.data.custom import _is_image, _string_labels
+from metrictransfer.data.custom import QUOTED_ROWS, _is_image, _string_labels, rows_error
 from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
 from metrictransfer.errors import ConfigError, DataError, MissingFileError, SearchIndexError
@@ -72,29 +73,43 @@ def list_images(source: str | Path) -> ImageIndex:
 
 
 def _read_csv(source: Path) -> ImageIndex:
+    """A CSV of images to index, every row checked before any is refused (one line lists all problems)."""
+    rows: list[tuple[int, dict[str, str | None]]] = []
     try:
-        with open(source, newline="") as f:
-            rows = list(csv.DictReader(f))
+        with open(source, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [(reader.line_num, row) for row in reader]  # the line a row ends on, blank lines counted
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{source} is not a readable CSV file: {err}") from None
-    if not rows or "path" not in rows[0]:
+    if not rows or "path" not in rows[0][1]:
         raise DataError(
-            f"{source}: expected a header with a 'path' column (and optionally 'label'), got {list(rows[0]) if rows else 'no rows'}"
+            f"{source}: expected a header with a 'path' column (and optionally 'label'), got {list(rows[0][1]) if rows else 'no rows'}"
         )
-    columns = ["path", "label"] if "label" in rows[0] else ["path"]
-    for line, row in enumerate(rows, start=2):
-        if any(not row[c] for c in columns):  # None: a short row; "": an empty cell
-            raise DataError(
-                f"{source}, line {line}: no {' or '.join(c for c in columns if not row[c])}; every row needs {' and '.join(columns)}"
-            )
-    paths = [row["path"] for row in rows]
-    missing = [p for p in paths if not (source.parent / p).is_file()]
+    columns = ["path", "label"] if "label" in rows[0][1] else ["path"]
+    problems: list[tuple[int, str]] = []
+    missing: list[tuple[int, str]] = []
+    first_line: dict[str, int] = {}
+    for line, row in rows:
+        empty = [c for c in columns if not (row[c] or "").strip()]  # None: a short row; "": an empty cell
+        if empty:
+            problems.append((line, f"no {' or '.join(empty)} (every row needs {' and '.join(columns)})"))
+        rel = row["path"] or ""
+        if "path" not in empty:  # a path may lead anywhere (an index has no splits to keep apart), but only once
+            earlier = first_line.setdefault(os.path.normpath(source.parent / rel), line)
+            if earlier != line:
+                problems.append((line, f"path {rel!r} is listed again (first on line {earlier})"))
+            elif not (source.parent / rel).is_file():
+                missing.append((line, rel))
+    if problems:
+        every = sorted(problems + [(line, f"image {rel!r} does not exist") for line, rel in missing])
+        raise rows_error(source, every, "each row lists one image once, by its path relative to the CSV's folder")
     if missing:
+        shown = ", ".join(f"line {line} {rel!r}" for line, rel in missing[:QUOTED_ROWS])
         raise MissingFileError(
-            f"{source} lists {len(missing)} image(s) that do not exist, the first {source.parent / missing[0]} "
-            "(paths are relative to the CSV's folder)"
+            f"{source} lists {len(missing)} image(s) that do not exist (paths are relative to the CSV's folder), first: {shown}"
         )
-    return _labelled(source.parent, paths, [row["label"] for row in rows] if "label" in columns else None)
+    labels = [row["label"] or "" for _, row in rows] if "label" in columns else None
+    return _labelled(source.parent, [row["path"] or "" for _, row in rows], labels)
 
 
 def _labelled(root: Path, paths: list[str], names: list[str] | None) -> ImageIndex:
