@@ -436,7 +436,7 @@ _SILENT_FAISS = pytest.mark.xfail(strict=True, reason="faiss.write_index hides E
 
 @pytest.mark.parametrize("real_disk", [pytest.param(True, id="tmpfs", marks=_SILENT_FAISS), pytest.param(False, id="patched")])
 def test_an_index_whose_faiss_file_meets_a_full_disk_keeps_the_previous_one(finished, small_disk, tmp_path, monkeypatch, capsys, real_disk):
-    folder = small_disk(8 << 20) if real_disk else tmp_path
+    folder = small_disk(16 << 20) if real_disk else tmp_path
     out = folder / "index"
     assert main(_index(finished, out)) == 0
     capsys.readouterr()
@@ -451,7 +451,7 @@ def test_an_index_whose_faiss_file_meets_a_full_disk_keeps_the_previous_one(fini
 
 
 def test_an_index_onto_a_full_disk_keeps_the_previous_one(finished, small_disk, capsys):
-    disk = small_disk(8 << 20)
+    disk = small_disk(16 << 20)
     out = disk / "index"
     assert main(_index(finished, out)) == 0
     capsys.readouterr()

@@ -16,8 +16,8 @@ previous file as it was.
 Only regular files are replaced (:func:`check_replaceable`): a target that exists and is a FIFO, a
 device, a socket or a folder is refused, since renaming over it would put a model file where the
 system's ``/dev/full`` was. A symbolic link is judged by what it points to: a link to one of those is
-refused; a link to a regular file (or to nothing) is replaced by the new file as a link-free name and
-the file it pointed to is left unchanged, because metrictransfer writes only the path it was given.
+refused; a link to a regular file (or to nothing) is itself replaced by the new file, and the file it
+pointed to is left unchanged: metrictransfer writes only the path it was given, never through a link.
 """
 
 from __future__ import annotations
@@ -59,11 +59,11 @@ def current_umask() -> int:
     return mask
 
 
-def _new_temporary(path: Path) -> tuple[int, Path]:
-    """A temporary file beside ``path`` with the permissions a plain ``open(path, "w")`` would give
-    (``mkstemp`` makes 0600 files, which colleagues sharing a cluster file system could not read)."""
+def _new_temporary(path: Path, mode: int) -> tuple[int, Path]:
+    """A temporary file beside ``path`` with ``mode``, the permissions a plain ``open(path, "w")`` would
+    give (``mkstemp`` makes 0600 files, which colleagues sharing a cluster file system could not read)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
-    os.fchmod(fd, 0o666 & ~current_umask())
+    os.fchmod(fd, mode)
     return fd, Path(tmp)
 
 
@@ -141,14 +141,15 @@ def staged_path(path: str | os.PathLike[str], size: int | None = None) -> Iterat
     make_parent(path)
     if size is not None:
         require_space(path, size)
+    mode = 0o666 & ~current_umask()
     try:
-        fd, tmp = _new_temporary(path)
+        fd, tmp = _new_temporary(path, mode)
     except OSError as err:
         raise (output_error(err, path) if is_output_problem(err) else err) from None
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~current_umask())  # a library may have made the file anew (safetensors: 0600)
+        os.chmod(tmp, mode)  # a library may have made the file anew with its own mode (safetensors: 0600)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         check_replaceable(path)  # again: something may have appeared there while the file was written

@@ -67,7 +67,7 @@ def save_embeddings(path: str | os.PathLike[str], data: EmbeddingsFile) -> None:
             arrays[key] = np.asarray(str(getattr(data, key)))
     if data.model is not None:
         arrays["model"] = np.asarray(json.dumps(data.model))
-    atomic_write(path, lambda f: np.savez(f, **arrays), "wb")
+    atomic_write(path, lambda f: np.savez(f, **arrays), "wb", size=sum(a.nbytes for a in arrays.values()))  # room checked first
 
 
 def load_embeddings(path: str | os.PathLike[str], query_gallery: bool = False, verify: bool = True) -> EmbeddingsFile:
