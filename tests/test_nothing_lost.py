@@ -98,6 +98,15 @@ def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_was(work, cap
     assert snapshot(theirs) == before and not (theirs / ".lock").exists() and not (theirs / MANIFEST_NAME).exists()
 
 
+def test_a_demo_over_someone_elses_files_is_refused_even_with_overwrite(work, capsys):
+    """Catches: demo --overwrite writing its report.md and log.csv over a person's."""
+    theirs = a_persons_folder(work / "theirs")
+    before = snapshot(theirs)
+    code = main(["demo", "--out", str(theirs), "--overwrite", "--epochs-scale", "0.01"])
+    one_line(capsys, 2, code, r"theirs holds files metrictransfer did not write")
+    assert snapshot(theirs) == before and not (theirs / ".lock").exists()
+
+
 def test_an_empty_folder_is_taken_and_the_manifest_lists_what_the_run_wrote(work):
     (work / "empty").mkdir()
     assert main(["train", str(work / "recipe.yaml"), "--out", str(work / "empty")]) == 0
@@ -320,9 +329,9 @@ def test_a_killed_process_ends_the_others_with_one_line(tmp_path):
     victim = _worker_of_rank(1, out)
     assert victim is not None, process.communicate(timeout=60)
     os.kill(victim, signal.SIGKILL)
-    _, stderr = process.communicate(timeout=240)
+    stdout, stderr = process.communicate(timeout=240)
     ours = [line for line in stderr.splitlines() if line.startswith("metrictransfer: ") or "[rank0]" in line]  # not torchrun's
-    assert len(ours) == 1, stderr[-3000:]
+    assert len(ours) == 1, stdout[-2000:] + stderr[-3000:]
     assert re.match(r"metrictransfer: error: process 0 of 2: another process of this run ended or stopped answering \(", ours[0])
     assert f"`metrictransfer train --resume {out}`" in ours[0]
     assert load_checkpoint(out)["step"] >= 5  # the last checkpoint is whole

@@ -8,10 +8,10 @@ from typing import Any
 
 from metrictransfer.config import RunConfig, build_config
 from metrictransfer.engine.logging import plot_recall, write_csv
-from metrictransfer.engine.run_folder import RunLock, holds_run
+from metrictransfer.engine.run_folder import holds_run
 from metrictransfer.engine.trainer import train
-from metrictransfer.errors import RunExistsError
 from metrictransfer.io import atomic_write_text
+from metrictransfer.output_folder import OutputLock, claim_output
 from metrictransfer.report import pick_queries, write_report
 
 # What the demo's transfer buys over the target alone, measured by benchmarks/demo_quality.py on the
@@ -84,14 +84,28 @@ def run_demo(
     folder holding an earlier demo is refused unless ``overwrite``; it is locked while the demo runs."""
     out = Path(out)
     configs = demo_configs(out, seed, epochs_scale, overrides)  # a bad --set fails before anything is written
-    with RunLock(out):
-        earlier = [p.name for p in (out / n for n in DEMO_FILES) if p.exists()] + [n for n in configs if holds_run(out / n)]
-        if earlier and not overwrite:
-            raise RunExistsError(
-                f"{out} already holds a demo ({', '.join(earlier)}); choose another --out, or add --overwrite to replace it"
-            )
+
+    def already_holds(folder: Path) -> str | None:
+        earlier = [p.name for p in (folder / n for n in DEMO_FILES) if p.exists()] + [n for n in configs if holds_run(folder / n)]
+        if not earlier:
+            return None
+        return f"{folder} already holds a demo ({', '.join(earlier)}); choose another --out, or add --overwrite to replace it"
+
+    with claim_output(out, "demo", DemoLock(out), overwrite=overwrite, already_holds=already_holds) as lock:
+        assert lock.manifest is not None
+        for name in configs:  # each model's run folder is a run of its own, claimed by its training
+            lock.manifest.record_output(name)
         full_length = epochs_scale == 1 and not overrides
-        return _run_demo(out, configs, seed, progress, overwrite, full_length)
+        try:
+            return _run_demo(out, configs, seed, progress, overwrite, full_length)
+        finally:
+            lock.manifest.record_present()
+
+
+class DemoLock(OutputLock):
+    """The lock of a demo's folder while its three runs train."""
+
+    activity = "demo"
 
 
 def _run_demo(

@@ -56,8 +56,12 @@ KIND_FILES: dict[str, tuple[str, ...]] = {
         "tensorboard",
     ),
     "index": ("index.json", "embeddings.npz", "faiss.index"),
+    "demo": ("config.json", "results.json", "log.csv", "recall.png", "report.md"),
 }
-KIND_WORDS = {"run": "a run", "index": "a search index"}
+KIND_WORDS = {"run": "a run", "index": "a search index", "demo": "a demo"}
+# Kinds whose folders hold outputs of their own (a demo's runs): those are recorded as {"output": true}, are
+# claimed (and cleared) by their own writer, and may lie inside.
+HOLDS_OUTPUTS = ("demo",)
 _SIZE_ONLY = (".pt",)
 _Lock = TypeVar("_Lock", bound="OutputLock")  # files that verify themselves (see the module's docstring)
 
@@ -116,6 +120,11 @@ class Manifest:
                 self.files.pop(name, None)
         self.write()
 
+    def record_output(self, name: str) -> None:
+        """Note ``name``, a folder holding an output of its own (see :data:`HOLDS_OUTPUTS`)."""
+        self.files[name] = {"output": True}
+        self.write()
+
     def record_present(self) -> None:
         """Record every file of this kind that is in the folder now (after a phase of writing)."""
         self.record(*sorted(set(self.files) | {n for n in KIND_FILES[self.kind] if (self.folder / n).exists()}))
@@ -125,12 +134,14 @@ class Manifest:
         before it recorded its newest files wrote them: the folder was ours from its start), nothing else."""
         names = set(self.files) | {n for n in KIND_FILES[self.kind] if (self.folder / n).exists() or (self.folder / n).is_symlink()}
         for name in sorted(names, reverse=True):
+            if self.files.get(name, {}).get("output"):
+                continue  # an output of its own (a demo's run): its own claim clears it
             path = self.folder / name
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-        self.files = {}
+        self.files = {name: entry for name, entry in self.files.items() if entry.get("output")}
         self.write()
 
 
@@ -225,9 +236,11 @@ def enclosing_output(folder: Path) -> Manifest | None:
     for parent in folder.resolve().parents:
         if (parent / MANIFEST_NAME).is_file():
             try:
-                return Manifest.read(parent)
+                outer = Manifest.read(parent)
             except DamagedFileError:
                 return Manifest(parent, "run")  # damaged, but still someone's output: do not nest
+            if outer is not None and outer.kind not in HOLDS_OUTPUTS:
+                return outer
     return None
 
 
@@ -244,7 +257,7 @@ def check_placement(folder: Path, kind: str, option: str = "--out") -> None:
 
 
 # The file whose presence, without a manifest, marks a folder written by a version that kept none.
-LEGACY_MARK = {"run": "config.yaml", "index": "index.json"}
+LEGACY_MARK = {"run": "config.yaml", "index": "index.json", "demo": "config.json"}
 
 
 def claim_output(
