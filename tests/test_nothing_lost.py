@@ -180,7 +180,7 @@ def test_the_lock_is_held_until_the_report_is_written(work, monkeypatch):
     assert seen and "report.md" in Manifest.read(work / "new").files
 
 
-def test_an_edited_results_file_is_named_not_reported(work, capsys):
+def test_an_edited_results_file_is_named_not_reported(finished, work, capsys):
     """Catches: a results.json edited by hand (still valid JSON, a better recall) turned into a report."""
     results = work / "run" / "results.json"
     data = json.loads(results.read_text())
@@ -190,6 +190,10 @@ def test_an_edited_results_file_is_named_not_reported(work, capsys):
     code = main(["report", str(work / "run")])
     one_line(capsys, 2, code, r"results\.json is not the file metrictransfer wrote \(its SHA-256 differs .*edited or damaged")
     assert (work / "run" / "report.md").read_bytes() == report_before
+    one_line(capsys, 2, main(["table", str(work)]), r"results\.json is not the file metrictransfer wrote")
+    assert main(["train", "--resume", str(work / "run")]) == 0  # what the message advises: rebuilt from the checkpoint
+    assert json.loads(results.read_text())["final"] == json.loads((finished / "run" / "results.json").read_text())["final"]
+    assert main(["report", str(work / "run")]) == 0
 
 
 def test_a_damaged_manifest_is_named(work, capsys):

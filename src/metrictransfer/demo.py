@@ -96,10 +96,13 @@ def run_demo(
         for name in configs:  # each model's run folder is a run of its own, claimed by its training
             lock.manifest.record_output(name)
         full_length = epochs_scale == 1 and not overrides
+        failed = True
         try:
-            return _run_demo(out, configs, seed, progress, overwrite, full_length)
+            summary = _run_demo(out, configs, seed, progress, overwrite, full_length)
+            failed = False
+            return summary
         finally:
-            lock.manifest.record_present()
+            lock.manifest.record_present(after_failure=failed)
 
 
 class DemoLock(OutputLock):

@@ -125,9 +125,17 @@ class Manifest:
         self.files[name] = {"output": True}
         self.write()
 
-    def record_present(self) -> None:
-        """Record every file of this kind that is in the folder now (after a phase of writing)."""
-        self.record(*sorted(set(self.files) | {n for n in KIND_FILES[self.kind] if (self.folder / n).exists()}))
+    def record_present(self, after_failure: bool = False) -> None:
+        """Record every file of this kind that is in the folder now (after a phase of writing). With
+        ``after_failure`` a failure to write the manifest (the disk that failed the output is full) is
+        ignored, so the error the user sees is the one that stopped the output; the files are recorded at
+        the folder's next claim, and ``--overwrite`` deletes this kind's files whether recorded or not."""
+        names = sorted(set(self.files) | {n for n in KIND_FILES[self.kind] if (self.folder / n).exists()})
+        if not after_failure:
+            self.record(*names)
+            return
+        with contextlib.suppress(OSError):
+            self.record(*names)
 
     def remove_files(self) -> None:
         """Delete what the manifest lists (``--overwrite``) and the names this kind writes (a run killed

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from metrictransfer.errors import DataError, MissingFileError
+from metrictransfer.output_folder import verify_recorded
 
 
 def read_json_object(path: str | os.PathLike[str], what: str, advice: str) -> dict[str, Any]:
@@ -39,7 +40,9 @@ def read_results(run: str | os.PathLike[str]) -> dict[str, Any]:
     """A finished run's ``results.json``, with the parts every reader uses checked: ``final`` (metric →
     number) and ``history`` (one object per evaluated epoch)."""
     path = Path(run) / "results.json"
-    advice = f"restore it from a copy, or train the run again (its recipe: {Path(run) / 'config.yaml'})"
+    advice = f"rebuild it from the run's checkpoint with metrictransfer train --resume {Path(run)}, or restore it from a copy"
+    if path.is_file():  # the bytes the run wrote, by the digest its manifest recorded: an edited figure is named
+        verify_recorded(path, advice)
     results = read_json_object(path, "a run's results", advice)
     final, history = results.get("final"), results.get("history")
     if not isinstance(final, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in final.values()):

@@ -19,6 +19,7 @@ from metrictransfer.config import RunConfig, config_to_dict, resume_differences
 from metrictransfer.output_folder import (
     OutputLock,
     claim_output,
+    verify_recorded,
 )
 
 # What marks a folder as holding a run (what `--overwrite` deletes is in the folder's manifest:
@@ -69,12 +70,14 @@ def finished_run(folder: str | os.PathLike[str], config: RunConfig) -> dict[str,
     """The results (``results.json``) of the run in ``folder`` when it has trained all its epochs: its results
     are written, and its newest checkpoint, written by this version with this configuration (but for the keys
     a resumed run may change), has ``config.optim.epochs`` epochs done. None otherwise, or when a file cannot
-    be read: resuming then continues the run, or says what stops it. Reads the checkpoint's position and
-    configuration, not its weights."""
+    be read or differs from what the run recorded writing: resuming then continues the run (a run with all
+    its epochs done writes its results again from its checkpoint), or says what stops it. Reads the
+    checkpoint's position and configuration, not its weights."""
     folder = Path(folder)
     try:
+        verify_recorded(folder / "results.json", "")
         results = json.loads((folder / "results.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # DamagedFileError is a ValueError
         return None
     import torch  # deferred: only a run with results needs its checkpoint opened
 

@@ -686,7 +686,7 @@ def train(
     finally:
         if lock is not None:
             if lock.manifest is not None and out.is_dir():
-                lock.manifest.record_present()  # before the lock goes: what this run wrote, with digests
+                lock.manifest.record_present(after_failure=failed)  # before the lock goes: what this run wrote, with digests
             lock.release()
             if failed and created:
                 remove_if_unused(out)  # a start that failed (bad data, Ctrl-C) leaves no empty run folder

@@ -161,15 +161,18 @@ def build_index(
     # clear=False: the old index stays searchable until the new files replace it; index.json, written last,
     # vouches for the others, so a build killed half-way leaves files that are refused, never mixed up.
     lock = claim_output(out, "index", IndexLock(out), overwrite=overwrite, already_holds=_already_holds_index, clear=False)
+    failed = True
     try:
         gallery = with_test_transform(ImageFolderDataset(listed), config.data)  # an unreadable file is an error naming it
         embeddings = extract_embeddings(model.to(device), gallery, batch_size, device, progress=progress)[0].numpy()
-        return _write_index(out, model, model_name, checkpoint, config.eval.metric, listed, embeddings)
+        meta = _write_index(out, model, model_name, checkpoint, config.eval.metric, listed, embeddings)
+        failed = False
+        return meta
     finally:
         assert lock.manifest is not None
-        lock.manifest.record_present()  # what was written, even by a build that failed half-way
+        lock.manifest.record_present(after_failure=failed)  # what was written, even by a build that failed half-way
         lock.release()
-        if created:
+        if failed and created:
             remove_if_unused(out)
 
 
@@ -224,8 +227,10 @@ def _write_faiss(embeddings: np.ndarray, metric: str, path: Path) -> dict[str, A
         return False
     index = flat_index(embeddings.shape[1], metric)
     index.add(np.ascontiguousarray(_for_metric(embeddings, metric), dtype=np.float32))
-    with staged_path(path) as staged:
-        faiss.write_index(index, str(staged))
+    # Serialised here and written by Python: faiss.write_index reports a full disk at its final close only
+    # as a printed "close error", and returns as if the truncated file were whole.
+    with staged_path(path, size=int(embeddings.nbytes)) as staged:
+        staged.write_bytes(faiss.serialize_index(index).tobytes())
         digest = file_sha256(staged)
     names = {faiss.METRIC_L2: "METRIC_L2", faiss.METRIC_INNER_PRODUCT: "METRIC_INNER_PRODUCT"}
     return {"file": FAISS_FILE, "ntotal": int(index.ntotal), "d": int(index.d), "metric_type": names[index.metric_type], "sha256": digest}
