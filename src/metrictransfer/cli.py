@@ -107,10 +107,11 @@ def _train_and_report(
 ) -> int:
     """Train (or resume) the run, write its report, print where they are."""
     from metrictransfer.engine.trainer import train
+    from metrictransfer.report import write_report
 
     main_process = int(os.environ.get("RANK", "0")) == 0
     with _json_only(args):  # the report is written under the run's lock: no --overwrite can start before it ends
-        results = train(config, run_dir, resume=resume, overwrite=args.overwrite, report=True, extra_callbacks=callbacks)
+        results = train(config, run_dir, resume=resume, overwrite=args.overwrite, report=write_report, extra_callbacks=callbacks)
     if main_process:
         if args.json:
             print(

@@ -9,7 +9,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -657,7 +657,7 @@ def train(
     progress: bool | None = None,
     overwrite: bool = False,
     extra_callbacks: list[Callback] | None = None,
-    report: bool = False,
+    report: Callable[[Path], object] | None = None,
 ) -> dict[str, Any]:
     """Train one run into ``out_dir``; returns the results written to ``results.json``.
 
@@ -668,7 +668,8 @@ def train(
     if need be, and in deterministic mode ends with the same weights as an uninterrupted run.
     A folder that holds another run is refused unless ``overwrite``, and one holding anything else always
     (see :func:`~metrictransfer.engine.run_folder.claim_run_folder`); the folder is locked while the run
-    trains and, with ``report``, until its ``report.md`` is written too. Under torchrun every process runs
+    trains and, with ``report`` (a function of the run folder, e.g. :func:`metrictransfer.report.write_report`),
+    until that has written the report too. Under torchrun every process runs
     this; only the first writes files and holds the lock.
     ``extra_callbacks`` run after the default ones at every hook (a tuner's pruning, say).
     """
@@ -679,8 +680,10 @@ def train(
     failed = True
     try:
         results = _train(config, out, resume, progress, ranks, device_name, extra_callbacks or [], lock)
-        if report and ranks.main:
-            _write_report(out)
+        if report is not None and lock is not None:
+            if lock.manifest is not None:
+                lock.manifest.record_present()  # the results the report reads back are checked against this
+            _write_report(report, out)
         failed = False
         return results
     finally:
@@ -692,12 +695,10 @@ def train(
                 remove_if_unused(out)  # a start that failed (bad data, Ctrl-C) leaves no empty run folder
 
 
-def _write_report(out: Path) -> None:
+def _write_report(report: Callable[[Path], object], out: Path) -> None:
     """The report of a finished run; an interruption leaves the run as it is and says how to rebuild it."""
-    from metrictransfer import report
-
     try:
-        report.write_report(out)
+        report(out)
     except KeyboardInterrupt:
         raise ReportInterrupted("SIGINT", out) from None
 

@@ -182,7 +182,7 @@ def _recovery_hint(file: Path) -> str:
     if file.name != CHECKPOINT_NAME and file.parent.name != HISTORY_DIR:
         return ""
     run_dir = file.parent.parent if file.parent.name == HISTORY_DIR else file.parent
-    others = [p for p in run_checkpoints(run_dir) if not os.path.samefile(p, file)]  # kept copies are hard links
+    others = [p for p in run_checkpoints(run_dir) if not os.path.samefile(p, file)]  # runs of earlier versions kept hard links
     if not others:
         return "; no other checkpoint of this run is kept (checkpoint.keep), so it cannot be repaired"
     return (
