@@ -339,3 +339,19 @@ def test_a_killed_process_ends_the_others_with_one_line(tmp_path):
     assert re.match(r"metrictransfer: error: process 0 of 2: another process of this run ended or stopped answering \(", ours[0])
     assert f"`metrictransfer train --resume {out}`" in ours[0]
     assert load_checkpoint(out)["step"] >= 5  # the last checkpoint is whole
+
+
+def test_a_sigterm_held_back_before_training_stops_the_first_step(monkeypatch):
+    """Catches: under torchrun, a SIGTERM (torchrun's, when another process failed) killing a process in its
+    start-up or its clean-up before it says what happened; or one held back and then forgotten."""
+    from metrictransfer.engine import interrupt
+
+    monkeypatch.setattr(interrupt, "_deferred", [])
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        interrupt.defer_termination()
+        signal.raise_signal(signal.SIGTERM)  # the process lives on
+        with interrupt.GracefulStop() as stop:
+            assert stop.requested and stop.signal_name == "SIGTERM"
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1124,11 +1124,13 @@ def main(argv: list[str] | None = None) -> int:
     read-only or forbidden output place) print one line and exit 2, or 1 for a fault of the machine (a
     full disk); Ctrl-C exits 130 without a traceback; anything else is a bug and keeps its traceback."""
     debug = os.environ.get("METRICTRANSFER_DEBUG", "") not in ("", "0")
-    from metrictransfer.engine.interrupt import Interrupted
+    from metrictransfer.engine.interrupt import Interrupted, defer_termination
 
     args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.func in (cmd_train, cmd_distill):
+            defer_termination()  # a training whose partner failed says so in one line before it ends
         debug = debug or getattr(args, "debug", False)
         status: int = args.func(args)
         return status

@@ -41,6 +41,18 @@ class ReportInterrupted(Interrupted):
         )
 
 
+_deferred: list[str] = []  # SIGTERMs held back by defer_termination
+
+
+def defer_termination() -> None:
+    """Under torchrun: hold back SIGTERM outside training instead of dying at once. torchrun sends it to
+    every process when one of them fails; a process then still in its start-up or in the clean-up after an
+    error must first say, in its one line, what happened. Training itself (:class:`GracefulStop`) stops at
+    its next step, with a checkpoint, for a SIGTERM held back before it began."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: _deferred.append(signal.Signals(signum).name))
+
+
 class GracefulStop:
     """While active, the first SIGINT or SIGTERM only sets ``requested``: the training loop finishes
     its step, saves and stops. A second one interrupts at once. Outside the main thread (where Python
@@ -63,6 +75,8 @@ class GracefulStop:
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        if _deferred:  # a SIGTERM that arrived before training: the first step is the last
+            self.requested, self.signal_name = True, _deferred[-1]
         return self
 
     def __exit__(self, *exc: object) -> None:
