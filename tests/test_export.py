@@ -45,6 +45,7 @@ def test_an_export_gives_the_models_embeddings_and_describes_its_preprocessing(c
     described = json.loads(description_path(out).read_text())
     assert described["input"]["height"] == 32 and described["output"]["embedding_dim"] == 8
     assert described["format_version"] == 2 and described["preprocessing"]["mean"] == list(NORMALIZATION_STATS["imagenet"][0])
+    assert described["preprocessing"]["exif_orientation"] == "applied"  # phones' portraits: turned as in training
     assert described["architecture"] | {"feature_dim": None} == {
         "backbone": "resnet10t",
         "embedding_dim": 8,
@@ -156,7 +157,8 @@ IMAGENET_MEAN, IMAGENET_STD = (list(v) for v in NORMALIZATION_STATS["imagenet"])
 def test_the_preprocessing_is_described_as_data_from_the_test_transform(transform, normalization, geometry, pixels):
     """Catches: preprocessing hard-coded (or as reprs) instead of read from the transform the run tests with."""
     described = describe_preprocessing(build_transform(transform, False, 32, normalization))
-    assert described == {"image_mode": "RGB", **geometry, **pixels, "layout": "NCHW", "dtype": "float32", "height": 32, "width": 32}
+    layout = {"layout": "NCHW", "dtype": "float32", "height": 32, "width": 32}
+    assert described == {"exif_orientation": "applied", "image_mode": "RGB", **geometry, **pixels, **layout}
     json.dumps(described)  # plain data
 
 

@@ -16,7 +16,8 @@ The description (``"format_version"`` :data:`DESCRIPTION_VERSION`; files without
 preprocessing as Python reprs) is enough to use the file without metrictransfer:
 
 - ``"preprocessing"`` (:func:`describe_preprocessing`, read from the run's test transform, step by step):
-  ``image_mode`` (the Pillow mode to convert to), then ``resize`` (``{"size": [H, W]}`` or
+  ``exif_orientation`` (``"applied"``: the image is first turned the way its EXIF Orientation tag says, as
+  ``PIL.ImageOps.exif_transpose`` does), ``image_mode`` (the Pillow mode to convert to), then ``resize`` (``{"size": [H, W]}`` or
   ``{"shorter_side": N}``, the longer side ``floor(N * long / short)``; ``interpolation`` by name), then
   ``crop`` (``{"size": [H, W], "position": "center"}``, offsets ``round((side - size) / 2)`` with halves
   to even, or null), then the pixels as an array scaled to ``value_range`` (``"0-1"``: divided by 255;
@@ -161,7 +162,7 @@ def describe_preprocessing(transform: v2.Compose) -> dict[str, Any]:
     if steps is None:
         raise ConfigError(f"cannot describe the test transform {type(transform).__name__} for an export: not a v2.Compose")
     # metrictransfer's datasets give the transform 8-bit RGB Pillow images, with or without an RGB step
-    found: dict[str, Any] = {"image_mode": "RGB", "resize": None, "crop": None}
+    found: dict[str, Any] = {"exif_orientation": "applied", "image_mode": "RGB", "resize": None, "crop": None}
     value_range, channels, dtype, mean, std = None, "RGB", None, None, None
     last = -1  # the rank in _STEPS of the last step read: each comes after the ones before, once
 

@@ -207,3 +207,43 @@ def test_open_rgb8_names_a_corrupt_file(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     with pytest.raises(BadImageError, match=r"cannot read image .*bad\.jpg.*data\.skip_bad_images"):
         open_rgb8(tmp_path / "bad.jpg")
+
+
+# ------------------------------------------------------------------------------------- EXIF orientation
+
+# EXIF Orientation → how a camera stored an upright scene (the inverse of what a viewer applies).
+_STORED = {
+    1: lambda im: im,
+    3: lambda im: im.transpose(Image.Transpose.ROTATE_180),
+    6: lambda im: im.transpose(Image.Transpose.ROTATE_90),  # a phone held upright: stored turned left
+    8: lambda im: im.transpose(Image.Transpose.ROTATE_270),
+    2: lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+}
+
+
+def _upright_scene() -> Image.Image:
+    """A portrait (20 wide, 40 high) whose top half is red and bottom half blue, with a green top-left
+    corner: every turn and flip gives a different picture."""
+    scene = Image.new("RGB", (20, 40), BLUE)
+    scene.paste(RED, (0, 0, 20, 20))
+    scene.paste(GREEN, (0, 0, 6, 6))
+    return scene
+
+
+@pytest.mark.parametrize("orientation", sorted(_STORED))
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_photo_is_read_the_way_up_its_exif_orientation_says(tmp_path, orientation, fmt):
+    """Catches: a phone's portrait (stored sideways, tagged Orientation 6) embedded sideways in training,
+    evaluation, indexes, search and grids, which all decode through this dataset and open_rgb8."""
+    scene = _upright_scene()
+    stored = _STORED[orientation](scene)
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    name = f"photo.{fmt.lower()}"
+    stored.save(tmp_path / name, fmt, exif=exif, **({"quality": 100, "subsampling": 0} if fmt == "JPEG" else {}))
+    image, _ = _dataset(tmp_path, [name])[0]
+    assert image.size == scene.size
+    tolerance = 0 if fmt == "PNG" else 40  # JPEG blurs the colour edges a little
+    difference = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(scene, dtype=np.int16))
+    assert difference.max() <= tolerance, f"orientation {orientation}: read back {image.size}, off by {difference.max()}"
+    assert np.array_equal(np.asarray(open_rgb8(tmp_path / name)), np.asarray(image))

@@ -1,5 +1,8 @@
 """Image files of an index, decoded on demand to faithful 8-bit RGB, with unreadable files named or skipped.
 
+Every image is decoded here (training, evaluation, indexes, search, grids), turned the way up its EXIF
+Orientation tag says, as a photo viewer shows it: phones store portraits sideways and tag them.
+
 Every mode Pillow opens becomes 8-bit RGB by a stated rule (:func:`to_rgb8`), or is refused by name: a
 plain ``convert("RGB")`` clips 16-bit values to white and keeps the colours hidden under transparent
 pixels. Oversized files (possible decompression bombs) are refused rather than decoded (:func:`open_rgb8`).
@@ -14,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from metrictransfer.data.index import ImageIndex
 from metrictransfer.errors import BadImageError
@@ -158,6 +161,8 @@ def _open_rgb8(path: str | os.PathLike[str], warned: set[str] | None) -> Image.I
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()  # some formats check frame sizes only while decoding
+                # the way up a camera recorded (EXIF Orientation): a phone's portrait is stored sideways
+                ImageOps.exif_transpose(image, in_place=True)
                 rgb = _to_rgb8(image, notes)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise _Refusal(_bomb_reason(err)) from err
