@@ -22,7 +22,7 @@ from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
 from metrictransfer.engine.callbacks import Callback
 from metrictransfer.engine.interrupt import TrainingInterrupted
-from metrictransfer.errors import RunLockedError
+from metrictransfer.errors import BadImageError, RunLockedError
 from metrictransfer.output_folder import MANIFEST_NAME, Manifest
 from metrictransfer.runtime.checkpoint import load_checkpoint
 from metrictransfer.search.gallery import IndexLock
@@ -355,3 +355,19 @@ def test_a_sigterm_held_back_before_training_stops_the_first_step(monkeypatch):
             assert stop.requested and stop.signal_name == "SIGTERM"
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_can_be_started_again(work, capsys, monkeypatch):
+    """Catches: a run that died before its first checkpoint (a broken image in the first batch) leaving a
+    folder that refuses a new start ("continue it with --resume", which hits the same failure)."""
+
+    def broken_first_batch(self):
+        raise BadImageError("cannot read image broken.jpg: it is empty (0 bytes); fix or remove it")
+
+    monkeypatch.setattr(trainer.Trainer, "fit", broken_first_batch)
+    run = work / "new"
+    one_line(capsys, 2, main(["train", str(work / "recipe.yaml"), "--out", str(run)]), r"broken\.jpg")
+    assert (run / "config.yaml").is_file() and not (run / "checkpoint.pt").exists()
+    monkeypatch.undo()
+    assert main(["train", str(work / "recipe.yaml"), "--out", str(run)]) == 0
+    assert (run / "results.json").is_file()

@@ -59,6 +59,8 @@ def _already_holds_run(folder: Path) -> str | None:
     if not holds_run(folder):
         return None
     what = describe_run(folder)
+    if what == "a run that has not written its first checkpoint":
+        return None  # a start that failed (a bad image, a crash): nothing trained to lose, so start again
     advice = "" if what == "a finished run" else f"continue it with `metrictransfer train --resume {folder}`, "
     return (
         f"{folder} already holds {what}; {advice}choose another --out, or add --overwrite to replace it "
