@@ -371,3 +371,49 @@ def test_a_start_that_failed_before_its_first_checkpoint_can_be_started_again(wo
     monkeypatch.undo()
     assert main(["train", str(work / "recipe.yaml"), "--out", str(run)]) == 0
     assert (run / "results.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------ broken images
+
+
+def _photo_folder(root: Path) -> Path:
+    """4 classes of 4 small photos each, as a person's folder of class sub-folders holds them."""
+    from PIL import Image
+
+    rng = __import__("numpy").random.default_rng(0)
+    for c in range(4):
+        (root / f"class {c}").mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, (24, 24, 3), dtype="uint8")
+            Image.fromarray(pixels).save(root / f"class {c}" / f"{i}.jpg")
+    return root
+
+
+def _folder_recipe(work: Path, root: Path, **data) -> Path:
+    recipe = work / "folder.yaml"
+    raw = {**TINY, "data": {**TINY["data"], "dataset": "folder", "root": str(root), "num_classes": None, "classes_per_batch": 2, **data}}
+    raw["eval"] = {"recall_at": [1], "every": 0}
+    recipe.write_text(yaml.safe_dump(raw))
+    return recipe
+
+
+def test_an_empty_image_is_named_before_training_and_skipped_when_asked(work, capsys):
+    """Catches: a zero-byte JPEG passing every check and ending training in a loader worker's traceback."""
+    root = _photo_folder(work / "photos")
+    (root / "class 2" / "empty.jpg").write_bytes(b"")
+    recipe = _folder_recipe(work, root, test_fraction=0.5)
+    code = main(["train", str(recipe), "--out", str(work / "new")])
+    one_line(capsys, 2, code, r"1 of \d+ images under .*photos are empty files \(0 bytes\); first: class 2/empty\.jpg; .*skip_bad_images")
+    assert not (work / "new").exists()  # a start refused before anything was written leaves no folder
+    assert main(["train", str(recipe), "--out", str(work / "new"), "--set", "data.skip_bad_images=true"]) == 0
+
+
+def test_a_broken_image_in_a_loader_worker_is_one_line(work, capsys):
+    """Catches: PyTorch's "Caught BadImageError in DataLoader worker process 0" and its forty lines of the
+    worker's traceback printed for one broken file."""
+    root = _photo_folder(work / "photos")
+    (root / "class 1" / "0.jpg").write_bytes(b"\xff\xd8\xff\xe0 not the rest of a JPEG")
+    recipe = _folder_recipe(work, root, test_fraction=0.5, num_workers=1)
+    code = main(["train", str(recipe), "--out", str(work / "new")])
+    line = one_line(capsys, 2, code, r"cannot read image .*class 1/0\.jpg: .*set data\.skip_bad_images: true")
+    assert "Caught" not in line and "worker" not in line

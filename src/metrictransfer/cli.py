@@ -1141,7 +1141,7 @@ def main(argv: list[str] | None = None) -> int:
         _report(debug, "interrupted (Ctrl-C)")
         return 130
     except MetricTransferError as err:
-        _report(debug, f"error: {err}")
+        _report(debug, f"error: {_own_words(err)}")
         return err.exit_status
     except OSError as err:
         if not is_output_problem(err):
@@ -1174,6 +1174,17 @@ def _lost_process(err: RuntimeError, args: argparse.Namespace | None) -> str | N
     return (
         f"process {rank} of {world}: another process of this run ended or stopped answering ({cause}); its last checkpoint is kept: {go_on}"
     )
+
+
+def _own_words(err: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker, its own message without the
+    worker's traceback that PyTorch puts before it ("Caught BadImageError in DataLoader worker process 0.
+    Original Traceback ...": forty lines for one broken image)."""
+    text = str(err)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        last = text.strip().splitlines()[-1]  # "metrictransfer.errors.BadImageError: cannot read image ..."
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def _report(debug: bool, message: str) -> None:

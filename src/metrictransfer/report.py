@@ -136,14 +136,22 @@ def _retrieval_sections(
     model, _ = load_embedding_model(run)
     dataset, labelled = shown_images(config)
     split = "test" if labelled else "held-out"
-    embeddings, labels = extract_embeddings(model, dataset, config.eval.batch_size)
+    # rows: the dataset index of each embedding (an unreadable image skipped with data.skip_bad_images has none)
+    embeddings, labels, rows = extract_embeddings(model, dataset, config.eval.batch_size, return_indices=True)
     base: Any = dataset.dataset  # the test split: classes, and is_query / is_gallery where the data has them
     classes: list[str | None] = getattr(base, "classes", None) or [str(c) for c in range(int(labels.max()) + 1)]
     if not labelled:
         labels, classes = torch.zeros_like(labels), [None]
     is_query = getattr(base, "is_query", None)
-    candidates = _query_candidates(base, len(embeddings))
-    gallery = np.flatnonzero(base.is_gallery) if is_query is not None else np.arange(len(embeddings))
+    row_of = {int(item): row for row, item in enumerate(rows.tolist())}
+
+    def to_rows(items: Any) -> np.ndarray:
+        return np.asarray([row_of[int(i)] for i in items if int(i) in row_of], dtype=np.int64)
+
+    candidates = to_rows(_query_candidates(base, len(base)))
+    gallery = to_rows(np.flatnonzero(base.is_gallery)) if is_query is not None else np.arange(len(embeddings))
+    if query_items is not None:
+        query_items = [row_of[int(i)] for i in query_items if int(i) in row_of]  # the chosen items that were read
     if query_items is None:
         rng = np.random.default_rng(seed)
         picked = rng.choice(candidates, size=min(queries, len(candidates)), replace=False)
@@ -159,7 +167,7 @@ def _retrieval_sections(
     distances[torch.arange(len(picked)), torch.as_tensor(picked)] = float("inf")  # a query is not its own neighbour
     k = min(neighbours, len(gallery) - (0 if is_query is not None else 1))
     nearest = distances.topk(k, dim=1, largest=False)
-    names = [f"item:{i}" for i in range(len(embeddings))]
+    names = [f"item:{i}" for i in rows.tolist()]  # dataset indices: what load() reads
     found = [
         [Neighbour(names[j], float(d), classes[int(labels[j])]) for d, j in zip(row_d, row_i)]
         for row_d, row_i in zip(nearest.values.tolist(), nearest.indices.tolist())

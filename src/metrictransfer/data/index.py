@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from metrictransfer.errors import DataError, MissingFileError
+from metrictransfer.errors import BadImageError, DataError, MissingFileError
 
 __all__ = ["ImageIndex", "check_splits", "contiguous_labels", "malformed", "require_files"]
 
@@ -67,18 +68,38 @@ class ImageIndex:
         isfile, join = os.path.isfile, os.path.join
         return [p for p in self.paths if not isfile(join(root, p))]
 
-    def check_files(self, name: str) -> None:
-        """Raise :class:`MissingFileError` saying how many listed images are missing and quoting the first ones.
+    def check_files(self, name: str, skip_bad: bool = False) -> None:
+        """Raise :class:`MissingFileError` saying how many listed images are missing and quoting the first
+        ones, and :class:`BadImageError` for empty (0-byte) files, unless ``skip_bad`` (they are then skipped
+        where they are decoded, as every unreadable image is).
 
-        Kept apart from the readers so indexing stays cheap; call it once before training.
+        Kept apart from the readers so indexing stays cheap; call it once before training: one ``stat`` per
+        file, so a broken file is named before the first step rather than in a loader worker mid-epoch.
         """
-        root, isfile = os.fspath(self.root), os.path.isfile
-        missing = [i for i, p in enumerate(self.paths) if not isfile(os.path.join(root, p))]
+        root = os.fspath(self.root)
+        missing, empty = [], []
+        for i, p in enumerate(self.paths):
+            try:
+                info = os.stat(os.path.join(root, p))
+            except OSError:
+                missing.append(i)
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                missing.append(i)
+            elif info.st_size == 0:
+                empty.append(i)
         if missing:
-            quoted = [self.paths[i] + (f" ({self.where(i)})" if self.lines is not None else "") for i in missing[:_QUOTED_MISSING]]
             raise MissingFileError(
-                f"{name}: {len(missing)} of {len(self)} listed images do not exist under {self.root}; first: {', '.join(quoted)}"
+                f"{name}: {len(missing)} of {len(self)} listed images do not exist under {self.root}; first: {self._quoted(missing)}"
             )
+        if empty and not skip_bad:
+            raise BadImageError(
+                f"{name}: {len(empty)} of {len(self)} images under {self.root} are empty files (0 bytes); first: "
+                f"{self._quoted(empty)}; remove them, or set data.skip_bad_images: true to train without them"
+            )
+
+    def _quoted(self, rows: list[int]) -> str:
+        return ", ".join(self.paths[i] + (f" ({self.where(i)})" if self.lines is not None else "") for i in rows[:_QUOTED_MISSING])
 
 
 def contiguous_labels(raw: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, list[Any]]:

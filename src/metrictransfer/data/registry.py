@@ -115,7 +115,7 @@ def _files(config: DataConfig, split: str) -> Dataset[Any]:
     if split not in splits:
         raise ConfigError(f"dataset {config.dataset!r} at {config.root} has no split {split!r}; it has: {', '.join(splits)}")
     index = _limit_classes(splits[split], config.num_classes)
-    index.check_files(f"{config.dataset} {split}")
+    index.check_files(f"{config.dataset} {split}", skip_bad=config.skip_bad_images)
     dataset = ImageFolderDataset(index, skip_bad=config.skip_bad_images)
     dataset.item_names = list(index.paths)
     return dataset
