@@ -417,3 +417,15 @@ def test_a_broken_image_in_a_loader_worker_is_one_line(work, capsys):
     code = main(["train", str(recipe), "--out", str(work / "new")])
     line = one_line(capsys, 2, code, r"cannot read image .*class 1/0\.jpg: .*set data\.skip_bad_images: true")
     assert "Caught" not in line and "worker" not in line
+
+
+def test_data_inspect_counts_an_empty_image_as_a_problem(work, capsys):
+    """Catches: `data inspect` counting a zero-byte JPEG as an image and saying "missing 0", exit 0."""
+    root = _photo_folder(work / "photos")
+    (root / "class 3" / "empty.jpg").write_bytes(b"")
+    assert main(["data", "inspect", "--dataset", "folder", "--root", str(root), "--json"]) == 1
+    splits = json.loads(capsys.readouterr().out)["splits"]
+    assert sum(s["empty_files"] for s in splits.values()) == 1
+    assert [f for s in splits.values() for f in s["first_empty"]] == ["class 3/empty.jpg"]
+    assert main(["data", "inspect", "--dataset", "folder", "--root", str(root)]) == 1
+    assert "1 empty files (0 bytes: no image), first: class 3/empty.jpg" in capsys.readouterr().out

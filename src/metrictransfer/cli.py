@@ -492,7 +492,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
     report = inspect_dataset(args.dataset, args.root, args.test_fraction)
     print(json.dumps(report) if args.json else format_report(report))
-    return 1 if any(s["missing_files"] for s in report["splits"].values()) else 0
+    return 1 if any(s["missing_files"] or s["empty_files"] for s in report["splits"].values()) else 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -673,7 +673,7 @@ COMMANDS: dict[str, Command] = {
     "data inspect": Command(
         "images and classes per split; checks listed files exist",
         "Count the images and classes of each split of a dataset and check that every image its annotation "
-        "files list exists (no image is opened); exits 1 when files are missing.",
+        "files list exists and is not empty (no image is opened); exits 1 when files are missing or empty.",
         "nothing; prints a table of the splits (--json: one JSON object)",
         "guides/datasets.md",
     ),

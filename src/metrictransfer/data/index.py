@@ -64,18 +64,15 @@ class ImageIndex:
 
     def missing_files(self) -> list[str]:
         """Listed paths that are not files under `root` (in listing order)."""
-        root = os.fspath(self.root)
-        isfile, join = os.path.isfile, os.path.join
-        return [p for p in self.paths if not isfile(join(root, p))]
+        return [self.paths[i] for i in self.file_problems()[0]]
 
-    def check_files(self, name: str, skip_bad: bool = False) -> None:
-        """Raise :class:`MissingFileError` saying how many listed images are missing and quoting the first
-        ones, and :class:`BadImageError` for empty (0-byte) files, unless ``skip_bad`` (they are then skipped
-        where they are decoded, as every unreadable image is).
+    def empty_files(self) -> list[str]:
+        """Listed files of 0 bytes (in listing order): no image, whatever their name says."""
+        return [self.paths[i] for i in self.file_problems()[1]]
 
-        Kept apart from the readers so indexing stays cheap; call it once before training: one ``stat`` per
-        file, so a broken file is named before the first step rather than in a loader worker mid-epoch.
-        """
+    def file_problems(self) -> tuple[list[int], list[int]]:
+        """(missing, empty): the rows whose file is not a regular file under `root`, and those of 0 bytes;
+        one ``stat`` per file, no image opened."""
         root = os.fspath(self.root)
         missing, empty = [], []
         for i, p in enumerate(self.paths):
@@ -88,6 +85,17 @@ class ImageIndex:
                 missing.append(i)
             elif info.st_size == 0:
                 empty.append(i)
+        return missing, empty
+
+    def check_files(self, name: str, skip_bad: bool = False) -> None:
+        """Raise :class:`MissingFileError` saying how many listed images are missing and quoting the first
+        ones, and :class:`BadImageError` for empty (0-byte) files, unless ``skip_bad`` (they are then skipped
+        where they are decoded, as every unreadable image is).
+
+        Kept apart from the readers so indexing stays cheap; call it once before training: one ``stat`` per
+        file, so a broken file is named before the first step rather than in a loader worker mid-epoch.
+        """
+        missing, empty = self.file_problems()
         if missing:
             raise MissingFileError(
                 f"{name}: {len(missing)} of {len(self)} listed images do not exist under {self.root}; first: {self._quoted(missing)}"
