@@ -142,7 +142,7 @@ class DataConfig(Strict):
     classes_per_batch: int = Field(45, ge=1)
     images_per_class: int = Field(2, ge=1)
     views: int = Field(2, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes; at most one per core this process may use is started")
     cache: Literal["none", "memory"] = Field(
         "none",
         description="memory: decode the training images once, before the first epoch, and keep them in shared memory at a "

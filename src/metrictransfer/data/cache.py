@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from metrictransfer.data.workers import loader_workers
 from metrictransfer.errors import ConfigError
 
 #: Bytes per shared block; images are packed into blocks of this size (one block per image would hold a
@@ -97,7 +98,7 @@ class MemoryCache(Dataset[Any]):
         self.item_labels = [-1] * count
         block: torch.Tensor | None = None
         used = 0
-        loader = DataLoader(_Shrunk(self.dataset, self.short_side), batch_size=None, num_workers=workers, collate_fn=_as_is)
+        loader = DataLoader(_Shrunk(self.dataset, self.short_side), batch_size=None, num_workers=loader_workers(workers), collate_fn=_as_is)
         for i, pixels, label in tqdm(loader, total=count, desc="caching training images", disable=not progress, unit="image"):
             if pixels is None:
                 continue

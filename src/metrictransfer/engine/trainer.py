@@ -23,6 +23,7 @@ from metrictransfer.data.multiview import MultiViewDataset, collate_readable, fi
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler, check_batch_fits
 from metrictransfer.data.validation import split_validation
+from metrictransfer.data.workers import loader_workers
 from metrictransfer.engine.callbacks import (
     BEST_NAME,
     BestModel,
@@ -144,10 +145,10 @@ def build_train_loader(
             train_set if images is None else images, method.train_transforms(data), data.views, seed=config.seed, finish=False
         ),
         batch_sampler=batches,
-        num_workers=data.num_workers,
+        num_workers=loader_workers(data.num_workers),  # at most one per core
         collate_fn=collate_readable,  # drops images skipped by data.skip_bad_images
         pin_memory=device.type == "cuda",
-        persistent_workers=data.num_workers > 0,
+        persistent_workers=loader_workers(data.num_workers) > 0,
         # workers' own seeds are drawn from this, not from the global stream a resumed run restores
         generator=torch.Generator().manual_seed(config.seed),
     )

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from metrictransfer.data.cache import HOST_SHARE, available_host_bytes  # else host memory, within this share
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable
+from metrictransfer.data.workers import loader_workers
 
 #: Kept on the device when the views take at most this share of its free memory (training needs the rest).
 DEVICE_SHARE = 0.25
@@ -107,7 +108,10 @@ class KeptViews(Dataset[Any]):
         slots, labels, indices, rows = [], [], [], 0
         unfinished = MultiViewDataset(self.dataset.dataset, self.dataset.transform, finish=False)  # the same items, uint8
         loader = DataLoader(
-            _Positions(unfinished, self.positions), batch_size=BUILD_BATCH, num_workers=num_workers, collate_fn=_collate_with_slots
+            _Positions(unfinished, self.positions),
+            batch_size=BUILD_BATCH,
+            num_workers=loader_workers(num_workers),
+            collate_fn=_collate_with_slots,
         )
         for batch in tqdm(loader, desc=f"keeping {self.name} views", disable=not progress, leave=False, unit="batch"):
             if batch is None:
@@ -181,7 +185,8 @@ def loader_batches(
     """``(images on the device, labels, indices)`` per batch of an evaluation set yielding ``(views, label,
     index)`` with one view, decoded by a data loader (unreadable images dropped)."""
     pin = device.type == "cuda"
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_readable, pin_memory=pin)
+    workers = loader_workers(num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_readable, pin_memory=pin)
     for views, labels, indices in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
         yield views[:, 0].to(device, non_blocking=pin), labels, indices
 
