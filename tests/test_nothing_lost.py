@@ -429,3 +429,22 @@ def test_data_inspect_counts_an_empty_image_as_a_problem(work, capsys):
     assert [f for s in splits.values() for f in s["first_empty"]] == ["class 3/empty.jpg"]
     assert main(["data", "inspect", "--dataset", "folder", "--root", str(root)]) == 1
     assert "1 empty files (0 bytes: no image), first: class 3/empty.jpg" in capsys.readouterr().out
+
+
+def test_a_warning_is_one_line_in_our_words():
+    """Catches: a skipped image's warning printed with the internal source line that raised it."""
+    import warnings
+
+    from metrictransfer import cli
+
+    line = cli._one_line_warning(UserWarning("skipping unreadable image a.jpg: truncated"), UserWarning, "/src/x.py", 3, "warn(...)")
+    assert line == "metrictransfer: warning: skipping unreadable image a.jpg: truncated\n"
+    saved = warnings.formatwarning
+    try:
+        try:
+            main(["table", "--help"])
+        except SystemExit:
+            pass
+        assert warnings.formatwarning is cli._one_line_warning
+    finally:
+        warnings.formatwarning = saved

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 import traceback
+import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, NoReturn
@@ -1127,6 +1128,8 @@ def main(argv: list[str] | None = None) -> int:
     from metrictransfer.engine.interrupt import Interrupted, defer_termination
 
     args: argparse.Namespace | None = None
+    if not debug:
+        warnings.formatwarning = _one_line_warning
     try:
         args = build_parser().parse_args(argv)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.func in (cmd_train, cmd_distill):
@@ -1174,6 +1177,13 @@ def _lost_process(err: RuntimeError, args: argparse.Namespace | None) -> str | N
     return (
         f"process {rank} of {world}: another process of this run ended or stopped answering ({cause}); its last checkpoint is kept: {go_on}"
     )
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """A warning as one line in our words, without the source line that raised it (``--debug`` keeps
+    Python's format): a skipped image or a lossy conversion is news to the user; where in our code it was
+    noticed is not."""
+    return f"metrictransfer: warning: {message}\n"
 
 
 def _own_words(err: BaseException) -> str:
