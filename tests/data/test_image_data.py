@@ -135,6 +135,8 @@ def test_data_inspect_json_and_missing_files(tmp_path, capsys):
         "largest_class": 6,
         "missing_files": 0,
         "first_missing": [],
+        "empty_files": 0,
+        "first_empty": [],
     }
     assert report["splits"]["test"]["images"] == 18
     (root / "images" / "101.Bird_101" / "Bird_101_0000.jpg").unlink()
