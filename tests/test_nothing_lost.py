@@ -448,3 +448,19 @@ def test_a_warning_is_one_line_in_our_words():
         assert warnings.formatwarning is cli._one_line_warning
     finally:
         warnings.formatwarning = saved
+
+
+def test_index_and_search_advise_what_they_accept_for_a_broken_image(work, capsys):
+    """Catches: index and search advising data.skip_bad_images: true, a recipe key they do not read."""
+    root = _photo_folder(work / "photos")
+    broken = root / "class 1" / "0.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not the rest of a JPEG")
+    code = main(["index", "--checkpoint", str(work / "run"), "--images", str(root), "--out", str(work / "index")])
+    line = one_line(capsys, 2, code, rf"cannot read image .*class 1/0\.jpg: .*; fix it or remove it from {re.escape(str(root))}$")
+    assert "skip_bad_images" not in line and not (work / "index").exists()
+    (root / "class 1" / "0.jpg").unlink()
+    assert main(["index", "--checkpoint", str(work / "run"), "--images", str(root), "--out", str(work / "index")]) == 0
+    capsys.readouterr()
+    (work / "query.jpg").write_bytes(b"GIF89a broken")
+    code = main(["search", str(work / "query.jpg"), "--index", str(work / "index")])
+    line = one_line(capsys, 2, code, r"cannot read image .*query\.jpg: .*; fix it or leave it out of the queries$")

@@ -44,8 +44,8 @@ class _Refusal(ValueError):
     """Why a file cannot become a faithful RGB image; wrapped in a BadImageError that names the file."""
 
 
-def _bad(path: str | os.PathLike[str], reason: Any) -> BadImageError:
-    return BadImageError(f"cannot read image {path}: {reason}; {_SKIP_HINT}")
+def _bad(path: str | os.PathLike[str], reason: Any, hint: str = _SKIP_HINT) -> BadImageError:
+    return BadImageError(f"cannot read image {path}: {reason}; {hint}")
 
 
 def _declared_16bit(image: Image.Image) -> bool:
@@ -198,8 +198,11 @@ class ImageFolderDataset(torch.utils.data.Dataset[Any]):
     dataset_name: str
     split: str
 
-    def __init__(self, index: ImageIndex, skip_bad: bool = False, transform: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self, index: ImageIndex, skip_bad: bool = False, transform: Callable[..., Any] | None = None, bad_hint: str = _SKIP_HINT
+    ) -> None:
         self.index = index
+        self.bad_hint = bad_hint  # what to do about an unreadable file, in the words of the command reading it
         self.skip_bad = skip_bad
         self.transform = transform
         self.labels = index.labels
@@ -218,7 +221,7 @@ class ImageFolderDataset(torch.utils.data.Dataset[Any]):
             image = _open_rgb8(path, self.warned)
         except _UNREADABLE as err:
             if not self.skip_bad:
-                raise _bad(path, err) from err
+                raise _bad(path, err, self.bad_hint) from err
             warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=2)
             return None
         if self.transform is not None:

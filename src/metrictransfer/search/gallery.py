@@ -163,7 +163,8 @@ def build_index(
     lock = claim_output(out, "index", IndexLock(out), overwrite=overwrite, already_holds=_already_holds_index, clear=False)
     failed = True
     try:
-        gallery = with_test_transform(ImageFolderDataset(listed), config.data)  # an unreadable file is an error naming it
+        # an unreadable file is an error naming it (an index holds every image it lists: none is skipped)
+        gallery = with_test_transform(ImageFolderDataset(listed, bad_hint=f"fix it or remove it from {images}"), config.data)
         embeddings = extract_embeddings(model.to(device), gallery, batch_size, device, progress=progress)[0].numpy()
         meta = _write_index(out, model, model_name, checkpoint, config.eval.metric, listed, embeddings)
         failed = False
@@ -354,7 +355,7 @@ class Gallery:
             if not Path(q).is_file():
                 raise MissingFileError(f"query image not found: {q}")
         listed = ImageIndex(Path("/"), [str(Path(q).resolve()) for q in queries], np.full(len(queries), -1), [])
-        images = with_test_transform(ImageFolderDataset(listed), self.config.data)
+        images = with_test_transform(ImageFolderDataset(listed, bad_hint="fix it or leave it out of the queries"), self.config.data)
         embedded = extract_embeddings(self.model.to(self.device), images, 128, self.device)[0].numpy()
         distances, indices = self._knn(embedded, min(k, len(self.data.embeddings)))
         paths = self.data.paths
