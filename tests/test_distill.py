@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,16 @@ def test_print_recipe_and_bad_input(tmp_path, teacher, capsys):
         from metrictransfer.distill import distill_config
 
         distill_config("resnet10t", "resnet10t", 8, tmp_path / "nowhere")
+
+
+def test_eval_data_among_the_training_images_is_warned_about(tmp_path, teacher, capsys):
+    """Catches: distill evaluating on the very images it trains on, without a word (perfect-looking recalls
+    that say nothing about new images)."""
+    images = _photos(tmp_path / "mine")
+    recipe = _distill(images, tmp_path / "run", teacher, "--print-recipe")
+    with pytest.warns(UserWarning, match=r"--eval-data .*mine and --images .*mine share images"):
+        assert main(recipe + ["--eval-data", str(images)]) == 0
+    other = _photos(tmp_path / "labelled", seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(recipe + ["--eval-data", str(other)]) == 0

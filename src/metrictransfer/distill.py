@@ -8,6 +8,7 @@ loss), stored as the run's ``config.yaml``: ``evaluate``, ``export``, ``index``,
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,19 @@ def distill_config(
     }
     if eval_data is not None:
         raw["eval"] = {"data": eval_section(eval_data, image_size)}
+        _warn_if_trained_on(images, eval_data)
     from metrictransfer.config import build_config
 
     return build_config(raw, overrides, origin="metrictransfer distill")
+
+
+def _warn_if_trained_on(images: str | Path, eval_data: str | Path) -> None:
+    """Warn when the evaluation images are (or hold, or lie among) the training images: their recalls then
+    measure images the model was trained on, not how it does on new ones."""
+    train, held = Path(images).resolve(), Path(eval_data).resolve()
+    if train == held or train in held.parents or held in train.parents:
+        warnings.warn(
+            f"--eval-data {eval_data} and --images {images} share images: its recalls will measure images the "
+            "model trains on; give --eval-data a folder of other images to see how it does on new ones",
+            stacklevel=3,
+        )
