@@ -49,12 +49,17 @@ def _registries() -> list[dict | set]:
 
 
 @pytest.fixture
-def example_sandbox(tmp_path, monkeypatch):
+def example_sandbox(tmp_path, tmp_path_factory, monkeypatch):
     """A fresh working directory, and the registries as they were once the example has run (an example
     that registers a loss or a backbone must not change what later tests see)."""
     from metrictransfer.registry import ALL
 
     monkeypatch.chdir(tmp_path)
+    # the examples' tempfile.mkdtemp() folders (runs of a few hundred MB) go under pytest's own temporary
+    # folder, which it prunes, not into /tmp, where every suite run left about 2 GB
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("example-tmp")))
     saved = [(table, _copy(table)) for table in _registries()]
     ours = [(registry, registry.snapshot()) for registry in ALL]
     threads = torch.get_num_threads()
