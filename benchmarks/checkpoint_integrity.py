@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from common import median_seconds
 
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.runtime.checkpoint import FORMAT_VERSION, atomic_save, content_digest, load_checkpoint, save_checkpoint
@@ -33,15 +32,6 @@ def training_state(backbone: str) -> dict:
         p.grad = torch.randn_like(p) * 1e-3
     optimizer.step()  # fills the moments
     return {"format": FORMAT_VERSION, "models": {"model": model.state_dict()}, "optimizers": {"model": optimizer.state_dict()}, "step": 1}
-
-
-def median_seconds(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:

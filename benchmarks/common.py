@@ -7,6 +7,18 @@ import statistics
 from pathlib import Path
 
 
+def median_seconds(action, repeats: int) -> float:
+    """The median wall time of ``repeats`` calls of ``action`` (medians: the machines are noisy)."""
+    import time
+
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def mean_std(values: list[float]) -> str:
     """Fractions as percent: "mean ± std" over seeds, or the single value."""
     if len(values) == 1:

@@ -16,28 +16,17 @@ import argparse
 import contextlib
 import io
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from common import cpu_name
+from common import cpu_name, median_seconds
 
 from metrictransfer.cli import main as cli
 from metrictransfer.evaluation.embeddings_table import create_rows, finish_table, new_staging, open_rows, read_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = [(20_000, 512), (100_000, 128)]  # (rows, dimensions); the evaluation runs on the first only
-
-
-def median_seconds(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def write_table(out: Path, rows: int, dim: int) -> None:

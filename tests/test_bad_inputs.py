@@ -8,7 +8,6 @@ in this process and compares every file of the run folder before and after.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import re
 import shutil
@@ -20,21 +19,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_run import TINY, snapshot
 
 from metrictransfer.cli import main
 from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
 from metrictransfer.engine.run_folder import RunLock
-
-TINY = {
-    "name": "tiny",
-    "data": {"num_classes": 4, "classes_per_batch": 4, "images_per_class": 2, "views": 2, "image_size": 32},
-    "model": {"backbone": "resnet10t", "embedding_dim": 16},
-    "optim": {"lr": 1e-3, "epochs": 1},
-    "eval": {"recall_at": [1, 2], "every": 0},
-    "checkpoint": {"every_steps": 10, "keep": 3},
-    "threads": 2,
-}
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +40,6 @@ def finished(tmp_path_factory) -> Path:
 def work(finished, tmp_path) -> Path:
     shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
     return tmp_path
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (but the lock) → SHA-256 of its bytes."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != ".lock"
-    }
 
 
 def _npy(w: Path) -> list[str]:

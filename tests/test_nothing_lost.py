@@ -7,7 +7,6 @@ The cases of damaged inputs, settings and full disks are in ``test_nothing_lost_
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -15,7 +14,9 @@ import signal
 from pathlib import Path
 
 import pytest
+import tiny_run
 import yaml
+from tiny_run import TINY
 
 from metrictransfer.cli import main
 from metrictransfer.config import build_config
@@ -27,15 +28,6 @@ from metrictransfer.output_folder import MANIFEST_NAME, Manifest
 from metrictransfer.runtime.checkpoint import load_checkpoint
 from metrictransfer.search.gallery import IndexLock
 
-TINY = {
-    "name": "tiny",
-    "data": {"num_classes": 4, "classes_per_batch": 4, "images_per_class": 2, "views": 2, "image_size": 32},
-    "model": {"backbone": "resnet10t", "embedding_dim": 16},
-    "optim": {"lr": 1e-3, "epochs": 1},
-    "eval": {"recall_at": [1, 2], "every": 0},
-    "checkpoint": {"every_steps": 10, "keep": 3},
-    "threads": 2,
-}
 STEPS_PER_EPOCH = 22
 GALLERY = Path(__file__).resolve().parent.parent / "examples" / "gallery"
 
@@ -55,13 +47,7 @@ def work(finished, tmp_path) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` → SHA-256 of its bytes (folders too, so a new empty one shows), but a run's
-    lock file, which records who locked the folder last."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
-        for p in sorted(folder.rglob("*"))
-        if p.name != ".lock"
-    }
+    return tiny_run.snapshot(folder, folders=True)
 
 
 def one_line(capsys, status: int, code: int, pattern: str) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_run
 import torch
 import yaml
 from PIL import Image
@@ -34,15 +35,7 @@ from metrictransfer.errors import OutputLocationError, StorageFaultError
 from metrictransfer.export import FORMATS
 from metrictransfer.runtime import checkpoint as ckpt
 
-TINY = {
-    "name": "tiny",
-    "data": {"num_classes": 4, "classes_per_batch": 4, "images_per_class": 2, "views": 2, "image_size": 32},
-    "model": {"backbone": "resnet10t", "embedding_dim": 16},
-    "optim": {"lr": 1e-3, "epochs": 1},
-    "eval": {"recall_at": [1, 2], "every": 0},
-    "checkpoint": {"every_steps": 10, "keep": 1},
-    "threads": 2,
-}
+TINY = {**tiny_run.TINY, "checkpoint": {"every_steps": 10, "keep": 1}}
 NO_SPACE = "no space left on the device"
 WHAT_TO_DO = "free some space or write elsewhere"
 
@@ -70,12 +63,8 @@ def finished(tmp_path_factory) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """Every regular file under ``folder`` (but locks) → SHA-256 of its bytes."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.name.endswith(".lock") and p.name != "filler"
-    }
+    """Every regular file under ``folder`` but locks and the disk's filler."""
+    return tiny_run.snapshot(folder, ignored=(".lock", "filler"))
 
 
 def partials(folder: Path) -> list[Path]:

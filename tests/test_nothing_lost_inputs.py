@@ -9,7 +9,6 @@ on a copy of them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -22,20 +21,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_run import TINY, snapshot
 
 from metrictransfer.cli import main
 from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
 
-TINY = {
-    "name": "tiny",
-    "data": {"num_classes": 4, "classes_per_batch": 4, "images_per_class": 2, "views": 2, "image_size": 32},
-    "model": {"backbone": "resnet10t", "embedding_dim": 16},
-    "optim": {"lr": 1e-3, "epochs": 1},
-    "eval": {"recall_at": [1, 2], "every": 0},
-    "checkpoint": {"every_steps": 10, "keep": 3},
-    "threads": 2,
-}
 # The tiny run's test split: 4 glyph classes of 44 images, so no query has more than 132 other-class items.
 TEST_ITEMS, MOST_OTHERS = 176, 132
 
@@ -54,15 +45,6 @@ def made(tmp_path_factory) -> Path:
 def work(made, tmp_path) -> Path:
     shutil.copytree(made, tmp_path, dirs_exist_ok=True)
     return tmp_path
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (but locks) → SHA-256 of its bytes: a file added, changed or removed shows."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != ".lock"
-    }
 
 
 def one_line(capsys) -> str:

@@ -233,12 +233,6 @@ def is_ours(name: str) -> bool:
     return name in (LOCK_NAME, MANIFEST_NAME) or (name.startswith(".") and name.endswith(PARTIAL_SUFFIX))
 
 
-def foreign_entries(folder: Path, manifest: Manifest | None) -> list[str]:
-    """The names at the top of ``folder`` that the tool did not write."""
-    listed = {name.split("/")[0] for name in (manifest.files if manifest else {})}
-    return sorted(p.name for p in folder.iterdir() if not is_ours(p.name) and p.name not in listed)
-
-
 def enclosing_output(folder: Path) -> Manifest | None:
     """The manifest of a run or index that holds ``folder`` (at any depth), if one does."""
     for parent in folder.resolve().parents:
@@ -328,7 +322,7 @@ def refuse_foreign(folder: Path, option: str = "--out") -> None:
     ours, a person's own files are kept and left alone: ``--overwrite`` deletes only the tool's.)"""
     if not folder.is_dir() or (folder / MANIFEST_NAME).is_file():
         return
-    foreign = foreign_entries(folder, None)
+    foreign = sorted(p.name for p in folder.iterdir() if not is_ours(p.name))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise OutputLocationError(
