@@ -118,3 +118,58 @@ def test_an_inshop_report_searches_queries_against_the_gallery(tmp_path, monkeyp
     found = [status[paths[int(n.path.split(":")[1])]] for row in drawn["results"] for n in row]
     assert set(found) == {"gallery"} and len(drawn["results"][0]) == 4  # every gallery image, no query
     assert "gallery images" in (run / "report.md").read_text()
+
+
+def test_the_report_names_files_and_classes_in_its_grid_and_map(tmp_path, monkeypatch):
+    """retrieval.png names each image's file and class; embedding_map.png has a legend of the classes
+    (spaces and accents included), beside the map, not over it."""
+    from test_search import _checkpoint, figure_texts, saved_figures
+
+    from metrictransfer import report
+    from metrictransfer.config import build_config
+    from metrictransfer.data.registry import build_dataset
+
+    root = tmp_path / "photos"
+    for c, name in enumerate(["Café crème", "Crème brûlée", "Thé vert", "Eau pétillante"]):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (60 * c, 80 * i, 120)).save(root / name / f"{name[:4]} {i}.jpg")  # "Café 0.jpg": short, not cut
+    run = tmp_path / "run"
+    run.mkdir()
+    _checkpoint(run / "checkpoint.pt")
+    config = {"data": {"dataset": "folder", "root": str(root), "image_size": 32}, "model": {"backbone": "resnet10t", "embedding_dim": 8}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    row = {"epoch": 1, "loss": 1.0, "recall@1": 0.5}
+    (run / "results.json").write_text(json.dumps({"final": {"recall@1": 0.5}, "history": [row]}))
+    figures = saved_figures(monkeypatch, report)
+    report.write_report(run, queries=2, neighbours=3)
+    _, grid, embedding_map = figures  # curves, retrieval, map
+    test = build_dataset(build_config(config).data, "test")
+    texts = figure_texts(grid)
+    assert texts[0].startswith("query\n") and texts[0].split("\n")[2] in test.classes
+    tiles = [t.split("\n") for t in texts if t]  # 2 queries and their 3 neighbours: distance or "query", file, class
+    assert len(tiles) == 2 + 2 * 3 and all(tile[1] in {Path(p).name for p in test.paths} for tile in tiles)
+    assert "with their file names" in (run / "report.md").read_text()
+    [ax] = embedding_map.axes
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == test.classes  # 3 points each: in class order
+    embedding_map.canvas.draw()
+    assert legend.get_window_extent().x0 > ax.get_window_extent().x1
+    assert legend.get_window_extent().x1 <= embedding_map.bbox.x1
+
+
+def test_a_map_of_many_classes_names_the_most_frequent_and_counts_the_rest(tmp_path, monkeypatch):
+    import numpy as np
+
+    from metrictransfer import report
+
+    monkeypatch.setattr(report, "_neighbourhood_layout", lambda x, seed: (x[:, :2], "t-SNE"))
+    labels = np.repeat(np.arange(15), [3] * 10 + [1] * 5)  # classes 10-14 rarest
+    from test_search import saved_figures
+
+    figures = saved_figures(monkeypatch, report)
+    x = np.random.default_rng(0).normal(size=(len(labels), 4))
+    report._embedding_map(x, labels, tmp_path / "map.png", 1500, 0, "test", [f"classe {c}" for c in range(15)])
+    [fig] = figures
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts == [f"classe {c}" for c in range(10)] + ["5 more classes"]

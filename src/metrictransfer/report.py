@@ -1,8 +1,10 @@
 """A finished run's report: ``report.md`` with its final metrics, and the plots people look at first.
 
 - ``curves.png``: every logged loss, and Recall@1 (accuracy for classifiers) of every model per epoch;
-- ``retrieval.png``: a few test queries and their nearest test images (green: same class);
-- ``embedding_map.png``: the test embeddings in 2-D (UMAP when installed, else t-SNE), coloured by class.
+- ``retrieval.png``: a few test queries and their nearest test images (green: same class), each named by
+  its file and class;
+- ``embedding_map.png``: the test embeddings in 2-D (UMAP when installed, else t-SNE), coloured by class,
+  with a legend of the classes beside the map.
 
 Built from the run folder alone (config, log, results, checkpoint), so ``metrictransfer report RUN``
 rebuilds it at any time.
@@ -28,9 +30,10 @@ from metrictransfer.io import atomic_write_text
 from metrictransfer.readback import read_results
 from metrictransfer.runtime.checkpoint import load_embedding_model
 from metrictransfer.search.gallery import Neighbour
-from metrictransfer.search.grid import draw_grid
+from metrictransfer.search.grid import draw_grid, file_name, middle_ellipsis
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from PIL import Image
 
 
@@ -173,18 +176,26 @@ def _retrieval_sections(
         for row_d, row_i in zip(nearest.values.tolist(), nearest.indices.tolist())
     ]
 
+    files: list[str] | None = getattr(base, "paths", None)  # the generated glyphs have none
+
     def load(name: str) -> Image.Image:
         return cast("Image.Image", base[int(name.split(":")[1])][0])
 
-    draw_grid([names[i] for i in picked], found, run / "retrieval.png", [classes[int(labels[i])] for i in picked], load=load)
-    method = _embedding_map(embeddings.numpy(), labels.numpy(), run / "embedding_map.png", map_points, seed, split)
+    def title(name: str) -> str:
+        item = int(name.split(":")[1])
+        return file_name(files[item]) if files is not None else f"item {item}"
+
+    query_classes = [classes[int(labels[i])] for i in picked]
+    draw_grid([names[i] for i in picked], found, run / "retrieval.png", query_classes, load=load, name=title)
+    shown_classes = cast("list[str]", classes) if labelled else None
+    method = _embedding_map(embeddings.numpy(), labels.numpy(), run / "embedding_map.png", map_points, seed, split, shown_classes)
     colours = "; green: same class, red: another class" if labelled else " (no labels: no colours)"
     return [
         "## Retrieval",
         "",
         f"{chosen} and their {k} nearest "
         + ("gallery images" if is_query is not None else f"{split} images")
-        + f", nearest first, with distances{colours}.",
+        + f", nearest first, with their {'file names' if files is not None else 'item numbers'} and distances{colours}.",
         "",
         f"Query items ({'test split' if labelled else 'held-out images'}): {', '.join(str(int(i)) for i in picked)}.",
         "",
@@ -192,16 +203,18 @@ def _retrieval_sections(
         "",
         "## Embedding map",
         "",
-        f"{split.capitalize()} embeddings in 2-D by {method}" + (", coloured by class." if labelled else "."),
+        f"{split.capitalize()} embeddings in 2-D by {method}" + (", coloured by class (named in the legend)." if labelled else "."),
         "",
         "![embedding map](embedding_map.png)",
         "",
     ]
 
 
-def _embedding_map(x: np.ndarray, labels: np.ndarray, out: Path, points: int, seed: int, split: str = "test") -> str:
+def _embedding_map(
+    x: np.ndarray, labels: np.ndarray, out: Path, points: int, seed: int, split: str = "test", classes: list[str] | None = None
+) -> str:
     """2-D layout of (at most ``points``) embeddings: UMAP when installed, t-SNE from scikit-learn otherwise
-    (PCA for fewer than 5 points)."""
+    (PCA for fewer than 5 points); a legend beside it names ``classes`` (indexed by label) when given."""
     import matplotlib.pyplot as plt
 
     if len(x) > points:
@@ -213,8 +226,8 @@ def _embedding_map(x: np.ndarray, labels: np.ndarray, out: Path, points: int, se
         xy, method = np.pad(centred @ axes.T, ((0, 0), (0, 2 - len(axes)))), "PCA"
     else:
         xy, method = _neighbourhood_layout(x, seed)
-    fig, ax = plt.subplots(figsize=(6, 6), dpi=120)
-    ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=6)
+    fig, ax = plt.subplots(figsize=(6 if classes is None else 8, 6), dpi=120)
+    _scatter_by_class(ax, xy, labels, classes)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"{split} embeddings ({method})" + (f", {len(np.unique(labels))} classes" if split == "test" else ""))
@@ -222,6 +235,43 @@ def _embedding_map(x: np.ndarray, labels: np.ndarray, out: Path, points: int, se
     save_figure(fig, out)
     plt.close(fig)
     return method
+
+
+LEGEND_CLASSES = 10  # beyond LEGEND_CLASSES + 2 classes the legend names this many and counts the rest
+
+
+def _scatter_by_class(ax: Axes, xy: np.ndarray, labels: np.ndarray, classes: list[str] | None) -> None:
+    """Points coloured by class: one tab10 colour each up to 10 classes (distinct hues), tab20 up to 20,
+    evenly spread shades of tab20 beyond (neighbouring classes then look alike). The legend, outside the axes
+    so it hides no point, names every class, or the most frequent ones and how many more there are."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    present, rank, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    count = len(present)
+    palette = plt.get_cmap("tab10" if count <= 10 else "tab20")(np.arange(count) if count <= 20 else np.linspace(0, 1, count))
+    ax.scatter(xy[:, 0], xy[:, 1], c=palette[rank], s=6)
+    if classes is None:
+        return
+    many = count > LEGEND_CLASSES + 2
+    named = sorted(range(count), key=lambda r: (-counts[r], r))[: LEGEND_CLASSES if many else count]
+    handles = [
+        Line2D([], [], ls="", marker="o", markersize=5, color=palette[r], label=middle_ellipsis(classes[int(present[r])], 28))
+        for r in named
+    ]
+    if many:
+        handles.append(Line2D([], [], ls="", label=f"{count - len(named)} more classes" + (" (colours repeat)" if count > 20 else "")))
+    title = "most frequent classes" if many else "classes"
+    ax.legend(
+        handles=handles,
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1),
+        borderaxespad=0,
+        fontsize=7,
+        title_fontsize=8,
+        frameon=False,
+    )
 
 
 def _neighbourhood_layout(x: np.ndarray, seed: int) -> tuple[np.ndarray, str]:

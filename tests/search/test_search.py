@@ -1,6 +1,7 @@
 """index and search: a gallery folder or CSV, exact and faiss search, the grid, and bad input."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -76,6 +77,71 @@ def test_the_grid_is_an_image_with_a_row_per_query(gallery, tmp_path, capsys):
     assert width > height > 0  # 2 rows of 5 thumbnails
     printed = capsys.readouterr().out
     assert printed.count("  1  ") == 2 and "grid:" in printed
+
+
+def figure_texts(fig) -> list[str]:
+    """Every text a figure draws: its own, and each axes' title, texts and legend."""
+    texts = [t.get_text() for t in fig.texts]
+    for ax in fig.axes:
+        texts += [ax.get_title(), *(t.get_text() for t in ax.texts)]
+        legend = ax.get_legend()
+        if legend is not None:
+            texts += [legend.get_title().get_text(), *(t.get_text() for t in legend.get_texts())]
+    return texts
+
+
+def saved_figures(monkeypatch, *modules) -> list:
+    """The figures saved from now on (through save_figure of engine.logging, or of ``modules`` that imported
+    it), kept with their texts after the code that drew them closes them."""
+    from metrictransfer.engine import logging
+
+    saved = []
+    original = logging.save_figure
+
+    def keep(fig, path, **options):
+        saved.append(fig)
+        original(fig, path, **options)
+
+    for module in (logging, *modules):
+        monkeypatch.setattr(module, "save_figure", keep)
+    return saved
+
+
+def test_grid_titles_are_cut_in_the_middle_keeping_the_extension():
+    from metrictransfer.search.grid import file_name, middle_ellipsis
+
+    assert middle_ellipsis("IMG_20230514_123456.jpg", 9) == "IMG_….jpg" and middle_ellipsis("a.png", 9) == "a.png"
+    assert file_name("/x/Cafe\u0301 cre\u0300me/the\u0301.png") == "th\u00e9.png"  # a macOS name, composed
+
+
+def test_the_grid_names_each_tile_by_file_and_class_legibly(tmp_path, monkeypatch, capsys):
+    """The query and each neighbour name their file (a long one cut in the middle) and class, accents and
+    spaces drawn by the font; right and wrong neighbours are marked; no title runs into the next tile's."""
+    root = tmp_path / "photos"
+    long_name = "IMG_20230514_écume de lait sur la tasse du matin.jpg"
+    files = {"Café crème": [long_name, "mousse.png"], "Thé vert": ["feuille.png", "théière.png"]}
+    for c, (name, images) in enumerate(files.items()):
+        (root / name).mkdir(parents=True)
+        for i, image in enumerate(images):
+            Image.new("RGB", (40, 40), (200 * c, 60 * i, 100)).save(root / name / image)
+    checkpoint, index, out = _checkpoint(tmp_path / "model.pt"), tmp_path / "index", tmp_path / "grid.png"
+    assert main(["index", "--checkpoint", str(checkpoint), "--images", str(root), "--out", str(index)]) == 0
+    figures = saved_figures(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        query = root / "Café crème" / "mousse.png"
+        assert main(["search", str(query), "--index", str(index), "--k", "4", "--grid", str(out)]) == 0
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    [fig] = figures
+    texts = figure_texts(fig)
+    assert texts[0] == "query\nmousse.png\nCafé crème"
+    [cut] = [t for t in texts if "IMG_" in t]
+    assert "…" in cut and "tin.jpg\nCafé crème" in cut
+    assert any("théière.png\nThé vert" in t for t in texts)
+    assert any("✓" in t for t in texts) and any("✗" in t for t in texts)
+    fig.canvas.draw()
+    boxes = sorted((ax.title.get_window_extent() for ax in fig.axes), key=lambda b: b.x0)
+    assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:]))
 
 
 def test_a_csv_gallery_with_labels(gallery, tmp_path):
