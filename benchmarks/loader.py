@@ -103,7 +103,7 @@ def profile_view(root: Path, count: int = 200) -> list[tuple[str, float]]:
     """Milliseconds per image of each part of one training view, one image at a time."""
     from torchvision.transforms import v2
 
-    from metrictransfer.data.images import open_rgb8
+    from metrictransfer.data.decode import open_rgb8
     from metrictransfer.data.transforms import build_transform, split_per_batch
 
     paths = sorted((root / "images").rglob("*.jpg"))[:count]

@@ -304,6 +304,7 @@ def _torchscript(model: EmbeddingModel, example: torch.Tensor, out: Path) -> tor
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer)
         out.write_bytes(buffer.getbuffer())
+        warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated")
         loaded = torch.jit.load(str(out))  # type: ignore[no-untyped-call]  # unannotated in torch
     with torch.no_grad():
         return cast(torch.Tensor, loaded(example))
@@ -312,15 +313,18 @@ def _torchscript(model: EmbeddingModel, example: torch.Tensor, out: Path) -> tor
 def _onnx(model: EmbeddingModel, example: torch.Tensor, out: Path) -> torch.Tensor:
     _need("onnx", "onnx", "the onnx export")
     runtime = _need("onnxruntime", "onnxruntime", "checking the onnx export")
-    torch.onnx.export(
-        model,
-        (example,),
-        str(out),
-        input_names=[ONNX_INPUT],
-        output_names=[ONNX_OUTPUT],
-        dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
-        dynamo=False,
-    )
+    with warnings.catch_warnings():  # torch's notices about its exporters, which say nothing about this file
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", "The feature will be removed")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(out),
+            input_names=[ONNX_INPUT],
+            output_names=[ONNX_OUTPUT],
+            dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+            dynamo=False,
+        )
     session = runtime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: example.numpy()})[0])
 

@@ -63,7 +63,12 @@ class Registry(Generic[T]):
         if self.package is not None:
             package = importlib.import_module(self.package)
             for module in pkgutil.iter_modules(package.__path__, f"{self.package}."):
-                importlib.import_module(module.name)
+                # only the modules that register one: the others may import torch, which reading a
+                # dataset's annotation files (data inspect) does without
+                spec = importlib.util.find_spec(module.name)
+                source = Path(spec.origin) if spec and spec.origin else None
+                if source is None or source.suffix != ".py" or f"{self.decorator}(" in source.read_text(encoding="utf-8"):
+                    importlib.import_module(module.name)
         from importlib.metadata import entry_points  # here, not at the top: it costs the command line's --help 40 ms
 
         for point in entry_points(group=self.group):  # plug-ins installed as packages

@@ -1,6 +1,8 @@
 """index and search: a gallery folder or CSV, exact and faiss search, the grid, and bad input."""
 
 import json
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -10,6 +12,7 @@ from PIL import Image
 
 from metrictransfer.cli import main
 from metrictransfer.config import build_config
+from metrictransfer.errors import MissingPackageError, SearchIndexError
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.runtime.checkpoint import load_checkpoint, save_embedding_model
 from metrictransfer.search import Gallery, list_images
@@ -178,3 +181,73 @@ def test_bad_queries_and_galleries_name_the_file(gallery, tmp_path, capsys):
     assert "no images" in capsys.readouterr().err
     assert main(["search", str(root / "red" / "0.png"), "--index", str(tmp_path)]) == 2
     assert "metrictransfer index" in capsys.readouterr().err
+
+
+# search embeds its queries with the index's exported model.onnx, without loading PyTorch
+
+
+def test_the_index_keeps_its_model_as_onnx_and_search_loads_no_torch(gallery):
+    pytest.importorskip("onnxruntime")
+    root, _, index = gallery
+    meta = json.loads((index / "index.json").read_text())
+    assert meta["query_model"]["file"] == "model.onnx" and (index / "model.onnx").is_file()
+    code = (
+        "import sys, json; from metrictransfer.cli import main; "
+        f"status = main(['search', {str(root / 'red' / '0.png')!r}, '--index', {str(index)!r}, '--k', '3', '--json']); "
+        "print(json.dumps({'status': status, 'torch': 'torch' in sys.modules, 'torchvision': 'torchvision' in sys.modules}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    results, loaded = (json.loads(line) for line in done.stdout.strip().splitlines()[-2:])
+    assert loaded == {"status": 0, "torch": False, "torchvision": False}
+    assert results[0]["neighbours"][0]["path"] == str((root / "red" / "0.png").resolve())
+
+
+def test_the_onnx_model_and_the_runs_model_find_the_same_neighbours(gallery):
+    pytest.importorskip("onnxruntime")
+    root, checkpoint, index = gallery
+    queries = [str(root / colour / f"{i}.png") for colour in ("red", "blue") for i in (1, 3)]
+    fast, torch_model = Gallery(index), Gallery(index, checkpoint=checkpoint)
+    assert type(fast.query_model).__name__ == "OnnxQueryModel"
+    assert type(torch_model.query_model).__name__ == "CheckpointQueryModel"
+    for a, b in zip(fast.search(queries, 6), torch_model.search(queries, 6)):
+        assert [n.path for n in a] == [n.path for n in b]
+        assert [n.distance for n in a] == pytest.approx([n.distance for n in b], abs=1e-4)
+
+
+def test_exclude_self_leaves_the_query_out_and_still_gives_k(gallery, capsys):
+    root, _, index = gallery
+    query = root / "green" / "1.png"
+    assert main(["search", str(query), "--index", str(index), "--k", "4", "--exclude-self", "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    paths = [n["path"] for n in result["neighbours"]]
+    assert len(paths) == 4 and str(query.resolve()) not in paths
+
+
+def test_a_replaced_model_file_is_refused(gallery, tmp_path):
+    pytest.importorskip("onnxruntime")
+    _, _, index = gallery
+    copy = tmp_path / "index"
+    copy.mkdir()
+    for file in index.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    with open(copy / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SearchIndexError, match="model.onnx is not the model this index was built with"):
+        Gallery(copy)
+
+
+def test_without_onnx_the_index_says_so_and_search_uses_the_checkpoint(gallery, tmp_path, monkeypatch):
+    root, checkpoint, _ = gallery
+
+    def no_onnx(*args, **kwargs):
+        raise MissingPackageError("the onnx export needs the onnx package: pip install onnx")
+
+    monkeypatch.setattr("metrictransfer.search.build.export_model", no_onnx)
+    out = tmp_path / "index"
+    with pytest.warns(UserWarning, match="search will load PyTorch"):
+        assert main(["index", "--checkpoint", str(checkpoint), "--images", str(root), "--out", str(out)]) == 0
+    assert json.loads((out / "index.json").read_text())["query_model"] is None
+    assert not (out / "model.onnx").exists()
+    gallery_ = Gallery(out)
+    assert type(gallery_.query_model).__name__ == "CheckpointQueryModel"
+    assert gallery_.search([str(root / "red" / "2.png")], 1)[0][0].path == str((root / "red" / "2.png").resolve())

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 
 from metrictransfer.config import DataConfig
-from metrictransfer.data.glyphs import GlyphsDataset
 from metrictransfer.data.registry import read_splits
 from metrictransfer.errors import ConfigError
 from metrictransfer.registry import DATASETS
@@ -45,6 +44,8 @@ def inspect_dataset(dataset: str, root: str | None = None, test_fraction: float 
         raise ConfigError(f"dataset {dataset!r} needs data.root: pass --root (the folder holding its files; csv: the CSV file)")
     config = DataConfig(dataset=dataset, root=root, test_fraction=test_fraction)
     if dataset == "glyphs":
+        from metrictransfer.data.glyphs import GlyphsDataset  # here: it needs torch, which files do not
+
         glyphs = {s: GlyphsDataset(s, seed=config.glyph_seed) for s in ("train", "test")}
         splits = {s: _split_summary(g.labels, [], g.classes) for s, g in glyphs.items()}
         return {"dataset": dataset, "root": None, "splits": splits}

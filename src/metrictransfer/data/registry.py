@@ -11,17 +11,19 @@ so that a file of embeddings can say which items its rows are and be checked aga
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from metrictransfer.config import DataConfig
-from metrictransfer.data.glyphs import GlyphsDataset
-from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
 from metrictransfer.errors import ConfigError
 from metrictransfer.registry import DATASETS, register_dataset
+
+if TYPE_CHECKING:  # torch is imported where a split is built: reading annotation files (data inspect) needs none
+    from torch.utils.data import Dataset
+
+    from metrictransfer.data.glyphs import GlyphsDataset
 
 
 def glyph_item_names(dataset: GlyphsDataset, config: DataConfig, split: str) -> list[str]:
@@ -42,6 +44,8 @@ def glyph_item_names(dataset: GlyphsDataset, config: DataConfig, split: str) -> 
 @register_dataset("glyphs", builder=True, needs_root=False)
 def build_glyphs(config: DataConfig, split: str) -> Dataset[Any]:
     """The generated demo data (no files): Unicode glyphs rendered in several fonts."""
+    from metrictransfer.data.glyphs import GlyphsDataset
+
     dataset = GlyphsDataset(
         split=split,
         seed=config.glyph_seed,
@@ -111,6 +115,8 @@ def _limit_classes(index: ImageIndex, num_classes: int | None) -> ImageIndex:
 
 
 def _files(config: DataConfig, split: str) -> Dataset[Any]:
+    from metrictransfer.data.images import ImageFolderDataset
+
     splits = read_splits(config)
     if split not in splits:
         raise ConfigError(f"dataset {config.dataset!r} at {config.root} has no split {split!r}; it has: {', '.join(splits)}")
@@ -132,4 +138,4 @@ def build_dataset(config: DataConfig, split: str) -> Dataset[Any]:
         )
     dataset: Any = entry.component(config, split) if entry.info.get("builder") else _files(config, split)
     dataset.dataset_name, dataset.split = config.dataset, split
-    return cast(Dataset[Any], dataset)
+    return cast("Dataset[Any]", dataset)

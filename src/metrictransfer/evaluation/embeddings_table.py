@@ -30,14 +30,16 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from metrictransfer.errors import DataError, MissingFileError, OutputLocationError, is_output_problem, output_error
 from metrictransfer.io import atomic_write_text, current_umask, file_sha256, make_parent
+
+if TYPE_CHECKING:  # torch is imported where rows become tensors: reading a table (search) needs none
+    import torch
 
 TABLE_FORMAT = "metrictransfer embeddings table"
 TABLE_VERSION = 1
@@ -303,6 +305,8 @@ class TableRows:
     def __getitem__(self, indices: torch.Tensor | None) -> torch.Tensor:
         if indices is None:
             raise TypeError("the rows of an embeddings table are read by index: pass the items' positions")
+        import torch
+
         rows = np.ascontiguousarray(self.embeddings[indices.cpu().numpy()], dtype=np.float32)
         return torch.from_numpy(rows).to(indices.device)
 
@@ -312,4 +316,6 @@ def rows_by_index(embeddings: npt.NDArray[Any]) -> torch.Tensor | TableRows:
     (:class:`TableRows`), anything else becomes one float32 tensor."""
     if isinstance(embeddings, np.memmap):
         return TableRows(embeddings)
+    import torch
+
     return torch.from_numpy(np.asarray(embeddings)).float()

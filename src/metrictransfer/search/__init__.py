@@ -1,5 +1,25 @@
-"""Searching a gallery of images with a trained embedding model."""
+"""Searching a gallery of images with a trained embedding model.
 
-from metrictransfer.search.gallery import Gallery, Neighbour, build_index, list_images, model_fingerprint
+``build_index`` needs PyTorch and is imported on first use: searching an index does not load it."""
+
+from typing import TYPE_CHECKING, Any
+
+from metrictransfer.search.gallery import Gallery, Neighbour, list_images
+
+if TYPE_CHECKING:
+    from metrictransfer.search.build import build_index
+    from metrictransfer.search.checkpoint_model import model_fingerprint
 
 __all__ = ["Gallery", "Neighbour", "build_index", "list_images", "model_fingerprint"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "build_index":
+        from metrictransfer.search.build import build_index
+
+        return build_index
+    if name == "model_fingerprint":
+        from metrictransfer.search.checkpoint_model import model_fingerprint
+
+        return model_fingerprint
+    raise AttributeError(f"module 'metrictransfer.search' has no attribute {name!r}")

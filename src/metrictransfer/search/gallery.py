@@ -22,37 +22,23 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
-import torch
 
-from metrictransfer import __version__
 from metrictransfer.data.custom import QUOTED_ROWS, _is_image, _string_labels, rows_error
-from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
-from metrictransfer.errors import ConfigError, DataError, MissingFileError, SearchIndexError
-from metrictransfer.evaluation.embed import extract_embeddings
-from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings, save_embeddings
-from metrictransfer.evaluation.evaluate import with_test_transform
-from metrictransfer.evaluation.faiss_knn import flat_index
-from metrictransfer.io import atomic_write_text, file_sha256, staged_path
-from metrictransfer.output_folder import OutputLock, claim_output, remove_if_unused
-from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
+from metrictransfer.errors import ConfigError, DataError, MissingFileError, MissingPackageError, SearchIndexError
+from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings
+from metrictransfer.io import file_sha256
+from metrictransfer.output_folder import OutputLock
+from metrictransfer.search.onnx_model import OnnxQueryModel
 
 INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE = "index.json", "embeddings.npz", "faiss.index"
+QUERY_MODEL_FILE = "model.onnx"  # the run's model, exported for searching without PyTorch
 INDEX_FORMAT = 2  # 1 (no "index_format" key): no record of what embeddings.npz and faiss.index hold
 METRICS = ("euclidean", "cosine")
 FAISS_METRIC = {"euclidean": "METRIC_L2", "cosine": "METRIC_INNER_PRODUCT"}  # what flat_index builds
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's weights, in key order: which model built an index."""
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def list_images(source: str | Path) -> ImageIndex:
@@ -139,105 +125,14 @@ def contents_record(data: EmbeddingsFile, classes: list[str]) -> dict[str, Any]:
     }
 
 
-def build_index(
-    checkpoint: str | Path,
-    images: str | Path,
-    out: str | Path,
-    model_name: str | None = None,
-    device: str = "cpu",
-    batch_size: int = 128,
-    progress: bool = False,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Embed a gallery with a run's model and write the index folder; returns ``index.json``'s contents.
-
-    The folder is claimed before anything is embedded (:func:`~metrictransfer.output_folder.claim_output`): a
-    folder holding anything but an index is refused, an index is replaced only with ``overwrite``, and a
-    second build into the same folder is refused while this one holds its lock."""
-    model, config = load_embedding_model(checkpoint, name=model_name)
-    listed = list_images(images)
-    out = Path(out)
-    created = not out.exists()
-    # clear=False: the old index stays searchable until the new files replace it; index.json, written last,
-    # vouches for the others, so a build killed half-way leaves files that are refused, never mixed up.
-    lock = claim_output(out, "index", IndexLock(out), overwrite=overwrite, already_holds=_already_holds_index, clear=False)
-    failed = True
-    try:
-        # an unreadable file is an error naming it (an index holds every image it lists: none is skipped)
-        gallery = with_test_transform(ImageFolderDataset(listed, bad_hint=f"fix it or remove it from {images}"), config.data)
-        embeddings = extract_embeddings(model.to(device), gallery, batch_size, device, progress=progress)[0].numpy()
-        meta = _write_index(out, model, model_name, checkpoint, config.eval.metric, listed, embeddings)
-        failed = False
-        return meta
-    finally:
-        assert lock.manifest is not None
-        lock.manifest.record_present(after_failure=failed)  # what was written, even by a build that failed half-way
-        lock.release()
-        if failed and created:
-            remove_if_unused(out)
-
-
 class IndexLock(OutputLock):
     """The lock of an index folder while it is built."""
 
     activity = "index build"
 
 
-def _already_holds_index(folder: Path) -> str | None:
-    if not any((folder / name).exists() for name in (INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE)):
-        return None
-    return f"{folder} already holds a search index; choose another --out, or add --overwrite to replace it"
-
-
-def _write_index(
-    out: Path,
-    model: torch.nn.Module,
-    model_name: str | None,
-    checkpoint: str | Path,
-    metric: str,
-    listed: ImageIndex,
-    embeddings: np.ndarray,
-) -> dict[str, Any]:
-    paths = np.asarray([str((listed.root / p).resolve()) for p in listed.paths], dtype=str)
-    data = EmbeddingsFile(embeddings, listed.labels, paths, metric=metric)
-    save_embeddings(out / EMBEDDINGS_FILE, data)
-    meta = {
-        "index_format": INDEX_FORMAT,
-        "metrictransfer": __version__,
-        "checkpoint": str(resolve_checkpoint(checkpoint).resolve()),
-        "model": model_name,
-        "fingerprint": model_fingerprint(model),
-        "metric": metric,
-        "count": len(paths),
-        "dim": int(embeddings.shape[1]),
-        "classes": listed.classes,
-        "embeddings": contents_record(data, listed.classes),
-        "faiss": _write_faiss(embeddings, metric, out / FAISS_FILE),
-    }
-    atomic_write_text(json.dumps(meta, indent=2), out / INDEX_FILE)  # last: it vouches for the files above
-    return meta
-
-
-def _write_faiss(embeddings: np.ndarray, metric: str, path: Path) -> dict[str, Any] | bool:
-    """Write ``faiss.index`` (staged: a crash never leaves half of one) and return its record for
-    index.json; ``False`` without faiss."""
-    try:
-        import faiss
-    except ImportError:  # optional: exact search with torch instead
-        path.unlink(missing_ok=True)
-        return False
-    index = flat_index(embeddings.shape[1], metric)
-    index.add(np.ascontiguousarray(_for_metric(embeddings, metric), dtype=np.float32))
-    # Serialised here and written by Python: faiss.write_index reports a full disk at its final close only
-    # as a printed "close error", and returns as if the truncated file were whole.
-    with staged_path(path, size=int(embeddings.nbytes)) as staged:
-        staged.write_bytes(faiss.serialize_index(index).tobytes())
-        digest = file_sha256(staged)
-    names = {faiss.METRIC_L2: "METRIC_L2", faiss.METRIC_INNER_PRODUCT: "METRIC_INNER_PRODUCT"}
-    return {"file": FAISS_FILE, "ntotal": int(index.ntotal), "d": int(index.d), "metric_type": names[index.metric_type], "sha256": digest}
-
-
-def _for_metric(x: np.ndarray, metric: str) -> np.ndarray:
+def for_metric(x: np.ndarray, metric: str) -> np.ndarray:
+    """Rows as the faiss index holds them: unit length for cosine (inner product), as they are otherwise."""
     if metric == "cosine":
         return cast(np.ndarray, x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
     return x
@@ -252,12 +147,22 @@ class Neighbour:
     label: str | None
 
 
+class QueryModel(Protocol):
+    """What embeds the query images: the index's exported model, or the run's PyTorch model."""
+
+    def embed(self, paths: list[Path], bad_hint: str) -> np.ndarray: ...
+
+
 class Gallery:
     """An index folder loaded for searching, with the model that built it.
 
     Loading checks that the folder's files belong together and to the model (see the module's
     docstring): a :class:`MissingFileError` names a missing file, a :class:`SearchIndexError` names the
     file and what differs; both say how to rebuild the index.
+
+    Queries are embedded by the index's exported ``model.onnx`` when it has one and onnxruntime is
+    installed (no PyTorch loaded: a search answers in about a second), else by the run's checkpoint;
+    ``checkpoint`` given: by that run's model, which must be the one that built the index.
     """
 
     def __init__(self, index_dir: str | Path, checkpoint: str | Path | None = None, device: str = "cpu") -> None:
@@ -268,17 +173,18 @@ class Gallery:
         self.metric = self.meta["metric"]
         self.data = self._load_embeddings()
         self.faiss_index = self._load_faiss()
-        self.model, self.config = load_embedding_model(self.checkpoint, name=self.meta.get("model"))
-        if model_fingerprint(self.model) != self.meta["fingerprint"]:
-            raise SearchIndexError(
-                f"the index {index_dir} was built by a different model than {self.checkpoint} (its weights differ); {self._rebuild}"
-            )
-        if self.config.eval.metric != self.metric:
-            raise SearchIndexError(
-                f"{index_dir / INDEX_FILE} says metric {self.metric!r} but the model in "
-                f"{self.checkpoint} measures {self.config.eval.metric!r}; {self._rebuild}"
-            )
-        self.device = device
+        self.query_model = self._query_model(checkpoint, device)
+
+    def _query_model(self, checkpoint: str | Path | None, device: str) -> QueryModel:
+        exported = self.meta.get("query_model")
+        if checkpoint is None and exported and device in ("cpu", "auto"):
+            try:
+                return OnnxQueryModel(self.index_dir, exported, self._rebuild)
+            except MissingPackageError:
+                pass  # the run's own model gives the same embeddings, only slower to load
+        from metrictransfer.search.checkpoint_model import CheckpointQueryModel
+
+        return CheckpointQueryModel(self.checkpoint, self.meta.get("model"), self.meta, self.index_dir, self._rebuild, device)
 
     def _load_embeddings(self) -> EmbeddingsFile:
         file, record = self.index_dir / EMBEDDINGS_FILE, self.meta["embeddings"]
@@ -315,7 +221,7 @@ class Gallery:
         try:
             import faiss
         except ImportError:
-            return None  # exact search with torch gives the same neighbours
+            return None  # exact search with numpy gives the same neighbours
         try:
             index = faiss.read_index(str(file))
         except RuntimeError as err:
@@ -344,9 +250,10 @@ class Gallery:
     def label_name(self, label: int) -> str | None:
         return self.meta["classes"][label] if label >= 0 and self.meta["classes"] else None
 
-    def search(self, queries: list[str | Path], k: int = 10) -> list[list[Neighbour]]:
+    def search(self, queries: list[str | Path], k: int = 10, exclude_self: bool = False) -> list[list[Neighbour]]:
         """The k nearest gallery images of each query image, nearest first (all of them when the gallery
-        holds fewer than k)."""
+        holds fewer than k); ``exclude_self``: a query that is itself in the gallery (the same file) is left
+        out of its own results, which then still hold k others."""
         if k < 1:
             raise ConfigError(f"--k must be at least 1, got {k}")
         if not queries:
@@ -354,31 +261,39 @@ class Gallery:
         for q in queries:
             if not Path(q).is_file():
                 raise MissingFileError(f"query image not found: {q}")
-        listed = ImageIndex(Path("/"), [str(Path(q).resolve()) for q in queries], np.full(len(queries), -1), [])
-        images = with_test_transform(ImageFolderDataset(listed, bad_hint="fix it or leave it out of the queries"), self.config.data)
-        embedded = extract_embeddings(self.model.to(self.device), images, 128, self.device)[0].numpy()
-        distances, indices = self._knn(embedded, min(k, len(self.data.embeddings)))
+        resolved = [Path(q).resolve() for q in queries]
+        embedded = self.query_model.embed(resolved, "fix it or leave it out of the queries")
+        distances, indices = self._knn(embedded, min(k + int(exclude_self), len(self.data.embeddings)))
         paths = self.data.paths
         assert paths is not None  # _load_embeddings refused a file without them
-        return [
-            [Neighbour(str(paths[j]), float(d), self.label_name(int(self.data.labels[j]))) for d, j in zip(row_d, row_i)]
-            for row_d, row_i in zip(distances, indices)
-        ]
+        found = []
+        for query, row_d, row_i in zip(resolved, distances, indices):
+            row = [Neighbour(str(paths[j]), float(d), self.label_name(int(self.data.labels[j]))) for d, j in zip(row_d, row_i)]
+            if exclude_self:
+                row = [n for n in row if n.path != str(query)]
+            found.append(row[:k])
+        return found
 
     def _knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = _for_metric(queries, self.metric).astype(np.float32)
+        q = for_metric(queries, self.metric).astype(np.float32)
         if self.faiss_index is not None:
             scores, indices = self.faiss_index.search(np.ascontiguousarray(q), k)
             distances = np.sqrt(np.maximum(scores, 0)) if self.metric == "euclidean" else 1.0 - scores
             return distances, indices
-        g = torch.from_numpy(_for_metric(self.data.embeddings, self.metric).astype(np.float32))
-        qt = torch.from_numpy(q)
-        if self.metric == "euclidean":
-            d = torch.cdist(qt, g)
-        else:
-            d = 1.0 - qt @ g.t()
-        distances, indices = d.topk(k, dim=1, largest=False)
-        return distances.numpy(), indices.numpy()
+        return exact_knn(q, for_metric(self.data.embeddings, self.metric).astype(np.float32), k, self.metric)
+
+
+def exact_knn(queries: np.ndarray, gallery: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices of each query's k nearest gallery rows, nearest first, ties by index (what
+    faiss's flat index returns, without faiss; cosine rows are unit length already)."""
+    queries, gallery = queries.astype(np.float64), gallery.astype(np.float64)  # a self-match stays at 0, not 1e-4
+    if metric == "euclidean":  # |q|² + |g|² − 2 q·g, clipped at 0 against rounding
+        squared = (queries**2).sum(1, keepdims=True) + (gallery**2).sum(1) - 2 * queries @ gallery.T
+        distances = np.sqrt(np.maximum(squared, 0))
+    else:
+        distances = 1.0 - queries @ gallery.T
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(distances, order, axis=1), order
 
 
 def _rebuild_hint(index_dir: Path, checkpoint: str | Path | None) -> str:

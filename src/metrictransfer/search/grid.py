@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
 
-from metrictransfer.data.images import open_rgb8
+from metrictransfer.data.decode import open_rgb8
 from metrictransfer.search.gallery import Neighbour
 
 if TYPE_CHECKING:
