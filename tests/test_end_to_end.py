@@ -138,11 +138,11 @@ def test_table_collects_runs_and_averages_seeds(source_run, tmp_path, capsys):
     save_config(config.model_copy(update={"seed": config.seed + 1}), other / "config.yaml")
     assert main(["table", str(out), str(other), "--metrics", "recall@1,map@r"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "| dataset | target | method | n | seeds | R@1 | map@r |"
+    assert lines[0] == "| run | dataset | model | teacher | method | n | seeds | R@1 | map@r |"
     r1 = 100 * results["final"]["recall@1"]
     assert (
         lines[2]
-        == f"| glyphs | resnet10t 16-d | proxy_anchor (no transfer) | 2 | {config.seed}, {config.seed + 1} | "
+        == f"| {out.name}, other_seed | glyphs | resnet10t 16-d | – | proxy_anchor (no transfer) | 2 | {config.seed}, {config.seed + 1} | "
         + f"{r1:.1f} ± 0.0 | {100 * results['final']['map@r']:.1f} ± 0.0 |"
     )
     assert main(["table", str(out), str(out)]) == 0  # one run named twice is one run, not two seeds

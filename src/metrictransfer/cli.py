@@ -729,8 +729,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "table": Command(
         "final metrics of finished runs as one markdown table",
-        "The final metrics of finished runs (or of folders of them, a demo's say) as one markdown table; runs of "
-        "one configuration that differ only in the seed are one row (mean ± std).",
+        "The final metrics of finished runs (or of folders of them, a demo's say) as one markdown table in percent: "
+        "a row names its runs, dataset, model, the teacher it learned from and its method with the few settings "
+        "that tell it apart; runs of one configuration that differ only in the seed are one row (mean ± std).",
         "nothing; prints the table (--json: one JSON list, a record per run)",
         "guides/using-a-model.md",
     ),
@@ -1048,7 +1049,11 @@ def _add_table(table: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="run folders (holding results.json and config.yaml), or folders of them (a demo's, a study's)",
     )
-    table.add_argument("--metrics", type=lambda t: t.split(","), help="comma-separated keys (default: every recall@k)")
+    table.add_argument(
+        "--metrics",
+        type=lambda t: t.split(","),
+        help="comma-separated keys (default: every recall@k, and agreement@k for runs evaluated without labels)",
+    )
     _json(table, "print exactly one JSON list (the collected runs) instead of the table")
     table.set_defaults(func=cmd_table)
 
