@@ -187,7 +187,7 @@ def test_train_prints_a_line_for_people_by_default(tmp_path, monkeypatch):
     status, out, _ = _run(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")])
     assert status == 0
     assert out.splitlines()[-1] == (
-        f"{tmp_path / 'run'}: trained 1 epochs; final recall@1 0.5000, recall@2 0.7500; report: {tmp_path / 'run' / 'report.md'}"
+        f"{tmp_path / 'run'}: trained 1 epochs; final recall@1 50.0%, recall@2 75.0%; report: {tmp_path / 'run' / 'report.md'}"
     )
 
 

@@ -127,7 +127,9 @@ def _train_and_report(
                 )
             )
         else:
-            final = ", ".join(f"{key} {value:.4f}" for key, value in results["final"].items())
+            from metrictransfer.formatting import metrics_text
+
+            final = metrics_text(results["final"], ", ")
             print(f"{run_dir}: trained {results['epochs']} epochs; final {final}; report: {run_dir / 'report.md'}")
     return 0
 
@@ -482,9 +484,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     mode = "query vs gallery" if masks else "all vs all"
     print(f"{source}: {len(labels)} items, {mode}, {metric} distance")
+    from metrictransfer.formatting import percent
+
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
-        print(f"  {key:<{width}}  {value:.4f}")
+        print(f"  {key:<{width}}  {percent(value):>6}")
     return 0
 
 
@@ -695,7 +699,7 @@ COMMANDS: dict[str, Command] = {
         "Retrieval metrics of a run's model on its dataset's test split (--checkpoint), or of .npz embeddings "
         "files (--embeddings; several files: their ensemble): every item against all others, or queries "
         "against a gallery.",
-        "nothing; prints the metrics (--json: one JSON object)",
+        "nothing; prints the metrics in percent (--json: one JSON object, in fractions)",
         "guides/evaluation.md",
     ),
     "index": Command(

@@ -11,7 +11,7 @@ import torch
 
 from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
-from metrictransfer.engine.callbacks import DATA_BOUND_SHARE, Callback, DataWaitHint, data_wait_hint, epoch_line
+from metrictransfer.engine.callbacks import DATA_BOUND_SHARE, Callback, DataWaitHint, data_wait_hint, epoch_line, test_lines
 from metrictransfer.methods.source import SourceMethod
 
 TINY = {
@@ -210,3 +210,16 @@ def test_the_data_bound_hint_is_said_once_and_never_for_a_first_epoch_that_is_no
     alone.on_epoch_start(one_epoch, 0)
     alone.on_epoch_end(one_epoch, 0, {"epoch": 1, "data_wait": 0.3})
     assert "30% of epoch 1" in capsys.readouterr().out
+
+
+def test_epoch_and_test_lines_print_metrics_in_percent_as_reports_do():
+    # Bug caught: epoch lines printed fractions (recall@1 0.8731) where reports and table print percent (87.3).
+    config = _config(name="tiny")
+    row = {"epoch": 3, "loss": 0.25, "recall@1": 0.8731, "map@r": 0.5, "train_seconds": 2.0, "data_wait": 0.1}
+    assert epoch_line(config, row) == "[tiny] epoch 3/2  loss 0.2500  recall@1 87.3%  map@r 50.0%  2.0s (data wait 10%)"
+    assert epoch_line(config, {"epoch": 1, "loss": 0.5, "train_seconds": 1.0}) == "[tiny] epoch 1/2  loss 0.5000  1.0s"
+    results = {"final": {"recall@1": 0.5}, "best": {"metric": "recall@1", "epoch": 1, "test": {"recall@1": 0.625}}}
+    assert test_lines(config, results) == [
+        "[tiny] test split, final model (epoch 2):  recall@1 50.0%",
+        "[tiny] test split, best by validation recall@1, epoch 1:  recall@1 62.5%",
+    ]

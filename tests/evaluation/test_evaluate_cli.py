@@ -56,6 +56,18 @@ def test_query_gallery_and_table(tmp_path, capsys):
     assert code == 0 and "query vs gallery" in out and "map@r" in out and "recall@8" in out
 
 
+def test_the_printout_is_in_percent_and_the_json_in_fractions(tmp_path, capsys):
+    # Bug caught: evaluate printed fractions (0.8731) where reports and table print percent (87.3).
+    embeddings, labels = _data()
+    np.savez(tmp_path / "e.npz", embeddings=embeddings, labels=labels)
+    _, out, _ = _run(capsys, "--embeddings", str(tmp_path / "e.npz"), "--k", "1,2", "--json")
+    fractions = json.loads(out)
+    assert all(0 <= v <= 1 for v in fractions.values())
+    code, out, _ = _run(capsys, "--embeddings", str(tmp_path / "e.npz"), "--k", "1,2")
+    assert code == 0
+    assert out.splitlines()[1:] == [f"  {k:<11}  {f'{100 * v:.1f}%':>6}" for k, v in fractions.items()]
+
+
 def test_file_round_trip_keeps_every_array(tmp_path):
     embeddings, labels = _data(n=10)
     data = EmbeddingsFile(embeddings, labels, paths=np.array([f"img/{i}.jpg" for i in range(10)]), metric="cosine")

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from metrictransfer.config import RunConfig
 from metrictransfer.engine.logging import TensorBoardLog, plot_recall, primary_metric, write_csv
+from metrictransfer.formatting import metrics_text
 from metrictransfer.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -211,9 +212,12 @@ def curve(history: list[dict[str, Any]], metric: str = "recall@1") -> list[tuple
 
 def epoch_line(config: RunConfig, row: dict[str, Any]) -> str:
     parts = [f"[{config.name or config.method}] epoch {row['epoch']}/{config.optim.epochs}", f"loss {row.get('loss', float('nan')):.4f}"]
+    """The epoch's loss, its metrics in percent (as the report and ``table`` show them; log.csv keeps
+    fractions) and its seconds."""
     if row.get("evaluated_on") == "validation":
         parts.append("validation:")
-    parts += [f"{k} {v:.4f}" for k, v in metrics_of(row).items() if "/" not in k or k.endswith("/recall@1")]
+    metrics = metrics_text({k: v for k, v in metrics_of(row).items() if "/" not in k or k.endswith("/recall@1")})
+    parts += [metrics] if metrics else []
     seconds = f"{row['train_seconds']:.1f}s"
     if "data_wait" in row:  # rows of earlier versions have none
         seconds += f" (data wait {row['data_wait']:.0%})"
@@ -227,7 +231,7 @@ def test_lines(config: RunConfig, results: dict[str, Any]) -> list[str]:
     """The test split's metrics of a run with validation data: of the final model, and of the best one."""
 
     def shown(metrics: dict[str, float]) -> str:
-        return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/" not in k or k.endswith("/recall@1"))
+        return metrics_text({k: v for k, v in metrics.items() if "/" not in k or k.endswith("/recall@1")})
 
     name = config.name or config.method
     if not config.eval.test:
