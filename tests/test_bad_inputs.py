@@ -85,6 +85,17 @@ def _recipe_of_a_list(w: Path) -> list[str]:
 
 
 # (id, build the broken input → argv, one-line message pattern, exit status)
+def _big_batch(w: Path, *settings: str) -> list[str]:
+    return ["train", str(w / "recipe.yaml"), "--out", str(w / "new"), "--set", "data.classes_per_batch=500"] + [
+        arg for setting in settings for arg in ("--set", setting)
+    ]
+
+
+BIG_BATCH = (
+    r"a batch of 1000 images \(data\.classes_per_batch=500 × data\.images_per_class=2; drawn without labels\) does not fit "
+    r"the training split's \d+ images; the largest batch that fits: data\.classes_per_batch=\d+ with data\.images_per_class=2"
+)
+
 CASES: list[tuple[str, Callable[[Path], list[str]], str, int]] = [
     (
         "train into a finished run",
@@ -227,6 +238,13 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str, int]] = [
         r"no checkpoint at .*nothing",
         2,
     ),
+    (
+        "a label-free transfer batch larger than the training split (the issue's: named no key)",
+        lambda w: _big_batch(w, "method=transfer", f"transfer.source_checkpoint={w / 'run'}"),
+        BIG_BATCH,
+        2,
+    ),
+    ("a self-supervised batch larger than the training split", lambda w: _big_batch(w, "method=selfsup"), BIG_BATCH, 2),
     (
         "a class the dataset does not have",
         lambda w: [

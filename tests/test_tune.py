@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import signal
 import sqlite3
 import statistics
@@ -421,3 +422,27 @@ def test_the_guides_worked_example_is_a_valid_study():
     space = load_space(root / "recipes" / "tune" / "space_target.yaml", raw, str(recipe))
     assert space.keys == ["optim.lr", "metric_loss.params.margin", "model.embedding_dim"]
     assert "recipes/tune/space_target.yaml" in (root / "docs" / "guides" / "tune.md").read_text()
+
+
+def test_validation_on_one_class_is_refused_before_any_trial_and_by_train(tmp_path, capsys):
+    """Catches the issue's study: data.validation.classes=0.2 of 6 classes validated on one class, where
+    recall is 1.0 whatever the model, and every trial scored 1.0 (or, refused only inside the first trial,
+    a study folder left that the corrected recipe is refused in)."""
+    recipe, space = _write(tmp_path, data={**TINY["data"], "num_classes": 6, "classes_per_batch": 4, "validation": {"classes": 0.2}})
+    out = tmp_path / "study"
+    assert main(["tune", str(recipe), "--space", str(space), "--trials", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    refusal = r"data\.validation\.classes=0\.2 holds out 1 of 6 training classes \(\d+ images\): recall on one class is 1\.0"
+    assert err.count("\n") == 1 and re.search(refusal + r".*hold out at least 2 \(e\.g\. data\.validation\.classes=0\.34\)", err), err
+    assert not out.exists()
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2  # one rule for both
+    assert re.search(refusal, capsys.readouterr().err) and not (tmp_path / "run").exists()
+
+
+def test_a_small_validation_split_is_warned_about_once_at_the_start(tmp_path):
+    """Catches validation on a handful of classes (3 here) given without a word on how noisy it is."""
+    from metrictransfer.tuning.run import check_validation
+
+    with pytest.warns(UserWarning, match=r"data\.validation\.classes=0\.3 holds out 3 of 10 training classes .* noisy") as caught:
+        check_validation(build_config(TINY))
+    assert len(caught) == 1

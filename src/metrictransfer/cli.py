@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, NoReturn
 
 # Only light modules here: torch and the rest load inside the commands, where Ctrl-C is handled.
-from metrictransfer.errors import ConfigError, MetricTransferError, MissingFileError, is_output_problem, output_error
+from metrictransfer.errors import ConfigError, MetricTransferError, MissingFileError, command_options, is_output_problem, output_error
 
 if TYPE_CHECKING:
     import numpy as np
@@ -136,7 +136,7 @@ def _train_and_report(
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from metrictransfer.config import config_to_dict
-    from metrictransfer.distill import distill_config
+    from metrictransfer.distill import OPTIONS, distill_config
 
     config = distill_config(
         args.source,
@@ -164,7 +164,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("under torchrun give the run folder with --out: every process must write to the same one")
     run_dir = Path(args.out or f"runs/distill-{_timestamp()}")
-    return _train_and_report(args, config, run_dir, callbacks=None if args.json else [_resume_hint(run_dir)])
+    with command_options(OPTIONS):  # its errors name --source-weights, not the recipe key it sets
+        return _train_and_report(args, config, run_dir, callbacks=None if args.json else [_resume_hint(run_dir)])
 
 
 def _resume_hint(run_dir: Path) -> Any:
@@ -413,6 +414,16 @@ def _ensemble(files: list[EmbeddingsFile], paths: list[str]) -> torch.Tensor:
     return ensemble_embeddings([_tensor(f.embeddings) for f in files])
 
 
+def _recall_on_labelled_images(checkpoint: str) -> str:
+    """How to measure Recall@K of a run that has no labelled test split: embed labelled images (class
+    sub-folders, or a CSV of path,label) with ``index``, whose embeddings.npz ``evaluate --embeddings`` reads."""
+    return (
+        f"For Recall@K on labelled images: metrictransfer index --checkpoint {checkpoint} --images LABELLED_IMAGES --out INDEX_DIR "
+        "then metrictransfer evaluate --embeddings INDEX_DIR/embeddings.npz (LABELLED_IMAGES: a folder of class sub-folders or a "
+        "CSV of path,label); or train with eval.data (distill --eval-data)"
+    )
+
+
 def _tensor(array: np.ndarray) -> torch.Tensor:
     """An array as a tensor; a table's read-only memory map is read into memory first (torch warns of
     read-only arrays)."""
@@ -452,8 +463,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if config.eval.data is None and config.data.dataset == "unlabelled":
             raise ConfigError(
                 f"{args.checkpoint} trained on unlabelled images and has no labelled test split; its agreement with "
-                f"its source is in {Path(args.checkpoint) / 'results.json'}. For Recall@K embed labelled images: "
-                "metrictransfer embed --checkpoint RUN ... or train with eval.data (distill --eval-data)"
+                f"its source is in {Path(args.checkpoint) / 'results.json'}. {_recall_on_labelled_images(args.checkpoint)}"
             )
         data = embed_split(model, config, "test", args.device, progress=sys.stderr.isatty())
         source = f"{args.checkpoint}: {(config.eval.data or config.data).dataset} test split"

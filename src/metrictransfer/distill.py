@@ -24,6 +24,8 @@ DEFAULT_IMAGE_SIZE = 224
 DEFAULT_LR = 1e-4
 #: Share of the images held out, without labels, to report agreement with the source every epoch.
 AGREEMENT_HOLDOUT = 0.1
+#: The recipe keys that the command's own options set: its messages name the options (errors.command_options).
+OPTIONS = {"transfer.source.weights": "--source-weights", "model.weights": "--target-weights", "data.classes_per_batch": "--batch-size"}
 
 
 def data_section(path: str | Path, image_size: int, what: str) -> dict[str, Any]:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 
 class MetricTransferError(Exception):
@@ -77,6 +80,29 @@ class TrainingDivergedError(MetricTransferError, FloatingPointError):
     """The loss became non-finite; the last good checkpoint is kept."""
 
     exit_status = 1
+
+
+#: The running command's own options for recipe keys (see :func:`command_options`).
+_OPTIONS: ContextVar[Mapping[str, str] | None] = ContextVar("metrictransfer_command_options", default=None)
+
+
+@contextmanager
+def command_options(options: Mapping[str, str]) -> Iterator[None]:
+    """Within it, messages name the recipe keys of ``options`` by the command's option for each
+    (``metrictransfer distill`` builds its recipe from ``--source-weights``, ``--batch-size``, ...), so that
+    a message names what the user typed, not a key of a recipe they never wrote."""
+    token = _OPTIONS.set(options)
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
+
+
+def setting(key: str, value: object, sep: str = "=") -> str:
+    """``key`` set to ``value`` as a message says it: the running command's option (``--batch-size 48``)
+    when it has one for the key (:func:`command_options`), else the recipe key (``data.classes_per_batch=48``)."""
+    option = (_OPTIONS.get() or {}).get(key)
+    return f"{option} {value}" if option else f"{key}{sep}{value}"
 
 
 # errno values that mean "this place cannot take the file", not "metrictransfer has a bug".

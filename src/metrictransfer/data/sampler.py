@@ -8,7 +8,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from metrictransfer.data.multiview import SeededItem
-from metrictransfer.errors import ConfigError
+from metrictransfer.errors import ConfigError, setting
 
 
 def batch_misfit(classes_per_batch: int, images_per_class: int, sizes: Sequence[int] | np.ndarray) -> str:
@@ -32,15 +32,41 @@ def batch_misfit(classes_per_batch: int, images_per_class: int, sizes: Sequence[
     )
 
 
-def check_batch_fits(classes_per_batch: int, images_per_class: int, labels: Sequence[int] | np.ndarray) -> None:
-    """Refuse, before any model is built, a class-balanced batch that the training labels cannot fill:
-    ``classes_per_batch`` distinct classes that each have at least ``images_per_class`` images.
-    Unlabelled items (label -1) are not counted."""
+def check_batch_fits(classes_per_batch: int, images_per_class: int, labels: Sequence[int] | np.ndarray, by_class: bool = True) -> None:
+    """Refuse, before any model is built, a batch that the training labels cannot fill: ``by_class``,
+    ``classes_per_batch`` distinct classes that each have at least ``images_per_class`` images
+    (unlabelled items, label -1, are not counted); else ``classes_per_batch`` × ``images_per_class``
+    images drawn without looking at labels."""
     labels = np.asarray(labels)
+    if not by_class:
+        misfit = unlabelled_batch_misfit(classes_per_batch, images_per_class, len(labels))
+        if misfit is not None:
+            raise ConfigError(misfit)
+        return
     labels = labels[labels >= 0]
     sizes = np.unique(labels, return_counts=True)[1]
     if int((sizes >= images_per_class).sum()) < classes_per_batch:
         raise ConfigError(batch_misfit(classes_per_batch, images_per_class, sizes))
+
+
+def unlabelled_batch_misfit(classes_per_batch: int, images_per_class: int, items: int) -> str | None:
+    """The one-line message for a batch drawn without labels (``classes_per_batch`` × ``images_per_class``
+    images) that ``items`` training images cannot fill, with the largest batch that fits; None when it fits.
+    A batch of one image is refused too: the label-free losses compare the images of a batch."""
+    batch, k = classes_per_batch * images_per_class, images_per_class
+    if 2 <= batch <= items:
+        return None
+
+    def size(p: int, k: int, joint: str) -> str:  # as the recipe (or the command: distill's --batch-size) sets it
+        return setting("data.classes_per_batch", p) + (f"{joint}data.images_per_class={k}" if k > 1 or k != images_per_class else "")
+
+    asked = f"a batch of {batch} image{'s' if batch > 1 else ''} ({size(classes_per_batch, k, ' × ')}; drawn without labels)"
+    if batch < 2:
+        return f"{asked} has nothing to compare its image with: the smallest batch that works is {size(2, 1, ' with ')}"
+    if items < 2:
+        return f"{asked} does not fit the training split's {items} image: no batch fits; add images"
+    fits = size(items // k, k, " with ") if items // k * k >= 2 else size(items, 1, " with ")
+    return f"{asked} does not fit the training split's {items} images; the largest batch that fits: {fits}"
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
@@ -64,7 +90,9 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         if labels.ndim != 1 or len(labels) == 0:
             raise ConfigError("labels must be a non-empty 1-D sequence of class ids")
         if classes_per_batch < 1 or images_per_class < 1:
-            raise ConfigError(f"classes_per_batch and images_per_class must be >= 1, got {classes_per_batch} and {images_per_class}")
+            raise ConfigError(
+                f"data.classes_per_batch and data.images_per_class must be >= 1, got {classes_per_batch} and {images_per_class}"
+            )
         classes, inverse = np.unique(labels, return_inverse=True)
         if len(classes) < classes_per_batch:
             raise ConfigError(batch_misfit(classes_per_batch, images_per_class, np.bincount(inverse)))
@@ -123,8 +151,9 @@ class ShuffledBatchSampler(Sampler[list[int]]):
     last incomplete batch is dropped."""
 
     def __init__(self, num_items: int, batch_size: int, seed: int = 0) -> None:
-        if batch_size < 2 or num_items < batch_size:
-            raise ConfigError(f"need batches of at least 2 images from {num_items} images, got batch_size={batch_size}")
+        misfit = unlabelled_batch_misfit(batch_size, 1, num_items)  # the trainer checks P × K before (check_batch_fits)
+        if misfit is not None:
+            raise ConfigError(misfit)
         self.num_items, self.batch_size, self.seed, self.epoch = num_items, batch_size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -5,6 +5,8 @@ class for a classifier, and for unlabelled images, whose test is on images of th
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -14,6 +16,9 @@ from metrictransfer.data.holdout import LabelledSubset
 from metrictransfer.errors import ConfigError
 
 Unit = Literal["classes", "images"]
+
+#: Fewer validation classes than this give a noisy figure: a warning at the start (one class is refused).
+FEW_CLASSES = 5
 
 
 def validation_folds(ids: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -33,6 +38,9 @@ def split_validation(dataset: Any, config: ValidationConfig, unit: Unit) -> tupl
     if unit == "classes":
         held_classes = _validation_classes(dataset, labels, config)
         held = np.isin(labels, held_classes)
+        classes = len(np.unique(labels))
+        fewest = classes // config.folds if config.folds > 1 else len(held_classes)
+        check_validation_classes(config, fewest, classes, int(held.sum()))
         return LabelledSubset(dataset, np.flatnonzero(~held), relabel=True), LabelledSubset(dataset, np.flatnonzero(held))
     if isinstance(config.classes, list):
         raise ConfigError("data.validation.classes: a list of classes cannot hold out images of every class; give a share (e.g. 0.2)")
@@ -48,6 +56,31 @@ def split_validation(dataset: Any, config: ValidationConfig, unit: Unit) -> tupl
     held = np.zeros(len(labels), dtype=bool)
     held[np.concatenate(held_images).astype(np.int64)] = True
     return LabelledSubset(dataset, np.flatnonzero(~held)), LabelledSubset(dataset, np.flatnonzero(held))
+
+
+def check_validation_classes(config: ValidationConfig, held: int, classes: int, images: int) -> None:
+    """Refuse validation on one class (every image's neighbours are then of its class: recall 1.0 whatever
+    the model, so every epoch and trial looks perfect), and warn, once at the start, that fewer than
+    :data:`FEW_CLASSES` classes give a noisy figure. ``held``: the fewest of the ``classes`` training
+    classes that a run of this split validates on (its smallest fold); ``images``: this split's validation images."""
+    if config.folds > 1:
+        counts = (
+            f"data.validation.folds={config.folds} of {classes} training classes validates on as few as {held} "
+            f"(fold {config.fold}: {images:,} images)"
+        )
+        more = f"use at most {classes // 2} folds" if classes >= 4 else "add classes to the data"
+    else:
+        counts = f"data.validation.classes={config.classes} holds out {held} of {classes} training classes ({images:,} images)"
+        share = math.ceil(200 / classes) / 100
+        more = f"hold out at least 2 (e.g. data.validation.classes={share:g})" if classes >= 3 else "add classes to the data"
+    if held < 2:
+        raise ConfigError(f"{counts}: recall on one class is 1.0 whatever the model; {more}")
+    if held < FEW_CLASSES:
+        warnings.warn(
+            f"{counts}: recall on so few classes is noisy, its chance level high; hold out at least {FEW_CLASSES} "
+            "classes where the data allows, and compare runs on it with care",
+            stacklevel=3,
+        )
 
 
 def _validation_classes(dataset: Any, labels: np.ndarray, config: ValidationConfig) -> np.ndarray:

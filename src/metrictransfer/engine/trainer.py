@@ -304,6 +304,20 @@ def default_callbacks(config: RunConfig, ranks: distributed.Ranks, interactive: 
     return callbacks + [FinalFiles()]
 
 
+def split_training_data(config: RunConfig) -> tuple[Any, Dataset[Any] | None, Dataset[Any] | None]:
+    """(training images, held-out images of the training classes or None, validation part or None) of a
+    recipe's training split: what its runs train on and are evaluated on (``tune`` splits it once before
+    any trial, so that a split every trial would refuse is refused at once)."""
+    train_set = build_dataset(config.data, "train")
+    holdout = validation = None
+    if config.data.holdout_images > 0:
+        train_set, holdout = split_holdout(train_set, config.data.holdout_images)
+    if config.data.validation is not None:
+        unit = METHODS[config.method].validation_unit(config)
+        train_set, validation = split_validation(train_set, config.data.validation, unit)
+    return train_set, holdout, validation
+
+
 class Trainer:
     """One run: :meth:`setup` builds the method, data and optimisers; :meth:`resume` continues from the
     run's checkpoint; :meth:`fit` trains the remaining epochs, calling every callback's hooks; :meth:`step`
@@ -346,14 +360,12 @@ class Trainer:
         holdout = validation = None
         evaluated = train_set is None
         if evaluated:
-            train_set, holdout = self._training_set()
-            if config.data.validation is not None:
-                unit = METHODS[config.method].validation_unit(config)
-                train_set, validation = split_validation(train_set, config.data.validation, unit)
+            train_set, holdout, validation = split_training_data(config)
         labels = np.asarray(train_set.labels)
         # before any model is built (pretrained weights take minutes)
-        if METHODS[config.method].draws_by_class(config) and (labels >= 0).all():
-            check_batch_fits(config.data.classes_per_batch, config.data.images_per_class, labels)
+        by_class = METHODS[config.method].draws_by_class(config)
+        if not by_class or (labels >= 0).all():
+            check_batch_fits(config.data.classes_per_batch, config.data.images_per_class, labels, by_class)
         self.training_data = training_data_record(train_set, config.data)  # stored in every checkpoint
         self.method = self._new_method(train_set)
         # the test split is built here (its checks fail early) but, with validation data, read only after training
@@ -384,13 +396,6 @@ class Trainer:
         device = resolve_device(self.device_name)
         seed_everything(self.config.seed)
         return device
-
-    def _training_set(self) -> tuple[Any, Dataset[Any] | None]:
-        """(training images, held-out images of the training classes or None)."""
-        train_set = build_dataset(self.config.data, "train")
-        if self.config.data.holdout_images > 0:
-            return split_holdout(train_set, self.config.data.holdout_images)
-        return train_set, None
 
     def _cached(self, train_set: Any) -> MemoryCache:
         """The training images decoded once (``data.cache: memory``), said in one line."""

@@ -8,6 +8,9 @@ on when the user has no labelled images: retrieval with the target then returns 
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,6 +19,7 @@ from torch.utils.data import Dataset
 
 from metrictransfer.data.multiview import MultiViewDataset
 from metrictransfer.data.transforms import build_transform, feed_each
+from metrictransfer.errors import ConfigError
 from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.knn import pair_distances, prepare
 
@@ -24,6 +28,39 @@ Feed = tuple[int, str]
 
 #: Rows of the distance matrix computed at once (bounds memory at BLOCK × N distances).
 BLOCK = 1024
+
+#: Held-out sets of fewer images, or whose chance level k / (N - 1) is above NOISY_CHANCE, give a noisy
+#: agreement: a warning at the start.
+FEW_IMAGES = 100
+NOISY_CHANCE = 0.2
+
+
+def check_agreement_ranks(ks: Sequence[int], images: int, total: int, share: str, setting: str = "eval.agreement_at") -> None:
+    """Refuse agreement@k on ``images`` held-out images (of ``total``, held out by the ``share`` key, e.g.
+    ``data.holdout_images=0.1``) when k >= N - 1: every other image is then among both models' k nearest,
+    so agreement is 1.0 whatever the model. Warn, once at the start, when the set is small or its chance
+    level k / (N - 1) high: the figure then moves a lot with chance."""
+    k, n = max(ks), images
+    key = share.partition("=")[0]
+    held = f"{share} holds out {n:,} of {total:,} images"
+    if k >= n - 1:
+        wanted = k + 2
+        fraction = math.ceil(100 * wanted / total) / 100 if total else 1.0
+        fixes = [f"raise {key} (to {fraction:g})" if fraction < 1 else "add images"]
+        if n >= 3:
+            fixes.append(f"lower {setting} to at most {n - 2}")
+        raise ConfigError(
+            f"{setting} {k} on {n:,} held-out images measures nothing ({held}): every other image is among the "
+            f"{k} nearest, so agreement@{k} would be 1.0 whatever the model; hold out at least {wanted} images: "
+            f"{' or '.join(fixes)}, or evaluate on labelled images (eval.data; distill --eval-data)"
+        )
+    chance = k / (n - 1)
+    if n < FEW_IMAGES or chance > NOISY_CHANCE:
+        warnings.warn(
+            f"agreement@{k} on {n:,} held-out images is noisy ({held}): its chance level, {k}/{n - 1}, is "
+            f"{chance:.0%}; hold out more images (raise {key}, at least {FEW_IMAGES} images) or lower {setting}",
+            stacklevel=3,
+        )
 
 
 def nearest_neighbours(embeddings: torch.Tensor, k: int, metric: str) -> torch.Tensor:

@@ -19,10 +19,11 @@ from metrictransfer.config import DataConfig, RunConfig
 from metrictransfer.data.multiview import MultiViewDataset
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.transforms import build_transform
+from metrictransfer.evaluation.agreement import check_agreement_ranks
 from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile
 from metrictransfer.evaluation.kept_views import KeptViews
-from metrictransfer.evaluation.metrics import check_ranks, ensemble_embeddings, retrieval_metrics
+from metrictransfer.evaluation.metrics import check_ranks, ensemble_embeddings, most_negatives, retrieval_metrics
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.runtime import distributed
 from metrictransfer.runtime.device import resolve_device
@@ -105,25 +106,40 @@ def check_recall_ranks(config: RunConfig, sets: Mapping[str, Dataset[Any] | None
     its key: ``test``, ``validation``) cannot answer: recall there would be 1.0 whatever the model
     (:func:`~metrictransfer.evaluation.metrics.check_ranks`). Found only at the first evaluation, such a
     rank would end the run after its training, and a run's recipe cannot be changed on ``--resume``.
-    Unlabelled sets (evaluated by agreement with a source), and a ``method`` whose evaluation reports no
-    recall (a classifier's accuracy), have nothing to check."""
+    Unlabelled held-out images (evaluated by agreement with a source) get the same for
+    ``eval.agreement_at`` (:func:`~metrictransfer.evaluation.agreement.check_agreement_ranks`); a
+    ``method`` whose evaluation reports no recall (a classifier's accuracy) has nothing to check."""
     if not getattr(method, "reports_recall", True):
         return
     for name, dataset in sets.items():
         base: Any = dataset
         while base is not None and getattr(base, "labels", None) is None:  # through KeptViews and MultiViewDataset
             base = getattr(base, "dataset", None)
-        if base is None or (np.asarray(base.labels) < 0).any():
+        if base is None:
+            continue
+        labels = np.asarray(base.labels)
+        if (labels < 0).all():
+            total = len(getattr(base, "dataset", labels))  # the images they were held out of
+            check_agreement_ranks(config.eval.agreement_at, len(labels), total, _held_out_by(config, name))
+            continue
+        if (labels < 0).any():
             continue
         what = getattr(base, "dataset_name", None)
-        check_ranks(
-            config.eval.recall_at,
-            np.asarray(base.labels),
-            getattr(base, "is_query", None),
-            getattr(base, "is_gallery", None),
-            setting="eval.recall_at",
-            where=f"the {name} split" + (f" of {what}" if what else ""),
-        )
+        where, advice = f"the {name} split" + (f" of {what}" if what else ""), ""
+        is_query, is_gallery = getattr(base, "is_query", None), getattr(base, "is_gallery", None)
+        if name == "validation" and config.data.validation is not None:  # its size is the recipe's choice
+            where = f"the validation split ({len(np.unique(labels))} classes held out by {_held_out_by(config, name)})"
+            most = most_negatives(labels, is_query, is_gallery)
+            advice = f"use ranks of at most {most:,}, or hold out more classes (raise data.validation.classes)" if most else ""
+        check_ranks(config.eval.recall_at, labels, is_query, is_gallery, setting="eval.recall_at", where=where, advice=advice)
+
+
+def _held_out_by(config: RunConfig, name: str) -> str:
+    """The recipe setting that held out the ``name`` set (``test``: held-out images; ``validation``)."""
+    validation = config.data.validation
+    if name != "validation" or validation is None:
+        return f"data.holdout_images={config.data.holdout_images:g}"
+    return f"data.validation.folds={validation.folds}" if validation.folds > 1 else f"data.validation.classes={validation.classes}"
 
 
 def query_gallery_masks(dataset: Dataset[Any], indices: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrictransfer.errors import CheckpointError, MissingFileError
+from metrictransfer.errors import CheckpointError, MissingFileError, setting
 from metrictransfer.model_names import check_backbone_name
 from metrictransfer.models.bn_inception import BNInception, checkpoint_filter_fn
 
@@ -121,8 +121,8 @@ def create_backbone(backbone: str, pretrained: bool, in_chans: int = 3, weights_
             raise
         why = "HF_HUB_OFFLINE is set" if forced else f"{urlparse(hub).hostname} cannot be reached"
         raise MissingFileError(
-            f"the pretrained weights of backbone {backbone!r} are not in the local cache and {why}; set {weights_key}: "
-            "FILE (a local state dict) to train offline, or connect to download them"
+            f"the pretrained weights of backbone {backbone!r} are not in the local cache and {why}; set "
+            f"{setting(weights_key, 'FILE', ': ')} (a local state dict) to train offline, or connect to download them"
         ) from None
     finally:
         constants.HF_HUB_OFFLINE = before

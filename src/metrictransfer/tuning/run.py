@@ -13,7 +13,10 @@ from typing import Any, Literal
 import yaml
 
 from metrictransfer.config import RunConfig, apply_overrides, config_to_dict, load_config
+from metrictransfer.engine.trainer import split_training_data
 from metrictransfer.errors import ConfigError
+from metrictransfer.evaluation.evaluate import check_recall_ranks
+from metrictransfer.methods import METHODS
 from metrictransfer.tuning.final import run_final
 from metrictransfer.tuning.space import load_space
 from metrictransfer.tuning.study import (
@@ -73,6 +76,7 @@ def run_study(
     searched = load_space(space, raw, str(recipe))
     if metric is not None:
         check_metric_name(metric, config)
+    check_validation(config)
     out = Path(out)
     url = storage or f"sqlite:///{(out / DEFAULT_DB).resolve()}"
     name = study_name or out.resolve().name
@@ -117,6 +121,14 @@ def run_study(
         return result
     finally:
         optuna.logging.set_verbosity(verbosity)
+
+
+def check_validation(config: RunConfig) -> None:
+    """Split the recipe's training data as every trial will, before the study's folder is claimed: a
+    validation split that every trial would refuse (one class, ranks it cannot answer) is refused at
+    once, and a small one warned about once, rather than after a trial is recorded as failed."""
+    _, _, validation = split_training_data(config)
+    check_recall_ranks(config, {"validation": validation}, METHODS[config.method])
 
 
 def check_metric_name(metric: str, config: RunConfig) -> None:
