@@ -46,7 +46,10 @@ def check_agreement_ranks(ks: Sequence[int], images: int, total: int, share: str
     if k >= n - 1:
         wanted = k + 2
         fraction = math.ceil(100 * wanted / total) / 100 if total else 1.0
-        fixes = [f"raise {key} (to {fraction:g})" if fraction < 1 else "add images"]
+        if key.endswith(".folds"):  # a fold holds out 1/K of the images: fewer folds, larger ones
+            fixes = [f"lower {key}"]
+        else:
+            fixes = [f"raise {key} (to {fraction:g})" if fraction < 1 else "add images"]
         if n >= 3:
             fixes.append(f"lower {setting} to at most {n - 2}")
         raise ConfigError(
@@ -58,7 +61,8 @@ def check_agreement_ranks(ks: Sequence[int], images: int, total: int, share: str
     if n < FEW_IMAGES or chance > NOISY_CHANCE:
         warnings.warn(
             f"agreement@{k} on {n:,} held-out images is noisy ({held}): its chance level, {k}/{n - 1}, is "
-            f"{chance:.0%}; hold out more images (raise {key}, at least {FEW_IMAGES} images) or lower {setting}",
+            f"{chance:.0%}; hold out more images (at least {FEW_IMAGES}: {'lower' if key.endswith('.folds') else 'raise'} {key}) "
+            f"or lower {setting}",
             stacklevel=3,
         )
 
