@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from metrictransfer import __version__
 from metrictransfer.cli import COMMANDS, build_parser, main
@@ -257,7 +258,7 @@ def test_embed_prints_a_line_by_default_and_one_object_with_json(tiny, tmp_path)
                 "--out",
                 str(tmp / "index"),
             ],
-            {"out", "count", "dim", "metric", "classes", "faiss"},
+            {"out", "count", "dim", "metric", "classes", "faiss", "query_model"},
         ),
         (
             lambda run, tmp: ["export", "--checkpoint", str(run), "--format", "safetensors", "--out", str(tmp / "m.safetensors")],
@@ -374,3 +375,21 @@ def test_pretrained_weights_in_the_cache_load_offline(tmp_path, monkeypatch):
     shutil.rmtree(tmp_path / "hf")
     model = EmbeddingModel("resnet10t", 8, pretrained=True, weights=tmp_path / "local.pt")
     assert torch.equal(model.backbone.conv1[0].weight, weights["conv1.0.weight"])
+
+
+def test_commands_that_read_files_only_load_no_torch(tiny, tmp_path):
+    """table and data inspect answer in well under a second: no torch, torchvision or matplotlib loaded."""
+    run_dir = tiny[0]
+    folder = tmp_path / "photos"
+    for name in ("café crème", "tea"):
+        (folder / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8)).save(folder / name / f"{i}.jpg")
+    for argv in (["table", str(run_dir)], ["data", "inspect", "--dataset", "folder", "--root", str(folder)]):
+        code = (
+            f"import sys\nfrom metrictransfer.cli import main\nstatus = main({argv!r})\n"
+            "heavy = [m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules]\n"
+            "assert status == 0 and not heavy, (status, heavy)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{argv}: {done.stderr}"

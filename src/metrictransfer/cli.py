@@ -543,11 +543,14 @@ def cmd_index(args: argparse.Namespace) -> int:
                     "metric": meta["metric"],
                     "classes": len(meta["classes"]),
                     "faiss": bool(meta["faiss"]),
+                    "query_model": bool(meta["query_model"]),
                 }
             )
         )
         return 0
-    engine = "faiss" if meta["faiss"] else "exact (torch; pip install faiss-cpu for a faiss index)"
+    engine = "faiss" if meta["faiss"] else "exact (numpy; pip install faiss-cpu for a faiss index)"
+    if not meta["query_model"]:
+        engine += ", queries embedded by PyTorch (pip install onnx onnxruntime and rebuild for faster searches)"
     labels = f"{len(meta['classes'])} classes" if meta["classes"] else "no labels"
     print(f"{args.out}: {meta['count']} images, {meta['dim']}-d, {meta['metric']}, {labels}, search: {engine}")
     return 0
@@ -586,8 +589,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         from metrictransfer.engine.logging import figure_format
 
         figure_format(args.grid)  # a format matplotlib cannot write fails before the search, not after
-    gallery = Gallery(args.index, args.checkpoint, _device(args.device))
-    results = gallery.search(args.queries, args.k)
+    gallery = Gallery(args.index, args.checkpoint, args.device)  # resolved only if PyTorch embeds the queries
+    results = gallery.search(args.queries, args.k, exclude_self=args.exclude_self)
     query_labels = [_folder_label(q, gallery.meta["classes"]) for q in args.queries]
     if args.json:
         print(
@@ -716,13 +719,15 @@ COMMANDS: dict[str, Command] = {
         "embed a gallery of images with a run's model, for search",
         "Embed a gallery of images (a folder, sub-folders as classes, or a CSV of path[,label]) with a run's "
         "model, for metrictransfer search.",
-        "--out INDEX_DIR: embeddings.npz, index.json (and faiss.index when faiss is installed); prints what it holds "
+        "--out INDEX_DIR: embeddings.npz, index.json, model.onnx (the model, for fast searches; with onnx and onnxruntime "
+        "installed) and faiss.index (with faiss); prints what it holds "
         "(--json: one JSON object)",
         "guides/using-a-model.md",
     ),
     "search": Command(
         "the nearest gallery images of query images",
-        "The nearest gallery images of each query image, in an index built by metrictransfer index, embedded with the model that built it.",
+        "The nearest gallery images of each query image, in an index built by metrictransfer index, embedded with the model that "
+        "built it (its ONNX copy in the index: no PyTorch is loaded).",
         "nothing, or with --grid an image of the queries and their neighbours; prints the neighbours and their "
         "distances (--json: one JSON list, an entry per query)",
         "guides/using-a-model.md",
@@ -1027,11 +1032,19 @@ def _add_search(search: argparse.ArgumentParser) -> None:
     search.add_argument("queries", nargs="+", metavar="QUERY_IMAGE", help="image files to find neighbours of")
     search.add_argument("--index", required=True, metavar="INDEX_DIR", help="built by metrictransfer index")
     search.add_argument("--k", type=_positive_int, default=10, help="neighbours per query (default 10)")
-    search.add_argument("--checkpoint", help="the model's checkpoint, if it moved since the index was built")
+    search.add_argument(
+        "--checkpoint",
+        help="embed the queries with this run's PyTorch model, which must be the one that built the index (default: the "
+        "index's own model.onnx, loaded in well under a second; without one, the checkpoint the index names)",
+    )
+    search.add_argument("--exclude-self", action="store_true", help="leave a query that is itself in the gallery out of its own results")
     _json(search, "print exactly one JSON list (an entry per query: its label and neighbours) on stdout")
     search.add_argument("--grid", metavar="OUT.png", help="draw queries and neighbours (green: same class, red: other)")
     search.add_argument(
-        "--device", choices=DEVICES, default="auto", help="where to embed the queries (default auto: a GPU if there is one)"
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where to embed the queries (default auto: the CPU with the index's model.onnx, else a GPU if there is one)",
     )
     search.set_defaults(func=cmd_search)
 

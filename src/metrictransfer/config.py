@@ -10,6 +10,7 @@ earlier layout (``transfer.sigma``, ``metric_loss.miner_params``, ...) are read 
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,9 +59,16 @@ class Component(Strict):
         return {"name": raw} if isinstance(raw, str) else raw
 
 
+#: True while a run's recorded configuration is read back (:func:`load_run_config`): its components were
+#: checked when it trained, and importing them all again (torch, every loss) would make reading it slow.
+_RECORDED: ContextVar[bool] = ContextVar("recorded_configuration", default=False)
+
+
 def _component(spec: Component, registry: Registry[Any], what: str, where: str, filled: tuple[str, ...] = ()) -> Component:
     """Check a component's name and parameters against its registry (at load time, not at the first step);
     ``where``: its key, for the message."""
+    if _RECORDED.get():
+        return spec
     component = registry.get(_check_name(spec.name, registry, what))
     check_params(component, spec.params, f"{what} {spec.name!r}", f"{where}.params", filled=filled)
     return spec
@@ -548,6 +556,8 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _method_params(self) -> "RunConfig":
+        if _RECORDED.get():
+            return self
         params_model = getattr(METHODS.get(self.method), "params_model", None)
         if params_model is not None:
             try:
@@ -707,6 +717,16 @@ def read_yaml(path: str | Path, what: str = "a recipe") -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """The configuration a run recorded (its ``config.yaml``), read to describe the run (``table``): the
+    names and settings are validated, the components' constructors are not imported again."""
+    token = _RECORDED.set(True)
+    try:
+        return load_config(path)
+    finally:
+        _RECORDED.reset(token)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -19,6 +19,7 @@ from metrictransfer.config import RunConfig
 from metrictransfer.engine.logging import TensorBoardLog, plot_recall, primary_metric, write_csv
 from metrictransfer.formatting import metrics_text
 from metrictransfer.io import atomic_write_text
+from metrictransfer.registry import METHODS
 
 if TYPE_CHECKING:
     from metrictransfer.engine.trainer import Trainer
@@ -211,9 +212,9 @@ def curve(history: list[dict[str, Any]], metric: str = "recall@1") -> list[tuple
 
 
 def epoch_line(config: RunConfig, row: dict[str, Any]) -> str:
-    parts = [f"[{config.name or config.method}] epoch {row['epoch']}/{config.optim.epochs}", f"loss {row.get('loss', float('nan')):.4f}"]
     """The epoch's loss, its metrics in percent (as the report and ``table`` show them; log.csv keeps
     fractions) and its seconds."""
+    parts = [f"[{config.name or config.method}] epoch {row['epoch']}/{config.optim.epochs}", f"loss {row.get('loss', float('nan')):.4f}"]
     if row.get("evaluated_on") == "validation":
         parts.append("validation:")
     metrics = metrics_text({k: v for k, v in metrics_of(row).items() if "/" not in k or k.endswith("/recall@1")})
@@ -287,6 +288,7 @@ def validated_results(
     results: dict[str, Any] = {
         "name": config.name,
         "method": config.method,
+        "method_label": METHODS[config.method].label(config),  # what table prints, without importing the method again
         "epochs": config.optim.epochs,
         "selection": "validation",
         "final": final_test,
@@ -307,6 +309,7 @@ def run_results(config: RunConfig, history: list[dict[str, Any]]) -> dict[str, A
     return {
         "name": config.name,
         "method": config.method,
+        "method_label": METHODS[config.method].label(config),  # what table prints, without importing the method again
         "epochs": config.optim.epochs,
         "final": final,
         "best_epoch_selected_on_test_split": {

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any, cast
 
-from metrictransfer.config import RESUMABLE_KEYS, RunConfig, config_to_dict, load_config
+from metrictransfer.config import RESUMABLE_KEYS, RunConfig, config_to_dict, load_run_config
 from metrictransfer.errors import ConfigError, MissingFileError
 from metrictransfer.readback import read_results
 from metrictransfer.registry import METHODS
@@ -80,13 +80,13 @@ def collect_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
         config_file = run / "config.yaml"
         if not config_file.is_file():
             raise MissingFileError(f"{run} has results.json but no config.yaml: not a run folder metrictransfer wrote")
-        config = load_config(config_file)
+        config = load_run_config(config_file)
         records.append(
             {
                 "run": str(run),
                 "dataset": config.data.dataset,
                 "model": f"{config.model.backbone} {config.model.embedding_dim}-d",
-                "method": method_label(config),
+                "method": results.get("method_label") or method_label(config),
                 "source": _source_name(config),
                 "seed": config.seed,
                 "metrics": results["final"],
