@@ -8,7 +8,7 @@ module only defers a heavy dependency (``FUNCTION_LEVEL`` below says which and w
 layers too, so none hides a cycle. ``if TYPE_CHECKING:`` imports do not count.
 
     layer        packages                                      what they hold
-    base         metrictransfer errors io params registry output_folder readback formatting  the version, errors, atomic files, manifests, registries, metrics in percent
+    base         metrictransfer errors io params registry output_folder readback formatting  version, errors, files, manifests, registries
     config       normalization model_names config              input conventions and timm names, the recipe schema
     parts        data models losses                            datasets and samplers, backbones and embedding models, losses
     runtime      runtime                                       the device, torch.distributed helpers, checkpoint files, a run's model
