@@ -503,11 +503,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    from metrictransfer.data.inspect import format_report, inspect_dataset
+    from metrictransfer.data.inspect import advice, format_report, inspect_dataset
 
-    report = inspect_dataset(args.dataset, args.root, args.test_fraction)
+    report = inspect_dataset(args.dataset, args.root, args.test_fraction, decode=not args.no_decode)
     print(json.dumps(report) if args.json else format_report(report))
-    return 1 if any(s["missing_files"] or s["empty_files"] for s in report["splits"].values()) else 0
+    todo = advice(report)
+    if todo:
+        print(f"metrictransfer: {todo}", file=sys.stderr)
+    return 1 if todo else 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -689,9 +692,10 @@ COMMANDS: dict[str, Command] = {
         "guides/datasets.md",
     ),
     "data inspect": Command(
-        "images and classes per split; checks listed files exist",
-        "Count the images and classes of each split of a dataset and check that every image its annotation "
-        "files list exists and is not empty (no image is opened); exits 1 when files are missing or empty.",
+        "images and classes per split; finds missing and unreadable files",
+        "Count the images and classes of each split of a dataset, check that every image its annotation files "
+        "list exists and is not empty, and decode each one as training does (on every core; --no-decode: "
+        "only list them); exits 1 when files are missing, empty or unreadable, with one line saying what to do.",
         "nothing; prints a table of the splits (--json: one JSON object)",
         "guides/datasets.md",
     ),
@@ -927,6 +931,12 @@ def _add_data_inspect(inspect: argparse.ArgumentParser) -> None:
         type=float,
         default=0.5,
         help="folder/csv without a split column: the share of classes held out for test (default 0.5)",
+    )
+    inspect.add_argument(
+        "--no-decode",
+        action="store_true",
+        help="only list the files and check they exist and are not empty (seconds for 100k images); by default every "
+        "image is also decoded as training decodes it, on every core, to find truncated or corrupt files",
     )
     _json(inspect)
     inspect.set_defaults(func=cmd_data_inspect)

@@ -137,6 +137,8 @@ def test_data_inspect_json_and_missing_files(tmp_path, capsys):
         "first_missing": [],
         "empty_files": 0,
         "first_empty": [],
+        "unreadable_files": 0,
+        "first_unreadable": [],
     }
     assert report["splits"]["test"]["images"] == 18
     (root / "images" / "101.Bird_101" / "Bird_101_0000.jpg").unlink()
