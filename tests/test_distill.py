@@ -97,12 +97,12 @@ def test_distill_without_labels_reports_agreement_with_the_source(tmp_path, teac
     assert main(["evaluate", "--checkpoint", str(run)]) == 2
     err = capsys.readouterr().err
     assert "unlabelled images" in err
-    # its advice for Recall@K is commands that work (embed --checkpoint, advised before, refuses other images)
-    labelled, index = _photos(tmp_path / "labelled", seed=1), tmp_path / "index"
-    advised = re.findall(r"metrictransfer (index .*?) then metrictransfer (evaluate .*?) \(", err)
+    # its advice for Recall@K is commands that work: embed the labelled images, evaluate the file
+    labelled, embedded = _photos(tmp_path / "labelled", seed=1), tmp_path / "labelled.npz"
+    advised = re.findall(r"metrictransfer (embed .*?) then metrictransfer (evaluate .*?) \(", err)
     assert advised, err
     for command in advised[0]:
-        argv = command.replace("LABELLED_IMAGES", str(labelled)).replace("INDEX_DIR", str(index)).split()
+        argv = command.replace("LABELLED_IMAGES", str(labelled)).replace("FILE.npz", str(embedded)).split()
         assert main([*argv, "--json"]) == 0, argv
     assert 0.0 <= json.loads(capsys.readouterr().out.splitlines()[-1])["recall@1"] <= 1.0
 

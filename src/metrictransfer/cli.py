@@ -15,7 +15,7 @@ import traceback
 import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, NoReturn
 
 # Only light modules here: torch and the rest load inside the commands, where Ctrl-C is handled.
 from metrictransfer.errors import ConfigError, MetricTransferError, MissingFileError, command_options, is_output_problem, output_error
@@ -284,11 +284,18 @@ def _locked_run(run: Path) -> Iterator[None]:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     _check_embed_options(args)
-    from metrictransfer.evaluation.embed_to_file import check_output, embed_split_to_file
+    from functools import partial
+
+    from metrictransfer.evaluation.embed_to_file import check_output, embed_images_to_file, embed_split_to_file
     from metrictransfer.runtime import distributed
     from metrictransfer.runtime.device import resolve_device
 
     check_output(args.out, args.dtype, args.overwrite)  # before minutes of loading a model
+    if args.images:
+        listed, hint = _listed_images(args.images)  # a wrong path is said before a model loads, too
+        embed: Callable[..., Any] = partial(embed_images_to_file, images=listed, bad_hint=hint)
+    else:
+        embed = partial(embed_split_to_file, split=args.split or "test")
     with _json_only(args):
         if args.checkpoint:
             model, config, preprocess, record = _checkpoint_embedder(args)
@@ -296,12 +303,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
             model, config, preprocess, record = _timm_embedder(args)
         ranks, device_name = distributed.setup(args.device or config.device)  # under torchrun: this process's share
         try:
-            written = embed_split_to_file(
-                model,
-                config,
-                args.split,
-                args.out,
-                resolve_device(device_name),
+            written = embed(
+                model=model,
+                config=config,
+                out=args.out,
+                device=resolve_device(device_name),
                 preprocess=preprocess,
                 batch_size=args.batch_size,
                 dtype=args.dtype,
@@ -314,13 +320,29 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if not ranks.main:
         return 0
     items, dim = written.count, written.dim
+    what = {"images": args.images} if args.images else {"split": args.split or "test"}
     if args.json:
         form = "table" if written.table else "npz"
-        print(json.dumps({"out": str(args.out), "split": args.split, "items": items, "dim": dim, "format": form, "dtype": written.dtype}))
+        print(json.dumps({"out": str(args.out), **what, "items": items, "dim": dim, "format": form, "dtype": written.dtype}))
     else:
         table = f" ({written.dtype} table)" if written.table else ""
-        print(f"{args.out}: {items} items of the {args.split} split, {dim}-d embeddings{table}")
+        of = f"images of {args.images}" if args.images else f"items of the {what['split']} split"
+        print(f"{args.out}: {items} {of}, {dim}-d embeddings{table}")
     return 0
+
+
+def _listed_images(images: str) -> tuple[Any, str]:
+    """The images of --images (a folder, a CSV or one image file), and what to do about an unreadable one."""
+    from metrictransfer.search.gallery import list_images
+
+    source = Path(images)
+    if source.is_dir():
+        hint = f"fix it or remove it from {images}"
+    elif source.suffix.lower() == ".csv":
+        hint = f"fix it or remove its row from {images}"
+    else:
+        hint = "fix it or embed another image"
+    return list_images(source), hint
 
 
 _TIMM_OPTIONS = ("weights", "no_pretrained", "features", "image_size", "normalization", "recipe", "dataset", "root", "set")
@@ -328,6 +350,9 @@ _TIMM_OPTIONS = ("weights", "no_pretrained", "features", "image_size", "normaliz
 
 def _check_embed_options(args: argparse.Namespace) -> None:
     """What --checkpoint and --timm each take, before anything loads."""
+    if args.images and (args.dataset or args.split or args.root):
+        split = " and ".join(flag for flag, value in (("--dataset", args.dataset), ("--split", args.split), ("--root", args.root)) if value)
+        raise ConfigError(f"give --images (any images) or {split} (a dataset's split), not both")
     if args.checkpoint:
         given = [f"--{name.replace('_', '-')}" for name in _TIMM_OPTIONS if getattr(args, name)]
         if given:
@@ -335,8 +360,11 @@ def _check_embed_options(args: argparse.Namespace) -> None:
         return
     if args.model:
         raise ConfigError("--model picks a model of a run (--checkpoint); --timm names the model itself")
-    if not (args.recipe or args.dataset):
-        raise ConfigError("--timm embeds the data of a recipe or a dataset: give --recipe RECIPE.yaml or --dataset NAME [--root PATH]")
+    if not (args.recipe or args.dataset or args.images):
+        raise ConfigError(
+            "--timm embeds the data of a recipe or a dataset, or images: give --recipe RECIPE.yaml or --dataset NAME [--root PATH], "
+            "or --images PATH"
+        )
 
 
 def _checkpoint_embedder(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
@@ -416,10 +444,10 @@ def _ensemble(files: list[EmbeddingsFile], paths: list[str]) -> torch.Tensor:
 
 def _recall_on_labelled_images(checkpoint: str) -> str:
     """How to measure Recall@K of a run that has no labelled test split: embed labelled images (class
-    sub-folders, or a CSV of path,label) with ``index``, whose embeddings.npz ``evaluate --embeddings`` reads."""
+    sub-folders, or a CSV of path,label) into a file that ``evaluate --embeddings`` reads."""
     return (
-        f"For Recall@K on labelled images: metrictransfer index --checkpoint {checkpoint} --images LABELLED_IMAGES --out INDEX_DIR "
-        "then metrictransfer evaluate --embeddings INDEX_DIR/embeddings.npz (LABELLED_IMAGES: a folder of class sub-folders or a "
+        f"For Recall@K on labelled images: metrictransfer embed --checkpoint {checkpoint} --images LABELLED_IMAGES --out FILE.npz "
+        "then metrictransfer evaluate --embeddings FILE.npz (LABELLED_IMAGES: a folder of class sub-folders or a "
         "CSV of path,label); or train with eval.data (distill --eval-data)"
     )
 
@@ -700,15 +728,17 @@ COMMANDS: dict[str, Command] = {
         "guides/datasets.md",
     ),
     "embed": Command(
-        "embed a split with a run's model or a timm model",
-        "Embed one split of a dataset: with a run's model on the run's data (--checkpoint), or with any timm "
+        "embed a split or any images with a run's model or a timm model",
+        "Embed one split of a dataset, or any images (--images: a folder, sub-folders as classes, a CSV of "
+        "path[,label], or one image file): with a run's model on the run's data (--checkpoint), or with any timm "
         "model's own features (--timm, pretrained weights by default, --weights FILE offline) on the data of a "
         "recipe or --dataset, preprocessed by that data's test transform at the model's input size and "
         "normalisation. Under torchrun each process embeds its share of the images; the output holds every row "
-        "in the dataset's order.",
-        "--out FILE.npz: embeddings, labels and item names; any other --out: an embeddings table, a folder of "
-        "embeddings.npy, labels.npy, items.npy and meta.json, read memory-mapped (what evaluate --embeddings and "
-        "transfer.source_embeddings read); prints how many items and dimensions (--json: one JSON object)",
+        "in the dataset's (or the listing's) order.",
+        "--out FILE.npz: embeddings, labels and item names (of --images: each image's path, and its class where "
+        "known, else label -1); any other --out: an embeddings table, a folder of embeddings.npy, labels.npy, "
+        "items.npy and meta.json, read memory-mapped (what evaluate --embeddings and transfer.source_embeddings "
+        "read); prints how many items and dimensions (--json: one JSON object)",
         "guides/evaluation.md, guides/transfer.md (sources at scale)",
     ),
     "evaluate": Command(
@@ -953,7 +983,13 @@ def _add_embed(embed: argparse.ArgumentParser) -> None:
         help="embed with a timm model's own features (as transfer.source; e.g. vit_small_patch14_dinov2.lvd142m), "
         "on the data of --recipe or --dataset",
     )
-    embed.add_argument("--split", default="test", help="dataset split: train or test (default test)")
+    embed.add_argument("--split", help="dataset split: train or test (default test)")
+    embed.add_argument(
+        "--images",
+        metavar="PATH",
+        help="embed these images instead of a split: a folder (searched recursively; its sub-folders as classes when every "
+        "image is in one), a CSV of path[,label] (paths relative to its folder) or one image file",
+    )
     embed.add_argument("--model", help=f"with --checkpoint: {MODEL_HELP}")
     embed.add_argument(
         "--out",

@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 
 from metrictransfer import __version__
 from metrictransfer.config import DataConfig, RunConfig
+from metrictransfer.data.images import ImageFolderDataset
+from metrictransfer.data.index import ImageIndex
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.errors import ConfigError
 from metrictransfer.evaluation import embeddings_table
@@ -92,27 +94,88 @@ def embed_split_to_file(
 
     Under torchrun (an initialised process group) every process calls this with the same arguments and
     embeds its share. Rows follow the dataset's order; images skipped as unreadable have no row."""
-    out = Path(out)
     check_output(out, dtype, overwrite)
     data = split_data(config, split)
     dataset: Any = build_dataset(data, split)
-    views = with_test_transform(dataset, preprocess or data)
+    options = _Options(batch_size or config.eval.batch_size, config.data.num_workers, dtype, overwrite, progress, chunk_batches)
+    source = _Source(data.dataset, split, config.eval.metric, model_record)
+    return _embed_to_file(model, dataset, preprocess or data, source, Path(out), device, options)
+
+
+def embed_images_to_file(
+    model: nn.Module,
+    config: RunConfig,
+    images: ImageIndex,
+    out: str | os.PathLike[str],
+    device: torch.device,
+    *,
+    bad_hint: str,
+    preprocess: DataConfig | None = None,
+    batch_size: int | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    model_record: dict[str, Any] | None = None,
+    progress: bool = False,
+    chunk_batches: int = CHUNK_BATCHES,
+) -> Written:
+    """Embed any listed images (a folder, a CSV or one image file:
+    :func:`~metrictransfer.search.gallery.list_images`) into ``out`` as a split is embedded, so that
+    ``evaluate --embeddings`` reads it: each row's item name is its image's resolved path, its label the
+    image's class where known (-1 otherwise); no dataset or split is recorded, the rows being of neither.
+    Images get ``preprocess`` (default: the test transform of the run's training data). An unreadable
+    image is an error naming it and saying ``bad_hint``: the file holds every image listed."""
+    check_output(out, dtype, overwrite)
+    dataset: Any = ImageFolderDataset(images, bad_hint=bad_hint)
+    dataset.item_names = dataset.paths = [str((images.root / p).resolve()) for p in images.paths]  # names; reading uses images
+    options = _Options(batch_size or config.eval.batch_size, config.data.num_workers, dtype, overwrite, progress, chunk_batches)
+    source = _Source(None, None, config.eval.metric, model_record)
+    return _embed_to_file(model, dataset, preprocess or config.data, source, Path(out), device, options)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What the rows are, as the file records it."""
+
+    dataset: str | None
+    split: str | None
+    metric: str
+    model: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class _Options:
+    """How the rows are embedded and written."""
+
+    batch_size: int
+    num_workers: int
+    dtype: str
+    overwrite: bool
+    progress: bool
+    chunk_batches: int
+
+
+def _embed_to_file(
+    model: nn.Module, dataset: Any, preprocess: DataConfig, source: _Source, out: Path, device: torch.device, options: _Options
+) -> Written:
+    """Embed ``dataset`` into ``out``: by this process alone, or its share under torchrun."""
+    views = with_test_transform(dataset, preprocess)
     ranks = distributed.current()
     mine = range(ranks.rank, len(dataset), ranks.world)
     model = model.to(device)
     dim = int(cast(Any, model).embedding_dim)
-    batch_size = batch_size or config.eval.batch_size
     if not writes_table(out):
-        whole = _embed_whole(model, views, mine, config, split, batch_size, device, progress)
-        whole.model = model_record
+        whole = _embed_whole(model, views, mine, source, options, device)
+        whole.model = source.model
         if ranks.main:
             save_embeddings(out, whole)
         distributed.barrier()
         return Written(out, len(whole.labels), dim, "float32", table=False)
 
-    staging = _shared_staging(out, len(dataset), dim, dtype)
+    staging = _shared_staging(out, len(dataset), dim, options.dtype)
     try:
-        rows, labels = _embed_into(staging, model, views, mine, batch_size, device, config.data.num_workers, progress, chunk_batches)
+        rows, labels = _embed_into(
+            staging, model, views, mine, options.batch_size, device, options.num_workers, options.progress, options.chunk_batches
+        )
         if ranks.world > 1:
             rows, labels = (distributed.gather(t.to(device)).cpu() for t in (rows, labels))
         order = torch.argsort(rows)
@@ -121,44 +184,37 @@ def embed_split_to_file(
         if ranks.main:
             masks = _masks(dataset, kept)
             meta = {
-                "dataset": data.dataset,
-                "split": split,
-                "metric": config.eval.metric,
-                "model": model_record,
+                "dataset": source.dataset,
+                "split": source.split,
+                "metric": source.metric,
+                "model": source.model,
                 "written_by": f"metrictransfer {__version__}",
             }
             items = np.asarray(dataset.item_names, dtype=str)[kept]
-            embeddings_table.finish_table(staging, out, kept, kept_labels, items, meta, masks, overwrite)
+            embeddings_table.finish_table(staging, out, kept, kept_labels, items, meta, masks, options.overwrite)
         distributed.barrier()
     except BaseException:
         if ranks.main:
             embeddings_table.remove_staging(staging)
         raise
-    return Written(out, len(kept), dim, dtype, table=True)
+    return Written(out, len(kept), dim, options.dtype, table=True)
 
 
 def _embed_whole(
-    model: nn.Module,
-    views: Dataset[Any],
-    mine: range,
-    config: RunConfig,
-    split: str,
-    batch_size: int,
-    device: torch.device,
-    progress: bool,
+    model: nn.Module, views: Dataset[Any], mine: range, source: _Source, options: _Options, device: torch.device
 ) -> EmbeddingsFile:
     """Every row in memory (an .npz is written whole), gathered from all processes in the dataset's order."""
     world = distributed.current().world
     shard = Subset(views, mine) if world > 1 else views
     embeddings, labels, indices = extract_embeddings(
-        model, shard, batch_size, device, config.data.num_workers, progress=progress, return_indices=True
+        model, shard, options.batch_size, device, options.num_workers, progress=options.progress, return_indices=True
     )
     if world > 1:
         embeddings, labels, indices = (distributed.gather(t.to(device)).cpu() for t in (embeddings, labels, indices))
         order = torch.argsort(indices)
         embeddings, labels, indices = embeddings[order], labels[order], indices[order]
     dataset: Any = getattr(views, "dataset", views)
-    return rows_file(dataset, embeddings, labels, indices, split_data(config, split).dataset, split, config.eval.metric)
+    return rows_file(dataset, embeddings, labels, indices, source.dataset, source.split, source.metric)
 
 
 def _masks(dataset: Any, rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -189,10 +189,17 @@ def split_data(config: RunConfig, split: str) -> DataConfig:
 
 
 def rows_file(
-    dataset: Any, embeddings: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, dataset_name: str, split: str, metric: str
+    dataset: Any,
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    dataset_name: str | None,
+    split: str | None,
+    metric: str,
 ) -> EmbeddingsFile:
     """The embedded rows of ``dataset`` (``indices``: each row's item; skipped images have none) as an
-    :class:`EmbeddingsFile` naming each row's item, path and query/gallery role."""
+    :class:`EmbeddingsFile` naming each row's item, path and query/gallery role (``dataset_name`` and
+    ``split`` None: images of no dataset, which must name their own paths)."""
     rows = indices.numpy()
     paths = getattr(dataset, "paths", None)
     if paths is None:  # as files of earlier versions named glyphs; ``items`` identifies them fully

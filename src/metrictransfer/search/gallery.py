@@ -43,8 +43,11 @@ FAISS_METRIC = {"euclidean": "METRIC_L2", "cosine": "METRIC_INNER_PRODUCT"}  # w
 
 def list_images(source: str | Path) -> ImageIndex:
     """Images of a folder (searched recursively; labelled by their top-level sub-folder when every image
-    is in one) or of a CSV with a ``path`` column (relative to the CSV's folder) and optional ``label``."""
+    is in one), of a CSV with a ``path`` column (relative to the CSV's folder) and optional ``label``, or
+    one image file (unlabelled): what a user points a command at, whichever of the three it is."""
     source = Path(source)
+    if source.is_file() and _is_image(source.name):
+        return _labelled(source.parent, [source.name], None)
     if source.is_dir():
         paths = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file() and _is_image(p.name))
         if not paths:
@@ -52,9 +55,9 @@ def list_images(source: str | Path) -> ImageIndex:
         names = [p.split("/")[0] if "/" in p else None for p in paths]
         return _labelled(source, paths, None if None in names else cast(list[str], names))
     if not source.exists():
-        raise MissingFileError(f"{source} does not exist: expected a folder of images or a .csv file listing them")
+        raise MissingFileError(f"{source} does not exist: expected a folder of images, a .csv file listing them or an image file")
     if source.suffix.lower() != ".csv":
-        raise ConfigError(f"{source} is neither a folder of images nor a .csv file listing them")
+        raise ConfigError(f"{source} is neither a folder of images nor a .csv file listing them, nor an image file (.jpg, .png, …)")
     return _read_csv(source)
 
 
