@@ -25,6 +25,7 @@ import yaml
 from metrictransfer.cli import main
 from metrictransfer.config import build_config
 from metrictransfer.errors import ConfigError, MissingFileError, RunExistsError
+from metrictransfer.formatting import percent
 from metrictransfer.methods import METHODS
 from metrictransfer.tuning import Pruning, load_space, run_study
 
@@ -201,10 +202,11 @@ def study(tmp_path_factory):
     return recipe, space, out, result
 
 
-def test_a_study_writes_its_best_recipe_tables_and_plots(study):
+def test_a_study_writes_its_best_recipe_tables_and_plots(study, capsys, monkeypatch):
     """Catches a best.yaml that is not the best trial's recipe (or does not load), a value read from the
-    wrong number (the test split, the last epoch), and missing or incomplete tables and plots."""
-    recipe, _, out, result = study
+    wrong number (the test split, the last epoch), missing or incomplete tables and plots, and fractions
+    where a person reads (best.yaml's header, trials.md, the command's summary; trials.csv keeps them)."""
+    recipe, space, out, result = study
     assert result["trials"] == {"wanted": 3, "counted": 3, "complete": 3, "pruned": 0, "failed": 0}
     trials = _study(out).get_trials()
     best = max(trials, key=lambda t: t.value)
@@ -219,14 +221,27 @@ def test_a_study_writes_its_best_recipe_tables_and_plots(study):
         assert results["selection"] == "validation"
         assert trial.value == results["best"]["validation"]["recall@1"]
     text = (out / "best.yaml").read_text()
-    assert "the test split was not used to choose it" in text and f"Trial {best.number}: recall@1 {best.value:.4f}" in text
+    assert "the test split was not used to choose it" in text and f"Trial {best.number}: recall@1 {percent(best.value)}" in text
     loaded = build_config(yaml.safe_load(text))
     assert loaded.optim.lr == pytest.approx(best.params["optim.lr"]) and loaded.model.embedding_dim == best.params["model.embedding_dim"]
     assert loaded.data.validation is not None and loaded.data.validation.classes == 0.3  # the recipe's protocol, unchanged
     assert loaded.name is None and loaded.threads == 1
     rows = (out / "trials.csv").read_text().splitlines()
     assert rows[0] == "number,state,value,optim.lr,model.embedding_dim,seconds,note,folder" and len(rows) == 4
-    assert f"Best: trial {best.number}" in (out / "trials.md").read_text()
+    assert {float(row.split(",")[2]) for row in rows[1:]} == {t.value for t in trials}  # fractions, as Optuna stores them
+    markdown = (out / "trials.md").read_text()
+    assert f"Best: trial {best.number}, recall@1 {percent(best.value)} (best.yaml)." in markdown
+    for trial in trials:
+        value = percent(trial.value) if trial.number != best.number else f"**{percent(trial.value)}**"
+        assert f"| {trial.number} | complete | {value} |" in markdown
+    monkeypatch.setattr("metrictransfer.tuning.study.train", lambda *a, **k: pytest.fail("a finished study trained again"))
+    capsys.readouterr()
+    assert main(["tune", str(recipe), "--space", str(space), "--trials", "3", "--out", str(out)]) == 0
+    summary = capsys.readouterr().out.strip()
+    assert summary == (
+        f"{out}: 3/3 trials done (3 complete, 0 pruned, 0 failed); best trial {best.number}: recall@1 {percent(best.value)} "
+        f"(validation); {out}/best.yaml"
+    )
     for plot in ("history.png", "importances.png"):
         assert (out / plot).stat().st_size > 1000, plot
 
@@ -260,7 +275,7 @@ def test_rerunning_a_finished_study_trains_nothing_and_another_study_is_refused(
         run_study(recipe, space, 3, recipe.parent)  # a folder of other things is never a study's
 
 
-def test_final_evaluates_the_test_split_once_per_seed(study, monkeypatch):
+def test_final_evaluates_the_test_split_once_per_seed(study, monkeypatch, capsys):
     """Catches final runs that keep the validation classes out of training, evaluate the test split every
     epoch (or select an epoch on it), or train again when rerun."""
     recipe, space, out, _ = study
@@ -296,6 +311,10 @@ def test_final_evaluates_the_test_split_once_per_seed(study, monkeypatch):
     test = [final["runs"][s]["test"]["recall@1"] for s in ("0", "1")]
     assert final["mean"]["recall@1"] == pytest.approx(statistics.fmean(test))
     assert "± " in (out / "final.md").read_text() and (out / "final.json").is_file()
+    assert f"validation data (recall@1 {percent(final['value'])})" in (out / "final.md").read_text()
+    printed = capsys.readouterr().out
+    for seed, value in zip((0, 1), test):
+        assert f"final run, seed {seed}: test split recall@1 {percent(value)}" in printed, printed
     test_evaluations.clear()
     run_study(recipe, space, 3, out, final_seeds=[0, 1])  # finished final runs are kept, not retrained
     assert test_evaluations == []
@@ -320,7 +339,7 @@ class Scripted(optuna.samplers.BaseSampler):
         return self.values[trial.number][name]
 
 
-def test_pruning_stops_a_hopeless_trial_after_its_first_epoch(tmp_path, monkeypatch):
+def test_pruning_stops_a_hopeless_trial_after_its_first_epoch(tmp_path, monkeypatch, capsys):
     """Catches a pruner that is never told the validation metric, a pruned trial that trains on, and a
     pruned trial that is not counted. The hopeless learning rate's validation recall is set to 0 here, so
     that which trial is below the median does not depend on what two tiny runs happen to learn."""
@@ -335,14 +354,20 @@ def test_pruning_stops_a_hopeless_trial_after_its_first_epoch(tmp_path, monkeypa
     monkeypatch.setattr(method, "evaluate", evaluate)
     out = tmp_path / "study"
     sampler = Scripted([{"optim.lr": 3e-3}, {"optim.lr": 1e-9}])
+    capsys.readouterr()
     result = run_study(recipe, space, 2, out, pruning=Pruning(startup=1, warmup=0), sampler=sampler)
+    complete = _study(out).get_trials()[0].value
+    lines = capsys.readouterr().out.splitlines()  # a line per trial, in percent as epoch lines (Optuna keeps fractions)
+    assert lines[0].startswith(f"trial 0 complete: recall@1 {percent(complete)} | best {percent(complete)} (trial 0) | optim.lr=0.003 |")
+    assert lines[1].startswith(f"trial 1 pruned after epoch 1 (recall@1 0.0%) | best {percent(complete)} (trial 0) | optim.lr=1e-09 |")
     assert result["trials"] == {"wanted": 2, "counted": 2, "complete": 1, "pruned": 1, "failed": 0}
     assert _states(out) == {0: "COMPLETE", 1: "PRUNED"}
     pruned = out / "trials" / "trial-0001"
     assert len((pruned / "log.csv").read_text().splitlines()) == 2  # header and epoch 1: epoch 2 never trained
     assert not (pruned / "results.json").exists()
     assert ",PRUNED,0.0," in (out / "trials.csv").read_text()
-    assert "pruned after epoch 1" in (out / "trials.md").read_text()
+    assert "| 1 | pruned | 0.0% | 1e-09 |" in (out / "trials.md").read_text()
+    assert "pruned after epoch 1: recall@1 0.0% is below the median" in (out / "trials.md").read_text()
     assert "importances.png not drawn: the space has a single key" in result["notes"]
 
 

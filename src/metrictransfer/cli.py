@@ -211,6 +211,7 @@ def _already_finished(run_dir: Path, results: dict[str, Any], epochs: int, as_js
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from metrictransfer.formatting import percent
     from metrictransfer.tuning import Pruning, run_study
 
     if args.seeds is not None and not args.final:
@@ -242,7 +243,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if best is None:
         print(f"{args.out}: {done}; no trial complete, no best.yaml")
     else:
-        print(f"{args.out}: {done}; best trial {best['trial']}: {result['metric']} {best['value']:.4f} (validation); {args.out}/best.yaml")
+        value = f"{result['metric']} {percent(best['value'])} (validation)"
+        print(f"{args.out}: {done}; best trial {best['trial']}: {value}; {args.out}/best.yaml")
     for note in result["notes"]:
         print(f"note: {note}", file=sys.stderr)
     if "final" in result:
@@ -797,7 +799,7 @@ COMMANDS: dict[str, Command] = {
         "all training classes and evaluates the test split once per seed.",
         "--out DIR: study.json, study.db, trials/trial-NNNN/ (run folders), best.yaml, trials.csv, trials.md, "
         "history.png, importances.png; with --final, final/seed-S/, final.md and final.json; prints a line per "
-        "finished trial and a summary (--json: one JSON object)",
+        "finished trial and a summary, in percent (--json: one JSON object, in fractions)",
         "guides/tune.md",
     ),
 }

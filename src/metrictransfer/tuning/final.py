@@ -19,6 +19,7 @@ from metrictransfer.config import RunConfig, build_config, config_to_dict, resum
 from metrictransfer.engine.run_folder import finished_run
 from metrictransfer.engine.trainer import train
 from metrictransfer.errors import ConfigError
+from metrictransfer.formatting import metrics_text, percent
 from metrictransfer.io import atomic_write_text
 from metrictransfer.tuning.summary import best_recipe, best_trial
 
@@ -62,8 +63,7 @@ def run_final(study: optuna.Study, plan: Plan, seeds: list[int]) -> dict[str, An
             with contextlib.redirect_stdout(sys.stderr):  # epoch lines: stderr, as the trials'
                 results = train(config, folder, resume=resume, overwrite=not resume, progress=False)
         runs[str(seed)] = {"folder": str(folder), "test": results["final"]}
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in results["final"].items())
-        plan.echo(f"final run, seed {seed}: test split {shown}")
+        plan.echo(f"final run, seed {seed}: test split {metrics_text(results['final'], ', ')}")
     summary = _summary(runs)
     record = {
         "best_trial": best.number,
@@ -103,7 +103,7 @@ def final_markdown(record: dict[str, Any], plan: Plan) -> str:
     lines = [
         f"# Study {plan.study_name}: the best configuration on the test split",
         "",
-        f"Trial {record['best_trial']} ({values}) was chosen on the validation data ({record['metric']} {record['value']:.4f}). "
+        f"Trial {record['best_trial']} ({values}) was chosen on the validation data ({record['metric']} {percent(record['value'])}). "
         f"Retrained without data.validation, on every training class, once per seed; each run evaluated the test "
         "split once, at its end. Test metrics (%):",
         "",

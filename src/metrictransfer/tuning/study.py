@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from metrictransfer.config import RunConfig, build_config, resume_differences
-from metrictransfer.engine.callbacks import Callback, selection_key
+from metrictransfer.engine.callbacks import Callback
 from metrictransfer.engine.interrupt import TrainingInterrupted
+from metrictransfer.engine.results import selection_key
 from metrictransfer.engine.trainer import train
 from metrictransfer.errors import (
     ConfigError,
@@ -41,6 +42,7 @@ from metrictransfer.errors import (
     RunExistsError,
     TrainingDivergedError,
 )
+from metrictransfer.formatting import percent
 from metrictransfer.io import atomic_write_text
 from metrictransfer.tuning.space import SearchSpace, set_key, with_values
 
@@ -436,7 +438,7 @@ class PruneCallback(Callback):
         self.metric = selection_key(trainer.config, trainer.method.output, trainer.history)
         self.trial.report(float(row[self.metric]), self.offset + epoch)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}: {self.metric} {row[self.metric]:.4f} is below the median")
+            raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}: {self.metric} {percent(row[self.metric])} is below the median")
 
 
 class StudyInterrupted(TrainingInterrupted):
@@ -528,18 +530,19 @@ def _finish(
 
 
 def progress_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, wanted: int) -> str:
-    """One line per finished trial: its state and value, the best so far, its values, its time."""
+    """One line per finished trial: its state and value, the best so far (in percent, as epoch lines; the
+    storage keeps fractions), its values, its time."""
     metric = trial.user_attrs.get("metric") or "value"
     if trial.state == TrialState.COMPLETE:
-        what = f"complete: {metric} {trial.value:.4f}"
+        what = f"complete: {metric} {percent(float(trial.value or 0))}"  # a complete trial's: never None
     elif trial.state == TrialState.PRUNED:
-        last = f" ({metric} {trial.value:.4f})" if trial.value is not None else ""
+        last = f" ({metric} {percent(trial.value)})" if trial.value is not None else ""
         what = f"{trial.user_attrs.get('note', 'pruned').split(':')[0]}{last}"
     else:
         what = f"failed: {trial.user_attrs.get('note', '')}"
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     best = max(complete, key=lambda t: float(t.value or -math.inf), default=None)
-    best_text = f"best {best.value:.4f} (trial {best.number})" if best is not None else "no trial complete yet"
+    best_text = f"best {percent(float(best.value or 0))} (trial {best.number})" if best is not None else "no trial complete yet"
     shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     done = counts(study)["counted"]
     return f"trial {trial.number} {what} | {best_text} | {shown} | {trial.user_attrs.get('seconds', 0):.1f} s | {done}/{wanted} done"

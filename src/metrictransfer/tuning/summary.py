@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from metrictransfer.engine.logging import save_figure, write_csv  # noqa: E402
+from metrictransfer.formatting import percent  # noqa: E402
 from metrictransfer.io import atomic_write_text  # noqa: E402
 from metrictransfer.tuning.space import with_values  # noqa: E402
 from metrictransfer.tuning.study import Plan, counts  # noqa: E402
@@ -100,10 +101,11 @@ def best_recipe(plan: Plan, best: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 def best_recipe_text(plan: Plan, best: optuna.trial.FrozenTrial, metric: str) -> str:
     folds = f" (mean of {plan.folds} folds)" if plan.folds > 1 else ""
+    value = percent(float(best.value or 0))  # a complete trial's: never None
     values = ", ".join(f"{k}: {_cell(v)}" for k, v in best.params.items())
     header = [
         f"# metrictransfer tune: the best trial of study {plan.study_name!r} ({plan.out}), from {plan.recipe_name}.",
-        f"# Trial {best.number}: {metric} {best.value:.4f} on the validation data (data.validation) at its best epoch{folds}.",
+        f"# Trial {best.number}: {metric} {value} on the validation data (data.validation) at its best epoch{folds}.",
         "# Chosen on the validation data only: the test split was not used to choose it.",
         f"# The study's values: {values}",
         "# `metrictransfer train` of this file repeats the trial; `metrictransfer tune ... --final` retrains it on all",
@@ -131,12 +133,12 @@ def trials_markdown(
         "",
     ]
     if best is not None:
-        lines += [f"Best: trial {best.number}, {metric} {best.value:.4f} (best.yaml).", ""]
+        lines += [f"Best: trial {best.number}, {metric} {percent(float(best.value or 0))} (best.yaml).", ""]
     keys = plan.space.keys
     lines.append("| trial | state | value | " + " | ".join(f"`{k}`" for k in keys) + " | seconds | note |")
     lines.append("|---:|---|---:|" + "---|" * len(keys) + "---:|---|")
     for t in trials:
-        value = "" if t.value is None else f"{t.value:.4f}"
+        value = "" if t.value is None else percent(t.value)  # trials.csv keeps the fraction
         if best is not None and t.number == best.number:
             value = f"**{value}**"
         cells = [_cell(t.params.get(k, "")) for k in keys]
