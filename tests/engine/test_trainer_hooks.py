@@ -11,7 +11,7 @@ import torch
 
 from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
-from metrictransfer.engine.callbacks import DATA_BOUND_SHARE, Callback, DataWaitHint, data_wait_hint, epoch_line, test_lines
+from metrictransfer.engine.callbacks import DATA_BOUND_SHARE, Callback, DataWaitHint, data_wait_hint, epoch_line, final_test_lines
 from metrictransfer.methods.source import SourceMethod
 
 TINY = {
@@ -219,7 +219,7 @@ def test_epoch_and_test_lines_print_metrics_in_percent_as_reports_do():
     assert epoch_line(config, row) == "[tiny] epoch 3/2  loss 0.2500  recall@1 87.3%  map@r 50.0%  2.0s (data wait 10%)"
     assert epoch_line(config, {"epoch": 1, "loss": 0.5, "train_seconds": 1.0}) == "[tiny] epoch 1/2  loss 0.5000  1.0s"
     results = {"final": {"recall@1": 0.5}, "best": {"metric": "recall@1", "epoch": 1, "test": {"recall@1": 0.625}}}
-    assert test_lines(config, results) == [
+    assert final_test_lines(config, results) == [
         "[tiny] test split, final model (epoch 2):  recall@1 50.0%",
         "[tiny] test split, best by validation recall@1, epoch 1:  recall@1 62.5%",
     ]

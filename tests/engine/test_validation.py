@@ -178,7 +178,7 @@ def test_a_run_told_not_to_test_never_reads_the_test_split(tmp_path):
 
 
 def test_a_cohort_is_chosen_by_its_output_member_unless_told_otherwise():
-    from metrictransfer.engine.callbacks import selection_key
+    from metrictransfer.engine.results import selection_key
 
     rows = [{"epoch": 1, "evaluated_on": "validation", "member0/recall@1": 0.4, "ensemble/recall@1": 0.5, "recall@1": 0.5}]
     assert selection_key(_config(), "member0", rows) == "member0/recall@1"

@@ -25,7 +25,6 @@ from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, 
 from metrictransfer.data.validation import split_validation
 from metrictransfer.data.workers import loader_workers
 from metrictransfer.engine.callbacks import (
-    BEST_NAME,
     BestModel,
     Callback,
     Checkpoints,
@@ -35,17 +34,10 @@ from metrictransfer.engine.callbacks import (
     FinalFiles,
     ProgressBar,
     TensorBoard,
-    best_row,
-    curve,
-    curves,
-    epoch_line,
-    metrics_of,
-    run_results,
-    selection_key,
-    validated_results,
 )
 from metrictransfer.engine.interrupt import GracefulStop, ReportInterrupted, TrainingInterrupted
-from metrictransfer.engine.logging import primary_metric, write_csv  # write_csv looked up here when a run starts (tests replace it)
+from metrictransfer.engine.logging import write_csv  # write_csv looked up here when a run starts (tests replace it)
+from metrictransfer.engine.results import BEST_NAME, best_row, metrics_of, run_results, selection_key, validated_results
 from metrictransfer.engine.run_folder import RunLock, claim_run_folder
 from metrictransfer.errors import CheckpointError, ConfigError, DamagedCheckpointError, TrainingDivergedError
 from metrictransfer.evaluation.evaluate import check_recall_ranks
@@ -731,16 +723,6 @@ def _train(
     return trainer.fit()
 
 
-def _restore(out: Path, config: RunConfig, method: Method, updater: Updater) -> dict[str, Any] | None:
-    """Load the newest readable checkpoint of ``out`` into the method and updater; None when the run
-    has none yet (it starts from scratch). A damaged newest file falls back to an older kept one."""
-    state = _resumable_state(out, config)
-    if state is None:
-        return None
-    _load_training_state(state, method, updater)
-    return {"history": state["history"], "position": state["position"]}
-
-
 def _resumable_state(out: Path, config: RunConfig) -> dict[str, Any] | None:
     """The newest readable checkpoint of ``out``, refused when another version or configuration wrote it."""
     found = _newest_readable(out)
@@ -798,7 +780,3 @@ def _non_finite_message(epoch: int, batch: int, step: int, logs: dict[str, float
         f"non-finite loss at step {step} (epoch {epoch + 1}, batch {batch + 1}): {terms}; {last}. "
         "Lower optim.lr or set optim.grad_clip, check the data, or skip such steps with --on-nan skip"
     )
-
-
-# the run's results, computed by the callbacks module (names kept for callers of earlier versions)
-_results, _primary, _curves, _curve, _epoch_line, _metrics_of = (run_results, primary_metric, curves, curve, epoch_line, metrics_of)
