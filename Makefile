@@ -29,7 +29,7 @@ lint: $(STAMP)
 # Every GPU path in one command (tests, throughput tables, a Table 1 smoke run; about 10 min on one H100).
 # DRY=1: the same scripts at toy sizes on the CPU (what CI runs, so they cannot rot).
 gpu-check: $(STAMP)
-	@$(BIN)/python benchmarks/gpu_check.py $(if $(filter 1 yes true,$(DRY)),--dry)
+	@$(BIN)/python -m benchmarks.gpu_check $(if $(filter 1 yes true,$(DRY)),--dry)
 
 # The documentation site (docs/), offline; fails on any warning. SITE=DIR to build elsewhere.
 docs: $(STAMP)

@@ -1,6 +1,6 @@
 """Does the decoded-image cache change what the models learn? The demo's source and transfer, each way.
 
-    .venv/bin/python benchmarks/cache_quality.py [--seeds 0 1] [--side 96] [--threads 2]
+    .venv/bin/python -m benchmarks.cache_quality [--seeds 0 1] [--side 96] [--threads 2]
 
 ``data.cache: memory`` crops the training views from images shrunk to a short side of image_size × 256/224
 instead of from the files' own pixels. Here the demo's glyphs are written as JPEG class folders at
@@ -13,19 +13,14 @@ benchmarks/results/cache_quality.md and .json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_name  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.common import parser, write_results
 
 
 def write_glyph_folders(root: Path, side: int) -> tuple[list[str], list[str]]:
@@ -50,13 +45,12 @@ def write_glyph_folders(root: Path, side: int) -> tuple[list[str], list[str]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--side", type=int, default=96)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--epochs-scale", type=float, default=1.0, help="shorten the runs (a quick check of this script)")
-    parser.add_argument("--name", default="cache_quality")
-    args = parser.parse_args()
+    options = parser(__doc__, name="cache_quality")
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    options.add_argument("--side", type=int, default=96)
+    options.add_argument("--threads", type=int, default=2)
+    options.add_argument("--epochs-scale", type=float, default=1.0, help="shorten the runs (a quick check of this script)")
+    args = options.parse_args()
 
     from metrictransfer.config import build_config, config_to_dict
     from metrictransfer.demo import demo_configs
@@ -90,13 +84,11 @@ def main() -> int:
         spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
         return f"{statistics.mean(values):.1f}{spread}"
 
-    record = {"cpu": cpu_name(), "args": vars(args), "runs": runs}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "# Decoded-image cache: what the models learn",
         "",
         f"The demo's glyphs as JPEG folders at {args.side} × {args.side} px, trained at 32 px; the demo's source and its "
-        + f"relaxed-contrastive transfer, each way; seeds {', '.join(map(str, args.seeds))}; CPU: {cpu_name()}, "
+        + f"relaxed-contrastive transfer, each way; seeds {', '.join(map(str, args.seeds))}; "
         + f"{args.threads} threads. Recall@1 on the test classes, read from the files (mean ± standard deviation).",
         "",
         "| data.cache | source R@1 | transfer R@1 (from the source trained the same way) |",
@@ -111,9 +103,8 @@ def main() -> int:
             f"| {r['seed']} | {r['cache']} | {100 * r['source_recall@1']:.1f} | {100 * r['target_transfer_recall@1']:.1f} | "
             f"{r['source_seconds']:.0f} | {r['target_transfer_seconds']:.0f} |"
         )
-    lines += ["", f"Rerun: `.venv/bin/python benchmarks/cache_quality.py --seeds {' '.join(map(str, args.seeds))}`"]
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    rerun = f"cache_quality --seeds {' '.join(map(str, args.seeds))}"
+    write_results(args.name, lines, {"args": vars(args), "runs": runs}, rerun=rerun)
     return 0
 
 

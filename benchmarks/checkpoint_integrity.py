@@ -5,24 +5,19 @@ The state is a training checkpoint of the given backbone with a 512-d head and A
 copies of the weights, as ``checkpoint.pt`` holds them). Times are medians of --repeats runs, measured
 side by side in one process; the file goes to --work (a temporary folder by default: its disk matters).
 
-    .venv/bin/python benchmarks/checkpoint_integrity.py [--backbone resnet50] [--repeats 5]
+    .venv/bin/python -m benchmarks.checkpoint_integrity [--backbone resnet50] [--repeats 5]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import tempfile
 from pathlib import Path
 
 import torch
-from common import median_seconds
 
+from benchmarks.common import median_seconds, parser, write_results
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.runtime.checkpoint import FORMAT_VERSION, atomic_save, content_digest, load_checkpoint, save_checkpoint
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def training_state(backbone: str) -> dict:
@@ -35,12 +30,11 @@ def training_state(backbone: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--work", help="folder for the checkpoint files (default: a temporary folder)")
-    parser.add_argument("--name", default="checkpoint_integrity")
-    args = parser.parse_args()
+    options = parser(__doc__, name="checkpoint_integrity")
+    options.add_argument("--backbone", default="resnet50")
+    options.add_argument("--repeats", type=int, default=5)
+    options.add_argument("--work", help="folder for the checkpoint files (default: a temporary folder)")
+    args = options.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="checkpoint_integrity-"))
     state = training_state(args.backbone)
@@ -58,9 +52,7 @@ def main() -> None:
     lines = [
         f"# Verified checkpoints: what the checksum costs ({args.backbone}, 512-d head, AdamW state, {megabytes:.0f} MB)",
         "",
-        f"Command: `.venv/bin/python benchmarks/checkpoint_integrity.py --backbone {args.backbone} --repeats {args.repeats}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"files in {'a temporary folder' if not args.work else args.work}; medians of {args.repeats} runs",
+        f"Files in {'a temporary folder' if not args.work else args.work}; medians of {args.repeats} runs",
         "",
         "| operation | seconds |",
         "|---|---:|",
@@ -69,15 +61,8 @@ def main() -> None:
         f"Writing with the checksum takes {write_ratio:.2f}× a plain atomic save; loading with verification "
         f"{load_ratio:.2f}× a plain weights-only load.",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.name}.json").write_text(
-        json.dumps(
-            {"backbone": args.backbone, "megabytes": megabytes, "seconds": rows, "write_ratio": write_ratio, "load_ratio": load_ratio},
-            indent=2,
-        )
-    )
-    print("\n".join(lines))
+    record = {"backbone": args.backbone, "megabytes": megabytes, "seconds": rows, "write_ratio": write_ratio, "load_ratio": load_ratio}
+    write_results(args.name, lines, record, rerun=f"checkpoint_integrity --backbone {args.backbone} --repeats {args.repeats}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Transfer between classifiers on the demo data: cross-entropy alone vs + relaxed contrastive vs + Hinton.
 
-    .venv/bin/python benchmarks/classifier_transfer.py [--seeds 0] [--work runs/classifier_transfer]
+    .venv/bin/python -m benchmarks.classifier_transfer [--seeds 0] [--work runs/classifier_transfer]
 
 The 70 training classes of glyphs, 20 % of each class's images held out (the same images for every run).
 Teacher: ResNet-18-D classifier, 16 epochs. Students: ResNet-10t, 10 epochs, trained with cross-entropy
@@ -11,15 +11,11 @@ the script runs again. Writes benchmarks/results/classifier_transfer.md and .jso
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
-from common import mean_std, train_once
-
+from benchmarks.common import mean_std, parser, train_once, write_results
 from metrictransfer.demo import DEMO_DATA
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DATA = {**DEMO_DATA, "views": 1, "holdout_images": 0.2}
 TEACHER = {"backbone": "resnet18d", "epochs": 16}
 STUDENTS = {
@@ -46,10 +42,10 @@ def run(raw: dict, out: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--work", default="runs/classifier_transfer")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--seeds", type=int, nargs="+", default=[0])
+    options.add_argument("--work", default="runs/classifier_transfer")
+    args = options.parse_args()
     work = Path(args.work)
     accuracy: dict[str, list[float]] = {}
     for seed in args.seeds:
@@ -70,11 +66,8 @@ def main() -> None:
         "|---|---:|",
     ]
     lines += [f"| {name} | {mean_std(values)} |" for name, values in accuracy.items()]
-    lines += ["", f"Rerun: `.venv/bin/python benchmarks/classifier_transfer.py --seeds {' '.join(map(str, args.seeds))}`"]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "classifier_transfer.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "classifier_transfer.json").write_text(json.dumps({"args": vars(args), "accuracy": accuracy}, indent=2) + "\n")
-    print("\n".join(lines))
+    rerun = f"classifier_transfer --seeds {' '.join(map(str, args.seeds))}"
+    write_results("classifier_transfer", lines, {"args": vars(args), "accuracy": accuracy}, rerun=rerun)
 
 
 if __name__ == "__main__":

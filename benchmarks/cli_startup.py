@@ -1,6 +1,6 @@
 """How long each command takes to answer on a small input, start-up included, and whether it loads PyTorch.
 
-    .venv/bin/python benchmarks/cli_startup.py [--repeats 5]
+    .venv/bin/python -m benchmarks.cli_startup [--repeats 5]
 
 Builds, in a temporary folder, a tiny finished run (the glyphs demo data, ResNet-10t, one epoch) and a
 ResNet-50 checkpoint (512-d, 224 px; untrained weights: only the time matters), a gallery of 60 PNG
@@ -18,9 +18,6 @@ answers one query in under 2 s on 2 cores, model and index loading included.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -30,10 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cpu_name
 from PIL import Image
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.common import parser, write_results
+
 TINY = {
     "name": "tiny",
     "data": {"num_classes": 4, "classes_per_batch": 4, "images_per_class": 2, "views": 2, "image_size": 32},
@@ -124,19 +121,18 @@ def loads_torch(command: list[str]) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--repeats", type=int, default=5)
+    args = options.parse_args()
     script = shutil.which("metrictransfer", path=str(Path(sys.executable).parent)) or "metrictransfer"
     work = Path(tempfile.mkdtemp(prefix="mt-startup-"))
     try:
-        lines = run_all(args, script, work)
+        run_all(args, script, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("\n".join(lines))
 
 
-def run_all(args: argparse.Namespace, script: str, work: Path) -> list[str]:
+def run_all(args: argparse.Namespace, script: str, work: Path) -> None:
     files = prepare(work, script)
     table = commands(script, files)
     seconds: dict[str, list[float]] = {name: [] for name in table}
@@ -148,7 +144,7 @@ def run_all(args: argparse.Namespace, script: str, work: Path) -> list[str]:
     lines = [
         "# Command-line start-up, per command",
         "",
-        f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; median of {args.repeats} interleaved runs "
+        f"Median of {args.repeats} interleaved runs "
         "in fresh processes, as the installed console script runs them (start-up, model and index loading included); "
         "a tiny run (ResNet-10t, 16-d, 32 px) and a ResNet-50 (512-d, 224 px), each with an index of the same 60 PNG files.",
         "",
@@ -166,14 +162,9 @@ def run_all(args: argparse.Namespace, script: str, work: Path) -> list[str]:
         "`search` embeds its queries with the index's `model.onnx` (written by `index`, checked against the PyTorch "
         "model) through onnxruntime, so it loads no PyTorch; `--checkpoint` embeds them with the run's PyTorch model, "
         "which loads torch and torchvision first.",
-        "",
-        f"Rerun: `.venv/bin/python benchmarks/cli_startup.py --repeats {args.repeats}`",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cli_startup.md").write_text("\n".join(lines) + "\n")
-    record = {"args": vars(args), "cpu": cpu_name(), "seconds": seconds, "loads_torch": torch_loaded}
-    (RESULTS / "cli_startup.json").write_text(json.dumps(record, indent=2) + "\n")
-    return lines
+    record = {"args": vars(args), "seconds": seconds, "loads_torch": torch_loaded}
+    write_results("cli_startup", lines, record, rerun=f"cli_startup --repeats {args.repeats}")
 
 
 if __name__ == "__main__":

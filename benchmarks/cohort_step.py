@@ -1,6 +1,6 @@
 """What one cohort training step costs against its members' standalone steps (demo data, CPU).
 
-    .venv/bin/python benchmarks/cohort_step.py [--steps 12] [--rounds 3] [--backbone resnet10t]
+    .venv/bin/python -m benchmarks.cohort_step [--steps 12] [--rounds 3] [--backbone resnet10t]
 
 A step here is everything the trainer does per batch: draw the batch (decode + augment), forward, loss,
 backward and the optimiser updates, through the trainer's own loader and Updater. Measured side by side
@@ -17,19 +17,13 @@ benchmarks/results/cohort_step.md and .json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
-import common
-import torch
-
+from benchmarks import common
+from benchmarks.common import parser, write_results
 from metrictransfer.demo import DEMO_DATA
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BASE = {"name": "triplet", "params": {"margin": 0.2}, "miner": "distance_weighted"}
 
 
@@ -59,11 +53,11 @@ class Stepper(common.Stepper):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per round and setting")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--backbone", default="resnet10t")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--steps", type=int, default=12, help="timed steps per round and setting")
+    options.add_argument("--rounds", type=int, default=3)
+    options.add_argument("--backbone", default="resnet10t")
+    args = options.parse_args()
 
     settings = {
         "member 0 alone": raw_config(args.backbone, "source"),
@@ -90,8 +84,7 @@ def main() -> None:
     lines = [
         f"# Cohort step vs standalone steps (K = 2, {args.backbone} 32-d, demo data, batch 45 × 2 images × 2 views)",
         "",
-        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, {platform.processor() or platform.machine()}; "
-        f"median over {args.rounds} interleaved rounds of {args.steps} steps; a step includes loading the batch.",
+        f"Median over {args.rounds} interleaved rounds of {args.steps} steps; a step includes loading the batch.",
         "",
         "| setting | seconds per step | ÷ sum of the members alone |",
         "|---|---:|---:|",
@@ -102,13 +95,9 @@ def main() -> None:
     lines += [
         "",
         f"Sum of the members alone: {alone:.3f} s per step. Goal: every cohort ratio ≤ 1.10.",
-        "",
-        f"Rerun: `.venv/bin/python benchmarks/cohort_step.py --steps {args.steps} --rounds {args.rounds} --backbone {args.backbone}`",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cohort_step.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "cohort_step.json").write_text(json.dumps({"args": vars(args), "seconds": times, "median": median}, indent=2) + "\n")
-    print("\n".join(lines))
+    rerun = f"cohort_step --steps {args.steps} --rounds {args.rounds} --backbone {args.backbone}"
+    write_results("cohort_step", lines, {"args": vars(args), "seconds": times, "median": median}, rerun=rerun)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,92 @@
-"""Helpers shared by the benchmark scripts (run as `python benchmarks/NAME.py`, so this folder is on sys.path)."""
+"""The benchmarks' harness and shared helpers. Every benchmark runs from the repository root as
+``.venv/bin/python -m benchmarks.NAME`` and ends the same way: :func:`parser` for its arguments, then
+:func:`write_results` for its table and record (benchmarks/results/NAME.md and .json, with the environment
+and the command that reruns it)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import statistics
+import sys
+import tempfile
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DRY_RESULTS = Path(tempfile.gettempdir()) / "metrictransfer-gpu-check-dry"  # the GPU scripts' --dry output
+
+
+# ------------------------------------------------------------------------------------ harness
+
+
+def parser(doc: str | None, name: str | None = None) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: its module docstring as the description; with ``name``, a ``--name``
+    option (the stem of its files in benchmarks/results/, default ``name``)."""
+    module = Path(sys.argv[0]).stem
+    result = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.{module}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if name is not None:
+        result.add_argument("--name", default=name, help=f"results file stem under benchmarks/results/ (default: {name})")
+    return result
+
+
+def environment(device="cpu") -> dict:
+    """Where a measurement was taken: device, CPU model and cores, Python, torch (and CUDA / cuDNN settings
+    on a GPU), torch's threads and the native thread pools loaded (threadpoolctl, when installed)."""
+    import platform
+
+    import torch
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    try:
+        from threadpoolctl import threadpool_info
+
+        pools = {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
+    except ImportError:
+        pools = {}
+    return {
+        "device": torch.cuda.get_device_name(device) if cuda else "CPU",
+        "cpu": cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "tf32_conv": bool(torch.backends.cudnn.allow_tf32),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "threads": torch.get_num_threads(),
+        "thread_pools": pools,
+    }
+
+
+def environment_line(env: dict) -> str:
+    """The environment as the one line every table ends with."""
+    device = f"{env['device']} (CUDA {env['cuda']}); " if env.get("cuda") else ""
+    pools = ", ".join(f"{api} {threads}" for api, threads in env.get("thread_pools", {}).items())
+    return (
+        f"Environment: {device}{env['cpu']}, {env['cpu_cores']} cores; Python {env['python']}, torch {env['torch']}, "
+        f"{env['threads']} torch threads" + (f" (thread pools: {pools})" if pools else "") + "."
+    )
+
+
+def write_results(name: str, lines: list[str], record: dict, rerun: str, out: Path = RESULTS, env: dict | None = None) -> Path:
+    """Write ``out``/NAME.md (``lines``, then the environment line and "Rerun: `.venv/bin/python -m
+    benchmarks.RERUN`") and ``out``/NAME.json (``record`` with the environment), each atomically, and
+    print the table. ``rerun`` is the module and its arguments, e.g. ``"cli_startup --repeats 5"``."""
+    from metrictransfer.io import atomic_write_text
+
+    env = record.get("environment") or env or environment()
+    text = "\n".join([*lines, "", environment_line(env), "", f"Rerun: `.venv/bin/python -m benchmarks.{rerun}`"]) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps({**record, "environment": env}, indent=2, default=str) + "\n", out / f"{name}.json")
+    atomic_write_text(text, out / f"{name}.md")
+    print(text + f"\nwrote {out / name}.md and .json", flush=True)
+    return out / f"{name}.md"
 
 
 def median_seconds(action, repeats: int) -> float:
@@ -42,8 +124,7 @@ def train_once(raw: dict, out: Path, origin: str) -> dict:
 
 class Stepper:
     """A run's method, loader and updater as ``Trainer.setup`` builds them (on the CPU, no callbacks), for
-    timed steps (benchmarks/cohort_step.py with data loading, benchmarks/step_overhead.py on a preloaded
-    batch)."""
+    timed steps (benchmarks.cohort_step with data loading, benchmarks.step_overhead on a preloaded batch)."""
 
     def __init__(self, raw: dict, origin: str) -> None:
         from metrictransfer.config import build_config
@@ -97,27 +178,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def environment(device) -> dict:
-    """Where a timing was taken: device name, torch / CUDA / cuDNN versions, CPU cores."""
-    import os
-
-    import torch
-
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    return {
-        "device": torch.cuda.get_device_name(device) if cuda else "CPU",
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if cuda else None,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-        "tf32_conv": bool(torch.backends.cudnn.allow_tf32),
-        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-        "cpu_cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-    }
 
 
 def timed_steps(step, warmup: int, steps: int, device) -> tuple[float, float]:

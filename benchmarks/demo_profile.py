@@ -1,6 +1,6 @@
 """Where the time of `make demo` goes: the full-length demo, timed by phase.
 
-    .venv/bin/python benchmarks/demo_profile.py [--seed 0] [--threads 2]
+    .venv/bin/python -m benchmarks.demo_profile [--seed 0] [--threads 2]
 
 Runs ``metrictransfer demo`` in this process with wall-clock timers around each phase (a wrapper per
 function, so the phases cost what they cost without a profiler's overhead):
@@ -16,12 +16,8 @@ Writes benchmarks/results/demo_profile.md and .json.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
-import platform
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -30,7 +26,8 @@ from typing import Any, Callable
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.common import parser, write_results
+
 TIMES: dict[str, float] = defaultdict(float)
 COUNTS: dict[str, int] = defaultdict(int)
 _ACTIVE: set[str] = set()
@@ -91,12 +88,11 @@ def _commit() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--epochs-scale", type=float, default=1.0)
-    parser.add_argument("--name", default="demo_profile")
-    args = parser.parse_args()
+    options = parser(__doc__, name="demo_profile")
+    options.add_argument("--seed", type=int, default=0)
+    options.add_argument("--threads", type=int, default=2)
+    options.add_argument("--epochs-scale", type=float, default=1.0)
+    args = options.parse_args()
     torch.set_num_threads(args.threads)
     instrument()
     from metrictransfer.demo import run_demo
@@ -117,7 +113,7 @@ def main() -> None:
     lines = [
         f"# Where `make demo` spends its time (seed {args.seed}, epochs × {args.epochs_scale})",
         "",
-        f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}; wall-clock timers per "
+        f"{args.threads} thread(s); wall-clock timers per "
         f"phase in one run. Evaluations: {COUNTS['evaluation']}; checkpoints written: {COUNTS['checkpoints']}; "
         f"training batches: {COUNTS['data']}.",
         "",
@@ -130,13 +126,9 @@ def main() -> None:
     lines += [f"Recall@1 (%): {recalls}.", ""]
     scale = f" --epochs-scale {args.epochs_scale}" if args.epochs_scale != 1 else ""
     name = f" --name {args.name}" if args.name != "demo_profile" else ""
-    lines.append(f"Code: commit {_commit()}.  ")
-    lines.append(f"Rerun: `.venv/bin/python benchmarks/demo_profile.py --seed {args.seed} --threads {args.threads}{scale}{name}`")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    lines.append(f"Code: commit {_commit()}.")
     record = {"args": vars(args), "seconds": phases, "total": total, "counts": dict(COUNTS), "recall@1": summary["models"]}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    print("\n".join(lines), file=sys.stderr)
+    write_results(args.name, lines, record, rerun=f"demo_profile --seed {args.seed} --threads {args.threads}{scale}{name}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The demo's three models over several seeds: mean ± std Recall@K on the held-out glyph classes.
 
-    .venv/bin/python benchmarks/demo_quality.py [--seeds 0 1 2] [--epochs-scale 1.0] [--work DIR]
+    .venv/bin/python -m benchmarks.demo_quality [--seeds 0 1 2] [--epochs-scale 1.0] [--work DIR]
 
 Writes benchmarks/results/demo_quality.md (table) and demo_quality.json (every seed's numbers). The
 figures are final-epoch values on the test split; no epoch or setting is chosen by looking at it.
@@ -8,28 +8,20 @@ figures are final-epoch values on the test split; no epoch or setting is chosen 
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from common import mean_std
-
+from benchmarks.common import mean_std, parser, write_results
 from metrictransfer.demo import demo_configs, run_demo
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs-scale", type=float, default=1.0)
-    parser.add_argument("--work", help="folder for the runs (default: a temporary folder)")
-    parser.add_argument("--name", default="demo_quality", help="base name of the result files")
-    args = parser.parse_args()
+    options = parser(__doc__, name="demo_quality")
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    options.add_argument("--epochs-scale", type=float, default=1.0)
+    options.add_argument("--work", help="folder for the runs (default: a temporary folder)")
+    args = options.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="demo_quality-"))
     per_seed: dict[int, dict] = {}
@@ -45,10 +37,6 @@ def main() -> None:
     ks = [k for k in per_seed[args.seeds[0]]["models"][models[0]] if k.startswith("recall@")]
     lines = [
         f"# Demo quality: final-epoch Recall@K (%) on the held-out glyph classes, mean ± std over seeds {args.seeds}",
-        "",
-        f"Command: `.venv/bin/python benchmarks/demo_quality.py --seeds {' '.join(map(str, args.seeds))}"
-        f" --epochs-scale {args.epochs_scale}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "",
         "| model | method | backbone | dim | epochs | " + " | ".join(k.replace("recall", "R") for k in ks) + " |",
         "|---|---|---|---|---|" + "---|" * len(ks),
@@ -70,20 +58,14 @@ def main() -> None:
         lines.append(
             f"| {s} | " + " | ".join(f"{100 * per_seed[s]['models'][m]['recall@1']:.1f}" for m in models) + f" | {per_seed[s]['seconds']} |"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.name}.json").write_text(
-        json.dumps(
-            {
-                "seeds": args.seeds,
-                "epochs_scale": args.epochs_scale,
-                "per_seed": per_seed,
-                "configs": {n: c.model_dump(mode="json") for n, c in configs.items()},
-            },
-            indent=2,
-        )
-    )
-    print("\n".join(lines))
+    record = {
+        "seeds": args.seeds,
+        "epochs_scale": args.epochs_scale,
+        "per_seed": per_seed,
+        "configs": {n: c.model_dump(mode="json") for n, c in configs.items()},
+    }
+    rerun = f"demo_quality --seeds {' '.join(map(str, args.seeds))} --epochs-scale {args.epochs_scale}"
+    write_results(args.name, lines, record, rerun=rerun)
 
 
 if __name__ == "__main__":

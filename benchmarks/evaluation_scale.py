@@ -1,7 +1,7 @@
 """Retrieval evaluation at scale: our blocked engine against faiss's search alone, faiss with metrics,
 pytorch-metric-learning, a naive matrix, and the bound (half a Gram matrix).
 
-    .venv/bin/python benchmarks/evaluation_scale.py [--cases sop inshop catalogue naive] [--threads 2]
+    .venv/bin/python -m benchmarks.evaluation_scale [--cases sop inshop catalogue naive] [--threads 2]
 
 Clustered random unit-length embeddings with SOP-like classes (2 to 12 items). The cases:
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -43,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.common import RESULTS, ROOT, parser, write_results
+
 KS = (1, 10, 100, 1000)
 REPEATED = {"ours", "ours, torch path", "half Gram"}  # quick enough to run several times: medians, not one draw
 SEARCHES = ["faiss search k=1", "faiss search k=1001"]
@@ -69,14 +69,6 @@ def make_data(n: int, dim: int, path: Path, seed: int = 0, spread: float = 2.0) 
     x = centers[labels] + spread * rng.standard_normal((n, dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     np.savez(path, embeddings=x, labels=labels.astype(np.int64))
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def rss_mb() -> float:
@@ -178,9 +170,10 @@ def naive_metrics(x, y) -> dict:
 
 
 def run_worker(method: str, data_path: Path, queries: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, "--data", str(data_path), "--queries", str(queries), "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "benchmarks.evaluation_scale", "--worker", method, "--data", str(data_path)]
+    cmd += ["--queries", str(queries), "--threads", str(threads)]
     print(f"running {method}", file=sys.stderr, flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -203,23 +196,21 @@ def measure(methods: list[str], data_path: Path, queries: int, threads: int, rep
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each quick method (ours, torch path, half Gram): median")
-    parser.add_argument("--fresh", action="store_true", help="drop the cases of earlier invocations from the table")
-    parser.add_argument("--name", default="evaluation_scale")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
-    parser.add_argument("--queries", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    options = parser(__doc__, name="evaluation_scale")
+    options.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    options.add_argument("--threads", type=int, default=2)
+    options.add_argument("--repeats", type=int, default=3, help="runs of each quick method (ours, torch path, half Gram): median")
+    options.add_argument("--fresh", action="store_true", help="drop the cases of earlier invocations from the table")
+    options.add_argument("--worker", help=argparse.SUPPRESS)
+    options.add_argument("--data", help=argparse.SUPPRESS)
+    options.add_argument("--queries", type=int, default=0, help=argparse.SUPPRESS)
+    args = options.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.data, args.queries, args.threads)))
         return
 
     import faiss
     import pytorch_metric_learning
-    import torch
 
     results = {}
     earlier = RESULTS / f"{args.name}.json"
@@ -236,7 +227,7 @@ def main() -> None:
     lines = [
         f"# Retrieval evaluation at scale, {args.threads} CPU threads",
         "",
-        f"Clustered random unit-length embeddings, SOP-like classes (2–12 items). {cpu_name()}, torch {torch.__version__}, "
+        f"Clustered random unit-length embeddings, SOP-like classes (2–12 items). "
         f"faiss {faiss.__version__}, pytorch-metric-learning {pytorch_metric_learning.__version__}. Each method in its own "
         "process; peak = the process's peak resident memory (Python, torch and the data included); above data = the part "
         "of the peak above the process's memory once the data was loaded. Ratio = seconds ÷ faiss's k = 1,001 search alone "
@@ -275,15 +266,10 @@ def main() -> None:
         "pytorch-metric-learning's default AccuracyCalculator (k=None: all N − 1 neighbours of every query) is not "
         f"run: its neighbour lists alone would take N × (N − 1) × (4 + 8) bytes = {60502 * 60501 * 12 / 1e9:.1f} GB at SOP's "
         'N = 60,502. With k="max_bin_count" it searches only as many neighbours as the largest class: Recall@1 and MAP@R, '
-        "not Recall@10 and beyond.",
-        "",
-        f"Rerun: `.venv/bin/python benchmarks/evaluation_scale.py --cases {' '.join(results)} --threads {args.threads} "
-        f"--repeats {args.repeats}` (a case at a time keeps the others' rows).",
+        "not Recall@10 and beyond. A case at a time keeps the others' rows.",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "cases": results}, indent=2) + "\n")
-    print("\n".join(lines))
+    rerun = f"evaluation_scale --cases {' '.join(results)} --threads {args.threads} --repeats {args.repeats}"
+    write_results(args.name, lines, {"args": vars(args), "cases": results}, rerun=rerun)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Seconds per evaluation of a CUB-sized test split: views decoded every time (before) against views kept.
 
-    .venv/bin/python benchmarks/evaluation_views.py [--per-class 59] [--evaluations 3] [--workers 0 2] [--device cpu]
+    .venv/bin/python -m benchmarks.evaluation_views [--per-class 59] [--evaluations 3] [--workers 0 2] [--device cpu]
 
 A synthetic CUB-200-2011 tree (benchmarks/common.py: 500 × 375 JPEGs, 59 test images in each of classes
 101–200, 5,900 in all, about CUB's 5,924) is evaluated ``--evaluations`` times with the paper's test
@@ -12,32 +12,25 @@ benchmarks/results/evaluation_views.md and .json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_name, environment, synchronize, write_cub_tree  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.common import environment, parser, synchronize, write_cub_tree, write_results
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--per-class", type=int, default=59, help="test images per class (100 classes)")
-    parser.add_argument("--evaluations", type=int, default=3)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--name", default="evaluation_views")
-    args = parser.parse_args()
+    options = parser(__doc__, name="evaluation_views")
+    options.add_argument("--per-class", type=int, default=59, help="test images per class (100 classes)")
+    options.add_argument("--evaluations", type=int, default=3)
+    options.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    options.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    options.add_argument("--threads", type=int, default=2)
+    args = options.parse_args()
     torch.set_num_threads(args.threads)
 
     from metrictransfer.config import build_config
@@ -88,16 +81,13 @@ def main() -> int:
         )
     env = environment(device)
     facts = {"test_images": tree["test_images"], "jpeg": tree["size"], "mean_jpeg_bytes": tree["mean_jpeg_bytes"]}
-    processor = cpu_name()
-    record = {"environment": env, "cpu": processor, "tree": facts, "rows": rows, "identical": identical}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    record = {"environment": env, "tree": facts, "rows": rows, "identical": identical}
     lines = [
         f"# Evaluation views kept: {env['device']}",
         "",
         f"{facts['test_images']:,} synthetic test JPEGs of {facts['jpeg'][0]} × {facts['jpeg'][1]} "
         f"({facts['mean_jpeg_bytes'] / 1e3:.0f} kB each), the paper's test transform at 224 px; "
-        f"model: a global average pool (the data side alone); {args.threads} torch threads; "
-        + f"CPU: {processor}, {env['cpu_cores']} cores; torch {env['torch']}. "
+        f"model: a global average pool (the data side alone); {args.threads} torch threads. "
         + f"Medians of evaluations 2–{args.evaluations}, the ways interleaved in each round.",
         "",
         "| loader workers | decoded every time: first s | later s | kept: first s | later s | later, before ÷ kept |",
@@ -112,11 +102,8 @@ def main() -> int:
         "",
         f"- Embeddings of every way and every evaluation identical, bit for bit: **{'yes' if identical else 'NO'}**.",
         "- The first evaluation of the kept views decodes the split once, as before, and copies it into the store.",
-        "",
-        f"Rerun: `.venv/bin/python benchmarks/evaluation_views.py{'' if args.device == 'cpu' else ' --device ' + args.device}`",
     ]
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.name, lines, record, rerun=f"evaluation_views{'' if args.device == 'cpu' else ' --device ' + args.device}")
     return 0 if identical else 1
 
 

@@ -1,6 +1,6 @@
 """Distilling a foundation-style teacher into the demo's small target on unlabelled images: which loss?
 
-    .venv/bin/python benchmarks/foundation_distill.py [--seeds 0 1 2] [--epochs-scale 1.0] [--work runs/foundation_distill]
+    .venv/bin/python -m benchmarks.foundation_distill [--seeds 0 1 2] [--epochs-scale 1.0] [--work runs/foundation_distill]
 
 No pretrained weights can be downloaded here, so a stand-in plays the foundation model (DINOv2, CLIP, ...):
 
@@ -25,19 +25,15 @@ and .json.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from common import Stepper, mean_std, train_once
 
+from benchmarks.common import Stepper, mean_std, parser, train_once, write_results
 from metrictransfer.demo import DEMO_DATA, DEMO_TARGET
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 TEACHER_EPOCHS = 10
 # The transfer losses compared, with the parameters each is run with (no tuning: the defaults, or the
@@ -154,12 +150,12 @@ def step_seconds(weights: Path, rounds: int = 10, warmup: int = 3) -> dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs-scale", type=float, default=1.0, help="of the targets' 10 epochs")
-    parser.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
-    parser.add_argument("--work", default="runs/foundation_distill")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    options.add_argument("--epochs-scale", type=float, default=1.0, help="of the targets' 10 epochs")
+    options.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
+    options.add_argument("--work", default="runs/foundation_distill")
+    args = options.parse_args()
 
     work, started = Path(args.work), time.perf_counter()
     images = teacher_images(work / "teacher_images")
@@ -183,9 +179,6 @@ def main() -> None:
     lines = [
         f"# Distilling a foundation-style teacher on unlabelled images: kNN Recall@K (%) on held-out glyph classes, seeds {args.seeds}",
         "",
-        f"Command: `.venv/bin/python benchmarks/foundation_distill.py --seeds {' '.join(map(str, args.seeds))}"
-        f" --epochs-scale {args.epochs_scale} --teacher-epochs {args.teacher_epochs}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
         f"{(time.perf_counter() - started) / 60:.0f} min this time (finished runs reused).",
         "",
         "Teacher: ResNet-18-D trained self-supervised on all 140 glyph classes rendered with another data seed "
@@ -212,22 +205,10 @@ def main() -> None:
         "Step: median seconds of one training step of the target (teacher forward, loss, backward, update) on one "
         "90-image batch × 2 views, median of 10 rounds in which the losses take turns (one process); ratio to relaxed contrastive.",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "foundation_distill.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "foundation_distill.json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "teacher_features": features,
-                "teacher_head": teacher["final"],
-                "final": finals,
-                "step_seconds": timings,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print("\n".join(lines))
+    record = {"args": vars(args), "teacher_features": features, "teacher_head": teacher["final"], "final": finals, "step_seconds": timings}
+    rerun = f"foundation_distill --seeds {' '.join(map(str, args.seeds))} --epochs-scale {args.epochs_scale}"
+    rerun += f" --teacher-epochs {args.teacher_epochs}"
+    write_results("foundation_distill", lines, record, rerun=rerun)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,18 @@
 """Every GPU path in one command: ``make gpu-check`` (about 10 minutes on one H100).
 
-    .venv/bin/python benchmarks/gpu_check.py          # needs CUDA
-    .venv/bin/python benchmarks/gpu_check.py --dry    # the same scripts at toy sizes on the CPU (CI)
+    .venv/bin/python -m benchmarks.gpu_check          # needs CUDA
+    .venv/bin/python -m benchmarks.gpu_check --dry    # the same scripts at toy sizes on the CPU (CI)
 
 Runs, one after the other, each in its own process group with a time limit taken from one overall
 budget (``--total``, 600 s), and prints one summary:
 
 1. ``pytest -m gpu -q`` (tests/test_gpu.py; without CUDA they are all reported as skipped), the measured
    differences of the tests against their tolerances collected in gpu_tests_measured.jsonl;
-2. benchmarks/gpu_throughput.py (training steps, data loader, evaluation), given what is left of the
+2. benchmarks.gpu_throughput (training steps, data loader, evaluation), given what is left of the
    budget less the protocol run's share as its own ``--budget``;
-3. benchmarks/gpu_protocol.py (the papers' protocol end to end: a CUB source and a Table 1 cell for 3 epochs
+3. benchmarks.gpu_protocol (the papers' protocol end to end: a CUB source and a Table 1 cell for 3 epochs
    each, evaluation every epoch, the transfer killed and resumed, export and index; measured hours).
-   benchmarks/gpu_smoke.py (200 steps, projected hours) still runs on its own.
+   benchmarks.gpu_smoke (200 steps, projected hours) still runs on its own.
 
 Real runs write their tables to benchmarks/results/ (gpu_throughput.md, gpu_protocol.md, and this summary
 as gpu_check.md); dry runs write everything to a temporary folder. Exit status 1 if a stage failed or
@@ -21,7 +21,6 @@ ran out of time, or (without ``--dry``) if there is no CUDA device.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -32,10 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = ROOT / "benchmarks"
-RESULTS = HERE / "results"
-DRY_RESULTS = Path(tempfile.gettempdir()) / "metrictransfer-gpu-check-dry"
+from benchmarks.common import DRY_RESULTS, RESULTS, ROOT, environment, parser, write_results
 
 
 def run_stage(name: str, command: list[str], timeout: float, log: Path, env: dict | None = None) -> dict:
@@ -128,10 +124,10 @@ def measured_lines(path: Path) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry", action="store_true", help="toy sizes on the CPU; results in a temporary folder")
-    parser.add_argument("--total", type=float, default=600.0, help="seconds for all three stages together")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--dry", action="store_true", help="toy sizes on the CPU; results in a temporary folder")
+    options.add_argument("--total", type=float, default=600.0, help="seconds for all three stages together")
+    args = options.parse_args()
 
     import torch
 
@@ -176,12 +172,13 @@ def main() -> int:
     stages.append(
         run_stage(
             "gpu_throughput",
-            [python, str(HERE / "gpu_throughput.py"), *dry, "--budget", f"{budget:.0f}"],
+            [python, "-m", "benchmarks.gpu_throughput", *dry, "--budget", f"{budget:.0f}"],
             left() - protocol_share,
             logs / "throughput.log",
         )
     )
-    stages.append(run_stage("gpu_protocol", [python, str(HERE / "gpu_protocol.py"), *dry], max(60.0, left()), logs / "protocol.log"))
+    protocol = [python, "-m", "benchmarks.gpu_protocol", *dry]
+    stages.append(run_stage("gpu_protocol", protocol, max(60.0, left()), logs / "protocol.log"))
     total = time.perf_counter() - started
 
     device = "CPU (dry run)" if args.dry else torch.cuda.get_device_name(0)
@@ -200,8 +197,9 @@ def main() -> int:
         summary += ["- the GPU tests' measured differences (value, limit):", *tests]
     elif not args.dry:
         summary.append("- no measured differences were recorded (did the GPU tests run, or were they skipped?)")
-    (out / f"gpu_check{suffix}.md").write_text("\n".join(summary) + "\n")
-    print("\n" + "\n".join(summary))
+    record = {"args": vars(args), "seconds": total, "stages": stages}
+    env = environment("cpu" if args.dry else "cuda")
+    write_results(f"gpu_check{suffix}", summary, record, rerun="gpu_check" + (" --dry" if args.dry else ""), out=out, env=env)
     ok = all(s["ok"] for s in stages)
     print(
         f"\ngpu-check: {'all stages passed' if ok else 'FAILED: ' + ', '.join(s['stage'] for s in stages if not s['ok'])}"

@@ -1,7 +1,7 @@
 """The papers' protocol end to end on one GPU: a CUB source and one Table 1 cell, measured epoch by epoch.
 
-    .venv/bin/python benchmarks/gpu_protocol.py [--epochs 3] [--workers N]
-    .venv/bin/python benchmarks/gpu_protocol.py --dry     # toy sizes on the CPU (CI), results to a temporary folder
+    .venv/bin/python -m benchmarks.gpu_protocol [--epochs 3] [--workers N]
+    .venv/bin/python -m benchmarks.gpu_protocol --dry     # toy sizes on the CPU (CI), results to a temporary folder
 
 On a synthetic tree of CUB-200-2011's size and layout (benchmarks/common.py: 500 × 375 JPEGs, 100 training
 classes and 100 test classes of 59 images, 5,900 each; CUB has 5,864 and 5,924), with the real recipes
@@ -24,7 +24,6 @@ projected evaluation. Writes benchmarks/results/gpu_protocol.md and .json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -36,11 +35,9 @@ import time
 from pathlib import Path
 
 import torch
-from common import environment, write_cub_tree
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DRY_RESULTS = Path(tempfile.gettempdir()) / "metrictransfer-gpu-check-dry"
+from benchmarks.common import DRY_RESULTS, RESULTS, ROOT, environment, parser, write_cub_tree, write_results
+
 SOURCE = "recipes/cub_source.yaml"
 TRANSFER = "recipes/table1/cub_compression_relaxed_contrastive.yaml"
 DRY_NOTE = " (DRY RUN: toy sizes on the CPU, every model ResNet-10t; not a measurement)"
@@ -127,13 +124,13 @@ def killed_and_resumed(recipe: str, out: Path, overrides: list[str], logs: Path,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry", action="store_true", help="toy sizes on the CPU; results in a temporary folder")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of each run (the recipes have 90)")
-    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="data.num_workers")
-    parser.add_argument("--timeout", type=float, default=240.0, help="seconds for the killed and resumed transfer")
-    parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results, or a temporary one when dry)")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--dry", action="store_true", help="toy sizes on the CPU; results in a temporary folder")
+    options.add_argument("--epochs", type=int, default=3, help="epochs of each run (the recipes have 90)")
+    options.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="data.num_workers")
+    options.add_argument("--timeout", type=float, default=240.0, help="seconds for the killed and resumed transfer")
+    options.add_argument("--out", type=Path, help="results folder (default: benchmarks/results, or a temporary one when dry)")
+    args = options.parse_args()
     if not args.dry and not torch.cuda.is_available():
         print("gpu_protocol: no CUDA device here; run with --dry for the CPU toy run", file=sys.stderr)
         return 1
@@ -204,11 +201,8 @@ def main() -> int:
             steps[label] = {"exit": done.returncode, "seconds": took, "tail": done.stderr.splitlines()[-2:]}
         record["after"] = steps
     record["environment"] = environment(device)
-    lines = report(record, args)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    rerun = "gpu_protocol" + (" --dry" if args.dry else f" --epochs {args.epochs}")
+    write_results(name, report(record, args), record, rerun=rerun, out=out_dir)
     kill = record["transfer_kill"]
     finished = len(record["transfer"]["rows"]) == args.epochs and kill["resume_exit"] == 0
     ok = finished and all(step["exit"] == 0 for step in record["after"].values()) and (kill["killed"] or args.dry)
@@ -251,8 +245,6 @@ def report(record: dict, args) -> list[str]:
         "- After training: "
         + "; ".join(f"`metrictransfer {label}` exit {s['exit']} in {s['seconds']:.0f} s" for label, s in record["after"].items())
         + ".",
-        "",
-        "Rerun: `.venv/bin/python benchmarks/gpu_protocol.py" + (" --dry" if args.dry else f" --epochs {args.epochs}") + "`",
     ]
     return lines
 

@@ -1,7 +1,7 @@
 """Smoke run of a CUB Table 1 cell on one GPU: seconds per training step and the projected hours.
 
-    .venv/bin/python benchmarks/gpu_smoke.py [--steps 200] [--skip 5] [--set KEY=VALUE ...]
-    .venv/bin/python benchmarks/gpu_smoke.py --dry       # 3–4 steps at 32 px, ResNet-10t, on the CPU (CI)
+    .venv/bin/python -m benchmarks.gpu_smoke [--steps 200] [--skip 5] [--set KEY=VALUE ...]
+    .venv/bin/python -m benchmarks.gpu_smoke --dry       # 3–4 steps at 32 px, ResNet-10t, on the CPU (CI)
 
 Trains, with the real trainer (``metrictransfer.engine.trainer.train``, loader workers, evaluation and
 checkpoint included), first ``recipes/cub_source.yaml`` and then, from that run's checkpoint,
@@ -30,7 +30,6 @@ and .json; ``--dry`` writes gpu_smoke_dry.md/.json to a temporary folder (never 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -40,15 +39,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import environment, synchronize, write_cub_tree
 
+from benchmarks.common import DRY_RESULTS, RESULTS, ROOT, environment, parser, synchronize, write_cub_tree, write_results
 from metrictransfer.config import load_config
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, ShuffledBatchSampler
 from metrictransfer.engine import trainer
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DRY_RESULTS = Path(tempfile.gettempdir()) / "metrictransfer-gpu-check-dry"
 SOURCE = "recipes/cub_source.yaml"
 TRANSFER = "recipes/table1/cub_compression_relaxed_contrastive.yaml"
 CUB_TRAIN, CUB_TEST, CUB_CLASSES = 5864, 5924, 100
@@ -139,20 +135,20 @@ def summarize(run: dict, config, skip: int, test_images: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry", action="store_true", help="3 steps at 32 px on the CPU; results to a temporary folder")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per run (one epoch of the synthetic tree)")
-    parser.add_argument("--skip", type=int, default=5, help="first steps left out of the mean")
-    parser.add_argument("--test-per-class", type=int, default=10, help="test images per class (the epoch-end evaluation)")
-    parser.add_argument(
+    options = parser(__doc__)
+    options.add_argument("--dry", action="store_true", help="3 steps at 32 px on the CPU; results to a temporary folder")
+    options.add_argument("--steps", type=int, default=200, help="training steps per run (one epoch of the synthetic tree)")
+    options.add_argument("--skip", type=int, default=5, help="first steps left out of the mean")
+    options.add_argument("--test-per-class", type=int, default=10, help="test images per class (the epoch-end evaluation)")
+    options.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="another override for both runs, e.g. --set precision=bf16 (repeatable)",
     )
-    parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results, or a temporary one when dry)")
-    args = parser.parse_args()
+    options.add_argument("--out", type=Path, help="results folder (default: benchmarks/results, or a temporary one when dry)")
+    args = options.parse_args()
     if args.dry:
         args.steps, args.skip, args.test_per_class = 3, 1, 2
     elif not torch.cuda.is_available():
@@ -196,24 +192,9 @@ def main() -> int:
             rows[key] = {"recipe": recipe, **summarize(run, full[key], args.skip, facts["test_images"])}
             print(json.dumps(rows[key], default=str), flush=True)
     env = environment(device)
-    lines = report(rows, env, facts, args)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (out_dir / f"{name}.json").write_text(
-        json.dumps(
-            {
-                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "environment": env,
-                "tree": facts,
-                "runs": rows,
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n"
-    )
-    print("\n".join(lines))
-    print(f"wrote {out_dir / (name + '.md')} and .json")
+    record = {"args": vars(args), "environment": env, "tree": facts, "runs": rows}
+    rerun = "gpu_smoke" + (" --dry" if args.dry else f" --steps {args.steps}") + "".join(f" --set {s}" for s in args.set)
+    write_results(name, report(rows, env, facts, args), record, rerun=rerun, out=out_dir)
     return 0
 
 
@@ -247,11 +228,6 @@ def report(rows: dict, env: dict, facts: dict, args) -> list[str]:
         f"{transfer['epoch_end_s']:.1f} s, scaled to CUB's {CUB_TEST:,} test images for the evaluation estimate.",
         "- CUB steps per epoch: the recipe's sampler on 5,864 training images in 100 classes of 58–59 "
         "(class-balanced for the source, shuffled batches for the label-free transfer).",
-        "",
-        "Rerun: `.venv/bin/python benchmarks/gpu_smoke.py"
-        + (" --dry" if args.dry else f" --steps {args.steps}")
-        + "".join(f" --set {s}" for s in args.set)
-        + "`",
     ]
     return lines
 

@@ -1,7 +1,7 @@
 """Training throughput on one GPU: steps, the data loader and exact evaluation, at the paper's scale.
 
-    .venv/bin/python benchmarks/gpu_throughput.py [--budget 300] [--steps 10] [--cudnn-benchmark]
-    .venv/bin/python benchmarks/gpu_throughput.py --dry      # toy sizes on the CPU (CI: the script cannot rot)
+    .venv/bin/python -m benchmarks.gpu_throughput [--budget 300] [--steps 10] [--cudnn-benchmark]
+    .venv/bin/python -m benchmarks.gpu_throughput --dry      # toy sizes on the CPU (CI: the script cannot rot)
 
 1. Training steps on a preloaded synthetic batch (data loading left out), set up exactly as the trainer
    sets a run up (benchmarks/common.py DeviceStepper), 224 px, untrained weights (speed only):
@@ -37,7 +37,6 @@ if any cell failed.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import sys
@@ -48,14 +47,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from common import DeviceStepper, environment, synchronize, timed_steps, write_cub_tree
-from evaluation_scale import make_data
 
+from benchmarks.common import (
+    DRY_RESULTS,
+    RESULTS,
+    ROOT,
+    DeviceStepper,
+    environment,
+    parser,
+    synchronize,
+    timed_steps,
+    write_cub_tree,
+    write_results,
+)
+from benchmarks.evaluation_scale import make_data
 from metrictransfer.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-DRY_RESULTS = Path(tempfile.gettempdir()) / "metrictransfer-gpu-check-dry"
 SOURCE, BN_INCEPTION = "recipes/cub_source.yaml", "recipes/cub_source_bn_inception.yaml"
 PRECISIONS = ("32", "bf16", "16")
 # compiled cells after the eager grid, most useful first: the fastest likely setting, then the default
@@ -237,20 +244,20 @@ def step_key(setting: str, precision: str, channels_last: bool, compile_: bool) 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry", action="store_true", help="toy sizes on the CPU; results to a temporary folder")
-    parser.add_argument("--budget", type=float, default=300.0, help="seconds after which no further cell starts")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per cell")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one is reported)")
-    parser.add_argument(
+    options = parser(__doc__)
+    options.add_argument("--dry", action="store_true", help="toy sizes on the CPU; results to a temporary folder")
+    options.add_argument("--budget", type=float, default=300.0, help="seconds after which no further cell starts")
+    options.add_argument("--steps", type=int, default=10, help="timed steps per cell")
+    options.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one is reported)")
+    options.add_argument(
         "--compile-reserve", type=float, default=90.0, help="a compiled cell starts only with this many seconds of the budget left"
     )
-    parser.add_argument("--loader-seconds", type=float, default=4.0, help="timed seconds per worker count")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--eval-n", type=int, default=60502)
-    parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (the trainer does not)")
-    parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results, or a temporary one when dry)")
-    args = parser.parse_args()
+    options.add_argument("--loader-seconds", type=float, default=4.0, help="timed seconds per worker count")
+    options.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    options.add_argument("--eval-n", type=int, default=60502)
+    options.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (the trainer does not)")
+    options.add_argument("--out", type=Path, help="results folder (default: benchmarks/results, or a temporary one when dry)")
+    args = options.parse_args()
     if args.dry:
         args.steps, args.warmup, args.workers, args.eval_n = 2, 1, [1, 2], 2000
         args.loader_seconds, args.compile_reserve = 0.5, 0.0
@@ -313,23 +320,14 @@ def main() -> int:
 
     env = environment(device)
     lines = report(results, grid, env, facts, args, total)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (out_dir / f"{name}.json").write_text(
-        json.dumps(
-            {
-                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "environment": env,
-                "tree": facts,
-                "seconds": total,
-                "cells": results,
-            },
-            indent=2,
-        )
-        + "\n"
+    record = {"args": vars(args), "environment": env, "tree": facts, "seconds": total, "cells": results}
+    rerun = (
+        "gpu_throughput"
+        + (" --dry" if args.dry else "")
+        + (" --cudnn-benchmark" if args.cudnn_benchmark else "")
+        + f" --budget {args.budget:.0f}"
     )
-    print("\n".join(lines))
-    print(f"wrote {out_dir / (name + '.md')} and .json")
+    write_results(name, lines, record, rerun=rerun, out=out_dir)
     failed = [k for k, v in results.items() if v["status"] == "error"]
     if failed:
         print(f"gpu_throughput: {len(failed)} cell(s) failed: {', '.join(failed)}", file=sys.stderr)
@@ -415,13 +413,6 @@ def report(results: dict, grid: dict, env: dict, facts: dict, args, total: float
         ]
     else:
         lines.append(f"{r['status']}: {r.get('note', '')}")
-    lines += [
-        "",
-        "Rerun: `.venv/bin/python benchmarks/gpu_throughput.py"
-        + (" --dry" if args.dry else "")
-        + (" --cudnn-benchmark" if args.cudnn_benchmark else "")
-        + f" --budget {args.budget:.0f}`",
-    ]
     return lines
 
 

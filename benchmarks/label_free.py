@@ -1,6 +1,6 @@
 """Label-free transfer on the demo data: does a self-supervised source help a target trained without labels?
 
-    .venv/bin/python benchmarks/label_free.py [--seeds 0] [--epochs-scale 1.0] [--work runs/label_free]
+    .venv/bin/python -m benchmarks.label_free [--seeds 0] [--epochs-scale 1.0] [--work runs/label_free]
 
 No run reads a training label. Per seed:
 1. source: ResNet-18-D 128-d trained self-supervised (NT-Xent between two views of each image),
@@ -12,16 +12,12 @@ All three are evaluated by kNN Recall@K on the held-out glyph classes (final epo
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from common import mean_std, train_once
-
+from benchmarks.common import mean_std, parser, train_once, write_results
 from metrictransfer.demo import DEMO_SOURCE, DEMO_TARGET
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def configs(work: Path, seed: int, epochs_scale: float) -> dict[str, dict]:
@@ -42,11 +38,11 @@ def configs(work: Path, seed: int, epochs_scale: float) -> dict[str, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--epochs-scale", type=float, default=1.0)
-    parser.add_argument("--work", default="runs/label_free")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--seeds", type=int, nargs="+", default=[0])
+    options.add_argument("--epochs-scale", type=float, default=1.0)
+    options.add_argument("--work", default="runs/label_free")
+    args = options.parse_args()
 
     work, started = Path(args.work), time.perf_counter()
     finals: dict[str, dict[int, dict]] = {}
@@ -71,11 +67,8 @@ def main() -> None:
     ]
     for name, label in rows.items():
         lines.append(f"| {label} | " + " | ".join(mean_std([f[k] for f in finals[name].values()]) for k in ks) + " |")
-    lines += ["", f"Rerun: `.venv/bin/python benchmarks/label_free.py --seeds {' '.join(map(str, args.seeds))}`"]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "label_free.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "label_free.json").write_text(json.dumps({"args": vars(args), "final": finals}, indent=2) + "\n")
-    print("\n".join(lines))
+    rerun = f"label_free --seeds {' '.join(map(str, args.seeds))}"
+    write_results("label_free", lines, {"args": vars(args), "final": finals}, rerun=rerun)
 
 
 if __name__ == "__main__":

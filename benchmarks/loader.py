@@ -1,6 +1,6 @@
 """Training views per second per loader worker: today's pipeline against uint8 views and the decoded-image cache.
 
-    .venv/bin/python benchmarks/loader.py [--per-class 59] [--workers 1 2] [--batches 8] [--repeats 3]
+    .venv/bin/python -m benchmarks.loader [--per-class 59] [--workers 1 2] [--batches 8] [--repeats 3]
 
 On a synthetic CUB-200-2011 training split (benchmarks/common.py: 500 × 375 JPEGs, 100 classes) with the
 paper's augmentation at 224 px (RandomResizedCrop + flip, 2 views of each image, 45 classes × 2 images per
@@ -20,21 +20,16 @@ one image at a time in this process. Writes benchmarks/results/loader.md and .js
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_name, environment, write_cub_tree  # noqa: E402
+from benchmarks.common import environment, parser, write_cub_tree, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WAYS = ("before", "uint8", "cache", "uint8 + cache")
 
 
@@ -133,14 +128,13 @@ def profile_view(root: Path, count: int = 200) -> list[tuple[str, float]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--per-class", type=int, default=59, help="training images per class (100 classes; CUB has 58-59)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--batches", type=int, default=8, help="timed batches per way and round")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of this process (the workers use 1 each)")
-    parser.add_argument("--name", default="loader")
-    args = parser.parse_args()
+    options = parser(__doc__, name="loader")
+    options.add_argument("--per-class", type=int, default=59, help="training images per class (100 classes; CUB has 58-59)")
+    options.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    options.add_argument("--batches", type=int, default=8, help="timed batches per way and round")
+    options.add_argument("--repeats", type=int, default=3)
+    options.add_argument("--threads", type=int, default=1, help="torch threads of this process (the workers use 1 each)")
+    args = options.parse_args()
     torch.set_num_threads(args.threads)
 
     from metrictransfer.data.cache import memory_cache
@@ -185,21 +179,18 @@ def main() -> int:
             )
     record = {
         "environment": env,
-        "cpu": cpu_name(),
         "tree": tree,
         "profile_ms": profile,
         "cache_build": builds,
         "rows": rows,
         "args": vars(args),
     }
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "# Training loader: views per second per worker",
         "",
         f"{tree['train_images']:,} synthetic training JPEGs of {tree['size'][0]} × {tree['size'][1]} "
         f"({tree['mean_jpeg_bytes'] / 1e3:.0f} kB each); the paper's augmentation at 224 px, 2 views per image, "
-        f"batches of 90 images; CPU: {cpu_name()}, {env['cpu_cores']} cores; torch {env['torch']}. "
-        + f"Medians of {args.repeats} interleaved rounds of {args.batches} batches.",
+        f"batches of 90 images. Medians of {args.repeats} interleaved rounds of {args.batches} batches.",
         "",
         "| workers | way | views/s per worker | × before |",
         "|---:|---|---:|---:|",
@@ -211,9 +202,7 @@ def main() -> int:
     ]
     lines += ["", "Where one view's time goes (one image at a time, this process, ms per image):", "", "| part | ms |", "|---|---:|"]
     lines += [f"| {name} | {ms:.2f} |" for name, ms in profile]
-    lines += ["", "Rerun: `.venv/bin/python benchmarks/loader.py`"]
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.name, lines, record, rerun="loader")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Diversified mutual metric learning at CPU scale: the ablation of the diversities, on the offline glyphs data.
 
-    .venv/bin/python benchmarks/mutual_ablation.py [--seeds 0 1 2] [--epochs 10] [--work runs/mutual_ablation]
-    .venv/bin/python benchmarks/mutual_ablation.py --tuned [--trials 6] [--trial-epochs 4]   # main rows tuned alike first
+    .venv/bin/python -m benchmarks.mutual_ablation [--seeds 0 1 2] [--epochs 10] [--work runs/mutual_ablation]
+    .venv/bin/python -m benchmarks.mutual_ablation --tuned [--trials 6] [--trial-epochs 4]   # main rows tuned alike first
 
 Every row is a cohort of ResNet-10t 32-d members (L2-normalised), trained from scratch with the default
 base loss (triplet, margin 0.2, distance-weighted sampling) and the default mutual loss (RKD distance × 1 +
@@ -22,19 +22,14 @@ script runs again. Writes benchmarks/results/mutual_ablation.md and .json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import statistics
 import time
 from pathlib import Path
 
-from common import mean_std, train_once
-
+from benchmarks.common import mean_std, parser, train_once, write_results
 from metrictransfer.demo import DEMO_DATA
 from metrictransfer.methods.mutual import ABLATION
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 ROWS = {  # label → settings of the mutual section (the package's ablation rows, shared with recipes/mutual/)
     "independent (λ = 0)": ABLATION["independent"],
@@ -69,18 +64,18 @@ def members_of(final: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
-    parser.add_argument("--work", default="runs/mutual_ablation", help="run folders (kept; finished runs are skipped)")
-    parser.add_argument("--tuned", action="store_true", help="tune the main rows alike on validation classes first (benchmarks/tuned.py)")
-    parser.add_argument("--trials", type=int, default=6, help="--tuned: trials per row")
-    parser.add_argument("--trial-epochs", type=int, default=4, help="--tuned: epochs of a trial")
-    parser.add_argument("--threads", type=int, default=2, help="threads of each run (1: beside another benchmark on 2 cores)")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    options.add_argument("--epochs", type=int, default=10)
+    options.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    options.add_argument("--work", default="runs/mutual_ablation", help="run folders (kept; finished runs are skipped)")
+    options.add_argument("--tuned", action="store_true", help="tune the main rows alike on validation classes first (benchmarks/tuned.py)")
+    options.add_argument("--trials", type=int, default=6, help="--tuned: trials per row")
+    options.add_argument("--trial-epochs", type=int, default=4, help="--tuned: epochs of a trial")
+    options.add_argument("--threads", type=int, default=2, help="threads of each run (1: beside another benchmark on 2 cores)")
+    args = options.parse_args()
     if args.tuned:
-        from tuned import run_tuned_mutual
+        from benchmarks.tuned import run_tuned_mutual
 
         run_tuned_mutual(args, ROWS, cohort_config, slug)
         return
@@ -124,13 +119,10 @@ def write_table(args, finals: dict[str, dict[int, dict]], minutes: float) -> Non
         "same weights, step every iteration and see the same views, so only the distance-weighted miner's random "
         "draws set them apart.",
         "",
-        f"Rerun: `.venv/bin/python benchmarks/mutual_ablation.py --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs}` "
-        f"({minutes:.0f} min of training in this invocation; runs already in --work are reused).",
+        f"{minutes:.0f} min of training in this invocation; runs already in --work are reused.",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "mutual_ablation.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "mutual_ablation.json").write_text(json.dumps({"args": vars(args), "finals": finals}, indent=2) + "\n")
-    print("\n".join(lines), flush=True)
+    rerun = f"mutual_ablation --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs}"
+    write_results("mutual_ablation", lines, {"args": vars(args), "finals": finals}, rerun=rerun)
 
 
 if __name__ == "__main__":

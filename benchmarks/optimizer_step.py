@@ -1,6 +1,6 @@
 """What Adam's fused kernel saves on the CPU: the update alone, and whole training steps.
 
-    .venv/bin/python benchmarks/optimizer_step.py [--threads 2] [--repeats 5] [--steps 10]
+    .venv/bin/python -m benchmarks.optimizer_step [--threads 2] [--repeats 5] [--steps 10]
 
 For the demo's two models (ResNet-18d 128-d on batches of 180 32-px views, ResNet-10t 32-d likewise) and
 the test suite's tiny runs (ResNet-10t 16-d, 16 views), times AdamW's update with PyTorch's three
@@ -14,16 +14,13 @@ benchmarks/results/optimizer_step.md and .json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.common import parser, write_results
+
 CASES = {  # name: (backbone, embedding dim, views per batch)
     "demo source: ResNet-18d 128-d, 180 views": ("resnet18d", 128, 180),
     "demo target: ResNet-10t 32-d, 180 views": ("resnet10t", 32, 180),
@@ -99,11 +96,11 @@ def _seconds(function, calls: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=10)
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--threads", type=int, default=2)
+    options.add_argument("--repeats", type=int, default=5)
+    options.add_argument("--steps", type=int, default=10)
+    args = options.parse_args()
     torch.set_num_threads(args.threads)
     rows, record = [], {"args": vars(args), "torch": torch.__version__, "cases": {}}
     for case, (backbone, dim, views) in CASES.items():
@@ -131,7 +128,7 @@ def main() -> None:
     lines = [
         "# Adam's fused kernel on the CPU",
         "",
-        f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}; medians of "
+        f"{args.threads} thread(s); medians of "
         f"{args.repeats} interleaved rounds. AdamW, lr 10⁻³. Step: forward, Proxy-Anchor loss, backward and update on "
         "fixed random 32-px images.",
         "",
@@ -145,13 +142,8 @@ def main() -> None:
         "to rounding. Over more steps training amplifies such differences (Adam divides by each gradient's "
         "running scale, so rounding in near-zero gradients can flip whole updates): the for-loop itself, its "
         "weights nudged by about 5·10⁻⁹ after the first step, drifts as far as the fused kernel does.",
-        "",
-        f"Rerun: `.venv/bin/python benchmarks/optimizer_step.py --threads {args.threads} --repeats {args.repeats}`",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "optimizer_step.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "optimizer_step.json").write_text(json.dumps(record, indent=2) + "\n")
-    print("\n".join(lines))
+    write_results("optimizer_step", lines, record, rerun=f"optimizer_step --threads {args.threads} --repeats {args.repeats}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What reading the source's embeddings from a file costs in Recall@1 and saves in time (demo data).
 
-    .venv/bin/python benchmarks/precomputed_source.py --source RUN_DIR [--seed 0] [--work runs/precomputed_source]
+    .venv/bin/python -m benchmarks.precomputed_source --source RUN_DIR [--seed 0] [--work runs/precomputed_source]
 
 Side by side in one process, one after the other, with the demo's compression setting (ResNet-10t 32-d
 target, relaxed contrastive loss, 10 epochs): the paper's protocol (the source embeds the same augmented
@@ -11,15 +11,13 @@ source run, e.g. runs/transfer_table/seed0/source. Writes benchmarks/results/pre
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+from benchmarks.common import parser, write_results
 from metrictransfer.config import build_config
 from metrictransfer.demo import DEMO_TARGET
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def target(transfer: dict, seed: int) -> dict:
@@ -35,11 +33,11 @@ def main() -> None:
     from metrictransfer.evaluation.evaluate import embed_split
     from metrictransfer.runtime.checkpoint import load_embedding_model
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", required=True, help="a trained source run folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", default="runs/precomputed_source")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--source", required=True, help="a trained source run folder")
+    options.add_argument("--seed", type=int, default=0)
+    options.add_argument("--work", default="runs/precomputed_source")
+    args = options.parse_args()
     work = Path(args.work)
 
     started = time.perf_counter()
@@ -70,24 +68,13 @@ def main() -> None:
         lines.append(
             f"| {label} | {100 * f['recall@1']:.1f} | {100 * f['recall@2']:.1f} | {seconds:.0f} | {embed:.0f} | {seconds / online_s:.2f} |"
         )
-    lines += [
-        "",
-        f"Seed {args.seed}, source {args.source}. Rerun: `.venv/bin/python benchmarks/precomputed_source.py --source {args.source}`",
-    ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "precomputed_source.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "precomputed_source.json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "online": {"seconds": online_s, **online["final"]},
-                "table": {"seconds": table_s, "embed_seconds": embed_s, **table["final"]},
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print("\n".join(lines))
+    lines += ["", f"Seed {args.seed}, source {args.source}."]
+    record = {
+        "args": vars(args),
+        "online": {"seconds": online_s, **online["final"]},
+        "table": {"seconds": table_s, "embed_seconds": embed_s, **table["final"]},
+    }
+    write_results("precomputed_source", lines, record, rerun=f"precomputed_source --source {args.source}")
 
 
 if __name__ == "__main__":

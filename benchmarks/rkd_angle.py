@@ -1,6 +1,6 @@
 """RKD angle loss: time of one forward + backward pass, three implementations side by side (CPU).
 
-    .venv/bin/python benchmarks/rkd_angle.py [--sizes 90 180 360 512] [--dim 128] [--repeats 5]
+    .venv/bin/python -m benchmarks.rkd_angle [--sizes 90 180 360 512] [--dim 128] [--repeats 5]
 
 - naive: the original form, N × N × D normalised difference vectors, autograd (memory O(N²·D));
 - checkpointed: cosines from Gram products in chunks of 32 anchors, each chunk recomputed in the
@@ -14,21 +14,16 @@ median is reported. Writes benchmarks/results/rkd_angle.md and .json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from benchmarks.common import parser, write_results
 from metrictransfer.losses import RKDAngleLoss
 from metrictransfer.losses.distances import pairwise_distances
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def naive(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -74,12 +69,12 @@ def seconds(fn, t: torch.Tensor, s: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[90, 180, 360, 512])
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--sizes", type=int, nargs="+", default=[90, 180, 360, 512])
+    options.add_argument("--dim", type=int, default=128)
+    options.add_argument("--repeats", type=int, default=5)
+    options.add_argument("--threads", type=int, default=2)
+    args = options.parse_args()
     torch.set_num_threads(args.threads)
 
     rows = []
@@ -117,22 +112,15 @@ def main() -> None:
     lines = [
         f"# RKD angle loss, forward + backward (D = {args.dim}, float32)",
         "",
-        f"{args.threads} CPU threads, torch {torch.__version__}, {platform.machine()}; median of {args.repeats} "
+        f"{args.threads} CPU threads; median of {args.repeats} "
         "interleaved repeats; all implementations agree on the loss and gradient before timing.",
         "",
         "| N | implementation | ms | time vs naive |",
         "|---:|---|---:|---:|",
     ]
     lines += [f"| {r['n']} | {r['method']} | {r['ms']:.1f} | {r['vs_naive']:.2f}× |" for r in rows]
-    lines += [
-        "",
-        f"Rerun: `.venv/bin/python benchmarks/rkd_angle.py --sizes {' '.join(map(str, args.sizes))} "
-        f"--dim {args.dim} --repeats {args.repeats}`",
-    ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "rkd_angle.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "rkd_angle.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
-    print("\n".join(lines))
+    rerun = f"rkd_angle --sizes {' '.join(map(str, args.sizes))} --dim {args.dim} --repeats {args.repeats}"
+    write_results("rkd_angle", lines, {"args": vars(args), "rows": rows}, rerun=rerun)
 
 
 if __name__ == "__main__":

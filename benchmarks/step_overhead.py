@@ -1,6 +1,6 @@
 """What a transfer step and a cohort step cost beyond the networks' own work (demo data, CPU).
 
-    .venv/bin/python benchmarks/step_overhead.py [--steps 10] [--rounds 5] [--precision 32]
+    .venv/bin/python -m benchmarks.step_overhead [--steps 10] [--rounds 5] [--precision 32]
 
 On one preloaded demo batch (45 classes × 2 images × 2 views = 180 images, 32 px), measured side by side
 in one process, interleaved round by round, median over rounds:
@@ -21,23 +21,19 @@ for all and measured in benchmarks/cohort_step.py). Writes benchmarks/results/st
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import Stepper
 
+from benchmarks.common import Stepper, parser, write_results
 from metrictransfer.config import build_config
 from metrictransfer.demo import DEMO_DATA
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.runtime.checkpoint import save_embedding_model
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TRIPLET = {"name": "triplet", "params": {"margin": 0.2}, "miner": "distance_weighted"}
 
 
@@ -81,13 +77,13 @@ def timed(fn, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per round and setting")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--precision", default="32", choices=["32", "bf16"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backbone", default="resnet10t", help="the target's and the cohort members' backbone")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--steps", type=int, default=10, help="timed steps per round and setting")
+    options.add_argument("--rounds", type=int, default=5)
+    options.add_argument("--precision", default="32", choices=["32", "bf16"])
+    options.add_argument("--threads", type=int, default=2)
+    options.add_argument("--backbone", default="resnet10t", help="the target's and the cohort members' backbone")
+    args = options.parse_args()
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,8 +152,7 @@ def main() -> None:
     lines = [
         f"# Step overhead: transfer and cohort steps against the networks' own work (CPU, {args.backbone}, precision {args.precision})",
         "",
-        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, {platform.processor() or platform.machine()}; "
-        f"one preloaded demo batch (180 images, 32 px); median over {args.rounds} interleaved rounds of {args.steps} steps.",
+        f"One preloaded demo batch (180 images, 32 px); median over {args.rounds} interleaved rounds of {args.steps} steps.",
         "",
         "| setting | seconds per step |",
         "|---|---:|",
@@ -166,32 +161,25 @@ def main() -> None:
         f"- transfer step ÷ (target forward + backward + source forward): **{transfer_ratio:.2f}** (goal ≤ 1.10)",
         f"- cohort step ÷ (member 0 alone + member 1 alone), RKD (the default): **{cohort_ratio:.2f}**; "
         f"relaxed contrastive: **{relaxed_ratio:.2f}** (goal ≤ 1.10)",
-        "",
-        f"Rerun: `.venv/bin/python benchmarks/step_overhead.py --steps {args.steps} --rounds {args.rounds} "
-        f"--precision {args.precision} --threads {args.threads} --backbone {args.backbone}`",
     ]
-    RESULTS.mkdir(exist_ok=True)
     name = (
         "step_overhead"
         + ("" if args.precision == "32" else f"_{args.precision}")
         + ("" if args.backbone == "resnet10t" else f"_{args.backbone}")
     )
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{name}.json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "seconds": times,
-                "median": median,
-                "transfer_ratio": transfer_ratio,
-                "cohort_ratio": cohort_ratio,
-                "relaxed_cohort_ratio": relaxed_ratio,
-            },
-            indent=2,
-        )
-        + "\n"
+    record = {
+        "args": vars(args),
+        "seconds": times,
+        "median": median,
+        "transfer_ratio": transfer_ratio,
+        "cohort_ratio": cohort_ratio,
+        "relaxed_cohort_ratio": relaxed_ratio,
+    }
+    rerun = (
+        f"step_overhead --steps {args.steps} --rounds {args.rounds} --precision {args.precision} --threads {args.threads} "
+        f"--backbone {args.backbone}"
     )
-    print("\n".join(lines))
+    write_results(name, lines, record, rerun=rerun)
 
 
 if __name__ == "__main__":

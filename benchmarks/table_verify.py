@@ -7,12 +7,11 @@ functions ``metrictransfer embed`` uses. Times are medians of --repeats runs mea
 process, with the file in the page cache (a second read: what a user's repeated evaluations see); a first
 read from a cold disk is bounded by the disk, for both.
 
-    .venv/bin/python benchmarks/table_verify.py [--repeats 5]
+    .venv/bin/python -m benchmarks.table_verify [--repeats 5]
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import shutil
@@ -20,12 +19,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import cpu_name, median_seconds
 
+from benchmarks.common import median_seconds, parser, write_results
 from metrictransfer.cli import main as cli
 from metrictransfer.evaluation.embeddings_table import create_rows, finish_table, new_staging, open_rows, read_table
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = [(20_000, 512), (100_000, 128)]  # (rows, dimensions); the evaluation runs on the first only
 
 
@@ -48,21 +46,20 @@ def evaluate(table: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--name", default="table_verify")
-    args = parser.parse_args()
+    options = parser(__doc__, name="table_verify")
+    options.add_argument("--repeats", type=int, default=5)
+    args = options.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="table_verify-"))
     lines = [
         "# Embeddings table: checking every file's SHA-256 on read",
         "",
-        f"CPU: {cpu_name()}; medians of {args.repeats} runs; files in the page cache. "
-        "Command: `.venv/bin/python benchmarks/table_verify.py`",
+        f"Medians of {args.repeats} runs; files in the page cache.",
         "",
         "| rows × dim | files MB | read, unchecked (s) | read, checked (s) | check MB/s | evaluate --embeddings (s) | check / evaluate |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    rows_seen: list[dict] = []
     try:
         for index, (rows, dim) in enumerate(SIZES):
             table = work / f"t{rows}x{dim}"
@@ -78,6 +75,7 @@ def main() -> None:
             else:
                 shown = "– | –"
             lines.append(f"| {rows:,} × {dim} | {megabytes:.0f} | {plain:.3f} | {checked:.3f} | {megabytes / check:.0f} | {shown} |")
+            rows_seen.append({"rows": rows, "dim": dim, "megabytes": megabytes, "read_unchecked": plain, "read_checked": checked})
             print(lines[-1], flush=True)
             shutil.rmtree(table)
     finally:
@@ -87,9 +85,7 @@ def main() -> None:
         "The check reads every byte of every array file once and hashes it; `evaluate --embeddings` reads the rows "
         "anyway and compares every query with every gallery row, so the check is a small share of it.",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / (args.name + '.md')}")
+    write_results(args.name, lines, {"args": vars(args), "rows": rows_seen}, rerun=f"table_verify --repeats {args.repeats}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The embedding-transfer paper's Table 1 at CPU scale, on the offline glyphs data.
 
-    .venv/bin/python benchmarks/transfer_table.py [--seeds 0 1 2] [--epochs-scale 1.0] [--work runs/transfer_table]
-    .venv/bin/python benchmarks/transfer_table.py --tuned [--trials 8] [--trial-epochs 3]   # tuned alike first
+    .venv/bin/python -m benchmarks.transfer_table [--seeds 0 1 2] [--epochs-scale 1.0] [--work runs/transfer_table]
+    .venv/bin/python -m benchmarks.transfer_table --tuned [--trials 8] [--trial-epochs 3]   # tuned alike first
 
 Per seed: the demo's source model (ResNet-18-D, 128-d, Proxy-Anchor), then three targets, each trained
 without transfer (Proxy-Anchor alone) and with every baseline and the relaxed contrastive loss:
@@ -18,7 +18,6 @@ held-out classes, mean ± std over seeds. Nothing is selected on the test split.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -26,11 +25,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from common import mean_std, train_once
-
+from benchmarks.common import RESULTS, mean_std, parser, train_once, write_results
 from metrictransfer.demo import DEMO_SOURCE, DEMO_TARGET
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 SETTINGS = {  # cheapest first, so that an interrupted table has whole columns
     "compression": {"backbone": "resnet10t", "embedding_dim": 32},
@@ -108,23 +104,22 @@ def load_finished(path: Path, epochs_scale: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs-scale", type=float, default=1.0)
-    parser.add_argument("--work", default="runs/transfer_table", help="run folders (kept; finished runs are skipped)")
-    parser.add_argument("--name", default="transfer_table")
-    parser.add_argument(
+    options = parser(__doc__, name="transfer_table")
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    options.add_argument("--epochs-scale", type=float, default=1.0)
+    options.add_argument("--work", default="runs/transfer_table", help="run folders (kept; finished runs are skipped)")
+    options.add_argument(
         "--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), help="only these target settings (default: all three)"
     )
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each with (CPU cores / jobs) threads")
-    parser.add_argument("--fresh", action="store_true", help="ignore the cells of benchmarks/results/NAME.json from earlier invocations")
-    parser.add_argument("--tuned", action="store_true", help="tune each method alike on validation classes first (benchmarks/tuned.py)")
-    parser.add_argument("--trials", type=int, default=8, help="--tuned: trials per method")
-    parser.add_argument("--trial-epochs", type=int, default=3, help="--tuned: epochs of a trial")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="--tuned: these methods, in this order")
-    args = parser.parse_args()
+    options.add_argument("--jobs", type=int, default=1, help="runs trained at once, each with (CPU cores / jobs) threads")
+    options.add_argument("--fresh", action="store_true", help="ignore the cells of benchmarks/results/NAME.json from earlier invocations")
+    options.add_argument("--tuned", action="store_true", help="tune each method alike on validation classes first (benchmarks/tuned.py)")
+    options.add_argument("--trials", type=int, default=8, help="--tuned: trials per method")
+    options.add_argument("--trial-epochs", type=int, default=3, help="--tuned: epochs of a trial")
+    options.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="--tuned: these methods, in this order")
+    args = options.parse_args()
     if args.tuned:
-        from tuned import run_tuned
+        from benchmarks.tuned import run_tuned
 
         run_tuned(args, SETTINGS, {name: METHODS[name] for name in args.methods}, source_config, target_config, slug)
         return
@@ -195,15 +190,14 @@ def write_table(args, results: dict, minutes: float) -> None:
         )
         + ".",
         "",
-        f"Rerun: `.venv/bin/python benchmarks/transfer_table.py --seeds {' '.join(map(str, args.seeds))}"
+        f"{minutes:.0f} min of training in this invocation; runs already in --work are reused.",
+    ]
+    rerun = (
+        f"transfer_table --seeds {' '.join(map(str, args.seeds))}"
         + (f" --settings {' '.join(repr(s) for s in args.settings)}" if args.settings != list(SETTINGS) else "")
         + (f" --epochs-scale {args.epochs_scale}" if args.epochs_scale != 1.0 else "")
-        + f"` ({minutes:.0f} min of training in this invocation; runs already in --work are reused).",
-    ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"args": vars(args), **results}, indent=2) + "\n")
-    print("\n".join(lines), flush=True)
+    )
+    write_results(args.name, lines, {"args": vars(args), **results}, rerun=rerun)
 
 
 if __name__ == "__main__":

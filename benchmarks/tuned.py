@@ -1,5 +1,5 @@
 """The transfer table's compression column with every method tuned alike, on validation classes only
-(``benchmarks/transfer_table.py --tuned``; the protocol of Musgrave, Belongie and Lim, ECCV 2020).
+(``python -m benchmarks.transfer_table --tuned``; the protocol of Musgrave, Belongie and Lim, ECCV 2020).
 
 Per method, the same budget: ``metrictransfer tune`` with ``--trials`` TPE trials (median pruning) of the
 target at ``--trial-epochs`` epochs, trained on 80 % of the glyphs training classes and chosen by Recall@1
@@ -22,12 +22,10 @@ import time
 from pathlib import Path
 
 import yaml
-from common import mean_std, train_once
 
+from benchmarks.common import RESULTS, ROOT, mean_std, train_once, write_results
 from metrictransfer.config import apply_overrides
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = Path(__file__).resolve().parents[1]
 VALIDATION = {"classes": 0.2, "seed": 0}
 LR = {"optim.lr": {"type": "log_uniform", "low": 1.0e-4, "high": 1.0e-2}}
 # one setting of each method's own beside the learning rate; methods without one search the weight decay
@@ -144,14 +142,13 @@ def write_tuned_table(args, results: dict, minutes: float) -> None:
         "",
         "Untuned: benchmarks/results/transfer_table.json (the same seeds, sources and length, with each method's default settings).",
         "",
-        f"Rerun: `.venv/bin/python benchmarks/transfer_table.py --tuned --settings compression --seeds {' '.join(map(str, args.seeds))} "
-        f"--epochs-scale {args.epochs_scale} --trials {args.trials} --trial-epochs {args.trial_epochs}` "
-        f"({minutes:.0f} min in this invocation; finished runs and studies in --work are reused).",
+        f"{minutes:.0f} min in this invocation; finished runs and studies in --work are reused.",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "transfer_table_tuned.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "transfer_table_tuned.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("\n".join(lines), flush=True)
+    rerun = (
+        f"transfer_table --tuned --settings compression --seeds {' '.join(map(str, args.seeds))} "
+        f"--epochs-scale {args.epochs_scale} --trials {args.trials} --trial-epochs {args.trial_epochs}"
+    )
+    write_results("transfer_table_tuned", lines, results, rerun=rerun)
 
 
 # ------------------------------------------------------------------------------------- mutual learning
@@ -229,12 +226,10 @@ def write_tuned_mutual_table(args, results: dict, minutes: float) -> None:
         "",
         "Untuned: benchmarks/results/mutual_ablation.json (the same seeds and length, λ = 1, τ = (1, 2), lr 10⁻³).",
         "",
-        f"Rerun: `.venv/bin/python benchmarks/mutual_ablation.py --tuned --rows {tuned_rows} "
-        f"--seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} "
-        f"--trials {args.trials} --trial-epochs {args.trial_epochs}` ({minutes:.0f} min in this invocation; finished runs and "
-        "studies in --work are reused).",
+        f"{minutes:.0f} min in this invocation; finished runs and studies in --work are reused.",
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "mutual_ablation_tuned.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "mutual_ablation_tuned.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("\n".join(lines), flush=True)
+    rerun = (
+        f"mutual_ablation --tuned --rows {tuned_rows} --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} "
+        f"--trials {args.trials} --trial-epochs {args.trial_epochs}"
+    )
+    write_results("mutual_ablation_tuned", lines, results, rerun=rerun)
