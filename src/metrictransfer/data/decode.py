@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,6 +37,16 @@ _NOTES = {
     "alpha": f"transparent pixels are composited on white {ALPHA_BACKGROUND}",
     "negative": "negative values of a 32-bit integer image are clipped to 0",
 }
+#: The kinds of conversion note, in a fixed order (a dataset keeps one flag for each).
+NOTE_KINDS = tuple(_NOTES)
+
+
+class Noted(Protocol):
+    """The conversion notes already told (a ``set[str]``, or one shared by processes): each is told once."""
+
+    def __contains__(self, note: object, /) -> bool: ...
+
+    def add(self, note: str, /) -> None: ...
 
 
 class _Refusal(ValueError):
@@ -111,13 +121,14 @@ def _to_rgb8(image: Image.Image, notes: set[str]) -> Image.Image:
     return image.convert("RGB")
 
 
-def _warn_new(path: str | os.PathLike[str], notes: set[str], warned: set[str]) -> None:
-    for note in sorted(notes - warned):
-        warned.add(note)
-        warnings.warn(f"{_NOTES[note]} (first seen: {path})", stacklevel=3)
+def _warn_new(path: str | os.PathLike[str], notes: set[str], warned: Noted) -> None:
+    for note in sorted(notes):
+        if note not in warned:
+            warned.add(note)
+            warnings.warn(f"{_NOTES[note]} (first seen: {path})", stacklevel=3)
 
 
-def to_rgb8(image: Image.Image, path: str | os.PathLike[str], warned: set[str] | None = None) -> Image.Image:
+def to_rgb8(image: Image.Image, path: str | os.PathLike[str], warned: Noted | None = None) -> Image.Image:
     """A new 8-bit RGB image holding what `image` (opened from `path`) shows; BadImageError names `path` otherwise.
 
     Rules, so that every file trains as it looks:
@@ -152,7 +163,7 @@ def _bomb_reason(err: Exception) -> str:
     )
 
 
-def open_rgb8_raw(path: str | os.PathLike[str], warned: set[str] | None, check_only: bool = False) -> Image.Image:
+def open_rgb8_raw(path: str | os.PathLike[str], warned: Noted | None, check_only: bool = False) -> Image.Image:
     """:func:`open_rgb8` raising Pillow's own errors, or _Refusal, for the caller to name the file.
 
     ``check_only``: a JPEG is decoded at 1/8 of its size (Pillow's draft mode), for checking that a file
@@ -178,7 +189,7 @@ def open_rgb8_raw(path: str | os.PathLike[str], warned: set[str] | None, check_o
 UNREADABLE = (OSError, UnidentifiedImageError, ValueError)  # ValueError covers _Refusal
 
 
-def open_rgb8(path: str | os.PathLike[str], warned: set[str] | None = None, hint: str = SKIP_HINT) -> Image.Image:
+def open_rgb8(path: str | os.PathLike[str], warned: Noted | None = None, hint: str = SKIP_HINT) -> Image.Image:
     """The image file at `path` as faithful 8-bit RGB (:func:`to_rgb8`), refusing decompression bombs.
 
     Pillow's ``Image.MAX_IMAGE_PIXELS`` is the limit (left unchanged); files above it are refused, not
