@@ -69,13 +69,15 @@ def main() -> None:
             plain = median_seconds(lambda table=table: read_table(table, verify=False), args.repeats)
             checked = median_seconds(lambda table=table: read_table(table, verify=True), args.repeats)
             check = checked - plain
+            evaluation = None
             if index == 0:
                 evaluation = median_seconds(lambda table=table: evaluate(table), max(1, args.repeats // 2))
                 shown = f"{evaluation:.2f} | {100 * check / evaluation:.1f} %"
             else:
                 shown = "– | –"
             lines.append(f"| {rows:,} × {dim} | {megabytes:.0f} | {plain:.3f} | {checked:.3f} | {megabytes / check:.0f} | {shown} |")
-            rows_seen.append({"rows": rows, "dim": dim, "megabytes": megabytes, "read_unchecked": plain, "read_checked": checked})
+            seconds = {"read": plain, "checked_read": checked, "evaluate": evaluation}
+            rows_seen.append({"rows": rows, "dim": dim, "megabytes": megabytes, "seconds": seconds})
             print(lines[-1], flush=True)
             shutil.rmtree(table)
     finally:
