@@ -164,6 +164,11 @@ ALL: tuple[Registry[Any], ...] = ()  # filled below
 
 #: Backbones written here (registered with timm too); any other timm name works as well.
 BACKBONES: Registry[Any] = Registry("backbone", "metrictransfer.models", "metrictransfer.backbones", "register_backbone")
+#: Retrieval metrics computed from each query's neighbour statistics (``QueryStats``): one function each,
+#: ``at_k=True`` for those asked at several K (``recall@1``, ``recall@2``, ...).
+RETRIEVAL_METRICS: Registry[Any] = Registry(
+    "retrieval metric", "metrictransfer.evaluation", "metrictransfer.retrieval_metrics", "register_retrieval_metric"
+)
 
 ALL = (TRANSFER_LOSSES, METRIC_LOSSES, MINERS, METHODS, DATASETS, TRANSFORMS, BACKBONES)
 
@@ -174,3 +179,4 @@ register_method = METHODS.register
 register_dataset = DATASETS.register
 register_transform = TRANSFORMS.register
 register_backbone = BACKBONES.register
+register_retrieval_metric = RETRIEVAL_METRICS.register

@@ -226,3 +226,32 @@ def test_kernel_and_torch_paths_agree_at_default_blocks():
         assert torch.equal(stats.rank, paths[0].rank)
         assert torch.equal(stats.average_precision.nan_to_num(), paths[0].average_precision.nan_to_num())
         assert torch.equal(stats.r_precision.nan_to_num(), paths[0].r_precision.nan_to_num())
+
+
+def test_a_registered_retrieval_metric_is_reported_by_every_evaluation_and_kept_in_the_history():
+    """One function adds a metric: retrieval_metrics reports it and the run's history keeps it."""
+    from metrictransfer.engine.results import metrics_of
+    from metrictransfer.registry import RETRIEVAL_METRICS, register_retrieval_metric
+
+    saved = RETRIEVAL_METRICS.snapshot()
+    try:
+
+        @register_retrieval_metric("hit_rank_mean")
+        def hit_rank_mean(stats):
+            return float(stats.rank.double().mean())
+
+        @register_retrieval_metric("precision", at_k=True)
+        def precision_at(stats, k):
+            return float((stats.rank < k).double().mean())  # stand-in: the test checks the wiring
+
+        embeddings = torch.tensor([[0.0], [0.1], [5.0], [5.2], [9.0], [9.1]])
+        labels = torch.tensor([0, 0, 1, 1, 2, 0])
+        found = retrieval_metrics(embeddings, labels, ks=(1, 2))
+        assert found["precision@2"] == found["recall@2"] and "precision@1" in found
+        # other-class items closer than the first positive, for the 5 queries with one (the 9.0 has none)
+        ranks = [0, 0, 0, 0, 3]
+        assert found["hit_rank_mean"] == pytest.approx(sum(ranks) / 5)
+        assert set(metrics_of({"epoch": 1, "loss": 0.5, **found})) == set(found)
+    finally:
+        RETRIEVAL_METRICS.restore(saved)
+    assert "hit_rank_mean" not in retrieval_metrics(embeddings, labels, ks=(1,))

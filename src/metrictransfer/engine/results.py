@@ -7,7 +7,7 @@ from typing import Any
 
 from metrictransfer.config import RunConfig
 from metrictransfer.engine.logging import primary_metric
-from metrictransfer.registry import METHODS
+from metrictransfer.registry import METHODS, RETRIEVAL_METRICS
 
 
 def curves(config: RunConfig, history: list[dict[str, Any]], primary: str) -> dict[str, list[tuple[int, float]]]:
@@ -22,10 +22,19 @@ def curve(history: list[dict[str, Any]], metric: str = "recall@1") -> list[tuple
     return [(row["epoch"], row[metric]) for row in history if metric in row]
 
 
+#: Metrics an evaluation gives besides the registered retrieval metrics: the embeddings' clustering (NMI), a
+#: label-free run's agreement with its source (``agreement@k``) and a classifier's accuracy.
+OTHER_METRICS = ("nmi", "accuracy", "agreement")
+
+
 def metrics_of(row: dict[str, Any]) -> dict[str, float]:
+    """The metrics of a history row (its loss, times and counts left out), cohorts' prefixed ones too."""
+    at_k = {name for name in RETRIEVAL_METRICS.names() if RETRIEVAL_METRICS.info(name, "at_k", False)} | {"agreement"}
+    plain = {name for name in RETRIEVAL_METRICS.names() if name not in at_k} | set(OTHER_METRICS)
+
     def is_metric(key: str) -> bool:
         name = key.rsplit("/", 1)[-1]  # cohorts: member0/recall@1, ensemble/recall@1
-        return name.startswith(("recall@", "agreement@")) or name in ("map@r", "r_precision", "nmi", "accuracy")
+        return name in plain or name.partition("@")[0] in at_k and name.partition("@")[2].isdigit()
 
     return {k: v for k, v in row.items() if is_metric(k)}
 

@@ -15,6 +15,7 @@ own neighbours by index. Ties between a same-class and an other-class item count
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from metrictransfer.errors import ConfigError, DataError
 from metrictransfer.evaluation.faiss_knn import faiss_query_statistics
 from metrictransfer.evaluation.knn import QueryStats, query_statistics
+from metrictransfer.registry import RETRIEVAL_METRICS, register_retrieval_metric
 
 BACKENDS = ("torch", "faiss")
 
@@ -168,15 +170,38 @@ def check_ranks(
     )
 
 
+@register_retrieval_metric("recall", at_k=True)
+def recall(stats: QueryStats, k: int) -> float:
+    """Recall@K: the share of queries with a same-class item among their K nearest."""
+    return float((stats.rank < k).double().mean())
+
+
+@register_retrieval_metric("map@r")
+def map_at_r(stats: QueryStats) -> float:
+    """MAP@R: the mean over queries of the average precision within their R nearest (R: their positives)."""
+    return float(stats.average_precision.mean())
+
+
+@register_retrieval_metric("r_precision")
+def r_precision(stats: QueryStats) -> float:
+    """R-Precision: the mean share of same-class items among each query's R nearest."""
+    return float(stats.r_precision.mean())
+
+
 def summarize(stats: QueryStats, ks: Sequence[int]) -> dict[str, float]:
-    """Means over the queries that have at least one positive."""
+    """Every registered retrieval metric (``recall@k`` for each of ``ks``), as means over the queries that
+    have at least one positive."""
     valid = stats.positives > 0
     if not valid.any():
         raise DataError("no query has a same-class item to retrieve: every class has a single item")
-    rank = stats.rank[valid]
-    out = {f"recall@{k}": float((rank < k).double().mean()) for k in ks}
-    out["map@r"] = float(stats.average_precision[valid].mean())
-    out["r_precision"] = float(stats.r_precision[valid].mean())
+    kept = QueryStats(*(getattr(stats, f.name)[valid] for f in fields(QueryStats)))
+    out: dict[str, float] = {}
+    for name in sorted(RETRIEVAL_METRICS.names(), key=lambda n: not RETRIEVAL_METRICS.info(n, "at_k", False)):
+        metric = RETRIEVAL_METRICS.get(name)
+        if RETRIEVAL_METRICS.info(name, "at_k", False):
+            out.update({f"{name}@{k}": metric(kept, k) for k in ks})
+        else:
+            out[name] = metric(kept)
     return out
 
 
