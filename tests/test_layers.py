@@ -1,25 +1,13 @@
 """The packages of src/metrictransfer form layers, and import each other without cycles.
 
-Layers
-------
-Lowest first. A module imports, at module level, only modules of its own layer or of lower ones, and
-the packages of a layer import each other without cycles. A function-level import of a metrictransfer
-module only defers a heavy dependency (``FUNCTION_LEVEL`` below says which and why); it follows the
-layers too, so none hides a cycle. ``if TYPE_CHECKING:`` imports do not count.
-
-    layer        packages                                      what they hold
-    base         metrictransfer errors io params registry output_folder readback formatting  version, errors, files, manifests, registries
-    config       normalization model_names config              input conventions and timm names, the recipe schema
-    parts        data models losses                            datasets and samplers, backbones and embedding models, losses
-    runtime      runtime                                       the device, torch.distributed helpers, checkpoint files, a run's model
-    evaluation   evaluation                                    embeddings, retrieval metrics, test-split evaluation
-    methods      methods                                       training strategies: their models, losses and evaluation
-    engine       engine                                        the training loop, callbacks, run folders, logs, result tables
-    apps         search export report demo distill tuning      index and search, export, run reports, the demo, distill, tune
-    cli          cli                                           the command line
-
-``metrictransfer`` is the package's own ``__init__`` (``__version__``). scripts/import_graph.py prints
-the graph these tests check (``--all`` with function-level imports).
+The layer table (layer, packages, what they hold; lowest first) is in docs/architecture.md, under "The
+layers", with the rules it states: a module imports, at module level, only modules of its own layer or of
+lower ones, and the packages of a layer import each other without cycles. A function-level import of a
+metrictransfer module only defers a heavy dependency (``FUNCTION_LEVEL`` below says which and why); it
+follows the layers too, so none hides a cycle. ``if TYPE_CHECKING:`` imports do not count. These tests read
+the table from that page, so the page and the code cannot disagree; the page's picture must list the same
+layers and packages. scripts/import_graph.py prints the graph these tests check (``--all`` with
+function-level imports).
 """
 
 from __future__ import annotations
@@ -77,19 +65,39 @@ FUNCTION_LEVEL = {
     },
 }
 
-ROW = re.compile(r"^ {4}(\w+) {2,}([\w ]+?) {2,}\S")
+PAGE = ROOT / "docs" / "architecture.md"
+HEADER = "| layer | packages | what they hold |"
+PICTURE_LAYER = re.compile(r'<g class="layer" data-layer="(\w+)">.*?<text class="packages"[^>]*>([^<]*)</text>')
 
 
 def _layer_section() -> str:
-    return __doc__[__doc__.index("Layers\n") :].split("\n\n``metrictransfer``")[0]
+    """The layer table of docs/architecture.md: its header row and every row after it."""
+    lines = PAGE.read_text(encoding="utf-8").splitlines()
+    assert HEADER in lines, f"docs/architecture.md has no layer table (a row {HEADER!r} and its rows)"
+    rows = lines[lines.index(HEADER) :]
+    return "\n".join(rows[: next((i for i, line in enumerate(rows) if not line.startswith("|")), len(rows))])
+
+
+def _rows() -> list[tuple[str, list[str]]]:
+    """(layer, packages) per row of the table, lowest first; a package is a `name` in the second column."""
+    rows = []
+    for line in _layer_section().splitlines()[2:]:  # past the header and the |---| line
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        assert len(cells) == 3 and cells[0], f"docs/architecture.md: a layer row has three cells, got {line!r}"
+        packages = re.findall(r"`(\w+)`", cells[1])
+        assert packages, f"docs/architecture.md: layer {cells[0]!r} lists no `package`"
+        rows.append((cells[0], packages))
+    return rows
 
 
 def _layers() -> dict[str, tuple[int, str]]:
-    """package → (rank, layer name), from the table in this module's docstring."""
-    rows = [ROW.match(line) for line in _layer_section().splitlines()]
-    rows = [m for m in rows if m and m.group(1) != "layer"]
-    assert len(rows) >= 5, f"cannot read the layer table of tests/test_layers.py's docstring:\n{_layer_section()}"
-    return {package: (rank, m.group(1)) for rank, m in enumerate(rows) for package in m.group(2).split()}
+    """package → (rank, layer name), from the table in docs/architecture.md."""
+    rows = _rows()
+    assert len(rows) >= 5, f"cannot read the layer table of docs/architecture.md:\n{_layer_section()}"
+    listed = [package for _, packages in rows for package in packages]
+    twice = sorted({p for p in listed if listed.count(p) > 1})
+    assert not twice, f"docs/architecture.md lists packages in more than one layer: {twice}"
+    return {package: (rank, layer) for rank, (layer, packages) in enumerate(rows) for package in packages}
 
 
 LAYERS = _layers()
@@ -110,13 +118,20 @@ def _crossing(imp) -> str:
 
 
 def _fail(problems: list[str], what: str) -> str:
-    return f"{what}:\n  " + "\n  ".join(problems) + f"\n\n{_layer_section()}"
+    return f"{what}:\n  " + "\n  ".join(problems) + f"\n\nthe layer table of docs/architecture.md:\n{_layer_section()}"
 
 
 def test_every_package_has_a_layer():
     packages = {graph.package_of(m) for m in graph.modules()}
     assert packages - LAYERS.keys() == set(), _fail(sorted(packages - LAYERS.keys()), "packages the layer table lacks")
     assert LAYERS.keys() - packages == set(), _fail(sorted(LAYERS.keys() - packages), "packages in the table that do not exist")
+
+
+def test_the_picture_shows_the_table():
+    """The page's picture (an SVG written by hand) names the table's layers, highest first, and their packages."""
+    drawn = [(layer, packages.split()) for layer, packages in PICTURE_LAYER.findall(PAGE.read_text(encoding="utf-8"))]
+    table = list(reversed(_rows()))
+    assert drawn == table, f"the picture of docs/architecture.md shows {drawn}; its table says {table}"
 
 
 def test_module_level_imports_go_down_the_layers():
