@@ -15,16 +15,10 @@ import traceback
 import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, NoReturn
+from typing import Any, Callable, Iterator, NamedTuple, NoReturn
 
 # Only light modules here: torch and the rest load inside the commands, where Ctrl-C is handled.
 from metrictransfer.errors import ConfigError, MetricTransferError, MissingFileError, command_options, is_output_problem, output_error
-
-if TYPE_CHECKING:
-    import numpy as np
-    import torch
-
-    from metrictransfer.evaluation.embeddings_file import EmbeddingsFile
 
 
 def _k_list(text: str) -> list[int]:
@@ -289,6 +283,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from functools import partial
 
     from metrictransfer.evaluation.embed_to_file import check_output, embed_images_to_file, embed_split_to_file
+    from metrictransfer.evaluation.embedders import checkpoint_embedder, timm_embedder
     from metrictransfer.runtime import distributed
     from metrictransfer.runtime.device import resolve_device
 
@@ -300,9 +295,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
         embed = partial(embed_split_to_file, split=args.split or "test")
     with _json_only(args):
         if args.checkpoint:
-            model, config, preprocess, record = _checkpoint_embedder(args)
+            model, config, preprocess, record = checkpoint_embedder(args.checkpoint, args.model)
         else:
-            model, config, preprocess, record = _timm_embedder(args)
+            given = {"name": args.timm, "pretrained": not args.no_pretrained, "weights": args.weights, "features": args.features}
+            given |= {"image_size": args.image_size, "normalization": args.normalization}
+            model, config, preprocess, record = timm_embedder(given, args.recipe, args.dataset, args.root, args.set)
         ranks, device_name = distributed.setup(args.device or config.device)  # under torchrun: this process's share
         try:
             written = embed(
@@ -369,165 +366,25 @@ def _check_embed_options(args: argparse.Namespace) -> None:
         )
 
 
-def _checkpoint_embedder(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """A run's model on the run's data, with the run's test-time preprocessing."""
-    from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
-
-    model, config = load_embedding_model(args.checkpoint, name=args.model)
-    record = {
-        "kind": "checkpoint",
-        "checkpoint": str(resolve_checkpoint(args.checkpoint)),
-        "model": args.model,
-        "backbone": config.model.backbone,
-        "embedding_dim": int(model.embedding_dim),
-        "image_size": config.data.image_size,
-        "normalization": config.data.normalization,
-    }
-    return model, config, None, record
-
-
-def _timm_embedder(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """A timm model's own features (transfer.source's options) on the data of a recipe or a dataset, with
-    that data's test transform at the model's input size and normalisation."""
-    from metrictransfer.config import build_config, load_config
-    from metrictransfer.models.pretrained import PretrainedFeatures
-
-    overrides = [f"data.dataset={json.dumps(args.dataset)}"] if args.dataset else []
-    overrides += [f"data.root={json.dumps(args.root)}"] if args.root else []
-    overrides += list(args.set)
-    config = load_config(args.recipe, overrides) if args.recipe else build_config({}, overrides, origin="metrictransfer embed")
-    spec = _timm_source(args)
-    model = PretrainedFeatures(spec.name, spec.pretrained, spec.weights, spec.features, spec.image_size, weights_key="--weights")
-    preprocess = config.data.model_copy(update={"image_size": model.image_size, "normalization": spec.normalization})
-    record = {
-        "kind": "timm",
-        "name": spec.name,
-        "pretrained": spec.pretrained and spec.weights is None,
-        "weights": spec.weights,
-        "features": spec.features,
-        "image_size": model.image_size,
-        "normalization": spec.normalization,
-        "embedding_dim": model.embedding_dim,
-    }
-    return model, config, preprocess, record
-
-
-_TIMM_FLAGS = {"name": "--timm", "pretrained": "--no-pretrained", "weights": "--weights", "features": "--features"}
-_TIMM_FLAGS |= {"image_size": "--image-size", "normalization": "--normalization"}
-
-
-def _timm_source(args: argparse.Namespace) -> Any:
-    """The model options checked and resolved as transfer.source's are (name, input size, normalisation)."""
-    from pydantic import ValidationError
-
-    from metrictransfer.config import SourceModelConfig
-
-    given = {"name": args.timm, "pretrained": not args.no_pretrained, "weights": args.weights, "features": args.features}
-    given |= {"image_size": args.image_size, "normalization": args.normalization}
-    try:
-        return SourceModelConfig.model_validate({key: value for key, value in given.items() if value is not None})
-    except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            flag = _TIMM_FLAGS.get(str(e["loc"][0]), "--timm") if e["loc"] else "--timm"
-            message = e["msg"].removeprefix("Value error, ")
-            problems.append(f"{flag}: {message}" + (f" (got {e['input']!r})" if e["type"] != "value_error" else ""))
-        raise ConfigError("; ".join(problems)) from None
-
-
-def _ensemble(files: list[EmbeddingsFile], paths: list[str]) -> torch.Tensor:
-    """Several models' embeddings of the same items, L2-normalised and concatenated."""
-    from metrictransfer.evaluation import ensemble_embeddings
-    from metrictransfer.evaluation.embeddings_file import check_same_items
-
-    check_same_items(files, paths)
-    return ensemble_embeddings([_tensor(f.embeddings) for f in files])
-
-
-def _recall_on_labelled_images(checkpoint: str) -> str:
-    """How to measure Recall@K of a run that has no labelled test split: embed labelled images (class
-    sub-folders, or a CSV of path,label) into a file that ``evaluate --embeddings`` reads."""
-    return (
-        f"For Recall@K on labelled images: metrictransfer embed --checkpoint {checkpoint} --images LABELLED_IMAGES --out FILE.npz "
-        "then metrictransfer evaluate --embeddings FILE.npz (LABELLED_IMAGES: a folder of class sub-folders or a "
-        "CSV of path,label); or train with eval.data (distill --eval-data)"
-    )
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """An array as a tensor; a table's read-only memory map is read into memory first (torch warns of
-    read-only arrays)."""
-    import numpy as np
-    import torch
-
-    return torch.from_numpy(array if array.flags.writeable else np.array(array))
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from metrictransfer.evaluation import retrieval_metrics
-
-    masks: dict[str, np.ndarray | None] = {}
-    if args.embeddings:
-        from metrictransfer.evaluation.embeddings_file import load_embeddings
-
-        files = [load_embeddings(path, query_gallery=args.query_gallery) for path in args.embeddings]
-        data = files[0]
-        source = " + ".join(args.embeddings)
-        metric = args.metric or data.metric or "euclidean"
-        ks = args.k or [1, 2, 4, 8]
-        if args.query_gallery:
-            masks = {"is_query": data.is_query, "is_gallery": data.is_gallery}
-        embeddings, labels = _tensor(data.embeddings), torch.from_numpy(data.labels)
-        if len(files) > 1:
-            embeddings = _ensemble(files, args.embeddings)
-        device = args.device or "auto"
-    else:
-        from metrictransfer.evaluation.evaluate import embed_split
-        from metrictransfer.runtime.checkpoint import load_embedding_model
-
-        if args.query_gallery:
-            raise ConfigError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
-        model, config = load_embedding_model(args.checkpoint, name=args.model)
-        if config.eval.data is None and config.data.dataset == "unlabelled":
-            raise ConfigError(
-                f"{args.checkpoint} trained on unlabelled images and has no labelled test split; its agreement with "
-                f"its source is in {Path(args.checkpoint) / 'results.json'}. {_recall_on_labelled_images(args.checkpoint)}"
-            )
-        data = embed_split(model, config, "test", args.device, progress=sys.stderr.isatty())
-        source = f"{args.checkpoint}: {(config.eval.data or config.data).dataset} test split"
-        metric = args.metric or config.eval.metric
-        ks = args.k or config.eval.recall_at
-        embeddings, labels = torch.from_numpy(data.embeddings), torch.from_numpy(data.labels)
-        device = args.device or config.device
-    from metrictransfer.evaluation.metrics import check_embeddings, check_ranks
-    from metrictransfer.runtime.device import resolve_device
-
-    setting = "--k" if args.k else ("the run's eval.recall_at (choose others with --k)" if args.checkpoint else "K (choose with --k)")
-    check_embeddings(embeddings, labels)
-    check_ranks(ks, labels, masks.get("is_query"), masks.get("is_gallery"), setting=setting, where=source)  # refused, never capped
-    embeddings = embeddings.to(resolve_device(device))
-    metrics = retrieval_metrics(
-        embeddings,
-        labels,
-        ks,
-        metric,
-        nmi=args.nmi,
-        backend=args.backend,
-        progress=sys.stderr.isatty(),
-        is_query=masks.get("is_query"),
-        is_gallery=masks.get("is_gallery"),
-    )
-    if args.json:
-        print(json.dumps(metrics))
-        return 0
-    mode = "query vs gallery" if masks else "all vs all"
-    print(f"{source}: {len(labels)} items, {mode}, {metric} distance")
+    from metrictransfer.evaluation.measure import evaluate_checkpoint, evaluate_embeddings
     from metrictransfer.formatting import percent
 
-    width = max(len(k) for k in metrics)
-    for key, value in metrics.items():
+    options = {"ks": args.k, "metric": args.metric, "nmi": args.nmi, "backend": args.backend, "device": args.device}
+    progress = sys.stderr.isatty()
+    if args.embeddings:
+        measured = evaluate_embeddings(args.embeddings, args.query_gallery, progress=progress, **options)
+    elif args.query_gallery:
+        raise ConfigError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
+    else:
+        measured = evaluate_checkpoint(args.checkpoint, args.model, progress=progress, **options)
+    if args.json:
+        print(json.dumps(measured.metrics))
+        return 0
+    mode = "query vs gallery" if measured.query_gallery else "all vs all"
+    print(f"{measured.source}: {measured.items} items, {mode}, {measured.metric} distance")
+    width = max(len(k) for k in measured.metrics)
+    for key, value in measured.metrics.items():
         print(f"  {key:<{width}}  {percent(value):>6}")
     return 0
 
