@@ -12,6 +12,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -33,7 +34,7 @@ def parser(doc: str | None, name: str | None = None) -> argparse.ArgumentParser:
     return result
 
 
-def environment(device="cpu") -> dict:
+def environment(device: Any = "cpu") -> dict[str, Any]:
     """Where a measurement was taken: device, CPU model and cores, Python, torch (and CUDA / cuDNN settings
     on a GPU), torch's threads and the native thread pools loaded (threadpoolctl, when installed)."""
     import platform
@@ -55,7 +56,7 @@ def environment(device="cpu") -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,  # type: ignore[no-untyped-call]
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "tf32_conv": bool(torch.backends.cudnn.allow_tf32),
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
@@ -64,17 +65,19 @@ def environment(device="cpu") -> dict:
     }
 
 
-def environment_line(env: dict) -> str:
+def environment_line(env: dict[str, Any]) -> str:
     """The environment as the one line every table ends with."""
     device = f"{env['device']} (CUDA {env['cuda']}); " if env.get("cuda") else ""
     pools = ", ".join(f"{api} {threads}" for api, threads in env.get("thread_pools", {}).items())
     return (
         f"Environment: {device}{env['cpu']}, {env['cpu_cores']} cores; Python {env['python']}, torch {env['torch']}, "
-        f"{env['threads']} torch threads" + (f" (thread pools: {pools})" if pools else "") + "."
+        f"{env['threads']} torch thread{'s' if env['threads'] != 1 else ''}" + (f" (thread pools: {pools})" if pools else "") + "."
     )
 
 
-def write_results(name: str, lines: list[str], record: dict, rerun: str, out: Path = RESULTS, env: dict | None = None) -> Path:
+def write_results(
+    name: str, lines: list[str], record: dict[str, Any], rerun: str, out: Path = RESULTS, env: dict[str, Any] | None = None
+) -> Path:
     """Write ``out``/NAME.md (``lines``, then the environment line and "Rerun: `.venv/bin/python -m
     benchmarks.RERUN`") and ``out``/NAME.json (``record`` with the environment), each atomically, and
     print the table. ``rerun`` is the module and its arguments, e.g. ``"cli_startup --repeats 5"``."""
