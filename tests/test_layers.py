@@ -37,6 +37,9 @@ UPWARD: dict[tuple[str, str], str] = {}
 
 # Function-level imports of metrictransfer modules, by importing module and imported module ("*": any), with why.
 FUNCTION_LEVEL = {
+    "metrictransfer.api": {
+        "*": "each function imports what it runs: the package names the API without loading torch",
+    },
     "metrictransfer.cli": {
         "*": "each command imports what it runs: --help, usage and configuration errors answer without loading torch",
     },

@@ -1,0 +1,166 @@
+"""The library's face: one function per command, with the command's checks and results, for Python users.
+
+``import metrictransfer`` then ``metrictransfer.train(...)``, ``metrictransfer.search(...)``: the package
+imports this module on first use, so ``import metrictransfer`` and ``metrictransfer --help`` stay light.
+The command line parses its arguments, calls these functions and prints what they return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metrictransfer.config import RunConfig, build_config, load_config
+from metrictransfer.errors import ConfigError, MissingFileError
+
+__all__ = ["distill", "embed", "evaluate", "export", "index", "search", "train", "tune"]
+
+
+def _config(recipe: str | Path | dict[str, Any] | RunConfig, overrides: Sequence[str]) -> RunConfig:
+    """A recipe given as a YAML file, a dict of keys or a configuration, with ``KEY=VALUE`` overrides."""
+    if isinstance(recipe, RunConfig):
+        return build_config(recipe.model_dump(mode="json"), list(overrides)) if overrides else recipe
+    if isinstance(recipe, dict):
+        return build_config(recipe, list(overrides))
+    return load_config(recipe, list(overrides))
+
+
+def train(
+    recipe: str | Path | dict[str, Any] | RunConfig | None,
+    out: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    report: bool = True,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train a run of ``recipe`` into ``out`` (``resume``: continue the run in ``out`` with its own recipe;
+    give ``recipe=None``) and write its report; returns ``results.json``'s contents."""
+    from metrictransfer.engine.trainer import train as train_run
+    from metrictransfer.report import write_report
+
+    out = Path(out)
+    if resume:
+        if recipe is not None:
+            raise ConfigError(
+                f"give either a recipe (a new run) or resume {out} (continue that run with its own configuration), not both; "
+                "change how a resumed run runs with overrides (--set KEY=VALUE)"
+            )
+        if overwrite:
+            raise ConfigError("--overwrite starts a new run over an old one; it cannot be combined with --resume")
+        if not (out / "config.yaml").is_file():
+            what = "does not exist" if not out.exists() else "holds no run (no config.yaml)"
+            raise MissingFileError(f"cannot resume {out}: it {what}; give the folder of an interrupted run")
+        config = load_config(out / "config.yaml", list(overrides))
+    elif recipe is None:
+        raise ConfigError("give a recipe (metrictransfer train RECIPE.yaml) or --resume RUN_DIR")
+    else:
+        config = _config(recipe, overrides)
+    return train_run(config, out, resume=resume, overwrite=overwrite, progress=progress, report=write_report if report else None)
+
+
+def distill(
+    source: str, target: str, dim: int, images: str | Path, out: str | Path, *, overwrite: bool = False, **options: Any
+) -> dict[str, Any]:
+    """Distil the timm model ``source`` into a ``dim``-d ``target`` on ``images`` (``options``: those of
+    :func:`~metrictransfer.distill.distill_config`); returns ``results.json``'s contents."""
+    from metrictransfer.distill import OPTIONS, distill_config
+    from metrictransfer.engine.trainer import train as train_run
+    from metrictransfer.errors import command_options
+    from metrictransfer.report import write_report
+
+    config = distill_config(source, target, dim, images, **options)
+    with command_options(OPTIONS):
+        return train_run(config, Path(out), overwrite=overwrite, report=write_report)
+
+
+def evaluate(
+    checkpoint: str | Path | None = None,
+    *,
+    embeddings: Sequence[str | Path] = (),
+    model: str | None = None,
+    query_gallery: bool = False,
+    ks: Sequence[int] | None = None,
+    metric: str | None = None,
+    nmi: bool = False,
+    backend: str = "torch",
+    device: str | None = None,
+) -> dict[str, float]:
+    """Recall@K, MAP@R and R-Precision (and NMI) of a run's model on its test split, or of files of
+    embeddings (several: their ensemble); fractions, as ``evaluate --json`` prints them."""
+    from metrictransfer.evaluation.measure import evaluate_checkpoint, evaluate_embeddings
+
+    if (checkpoint is None) == (not embeddings):
+        raise ConfigError("give a run (--checkpoint) or files of embeddings (--embeddings), one of the two")
+    if embeddings:
+        return evaluate_embeddings(list(embeddings), query_gallery, ks, metric, nmi, backend, device).metrics
+    if query_gallery:
+        raise ConfigError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
+    assert checkpoint is not None
+    return evaluate_checkpoint(checkpoint, model, ks, metric, nmi, backend, device).metrics
+
+
+def embed(
+    out: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    images: str | Path | None = None,
+    split: str = "test",
+    model: str | None = None,
+    batch_size: int | None = None,
+    dtype: str = "float32",
+    device: str = "auto",
+    overwrite: bool = False,
+) -> Any:
+    """Embed a run's data split, or ``images`` (a folder, a CSV or one image), with the run's model into
+    ``out`` (``.npz``, or a table folder); returns what was written (count, dimension, format)."""
+    from metrictransfer.evaluation.embed_to_file import check_output, embed_images_to_file, embed_split_to_file
+    from metrictransfer.evaluation.embedders import checkpoint_embedder
+    from metrictransfer.runtime.device import resolve_device
+    from metrictransfer.search.gallery import list_images
+
+    if checkpoint is None:
+        raise ConfigError("give the run whose model embeds (checkpoint); the command line embeds with timm models too")
+    check_output(out, dtype, overwrite)
+    chosen = checkpoint_embedder(checkpoint, model)
+    common = {"model": chosen.model, "config": chosen.config, "out": out, "device": resolve_device(device), "preprocess": None}
+    common |= {"batch_size": batch_size, "dtype": dtype, "overwrite": overwrite, "model_record": chosen.record}
+    if images is not None:
+        return embed_images_to_file(images=list_images(images), bad_hint=f"fix it or remove it from {images}", **common)
+    return embed_split_to_file(split=split, **common)
+
+
+def export(checkpoint: str | Path, fmt: str, out: str | Path, model: str | None = None) -> dict[str, Any]:
+    """The run's model as ``safetensors``, ``torchscript`` or ``onnx`` at ``out``, checked against PyTorch;
+    returns its description (also written beside it, ``out.json``)."""
+    from metrictransfer.export import export_model
+
+    return export_model(checkpoint, fmt, out, model)
+
+
+def index(
+    checkpoint: str | Path, images: str | Path, out: str | Path, *, model: str | None = None, device: str = "cpu", overwrite: bool = False
+) -> dict[str, Any]:
+    """A searchable index of ``images`` embedded by the run's model; returns ``index.json``'s contents."""
+    from metrictransfer.search.build import build_index
+
+    return build_index(checkpoint, images, out, model, device, overwrite=overwrite)
+
+
+def search(
+    index: str | Path, queries: Sequence[str | Path], k: int = 10, *, exclude_self: bool = False, checkpoint: str | Path | None = None
+) -> list[Any]:
+    """The ``k`` nearest gallery images of each query (``Neighbour``: path, distance, label), nearest first."""
+    from metrictransfer.search.gallery import Gallery
+
+    return Gallery(index, checkpoint).search(list(queries), k, exclude_self=exclude_self)
+
+
+def tune(recipe: str | Path, space: str | Path, trials: int, out: str | Path, **options: Any) -> dict[str, Any]:
+    """An Optuna study of ``recipe`` over ``space`` (``options``: those of
+    :func:`~metrictransfer.tuning.run_study`); returns what ``tune --json`` prints."""
+    from metrictransfer.tuning import run_study
+
+    return run_study(recipe, space, trials, out, **options)
