@@ -19,12 +19,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tiny_run import TINY, snapshot
 
 from metrictransfer.cli import main
 from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
 from metrictransfer.engine.run_folder import RunLock
+from tests.helpers import TINY, snapshot
+
+pytestmark = pytest.mark.slow  # every test here trains a model (or uses a run trained for the module)
 
 
 @pytest.fixture(scope="module")

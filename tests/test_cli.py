@@ -28,16 +28,10 @@ from metrictransfer.engine import trainer
 from metrictransfer.engine.run_folder import finished_run
 from metrictransfer.models import embedding
 from metrictransfer.models.embedding import EmbeddingModel
+from tests.helpers import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "name": "tiny",
-    "data": {"num_classes": 4, "classes_per_batch": 4, "images_per_class": 2, "views": 2, "image_size": 32},
-    "model": {"backbone": "resnet10t", "embedding_dim": 16},
-    "optim": {"lr": 1e-3, "epochs": 1},
-    "eval": {"recall_at": [1, 2], "every": 0},
-    "threads": 2,
-}
+TINY = tiny("checkpoint")
 # The commands that print results, each of which takes --json.
 RESULT_COMMANDS = {"demo", "train", "data inspect", "embed", "evaluate", "index", "search", "export", "report", "table", "tune"}
 
@@ -113,6 +107,7 @@ def test_every_command_that_prints_results_takes_json(name):
     assert "--json" in (parser.description or ""), f"metrictransfer {name}: its description does not say what --json prints"
 
 
+@pytest.mark.slow
 def test_version_is_printed_without_importing_torch():
     code = (
         "import sys\nfrom metrictransfer.cli import main\n"
@@ -124,6 +119,7 @@ def test_version_is_printed_without_importing_torch():
     assert done.stdout.strip() == f"metrictransfer {__version__}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "--no-such-flag"]])
 def test_parsing_imports_nothing_heavy(argv):
     """--help and argument errors answer at once: no torch, numpy, pydantic or package metadata."""
@@ -161,6 +157,7 @@ def tiny(tmp_path_factory) -> tuple[Path, str, str]:
     return root / "run", out, err
 
 
+@pytest.mark.slow
 def test_train_json_is_one_object_and_the_epoch_lines_go_to_stderr(tiny):
     run, out, err = tiny
     printed = _one_json_document(out)
@@ -174,6 +171,7 @@ def test_train_json_is_one_object_and_the_epoch_lines_go_to_stderr(tiny):
     assert "[tiny] epoch 1/1" in err and "writing the report of" in err
 
 
+@pytest.mark.slow
 def test_train_prints_a_line_for_people_by_default(tmp_path, monkeypatch):
     from metrictransfer import report
 
@@ -192,6 +190,7 @@ def test_train_prints_a_line_for_people_by_default(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_answers_at_once_without_loading_model_or_data(tiny, tmp_path, monkeypatch):
     run, _, _ = tiny
     copy = tmp_path / "run"
@@ -221,6 +220,7 @@ def test_resuming_a_finished_run_answers_at_once_without_loading_model_or_data(t
     assert status == 0 and out.rstrip().endswith(f"it has no report.md: metrictransfer report {copy}")
 
 
+@pytest.mark.slow
 def test_a_run_is_finished_only_with_its_results_and_all_epochs_checkpointed(tiny, tmp_path):
     run, _, _ = tiny
     config = load_config(run / "config.yaml")
@@ -236,6 +236,7 @@ def test_a_run_is_finished_only_with_its_results_and_all_epochs_checkpointed(tin
     assert finished_run(copy, config) is None
 
 
+@pytest.mark.slow
 def test_embed_prints_a_line_by_default_and_one_object_with_json(tiny, tmp_path):
     run, _, _ = tiny
     status, out, _ = _run(["embed", "--checkpoint", str(run), "--out", str(tmp_path / "a.npz")])
@@ -268,6 +269,7 @@ def test_embed_prints_a_line_by_default_and_one_object_with_json(tiny, tmp_path)
     ],
     ids=["index", "export", "evaluate"],
 )
+@pytest.mark.slow
 def test_json_is_exactly_one_object(tiny, tmp_path, argv, keys):
     run, _, _ = tiny
     copy = tmp_path / "run"
@@ -278,6 +280,7 @@ def test_json_is_exactly_one_object(tiny, tmp_path, argv, keys):
     assert isinstance(printed, dict) and set(printed) == keys
 
 
+@pytest.mark.slow
 def test_report_json_is_one_object(tiny, tmp_path, monkeypatch):
     from metrictransfer import report
 
@@ -289,12 +292,14 @@ def test_report_json_is_one_object(tiny, tmp_path, monkeypatch):
     assert "writing the report of" in err
 
 
+@pytest.mark.slow
 def test_table_json_is_one_list(tiny):
     run, _, _ = tiny
     status, out, _ = _run(["table", str(run), "--json"])
     assert status == 0 and isinstance(_one_json_document(out), list)
 
 
+@pytest.mark.slow
 def test_demo_json_is_one_object_and_its_progress_goes_to_stderr(monkeypatch, tmp_path):
     from metrictransfer import demo
 
@@ -377,6 +382,7 @@ def test_pretrained_weights_in_the_cache_load_offline(tmp_path, monkeypatch):
     assert torch.equal(model.backbone.conv1[0].weight, weights["conv1.0.weight"])
 
 
+@pytest.mark.slow
 def test_commands_that_read_files_only_load_no_torch(tiny, tmp_path):
     """table and data inspect answer in well under a second: no torch, torchvision or matplotlib loaded."""
     run_dir = tiny[0]

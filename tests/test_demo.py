@@ -39,6 +39,7 @@ def test_table_is_in_percent_and_conclusion_says_the_gain_and_the_benchmark_rang
     assert "full-length default demo" in conclusion(models, seed=0, full_length=False)["text"]
 
 
+@pytest.mark.slow
 def test_tiny_demo_prints_percent_and_a_conclusion_and_writes_a_combined_report(tmp_path, capsys):
     out = tmp_path / "demo"
     overrides = ["data.num_classes=12", "data.classes_per_batch=6", "data.images_per_class=2", "threads=2"]

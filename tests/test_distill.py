@@ -51,6 +51,7 @@ def _distill(images: Path, out: Path, teacher: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_distill_with_labelled_eval_data_is_an_ordinary_run(tmp_path, teacher, capsys):
     """Catches a recipe that reads the training images' labels, evaluates on the wrong data, or leaves a run
     that evaluate, export, index, search and report cannot use."""
@@ -82,6 +83,7 @@ def test_distill_with_labelled_eval_data_is_an_ordinary_run(tmp_path, teacher, c
     assert str(query.name) in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_distill_without_labels_reports_agreement_with_the_source(tmp_path, teacher, capsys):
     """Catches an unlabelled run that cannot be evaluated at all, and evaluate failing in a dataset's words."""
     images = _photos(tmp_path / "mine", classes=5, per_class=8)
@@ -124,6 +126,7 @@ def test_print_recipe_and_bad_input(tmp_path, teacher, capsys):
         distill_config("resnet10t", "resnet10t", 8, tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_eval_data_among_the_training_images_is_warned_about(tmp_path, teacher, capsys):
     """Catches: distill evaluating on the very images it trains on, without a word (perfect-looking recalls
     that say nothing about new images)."""

@@ -38,6 +38,7 @@ def source_run(tmp_path_factory):
     return out, results
 
 
+@pytest.mark.slow
 def test_source_run_writes_everything(source_run):
     out, results = source_run
     for name in ["checkpoint.pt", "config.yaml", "log.csv", "results.json", "recall.png"]:
@@ -50,6 +51,7 @@ def test_source_run_writes_everything(source_run):
     assert load_config(out / "config.yaml") == _config(method="source", name="src")
 
 
+@pytest.mark.slow
 def test_transfer_freezes_the_source_and_evaluate_matches(source_run, tmp_path, monkeypatch):
     from metrictransfer.methods import METHODS
 
@@ -81,6 +83,7 @@ def test_transfer_freezes_the_source_and_evaluate_matches(source_run, tmp_path, 
     assert main(["evaluate", "--checkpoint", str(tmp_path), "--json"]) == 0
 
 
+@pytest.mark.slow
 def test_evaluate_cli_json_equals_final_metrics(source_run, capsys):
     out, results = source_run
     capsys.readouterr()
@@ -88,6 +91,7 @@ def test_evaluate_cli_json_equals_final_metrics(source_run, capsys):
     assert json.loads(capsys.readouterr().out) == pytest.approx(results["final"], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "transfer",
     [
@@ -129,6 +133,7 @@ def test_transfer_loss_parameters_are_checked():
         _config(method="transfer", transfer={"source_checkpoint": "x", "loss": "pkt", "sigma": 0.5})  # the earlier layout's key
 
 
+@pytest.mark.slow
 def test_table_collects_runs_and_averages_seeds(source_run, tmp_path, capsys):
     out, results = source_run
     other = tmp_path / "other_seed"  # the same run as if trained with another seed
@@ -162,6 +167,7 @@ def test_method_labels_name_losses_weights_and_label_terms():
     assert method_label(fitnet) == "fitnet + proxy_anchor"
 
 
+@pytest.mark.slow
 def test_transfer_from_precomputed_source_embeddings(source_run, tmp_path):
     src_dir, _ = source_run
     table = tmp_path / "source_train.npz"
@@ -181,6 +187,7 @@ def test_transfer_from_precomputed_source_embeddings(source_run, tmp_path):
         _config(method="transfer", transfer={"source_embeddings": str(table), "source_checkpoint": str(src_dir)})
 
 
+@pytest.mark.slow
 def test_embed_then_evaluate_the_file_gives_the_run_metrics(source_run, tmp_path, capsys):
     out, results = source_run
     npz = tmp_path / "test.npz"
@@ -194,6 +201,7 @@ def test_embed_then_evaluate_the_file_gives_the_run_metrics(source_run, tmp_path
     assert json.loads(capsys.readouterr().out) == pytest.approx(results["final"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_ends_like_an_uninterrupted_run(source_run, tmp_path, monkeypatch):
     _, uninterrupted = source_run
     real_write_csv = trainer.write_csv
@@ -213,6 +221,7 @@ def test_resume_after_a_crash_ends_like_an_uninterrupted_run(source_run, tmp_pat
     assert resumed["final"] == pytest.approx(uninterrupted["final"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_train_cli_with_overrides_and_bad_input(tmp_path, capsys):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump({**TINY, "method": "source", "name": "tiny"}))
@@ -233,6 +242,7 @@ def test_recipes_match_the_demo(name, tmp_path):
     assert from_recipe == demo
 
 
+@pytest.mark.slow
 def test_classifier_with_holdout_accuracy_and_both_distillations(tmp_path):
     from metrictransfer.data.holdout import split_holdout
     from metrictransfer.data.registry import build_dataset

@@ -23,14 +23,12 @@ from metrictransfer.models import EmbeddingModel
 from metrictransfer.normalization import BN_INCEPTION_MEAN_BGR, NORMALIZATION_STATS
 from metrictransfer.runtime.checkpoint import load_embedding_model, save_embedding_model
 from metrictransfer.search import build_index
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from test_search import _checkpoint  # noqa: E402
+from tests.helpers import make_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return _checkpoint(tmp_path_factory.mktemp("run") / "checkpoint.pt")
+    return make_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint.pt")
 
 
 def _images(n: int = 3) -> torch.Tensor:
@@ -245,6 +243,7 @@ def _query_images(folder: Path) -> list[Path]:
     return [*paths, gray]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transform, normalization", [("glyphs", "imagenet"), ("paper", "imagenet"), ("paper", "bn_inception")])
 def test_the_guides_script_embeds_like_metrictransfer_from_the_description_alone(tmp_path, transform, normalization):
     """Catches: a description a program without metrictransfer cannot follow to the same embeddings (a missing

@@ -31,23 +31,18 @@ from metrictransfer.export import FORMATS, export_model
 from metrictransfer.methods.source import SourceMethod
 from metrictransfer.runtime import distributed
 from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_model
+from tests.helpers import STEPS_PER_EPOCH, tiny
 
 DEVICE = torch.device(os.environ.get("METRICTRANSFER_TEST_DEVICE", "cuda"))
 ON_CUDA = DEVICE.type == "cuda"
 pytestmark = [
+    pytest.mark.slow,  # trains
     pytest.mark.gpu,
     pytest.mark.skipif(ON_CUDA and not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 needs_cuda = pytest.mark.skipif(not ON_CUDA, reason="CUDA only (float16 autocast, inductor)")
 
-TINY = {
-    "data": {"num_classes": 4, "classes_per_batch": 4, "images_per_class": 2, "views": 2, "image_size": 32},
-    "model": {"backbone": "resnet10t", "embedding_dim": 16},
-    "optim": {"lr": 1e-3, "epochs": 1},
-    "eval": {"recall_at": [1, 2], "every": 0},
-    "threads": 2,
-}
-STEPS_PER_EPOCH = 22  # 4 classes × 44 training images, 4 × 2 per batch
+TINY = tiny("name", "checkpoint")
 # The resume runs: 2 epochs of SGD (an update proportional to the gradient, so CPU and CUDA rounding
 # stays small; Adam's first steps are ±lr whatever the gradient's size), both epoch ends kept.
 RESUMED = {**TINY, "optim": {"optimizer": "sgd", "lr": 0.01, "epochs": 2}, "checkpoint": {"keep": 2}, "deterministic": True}

@@ -14,9 +14,7 @@ import signal
 from pathlib import Path
 
 import pytest
-import tiny_run
 import yaml
-from tiny_run import TINY
 
 from metrictransfer.cli import main
 from metrictransfer.config import build_config
@@ -27,6 +25,10 @@ from metrictransfer.errors import BadImageError, RunLockedError
 from metrictransfer.output_folder import MANIFEST_NAME, Manifest
 from metrictransfer.runtime.checkpoint import load_checkpoint
 from metrictransfer.search.gallery import IndexLock
+from tests import helpers
+from tests.helpers import TINY
+
+pytestmark = pytest.mark.slow  # every test here trains a model (or uses a run trained for the module)
 
 STEPS_PER_EPOCH = 22
 GALLERY = Path(__file__).resolve().parent.parent / "examples" / "gallery"
@@ -47,7 +49,7 @@ def work(finished, tmp_path) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return tiny_run.snapshot(folder, folders=True)
+    return helpers.snapshot(folder, folders=True)
 
 
 def one_line(capsys, status: int, code: int, pattern: str) -> str:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny_run
 import torch
 import yaml
 from PIL import Image
@@ -34,8 +33,12 @@ from metrictransfer.engine import trainer
 from metrictransfer.errors import OutputLocationError, StorageFaultError
 from metrictransfer.export import FORMATS
 from metrictransfer.runtime import checkpoint as ckpt
+from tests import helpers
+from tests.helpers import tiny
 
-TINY = {**tiny_run.TINY, "checkpoint": {"every_steps": 10, "keep": 1}}
+pytestmark = pytest.mark.slow  # every test here trains a model (or uses a run trained for the module)
+
+TINY = tiny(checkpoint={"every_steps": 10, "keep": 1})
 NO_SPACE = "no space left on the device"
 WHAT_TO_DO = "free some space or write elsewhere"
 
@@ -64,7 +67,7 @@ def finished(tmp_path_factory) -> Path:
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every regular file under ``folder`` but locks and the disk's filler."""
-    return tiny_run.snapshot(folder, ignored=(".lock", "filler"))
+    return helpers.snapshot(folder, ignored=(".lock", "filler"))
 
 
 def partials(folder: Path) -> list[Path]:

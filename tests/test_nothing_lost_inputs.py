@@ -21,11 +21,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tiny_run import TINY, snapshot
 
 from metrictransfer.cli import main
 from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
+from tests.helpers import TINY, snapshot
+
+pytestmark = pytest.mark.slow  # every test here trains a model (or uses a run trained for the module)
 
 # The tiny run's test split: 4 glyph classes of 44 images, so no query has more than 132 other-class items.
 TEST_ITEMS, MOST_OTHERS = 176, 132

@@ -153,6 +153,7 @@ def test_inspect_names_each_splits_classes(tmp_path):
     assert len(splits["train"]["class_names"]) == 22 and splits["test"]["class_names"] == ["class_22", "class_23"]
 
 
+@pytest.mark.slow
 def test_train_root_is_set_data_root(tmp_path, monkeypatch):
     seen = {}
 
@@ -180,6 +181,7 @@ def test_train_root_is_set_data_root(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------ the guide, end to end
 
 
+@pytest.mark.slow
 def test_the_own_data_guide_end_to_end(tmp_path):
     """docs/guides/own-data.md on a generated folder: inspect, train a source, teach a target, evaluate."""
     photos = _photos(tmp_path / "photos")

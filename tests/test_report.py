@@ -21,6 +21,7 @@ COHORT = {
 }
 
 
+@pytest.mark.slow
 def test_train_writes_a_report_with_every_member_and_the_plots(tmp_path, capsys):
     recipe = tmp_path / "cohort.yaml"
     recipe.write_text(yaml.safe_dump(COHORT))
@@ -51,6 +52,7 @@ def test_an_unfinished_run_has_no_report_yet(tmp_path, capsys):
     assert "has not finished" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_every_logged_number_per_epoch(tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     from metrictransfer.config import build_config
@@ -78,14 +80,13 @@ def test_tensorboard_without_its_package_says_how_to_install_it(tmp_path, monkey
         train(build_config(raw), tmp_path / "run", progress=False)
 
 
+@pytest.mark.slow
 def test_an_inshop_report_searches_queries_against_the_gallery(tmp_path, monkeypatch):
     """In-Shop's test split is queries and a gallery: the grid's queries are queries, its neighbours
     gallery images only."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_dataset_layouts import INSHOP_ROWS, _image, _inshop_lines, _write
-    from test_search import _checkpoint
-
     from metrictransfer import report
+    from tests.data.test_dataset_layouts import INSHOP_ROWS, _image, _inshop_lines, _write
+    from tests.helpers import make_checkpoint
 
     root = tmp_path / "inshop"
     _write(root / "list_eval_partition.txt", _inshop_lines(INSHOP_ROWS))
@@ -93,7 +94,7 @@ def test_an_inshop_report_searches_queries_against_the_gallery(tmp_path, monkeyp
         _image(root / path)
     run = tmp_path / "run"
     run.mkdir()
-    _checkpoint(run / "checkpoint.pt")
+    make_checkpoint(run / "checkpoint.pt")
     config = {
         "data": {"dataset": "inshop", "root": str(root), "transform": "paper", "image_size": 32},
         "model": {"backbone": "resnet10t", "embedding_dim": 8},
@@ -120,14 +121,14 @@ def test_an_inshop_report_searches_queries_against_the_gallery(tmp_path, monkeyp
     assert "gallery images" in (run / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_report_names_files_and_classes_in_its_grid_and_map(tmp_path, monkeypatch):
     """retrieval.png names each image's file and class; embedding_map.png has a legend of the classes
     (spaces and accents included), beside the map, not over it."""
-    from test_search import _checkpoint, figure_texts, saved_figures
-
     from metrictransfer import report
     from metrictransfer.config import build_config
     from metrictransfer.data.registry import build_dataset
+    from tests.helpers import figure_texts, make_checkpoint, saved_figures
 
     root = tmp_path / "photos"
     for c, name in enumerate(["Café crème", "Crème brûlée", "Thé vert", "Eau pétillante"]):
@@ -136,7 +137,7 @@ def test_the_report_names_files_and_classes_in_its_grid_and_map(tmp_path, monkey
             Image.new("RGB", (40, 40), (60 * c, 80 * i, 120)).save(root / name / f"{name[:4]} {i}.jpg")  # "Café 0.jpg": short, not cut
     run = tmp_path / "run"
     run.mkdir()
-    _checkpoint(run / "checkpoint.pt")
+    make_checkpoint(run / "checkpoint.pt")
     config = {"data": {"dataset": "folder", "root": str(root), "image_size": 32}, "model": {"backbone": "resnet10t", "embedding_dim": 8}}
     (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     row = {"epoch": 1, "loss": 1.0, "recall@1": 0.5}
@@ -158,6 +159,7 @@ def test_the_report_names_files_and_classes_in_its_grid_and_map(tmp_path, monkey
     assert legend.get_window_extent().x1 <= embedding_map.bbox.x1
 
 
+@pytest.mark.slow
 def test_a_map_of_many_classes_names_the_most_frequent_and_counts_the_rest(tmp_path, monkeypatch):
     import numpy as np
 
@@ -165,7 +167,7 @@ def test_a_map_of_many_classes_names_the_most_frequent_and_counts_the_rest(tmp_p
 
     monkeypatch.setattr(report, "_neighbourhood_layout", lambda x, seed: (x[:, :2], "t-SNE"))
     labels = np.repeat(np.arange(15), [3] * 10 + [1] * 5)  # classes 10-14 rarest
-    from test_search import saved_figures
+    from tests.helpers import saved_figures
 
     figures = saved_figures(monkeypatch, report)
     x = np.random.default_rng(0).normal(size=(len(labels), 4))

@@ -202,6 +202,7 @@ def study(tmp_path_factory):
     return recipe, space, out, result
 
 
+@pytest.mark.slow
 def test_a_study_writes_its_best_recipe_tables_and_plots(study, capsys, monkeypatch):
     """Catches a best.yaml that is not the best trial's recipe (or does not load), a value read from the
     wrong number (the test split, the last epoch), missing or incomplete tables and plots, and fractions
@@ -246,6 +247,7 @@ def test_a_study_writes_its_best_recipe_tables_and_plots(study, capsys, monkeypa
         assert (out / plot).stat().st_size > 1000, plot
 
 
+@pytest.mark.slow
 def test_a_trial_folder_works_with_evaluate(study, capsys):
     _, _, out, result = study
     capsys.readouterr()
@@ -253,6 +255,7 @@ def test_a_trial_folder_works_with_evaluate(study, capsys):
     assert "recall@1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_study_trains_nothing_and_another_study_is_refused(study, monkeypatch):
     """Catches a rerun that starts more trials than asked, and a study folder silently reused for
     another recipe or space (its trials would be compared with the new ones')."""
@@ -275,6 +278,7 @@ def test_rerunning_a_finished_study_trains_nothing_and_another_study_is_refused(
         run_study(recipe, space, 3, recipe.parent)  # a folder of other things is never a study's
 
 
+@pytest.mark.slow
 def test_final_evaluates_the_test_split_once_per_seed(study, monkeypatch, capsys):
     """Catches final runs that keep the validation classes out of training, evaluate the test split every
     epoch (or select an epoch on it), or train again when rerun."""
@@ -339,6 +343,7 @@ class Scripted(optuna.samplers.BaseSampler):
         return self.values[trial.number][name]
 
 
+@pytest.mark.slow
 def test_pruning_stops_a_hopeless_trial_after_its_first_epoch(tmp_path, monkeypatch, capsys):
     """Catches a pruner that is never told the validation metric, a pruned trial that trains on, and a
     pruned trial that is not counted. The hopeless learning rate's validation recall is set to 0 here, so
@@ -371,6 +376,7 @@ def test_pruning_stops_a_hopeless_trial_after_its_first_epoch(tmp_path, monkeypa
     assert "importances.png not drawn: the space has a single key" in result["notes"]
 
 
+@pytest.mark.slow
 def test_a_killed_study_resumes_to_exactly_the_trials_asked(tmp_path):
     """SIGKILL while the second trial trains, then the same command again: the killed trial is failed
     (its process is gone) and not counted, and the study ends with exactly 3 counted trials, none left
@@ -402,6 +408,7 @@ def test_a_killed_study_resumes_to_exactly_the_trials_asked(tmp_path):
     assert result["trials"]["counted"] == 3 and (after[0].state.name, after[0].value) == before[0]  # kept, not retrained
 
 
+@pytest.mark.slow
 def test_jobs_train_trials_in_worker_processes(tmp_path):
     """--jobs 2: two spawned workers share the SQLite study, each with cores // 2 threads. Catches a plan
     that cannot be sent to a worker process, workers asking for more trials than wanted, and a worker's
@@ -417,6 +424,7 @@ def test_jobs_train_trials_in_worker_processes(tmp_path):
         assert yaml.safe_load((out / trial.user_attrs["folder"] / "config.yaml").read_text())["threads"] == min(1, share)
 
 
+@pytest.mark.slow
 def test_a_k_fold_trial_is_the_mean_of_its_folds(tmp_path):
     """data.validation.folds: 2: each trial trains fold 0 and fold 1 (each validating on its own classes)
     in trial-NNNN/fold-k, and its value is their mean. Catches folds that repeat one split or a value of

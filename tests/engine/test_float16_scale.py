@@ -4,6 +4,7 @@ CPU too, so this is checked without a GPU."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from metrictransfer.config import build_config
@@ -32,6 +33,7 @@ def _first_step_overflows(init_scale: float) -> bool:
     return not all(torch.isfinite(p.grad).all() for p in method.parameters() if p.grad is not None)
 
 
+@pytest.mark.slow
 def test_the_first_float16_step_is_not_skipped_by_an_overflowing_scale():
     assert _first_step_overflows(2.0**16), "PyTorch's default scale no longer overflows here: the test lost its point"
     assert not _first_step_overflows(FLOAT16_INITIAL_SCALE)

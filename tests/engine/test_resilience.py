@@ -19,18 +19,11 @@ from metrictransfer.config import ConfigError, build_config
 from metrictransfer.engine import trainer
 from metrictransfer.methods.source import SourceMethod
 from metrictransfer.runtime.checkpoint import atomic_save, load_checkpoint, run_checkpoints
+from tests.helpers import STEPS_PER_EPOCH, tiny
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "data": {"num_classes": 4, "classes_per_batch": 4, "images_per_class": 2, "views": 2, "image_size": 32},
-    "model": {"backbone": "resnet10t", "embedding_dim": 16},
-    "optim": {"lr": 1e-3, "epochs": 2},
-    "eval": {"recall_at": [1, 2], "every": 0},
-    "threads": 2,
-    "deterministic": True,
-}
-STEPS_PER_EPOCH = 22  # 4 classes × 44 training images, 4 × 2 per batch
+TINY = tiny("name", "checkpoint", optim={"lr": 1e-3, "epochs": 2}, deterministic=True)
 
 
 def _raw(**changes) -> dict:

@@ -13,17 +13,9 @@ from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
 from metrictransfer.engine.callbacks import DATA_BOUND_SHARE, Callback, DataWaitHint, data_wait_hint, epoch_line, final_test_lines
 from metrictransfer.methods.source import SourceMethod
+from tests.helpers import STEPS_PER_EPOCH, tiny
 
-TINY = {
-    "data": {"num_classes": 4, "classes_per_batch": 4, "images_per_class": 2, "views": 2, "image_size": 32},
-    "model": {"backbone": "resnet10t", "embedding_dim": 16},
-    "optim": {"lr": 1e-3, "epochs": 2},
-    "eval": {"recall_at": [1, 2], "every": 0},
-    "threads": 2,
-    "deterministic": True,
-    "method": "source",
-}
-STEPS_PER_EPOCH = 22  # 4 classes × 44 training images, 4 × 2 per batch
+TINY = tiny("name", "checkpoint", optim={"lr": 1e-3, "epochs": 2}, deterministic=True, method="source")
 
 
 def _config(**changes):
@@ -53,6 +45,7 @@ class Recorder(Callback):
         self.calls.append(("fit_end", len(results["history"])))
 
 
+@pytest.mark.slow
 def test_a_callback_sees_every_hook_in_order_with_epoch_and_step(tmp_path):
     recorder = Recorder()
     run = trainer.Trainer(_config(), tmp_path, progress=False, callbacks=[recorder])
@@ -97,6 +90,7 @@ def _first_step_of_train(config, out, monkeypatch) -> tuple[float, dict]:
     return seen["loss"], seen["weights"]
 
 
+@pytest.mark.slow
 def test_one_step_equals_the_first_step_of_train(tmp_path, monkeypatch):
     config = _config()
     loss, weights = _first_step_of_train(config, tmp_path / "run", monkeypatch)
@@ -128,6 +122,7 @@ def _assert_same(a, b, where="state"):
         assert a == b, where
 
 
+@pytest.mark.slow
 def test_state_dict_round_trips_through_load_state_dict():
     config = _config(
         mutual={"members": 2, "update_every": [1, 3]},
@@ -170,6 +165,7 @@ class _SlowLoader:
             yield batch
 
 
+@pytest.mark.slow
 def test_the_epoch_row_holds_the_time_spent_waiting_for_batches(tmp_path, capsys):
     """A bug that counted the steps as waiting, or no waiting at all, fails the bounds: the wait is at least
     the loader's sleeps and at most the epoch."""

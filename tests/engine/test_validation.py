@@ -119,6 +119,7 @@ def _trainer(tmp_path, config, scripted=None):
     return trainer
 
 
+@pytest.mark.slow
 def test_a_run_chooses_on_validation_and_reads_the_test_split_once_at_the_end(tmp_path):
     trainer = _trainer(tmp_path, _config(), scripted=[0.9, 0.3])
     results = trainer.fit()
@@ -143,6 +144,7 @@ def test_a_run_chooses_on_validation_and_reads_the_test_split_once_at_the_end(tm
     assert results["final"] != results["best"]["test"]
 
 
+@pytest.mark.slow
 def test_the_test_split_is_evaluated_once_when_the_last_epoch_is_the_best(tmp_path):
     trainer = _trainer(tmp_path, _config(), scripted=[0.1, 0.2])
     results = trainer.fit()
@@ -168,6 +170,7 @@ def test_choosing_without_validation_data_is_refused():
         build_config({"data": {"validation": {"folds": 2, "fold": 2}}})
 
 
+@pytest.mark.slow
 def test_a_run_told_not_to_test_never_reads_the_test_split(tmp_path):
     trainer = _trainer(tmp_path, _config(eval={"test": False}), scripted=[0.4, 0.2])
     results = trainer.fit()

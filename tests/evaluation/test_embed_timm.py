@@ -277,6 +277,7 @@ TRANSFER = {
 }
 
 
+@pytest.mark.slow
 def test_a_transfer_trains_from_a_table_as_from_the_npz(weights, tmp_path, capsys):
     from metrictransfer.engine import trainer
     from metrictransfer.methods import METHODS
@@ -305,6 +306,7 @@ def test_a_transfer_trains_from_a_table_as_from_the_npz(weights, tmp_path, capsy
         torch.testing.assert_close(targets["source_table"][key], value, rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("form", ["table", "npz"])
 def test_two_processes_write_what_one_process_writes(form, weights, embedded, tmp_path):

@@ -100,6 +100,7 @@ def test_model_diversity_gives_each_member_its_own_initialisation():
     assert torch.equal(alike.members[0].head.weight, diverse.members[0].head.weight)
 
 
+@pytest.mark.slow
 def test_one_member_stepping_every_iteration_is_plain_training(tmp_path):
     base = {"metric_loss": {"name": "triplet", "params": {"margin": 0.2}, "miner": "distance_weighted"}}
     plain = build_config(_raw(method="source", **base))
@@ -120,6 +121,7 @@ def cohort_run(tmp_path_factory):
     return out, trainer.train(config, out, progress=False), config
 
 
+@pytest.mark.slow
 def test_member_update_counts_follow_their_periods(cohort_run):
     out, results, _ = cohort_run
     state = load_checkpoint(out)
@@ -130,6 +132,7 @@ def test_member_update_counts_follow_their_periods(cohort_run):
     assert results["history"][0]["member1/updates"] == results["history"][0]["step"] // 3
 
 
+@pytest.mark.slow
 def test_every_member_and_the_ensemble_are_evaluated_and_the_ensemble_is_the_concatenation(cohort_run, tmp_path, capsys):
     out, results, config = cohort_run
     final = results["final"]
@@ -226,8 +229,9 @@ def test_feature_and_memory_bank_losses_work_between_members():
         assert logs["member0/mutual_loss"] > 0 and logs["member1/mutual_loss"] > 0
 
 
+@pytest.mark.slow
 def test_the_cub_mutual_recipe_trains_on_a_cub_tree_from_the_command_line(tmp_path, capsys):
-    from test_image_data import make_cub
+    from tests.data.test_image_data import make_cub
 
     root = make_cub(tmp_path / "CUB_200_2011", per_class=5)
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "mutual" / "cub_mutual.yaml"
@@ -265,6 +269,7 @@ def test_the_glyphs_mutual_recipe_is_the_benchmarks_all_three_row(monkeypatch):
         assert getattr(ours, section) == getattr(recipe, section), section
 
 
+@pytest.mark.slow
 def test_a_cohort_resumed_after_a_crash_ends_like_an_uninterrupted_one(tmp_path, monkeypatch):
     """τ = 4 does not divide the epoch's steps: member 1 carries gradients across the crash."""
     raw = _mutual(members=2, update_every=[1, 4], loss="relaxed_contrastive")

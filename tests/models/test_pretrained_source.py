@@ -144,6 +144,7 @@ def test_the_source_stays_frozen_in_eval_mode_and_runs_in_the_run_precision(tmp_
     assert "source" not in trainer.state_dict()["models"]  # checkpoints hold what trains, not the teacher
 
 
+@pytest.mark.slow
 def test_a_transfer_from_a_timm_source_trains_and_its_run_evaluates(tmp_path):
     """End to end: a run with a timm source at another size trains, evaluates on the test split, and is an
     ordinary run folder."""

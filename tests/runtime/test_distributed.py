@@ -12,9 +12,6 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).parent))
-from distributed_step import one_step  # noqa: E402
-
 from metrictransfer.config import build_config
 from metrictransfer.data.multiview import MultiViewDataset, SeededItem, collate_readable
 from metrictransfer.data.registry import build_dataset
@@ -25,6 +22,7 @@ from metrictransfer.evaluation import evaluate
 from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_model, save_embedding_model
+from tests.runtime.distributed_step import one_step
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

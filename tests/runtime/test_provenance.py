@@ -8,7 +8,6 @@ import warnings
 
 import pytest
 import torch
-from test_image_data import _jpeg
 
 from metrictransfer.config import build_config
 from metrictransfer.data.registry import build_dataset
@@ -16,6 +15,9 @@ from metrictransfer.engine import trainer
 from metrictransfer.errors import DamagedCheckpointError, DataError
 from metrictransfer.runtime.checkpoint import load_checkpoint, load_source_model, resolve_checkpoint, save_checkpoint
 from metrictransfer.runtime.provenance import TRAINING_DATA_KEY, items_digest
+from tests.data.test_image_data import _jpeg
+
+pytestmark = pytest.mark.slow  # every test here trains a model (or uses a run trained for the module)
 
 CLASSES = [f"class_{c}" for c in range(6)]
 TINY = {

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_search import COLOURS, _checkpoint  # noqa: E402
 
 from metrictransfer import export
 from metrictransfer.cli import main
@@ -32,6 +31,7 @@ from metrictransfer.runtime.checkpoint import load_embedding_model, save_embeddi
 from metrictransfer.search import Gallery, build_index
 from metrictransfer.search.gallery import EMBEDDINGS_FILE, FAISS_FILE, INDEX_FILE
 from metrictransfer.search.grid import draw_grid
+from tests.helpers import COLOURS, make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def setup(tmp_path_factory):
         for i in range(4):
             pixels = np.clip(np.array(colour) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(images / name / f"{i}.png")
-    checkpoint = _checkpoint(base / "model.pt")
+    checkpoint = make_checkpoint(base / "model.pt")
     build_index(checkpoint, images, base / "index")
     listed = sorted(images.rglob("*.png"))
     for name, chosen in {"reversed": listed[::-1], "small": listed[:3]}.items():
@@ -136,7 +136,7 @@ def test_a_model_configured_for_another_metric_is_refused(setup, tmp_path):
 
 
 def test_an_index_built_by_another_model_is_refused(setup, tmp_path):
-    other = _checkpoint(tmp_path / "other.pt", seed=1)
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
     with pytest.raises(SearchIndexError, match="built by a different model"):
         Gallery(setup["index"], other)
 
@@ -360,7 +360,7 @@ def test_an_interrupted_export_keeps_the_previous_export_and_description(setup, 
 def test_a_crash_between_the_file_and_its_description_is_recognisable(setup, previous, tmp_path, monkeypatch):
     """Catches: a stale FILE.json that reads as if it described the new FILE."""
     out = previous[0]
-    other = _checkpoint(tmp_path / "other.pt", seed=1)
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
 
     def crash(text, path):
         raise KeyboardInterrupt

@@ -7,24 +7,13 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from metrictransfer.cli import main
-from metrictransfer.config import build_config
 from metrictransfer.errors import MissingPackageError, SearchIndexError
-from metrictransfer.models import EmbeddingModel
-from metrictransfer.runtime.checkpoint import load_checkpoint, save_embedding_model
+from metrictransfer.runtime.checkpoint import load_checkpoint
 from metrictransfer.search import Gallery, list_images
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-
-
-def _checkpoint(path, seed: int = 0):
-    """A run's checkpoint as training leaves it (untrained weights: search needs no particular quality)."""
-    torch.manual_seed(seed)
-    raw = {"model": {"backbone": "resnet10t", "embedding_dim": 8}, "data": {"image_size": 32}}
-    return save_embedding_model(EmbeddingModel("resnet10t", 8), build_config(raw), path)
+from tests.helpers import COLOURS, figure_texts, make_checkpoint, saved_figures
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +25,7 @@ def gallery(tmp_path_factory):
         for i in range(4):
             pixels = np.clip(np.array(colour) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
-    checkpoint = _checkpoint(root.parent / "model.pt")
+    checkpoint = make_checkpoint(root.parent / "model.pt")
     index = root.parent / "index"
     assert main(["index", "--checkpoint", str(checkpoint), "--images", str(root), "--out", str(index)]) == 0
     return root, checkpoint, index
@@ -82,34 +71,6 @@ def test_the_grid_is_an_image_with_a_row_per_query(gallery, tmp_path, capsys):
     assert printed.count("  1  ") == 2 and "grid:" in printed
 
 
-def figure_texts(fig) -> list[str]:
-    """Every text a figure draws: its own, and each axes' title, texts and legend."""
-    texts = [t.get_text() for t in fig.texts]
-    for ax in fig.axes:
-        texts += [ax.get_title(), *(t.get_text() for t in ax.texts)]
-        legend = ax.get_legend()
-        if legend is not None:
-            texts += [legend.get_title().get_text(), *(t.get_text() for t in legend.get_texts())]
-    return texts
-
-
-def saved_figures(monkeypatch, *modules) -> list:
-    """The figures saved from now on (through save_figure of engine.logging, or of ``modules`` that imported
-    it), kept with their texts after the code that drew them closes them."""
-    from metrictransfer.engine import logging
-
-    saved = []
-    original = logging.save_figure
-
-    def keep(fig, path, **options):
-        saved.append(fig)
-        original(fig, path, **options)
-
-    for module in (logging, *modules):
-        monkeypatch.setattr(module, "save_figure", keep)
-    return saved
-
-
 def test_grid_titles_are_cut_in_the_middle_keeping_the_extension():
     from metrictransfer.search.grid import file_name, middle_ellipsis
 
@@ -127,7 +88,7 @@ def test_the_grid_names_each_tile_by_file_and_class_legibly(tmp_path, monkeypatc
         (root / name).mkdir(parents=True)
         for i, image in enumerate(images):
             Image.new("RGB", (40, 40), (200 * c, 60 * i, 100)).save(root / name / image)
-    checkpoint, index, out = _checkpoint(tmp_path / "model.pt"), tmp_path / "index", tmp_path / "grid.png"
+    checkpoint, index, out = make_checkpoint(tmp_path / "model.pt"), tmp_path / "index", tmp_path / "grid.png"
     assert main(["index", "--checkpoint", str(checkpoint), "--images", str(root), "--out", str(index)]) == 0
     figures = saved_figures(monkeypatch)
     with warnings.catch_warnings(record=True) as caught:
@@ -158,7 +119,7 @@ def test_a_csv_gallery_with_labels(gallery, tmp_path):
 
 def test_an_index_built_by_another_model_is_refused(gallery, tmp_path, capsys):
     root, checkpoint, index = gallery
-    other = _checkpoint(tmp_path / "other.pt", seed=1)
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
     code = main(["search", str(root / "red" / "0.png"), "--index", str(index), "--checkpoint", str(other)])
     assert code == 2
     err = capsys.readouterr().err
@@ -186,6 +147,7 @@ def test_bad_queries_and_galleries_name_the_file(gallery, tmp_path, capsys):
 # search embeds its queries with the index's exported model.onnx, without loading PyTorch
 
 
+@pytest.mark.slow
 def test_the_index_keeps_its_model_as_onnx_and_search_loads_no_torch(gallery):
     pytest.importorskip("onnxruntime")
     root, _, index = gallery
