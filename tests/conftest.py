@@ -1,16 +1,90 @@
+"""Session-wide set-up: the demo data cache, and every temporary file of the tests and of the processes they
+start under pytest's own temporary folder, with a check that the run leaves the system's temporary folder
+as it found it. Helpers shared by test modules live in tests/helpers.py (``from tests.helpers import ...``)."""
+
 import os
-import sys
-from pathlib import Path
+import re
+import tempfile
 
 import pytest
 import torch
 
-# Tests mirror the package layout (tests/losses/ for metrictransfer/losses/, ...). Some build their data with
-# another folder's helpers (``from test_dataset_layouts import _write``): every folder is importable by name.
-HERE = Path(__file__).resolve().parent
-for folder in sorted(p for p in HERE.iterdir() if p.is_dir() and any(p.glob("test_*.py"))):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+# What the suite or the processes it starts would leave in the system's temporary folder if TMPDIR were not
+# redirected: tempfile's folders and files, multiprocessing's, torchrun's logs, torch.compile's caches, ours.
+OURS = re.compile(r"^(tmp|pymp-|torchelastic_|torchinductor_|triton|metrictransfer|matplotlib-)")
+SYSTEM_TEMP = tempfile.gettempdir()
+_before: set[str] = set()
+
+
+def _entries() -> set[str]:
+    try:
+        return set(os.listdir(SYSTEM_TEMP))
+    except OSError:
+        return set()
+
+
+def pytest_sessionstart(session):
+    _before.update(_entries())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if it left something of ours in the system's temporary folder (CI once died of a full
+    disk): an entry that was not there when the session started and whose name is one of OURS. Entries other
+    processes own (a lock, another tool's folder) are not ours and not counted."""
+    left = sorted(name for name in _entries() - _before if OURS.match(name))
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [
+        f"the tests left {len(left)} entries in {SYSTEM_TEMP}: {', '.join(left[:10])}{' ...' if len(left) > 10 else ''}",
+        "write under tmp_path (or tmp_path_factory); a test that starts a process passes it the environment,"
+        " whose TMPDIR points under pytest's own temporary folder",
+    ]
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line, red=True)
+        else:
+            print(line)
+    if session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# Tests that train or start processes in files another change is editing (tests/data/, the skipped-images
+# test): marked slow here until those files carry @pytest.mark.slow themselves.
+SLOW_ELSEWHERE = {
+    "tests/data/test_image_data.py::test_corrupt_image_inside_a_worker_still_names_the_file",
+    "tests/data/test_image_data.py::test_data_inspect_json_and_missing_files",
+    "tests/data/test_image_data.py::test_train_and_evaluate_on_a_cub_tree",
+    "tests/data/test_image_data.py::test_in_shop_evaluates_query_against_gallery",
+    "tests/data/test_image_data.py::test_training_skips_bad_images_and_counts_them",
+    "tests/data/test_image_data.py::test_selfsup_then_label_free_transfer_on_an_unlabelled_folder",
+    "tests/data/test_cache.py::test_a_run_with_the_cache_trains_on_the_cached_images",
+    "tests/data/test_cache.py::test_workers_read_the_same_pixels_from_shared_memory",
+    "tests/test_skipped_images.py::test_skipped_images_are_counted_each_epoch_and_warned_once",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.partition("[")[0] in SLOW_ELSEWHERE:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_under_basetemp(tmp_path_factory):
+    """tempfile's folder, here and in every process a test starts (TMPDIR is inherited: torchrun's logs,
+    multiprocessing's pymp-* folders, the docs examples' mkdtemp()), is a folder under pytest's basetemp,
+    which pytest removes after a passing run and prunes after a failing one."""
+    folder = str(tmp_path_factory.mktemp("tmp"))
+    old_env, old_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = folder
+    tempfile.tempdir = folder
+    yield
+    tempfile.tempdir = old_tempdir
+    if old_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old_env
 
 
 @pytest.fixture(scope="session", autouse=True)
