@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import broken_links
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
@@ -89,7 +91,15 @@ def test_docs_have_python_examples():
 WRITES_TO_WORKING_DIRECTORY: set[str] = set()
 
 
-@pytest.mark.parametrize("name, code", PYTHON, ids=[name for name, _ in PYTHON])
+# An example that trains a model (train(...), api.train(...), a Trainer's fit) is slow: it runs in `make test`, not in the
+# inner loop (`pytest -m "not slow"`).
+TRAINS = re.compile(r"\btrain\((?!\))|\.fit\(|\b(?:distill|tune)\(")
+
+
+@pytest.mark.parametrize(
+    "name, code",
+    [pytest.param(name, code, id=name, marks=[pytest.mark.slow] if TRAINS.search(code) else []) for name, code in PYTHON],
+)
 def test_docs_python_block_runs(name, code, example_sandbox, monkeypatch):
     # a fresh module, as a script's __main__ is (timm's @register_model looks the function's module up)
     script = types.ModuleType("docs_example")
@@ -188,6 +198,13 @@ def test_files_named_in_the_docs_exist():
     assert not missing, missing
 
 
+def test_links_between_pages_resolve():
+    """Every relative link of every page names a file that exists, and its #anchor a heading of that page
+    (what ``mkdocs build --strict`` checks, without building the site)."""
+    broken = [f"{page.relative_to(DOCS).parent}/{line}" for page in PAGES for line in broken_links(page)]
+    assert not broken, broken
+
+
 def test_every_benchmark_table_is_on_a_page():
     """Each table in benchmarks/results/ is included (pymdownx.snippets) by a page of the Benchmarks section."""
     included = set()
@@ -236,6 +253,7 @@ def test_configuration_reference_lists_every_key():
 # --------------------------------------------------------------------------------------------- the site
 
 
+@pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path):
     for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
         if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:

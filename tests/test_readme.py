@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 import shlex
-import unicodedata
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import broken_links
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -123,6 +124,7 @@ def _toy(args: list[str], scratch: Path) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_readme_commands_run(tmp_path, tmp_path_factory, monkeypatch, capsys):
     """Every metrictransfer command of the README, in order, as a user would type them from the repository
     root (here a temporary copy of it holding recipes/ and examples/), trainings at toy sizes. Afterwards
@@ -149,32 +151,13 @@ def test_readme_commands_run(tmp_path, tmp_path_factory, monkeypatch, capsys):
 # ------------------------------------------------------------------ links: the details live in the docs
 
 
-def _slug(heading: str) -> str:
-    """The anchor mkdocs (Python-Markdown's toc) gives a heading."""
-    text = re.sub(r"`|\*|\[|\]\([^)]*\)", "", heading)
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
-    return re.sub(r"[-\s]+", "-", text)
-
-
-def _anchors(page: Path) -> set[str]:
-    text = FENCE.sub("", page.read_text())
-    return {_slug(heading) for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
-
-
 LINKS = re.findall(r"\]\(([^)\s]+)\)", README)
 
 
 def test_readme_links_resolve():
     """Relative links name files of the repository, and their #anchors headings of the page."""
-    local = [link for link in LINKS if not re.match(r"\w+://", link)]
-    assert local
-    for link in local:
-        path, _, anchor = link.partition("#")
-        target = ROOT / path
-        assert target.exists(), f"the README links to {path}, which does not exist"
-        if anchor:
-            assert anchor in _anchors(target), f"{path} has no heading for #{anchor}"
+    assert [link for link in LINKS if not re.match(r"\w+://", link)]
+    assert not broken_links(ROOT / "README.md")
 
 
 def test_readme_links_every_guide_and_reference_page():
@@ -184,21 +167,6 @@ def test_readme_links_every_guide_and_reference_page():
     pages += [ROOT / "docs/getting-started.md", ROOT / "docs/contributing.md", ROOT / "docs/benchmarks/index.md"]
     missing = [str(p.relative_to(ROOT)) for p in pages if str(p.relative_to(ROOT)) not in linked]
     assert not missing, missing
-
-
-def test_moved_sections_live_in_the_docs():
-    """What left the README is on the page the README points to: what is protected on its own page, the GPU
-    check in the long-runs guide, with the README's pointers to both."""
-    guide = (ROOT / "docs/guides/long-runs.md").read_text()
-    assert "## Checking a GPU machine: `make gpu-check`" in guide and "tests/test_gpu.py" in guide
-    protected = (ROOT / "docs/guides/reliability.md").read_text()
-    assert "A new output goes only into a folder that is new, empty, or already ours" in protected
-    assert "docs/guides/reliability.md" in LINKS
-    assert "docs/guides/long-runs.md#checking-a-gpu-machine-make-gpu-check" in LINKS
-
-
-def test_readme_stays_short():
-    assert len(README.splitlines()) <= 220, "details belong in docs/: the README is the summary"
 
 
 # ------------------------------------------------------------------------------------ headline figures
