@@ -43,6 +43,12 @@ FUNCTION_LEVEL = {
     "metrictransfer.cli": {
         "*": "each command imports what it runs: --help, usage and configuration errors answer without loading torch",
     },
+    "metrictransfer.cli.commands": {
+        "*": "each command imports what it runs: --help, usage and configuration errors answer without loading torch",
+    },
+    "metrictransfer.cli.parser": {
+        "*": "the options' defaults are read where they are built (distill's, without pydantic)",
+    },
     "metrictransfer.data.inspect": {
         "metrictransfer.data.glyphs": "defers torch and matplotlib: inspecting a folder of files reads annotation files only",
     },

@@ -1,0 +1,7 @@
+"""``python -m metrictransfer.cli``: the command line."""
+
+import sys
+
+from metrictransfer.cli import main
+
+sys.exit(main())
