@@ -49,27 +49,6 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-# Tests that train or start processes in files another change is editing (tests/data/, the skipped-images
-# test): marked slow here until those files carry @pytest.mark.slow themselves.
-SLOW_ELSEWHERE = {
-    "tests/data/test_image_data.py::test_corrupt_image_inside_a_worker_still_names_the_file",
-    "tests/data/test_image_data.py::test_data_inspect_json_and_missing_files",
-    "tests/data/test_image_data.py::test_train_and_evaluate_on_a_cub_tree",
-    "tests/data/test_image_data.py::test_in_shop_evaluates_query_against_gallery",
-    "tests/data/test_image_data.py::test_training_skips_bad_images_and_counts_them",
-    "tests/data/test_image_data.py::test_selfsup_then_label_free_transfer_on_an_unlabelled_folder",
-    "tests/data/test_cache.py::test_a_run_with_the_cache_trains_on_the_cached_images",
-    "tests/data/test_cache.py::test_workers_read_the_same_pixels_from_shared_memory",
-    "tests/test_skipped_images.py::test_skipped_images_are_counted_each_epoch_and_warned_once",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.nodeid.partition("[")[0] in SLOW_ELSEWHERE:
-            item.add_marker(pytest.mark.slow)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _temporary_files_under_basetemp(tmp_path_factory):
     """tempfile's folder, here and in every process a test starts (TMPDIR is inherited: torchrun's logs,

@@ -42,6 +42,7 @@ def _photos(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_skipped_images_are_counted_each_epoch_and_warned_once(tmp_path, workers):
     """Catches: skipped_images 0 in log.csv; the skip warning repeated each epoch or by each worker, or

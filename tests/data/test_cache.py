@@ -55,6 +55,7 @@ def test_each_image_is_decoded_once_and_kept_shrunk_to_its_short_side():
     assert cache.nbytes() == sum(np.asarray(shrink(_Photos()[i][0], 48)).nbytes for i in range(9) if i != 3)
 
 
+@pytest.mark.slow
 def test_workers_read_the_same_pixels_from_shared_memory():
     cache = memory_cache(_Photos(), image_size=42, workers=2)
     assert all(block.is_shared() for block in cache.blocks)
@@ -74,6 +75,7 @@ def test_a_cache_larger_than_half_the_memory_is_refused_before_decoding():
     assert photos.reads == 0
 
 
+@pytest.mark.slow
 def test_a_run_with_the_cache_trains_on_the_cached_images(tmp_path, capsys):
     root = tmp_path / "photos"
     rng = np.random.default_rng(0)

@@ -114,6 +114,7 @@ def test_corrupt_image_is_named_or_skipped(tmp_path):
     assert batch[0].shape[0] == 1 and batch[2].tolist() == [0]
 
 
+@pytest.mark.slow
 def test_corrupt_image_inside_a_worker_still_names_the_file(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"garbage")
     index = ImageIndex(tmp_path, ["bad.jpg"], np.array([0]), ["a"])
@@ -122,6 +123,7 @@ def test_corrupt_image_inside_a_worker_still_names_the_file(tmp_path):
         next(iter(loader))
 
 
+@pytest.mark.slow
 def test_data_inspect_json_and_missing_files(tmp_path, capsys):
     root = make_cub(tmp_path / "CUB_200_2011")
     assert main(["data", "inspect", "--dataset", "cub", "--root", str(root), "--json"]) == 0
@@ -154,6 +156,7 @@ def test_inspect_without_root_is_a_clear_error(capsys):
     assert "needs data.root" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_a_cub_tree(tmp_path):
     root = make_cub(tmp_path / "cub")
     results = trainer.train(_config({"dataset": "cub", "root": str(root)}), tmp_path / "run", progress=False)
@@ -161,6 +164,7 @@ def test_train_and_evaluate_on_a_cub_tree(tmp_path):
     assert 0.0 <= results["final"]["recall@1"] <= 1.0
 
 
+@pytest.mark.slow
 def test_in_shop_evaluates_query_against_gallery(tmp_path, monkeypatch):
     root = make_inshop(tmp_path / "inshop")
     test = build_dataset(DataConfig(dataset="inshop", root=str(root)), "test")
@@ -180,6 +184,7 @@ def test_in_shop_evaluates_query_against_gallery(tmp_path, monkeypatch):
     assert "recall@1" in results["final"]
 
 
+@pytest.mark.slow
 def test_training_skips_bad_images_and_counts_them(tmp_path):
     root = make_cub(tmp_path / "cub")
     (root / "images" / "001.Bird_1" / "Bird_1_0000.jpg").write_bytes(b"broken")
@@ -214,6 +219,7 @@ def test_folder_and_csv_layouts_feed_training_items(tmp_path):
     assert image.size == (24, 24) and label == 1
 
 
+@pytest.mark.slow
 def test_selfsup_then_label_free_transfer_on_an_unlabelled_folder(tmp_path):
     """A source trained without labels, then a target trained from it by the relaxed contrastive loss on
     an unlabelled folder, both evaluated on a labelled set (eval.data)."""
