@@ -23,14 +23,33 @@ def _entries() -> set[str]:
         return set()
 
 
+_restore: dict[str, str | None] = {}
+
+
 def pytest_sessionstart(session):
+    """Record the system's temporary folder, then send tempfile's folder, here and in every process a test
+    starts (TMPDIR is inherited: torchrun's logs, multiprocessing's pymp-* folders, the docs examples'
+    mkdtemp()), and torch.compile's cache under pytest's basetemp, which pytest removes after a passing run
+    and prunes after a failing one. Before collection: importing torch._dynamo settles inductor's cache
+    folder, and test modules import it."""
     _before.update(_entries())
+    folder = str(session.config._tmp_path_factory.mktemp("tmp"))  # the tmp_path_factory fixture's, before fixtures exist
+    redirected = {"TMPDIR": folder, "TORCHINDUCTOR_CACHE_DIR": os.path.join(folder, "torchinductor")}
+    _restore.update({key: os.environ.get(key) for key in redirected})
+    os.environ.update(redirected)
+    tempfile.tempdir = folder
 
 
 def pytest_sessionfinish(session, exitstatus):
     """Fail the run if it left something of ours in the system's temporary folder (CI once died of a full
     disk): an entry that was not there when the session started and whose name is one of OURS. Entries other
     processes own (a lock, another tool's folder) are not ours and not counted."""
+    tempfile.tempdir = None
+    for key, value in _restore.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     left = sorted(name for name in _entries() - _before if OURS.match(name))
     if not left:
         return
@@ -47,23 +66,6 @@ def pytest_sessionfinish(session, exitstatus):
             print(line)
     if session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _temporary_files_under_basetemp(tmp_path_factory):
-    """tempfile's folder, here and in every process a test starts (TMPDIR is inherited: torchrun's logs,
-    multiprocessing's pymp-* folders, the docs examples' mkdtemp()), is a folder under pytest's basetemp,
-    which pytest removes after a passing run and prunes after a failing one."""
-    folder = str(tmp_path_factory.mktemp("tmp"))
-    old_env, old_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
-    os.environ["TMPDIR"] = folder
-    tempfile.tempdir = folder
-    yield
-    tempfile.tempdir = old_tempdir
-    if old_env is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = old_env
 
 
 @pytest.fixture(scope="session", autouse=True)
