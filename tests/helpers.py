@@ -48,6 +48,20 @@ def snapshot(folder: Path, folders: bool = False, ignored: tuple[str, ...] = (".
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 
+def coloured_gallery(folder: Path, images: int = 4) -> Path:
+    """``folder/<colour>/<i>.png``: each class a colour, each image that colour with noise (40 × 40)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        (folder / name).mkdir(parents=True)
+        for i in range(images):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / name / f"{i}.png")
+    return folder
+
+
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
     """A run's checkpoint as training leaves it (untrained weights: search needs no particular quality)."""
     import torch

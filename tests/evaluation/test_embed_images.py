@@ -16,8 +16,7 @@ from metrictransfer.config import build_config
 from metrictransfer.evaluation.embeddings_file import load_embeddings
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.runtime.checkpoint import save_embedding_model
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+from tests.helpers import COLOURS, coloured_gallery
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +24,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     """Three classes of four coloured images each, and an untrained run's checkpoint (no quality needed)."""
     root = tmp_path_factory.mktemp("embed-images")
     images = root / "photos"
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (images / name).mkdir(parents=True)
-        for i in range(4):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(images / name / f"{i}.png")
+    coloured_gallery(images)
     torch.manual_seed(0)
     raw = {"model": {"backbone": "resnet10t", "embedding_dim": 8}, "data": {"image_size": 32, "num_workers": 0}}
     checkpoint = save_embedding_model(EmbeddingModel("resnet10t", 8), build_config(raw), root / "model.pt")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from metrictransfer import export
 from metrictransfer.cli import main
@@ -31,7 +30,7 @@ from metrictransfer.runtime.checkpoint import load_embedding_model, save_embeddi
 from metrictransfer.search import Gallery, build_index
 from metrictransfer.search.gallery import EMBEDDINGS_FILE, FAISS_FILE, INDEX_FILE
 from metrictransfer.search.grid import draw_grid
-from tests.helpers import COLOURS, make_checkpoint
+from tests.helpers import coloured_gallery, make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +39,7 @@ def setup(tmp_path_factory):
     the same images in reverse order (same count, other contents) and 3 of them."""
     base = tmp_path_factory.mktemp("integrity")
     images = base / "gallery"
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (images / name).mkdir(parents=True)
-        for i in range(4):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(images / name / f"{i}.png")
+    coloured_gallery(images)
     checkpoint = make_checkpoint(base / "model.pt")
     build_index(checkpoint, images, base / "index")
     listed = sorted(images.rglob("*.png"))
