@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metrictransfer import api
+import metrictransfer as api  # the top level: its functions are metrictransfer.api's, imported on first use
 from metrictransfer.cli import main
 from metrictransfer.errors import ConfigError, MissingFileError
 from tests.helpers import TINY

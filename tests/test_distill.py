@@ -121,7 +121,7 @@ def test_print_recipe_and_bad_input(tmp_path, teacher, capsys):
     assert main(_distill(tmp_path / "nowhere", tmp_path / "run", teacher)) == 2
     assert "--images" in capsys.readouterr().err
     with pytest.raises(MissingFileError, match="--images"):
-        from metrictransfer.distill import distill_config
+        from metrictransfer.distillation import distill_config
 
         distill_config("resnet10t", "resnet10t", 8, tmp_path / "nowhere")
 

@@ -18,11 +18,11 @@ from metrictransfer.config import build_config
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.errors import ConfigError
 from metrictransfer.evaluation.embeddings_file import load_embeddings
-from metrictransfer.export import describe_architecture, describe_preprocessing, description_path, export_model
+from metrictransfer.model_export import describe_architecture, describe_preprocessing, description_path, export_model
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.normalization import BN_INCEPTION_MEAN_BGR, NORMALIZATION_STATS
 from metrictransfer.runtime.checkpoint import load_embedding_model, save_embedding_model
-from metrictransfer.search import build_index
+from metrictransfer.retrieval import build_index
 from tests.helpers import make_checkpoint
 
 
@@ -84,7 +84,7 @@ def test_onnx_without_its_package_names_the_package(checkpoint, tmp_path, capsys
 
 
 def test_an_export_that_differs_is_removed_and_fails(checkpoint, tmp_path, monkeypatch):
-    from metrictransfer import export
+    from metrictransfer import model_export as export
 
     real = export._EXPORTERS["safetensors"]
     monkeypatch.setitem(export._EXPORTERS, "safetensors", lambda m, x, out: real(m, x, out) + 1e-3)

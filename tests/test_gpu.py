@@ -27,7 +27,7 @@ import yaml
 from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
 from metrictransfer.evaluation import retrieval_metrics
-from metrictransfer.export import FORMATS, export_model
+from metrictransfer.model_export import FORMATS, export_model
 from metrictransfer.methods.source import SourceMethod
 from metrictransfer.runtime import distributed
 from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_model

@@ -56,20 +56,20 @@ FUNCTION_LEVEL = {
         "metrictransfer.data.glyphs": "defers torch and matplotlib to building a glyphs split",
         "metrictransfer.data.images": "defers torch to building a split of files: reading annotation files needs none",
     },
-    "metrictransfer.distill": {
+    "metrictransfer.distillation": {
         "metrictransfer.config": "defers pydantic: the command line reads distill's defaults to build --help",
     },
     "metrictransfer.evaluation.knn": {
         "metrictransfer.evaluation.fold_kernel": "defers numba (about 1 s to load) to evaluations large enough to use its kernel",
     },
-    "metrictransfer.search": {
-        "metrictransfer.search.build": "defers torch: searching an index (search, serve) loads none",
-        "metrictransfer.search.checkpoint_model": "defers torch: searching an index (search, serve) loads none",
+    "metrictransfer.retrieval": {
+        "metrictransfer.retrieval.build": "defers torch: searching an index (search, serve) loads none",
+        "metrictransfer.retrieval.checkpoint_model": "defers torch: searching an index (search, serve) loads none",
     },
-    "metrictransfer.search.gallery": {
-        "metrictransfer.search.checkpoint_model": "defers torch to indexes without an exported model, or search --checkpoint",
+    "metrictransfer.retrieval.gallery": {
+        "metrictransfer.retrieval.checkpoint_model": "defers torch to indexes without an exported model, or search --checkpoint",
     },
-    "metrictransfer.search.grid": {
+    "metrictransfer.retrieval.grid": {
         "metrictransfer.engine.logging": "defers matplotlib (engine.logging loads it, with the Agg backend) to drawing a grid",
     },
 }

@@ -24,7 +24,7 @@ from metrictransfer.engine.interrupt import TrainingInterrupted
 from metrictransfer.errors import BadImageError, RunLockedError
 from metrictransfer.output_folder import MANIFEST_NAME, Manifest
 from metrictransfer.runtime.checkpoint import load_checkpoint
-from metrictransfer.search.gallery import IndexLock
+from metrictransfer.retrieval.gallery import IndexLock
 from tests import helpers
 from tests.helpers import TINY
 

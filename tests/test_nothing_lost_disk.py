@@ -31,7 +31,7 @@ from metrictransfer.cli import main
 from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
 from metrictransfer.errors import OutputLocationError, StorageFaultError
-from metrictransfer.export import FORMATS
+from metrictransfer.model_export import FORMATS
 from metrictransfer.runtime import checkpoint as ckpt
 from tests import helpers
 from tests.helpers import tiny

@@ -1,18 +1,40 @@
-"""metrictransfer: deep metric learning with knowledge transfer between embedding models."""
+"""metrictransfer: deep metric learning with knowledge transfer between embedding models.
 
-from typing import Any
+The library's functions, one per command (``metrictransfer.train``, ``evaluate``, ``embed``, ``export``,
+``index``, ``search``, ``distill``, ``tune``), live in :mod:`metrictransfer.api`; they are imported from
+there on first use, so ``import metrictransfer`` and ``metrictransfer --help`` load neither torch nor pydantic.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ below imports them when first used
+    from metrictransfer.api import distill, embed, evaluate, export, index, search, train, tune
+
+__all__ = ["__version__", "distill", "embed", "evaluate", "export", "index", "search", "train", "tune"]
+
+_API = frozenset(__all__) - {"__version__"}
 
 
 def __getattr__(name: str) -> Any:
-    """``__version__`` is read from the installed metadata on first use: importlib.metadata costs about a
-    third of the command line's start-up, and ``--help`` does not need it."""
-    if name != "__version__":
-        raise AttributeError(f"module 'metrictransfer' has no attribute {name!r}")
-    from importlib.metadata import PackageNotFoundError, version
+    """The API's functions and ``__version__``, resolved on first use and then kept as attributes."""
+    if name in _API:
+        from metrictransfer import api
 
-    try:
-        value = version("metrictransfer")
-    except PackageNotFoundError:  # run from a source tree that was not installed
-        value = "0.0.0+unknown"
-    globals()["__version__"] = value
+        value = getattr(api, name)
+    elif name == "__version__":
+        # read from the installed metadata: importlib.metadata costs about a third of the command line's
+        # start-up, and --help does not need it
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("metrictransfer")
+        except PackageNotFoundError:  # run from a source tree that was not installed
+            value = "0.0.0+unknown"
+    else:
+        raise AttributeError(f"module 'metrictransfer' has no attribute {name!r}")
+    globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,6 @@
 """The library's face: one function per command, with the command's checks and results, for Python users.
 
-``import metrictransfer`` then ``metrictransfer.train(...)``, ``metrictransfer.search(...)``: the package
+``import metrictransfer`` then ``metrictransfer.train(...)``, ``metrictransfer.retrieval(...)``: the package
 imports this module on first use, so ``import metrictransfer`` and ``metrictransfer --help`` stay light.
 The command line parses its arguments, calls these functions and prints what they return.
 """
@@ -65,8 +65,8 @@ def distill(
     source: str, target: str, dim: int, images: str | Path, out: str | Path, *, overwrite: bool = False, **options: Any
 ) -> dict[str, Any]:
     """Distil the timm model ``source`` into a ``dim``-d ``target`` on ``images`` (``options``: those of
-    :func:`~metrictransfer.distill.distill_config`); returns ``results.json``'s contents."""
-    from metrictransfer.distill import OPTIONS, distill_config
+    :func:`~metrictransfer.distillation.distill_config`); returns ``results.json``'s contents."""
+    from metrictransfer.distillation import OPTIONS, distill_config
     from metrictransfer.engine.trainer import train as train_run
     from metrictransfer.errors import command_options
     from metrictransfer.report import write_report
@@ -119,7 +119,7 @@ def embed(
     from metrictransfer.evaluation.embed_to_file import check_output, embed_images_to_file, embed_split_to_file
     from metrictransfer.evaluation.embedders import checkpoint_embedder
     from metrictransfer.runtime.device import resolve_device
-    from metrictransfer.search.gallery import list_images
+    from metrictransfer.retrieval.gallery import list_images
 
     if checkpoint is None:
         raise ConfigError("give the run whose model embeds (checkpoint); the command line embeds with timm models too")
@@ -135,7 +135,7 @@ def embed(
 def export(checkpoint: str | Path, fmt: str, out: str | Path, model: str | None = None) -> dict[str, Any]:
     """The run's model as ``safetensors``, ``torchscript`` or ``onnx`` at ``out``, checked against PyTorch;
     returns its description (also written beside it, ``out.json``)."""
-    from metrictransfer.export import export_model
+    from metrictransfer.model_export import export_model
 
     return export_model(checkpoint, fmt, out, model)
 
@@ -144,7 +144,7 @@ def index(
     checkpoint: str | Path, images: str | Path, out: str | Path, *, model: str | None = None, device: str = "cpu", overwrite: bool = False
 ) -> dict[str, Any]:
     """A searchable index of ``images`` embedded by the run's model; returns ``index.json``'s contents."""
-    from metrictransfer.search.build import build_index
+    from metrictransfer.retrieval.build import build_index
 
     return build_index(checkpoint, images, out, model, device, overwrite=overwrite)
 
@@ -153,7 +153,7 @@ def search(
     index: str | Path, queries: Sequence[str | Path], k: int = 10, *, exclude_self: bool = False, checkpoint: str | Path | None = None
 ) -> list[Any]:
     """The ``k`` nearest gallery images of each query (``Neighbour``: path, distance, label), nearest first."""
-    from metrictransfer.search.gallery import Gallery
+    from metrictransfer.retrieval.gallery import Gallery
 
     return Gallery(index, checkpoint).search(list(queries), k, exclude_self=exclude_self)
 

@@ -29,8 +29,8 @@ from metrictransfer.evaluation.evaluate import test_dataset, with_test_transform
 from metrictransfer.io import atomic_write_text
 from metrictransfer.readback import read_results
 from metrictransfer.runtime.checkpoint import load_embedding_model
-from metrictransfer.search.gallery import Neighbour
-from metrictransfer.search.grid import draw_grid, file_name, middle_ellipsis
+from metrictransfer.retrieval.gallery import Neighbour
+from metrictransfer.retrieval.grid import draw_grid, file_name, middle_ellipsis
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

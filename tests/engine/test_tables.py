@@ -144,7 +144,7 @@ def test_a_distill_a_source_a_target_alone_and_a_transfer_each_read_at_a_glance(
     # Bug caught: a distill row's method cell was ~900 characters of "eval.data.classes_per_batch=(unset), ...",
     # the unlabelled distill showed "–" (its agreement@10 only with --metrics), no column named the run,
     # and the source model sat in a column named "target".
-    from metrictransfer.distill import distill_config
+    from metrictransfer.distillation import distill_config
 
     (tmp_path / "photos").mkdir()
     (tmp_path / "labelled").mkdir()
@@ -189,7 +189,7 @@ def test_runs_of_the_same_folder_name_are_named_with_their_parent(tmp_path, caps
 
 
 def test_the_table_in_the_guide_is_what_table_prints(tmp_path, capsys):
-    from metrictransfer.distill import distill_config
+    from metrictransfer.distillation import distill_config
 
     guide = (Path(__file__).parents[2] / "docs" / "guides" / "using-a-model.md").read_text()
     documented = guide.split("```text\n| run |", 1)[1].split("```", 1)[0]

@@ -106,7 +106,7 @@ def _train_and_report(
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from metrictransfer.config import config_to_dict
-    from metrictransfer.distill import OPTIONS, distill_config
+    from metrictransfer.distillation import OPTIONS, distill_config
 
     config = distill_config(
         args.source,
@@ -308,7 +308,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def _listed_images(images: str) -> tuple[Any, str]:
     """The images of --images (a folder, a CSV or one image file), and what to do about an unreadable one."""
-    from metrictransfer.search.gallery import list_images
+    from metrictransfer.retrieval.gallery import list_images
 
     source = Path(images)
     if source.is_dir():
@@ -386,7 +386,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from metrictransfer.search import build_index
+    from metrictransfer.retrieval import build_index
 
     with _json_only(args):
         meta = build_index(
@@ -423,7 +423,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from metrictransfer.export import description_path, export_model
+    from metrictransfer.model_export import description_path, export_model
 
     with _json_only(args):
         described = export_model(args.checkpoint, args.format, args.out, args.model)
@@ -449,7 +449,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from metrictransfer.search import Gallery
+    from metrictransfer.retrieval import Gallery
 
     if args.grid:
         from metrictransfer.engine.logging import figure_format
@@ -473,7 +473,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             for rank, n in enumerate(found, 1):
                 print(f"  {rank:3d}  {n.distance:.4f}  {n.path}" + (f"  [{n.label}]" if n.label else ""))
     if args.grid:
-        from metrictransfer.search.grid import draw_grid
+        from metrictransfer.retrieval.grid import draw_grid
 
         draw_grid(args.queries, results, args.grid, query_labels)
         if not args.json:

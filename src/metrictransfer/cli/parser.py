@@ -126,7 +126,7 @@ def _add_train(train: argparse.ArgumentParser) -> None:
 
 
 def _add_distill(distill: argparse.ArgumentParser) -> None:
-    from metrictransfer import distill as defaults
+    from metrictransfer import distillation as defaults
 
     distill.add_argument("--source", required=True, metavar="TIMM_NAME", help="the teacher: a timm model name with its weights tag")
     distill.add_argument("--target", required=True, metavar="BACKBONE", help="the student's timm backbone (resnet18, ...)")

@@ -119,7 +119,7 @@ def embed_images_to_file(
     chunk_batches: int = CHUNK_BATCHES,
 ) -> Written:
     """Embed any listed images (a folder, a CSV or one image file:
-    :func:`~metrictransfer.search.gallery.list_images`) into ``out`` as a split is embedded, so that
+    :func:`~metrictransfer.retrieval.gallery.list_images`) into ``out`` as a split is embedded, so that
     ``evaluate --embeddings`` reads it: each row's item name is its image's resolved path, its label the
     image's class where known (-1 otherwise); no dataset or split is recorded, the rows being of neither.
     Images get ``preprocess`` (default: the test transform of the run's training data). An unreadable

@@ -4,22 +4,22 @@
 
 from typing import TYPE_CHECKING, Any
 
-from metrictransfer.search.gallery import Gallery, Neighbour, list_images
+from metrictransfer.retrieval.gallery import Gallery, Neighbour, list_images
 
 if TYPE_CHECKING:
-    from metrictransfer.search.build import build_index
-    from metrictransfer.search.checkpoint_model import model_fingerprint
+    from metrictransfer.retrieval.build import build_index
+    from metrictransfer.retrieval.checkpoint_model import model_fingerprint
 
 __all__ = ["Gallery", "Neighbour", "build_index", "list_images", "model_fingerprint"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "build_index":
-        from metrictransfer.search.build import build_index
+        from metrictransfer.retrieval.build import build_index
 
         return build_index
     if name == "model_fingerprint":
-        from metrictransfer.search.checkpoint_model import model_fingerprint
+        from metrictransfer.retrieval.checkpoint_model import model_fingerprint
 
         return model_fingerprint
-    raise AttributeError(f"module 'metrictransfer.search' has no attribute {name!r}")
+    raise AttributeError(f"module 'metrictransfer.retrieval' has no attribute {name!r}")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 from PIL import Image
 
 from metrictransfer.data.decode import open_rgb8
-from metrictransfer.search.gallery import Neighbour
+from metrictransfer.retrieval.gallery import Neighbour
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

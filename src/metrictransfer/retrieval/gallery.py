@@ -32,7 +32,7 @@ from metrictransfer.errors import ConfigError, DataError, MissingFileError, Miss
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings
 from metrictransfer.io import file_sha256
 from metrictransfer.output_folder import OutputLock
-from metrictransfer.search.onnx_model import OnnxQueryModel
+from metrictransfer.retrieval.onnx_model import OnnxQueryModel
 
 INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE = "index.json", "embeddings.npz", "faiss.index"
 QUERY_MODEL_FILE = "model.onnx"  # the run's model, exported for searching without PyTorch
@@ -185,7 +185,7 @@ class Gallery:
                 return OnnxQueryModel(self.index_dir, exported, self._rebuild)
             except MissingPackageError:
                 pass  # the run's own model gives the same embeddings, only slower to load
-        from metrictransfer.search.checkpoint_model import CheckpointQueryModel
+        from metrictransfer.retrieval.checkpoint_model import CheckpointQueryModel
 
         return CheckpointQueryModel(self.checkpoint, self.meta.get("model"), self.meta, self.index_dir, self._rebuild, device)
 

@@ -12,7 +12,7 @@ from PIL import Image
 from metrictransfer.cli import main
 from metrictransfer.errors import MissingPackageError, SearchIndexError
 from metrictransfer.runtime.checkpoint import load_checkpoint
-from metrictransfer.search import Gallery, list_images
+from metrictransfer.retrieval import Gallery, list_images
 from tests.helpers import COLOURS, figure_texts, make_checkpoint, saved_figures
 
 
@@ -72,7 +72,7 @@ def test_the_grid_is_an_image_with_a_row_per_query(gallery, tmp_path, capsys):
 
 
 def test_grid_titles_are_cut_in_the_middle_keeping_the_extension():
-    from metrictransfer.search.grid import file_name, middle_ellipsis
+    from metrictransfer.retrieval.grid import file_name, middle_ellipsis
 
     assert middle_ellipsis("IMG_20230514_123456.jpg", 9) == "IMG_….jpg" and middle_ellipsis("a.png", 9) == "a.png"
     assert file_name("/x/Cafe\u0301 cre\u0300me/the\u0301.png") == "th\u00e9.png"  # a macOS name, composed
@@ -204,7 +204,7 @@ def test_without_onnx_the_index_says_so_and_search_uses_the_checkpoint(gallery, 
     def no_onnx(*args, **kwargs):
         raise MissingPackageError("the onnx export needs the onnx package: pip install onnx")
 
-    monkeypatch.setattr("metrictransfer.search.build.export_model", no_onnx)
+    monkeypatch.setattr("metrictransfer.retrieval.build.export_model", no_onnx)
     out = tmp_path / "index"
     with pytest.warns(UserWarning, match="search will load PyTorch"):
         assert main(["index", "--checkpoint", str(checkpoint), "--images", str(root), "--out", str(out)]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metrictransfer import export
+from metrictransfer import model_export as export
 from metrictransfer.cli import main
 from metrictransfer.config import build_config
 from metrictransfer.errors import (
@@ -25,11 +25,11 @@ from metrictransfer.errors import (
     OutputLocationError,
     SearchIndexError,
 )
-from metrictransfer.export import describes, description_path, export_model
+from metrictransfer.model_export import describes, description_path, export_model
 from metrictransfer.runtime.checkpoint import load_embedding_model, save_embedding_model
-from metrictransfer.search import Gallery, build_index
-from metrictransfer.search.gallery import EMBEDDINGS_FILE, FAISS_FILE, INDEX_FILE
-from metrictransfer.search.grid import draw_grid
+from metrictransfer.retrieval import Gallery, build_index
+from metrictransfer.retrieval.gallery import EMBEDDINGS_FILE, FAISS_FILE, INDEX_FILE
+from metrictransfer.retrieval.grid import draw_grid
 from tests.helpers import coloured_gallery, make_checkpoint
 
 
