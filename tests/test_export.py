@@ -21,8 +21,8 @@ from metrictransfer.evaluation.embeddings_file import load_embeddings
 from metrictransfer.model_export import describe_architecture, describe_preprocessing, description_path, export_model
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.normalization import BN_INCEPTION_MEAN_BGR, NORMALIZATION_STATS
-from metrictransfer.runtime.checkpoint import load_embedding_model, save_embedding_model
 from metrictransfer.retrieval import build_index
+from metrictransfer.runtime.checkpoint import load_embedding_model, save_embedding_model
 from tests.helpers import make_checkpoint
 
 

@@ -27,8 +27,8 @@ import yaml
 from metrictransfer.config import build_config
 from metrictransfer.engine import trainer
 from metrictransfer.evaluation import retrieval_metrics
-from metrictransfer.model_export import FORMATS, export_model
 from metrictransfer.methods.source import SourceMethod
+from metrictransfer.model_export import FORMATS, export_model
 from metrictransfer.runtime import distributed
 from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_model
 from tests.helpers import STEPS_PER_EPOCH, tiny

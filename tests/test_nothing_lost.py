@@ -23,8 +23,8 @@ from metrictransfer.engine.callbacks import Callback
 from metrictransfer.engine.interrupt import TrainingInterrupted
 from metrictransfer.errors import BadImageError, RunLockedError
 from metrictransfer.output_folder import MANIFEST_NAME, Manifest
-from metrictransfer.runtime.checkpoint import load_checkpoint
 from metrictransfer.retrieval.gallery import IndexLock
+from metrictransfer.runtime.checkpoint import load_checkpoint
 from tests import helpers
 from tests.helpers import TINY
 

@@ -26,10 +26,10 @@ from metrictransfer.errors import (
     SearchIndexError,
 )
 from metrictransfer.model_export import describes, description_path, export_model
-from metrictransfer.runtime.checkpoint import load_embedding_model, save_embedding_model
 from metrictransfer.retrieval import Gallery, build_index
 from metrictransfer.retrieval.gallery import EMBEDDINGS_FILE, FAISS_FILE, INDEX_FILE
 from metrictransfer.retrieval.grid import draw_grid
+from metrictransfer.runtime.checkpoint import load_embedding_model, save_embedding_model
 from tests.helpers import coloured_gallery, make_checkpoint
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from metrictransfer.cli import main
 from metrictransfer.errors import MissingPackageError, SearchIndexError
-from metrictransfer.runtime.checkpoint import load_checkpoint
 from metrictransfer.retrieval import Gallery, list_images
+from metrictransfer.runtime.checkpoint import load_checkpoint
 from tests.helpers import COLOURS, figure_texts, make_checkpoint, saved_figures
 
 
