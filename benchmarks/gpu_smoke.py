@@ -55,7 +55,7 @@ def steps_per_epoch(config, labels: np.ndarray) -> int:
     """Batches in one epoch of the trainer's sampler for this recipe on these training labels."""
     data = config.data
     batch = data.classes_per_batch * data.images_per_class
-    if config.method == "transfer" and config.transfer.metric_weight == 0:  # label-free: shuffled batches
+    if config.method == "transfer" and config.method_section["metric_weight"] == 0:  # label-free: shuffled batches
         return len(ShuffledBatchSampler(len(labels), batch))
     return len(ClassBalancedBatchSampler(labels, data.classes_per_batch, data.images_per_class))
 

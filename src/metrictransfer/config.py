@@ -12,19 +12,33 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from metrictransfer.config_migration import upgrade
 from metrictransfer.errors import ConfigError
 from metrictransfer.io import atomic_write_text
 from metrictransfer.model_names import check_backbone_name, pretrained_input_size
 from metrictransfer.normalization import NORMALIZATIONS, model_normalization
 from metrictransfer.params import check_params
-from metrictransfer.registry import DATASETS, METHODS, METRIC_LOSSES, MINERS, TRANSFER_LOSSES, TRANSFORMS, Registry
+from metrictransfer.registry import DATASETS, METHODS, METRIC_LOSSES, MINERS, TRANSFORMS, Registry
 
 __all__ = ["Component", "ConfigError", "RunConfig", "build_config", "load_config"]
+
+#: A method's own section model (its ``params_model``), as :meth:`RunConfig.section` returns it.
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 #: Parameters of metric losses that metrictransfer fills from the data and the model.
 FILLED_METRIC_PARAMS = ("num_classes", "embedding_size")
@@ -37,7 +51,7 @@ def _check_name(value: str, registry: Registry[Any] | tuple[str, ...], what: str
     return value
 
 
-def _normalization_name(value: str) -> str:
+def normalization_name(value: str) -> str:
     """A named input convention, or ``model``: the backbone's own, resolved when the configuration loads."""
     return value if value == "model" else _check_name(value, NORMALIZATIONS, "normalization")
 
@@ -64,7 +78,7 @@ class Component(Strict):
 _RECORDED: ContextVar[bool] = ContextVar("recorded_configuration", default=False)
 
 
-def _component(spec: Component, registry: Registry[Any], what: str, where: str, filled: tuple[str, ...] = ()) -> Component:
+def check_component(spec: Component, registry: Registry[Any], what: str, where: str, filled: tuple[str, ...] = ()) -> Component:
     """Check a component's name and parameters against its registry (at load time, not at the first step);
     ``where``: its key, for the message."""
     if _RECORDED.get():
@@ -72,26 +86,6 @@ def _component(spec: Component, registry: Registry[Any], what: str, where: str, 
     component = registry.get(_check_name(spec.name, registry, what))
     check_params(component, spec.params, f"{what} {spec.name!r}", f"{where}.params", filled=filled)
     return spec
-
-
-def _moved(raw: Any, moves: dict[str, str], defaults: dict[str, Any] | None = None) -> Any:
-    """Read keys of the earlier layout into their new place (``old`` → ``new.path`` inside the section);
-    ``defaults``: what a parent that the section leaves out stands for (a component's default name)."""
-    if not isinstance(raw, dict) or not any(old in raw for old in moves):
-        return raw
-    raw = {**(defaults or {}), **raw}
-    for old, new in moves.items():
-        if old in raw:
-            value = raw.pop(old)
-            *parents, last = new.split(".")
-            node = raw
-            for part in parents:
-                child = node.get(part)
-                child = {"name": child} if isinstance(child, str) else dict(child or {})
-                node[part] = child
-                node = child
-            node[last] = {**node.get(last, {}), **value} if isinstance(value, dict) and last == "params" else value
-    return raw
 
 
 class ValidationConfig(Strict):
@@ -181,7 +175,7 @@ class DataConfig(Strict):
     @field_validator("normalization")
     @classmethod
     def _normalization(cls, v: str) -> str:
-        return _normalization_name(v)
+        return normalization_name(v)
 
     @model_validator(mode="after")
     def _follow_the_data(self) -> "DataConfig":
@@ -231,34 +225,16 @@ class MetricLossConfig(Strict):
     )
     proxy_lr_multiplier: float = Field(100.0, gt=0, description="learnable loss parameters (proxies) train at this multiple of optim.lr")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _earlier_layout(cls, raw: Any) -> Any:
-        return _moved(raw, {"miner_params": "miner.params"})
-
     @model_validator(mode="after")
     def _components(self) -> "MetricLossConfig":
-        _component(Component(name=self.name, params=self.params), METRIC_LOSSES, "metric loss", "metric_loss", FILLED_METRIC_PARAMS)
-        _component(self.miner, MINERS, "miner", "metric_loss.miner")
-        return self
-
-
-class TransferTerm(Strict):
-    """One term of a weighted sum of transfer losses."""
-
-    name: str
-    weight: float = Field(1.0, ge=0)
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _registered(self) -> "TransferTerm":
-        _component(Component(name=self.name, params=self.params), TRANSFER_LOSSES, "transfer loss", "transfer.terms")
+        check_component(Component(name=self.name, params=self.params), METRIC_LOSSES, "metric loss", "metric_loss", FILLED_METRIC_PARAMS)
+        check_component(self.miner, MINERS, "miner", "metric_loss.miner")
         return self
 
 
 class SourceModelConfig(Strict):
-    """transfer.source: any timm model as the frozen source, with its own features, input size and
-    normalisation (a pretrained foundation model, or a local weights file offline)."""
+    """transfer.source (and ``embed --timm``): any timm model as the frozen source, with its own features,
+    input size and normalisation (a pretrained foundation model, or a local weights file offline)."""
 
     name: str = Field(description="a timm model name, with the tag of its weights (vit_small_patch14_dinov2.lvd142m)")
     pretrained: bool = Field(True, description="timm's pretrained weights (from its cache, else downloaded); ignored when weights is set")
@@ -281,7 +257,7 @@ class SourceModelConfig(Strict):
     @field_validator("normalization")
     @classmethod
     def _normalization(cls, v: str) -> str:
-        return _normalization_name(v)
+        return normalization_name(v)
 
     @model_validator(mode="after")
     def _resolve(self) -> "SourceModelConfig":
@@ -299,48 +275,6 @@ class SourceModelConfig(Strict):
             except ConfigError as err:  # named for data.normalization; here it is this section's key
                 raise ValueError(str(err).replace("data.normalization: model: ", "normalization: model: ")) from None
         return self
-
-
-class TransferConfig(Strict):
-    source_checkpoint: str | None = None
-    source: SourceModelConfig | None = Field(None, description="any timm model as the source (instead of a checkpoint)")
-    source_embeddings: str | None = Field(
-        None, description="precomputed source embeddings of the training split (not the paper's protocol)"
-    )
-    loss: Component = Field(
-        default_factory=lambda: Component(name="relaxed_contrastive"),
-        description="the transfer loss (relaxed_contrastive's params: sigma, delta)",
-    )
-    terms: list[TransferTerm] = Field(default_factory=list, description="a weighted sum, instead of loss")
-    weight: float = Field(1.0, ge=0)
-    metric_weight: float = Field(0.0, ge=0, description="weight of the metric loss on labels (paper: 0)")
-    hint_stages: int = Field(1, ge=1, description="fitnet/attention: the backbones' last N stages")
-    target_layers: list[str] | None = Field(None, description="fitnet/attention: explicit target submodule names")
-    source_layers: list[str] | None = Field(None, description="fitnet/attention: explicit source submodule names")
-    allow_overlap: bool = Field(
-        False,
-        description="start even though the source checkpoint trained on some of this run's evaluation classes "
-        "(by default refused: the test figures would measure what the source memorised)",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _earlier_layout(cls, raw: Any) -> Any:
-        return _moved(
-            raw, {"sigma": "loss.params.sigma", "delta": "loss.params.delta", "params": "loss.params"}, {"loss": "relaxed_contrastive"}
-        )
-
-    @model_validator(mode="after")
-    def _one_way(self) -> "TransferConfig":
-        if self.terms and "loss" in self.model_fields_set:
-            raise ValueError("give either transfer.loss or transfer.terms, not both")
-        if not self.terms:
-            _component(self.loss, TRANSFER_LOSSES, "transfer loss", "transfer.loss")
-        return self
-
-    def loss_terms(self) -> list[TransferTerm]:
-        """The configured loss as a list of weighted terms (one term unless ``terms`` is given)."""
-        return self.terms or [TransferTerm(name=self.loss.name, weight=1.0, params=self.loss.params)]
 
 
 class OptimConfig(Strict):
@@ -388,102 +322,6 @@ class EvalConfig(Strict):
         return sorted(set(v))
 
 
-class ClassifierConfig(Strict):
-    """method: classifier — cross-entropy on the training classes, optionally taught by a source classifier."""
-
-    source_checkpoint: str | None = None
-    distill: Component = Field(
-        default_factory=lambda: Component(name="none"),
-        description="none, or a transfer loss: relaxed_contrastive on the penultimate features, hinton on the logits (params: temperature)",
-    )
-    weight: float = Field(1.0, ge=0, description="weight of the distillation term")
-    allow_overlap: bool = Field(
-        False,
-        description="start even though the source checkpoint trained on some of this run's held-out images "
-        "(by default refused: the held-out accuracy would measure what the source memorised)",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _earlier_layout(cls, raw: Any) -> Any:
-        if not isinstance(raw, dict):
-            return raw
-        distill = raw.get("distill", "none")
-        distill_name: Any = distill if isinstance(distill, str) else (distill or {}).get("name")
-        kept = {"relaxed_contrastive": ("sigma", "delta"), "hinton": ("temperature",)}.get(distill_name, ())
-        raw = {k: v for k, v in raw.items() if k not in {"sigma", "delta", "temperature"} - set(kept)}  # ignored before too
-        return _moved(raw, {key: f"distill.params.{key}" for key in kept})
-
-    @model_validator(mode="after")
-    def _distill(self) -> "ClassifierConfig":
-        if self.distill.name != "none":
-            _component(self.distill, TRANSFER_LOSSES, "transfer loss", "classifier.distill")
-        elif self.distill.params:
-            raise ValueError("classifier.distill.params need a distillation loss (distill.name)")
-        return self
-
-
-class SelfSupConfig(Strict):
-    temperature: float = Field(0.1, gt=0, description="NT-Xent temperature of method: selfsup")
-
-
-class MutualConfig(Strict):
-    """method: mutual — a cohort of embedding models that teach each other (DESIGN.md 1.2).
-
-    The paper's text beyond its abstract is not available: every choice it does not state is an option
-    here, with the default named in the README.
-    """
-
-    members: int = Field(2, ge=1, description="cohort size K (1 is plain training, kept for checks)")
-    loss: Component = Field(
-        default_factory=lambda: Component(name="rkd"), description="the mutual loss: any transfer loss (the peer plays the source)"
-    )
-    weight: float = Field(1.0, ge=0, description="λ: weight of the mutual loss (0: independent members)")
-    peers: Literal["mean", "sum"] = Field("mean", description="how the K-1 peers' mutual losses combine")
-    model_diversity: bool = Field(True, description="member k initialised from seed + k (else all from seed)")
-    update_every: list[int] | None = Field(None, description="τ_k: member k steps its optimiser every τ_k iterations (default 1, 2, …, K)")
-    ema_momentum: float | None = Field(None, gt=0, lt=1, description="the last member is an exponential moving average of member 0 instead")
-    view_diversity: bool = Field(True, description="each member its own augmentation of the same images")
-    hint_stages: int = Field(1, ge=1, description="fitnet/attention as the mutual loss: the backbones' last N stages")
-    augmentation_strength: list[float] | None = Field(None, description="per member (default 1.0 each)")
-    backbones: list[str] | None = Field(None, description="per member (default: model.backbone for all)")
-    weights: list[str | None] | None = Field(None, description="per member backbone weights files (default: model.weights)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _earlier_layout(cls, raw: Any) -> Any:
-        return _moved(raw, {"params": "loss.params"}, {"loss": "rkd"})
-
-    @model_validator(mode="after")
-    def _per_member(self) -> "MutualConfig":
-        _component(self.loss, TRANSFER_LOSSES, "mutual loss", "mutual.loss")
-        for key in ("update_every", "augmentation_strength", "backbones", "weights"):
-            value = getattr(self, key)
-            if value is not None and len(value) != self.members:
-                raise ValueError(f"mutual.{key} needs one entry per member ({self.members}), got {len(value)}: {value}")
-        if self.update_every is not None and any(t < 1 for t in self.update_every):
-            raise ValueError(f"mutual.update_every entries must be >= 1, got {self.update_every}")
-        if self.augmentation_strength is not None and any(s < 0 for s in self.augmentation_strength):
-            raise ValueError(f"mutual.augmentation_strength entries must be >= 0, got {self.augmentation_strength}")
-        if self.ema_momentum is not None:
-            if self.members < 2:
-                raise ValueError("mutual.ema_momentum needs at least 2 members (the last one is the average of member 0)")
-            if self.backbones is not None and self.backbones[-1] != self.backbones[0]:
-                raise ValueError(f"the EMA member averages member 0, so it needs the same backbone: {self.backbones}")
-        return self
-
-    def taus(self) -> list[int]:
-        return list(self.update_every) if self.update_every is not None else list(range(1, self.members + 1))
-
-    def strengths(self) -> list[float]:
-        return list(self.augmentation_strength) if self.augmentation_strength is not None else [1.0] * self.members
-
-
-# The mutual method's base loss unless metric_loss is given: a conventional triplet loss, margin 0.2 on
-# L2-normalised embeddings, distance-weighted sampling (the diversified mutual learning authors' setting).
-MUTUAL_METRIC_LOSS = {"name": "triplet", "params": {"margin": 0.2}, "miner": {"name": "distance_weighted"}}
-
-
 class CheckpointConfig(Strict):
     every_steps: int = Field(0, ge=0, description="also save every N training steps (0: at the end of each epoch only)")
     keep: int = Field(1, ge=1, description="how many of the newest checkpoints to keep (more than 1: in checkpoints/)")
@@ -516,10 +354,9 @@ class RunConfig(Strict):
     method: str = Field(
         "source", description="a registered method: source, transfer, selfsup, classifier, mutual, or one a plug-in registers"
     )
-    method_params: dict[str, Any] = Field(
-        default_factory=dict,
-        description="parameters of a plug-in method (checked against its params_model); the built-in methods have their own sections",
-    )
+    #: The method's own settings, validated by the model its class declares (``params_model``); written in a
+    #: recipe as the section named after the method (``transfer:``, ``mutual:``), never by this name.
+    method_section: dict[str, Any] = Field(default_factory=dict, exclude=True)
     name: str | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -535,19 +372,48 @@ class RunConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     metric_loss: MetricLossConfig = Field(default_factory=MetricLossConfig)
-    transfer: TransferConfig = Field(default_factory=TransferConfig)
-    selfsup: SelfSupConfig = Field(default_factory=SelfSupConfig)
-    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
-    mutual: MutualConfig = Field(default_factory=MutualConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    _section: BaseModel | None = PrivateAttr(default=None)
+
     @model_validator(mode="before")
     @classmethod
-    def _mutual_defaults(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and raw.get("method") == "mutual" and "metric_loss" not in raw:
-            raw = {**raw, "metric_loss": dict(MUTUAL_METRIC_LOSS)}
+    def _sections(cls, raw: Any) -> Any:
+        """Earlier layouts read into this one; the section named after the method becomes its settings,
+        and a method's recipe defaults fill the keys the recipe leaves out."""
+        raw = upgrade(raw)
+        if not isinstance(raw, dict):
+            return raw
+        if "method_section" in raw:
+            raise ValueError("method_section: unknown key; a method's settings go in the section named after it")
+        method = raw.get("method", "source")
+        if not isinstance(method, str) or method not in METHODS:
+            return raw  # the method field names what is wrong
+        raw = dict(raw)
+        others = [k for k in raw if isinstance(k, str) and k != method and k not in cls.model_fields and k in METHODS]
+        if others:
+            key = others[0]
+            raise ValueError(
+                f"{key}: settings of method {key!r}, but this run's method is {method!r}; remove the section or set method: {key}"
+            )
+        section = raw.pop(method, None)
+        raw["method_section"] = {} if section is None else section
+        if not _RECORDED.get():
+            for key, value in getattr(METHODS.get(method), "recipe_defaults", {}).items():
+                raw.setdefault(key, value)
         return raw
+
+    @model_serializer(mode="wrap")
+    def _section_under_its_name(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The method's settings are written as the section named after it, after ``metric_loss``."""
+        out: dict[str, Any] = handler(self)
+        if not self.method_section and self._section is None:
+            return out
+        keys = list(out)
+        at = keys.index("metric_loss") + 1 if "metric_loss" in keys else len(keys)
+        items = list(out.items())
+        return dict(items[:at] + [(self.method, dict(self.method_section))] + items[at:])
 
     @field_validator("method")
     @classmethod
@@ -555,18 +421,33 @@ class RunConfig(Strict):
         return _check_name(v, METHODS, "method")
 
     @model_validator(mode="after")
-    def _method_params(self) -> "RunConfig":
+    def _method_settings(self) -> "RunConfig":
+        """The method's section validated by the model it declares, exactly as a plug-in's, and the
+        method's own checks across sections."""
         if _RECORDED.get():
             return self
-        params_model = getattr(METHODS.get(self.method), "params_model", None)
-        if params_model is not None:
-            try:
-                params_model.model_validate(self.method_params)
-            except ValidationError as err:  # named under method_params, not as top-level keys
-                raise ValueError(_format_errors(err, f"method {self.method!r}", prefix="method_params.")) from None
-        elif self.method_params:
-            raise ValueError(f"method {self.method!r} takes no method_params; its settings have their own section")
+        method = METHODS.get(self.method)
+        params_model: type[BaseModel] | None = getattr(method, "params_model", None)
+        if params_model is None:
+            if self.method_section:
+                raise ValueError(f"{self.method}: method {self.method!r} takes no settings of its own; remove the section")
+            return self
+        try:
+            section = params_model.model_validate(self.method_section)
+        except ValidationError as err:  # named under the method's section, not as top-level keys
+            raise ValueError(_problems(err, prefix=f"{self.method}.", model=params_model)) from None
+        self._section = section
+        self.__dict__["method_section"] = section.model_dump(mode="json")  # stored resolved, as the other sections
+        check = getattr(method, "check_config", None)
+        if check is not None:
+            check(self)
         return self
+
+    def section(self, model: type[SectionT]) -> SectionT:
+        """The method's settings as ``model`` (its ``params_model``): what a method reads its section with."""
+        if isinstance(self._section, model):
+            return self._section
+        return model.model_validate(self.method_section)  # a recorded configuration, read without importing the method
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -586,17 +467,20 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _resolve_model_normalization(self) -> "RunConfig":
         """``normalization: model`` becomes the backbone's own convention here, once, so the stored
-        configuration says what was used (and every member of a cohort must share it)."""
-        backbones = self.mutual.backbones if self.method == "mutual" and self.mutual.backbones else [self.model.backbone]
-        for data in (self.data, self.eval.data):
-            if data is not None and data.normalization == "model":
-                found = {model_normalization(b) for b in backbones}
-                if len(found) > 1:
-                    raise ValueError(
-                        f"data.normalization: model: the cohort's backbones {backbones} expect different "
-                        f"inputs ({', '.join(sorted(found))}); members share their views"
-                    )
-                data.normalization = found.pop()
+        configuration says what was used (and every model of a method, a cohort's members, must share it)."""
+        datas = [data for data in (self.data, self.eval.data) if data is not None and data.normalization == "model"]
+        if not datas:
+            return self
+        backbones_of = getattr(METHODS.get(self.method), "backbones", None)
+        backbones = backbones_of(self) if backbones_of is not None else [self.model.backbone]
+        found = {model_normalization(b) for b in backbones}
+        if len(found) > 1:
+            raise ValueError(
+                f"data.normalization: model: the cohort's backbones {backbones} expect different "
+                f"inputs ({', '.join(sorted(found))}); members share their views"
+            )
+        for data in datas:
+            data.normalization = next(iter(found))
         return self
 
     @model_validator(mode="after")
@@ -610,40 +494,29 @@ class RunConfig(Strict):
             )
         return self
 
-    @model_validator(mode="after")
-    def _transfer_needs_source(self) -> "RunConfig":
-        if self.method == "mutual":
-            if not self.model.normalize and self.metric_loss.name == "triplet":
-                raise ValueError("method 'mutual' with the triplet base loss expects L2-normalised embeddings: set model.normalize: true")
-        if self.method == "classifier":
-            if self.data.holdout_images <= 0:
-                raise ValueError("method 'classifier' is evaluated on held-out images of its classes: set data.holdout_images (e.g. 0.2)")
-            if (self.classifier.distill.name != "none") != bool(self.classifier.source_checkpoint):
-                raise ValueError("classifier.distill other than 'none' needs classifier.source_checkpoint, and only then")
-        t = self.transfer
-        if self.method == "transfer" and sum(map(bool, (t.source_checkpoint, t.source_embeddings, t.source))) != 1:
-            raise ValueError(
-                "method 'transfer' needs exactly one of transfer.source_checkpoint (a run folder or checkpoint file), "
-                "transfer.source (any timm model: {name: ..., pretrained: true | weights: FILE}) "
-                "and transfer.source_embeddings (embeddings of the training set from `metrictransfer embed`)"
-            )
-        return self
+
+def _format_errors(err: ValidationError, origin: str, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line naming each problem's key; ``prefix`` and ``model``: the section the errors are inside."""
+    return f"invalid configuration ({origin}): " + _problems(err, prefix, model)
 
 
-def _format_errors(err: ValidationError, origin: str, prefix: str = "") -> str:
+def _problems(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
     problems = []
     for e in err.errors():
-        key = prefix + ".".join(str(p) for p in e["loc"]) or "<top level>"
+        key = (prefix + ".".join(str(p) for p in e["loc"])) if e["loc"] else prefix.rstrip(".")
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-            parent = _model_at(RunConfig, e["loc"][:-1]) if not prefix else None
+            parent = _model_at(model or RunConfig, e["loc"][:-1])
             if parent is not None:
-                msg += f"; allowed keys here: {', '.join(parent.model_fields)}"
+                allowed = [name for name, field in parent.model_fields.items() if not field.exclude]
+                if parent is RunConfig:
+                    allowed.append("the section named after the method (transfer, mutual, ...)")
+                msg += f"; allowed keys here: {', '.join(allowed)}"
         elif e["type"] != "value_error" and "input" in e:
             msg += f" (got {e['input']!r})"
-        problems.append(f"{key}: {msg}")
-    return f"invalid configuration ({origin}): " + "; ".join(problems)
+        problems.append(f"{key}: {msg}" if key else msg)  # a check across keys names them in its message
+    return "; ".join(problems)
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:

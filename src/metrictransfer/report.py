@@ -21,6 +21,7 @@ import torch
 from metrictransfer.config import RunConfig, load_config
 from metrictransfer.data.holdout import split_holdout
 from metrictransfer.data.multiview import MultiViewDataset
+from metrictransfer.data.protocol import RetrievalDataset
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.engine.logging import plot_training, primary_metric, save_figure
 from metrictransfer.errors import MissingFileError
@@ -28,9 +29,10 @@ from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.evaluate import test_dataset, with_test_transform
 from metrictransfer.io import atomic_write_text
 from metrictransfer.readback import read_results
-from metrictransfer.runtime.checkpoint import load_embedding_model
+from metrictransfer.registry import METHODS
 from metrictransfer.retrieval.gallery import Neighbour
 from metrictransfer.retrieval.grid import draw_grid, file_name, middle_ellipsis
+from metrictransfer.runtime.checkpoint import load_embedding_model
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -81,7 +83,7 @@ def write_report(
     if best:
         by = "held-out images" if primary_metric(history).startswith("agreement@") else "test split"
         sections += [f"Best epoch by the {by} (for reference only: choosing it looks at the evaluation data): {best['epoch']}.", ""]
-    if config.method != "classifier":
+    if METHODS.get(config.method).reports_recall:  # a classifier is measured by accuracy: no retrieval to show
         sections += _retrieval_sections(run, config, queries, neighbours, map_points, seed, query_items)
     path = run / "report.md"
     atomic_write_text("\n".join(sections), path)
@@ -109,18 +111,18 @@ def _metrics_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _query_candidates(base: Any, size: int) -> np.ndarray:
-    is_query = getattr(base, "is_query", None)  # query-vs-gallery data (In-Shop): queries search the gallery only
-    return np.flatnonzero(is_query) if is_query is not None else np.arange(size)
+def _query_candidates(dataset: RetrievalDataset) -> np.ndarray:
+    is_query = dataset.is_query  # query-vs-gallery data (In-Shop): queries search the gallery only
+    return np.flatnonzero(is_query) if is_query is not None else np.arange(len(dataset))
 
 
 def shown_images(config: RunConfig) -> tuple[MultiViewDataset, bool]:
     """The images a report embeds, with the test-time preprocessing, and whether they are labelled: the test
     split, or, for a run on unlabelled images evaluated by agreement with its source, the images it held out."""
     data = config.data
-    if config.eval.data is None and data.holdout_images > 0 and config.method != "classifier":
+    if config.eval.data is None and data.holdout_images > 0:
         train = build_dataset(data, "train")
-        if (np.asarray(getattr(train, "labels", [0])) < 0).all():
+        if (np.asarray(train.labels) < 0).all():
             return with_test_transform(split_holdout(train, data.holdout_images)[1], data), False
     return test_dataset(config), True
 
@@ -129,7 +131,7 @@ def pick_queries(config: RunConfig, queries: int = 6, seed: int = 0) -> list[int
     """The test items (indices into the run's test split) a report shows as retrieval queries: ``queries``
     of them drawn with ``seed`` from the split's queries (all its items where it has no query/gallery split)."""
     dataset, _ = shown_images(config)
-    candidates = _query_candidates(dataset.dataset, len(dataset))
+    candidates = _query_candidates(dataset)
     return [int(i) for i in np.random.default_rng(seed).choice(candidates, size=min(queries, len(candidates)), replace=False)]
 
 
@@ -141,18 +143,17 @@ def _retrieval_sections(
     split = "test" if labelled else "held-out"
     # rows: the dataset index of each embedding (an unreadable image skipped with data.skip_bad_images has none)
     embeddings, labels, rows = extract_embeddings(model, dataset, config.eval.batch_size, return_indices=True)
-    base: Any = dataset.dataset  # the test split: classes, and is_query / is_gallery where the data has them
-    classes: list[str | None] = getattr(base, "classes", None) or [str(c) for c in range(int(labels.max()) + 1)]
+    classes: list[str | None] = list(dataset.classes or []) or [str(c) for c in range(int(labels.max()) + 1)]
     if not labelled:
         labels, classes = torch.zeros_like(labels), [None]
-    is_query = getattr(base, "is_query", None)
+    is_query, is_gallery = dataset.is_query, dataset.is_gallery
     row_of = {int(item): row for row, item in enumerate(rows.tolist())}
 
     def to_rows(items: Any) -> np.ndarray:
         return np.asarray([row_of[int(i)] for i in items if int(i) in row_of], dtype=np.int64)
 
-    candidates = to_rows(_query_candidates(base, len(base)))
-    gallery = to_rows(np.flatnonzero(base.is_gallery)) if is_query is not None else np.arange(len(embeddings))
+    candidates = to_rows(_query_candidates(dataset))
+    gallery = to_rows(np.flatnonzero(is_gallery)) if is_query is not None and is_gallery is not None else np.arange(len(embeddings))
     if query_items is not None:
         query_items = [row_of[int(i)] for i in query_items if int(i) in row_of]  # the chosen items that were read
     if query_items is None:
@@ -176,10 +177,10 @@ def _retrieval_sections(
         for row_d, row_i in zip(nearest.values.tolist(), nearest.indices.tolist())
     ]
 
-    files: list[str] | None = getattr(base, "paths", None)  # the generated glyphs have none
+    files = dataset.item_names if dataset.root is not None else None  # the generated glyphs have none
 
-    def load(name: str) -> Image.Image:
-        return cast("Image.Image", base[int(name.split(":")[1])][0])
+    def load(name: str) -> Image.Image:  # the image as the dataset gives it, before the test transform
+        return cast("Image.Image", dataset.dataset[int(name.split(":")[1])][0])
 
     def title(name: str) -> str:
         item = int(name.split(":")[1])

@@ -27,6 +27,8 @@ def fake_run(folder: Path, recall1: float, seed: int = 0, epochs: int = 16, **ch
     raw["transfer"] = {"source_checkpoint": str(folder.parent / f"source-{seed}")}  # each seed its own source
     for key, value in changes.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    if raw["method"] != "transfer":
+        del raw["transfer"]  # only the run's method has its section
     final = {"recall@1": recall1, "recall@2": min(1.0, recall1 + 0.1), "map@r": recall1 / 2, "r_precision": recall1 / 2}
     return write_run(folder, build_config(raw), final)
 
@@ -99,8 +101,8 @@ def test_the_same_seed_twice_in_one_configuration_is_refused_naming_both_runs(tm
 def test_a_demo_like_folder_expands_to_its_runs(tmp_path, capsys):
     demo = tmp_path / "demo"
     fake_run(demo / "target_transfer", 0.6)
-    fake_run(demo / "target_alone", 0.4, method="source", transfer={})
-    fake_run(demo / "source", 0.8, method="source", transfer={}, model={"embedding_dim": 32})
+    fake_run(demo / "target_alone", 0.4, method="source")
+    fake_run(demo / "source", 0.8, method="source", model={"embedding_dim": 32})
     (demo / "results.json").write_text(json.dumps({"source": {"recall@1": 0.8}}))  # the demo's summary: not a run
     (demo / "config.json").write_text("{}")
     (demo / "unfinished").mkdir()
@@ -153,8 +155,8 @@ def test_a_distill_a_source_a_target_alone_and_a_transfer_each_read_at_a_glance(
     write_run(runs / "distill-plain", distill_config(teacher, "resnet18", 128, tmp_path / "photos", epochs=3), {"agreement@10": 0.61})
     labelled = distill_config(teacher, "resnet18", 128, tmp_path / "photos", eval_data=tmp_path / "labelled", epochs=3)
     write_run(runs / "distill-labelled", labelled, {"recall@1": 0.5, "recall@2": 0.6})
-    fake_run(runs / "source", 0.8, method="source", transfer={}, model={"embedding_dim": 32})
-    fake_run(runs / "target-alone", 0.4, method="source", transfer={})
+    fake_run(runs / "source", 0.8, method="source", model={"embedding_dim": 32})
+    fake_run(runs / "target-alone", 0.4, method="source")
     fake_run(runs / "transfer", 0.6)
     assert main(["table", str(runs)]) == 0
     lines = rows(capsys)
@@ -196,7 +198,7 @@ def test_the_table_in_the_guide_is_what_table_prints(tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     distill = distill_config("vit_small_patch14_dinov2.lvd142m", "resnet18", 128, tmp_path / "photos")
     runs = [write_run(tmp_path / "distill-photos", distill, {"agreement@10": 0.61})]
-    runs.append(fake_run(tmp_path / "glyphs-source", 0.8, method="source", transfer={}, model={"embedding_dim": 32}))
+    runs.append(fake_run(tmp_path / "glyphs-source", 0.8, method="source", model={"embedding_dim": 32}))
     runs.append(fake_run(tmp_path / "glyphs-transfer", 0.6, transfer={"source_checkpoint": str(runs[-1])}))
     for run in runs[1:]:  # recall@1 and recall@2 only, as a recipe with eval.recall_at [1, 2] writes
         results = json.loads((run / "results.json").read_text())

@@ -10,6 +10,7 @@ from metrictransfer.config import build_config
 from metrictransfer.errors import ConfigError
 from metrictransfer.losses import TRANSFER_LOSSES, TransferInputs, TransferShapes, build_transfer_loss
 from metrictransfer.losses.queue_distill import QueueDistillLoss
+from metrictransfer.methods.transfer import TransferConfig
 
 T_DIM, S_DIM = 4, 6
 TAU_T, TAU_S = 0.07, 0.1
@@ -186,7 +187,7 @@ def test_a_transfer_config_accepts_the_new_losses(name, params):
     """Catches a loss the configuration rejects (unregistered name, or parameters that fail its check)."""
     raw = {"method": "transfer", "transfer": {"source_embeddings": "x.npz", "loss": {"name": name, "params": params}}}
     config = build_config(raw)
-    assert (config.transfer.loss.name, config.transfer.loss.params) == (name, params)
+    assert (config.section(TransferConfig).loss.name, config.section(TransferConfig).loss.params) == (name, params)
     raw["transfer"]["loss"]["params"] = {"queue_size": "big"} if name == "queue_distill" else {"normalize": "no"}
     with pytest.raises(ConfigError, match=r"transfer\.loss\.params\.(queue_size|normalize)"):
         build_config(raw)

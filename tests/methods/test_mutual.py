@@ -14,7 +14,7 @@ from metrictransfer.data.multiview import MultiViewDataset, collate_readable, fl
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.engine import trainer
 from metrictransfer.evaluation import ensemble_embeddings, retrieval_metrics
-from metrictransfer.methods.mutual import MutualMethod
+from metrictransfer.methods.mutual import MutualConfig, MutualMethod
 from metrictransfer.runtime.checkpoint import load_checkpoint, load_embedding_model
 
 TINY = {
@@ -214,7 +214,7 @@ def test_the_default_base_loss_is_the_triplet_loss_with_distance_weighted_sampli
         {"margin": 0.2},
         "distance_weighted",
     )
-    assert config.mutual.taus() == [1, 2] and config.mutual.loss.name == "rkd"
+    assert config.section(MutualConfig).taus() == [1, 2] and config.section(MutualConfig).loss.name == "rkd"
     explicit = build_config(_raw(method="mutual", metric_loss={"name": "proxy_anchor"}))
     assert explicit.metric_loss.name == "proxy_anchor"
 
@@ -265,7 +265,7 @@ def test_the_glyphs_mutual_recipe_is_the_benchmarks_all_three_row(monkeypatch):
     benchmark = importlib.import_module("benchmarks.mutual_ablation")
     ours = build_config(benchmark.cohort_config(benchmark.ROWS["all three"], 0, 10))
     recipe = load_config(top / "recipes" / "mutual" / "glyphs_mutual.yaml")
-    for section in ("data", "model", "metric_loss", "mutual", "optim"):
+    for section in ("data", "model", "metric_loss", "method_section", "optim"):
         assert getattr(ours, section) == getattr(recipe, section), section
 
 

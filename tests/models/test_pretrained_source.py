@@ -12,6 +12,7 @@ from metrictransfer.config import build_config
 from metrictransfer.data.transforms import to_model_input
 from metrictransfer.engine.trainer import Trainer
 from metrictransfer.errors import CheckpointError, ConfigError, MissingFileError
+from metrictransfer.methods.transfer import TransferConfig
 from metrictransfer.models.pretrained import PretrainedFeatures
 from metrictransfer.normalization import NORMALIZATION_STATS
 
@@ -72,10 +73,10 @@ def test_the_config_resolves_size_and_normalisation_and_checks_names():
     """Catches a stored configuration that does not say what the source was fed, unknown names accepted
     until the model is built, and a transfer given two sources."""
     config = build_config({"method": "transfer", "transfer": {"source": "vit_tiny_patch16_224.augreg_in21k"}})
-    source = config.transfer.source
+    source = config.section(TransferConfig).source
     assert (source.image_size, source.normalization, source.pretrained) == (224, "inception", True)
     sized = build_config({"method": "transfer", "transfer": {"source": {"name": "resnet10t", "image_size": 48}}})
-    assert sized.transfer.source.image_size == 48
+    assert sized.section(TransferConfig).source.image_size == 48
     with pytest.raises(ConfigError, match="transfer.source: unknown timm model 'resnet_nope'"):
         build_config({"method": "transfer", "transfer": {"source": "resnet_nope"}})
     with pytest.raises(ConfigError, match="no weights 'bad'"):

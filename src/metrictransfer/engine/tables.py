@@ -98,16 +98,17 @@ def collect_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
 
 
 def _source_name(config: RunConfig) -> str | None:
-    """What a transfer learned from, as a person names it: the timm model, or the source run's folder."""
-    transfer = config.transfer
+    """What a transfer learned from, as a person names it: the timm model, or the source run's folder.
+    Read from the recorded section as it is stored (the transfer method, and torch, stay unimported)."""
     if config.method != "transfer":
         return None
-    if transfer.source is not None:
-        return transfer.source.name
-    if transfer.source_checkpoint:
-        path = Path(transfer.source_checkpoint)
+    section = config.method_section
+    if isinstance(section.get("source"), dict):
+        return str(section["source"].get("name"))
+    if section.get("source_checkpoint"):
+        path = Path(section["source_checkpoint"])
         return (path.parent if path.suffix else path).name
-    return "source embeddings" if transfer.source_embeddings else None
+    return "source embeddings" if section.get("source_embeddings") else None
 
 
 #: The most settings a row's label names, and the longest its method cell gets: a table read at a glance.

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
+from pydantic import BaseModel
 from torch import nn
-from torch.utils.data import Dataset
 
 from metrictransfer.config import DataConfig, MetricLossConfig, ModelConfig, RunConfig
+from metrictransfer.data.protocol import RetrievalDataset
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.evaluation.evaluate import evaluate_models, test_dataset, with_test_transform
 from metrictransfer.losses import MinedMetricLoss, build_metric_loss, build_miner
@@ -37,10 +38,24 @@ class Method(nn.Module):
     output: str = "model"
     uses_labels: bool = True  # False: batches are drawn without looking at labels (unlabelled data works)
     reports_recall: bool = True  # False: evaluate() reports no Recall@K, so eval.recall_at is not checked
+    #: The method's own settings: a pydantic model of the recipe section named after the method
+    #: (``transfer:``), validated when the recipe loads; read with ``config.section(params_model)``.
+    params_model: ClassVar[type[BaseModel] | None] = None
+    #: Top-level sections a recipe of this method leaves out default to these (mutual: its base loss).
+    recipe_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
         super().__init__()
         self.label_loss: nn.Module | None = None  # a loss with state (proxies) is checkpointed too
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        """Checks across sections, when the recipe loads (raise ValueError naming the keys); none here."""
+
+    @classmethod
+    def backbones(cls, config: RunConfig) -> list[str]:
+        """The backbones of the models fed the training images (their input convention must agree)."""
+        return [config.model.backbone]
 
     @classmethod
     def draws_by_class(cls, config: RunConfig) -> bool:
@@ -90,7 +105,7 @@ class Method(nn.Module):
         """The models evaluated every epoch; more than one are also evaluated as an ensemble."""
         return {self.output: self.output_model()}
 
-    def evaluation_set(self, config: RunConfig, holdout: Dataset[Any] | None) -> Dataset[Any]:
+    def evaluation_set(self, config: RunConfig, holdout: RetrievalDataset | None) -> RetrievalDataset:
         """The images :meth:`evaluate` is given: the test split (``eval.data`` when set). ``holdout``: the
         training classes' held-out images (``data.holdout_images``), or None."""
         return test_dataset(config)
@@ -101,16 +116,16 @@ class Method(nn.Module):
         tested on unseen classes (a classifier, tested on its own classes, holds out images)."""
         return "classes"
 
-    def validation_set(self, config: RunConfig, part: Dataset[Any]) -> Dataset[Any]:
+    def validation_set(self, config: RunConfig, part: RetrievalDataset) -> RetrievalDataset:
         """The validation part of the training split as :meth:`evaluate` takes it (the test preprocessing)."""
         return with_test_transform(part, config.data)
 
-    def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+    def evaluate(self, dataset: RetrievalDataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """The metrics of the epochs that are evaluated, in log-row order: retrieval metrics of
         :meth:`evaluation_models` (a cohort's ensemble too)."""
         return evaluate_models(self.evaluation_models(), dataset, config, device, progress=progress)
 
-    def prepare_training_set(self, dataset: Dataset[Any]) -> None:
+    def prepare_training_set(self, dataset: RetrievalDataset) -> None:
         """Shown the training set before training: for per-image state (CRD's memory banks, precomputed
         source embeddings), indexed by the positions training steps pass as ``indices``."""
 

@@ -13,33 +13,59 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
-from torch.utils.data import Dataset
 
-from metrictransfer.config import ModelConfig, RunConfig
+from metrictransfer.config import Component, ModelConfig, RunConfig, Strict, check_component
+from metrictransfer.data.protocol import RetrievalDataset
 from metrictransfer.errors import ConfigError
 from metrictransfer.evaluation.kept_views import evaluation_batches
 from metrictransfer.losses import TransferInputs, TransferLoss
 from metrictransfer.methods.base import SingleModelMethod
 from metrictransfer.methods.teaching import build_losses, setup_losses
 from metrictransfer.models import EmbeddingModel
-from metrictransfer.registry import register_method
+from metrictransfer.registry import TRANSFER_LOSSES, register_method
 from metrictransfer.runtime.checkpoint import load_source_model
 from metrictransfer.runtime.distributed import gather
 from metrictransfer.runtime.provenance import check_source_overlap
+
+
+class ClassifierConfig(Strict):
+    """method: classifier — cross-entropy on the training classes, optionally taught by a source classifier."""
+
+    source_checkpoint: str | None = None
+    distill: Component = Field(
+        default_factory=lambda: Component(name="none"),
+        description="none, or a transfer loss: relaxed_contrastive on the penultimate features, hinton on the logits (params: temperature)",
+    )
+    weight: float = Field(1.0, ge=0, description="weight of the distillation term")
+    allow_overlap: bool = Field(
+        False,
+        description="start even though the source checkpoint trained on some of this run's held-out images "
+        "(by default refused: the held-out accuracy would measure what the source memorised)",
+    )
+
+    @model_validator(mode="after")
+    def _distill(self) -> "ClassifierConfig":
+        if self.distill.name != "none":
+            check_component(self.distill, TRANSFER_LOSSES, "transfer loss", "classifier.distill")
+        elif self.distill.params:
+            raise ValueError("classifier.distill.params need a distillation loss (distill.name)")
+        return self
 
 
 @register_method("classifier")
 class ClassifierMethod(SingleModelMethod):
     output = "model"
     reports_recall = False  # evaluated by accuracy on held-out images
+    params_model = ClassifierConfig
     model: EmbeddingModel
 
     def __init__(self, config: RunConfig, num_classes: int) -> None:
         super().__init__()
         m: ModelConfig = config.model
         self.model = EmbeddingModel(m.backbone, num_classes, m.pretrained, m.weights, normalize=False)
-        cfg = config.classifier
+        cfg = config.section(ClassifierConfig)
         self.weight = cfg.weight
         self.source: EmbeddingModel | None = None
         self.distill: TransferLoss | None = None
@@ -59,11 +85,20 @@ class ClassifierMethod(SingleModelMethod):
                 raise ConfigError("classifier.distill other than 'none' needs classifier.source_checkpoint, and only then")
             setup_losses([self.distill], self.model.feature_dim, self.source.feature_dim, None)
 
-    def evaluation_set(self, config: RunConfig, holdout: Dataset[Any] | None) -> Dataset[Any]:
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        """Held-out images to be evaluated on, and a source exactly when there is a distillation loss."""
+        if config.data.holdout_images <= 0:
+            raise ValueError("method 'classifier' is evaluated on held-out images of its classes: set data.holdout_images (e.g. 0.2)")
+        cfg = config.section(ClassifierConfig)
+        if (cfg.distill.name != "none") != bool(cfg.source_checkpoint):
+            raise ValueError("classifier.distill other than 'none' needs classifier.source_checkpoint, and only then")
+
+    def evaluation_set(self, config: RunConfig, holdout: RetrievalDataset | None) -> RetrievalDataset:
         """Held-out images of the training classes: a classifier cannot be tested on unseen classes."""
         if holdout is None:
             raise ConfigError("method 'classifier' is evaluated on held-out images of its classes: set data.holdout_images (e.g. 0.2)")
-        cfg = config.classifier
+        cfg = config.section(ClassifierConfig)
         if cfg.source_checkpoint and not cfg.allow_overlap:  # the source must not have trained on these images
             check_source_overlap(cfg.source_checkpoint, self.source_record, holdout, config.data, "classifier.allow_overlap", images=True)
         return self.validation_set(config, holdout)
@@ -72,7 +107,7 @@ class ClassifierMethod(SingleModelMethod):
     def validation_unit(cls, config: RunConfig) -> Literal["classes", "images"]:
         return "images"  # a classifier knows only its training classes
 
-    def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+    def evaluate(self, dataset: RetrievalDataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """Top-1 accuracy on the held-out images."""
         batches = evaluation_batches(dataset, config.eval.batch_size, device, config.data.num_workers)
         return {"accuracy": accuracy(self.output_model(), batches)}

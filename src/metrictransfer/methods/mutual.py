@@ -16,21 +16,21 @@ The images are decoded once for the whole cohort; the trainer hands the method e
 
 from __future__ import annotations
 
-from collections.abc import Sized
-from typing import Any, Callable, cast
+from typing import Any, Callable, ClassVar, Literal, cast
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
-from torch.utils.data import Dataset
 
-from metrictransfer.config import DataConfig, RunConfig
+from metrictransfer.config import Component, DataConfig, RunConfig, Strict, check_component
+from metrictransfer.data.protocol import RetrievalDataset
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.losses import TransferInputs, TransferLoss, TransferShapes
 from metrictransfer.methods.base import Method, UpdateGroup, build_label_loss, build_model, label_loss_groups
 from metrictransfer.methods.teaching import build_losses, capturing, needs_of, setup_items
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.models.features import FeatureTaps, feature_shapes, last_stages
-from metrictransfer.registry import register_method
+from metrictransfer.registry import TRANSFER_LOSSES, register_method
 from metrictransfer.runtime.distributed import gather
 
 # The paper's ablation of the diversities, as settings of the ``mutual`` section for a cohort of two: each
@@ -50,13 +50,77 @@ def member_name(k: int) -> str:
     return f"member{k}"
 
 
+class MutualConfig(Strict):
+    """method: mutual — a cohort of embedding models that teach each other (DESIGN.md 1.2).
+
+    The paper's text beyond its abstract is not available: every choice it does not state is an option
+    here, with the default named in the README.
+    """
+
+    members: int = Field(2, ge=1, description="cohort size K (1 is plain training, kept for checks)")
+    loss: Component = Field(
+        default_factory=lambda: Component(name="rkd"), description="the mutual loss: any transfer loss (the peer plays the source)"
+    )
+    weight: float = Field(1.0, ge=0, description="λ: weight of the mutual loss (0: independent members)")
+    peers: Literal["mean", "sum"] = Field("mean", description="how the K-1 peers' mutual losses combine")
+    model_diversity: bool = Field(True, description="member k initialised from seed + k (else all from seed)")
+    update_every: list[int] | None = Field(None, description="τ_k: member k steps its optimiser every τ_k iterations (default 1, 2, …, K)")
+    ema_momentum: float | None = Field(None, gt=0, lt=1, description="the last member is an exponential moving average of member 0 instead")
+    view_diversity: bool = Field(True, description="each member its own augmentation of the same images")
+    hint_stages: int = Field(1, ge=1, description="fitnet/attention as the mutual loss: the backbones' last N stages")
+    augmentation_strength: list[float] | None = Field(None, description="per member (default 1.0 each)")
+    backbones: list[str] | None = Field(None, description="per member (default: model.backbone for all)")
+    weights: list[str | None] | None = Field(None, description="per member backbone weights files (default: model.weights)")
+
+    @model_validator(mode="after")
+    def _per_member(self) -> "MutualConfig":
+        check_component(self.loss, TRANSFER_LOSSES, "mutual loss", "mutual.loss")
+        for key in ("update_every", "augmentation_strength", "backbones", "weights"):
+            value = getattr(self, key)
+            if value is not None and len(value) != self.members:
+                raise ValueError(f"mutual.{key} needs one entry per member ({self.members}), got {len(value)}: {value}")
+        if self.update_every is not None and any(t < 1 for t in self.update_every):
+            raise ValueError(f"mutual.update_every entries must be >= 1, got {self.update_every}")
+        if self.augmentation_strength is not None and any(s < 0 for s in self.augmentation_strength):
+            raise ValueError(f"mutual.augmentation_strength entries must be >= 0, got {self.augmentation_strength}")
+        if self.ema_momentum is not None:
+            if self.members < 2:
+                raise ValueError("mutual.ema_momentum needs at least 2 members (the last one is the average of member 0)")
+            if self.backbones is not None and self.backbones[-1] != self.backbones[0]:
+                raise ValueError(f"the EMA member averages member 0, so it needs the same backbone: {self.backbones}")
+        return self
+
+    def taus(self) -> list[int]:
+        return list(self.update_every) if self.update_every is not None else list(range(1, self.members + 1))
+
+    def strengths(self) -> list[float]:
+        return list(self.augmentation_strength) if self.augmentation_strength is not None else [1.0] * self.members
+
+
+# The mutual method's base loss unless metric_loss is given: a conventional triplet loss, margin 0.2 on
+# L2-normalised embeddings, distance-weighted sampling (the diversified mutual learning authors' setting).
+MUTUAL_METRIC_LOSS = {"name": "triplet", "params": {"margin": 0.2}, "miner": {"name": "distance_weighted"}}
+
+
 @register_method("mutual")
 class MutualMethod(Method):
     output = "member0"
+    params_model = MutualConfig
+    recipe_defaults: ClassVar[dict[str, Any]] = {"metric_loss": MUTUAL_METRIC_LOSS}
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        if not config.model.normalize and config.metric_loss.name == "triplet":
+            raise ValueError("method 'mutual' with the triplet base loss expects L2-normalised embeddings: set model.normalize: true")
+
+    @classmethod
+    def backbones(cls, config: RunConfig) -> list[str]:
+        """Every member's backbone (they share their input views, so their input convention too)."""
+        return config.section(MutualConfig).backbones or [config.model.backbone]
 
     def __init__(self, config: RunConfig, num_classes: int) -> None:
         super().__init__()
-        cfg = config.mutual
+        cfg = config.section(MutualConfig)
         self.size = cfg.members
         self.views_per_member = config.data.views
         self.weight = cfg.weight
@@ -112,7 +176,7 @@ class MutualMethod(Method):
     @classmethod
     def label(cls, config: RunConfig) -> str:
         """Cohorts by their size, base and mutual loss, and diversities."""
-        m = config.mutual
+        m = config.section(MutualConfig)
         diversities = [
             name
             for name, on in (
@@ -128,8 +192,8 @@ class MutualMethod(Method):
         """Members trained by gradient (all but an EMA member)."""
         return [k for k in range(self.size) if k != self.ema_member]
 
-    def prepare_training_set(self, dataset: Dataset[Any]) -> None:
-        setup_items(cast(list[TransferLoss], list(self.mutual_losses.values())), len(cast(Sized, dataset)))
+    def prepare_training_set(self, dataset: RetrievalDataset) -> None:
+        setup_items(cast(list[TransferLoss], list(self.mutual_losses.values())), len(dataset))
 
     def train_transforms(self, data: DataConfig) -> list[Callable[..., Any]]:
         strengths = self.strengths if self.view_diversity else self.strengths[:1]

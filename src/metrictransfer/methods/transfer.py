@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-import numpy as np
 import torch
+from pydantic import Field, model_validator
 from torch import nn
-from torch.utils.data import Dataset
 
-from metrictransfer.config import DataConfig, RunConfig
+from metrictransfer.config import Component, DataConfig, RunConfig, SourceModelConfig, Strict, check_component
 from metrictransfer.data.holdout import LabelledSubset
+from metrictransfer.data.protocol import RetrievalDataset
 from metrictransfer.data.transforms import build_transform, feed_each
 from metrictransfer.errors import ConfigError, DataError
 from metrictransfer.evaluation.agreement import evaluate_agreement
@@ -34,7 +34,7 @@ def source_file_dim(path: str) -> int:
     return int(load_embeddings(path, verify=False).embeddings.shape[1])
 
 
-def load_source_table(path: str, dataset: Dataset[Any]) -> torch.Tensor | TableRows:
+def load_source_table(path: str, dataset: RetrievalDataset) -> torch.Tensor | TableRows:
     """Precomputed source embeddings, one row per training image in the dataset's order: an .npz as one
     float32 tensor, an embeddings table's folder memory-mapped (each step reads its batch's rows).
 
@@ -44,31 +44,72 @@ def load_source_table(path: str, dataset: Dataset[Any]) -> torch.Tensor | TableR
     """
     data = load_embeddings(path)
     redo = f"embed the training split with the source checkpoint: metrictransfer embed --checkpoint SOURCE --split train --out {path}"
-    split = getattr(dataset, "split", None) or "train"
+    split = dataset.split or "train"
     if data.split is not None and data.split != split:
         raise DataError(f"{path} holds embeddings of the {data.split!r} split, but transfer trains on the {split!r} split; {redo}")
-    name = getattr(dataset, "dataset_name", None)
+    name = dataset.dataset_name
     if data.dataset is not None and name is not None and data.dataset != name:
         raise DataError(f"{path} holds embeddings of dataset {data.dataset!r}, but training uses {name!r}; {redo}")
-    if len(data.embeddings) != len(cast(Sized, dataset)):
+    if len(data.embeddings) != len(dataset):
         held_out = " (data.holdout_images holds some of its images out)" if isinstance(dataset, LabelledSubset) else ""
-        raise DataError(
-            f"{path} holds {len(data.embeddings)} embeddings but the training set has {len(cast(Sized, dataset))} images{held_out}; {redo}"
-        )
+        raise DataError(f"{path} holds {len(data.embeddings)} embeddings but the training set has {len(dataset)} images{held_out}; {redo}")
     if data.items is None:
         raise DataError(
             f"{path} does not name its items (written by an earlier metrictransfer, or by another tool), so it cannot "
             f"be checked to hold this training set in its order; {redo}"
         )
-    names = getattr(dataset, "item_names", None)
-    if names is None:
-        names = getattr(dataset, "paths", None)
-    if names is None:
-        raise TypeError(f"the training set ({type(dataset).__name__}) names no items: build it with build_dataset")
-    problem = compare_items(data.items, names)
+    problem = compare_items(data.items, dataset.item_names)
     if problem:
         raise DataError(f"{path} is not the training set's embeddings: {problem}; {redo}")
     return rows_by_index(data.embeddings)
+
+
+class TransferTerm(Strict):
+    """One term of a weighted sum of transfer losses."""
+
+    name: str
+    weight: float = Field(1.0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _registered(self) -> "TransferTerm":
+        check_component(Component(name=self.name, params=self.params), TRANSFER_LOSSES, "transfer loss", "transfer.terms")
+        return self
+
+
+class TransferConfig(Strict):
+    source_checkpoint: str | None = None
+    source: SourceModelConfig | None = Field(None, description="any timm model as the source (instead of a checkpoint)")
+    source_embeddings: str | None = Field(
+        None, description="precomputed source embeddings of the training split (not the paper's protocol)"
+    )
+    loss: Component = Field(
+        default_factory=lambda: Component(name="relaxed_contrastive"),
+        description="the transfer loss (relaxed_contrastive's params: sigma, delta)",
+    )
+    terms: list[TransferTerm] = Field(default_factory=list, description="a weighted sum, instead of loss")
+    weight: float = Field(1.0, ge=0)
+    metric_weight: float = Field(0.0, ge=0, description="weight of the metric loss on labels (paper: 0)")
+    hint_stages: int = Field(1, ge=1, description="fitnet/attention: the backbones' last N stages")
+    target_layers: list[str] | None = Field(None, description="fitnet/attention: explicit target submodule names")
+    source_layers: list[str] | None = Field(None, description="fitnet/attention: explicit source submodule names")
+    allow_overlap: bool = Field(
+        False,
+        description="start even though the source checkpoint trained on some of this run's evaluation classes "
+        "(by default refused: the test figures would measure what the source memorised)",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "TransferConfig":
+        if self.terms and "loss" in self.model_fields_set:
+            raise ValueError("give either transfer.loss or transfer.terms, not both")
+        if not self.terms:
+            check_component(self.loss, TRANSFER_LOSSES, "transfer loss", "transfer.loss")
+        return self
+
+    def loss_terms(self) -> list[TransferTerm]:
+        """The configured loss as a list of weighted terms (one term unless ``terms`` is given)."""
+        return self.terms or [TransferTerm(name=self.loss.name, weight=1.0, params=self.loss.params)]
 
 
 @register_method("transfer")
@@ -81,12 +122,13 @@ class TransferMethod(Method):
     """
 
     output = "target"
+    params_model = TransferConfig
     # precomputed embeddings, set by prepare_training_set: an .npz's as a buffer, a table's rows read from disk
     source_table: torch.Tensor | TableRows
 
     def __init__(self, config: RunConfig, num_classes: int) -> None:
         super().__init__()
-        cfg = config.transfer
+        cfg = config.section(TransferConfig)
         self.target = build_model(config.model)
         self.source_file = cfg.source_embeddings
         self.source: EmbeddingModel | PretrainedFeatures | None = None
@@ -135,21 +177,34 @@ class TransferMethod(Method):
         return cast(Sequence[TransferLoss], self.transfer_losses)  # an nn.ModuleList of TransferLoss
 
     @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        """Exactly one source: a checkpoint, a timm model or a table of its embeddings."""
+        t = config.section(TransferConfig)
+        if sum(map(bool, (t.source_checkpoint, t.source_embeddings, t.source))) != 1:
+            raise ValueError(
+                "method 'transfer' needs exactly one of transfer.source_checkpoint (a run folder or checkpoint file), "
+                "transfer.source (any timm model: {name: ..., pretrained: true | weights: FILE}) "
+                "and transfer.source_embeddings (embeddings of the training set from `metrictransfer embed`)"
+            )
+
+    @classmethod
     def draws_by_class(cls, config: RunConfig) -> bool:
         """Label-free unless a label loss is added or a transfer loss needs labels."""
-        if config.transfer.metric_weight > 0:
+        cfg = config.section(TransferConfig)
+        if cfg.metric_weight > 0:
             return True
-        return any("labels" in TRANSFER_LOSSES.get(term.name).needs for term in config.transfer.loss_terms())
+        return any("labels" in TRANSFER_LOSSES.get(term.name).needs for term in cfg.loss_terms())
 
     @classmethod
     def label(cls, config: RunConfig) -> str:
         """The transfer loss(es), weighted, with '+ metric loss' when a label loss is added."""
-        label = " + ".join(t.name if t.weight == 1 else f"{t.weight:g}·{t.name}" for t in config.transfer.loss_terms())
-        if config.transfer.metric_weight > 0:
+        cfg = config.section(TransferConfig)
+        label = " + ".join(t.name if t.weight == 1 else f"{t.weight:g}·{t.name}" for t in cfg.loss_terms())
+        if cfg.metric_weight > 0:
             label += f" + {config.metric_loss.name}"
         return label
 
-    def validation_set(self, config: RunConfig, part: Dataset[Any]) -> Dataset[Any]:
+    def validation_set(self, config: RunConfig, part: RetrievalDataset) -> RetrievalDataset:
         """Unlabelled validation images are evaluated as the held-out test images are: by agreement."""
         if _unlabelled(part):
             self._check_agreement_possible()
@@ -163,7 +218,7 @@ class TransferMethod(Method):
                 "which a table of source embeddings cannot give: set eval.data (labelled images)"
             )
 
-    def evaluation_set(self, config: RunConfig, holdout: Dataset[Any] | None) -> Dataset[Any]:
+    def evaluation_set(self, config: RunConfig, holdout: RetrievalDataset | None) -> RetrievalDataset:
         """The test split; refused when the source checkpoint trained on any of its classes (unless
         ``transfer.allow_overlap``). Without labels (unlabelled data, no ``eval.data``): the held-out
         images, on which the target's agreement with the source is measured."""
@@ -171,7 +226,7 @@ class TransferMethod(Method):
             self._check_agreement_possible()
             return holdout
         dataset = super().evaluation_set(config, holdout)
-        cfg = config.transfer
+        cfg = config.section(TransferConfig)
         if cfg.source_checkpoint and not cfg.allow_overlap:
             check_source_overlap(
                 cfg.source_checkpoint, self.source_record, dataset, config.eval.data or config.data, "transfer.allow_overlap"
@@ -189,7 +244,7 @@ class TransferMethod(Method):
     def train_image_size(self, data: DataConfig) -> int:
         return data.image_size if self.feeds is None else max(self.feeds[0][0], self.feeds[1][0])
 
-    def evaluate(self, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
+    def evaluate(self, dataset: RetrievalDataset, config: RunConfig, device: torch.device, progress: bool = False) -> dict[str, float]:
         """Retrieval metrics on labelled evaluation data; agreement@k with the source on unlabelled held-out images."""
         if not _unlabelled(dataset):
             return super().evaluate(dataset, config, device, progress)
@@ -202,8 +257,8 @@ class TransferMethod(Method):
             config.eval.agreement_at, config.eval.metric, config.eval.batch_size, device, data.num_workers, progress,
         )  # fmt: skip
 
-    def prepare_training_set(self, dataset: Dataset[Any]) -> None:
-        setup_items(self._losses(), len(cast(Sized, dataset)))
+    def prepare_training_set(self, dataset: RetrievalDataset) -> None:
+        setup_items(self._losses(), len(dataset))
         if self.source_file is not None:
             table = load_source_table(self.source_file, dataset)
             if isinstance(table, torch.Tensor):
@@ -257,7 +312,7 @@ class TransferMethod(Method):
         return loss, logs
 
 
-def _unlabelled(images: Any) -> bool:
-    """Raw unlabelled images (held out of an unlabelled training split), evaluated by agreement; the
-    labelled evaluation sets are wrapped with their test transform and carry no ``labels`` of their own."""
-    return bool((np.asarray(getattr(images, "labels", [0])) < 0).all())
+def _unlabelled(images: RetrievalDataset) -> bool:
+    """Raw unlabelled images (held out of an unlabelled training split: a held-out or validation subset, not
+    wrapped with the test transform), evaluated by agreement; the labelled evaluation sets are wrapped."""
+    return isinstance(images, LabelledSubset) and bool((images.labels < 0).all())
