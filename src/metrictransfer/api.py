@@ -7,12 +7,13 @@ The command line parses its arguments, calls these functions and prints what the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from metrictransfer.config import RunConfig, build_config, load_config
-from metrictransfer.errors import ConfigError, MissingFileError
+from metrictransfer.errors import ConfigError, MissingFileError, command_option, setting
 
 __all__ = ["distill", "embed", "evaluate", "export", "index", "search", "train", "tune"]
 
@@ -37,43 +38,87 @@ def train(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train a run of ``recipe`` into ``out`` (``resume``: continue the run in ``out`` with its own recipe;
-    give ``recipe=None``) and write its report; returns ``results.json``'s contents."""
+    give ``recipe=None``) and write its report; returns ``results.json``'s contents. Resuming a run that
+    has trained all its epochs returns its results at once, without loading the model or the data."""
+    results, _ = train_or_answer(recipe, out, overrides=overrides, resume=resume, overwrite=overwrite, report=report, progress=progress)
+    return results
+
+
+def train_or_answer(
+    recipe: str | Path | dict[str, Any] | RunConfig | None,
+    out: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    report: bool = True,
+    progress: bool | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """:func:`train`, and whether the run had already finished (a resumed run with all its epochs done,
+    answered from its ``results.json``): ``metrictransfer train`` says which. Its messages name the
+    command's options where it sets them (:func:`~metrictransfer.errors.command_options`: ``resume``, ``overrides``)."""
     from metrictransfer.engine.trainer import train as train_run
     from metrictransfer.report import write_report
 
-    out = Path(out)
+    folder = Path(out)
     if resume:
         if recipe is not None:
+            changed_with = "--set KEY=VALUE" if command_option("overrides") else "overrides (--set KEY=VALUE)"
             raise ConfigError(
-                f"give either a recipe (a new run) or resume {out} (continue that run with its own configuration), not both; "
-                "change how a resumed run runs with overrides (--set KEY=VALUE)"
+                f"give either a recipe (a new run) or {setting('resume', out, ' ')} (continue that run with its own configuration), "
+                f"not both; change how a resumed run runs with {changed_with}"
             )
         if overwrite:
             raise ConfigError("--overwrite starts a new run over an old one; it cannot be combined with --resume")
-        if not (out / "config.yaml").is_file():
-            what = "does not exist" if not out.exists() else "holds no run (no config.yaml)"
-            raise MissingFileError(f"cannot resume {out}: it {what}; give the folder of an interrupted run")
-        config = load_config(out / "config.yaml", list(overrides))
+        if not (folder / "config.yaml").is_file():
+            what = "does not exist" if not folder.exists() else "holds no run (no config.yaml)"
+            raise MissingFileError(f"cannot resume {folder}: it {what}; give the folder of an interrupted run")
+        config = load_config(folder / "config.yaml", list(overrides))
+        done = _finished(folder, config)
+        if done is not None:
+            return done, True
     elif recipe is None:
         raise ConfigError("give a recipe (metrictransfer train RECIPE.yaml) or --resume RUN_DIR")
     else:
         config = _config(recipe, overrides)
-    return train_run(config, out, resume=resume, overwrite=overwrite, progress=progress, report=write_report if report else None)
+    results = train_run(config, folder, resume=resume, overwrite=overwrite, progress=progress, report=write_report if report else None)
+    return results, False
+
+
+def _finished(folder: Path, config: RunConfig) -> dict[str, Any] | None:
+    """The results of the run in ``folder`` when it has trained all its epochs, read without loading the
+    model or the data (its folder claimed and released at once, by the first process under torchrun:
+    refused while in use, a killed writer's temporaries removed); None when it has epochs to train."""
+    from metrictransfer.engine.run_folder import claim_run_folder, finished_run
+
+    done = finished_run(folder, config)
+    if done is not None and int(os.environ.get("RANK", "0")) == 0:
+        claim_run_folder(folder, resume=True).release()
+    return done
 
 
 def distill(
-    source: str, target: str, dim: int, images: str | Path, out: str | Path, *, overwrite: bool = False, **options: Any
+    source: str,
+    target: str,
+    dim: int,
+    images: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    extra_callbacks: list[Any] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Distil the timm model ``source`` into a ``dim``-d ``target`` on ``images`` (``options``: those of
-    :func:`~metrictransfer.distillation.distill_config`); returns ``results.json``'s contents."""
+    :func:`~metrictransfer.distillation.distill_config`; ``extra_callbacks``: training callbacks, as
+    :func:`~metrictransfer.engine.trainer.train` takes them); returns ``results.json``'s contents."""
     from metrictransfer.distillation import OPTIONS, distill_config
     from metrictransfer.engine.trainer import train as train_run
     from metrictransfer.errors import command_options
     from metrictransfer.report import write_report
 
     config = distill_config(source, target, dim, images, **options)
-    with command_options(OPTIONS):
-        return train_run(config, Path(out), overwrite=overwrite, report=write_report)
+    with command_options(OPTIONS):  # its errors name --source-weights, not the recipe key it sets
+        return train_run(config, Path(out), overwrite=overwrite, report=write_report, extra_callbacks=extra_callbacks)
 
 
 def evaluate(
@@ -90,16 +135,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Recall@K, MAP@R and R-Precision (and NMI) of a run's model on its test split, or of files of
     embeddings (several: their ensemble); fractions, as ``evaluate --json`` prints them."""
-    from metrictransfer.evaluation.measure import evaluate_checkpoint, evaluate_embeddings
+    from metrictransfer.evaluation.measure import measure
 
-    if (checkpoint is None) == (not embeddings):
-        raise ConfigError("give a run (--checkpoint) or files of embeddings (--embeddings), one of the two")
-    if embeddings:
-        return evaluate_embeddings(list(embeddings), query_gallery, ks, metric, nmi, backend, device).metrics
-    if query_gallery:
-        raise ConfigError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
-    assert checkpoint is not None
-    return evaluate_checkpoint(checkpoint, model, ks, metric, nmi, backend, device).metrics
+    return measure(checkpoint, embeddings, query_gallery, model, ks, metric, nmi, backend, device).metrics
 
 
 def embed(
@@ -118,8 +156,8 @@ def embed(
     ``out`` (``.npz``, or a table folder); returns what was written (count, dimension, format)."""
     from metrictransfer.evaluation.embed_to_file import check_output, embed_images_to_file, embed_split_to_file
     from metrictransfer.evaluation.embedders import checkpoint_embedder
-    from metrictransfer.runtime.device import resolve_device
     from metrictransfer.retrieval.gallery import list_images
+    from metrictransfer.runtime.device import resolve_device
 
     if checkpoint is None:
         raise ConfigError("give the run whose model embeds (checkpoint); the command line embeds with timm models too")

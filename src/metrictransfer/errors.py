@@ -101,8 +101,14 @@ def command_options(options: Mapping[str, str]) -> Iterator[None]:
 def setting(key: str, value: object, sep: str = "=") -> str:
     """``key`` set to ``value`` as a message says it: the running command's option (``--batch-size 48``)
     when it has one for the key (:func:`command_options`), else the recipe key (``data.classes_per_batch=48``)."""
-    option = (_OPTIONS.get() or {}).get(key)
+    option = command_option(key)
     return f"{option} {value}" if option else f"{key}{sep}{value}"
+
+
+def command_option(key: str) -> str | None:
+    """The running command's option for ``key`` (a recipe key, or a parameter of a library function) when
+    :func:`command_options` names one, else None (Python code, or a key the command sets no option for)."""
+    return (_OPTIONS.get() or {}).get(key)
 
 
 # errno values that mean "this place cannot take the file", not "metrictransfer has a bug".

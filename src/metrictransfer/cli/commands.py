@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 # Only light modules here: torch and the rest load inside the commands, where Ctrl-C is handled.
-from metrictransfer.errors import ConfigError, MissingFileError, command_options
+from metrictransfer.errors import ConfigError, command_options
 
 
 def _timestamp() -> str:
@@ -38,104 +38,98 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``train``'s options for the parameters of :func:`metrictransfer.api.train` its messages name.
+_TRAIN_OPTIONS = {"resume": "--resume", "overrides": "--set"}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from metrictransfer.config import load_config
+    from metrictransfer import api
+    from metrictransfer.config import RunConfig, load_config
 
     overrides = ([f"data.root={json.dumps(args.root)}"] if args.root else []) + list(args.set)  # quoted: any path
     overrides += [f"optim.on_nan={args.on_nan}"] if args.on_nan else []
-    if args.resume:
-        if args.recipe:
-            raise ConfigError(
-                f"give either a recipe (a new run) or --resume {args.resume} (continue that run with its own "
-                "configuration), not both; change how a resumed run runs with --set KEY=VALUE"
-            )
-        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+    recipe: str | RunConfig | None = args.recipe
+    if args.resume:  # api.train refuses a recipe with it first
+        if not args.recipe and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise ConfigError(f"--resume {args.resume} continues that run in its own folder; --out {args.out} names another")
-        if args.overwrite:
-            raise ConfigError("--overwrite starts a new run over an old one; it cannot be combined with --resume")
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            what = "does not exist" if not run_dir.exists() else "holds no run (no config.yaml)"
-            raise MissingFileError(f"cannot resume {run_dir}: it {what}; give the folder of an interrupted run")
-        config = load_config(run_dir / "config.yaml", overrides)
-        from metrictransfer.engine.run_folder import finished_run
-
-        done = finished_run(run_dir, config)
-        if done is not None:  # answered without loading the model or the data
-            return _already_finished(run_dir, done, config.optim.epochs, args.json)
-    else:
-        if not args.recipe:
-            raise ConfigError("give a recipe (metrictransfer train RECIPE.yaml) or --resume RUN_DIR")
-        config = load_config(args.recipe, overrides)
-        if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    elif args.out or not args.recipe:  # without a recipe api.train says what to give
+        run_dir = Path(args.out or ".")
+    else:  # the run's folder is named after its recipe, read here once
+        recipe, overrides = load_config(args.recipe, overrides), []
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("under torchrun give the run folder with --out: every process must write to the same one")
-        run_dir = Path(args.out or f"runs/{config.name or Path(args.recipe).stem}-{_timestamp()}")
-    return _train_and_report(args, config, run_dir, resume=bool(args.resume))
+        run_dir = Path(f"runs/{recipe.name or Path(args.recipe).stem}-{_timestamp()}")
+    with _json_only(args), command_options(_TRAIN_OPTIONS):  # the report is written under the run's lock
+        results, finished = api.train_or_answer(
+            recipe, args.resume or run_dir, overrides=overrides, resume=bool(args.resume), overwrite=args.overwrite
+        )
+    return _print_trained(args, run_dir, results, already_finished=finished)
 
 
-def _train_and_report(
-    args: argparse.Namespace, config: Any, run_dir: Path, resume: bool = False, callbacks: list[Any] | None = None
-) -> int:
-    """Train (or resume) the run, write its report, print where they are."""
-    from metrictransfer.engine.trainer import train
-    from metrictransfer.report import write_report
-
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    with _json_only(args):  # the report is written under the run's lock: no --overwrite can start before it ends
-        results = train(config, run_dir, resume=resume, overwrite=args.overwrite, report=write_report, extra_callbacks=callbacks)
-    if main_process:
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "run": str(run_dir),
-                        "final": results["final"],
-                        "results": str(run_dir / "results.json"),
-                        "report": str(run_dir / "report.md"),
-                        "already_finished": False,
-                    }
-                )
+def _print_trained(args: argparse.Namespace, run_dir: Path, results: dict[str, Any], already_finished: bool = False) -> int:
+    """Where the run's results and report are (by the first process only, under torchrun)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    report = run_dir / "report.md"
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "run": str(run_dir),
+                    "final": results.get("final"),
+                    "results": str(run_dir / "results.json"),
+                    "report": str(report),
+                    "already_finished": already_finished,
+                }
             )
-        else:
-            from metrictransfer.formatting import metrics_text
+        )
+    elif already_finished:
+        rebuild = "" if report.is_file() else f"; it has no report.md: metrictransfer report {run_dir}"
+        print(f"{run_dir} already finished ({results['epochs']} epochs); its results: {run_dir / 'results.json'}{rebuild}")
+    else:
+        from metrictransfer.formatting import metrics_text
 
-            final = metrics_text(results["final"], ", ")
-            print(f"{run_dir}: trained {results['epochs']} epochs; final {final}; report: {run_dir / 'report.md'}")
+        final = metrics_text(results["final"], ", ")
+        print(f"{run_dir}: trained {results['epochs']} epochs; final {final}; report: {report}")
     return 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from metrictransfer.config import config_to_dict
-    from metrictransfer.distillation import OPTIONS, distill_config
+    from metrictransfer import api
 
-    config = distill_config(
-        args.source,
-        args.target,
-        args.dim,
-        args.images,
-        eval_data=args.eval_data,
-        source_weights=args.source_weights,
-        source_features=args.source_features,
-        source_image_size=args.source_image_size,
-        target_pretrained=args.target_pretrained,
-        target_weights=args.target_weights,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        lr=args.lr,
-        seed=args.seed,
-        overrides=list(args.set),
-    )
+    options = {
+        "eval_data": args.eval_data,
+        "source_weights": args.source_weights,
+        "source_features": args.source_features,
+        "source_image_size": args.source_image_size,
+        "target_pretrained": args.target_pretrained,
+        "target_weights": args.target_weights,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "overrides": list(args.set),
+    }
     if args.print_recipe:
         import yaml
 
+        from metrictransfer.config import config_to_dict
+        from metrictransfer.distillation import distill_config
+
+        config = distill_config(args.source, args.target, args.dim, args.images, **options)
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
         return 0
     if not args.out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("under torchrun give the run folder with --out: every process must write to the same one")
     run_dir = Path(args.out or f"runs/distill-{_timestamp()}")
-    with command_options(OPTIONS):  # its errors name --source-weights, not the recipe key it sets
-        return _train_and_report(args, config, run_dir, callbacks=None if args.json else [_resume_hint(run_dir)])
+    hint = None if args.json else [_resume_hint(run_dir)]
+    with _json_only(args):  # the report is written under the run's lock: no --overwrite can start before it ends
+        results = api.distill(
+            args.source, args.target, args.dim, args.images, run_dir, overwrite=args.overwrite, extra_callbacks=hint, **options
+        )
+    return _print_trained(args, run_dir, results)
 
 
 def _resume_hint(run_dir: Path) -> Any:
@@ -152,32 +146,6 @@ def _resume_hint(run_dir: Path) -> Any:
                 )
 
     return ResumeHint()
-
-
-def _already_finished(run_dir: Path, results: dict[str, Any], epochs: int, as_json: bool) -> int:
-    """``train --resume`` of a run that has trained all its epochs: where its results are, at once."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    from metrictransfer.engine.run_folder import claim_run_folder
-
-    claim_run_folder(run_dir, resume=True).release()  # refuses a folder in use; removes a killed writer's temporaries
-    report = run_dir / "report.md"
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "run": str(run_dir),
-                    "final": results.get("final"),
-                    "results": str(run_dir / "results.json"),
-                    "report": str(report),
-                    "already_finished": True,
-                }
-            )
-        )
-    else:
-        rebuild = "" if report.is_file() else f"; it has no report.md: metrictransfer report {run_dir}"
-        print(f"{run_dir} already finished ({epochs} epochs); its results: {run_dir / 'results.json'}{rebuild}")
-    return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -343,17 +311,11 @@ def _check_embed_options(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from metrictransfer.evaluation.measure import evaluate_checkpoint, evaluate_embeddings
+    from metrictransfer.evaluation.measure import measure
     from metrictransfer.formatting import percent
 
     options = {"ks": args.k, "metric": args.metric, "nmi": args.nmi, "backend": args.backend, "device": args.device}
-    progress = sys.stderr.isatty()
-    if args.embeddings:
-        measured = evaluate_embeddings(args.embeddings, args.query_gallery, progress=progress, **options)
-    elif args.query_gallery:
-        raise ConfigError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
-    else:
-        measured = evaluate_checkpoint(args.checkpoint, args.model, progress=progress, **options)
+    measured = measure(args.checkpoint, args.embeddings or (), args.query_gallery, args.model, progress=sys.stderr.isatty(), **options)
     if args.json:
         print(json.dumps(measured.metrics))
         return 0

@@ -41,6 +41,30 @@ def recall_on_labelled_images(checkpoint: str | Path) -> str:
     )
 
 
+def measure(
+    checkpoint: str | Path | None = None,
+    embeddings: Sequence[str | Path] = (),
+    query_gallery: bool = False,
+    model_name: str | None = None,
+    ks: Sequence[int] | None = None,
+    metric: str | None = None,
+    nmi: bool = False,
+    backend: str = "torch",
+    device: str | None = None,
+    progress: bool = False,
+) -> Measured:
+    """What ``metrictransfer evaluate`` measures: a run's model (:func:`evaluate_checkpoint`) or files of
+    embeddings (:func:`evaluate_embeddings`), one of the two, with the command's checks."""
+    if (checkpoint is None) == (not embeddings):
+        raise ConfigError("give a run (--checkpoint) or files of embeddings (--embeddings), one of the two")
+    if embeddings:
+        return evaluate_embeddings(list(embeddings), query_gallery, ks, metric, nmi, backend, device, progress)
+    if query_gallery:
+        raise ConfigError("--query-gallery applies to --embeddings files that hold is_query and is_gallery")
+    assert checkpoint is not None
+    return evaluate_checkpoint(checkpoint, model_name, ks, metric, nmi, backend, device, progress)
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     model_name: str | None = None,
