@@ -15,7 +15,8 @@ a crash between the two writes is recognisable: see :func:`describes`.
 The description (``"format_version"`` :data:`DESCRIPTION_VERSION`; files without the field hold the
 preprocessing as Python reprs) is enough to use the file without metrictransfer:
 
-- ``"preprocessing"`` (:func:`describe_preprocessing`, read from the run's test transform, step by step):
+- ``"preprocessing"`` (``describe()`` of the run's :class:`~metrictransfer.data.preprocessing.Preprocessing`,
+  from which evaluation's test transform is built too):
   ``exif_orientation`` (``"applied"``: the image is first turned the way its EXIF Orientation tag says, as
   ``PIL.ImageOps.exif_transpose`` does), ``image_mode`` (the Pillow mode to convert to), then ``resize`` (``{"size": [H, W]}`` or
   ``{"shorter_side": N}``, the longer side ``floor(N * long / short)``; ``interpolation`` by name), then
@@ -41,10 +42,9 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
 from metrictransfer import __version__
-from metrictransfer.data.transforms import _bgr_0_255, build_transform
+from metrictransfer.data.preprocessing import Preprocessing
 from metrictransfer.errors import ConfigError, MissingPackageError, OutputLocationError
 from metrictransfer.io import atomic_write_text, check_replaceable, file_sha256, remove_stale_partials, staged_path
 from metrictransfer.models import EmbeddingModel
@@ -82,12 +82,13 @@ def export_model(
         remove_stale_partials(out.parent, name)
     data = config.data
     size = data.image_size
-    preprocessing = describe_preprocessing(build_transform(data.transform, False, size, data.normalization))
-    if (preprocessing["height"], preprocessing["width"]) != (size, size):
+    steps = Preprocessing.for_data(data)  # the very steps evaluation runs (transforms.to_torchvision), as data
+    if steps.size != (size, size):
         raise ConfigError(
-            f"the test transform {data.transform!r} gives {preprocessing['height']}×{preprocessing['width']} "
+            f"the test transform {data.transform!r} gives {steps.size[0]}×{steps.size[1]} "
             f"images but the model is exported for data.image_size {size}×{size}; nothing was written"
         )
+    preprocessing = steps.describe()
     architecture = describe_architecture(model, size)
     example = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -126,104 +127,6 @@ def export_model(
     # After the file: a crash in between leaves the old description, whose sha256 no longer matches.
     atomic_write_text(json.dumps(description, indent=2), description_path(out))
     return description
-
-
-# The steps a description can hold, in the only order it describes: image steps, then array steps.
-_STEPS: list[tuple[str, Any]] = [
-    ("rgb", lambda step: isinstance(step, v2.RGB)),
-    ("resize", lambda step: isinstance(step, v2.Resize)),
-    ("center_crop", lambda step: isinstance(step, v2.CenterCrop)),
-    ("to_image", lambda step: isinstance(step, v2.ToImage)),
-    ("to_dtype", lambda step: isinstance(step, v2.ToDtype)),
-    ("bgr_0_255", lambda step: isinstance(step, v2.Lambda) and step.lambd is _bgr_0_255),
-    ("normalize", lambda step: isinstance(step, v2.Normalize)),
-]
-
-
-def _refuse(step: object, why: str) -> ConfigError:
-    return ConfigError(
-        f"cannot describe the test transform's step {step!r} for an export ({why}); a description "
-        "holds RGB, Resize, CenterCrop, ToImage, ToDtype(float32), BN-Inception's BGR 0-255 step and "
-        "Normalize, in that order"
-    )
-
-
-def _names(steps: list[Any]) -> str:
-    return ", ".join(type(step).__name__ for step in steps)
-
-
-def describe_preprocessing(transform: v2.Compose) -> dict[str, Any]:
-    """A deterministic test transform as data a program without metrictransfer can follow (the module's
-    docstring says how), read step by step from the Compose; ConfigError for a step it cannot describe.
-
-    Image steps (Pillow) come first: RGB, then Resize, then CenterCrop; then ToImage, ToDtype(float32),
-    the BN-Inception BGR 0–255 step and Normalize, in that order."""
-    steps = getattr(transform, "transforms", None)
-    if steps is None:
-        raise ConfigError(f"cannot describe the test transform {type(transform).__name__} for an export: not a v2.Compose")
-    # metrictransfer's datasets give the transform 8-bit RGB Pillow images, with or without an RGB step
-    found: dict[str, Any] = {"exif_orientation": "applied", "image_mode": "RGB", "resize": None, "crop": None}
-    value_range, channels, dtype, mean, std = None, "RGB", None, None, None
-    last = -1  # the rank in _STEPS of the last step read: each comes after the ones before, once
-
-    for step in steps:
-        kind = next((name for name, test in _STEPS if test(step)), None)
-        if kind is None:
-            raise _refuse(step, f"unknown step {type(step).__name__}")
-        rank = [name for name, _ in _STEPS].index(kind)
-        if rank <= last:
-            raise _refuse(step, "out of order or repeated")
-        last = rank
-        if kind == "resize":
-            if step.max_size is not None or step.size is None:
-                raise _refuse(step, "max_size")
-            interpolation = str(getattr(step.interpolation, "value", step.interpolation))
-            sizes = [int(s) for s in step.size]
-            found["resize"] = ({"shorter_side": sizes[0], "longer_side_rounding": "floor"} if len(sizes) == 1 else {"size": sizes}) | {
-                "interpolation": interpolation,
-                "antialias": True,
-            }
-        elif kind == "center_crop":
-            found["crop"] = {"size": [int(s) for s in step.size], "position": "center", "offset_rounding": "half_to_even"}
-        elif kind == "to_image":
-            value_range = "0-255"
-        elif kind == "to_dtype":
-            if value_range is None:
-                raise _refuse(step, "needs ToImage before it")
-            if step.dtype != torch.float32:  # a dict of dtypes per tv_tensor type is refused here too
-                raise _refuse(step, f"dtype {step.dtype}, not float32")
-            dtype, value_range = "float32", "0-1" if step.scale else value_range
-        elif kind == "bgr_0_255":
-            if value_range != "0-1":
-                raise _refuse(step, "needs values in 0-1 before it")
-            channels, value_range = "BGR", "0-255"
-        elif kind == "normalize":
-            mean, std = ([float(v) for v in values] * (3 if len(values) == 1 else 1) for values in (step.mean, step.std))
-    if value_range is None or dtype is None:
-        raise ConfigError(
-            f"cannot describe the test transform ({_names(steps)}) for an export: it does not end in a "
-            "float32 tensor (ToImage, ToDtype(float32))"
-        )
-    if found["crop"]:
-        height, width = found["crop"]["size"]
-    elif found["resize"] and "size" in found["resize"]:
-        height, width = found["resize"]["size"]
-    else:
-        raise ConfigError(
-            f"cannot describe the test transform ({_names(steps)}) for an export: the size of its images "
-            "depends on the input's (no CenterCrop and no Resize to height and width)"
-        )
-    return {
-        **found,
-        "channel_order": channels,
-        "value_range": value_range,
-        "mean": mean if mean is not None else [0.0, 0.0, 0.0],
-        "std": std if std is not None else [1.0, 1.0, 1.0],
-        "layout": "NCHW",
-        "dtype": dtype,
-        "height": height,
-        "width": width,
-    }
 
 
 def describe_architecture(model: EmbeddingModel, image_size: int) -> dict[str, Any]:
