@@ -1,6 +1,6 @@
 """The library's face: one function per command, with the command's checks and results, for Python users.
 
-``import metrictransfer`` then ``metrictransfer.train(...)``, ``metrictransfer.retrieval(...)``: the package
+``import metrictransfer`` then ``metrictransfer.train(...)``, ``metrictransfer.search(...)``: the package
 imports this module on first use, so ``import metrictransfer`` and ``metrictransfer --help`` stay light.
 The command line parses its arguments, calls these functions and prints what they return.
 """
