@@ -204,10 +204,14 @@ def timed_steps(step, warmup: int, steps: int, device) -> tuple[float, float]:
 
 
 class _ItemCount:
-    """A stand-in training set for methods that only ask how many items and which labels it has."""
+    """A stand-in training set for methods that only ask how many items and which labels it has (with the
+    rest of a RetrievalDataset's attributes, which the trainer records of its training set)."""
+
+    classes = split = dataset_name = is_query = is_gallery = root = None
 
     def __init__(self, labels) -> None:
         self.labels = labels
+        self.item_names = [f"item {i}" for i in range(len(labels))]
 
     def __len__(self) -> int:
         return len(self.labels)

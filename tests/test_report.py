@@ -113,7 +113,7 @@ def test_an_inshop_report_searches_queries_against_the_gallery(tmp_path, monkeyp
     from metrictransfer.config import build_config
     from metrictransfer.data.registry import build_dataset
 
-    paths = build_dataset(build_config(config).data, "test").paths  # item i of the report is this file
+    paths = build_dataset(build_config(config).data, "test").item_names  # item i of the report is this file
     status = {path: s for path, _, s in INSHOP_ROWS}
     assert sorted(status[paths[int(q.split(":")[1])]] for q in drawn["queries"]) == ["query", "query"]
     found = [status[paths[int(n.path.split(":")[1])]] for row in drawn["results"] for n in row]
@@ -149,7 +149,7 @@ def test_the_report_names_files_and_classes_in_its_grid_and_map(tmp_path, monkey
     texts = figure_texts(grid)
     assert texts[0].startswith("query\n") and texts[0].split("\n")[2] in test.classes
     tiles = [t.split("\n") for t in texts if t]  # 2 queries and their 3 neighbours: distance or "query", file, class
-    assert len(tiles) == 2 + 2 * 3 and all(tile[1] in {Path(p).name for p in test.paths} for tile in tiles)
+    assert len(tiles) == 2 + 2 * 3 and all(tile[1] in {Path(p).name for p in test.item_names} for tile in tiles)
     assert "with their file names" in (run / "report.md").read_text()
     [ax] = embedding_map.axes
     legend = ax.get_legend()

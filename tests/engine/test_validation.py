@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from metrictransfer.config import ValidationConfig, build_config
+from metrictransfer.data.protocol import DatasetWrapper
 from metrictransfer.data.validation import split_validation, validation_folds
 from metrictransfer.engine.trainer import Trainer
 from metrictransfer.errors import ConfigError
@@ -33,11 +34,14 @@ def _config(**changes):
 
 
 class _Labelled:
-    """A dataset of labels alone, with class names, as split_validation reads it."""
+    """A dataset of labels alone, with class names and item names (a RetrievalDataset of no files)."""
+
+    split = dataset_name = is_query = is_gallery = root = None
 
     def __init__(self, labels):
         self.labels = np.asarray(labels)
         self.classes = [f"class{c}" for c in range(int(self.labels.max()) + 1)]
+        self.item_names = [f"image{i}" for i in range(len(self.labels))]
 
     def __len__(self):
         return len(self.labels)
@@ -85,8 +89,8 @@ def test_named_classes_and_images_of_every_class():
     assert len(held) == 5 and len(fit) == 15
 
 
-class _Counting(torch.utils.data.Dataset):
-    """The test images, recording how many epochs had finished at each read."""
+class _Counting(DatasetWrapper, torch.utils.data.Dataset):
+    """The test images (their labels, item names and the rest too), recording how many epochs had finished at each read."""
 
     def __init__(self, dataset, trainer):
         self.dataset, self.trainer, self.reads = dataset, trainer, []

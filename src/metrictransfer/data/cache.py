@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sized
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from metrictransfer.data.protocol import DatasetWrapper, RetrievalDataset
 from metrictransfer.data.workers import loader_workers
 from metrictransfer.errors import ConfigError
 
@@ -49,11 +49,11 @@ def shrink(image: Image.Image, short_side: int) -> Image.Image:
 
 
 class _Shrunk(Dataset[Any]):
-    def __init__(self, images: Dataset[Any], short_side: int) -> None:
+    def __init__(self, images: RetrievalDataset, short_side: int) -> None:
         self.images, self.short_side = images, short_side
 
     def __len__(self) -> int:
-        return len(cast(Sized, self.images))
+        return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, int]:
         item = self.images[i]
@@ -67,13 +67,13 @@ def _as_is(item: Any) -> Any:
     return item  # the workers' arrays as they are (the default would make read-only tensors of them)
 
 
-class MemoryCache(Dataset[Any]):
+class MemoryCache(DatasetWrapper, Dataset[Any]):
     """The items of ``images`` (``(PIL RGB image, label)`` or None), decoded once at :meth:`build` and kept
     shrunk (:func:`shrink`) as uint8 in shared memory; items come back as PIL images of the kept pixels. The
-    training loader's :class:`~metrictransfer.data.multiview.MultiViewDataset` reads it; everything else
-    (labels, provenance) keeps reading ``images``."""
+    training loader's :class:`~metrictransfer.data.multiview.MultiViewDataset` reads it; its labels, item
+    names and the rest are ``images``' (:class:`~metrictransfer.data.protocol.DatasetWrapper`)."""
 
-    def __init__(self, images: Dataset[Any], short_side: int) -> None:
+    def __init__(self, images: RetrievalDataset, short_side: int) -> None:
         self.dataset = images
         self.short_side = short_side
         self.blocks: list[torch.Tensor] = []
@@ -81,7 +81,7 @@ class MemoryCache(Dataset[Any]):
         self.item_labels: list[int] = []
 
     def __len__(self) -> int:
-        return len(cast(Sized, self.dataset))
+        return len(self.dataset)
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int] | None:
         place = self.places[i]
@@ -135,16 +135,16 @@ def estimated_bytes(count: int, short_side: int, aspect: float = 4 / 3) -> int:
 
 
 def memory_cache(
-    images: Dataset[Any], image_size: int, workers: int = 0, progress: bool = False, available: int | None = None
+    images: RetrievalDataset, image_size: int, workers: int = 0, progress: bool = False, available: int | None = None
 ) -> MemoryCache:
     """``images`` decoded once into a :class:`MemoryCache`, refused (ConfigError naming ``data.cache``) when
     CUB-shaped images (4:3) at the kept size would take more than half of the memory ``available``."""
     available = available_host_bytes() if available is None else available
     side = cache_side(image_size)
-    need = estimated_bytes(len(cast(Sized, images)), side)
+    need = estimated_bytes(len(images), side)
     if need > HOST_SHARE * available:
         raise ConfigError(
-            f"data.cache: memory would keep {len(cast(Sized, images)):,} images at a short side of {side} px, about "
+            f"data.cache: memory would keep {len(images):,} images at a short side of {side} px, about "
             f"{need / 1e9:.1f} GB, more than half of the {available / 1e9:.1f} GB available; set data.cache: none"
         )
     return MemoryCache(images, side).build(workers, progress)

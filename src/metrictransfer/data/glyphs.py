@@ -552,9 +552,12 @@ class GlyphsDataset(torch.utils.data.Dataset[Any]):
     ``transform``, if given, is applied to the PIL image.
     """
 
-    item_names: list[str]  # set by build_dataset
-    dataset_name: str
+    item_names: list[str]  # set by build_dataset (:func:`~metrictransfer.data.registry.glyph_item_names`)
+    dataset_name: str | None = None  # set by build_dataset
     split: str
+    root: Path | None = None  # no files
+    is_query: np.ndarray | None = None
+    is_gallery: np.ndarray | None = None
 
     def __init__(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -49,9 +50,8 @@ class ImageFolderDataset(torch.utils.data.Dataset[Any]):
     files are warned once per dataset, whichever DataLoader worker meets them, however many epochs.
     """
 
-    item_names: list[str]  # set by build_dataset
-    dataset_name: str
-    split: str
+    dataset_name: str | None = None  # set by build_dataset; None for images of no dataset
+    split: str | None = None
 
     def __init__(
         self, index: ImageIndex, skip_bad: bool = False, transform: Callable[..., Any] | None = None, bad_hint: str = SKIP_HINT
@@ -61,8 +61,9 @@ class ImageFolderDataset(torch.utils.data.Dataset[Any]):
         self.skip_bad = skip_bad
         self.transform = transform
         self.labels = index.labels
-        self.classes = index.classes
-        self.paths = index.paths
+        self.classes: list[str] | None = index.classes
+        self.root: Path | None = index.root
+        self.item_names: list[str] = list(index.paths)  # paths relative to root (RetrievalDataset)
         self.is_query = index.is_query  # query-vs-gallery data (In-Shop)
         self.is_gallery = index.is_gallery
         self.warned = _Once(len(index))  # skipped files and conversion notes already warned about

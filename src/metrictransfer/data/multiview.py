@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sized
 from typing import Any, Callable, NamedTuple, Sequence, cast
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from metrictransfer.data.protocol import DatasetWrapper, RetrievalDataset
 from metrictransfer.data.transforms import split_per_batch
 from metrictransfer.errors import DataError
 
@@ -26,8 +26,9 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed % 2**32, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
-class MultiViewDataset(Dataset[Any]):
-    """Returns ``(views, label, index)`` with ``views`` of shape (V, C, H, W), each an independent draw.
+class MultiViewDataset(DatasetWrapper, Dataset[Any]):
+    """Returns ``(views, label, index)`` with ``views`` of shape (V, C, H, W), each an independent draw; its
+    labels, item names and the rest are ``dataset``'s (:class:`~metrictransfer.data.protocol.DatasetWrapper`).
 
     Decoding happens once per image; the V augmentations are applied to the same decoded image, so the
     source and the target (and cohort members) can be fed exactly the same views. V = 1 with the test
@@ -41,7 +42,7 @@ class MultiViewDataset(Dataset[Any]):
 
     def __init__(
         self,
-        dataset: Dataset[Any],
+        dataset: RetrievalDataset,
         transform: Callable[..., Any] | Sequence[Callable[..., Any]],
         views: int = 1,
         seed: int = 0,
@@ -64,7 +65,7 @@ class MultiViewDataset(Dataset[Any]):
         self._splits = None if any(split is None for split in splits) else cast(list[tuple[Callable[..., Any], Callable[..., Any]]], splits)
 
     def __len__(self) -> int:
-        return len(cast(Sized, self.dataset))
+        return len(self.dataset)
 
     def unfinished_tails(self) -> list[Callable[..., Any]] | None:
         """The tails the consumer must apply (:func:`finish_views`): each transform's, for ``finish=False``

@@ -4,26 +4,27 @@ Each dataset registers itself where it is defined (``@register_dataset``): a rea
 (``reader="root"``: fixed splits; ``reader="class_split"``: the user's own data, split by class on request)
 or, with ``builder=True``, a function that builds a split itself (the generated glyphs).
 
-Every dataset :func:`build_dataset` returns carries ``dataset_name``, ``split`` and ``item_names``
-(one stable name per item, in order: the relative image path, or a synthetic id for generated data),
-so that a file of embeddings can say which items its rows are and be checked against a dataset.
+Every dataset :func:`build_dataset` returns is a :class:`~metrictransfer.data.protocol.RetrievalDataset`:
+with its labels, ``dataset_name``, ``split`` and ``item_names`` (one stable name per item, in order: the
+relative image path, or a synthetic id for generated data), so that a file of embeddings can say which
+items its rows are and be checked against a dataset.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from metrictransfer.config import DataConfig
 from metrictransfer.data.index import ImageIndex
+from metrictransfer.data.protocol import RetrievalDataset, builder_dataset
 from metrictransfer.errors import ConfigError
 from metrictransfer.registry import DATASETS, register_dataset
 
 if TYPE_CHECKING:  # torch is imported where a split is built: reading annotation files (data inspect) needs none
-    from torch.utils.data import Dataset
-
     from metrictransfer.data.glyphs import GlyphsDataset
+    from metrictransfer.data.images import ImageFolderDataset
 
 
 def glyph_item_names(dataset: GlyphsDataset, config: DataConfig, split: str) -> list[str]:
@@ -42,7 +43,7 @@ def glyph_item_names(dataset: GlyphsDataset, config: DataConfig, split: str) -> 
 
 
 @register_dataset("glyphs", builder=True, needs_root=False)
-def build_glyphs(config: DataConfig, split: str) -> Dataset[Any]:
+def build_glyphs(config: DataConfig, split: str) -> GlyphsDataset:
     """The generated demo data (no files): Unicode glyphs rendered in several fonts."""
     from metrictransfer.data.glyphs import GlyphsDataset
 
@@ -114,7 +115,7 @@ def _limit_classes(index: ImageIndex, num_classes: int | None) -> ImageIndex:
     )
 
 
-def _files(config: DataConfig, split: str) -> Dataset[Any]:
+def _files(config: DataConfig, split: str) -> ImageFolderDataset:
     from metrictransfer.data.images import ImageFolderDataset
 
     splits = read_splits(config)
@@ -122,12 +123,12 @@ def _files(config: DataConfig, split: str) -> Dataset[Any]:
         raise ConfigError(f"dataset {config.dataset!r} at {config.root} has no split {split!r}; it has: {', '.join(splits)}")
     index = _limit_classes(splits[split], config.num_classes)
     index.check_files(f"{config.dataset} {split}", skip_bad=config.skip_bad_images)
-    dataset = ImageFolderDataset(index, skip_bad=config.skip_bad_images)
-    dataset.item_names = list(index.paths)
+    dataset = ImageFolderDataset(index, skip_bad=config.skip_bad_images)  # item names: the index's paths
+    dataset.dataset_name, dataset.split = config.dataset, split
     return dataset
 
 
-def build_dataset(config: DataConfig, split: str) -> Dataset[Any]:
+def build_dataset(config: DataConfig, split: str) -> RetrievalDataset:
     """One split of the configured dataset; items are ``(PIL image, label)``, labels 0-based per split."""
     entry = DATASETS.entry(config.dataset, "data.dataset")
     if entry.info.get("reader") != "class_split" and (config.train_classes is not None or config.test_classes is not None):
@@ -136,6 +137,6 @@ def build_dataset(config: DataConfig, split: str) -> Dataset[Any]:
             f"data.train_classes / data.test_classes apply to {' and '.join(class_lists)} data only; "
             f"dataset {config.dataset!r} has fixed splits: leave them out"
         )
-    dataset: Any = entry.component(config, split) if entry.info.get("builder") else _files(config, split)
-    dataset.dataset_name, dataset.split = config.dataset, split
-    return cast("Dataset[Any]", dataset)
+    if entry.info.get("builder"):
+        return builder_dataset(entry.component(config, split), config.dataset, split)
+    return _files(config, split)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from metrictransfer.config import ValidationConfig
 from metrictransfer.data.holdout import LabelledSubset
+from metrictransfer.data.protocol import RetrievalDataset
 from metrictransfer.errors import ConfigError
 
 Unit = Literal["classes", "images"]
@@ -28,7 +29,7 @@ def validation_folds(ids: np.ndarray, folds: int, seed: int) -> list[np.ndarray]
     return [np.sort(part) for part in np.array_split(shuffled, folds)]
 
 
-def split_validation(dataset: Any, config: ValidationConfig, unit: Unit) -> tuple[LabelledSubset, LabelledSubset]:
+def split_validation(dataset: RetrievalDataset, config: ValidationConfig, unit: Unit) -> tuple[LabelledSubset, LabelledSubset]:
     """(training part, validation part) of a training split. ``unit`` "classes": the validation classes
     are disjoint from the training part's, whose classes are renumbered 0..C'-1; "images": a share of
     each class's images (of all images, unlabelled) is held out."""
@@ -83,7 +84,7 @@ def check_validation_classes(config: ValidationConfig, held: int, classes: int, 
         )
 
 
-def _validation_classes(dataset: Any, labels: np.ndarray, config: ValidationConfig) -> np.ndarray:
+def _validation_classes(dataset: RetrievalDataset, labels: np.ndarray, config: ValidationConfig) -> np.ndarray:
     present = np.unique(labels)
     if config.folds > 1:
         if len(present) < config.folds:
@@ -102,8 +103,8 @@ def _validation_classes(dataset: Any, labels: np.ndarray, config: ValidationConf
     return np.sort(np.random.default_rng(config.seed).permutation(present)[:n_held])
 
 
-def _named_classes(dataset: Any, present: np.ndarray, wanted: list[str | int]) -> np.ndarray:
-    names = getattr(dataset, "classes", None)
+def _named_classes(dataset: RetrievalDataset, present: np.ndarray, wanted: list[str | int]) -> np.ndarray:
+    names = dataset.classes
     by_name = {str(names[int(c)]): int(c) for c in present} if names is not None else {}
     ids = []
     for item in wanted:

@@ -13,13 +13,14 @@ from typing import Any, Callable, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from metrictransfer import __version__
 from metrictransfer.config import OptimConfig, RunConfig, config_to_dict, resume_differences, save_config
 from metrictransfer.data.cache import MemoryCache, memory_cache
 from metrictransfer.data.holdout import split_holdout
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable, finish_views, flatten_views
+from metrictransfer.data.protocol import RetrievalDataset
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.sampler import ClassBalancedBatchSampler, RankBatches, ShuffledBatchSampler, check_batch_fits
 from metrictransfer.data.validation import split_validation
@@ -110,7 +111,7 @@ def build_train_loader(
     train_set: Any,
     device: torch.device,
     ranks: distributed.Ranks | None = None,
-    images: Dataset[Any] | None = None,
+    images: RetrievalDataset | None = None,
 ) -> tuple[DataLoader[Any], RankBatches]:
     """The training batches: class-balanced P × K global batches (shuffled when the method ignores
     labels), of which this process loads its slice; each image decoded once and augmented into every
@@ -296,7 +297,7 @@ def default_callbacks(config: RunConfig, ranks: distributed.Ranks, interactive: 
     return callbacks + [FinalFiles()]
 
 
-def split_training_data(config: RunConfig) -> tuple[Any, Dataset[Any] | None, Dataset[Any] | None]:
+def split_training_data(config: RunConfig) -> tuple[RetrievalDataset, RetrievalDataset | None, RetrievalDataset | None]:
     """(training images, held-out images of the training classes or None, validation part or None) of a
     recipe's training split: what its runs train on and are evaluated on (``tune`` splits it once before
     any trial, so that a split every trial would refuse is refused at once)."""

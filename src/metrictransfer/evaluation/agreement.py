@@ -11,13 +11,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from metrictransfer.data.multiview import MultiViewDataset
+from metrictransfer.data.protocol import RetrievalDataset
 from metrictransfer.data.transforms import build_transform, feed_each
 from metrictransfer.errors import ConfigError
 from metrictransfer.evaluation.embed import extract_embeddings
@@ -122,7 +121,7 @@ class _FedPair(nn.Module):
 def evaluate_agreement(
     target: nn.Module,
     source: nn.Module,
-    images: Dataset[Any],
+    images: RetrievalDataset,
     transform: str,
     target_feed: Feed,
     source_feed: Feed,

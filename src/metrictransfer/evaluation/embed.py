@@ -14,13 +14,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from metrictransfer.data.protocol import RetrievalDataset
 from metrictransfer.evaluation.kept_views import evaluation_batches
 
 
 @torch.inference_mode()
 def extract_embeddings(
     model: nn.Module,
-    dataset: Dataset[Any],
+    dataset: Dataset[Any] | RetrievalDataset,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     num_workers: int = 0,

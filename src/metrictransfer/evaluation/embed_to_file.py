@@ -33,6 +33,8 @@ from metrictransfer import __version__
 from metrictransfer.config import DataConfig, RunConfig
 from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
+from metrictransfer.data.multiview import MultiViewDataset
+from metrictransfer.data.protocol import RetrievalDataset, query_gallery
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.errors import ConfigError
 from metrictransfer.evaluation import embeddings_table
@@ -96,7 +98,7 @@ def embed_split_to_file(
     embeds its share. Rows follow the dataset's order; images skipped as unreadable have no row."""
     check_output(out, dtype, overwrite)
     data = split_data(config, split)
-    dataset: Any = build_dataset(data, split)
+    dataset = build_dataset(data, split)
     options = _Options(batch_size or config.eval.batch_size, config.data.num_workers, dtype, overwrite, progress, chunk_batches)
     source = _Source(data.dataset, split, config.eval.metric, model_record)
     return _embed_to_file(model, dataset, preprocess or data, source, Path(out), device, options)
@@ -125,8 +127,8 @@ def embed_images_to_file(
     Images get ``preprocess`` (default: the test transform of the run's training data). An unreadable
     image is an error naming it and saying ``bad_hint``: the file holds every image listed."""
     check_output(out, dtype, overwrite)
-    dataset: Any = ImageFolderDataset(images, bad_hint=bad_hint)
-    dataset.item_names = dataset.paths = [str((images.root / p).resolve()) for p in images.paths]  # names; reading uses images
+    dataset = ImageFolderDataset(images, bad_hint=bad_hint)
+    dataset.item_names = [str((images.root / p).resolve()) for p in images.paths]  # names; reading uses images
     options = _Options(batch_size or config.eval.batch_size, config.data.num_workers, dtype, overwrite, progress, chunk_batches)
     source = _Source(None, None, config.eval.metric, model_record)
     return _embed_to_file(model, dataset, preprocess or config.data, source, Path(out), device, options)
@@ -155,7 +157,7 @@ class _Options:
 
 
 def _embed_to_file(
-    model: nn.Module, dataset: Any, preprocess: DataConfig, source: _Source, out: Path, device: torch.device, options: _Options
+    model: nn.Module, dataset: RetrievalDataset, preprocess: DataConfig, source: _Source, out: Path, device: torch.device, options: _Options
 ) -> Written:
     """Embed ``dataset`` into ``out``: by this process alone, or its share under torchrun."""
     views = with_test_transform(dataset, preprocess)
@@ -201,7 +203,7 @@ def _embed_to_file(
 
 
 def _embed_whole(
-    model: nn.Module, views: Dataset[Any], mine: range, source: _Source, options: _Options, device: torch.device
+    model: nn.Module, views: MultiViewDataset, mine: range, source: _Source, options: _Options, device: torch.device
 ) -> EmbeddingsFile:
     """Every row in memory (an .npz is written whole), gathered from all processes in the dataset's order."""
     world = distributed.current().world
@@ -213,13 +215,12 @@ def _embed_whole(
         embeddings, labels, indices = (distributed.gather(t.to(device)).cpu() for t in (embeddings, labels, indices))
         order = torch.argsort(indices)
         embeddings, labels, indices = embeddings[order], labels[order], indices[order]
-    dataset: Any = getattr(views, "dataset", views)
-    return rows_file(dataset, embeddings, labels, indices, source.dataset, source.split, source.metric)
+    return rows_file(views, embeddings, labels, indices, source.dataset, source.split, source.metric)
 
 
-def _masks(dataset: Any, rows: np.ndarray) -> dict[str, np.ndarray]:
+def _masks(dataset: RetrievalDataset, rows: np.ndarray) -> dict[str, np.ndarray]:
     """``is_query`` / ``is_gallery`` of the embedded rows, where the split has them (In-Shop's test split)."""
-    return {key: np.asarray(getattr(dataset, key))[rows] for key in embeddings_table.MASKS if getattr(dataset, key, None) is not None}
+    return {key: mask[rows] for key, mask in query_gallery(dataset).items()}
 
 
 def _shared_staging(out: Path, count: int, dim: int, dtype: str) -> Path:

@@ -40,6 +40,8 @@ _TEXT_KEYS = ("metric", "dataset", "split")
 class EmbeddingsFile:
     embeddings: np.ndarray
     labels: np.ndarray
+    # where each row came from: its file, or dataset:split:index for generated data. A stored key that search shows
+    # and older files hold; ``items`` holds the names datasets give their items (RetrievalDataset.item_names)
     paths: np.ndarray | None = None
     is_query: np.ndarray | None = None
     is_gallery: np.ndarray | None = None

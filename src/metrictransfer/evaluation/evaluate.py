@@ -7,7 +7,7 @@ Every dataset is embedded by :func:`~metrictransfer.evaluation.embed.extract_emb
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sized
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -16,7 +16,9 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from metrictransfer.config import DataConfig, RunConfig
+from metrictransfer.data.holdout import LabelledSubset
 from metrictransfer.data.multiview import MultiViewDataset
+from metrictransfer.data.protocol import RetrievalDataset, query_gallery
 from metrictransfer.data.registry import build_dataset
 from metrictransfer.data.transforms import build_transform
 from metrictransfer.evaluation.agreement import check_agreement_ranks
@@ -29,7 +31,7 @@ from metrictransfer.runtime import distributed
 from metrictransfer.runtime.device import resolve_device
 
 
-def with_test_transform(images: Dataset[Any], data: DataConfig) -> MultiViewDataset:
+def with_test_transform(images: RetrievalDataset, data: DataConfig) -> MultiViewDataset:
     """``images`` (yielding ``(image, label)``) as :func:`extract_embeddings` takes them: one view per
     image, with the test-time preprocessing of ``data``."""
     return MultiViewDataset(images, build_transform(data.transform, False, data.image_size, data.normalization))
@@ -43,7 +45,7 @@ def test_dataset(config: RunConfig) -> MultiViewDataset:
 
 
 def evaluate_model(
-    model: nn.Module, dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False
+    model: nn.Module, dataset: RetrievalDataset, config: RunConfig, device: torch.device, progress: bool = False
 ) -> dict[str, float]:
     """Recall@K, MAP@R and R-Precision of one model on an evaluation dataset (single test view per image);
     query against gallery when the dataset has ``is_query`` / ``is_gallery`` masks (In-Shop)."""
@@ -62,19 +64,19 @@ class _Stacked(torch.nn.Module):
 
 
 def evaluate_models(
-    models: Mapping[str, nn.Module], dataset: Dataset[Any], config: RunConfig, device: torch.device, progress: bool = False
+    models: Mapping[str, nn.Module], dataset: RetrievalDataset, config: RunConfig, device: torch.device, progress: bool = False
 ) -> dict[str, float]:
     """One model: its metrics. Several (a cohort): ``name/metric`` for each, ``ensemble/metric`` for the
     concatenation of their L2-normalised embeddings, and the ensemble's again without prefix (the run's
     headline numbers)."""
     stacked = _Stacked(list(models.values()))
     ranks = distributed.current()
-    share: Dataset[Any] = dataset
+    share: Dataset[Any] | RetrievalDataset = dataset
     if ranks.world > 1:  # each process embeds every N-th image; all of them then hold every row, in order
         if isinstance(dataset, KeptViews):
             share = dataset.part(ranks.rank, ranks.world)
-        else:
-            share = Subset(dataset, range(ranks.rank, len(cast(Sized, dataset)), ranks.world))
+        else:  # any object with __len__ and __getitem__ makes a Subset; torch's annotations name its Dataset class
+            share = Subset(cast("Dataset[Any]", dataset), range(ranks.rank, len(dataset), ranks.world))
     embeddings, labels, indices = extract_embeddings(
         stacked, share, config.eval.batch_size, device, config.data.num_workers, progress=progress, return_indices=True
     )
@@ -101,7 +103,7 @@ def evaluate_models(
     return row
 
 
-def check_recall_ranks(config: RunConfig, sets: Mapping[str, Dataset[Any] | None], method: Any = None) -> None:
+def check_recall_ranks(config: RunConfig, sets: Mapping[str, RetrievalDataset | None], method: Any = None) -> None:
     """Refuse, before the first training step, ``eval.recall_at`` ranks that an evaluation set (named by
     its key: ``test``, ``validation``) cannot answer: recall there would be 1.0 whatever the model
     (:func:`~metrictransfer.evaluation.metrics.check_ranks`). Found only at the first evaluation, such a
@@ -112,21 +114,18 @@ def check_recall_ranks(config: RunConfig, sets: Mapping[str, Dataset[Any] | None
     if not getattr(method, "reports_recall", True):
         return
     for name, dataset in sets.items():
-        base: Any = dataset
-        while base is not None and getattr(base, "labels", None) is None:  # through KeptViews and MultiViewDataset
-            base = getattr(base, "dataset", None)
-        if base is None:
+        if dataset is None:
             continue
-        labels = np.asarray(base.labels)
+        labels = np.asarray(dataset.labels)
         if (labels < 0).all():
-            total = len(getattr(base, "dataset", labels))  # the images they were held out of
+            total = len(dataset.dataset) if isinstance(dataset, LabelledSubset) else len(labels)  # the images they were held out of
             check_agreement_ranks(config.eval.agreement_at, len(labels), total, _held_out_by(config, name))
             continue
         if (labels < 0).any():
             continue
-        what = getattr(base, "dataset_name", None)
+        what = dataset.dataset_name
         where, advice = f"the {name} split" + (f" of {what}" if what else ""), ""
-        is_query, is_gallery = getattr(base, "is_query", None), getattr(base, "is_gallery", None)
+        is_query, is_gallery = dataset.is_query, dataset.is_gallery
         if name == "validation" and config.data.validation is not None:  # its size is the recipe's choice
             where = f"the validation split ({len(np.unique(labels))} classes held out by {_held_out_by(config, name)})"
             most = most_negatives(labels, is_query, is_gallery)
@@ -142,13 +141,9 @@ def _held_out_by(config: RunConfig, name: str) -> str:
     return f"data.validation.folds={validation.folds}" if validation.folds > 1 else f"data.validation.classes={validation.classes}"
 
 
-def query_gallery_masks(dataset: Dataset[Any], indices: torch.Tensor) -> dict[str, torch.Tensor]:
+def query_gallery_masks(dataset: RetrievalDataset, indices: torch.Tensor) -> dict[str, torch.Tensor]:
     """``is_query`` / ``is_gallery`` of the embedded items (skipped images have no row), if the data has them."""
-    base: Any = dataset.dataset if isinstance(dataset, KeptViews) else dataset
-    base = getattr(base, "dataset", base)  # through the MultiViewDataset wrapper
-    if getattr(base, "is_query", None) is None:
-        return {}
-    return {"is_query": torch.as_tensor(base.is_query)[indices], "is_gallery": torch.as_tensor(base.is_gallery)[indices]}
+    return {key: torch.as_tensor(mask)[indices] for key, mask in query_gallery(dataset).items()}
 
 
 def embed_split(
@@ -169,7 +164,7 @@ def embed_split(
     """
     target = resolve_device(device or config.device)
     data = split_data(config, split)
-    dataset: Any = build_dataset(data, split)  # with item_names, and paths / is_query / is_gallery where the data has them
+    dataset = build_dataset(data, split)
     embeddings, labels, indices = extract_embeddings(
         model.to(target),
         with_test_transform(dataset, data),
@@ -189,7 +184,7 @@ def split_data(config: RunConfig, split: str) -> DataConfig:
 
 
 def rows_file(
-    dataset: Any,
+    dataset: RetrievalDataset,
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     indices: torch.Tensor,
@@ -201,10 +196,10 @@ def rows_file(
     :class:`EmbeddingsFile` naming each row's item, path and query/gallery role (``dataset_name`` and
     ``split`` None: images of no dataset, which must name their own paths)."""
     rows = indices.numpy()
-    paths = getattr(dataset, "paths", None)
-    if paths is None:  # as files of earlier versions named glyphs; ``items`` identifies them fully
-        paths = [f"{dataset_name}:{split}:{i}" for i in range(len(dataset))]
-    masks = {key: np.asarray(getattr(dataset, key))[rows] for key in ("is_query", "is_gallery") if getattr(dataset, key, None) is not None}
+    # the stored key "paths" (search shows it): the items' files; for items of no file (glyphs) what earlier
+    # versions wrote, dataset:split:index (``items`` identifies them fully)
+    paths: Sequence[str] = dataset.item_names if dataset.root is not None else [f"{dataset_name}:{split}:{i}" for i in range(len(dataset))]
+    masks = {key: mask[rows] for key, mask in query_gallery(dataset).items()}
     return EmbeddingsFile(
         embeddings.numpy(),
         labels.numpy(),

@@ -9,7 +9,7 @@ very numbers of a fresh decode: the conversion and normalisation are elementwise
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from metrictransfer.data.cache import HOST_SHARE, available_host_bytes  # else host memory, within this share
 from metrictransfer.data.multiview import MultiViewDataset, collate_readable
+from metrictransfer.data.protocol import DatasetWrapper, RetrievalDataset
 from metrictransfer.data.workers import loader_workers
 
 #: Kept on the device when the views take at most this share of its free memory (training needs the rest).
@@ -36,13 +37,16 @@ def placement(size: int, budget: int, device: torch.device) -> str | None:
     return "host" if size <= HOST_SHARE * available_host_bytes() else None
 
 
-class KeptViews(Dataset[Any]):
+class KeptViews(DatasetWrapper, Dataset[Any]):
     """An evaluation set (a one-view :class:`MultiViewDataset`) whose views are made at the first
     :meth:`batches` and kept, within ``budget`` bytes, as uint8; :meth:`batches` then converts and normalises
     them on the device. Over the budget, or where memory is short, it decodes every time, as before.
 
-    ``positions``: the items of ``views`` it holds (a process's share under torchrun; all by default).
-    ``say`` is told once where the views are kept and their size."""
+    ``positions``: the items of ``views`` it holds (a process's share under torchrun; all by default), whose
+    labels, item names and query/gallery masks it gives. ``say`` is told once where the views are kept and
+    their size."""
+
+    dataset: MultiViewDataset
 
     def __init__(
         self,
@@ -56,9 +60,10 @@ class KeptViews(Dataset[Any]):
         if parts is None:
             raise ValueError("KeptViews needs a one-view evaluation set whose transform ends in ToImage and elementwise steps")
         self.tail = parts[1]
-        self.dataset = views  # what wraps what: provenance and query/gallery masks look through .dataset
+        self.dataset = views
         self.budget = budget
         self.positions = list(range(len(views))) if positions is None else list(positions)
+        self.whole = positions is None  # every item of views, in order
         self.say = say
         self.name = name
         self.store: torch.Tensor | None = None  # (rows, C, H, W) uint8 of the readable items
@@ -74,6 +79,25 @@ class KeptViews(Dataset[Any]):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | None:
         return self.dataset[self.positions[i]]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.dataset.labels if self.whole else np.asarray(self.dataset.labels)[self.positions]
+
+    @property
+    def item_names(self) -> Sequence[str]:
+        names = self.dataset.item_names
+        return names if self.whole else [names[i] for i in self.positions]
+
+    @property
+    def is_query(self) -> np.ndarray | None:
+        mask = self.dataset.is_query
+        return mask if self.whole or mask is None else np.asarray(mask)[self.positions]
+
+    @property
+    def is_gallery(self) -> np.ndarray | None:
+        mask = self.dataset.is_gallery
+        return mask if self.whole or mask is None else np.asarray(mask)[self.positions]
 
     def part(self, rank: int, world: int) -> KeptViews:
         """Every ``world``-th item from ``rank`` (a process's share of the evaluation), kept on its own."""
@@ -180,19 +204,37 @@ def _collate_with_slots(batch: list[Any]) -> tuple[torch.Tensor, ...] | None:
 
 
 def loader_batches(
-    dataset: Dataset[Any], batch_size: int, device: torch.device, num_workers: int = 0, progress: bool = False, desc: str = "embed"
+    dataset: Dataset[Any] | RetrievalDataset,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "embed",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """``(images on the device, labels, indices)`` per batch of an evaluation set yielding ``(views, label,
     index)`` with one view, decoded by a data loader (unreadable images dropped)."""
     pin = device.type == "cuda"
     workers = loader_workers(num_workers)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_readable, pin_memory=pin)
+    # any object with __len__ and __getitem__ loads; torch's annotations name its Dataset class
+    loader = DataLoader(
+        cast("Dataset[Any]", dataset),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_readable,
+        pin_memory=pin,
+    )
     for views, labels, indices in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
         yield views[:, 0].to(device, non_blocking=pin), labels, indices
 
 
 def evaluation_batches(
-    dataset: Dataset[Any], batch_size: int, device: torch.device | str, num_workers: int = 0, progress: bool = False, desc: str = "embed"
+    dataset: Dataset[Any] | RetrievalDataset,
+    batch_size: int,
+    device: torch.device | str,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "embed",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The batches of any evaluation set: kept views where it keeps them, else a data loader's."""
     device = torch.device(device)
@@ -201,11 +243,13 @@ def evaluation_batches(
     return loader_batches(dataset, batch_size, device, num_workers, progress, desc)
 
 
-def keep_views(dataset: Any, budget_gb: float, say: Callable[[str], None] | None = None, name: str = "evaluation") -> Any:
+def keep_views(
+    dataset: RetrievalDataset | None, budget_gb: float, say: Callable[[str], None] | None = None, name: str = "evaluation"
+) -> RetrievalDataset | None:
     """``dataset`` as :class:`KeptViews` where it can be kept (a one-view evaluation set of a splitting
     transform, a budget above 0), else unchanged."""
     if budget_gb <= 0 or not isinstance(dataset, MultiViewDataset) or dataset.one_view_parts() is None:
         return dataset
-    if len(cast(Sized, dataset)) == 0:
+    if len(dataset) == 0:
         return dataset
     return KeptViews(dataset, int(budget_gb * 1e9), say=say, name=name)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from metrictransfer.config import DataConfig
+from metrictransfer.data.protocol import RetrievalDataset
 from metrictransfer.errors import DataError
 from metrictransfer.registry import DATASETS
 
@@ -33,20 +34,10 @@ def resolved_root(data: DataConfig) -> str | None:
     return str(Path(data.root).expanduser().resolve())
 
 
-def _find(dataset: Any, attribute: str) -> Any:
-    """``attribute`` of ``dataset`` or of the dataset it wraps (a MultiViewDataset, a LabelledSubset)."""
-    while dataset is not None:
-        value = getattr(dataset, attribute, None)
-        if value is not None:
-            return value
-        dataset = getattr(dataset, "dataset", None)
-    return None
-
-
-def class_names(dataset: Any) -> list[str]:
+def class_names(dataset: RetrievalDataset) -> list[str]:
     """The names of the classes ``dataset``'s labelled items belong to, sorted."""
-    labels, classes = _find(dataset, "labels"), _find(dataset, "classes")
-    if labels is None or classes is None:
+    labels, classes = dataset.labels, dataset.classes
+    if classes is None:
         return []
     return sorted({str(classes[int(label)]) for label in np.unique(np.asarray(labels)) if label >= 0})
 
@@ -56,7 +47,7 @@ def items_digest(names: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
 
 
-def training_data_record(dataset: Any, data: DataConfig) -> dict[str, Any]:
+def training_data_record(dataset: RetrievalDataset, data: DataConfig) -> dict[str, Any]:
     """What a checkpoint records of its training set: the dataset's name, its root (as given and resolved),
     the generated data's settings, the training classes' names and the training items (their number, a
     SHA-256 of their sorted names, and the names themselves, so that held-out images can be checked)."""
@@ -64,20 +55,24 @@ def training_data_record(dataset: Any, data: DataConfig) -> dict[str, Any]:
         "dataset": data.dataset,
         "root": data.root,
         "root_resolved": resolved_root(data),
-        "split": _find(dataset, "split") or "train",
+        "split": dataset.split or "train",
         "glyph_seed": data.glyph_seed if data.dataset == "glyphs" else None,
         "num_classes": data.num_classes,
         "classes": class_names(dataset),
     }
-    items = _find(dataset, "item_names")
-    if items is not None:
-        names = sorted(str(name) for name in items)
-        record.update(num_images=len(names), items_sha256=items_digest(names), items="\n".join(names))
+    names = sorted(str(name) for name in dataset.item_names)
+    record.update(num_images=len(names), items_sha256=items_digest(names), items="\n".join(names))
     return record
 
 
 def check_source_overlap(
-    source: str, record: dict[str, Any] | None, evaluation_set: Any, evaluation_data: DataConfig, allow_key: str, *, images: bool = False
+    source: str,
+    record: dict[str, Any] | None,
+    evaluation_set: RetrievalDataset,
+    evaluation_data: DataConfig,
+    allow_key: str,
+    *,
+    images: bool = False,
 ) -> None:
     """Refuse a source model that trained on any of the target's evaluation classes (``images``: any of its
     evaluation images), when both come from the same dataset (name and resolved root). ``allow_key``
@@ -96,12 +91,11 @@ def check_source_overlap(
         return  # another dataset: nothing of the evaluation set can have been seen
     if images:
         kind = "held-out images"
-        target = _find(evaluation_set, "item_names")
-        if target is None or record.get("items") is None:
-            warnings.warn(f"source checkpoint {source} or this run's evaluation set names no items: {unchecked}", stacklevel=2)
+        if record.get("items") is None:
+            warnings.warn(f"source checkpoint {source} names no items: {unchecked}", stacklevel=2)
             return
         seen = set(str(record["items"]).split("\n"))
-        overlap = sorted({str(name) for name in target} & seen)
+        overlap = sorted({str(name) for name in evaluation_set.item_names} & seen)
     else:
         kind = "evaluation classes"
         overlap = sorted(set(class_names(evaluation_set)) & {str(name) for name in record.get("classes", [])})
