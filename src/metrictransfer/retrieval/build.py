@@ -19,10 +19,9 @@ from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, save_embeddings
 from metrictransfer.evaluation.evaluate import with_test_transform
 from metrictransfer.evaluation.faiss_knn import flat_index
-from metrictransfer.model_export import description_path, export_model
 from metrictransfer.io import atomic_write_text, file_sha256, staged_path
+from metrictransfer.model_export import description_path, export_model
 from metrictransfer.output_folder import claim_output, remove_if_unused
-from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
 from metrictransfer.retrieval.checkpoint_model import model_fingerprint
 from metrictransfer.retrieval.gallery import (
     EMBEDDINGS_FILE,
@@ -35,6 +34,7 @@ from metrictransfer.retrieval.gallery import (
     for_metric,
     list_images,
 )
+from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
 
 
 def build_index(
