@@ -157,16 +157,16 @@ def test_a_space_file_is_read_as_written(tmp_path):
         "transfer.params.sigma: {type: float, low: 0.5, high: 2.0, step: 0.5}\n"
         "optim.epochs: {type: int, low: 2, high: 8, log: true}\n"
         "model.embedding_dim: {type: categorical, choices: [16, 32]}\n"
-        "mutual.update_every: {type: categorical, choices: [[1, 1], [1, 2]]}\n"  # a list key's values
+        "eval.agreement_at: {type: categorical, choices: [[1], [1, 2]]}\n"  # a list key's values
     )
-    recipe, space = _write(tmp_path, space=text)
+    recipe, space = _write(tmp_path, space=text, method="transfer", transfer={"source_checkpoint": "runs/source"})
     loaded = load_space(space, yaml.safe_load(recipe.read_text()))
     assert loaded.describe() == {
         "optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
         "transfer.params.sigma": {"type": "float", "low": 0.5, "high": 2.0, "step": 0.5},
         "optim.epochs": {"type": "int", "low": 2, "high": 8, "log": True},
         "model.embedding_dim": {"type": "categorical", "choices": [16, 32]},
-        "mutual.update_every": {"type": "categorical", "choices": [[1, 1], [1, 2]]},
+        "eval.agreement_at": {"type": "categorical", "choices": [[1], [1, 2]]},
     }
     assert loaded.max_epochs(2) == 8
 
