@@ -128,6 +128,8 @@ def main() -> int:
     options.add_argument("--dry", action="store_true", help="toy sizes on the CPU; results in a temporary folder")
     options.add_argument("--total", type=float, default=600.0, help="seconds for all three stages together")
     args = options.parse_args()
+    if args.dry and not os.environ.get("METRICTRANSFER_GPU_CHECK_CONTAINED"):
+        return dry_run_in_its_own_folder()
 
     import torch
 
@@ -206,6 +208,24 @@ def main() -> int:
         f" in {total:.0f} s (limit {args.total:.0f} s)"
     )
     return 0 if ok else 1
+
+
+def dry_run_in_its_own_folder() -> int:
+    """The dry run (what CI runs after every change) with every temporary file of its scripts, their
+    tables and logs, pytest's folders, torch's compile cache and multiprocessing's sockets, under one
+    folder that is removed at the end: their output was shown as it came, and nothing piles up in /tmp."""
+    import shutil
+
+    work = tempfile.mkdtemp(prefix="metrictransfer-gpu-check-dry-")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.gpu_check", *sys.argv[1:]],
+            env={**os.environ, "TMPDIR": work, "METRICTRANSFER_GPU_CHECK_CONTAINED": "1"},
+            check=False,
+        )
+        return result.returncode
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
