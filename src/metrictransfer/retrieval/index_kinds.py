@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,9 +52,6 @@ class IndexPlan:
     metric: str
     params: dict[str, int] = field(default_factory=dict)
     bytes_per_vector: float = 0.0
-
-    def record(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _faiss() -> Any:
@@ -209,9 +206,6 @@ class Measured:
     recall_at_10: float
     queries: int
     tried: list[dict[str, float]] = field(default_factory=list)
-
-    def record(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def measure(
