@@ -350,17 +350,32 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from metrictransfer.retrieval import build_index
 
-    with _json_only(args):
-        meta = build_index(
-            args.checkpoint,
-            args.images,
-            args.out,
-            args.model,
-            _device(args.device),
-            args.batch_size,
-            progress=sys.stderr.isatty(),
-            overwrite=args.overwrite,
+    updating = args.add is not None or args.remove is not None
+    if updating != (args.index is not None) or (args.index is not None and (args.out or args.images or args.checkpoint)):
+        raise ConfigError(
+            "index: build with --checkpoint RUN --images FOLDER --out DIR, or change a built one with --index DIR --add/--remove"
         )
+    if not updating and not (args.checkpoint and args.images and args.out):
+        raise ConfigError("index: a new index needs --checkpoint, --images and --out")
+    with _json_only(args):
+        if updating:
+            from metrictransfer.retrieval.update import update_index
+
+            meta = update_index(args.index, args.add, args.remove, _device(args.device), args.batch_size, progress=sys.stderr.isatty())
+            args.out = args.index
+        else:
+            meta = build_index(
+                args.checkpoint,
+                args.images,
+                args.out,
+                args.model,
+                _device(args.device),
+                args.batch_size,
+                progress=sys.stderr.isatty(),
+                overwrite=args.overwrite,
+                kind=args.kind,
+                memory=args.memory,
+            )
     if args.json:
         print(
             json.dumps(
@@ -371,17 +386,32 @@ def cmd_index(args: argparse.Namespace) -> int:
                     "metric": meta["metric"],
                     "classes": len(meta["classes"]),
                     "faiss": bool(meta["faiss"]),
+                    "kind": meta["faiss"]["kind"] if meta["faiss"] else "exact",
+                    "measured": meta["faiss"]["measured"] if meta["faiss"] else {"exact": True},
+                    "generation": meta["generation"],
                     "query_model": bool(meta["query_model"]),
                 }
             )
         )
         return 0
-    engine = "faiss" if meta["faiss"] else "exact (numpy; pip install faiss-cpu for a faiss index)"
+    engine = _engine_words(meta["faiss"]) if meta["faiss"] else "exact (numpy; pip install faiss-cpu for a faiss index)"
     if not meta["query_model"]:
         engine += ", queries embedded by PyTorch (pip install onnx onnxruntime and rebuild for faster searches)"
     labels = f"{len(meta['classes'])} classes" if meta["classes"] else "no labels"
     print(f"{args.out}: {meta['count']} images, {meta['dim']}-d, {meta['metric']}, {labels}, search: {engine}")
     return 0
+
+
+def _engine_words(record: dict[str, Any]) -> str:
+    """The faiss index in words: its kind and, for the approximate ones, the recall index measured."""
+    measured = record.get("measured", {})
+    if record.get("kind", "flat") == "flat":
+        return "faiss flat (exact)"
+    effort = "efSearch" if record["kind"] == "hnsw" else "nprobe"
+    return (
+        f"faiss {record['factory']}, recall@10 {measured.get('recall_at_10', 0):.3f} against exact search "
+        f"({measured.get('queries')} held-out queries) at {effort} {record.get('effort')}"
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -418,7 +448,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         figure_format(args.grid)  # a format matplotlib cannot write fails before the search, not after
     gallery = Gallery(args.index, args.checkpoint, args.device)  # resolved only if PyTorch embeds the queries
-    results = gallery.search(args.queries, args.k, exclude_self=args.exclude_self)
+    effort = args.nprobe or args.ef
+    if args.nprobe and args.ef:
+        raise ConfigError("--nprobe is for IVF indexes and --ef for HNSW ones: give one")
+    if effort is not None and (args.nprobe is not None) != (gallery.plan.kind in ("ivf", "ivfpq")) and gallery.plan.kind != "flat":
+        raise ConfigError(f"this index is {gallery.plan.kind}: use --{'ef' if gallery.plan.kind == 'hnsw' else 'nprobe'}")
+    results = gallery.search(args.queries, args.k, exclude_self=args.exclude_self, effort=effort, refine=args.refine, where=args.where)
     query_labels = [_folder_label(q, gallery.meta["classes"]) for q in args.queries]
     if args.json:
         print(
@@ -433,7 +468,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         for q, found in zip(args.queries, results):
             print(q)
             for rank, n in enumerate(found, 1):
-                print(f"  {rank:3d}  {n.distance:.4f}  {n.path}" + (f"  [{n.label}]" if n.label else ""))
+                print(f"  {rank:3d}  {n.distance:.4f}  #{n.id}  {n.path}" + (f"  [{n.label}]" if n.label else ""))
     if args.grid:
         from metrictransfer.retrieval.grid import draw_grid
 

@@ -4,6 +4,7 @@ function per command declares its options."""
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any, NoReturn
 
 from metrictransfer.cli.commands import (
@@ -290,20 +291,40 @@ def _add_evaluate(evaluate: argparse.ArgumentParser) -> None:
 
 
 def _add_index(index: argparse.ArgumentParser) -> None:
-    index.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    index.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (building a new index)")
     index.add_argument(
         "--images",
-        required=True,
         metavar="FOLDER_OR_CSV",
-        help="a folder (searched recursively; sub-folders are classes) or a CSV with path[,label] columns",
+        help="a folder (searched recursively; sub-folders are classes) or a CSV with path[,label] columns and any "
+        "metadata columns (kept for search --where)",
     )
-    index.add_argument("--out", required=True, metavar="INDEX_DIR", help="the index folder to write (a new or empty one)")
+    index.add_argument("--out", metavar="INDEX_DIR", help="the index folder to write (a new or empty one)")
     index.add_argument("--overwrite", action="store_true", help="replace the index INDEX_DIR holds (nothing else there is deleted)")
+    index.add_argument(
+        "--kind",
+        choices=["auto", "flat", "ivf", "ivfpq", "hnsw"],
+        default="auto",
+        help="the faiss index (default auto: exact flat below 50,000 items, else IVF-Flat, or IVF-PQ when that exceeds --memory)",
+    )
+    index.add_argument("--memory", type=_byte_size, metavar="SIZE", help="memory budget for the vectors, e.g. 8GB (chooses the kind)")
+    index.add_argument("--index", metavar="INDEX_DIR", help="change this built index in place (with --add and/or --remove)")
+    index.add_argument("--add", metavar="FOLDER_OR_CSV", help="with --index: embed these images and add them (new ids)")
+    index.add_argument(
+        "--remove", metavar="IDS_OR_CSV", help="with --index: remove these items: ids like 3,17,20, or a CSV with an id or path column"
+    )
     index.add_argument("--model", help=MODEL_HELP)
     index.add_argument("--batch-size", type=_positive_int, default=128, help="images per batch (default 128)")
     index.add_argument("--device", choices=DEVICES, default="auto", help="where to embed (default auto: a GPU if there is one)")
     _json(index)
     index.set_defaults(func=cmd_index)
+
+
+def _byte_size(text: str) -> int:
+    """``8GB``, ``512MB``, ``2.5G``, ``8GiB`` or a number of bytes (K, M, G, T: powers of 1024)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", text.upper())
+    if not match or float(match[1]) * 1024 ** " KMGT".index(match[2] or " ") < 1:
+        raise argparse.ArgumentTypeError(f"expected a size like 8GB, 512MB or a number of bytes, got {text!r}")
+    return int(float(match[1]) * 1024 ** " KMGT".index(match[2] or " "))
 
 
 def _add_search(search: argparse.ArgumentParser) -> None:
@@ -316,6 +337,10 @@ def _add_search(search: argparse.ArgumentParser) -> None:
         "index's own model.onnx, loaded in well under a second; without one, the checkpoint the index names)",
     )
     search.add_argument("--exclude-self", action="store_true", help="leave a query that is itself in the gallery out of its own results")
+    search.add_argument("--nprobe", type=_positive_int, help="IVF indexes: clusters to visit (default: the one index measured)")
+    search.add_argument("--ef", type=_positive_int, help="HNSW indexes: efSearch (default: the one index measured)")
+    search.add_argument("--refine", type=_positive_int, metavar="N", help="re-rank the index's top N candidates by exact distance (N >= k)")
+    search.add_argument("--where", metavar="CONDITION", help='only items whose metadata pass, e.g. "brand = acme and year >= 2020"')
     _json(search, "print exactly one JSON list (an entry per query: its label and neighbours) on stdout")
     search.add_argument("--grid", metavar="OUT.png", help="draw queries and neighbours (green: same class, red: other)")
     search.add_argument(

@@ -1,10 +1,14 @@
-"""Building an index folder: a gallery embedded by a run's model, a faiss index of it, and the model
-exported to ONNX so that ``search`` can embed queries without loading PyTorch (:mod:`.gallery` reads it)."""
+"""Building an index folder: a gallery embedded by a run's model, a faiss index of it (of the kind
+:mod:`.index_kinds` chooses, with its recall measured against exact search), the items' catalogue with
+their metadata (:mod:`.catalogue`), and the model exported to ONNX so that ``search`` can embed queries
+without loading PyTorch (:mod:`.gallery` reads it)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +22,11 @@ from metrictransfer.errors import ConfigError, MissingPackageError
 from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, save_embeddings
 from metrictransfer.evaluation.evaluate import with_test_transform
-from metrictransfer.evaluation.faiss_knn import flat_index
 from metrictransfer.io import atomic_write_text, file_sha256, staged_path
 from metrictransfer.model_export import description_path, export_model
 from metrictransfer.output_folder import claim_output, remove_if_unused
+from metrictransfer.retrieval import index_kinds
+from metrictransfer.retrieval.catalogue import CATALOGUE_FILE, Catalogue
 from metrictransfer.retrieval.checkpoint_model import model_fingerprint
 from metrictransfer.retrieval.gallery import (
     EMBEDDINGS_FILE,
@@ -31,7 +36,9 @@ from metrictransfer.retrieval.gallery import (
     QUERY_MODEL_FILE,
     IndexLock,
     contents_record,
+    faiss_metric_name,
     for_metric,
+    ids_sha256,
     list_images,
 )
 from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
@@ -46,14 +53,22 @@ def build_index(
     batch_size: int = 128,
     progress: bool = False,
     overwrite: bool = False,
+    kind: str = "auto",
+    memory: int | None = None,
 ) -> dict[str, Any]:
     """Embed a gallery with a run's model and write the index folder; returns ``index.json``'s contents.
+
+    ``kind``: ``auto`` (chosen from the gallery's size and ``memory``, a budget in bytes for the vectors)
+    or one of :data:`~metrictransfer.retrieval.index_kinds.KINDS`. A CSV of images may carry metadata
+    columns besides ``path`` and ``label``; they are kept in the catalogue for ``search --where``.
 
     The folder is claimed before anything is embedded (:func:`~metrictransfer.output_folder.claim_output`): a
     folder holding anything but an index is refused, an index is replaced only with ``overwrite``, and a
     second build into the same folder is refused while this one holds its lock."""
     model, config = load_embedding_model(checkpoint, name=model_name)
     listed = list_images(images)
+    columns, metadata = csv_metadata(images)
+    index_kinds.plan_index(len(listed.paths), 1, kind=kind)  # a kind this gallery cannot have fails before embedding
     out = Path(out)
     created = not out.exists()
     # clear=False: the old index stays searchable until the new files replace it; index.json, written last,
@@ -64,7 +79,8 @@ def build_index(
         # an unreadable file is an error naming it (an index holds every image it lists: none is skipped)
         gallery = with_test_transform(ImageFolderDataset(listed, bad_hint=f"fix it or remove it from {images}"), config.data)
         embeddings = extract_embeddings(model.to(device), gallery, batch_size, device, progress=progress)[0].numpy()
-        meta = _write_index(out, model, model_name, checkpoint, config.eval.metric, listed, embeddings)
+        built = _Built(model, model_name, checkpoint, config.eval.metric, kind, memory)
+        meta = _write_index(out, built, listed, embeddings, columns, metadata)
         failed = False
         return meta
     finally:
@@ -76,58 +92,104 @@ def build_index(
 
 
 def _already_holds_index(folder: Path) -> str | None:
-    if not any((folder / name).exists() for name in (INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE)):
+    if not any((folder / name).exists() for name in (INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE, CATALOGUE_FILE)):
         return None
     return f"{folder} already holds a search index; choose another --out, or add --overwrite to replace it"
 
 
+def csv_metadata(images: str | Path) -> tuple[list[str], list[dict[str, str]] | None]:
+    """The metadata columns of a CSV of images (every column but ``path`` and ``label``) and each row's
+    values, in the rows' order (:func:`~.gallery.list_images` keeps it); none for a folder or an image."""
+    source = Path(images)
+    if not (source.is_file() and source.suffix.lower() == ".csv"):
+        return [], None
+    with open(source, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c for c in reader.fieldnames or [] if c not in ("path", "label")]
+        rows = [{c: row[c] for c in columns if row.get(c) not in (None, "")} for row in reader]
+    return columns, rows
+
+
+class _Built:
+    """What every file of a new index is written from, besides the gallery itself."""
+
+    def __init__(self, model: torch.nn.Module, model_name: str | None, checkpoint: str | Path, metric: str, kind: str, memory: int | None):
+        self.model, self.model_name, self.checkpoint, self.metric = model, model_name, checkpoint, metric
+        self.kind, self.memory = kind, memory
+
+
 def _write_index(
-    out: Path,
-    model: torch.nn.Module,
-    model_name: str | None,
-    checkpoint: str | Path,
-    metric: str,
-    listed: ImageIndex,
-    embeddings: np.ndarray,
+    out: Path, built: _Built, listed: ImageIndex, embeddings: np.ndarray, columns: list[str], metadata: list[dict[str, str]] | None
 ) -> dict[str, Any]:
     paths = np.asarray([str((listed.root / p).resolve()) for p in listed.paths], dtype=str)
-    data = EmbeddingsFile(embeddings, listed.labels, paths, metric=metric)
+    data = EmbeddingsFile(embeddings, listed.labels, paths, metric=built.metric)
     save_embeddings(out / EMBEDDINGS_FILE, data)
+    ids = np.arange(len(paths), dtype=np.int64)
+    with staged_path(out / CATALOGUE_FILE) as staged:
+        catalogue = Catalogue(staged, create_columns=columns)
+        with catalogue.db:
+            catalogue.add(0, list(paths), [int(x) for x in listed.labels], metadata)
+        catalogue.close()
     meta = {
         "index_format": INDEX_FORMAT,
         "metrictransfer": __version__,
-        "checkpoint": str(resolve_checkpoint(checkpoint).resolve()),
-        "model": model_name,
-        "fingerprint": model_fingerprint(model),
-        "metric": metric,
+        "checkpoint": str(resolve_checkpoint(built.checkpoint).resolve()),
+        "model": built.model_name,
+        "fingerprint": model_fingerprint(built.model),
+        "metric": built.metric,
+        "generation": 0,
         "count": len(paths),
         "dim": int(embeddings.shape[1]),
         "classes": listed.classes,
         "embeddings": contents_record(data, listed.classes),
-        "faiss": _write_faiss(embeddings, metric, out / FAISS_FILE),
-        "query_model": _export_query_model(checkpoint, model_name, out / QUERY_MODEL_FILE),
+        "catalogue": {"file": CATALOGUE_FILE, "columns": columns, "ids_sha256": ids_sha256(ids)},
+        "faiss": write_faiss(for_metric(embeddings, built.metric), ids, built.metric, out / FAISS_FILE, built.kind, built.memory),
+        "query_model": _export_query_model(built.checkpoint, built.model_name, out / QUERY_MODEL_FILE),
     }
     atomic_write_text(json.dumps(meta, indent=2), out / INDEX_FILE)  # last: it vouches for the files above
     return meta
 
 
-def _write_faiss(embeddings: np.ndarray, metric: str, path: Path) -> dict[str, Any] | bool:
-    """Write ``faiss.index`` (staged: a crash never leaves half of one) and return its record for
-    index.json; ``False`` without faiss."""
+def write_faiss(
+    rows: np.ndarray, ids: np.ndarray, metric: str, path: Path, kind: str = "auto", memory: int | None = None
+) -> dict[str, Any] | bool:
+    """Plan, build, measure and write a faiss index of ``rows`` (as the index holds them: unit length for
+    cosine) under ``ids``; returns its record for index.json, ``False`` without faiss (exact search with
+    numpy then), which only ``kind`` auto or flat allows."""
     try:
-        import faiss
-    except ImportError:  # optional: exact search with torch instead
+        import faiss  # noqa: F401
+    except ImportError:
+        if kind not in ("auto", "flat"):
+            raise MissingPackageError(f"--kind {kind} needs faiss: pip install faiss-cpu") from None
         path.unlink(missing_ok=True)
         return False
-    index = flat_index(embeddings.shape[1], metric)
-    index.add(np.ascontiguousarray(for_metric(embeddings, metric), dtype=np.float32))
+    count, dim = rows.shape
+    plan = index_kinds.plan_index(count, dim, metric, kind, memory)
+    index = index_kinds.build(plan, lambda r: rows[r], count, ids=ids)
+    measured = None if plan.kind == "flat" else index_kinds.measure(index, plan, lambda r: rows[r], count, ids=ids)
+    record = save_faiss(index, path)
+    return {
+        **record,
+        "kind": plan.kind,
+        "factory": plan.factory,
+        "params": plan.params,
+        "bytes_per_vector": plan.bytes_per_vector,
+        "effort": measured.effort if measured else None,
+        "measured": asdict(measured) if measured else {"exact": True},
+    }
+
+
+def save_faiss(index: Any, path: Path) -> dict[str, Any]:
+    """Write a faiss index file (staged: a crash never leaves half of one); its record's common keys."""
+    import faiss
+
     # Serialised here and written by Python: faiss.write_index reports a full disk at its final close only
     # as a printed "close error", and returns as if the truncated file were whole.
-    with staged_path(path, size=int(embeddings.nbytes)) as staged:
-        staged.write_bytes(faiss.serialize_index(index).tobytes())
+    blob = faiss.serialize_index(index)
+    with staged_path(path, size=int(blob.nbytes)) as staged:
+        staged.write_bytes(blob.tobytes())
         digest = file_sha256(staged)
-    names = {faiss.METRIC_L2: "METRIC_L2", faiss.METRIC_INNER_PRODUCT: "METRIC_INNER_PRODUCT"}
-    return {"file": FAISS_FILE, "ntotal": int(index.ntotal), "d": int(index.d), "metric_type": names[index.metric_type], "sha256": digest}
+    return {"file": path.name, "ntotal": int(index.ntotal), "d": int(index.d), "metric_type": faiss_metric_name(index), "sha256": digest}
 
 
 def _export_query_model(checkpoint: str | Path, model_name: str | None, path: Path) -> dict[str, Any] | None:

@@ -20,7 +20,8 @@ import csv
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -32,6 +33,8 @@ from metrictransfer.errors import ConfigError, DataError, MissingFileError, Miss
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings
 from metrictransfer.io import file_sha256
 from metrictransfer.output_folder import OutputLock
+from metrictransfer.retrieval import index_kinds
+from metrictransfer.retrieval.catalogue import Catalogue
 from metrictransfer.retrieval.onnx_model import OnnxQueryModel
 
 INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE = "index.json", "embeddings.npz", "faiss.index"
@@ -141,13 +144,30 @@ def for_metric(x: np.ndarray, metric: str) -> np.ndarray:
     return x
 
 
+def ids_sha256(ids: np.ndarray) -> str:
+    """What index.json records of a generation's item ids: a catalogue from another build differs here."""
+    return _sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+
+
+def faiss_metric_name(index: Any) -> str:
+    import faiss
+
+    return "METRIC_L2" if index.metric_type == faiss.METRIC_L2 else "METRIC_INNER_PRODUCT"
+
+
+EXACT_FILTERED_BELOW = 20_000  # items passing a filter: searched exactly below this, through the index above it
+
+
 @dataclass
 class Neighbour:
-    """One search result: the gallery image, its distance to the query, its class name if known."""
+    """One search result: the gallery image, its distance to the query, its class name if known, its
+    stable item id and its metadata."""
 
     path: str
     distance: float
     label: str | None
+    id: int = -1
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class QueryModel(Protocol):
@@ -174,9 +194,42 @@ class Gallery:
         self.checkpoint = Path(checkpoint or self.meta["checkpoint"])
         self._rebuild = _rebuild_hint(index_dir, self.checkpoint)
         self.metric = self.meta["metric"]
+        self.generation = int(self.meta.get("generation", 0))
         self.data = self._load_embeddings()
+        self.count, self.dim = (int(n) for n in self.data.embeddings.shape)
+        self.catalogue, self.ids = self._load_catalogue()
         self.faiss_index = self._load_faiss()
+        self.plan = self._plan()
         self.query_model = self._query_model(checkpoint, device)
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        return self.catalogue.columns if self.catalogue else []
+
+    def _plan(self) -> index_kinds.IndexPlan:
+        record = self.meta["faiss"] or {}
+        kind = record.get("kind", "flat")  # indexes from before the other kinds are flat
+        plan = index_kinds.IndexPlan(kind, record.get("factory", "Flat"), self.dim, self.metric, dict(record.get("params", {})))
+        if self.faiss_index is not None:
+            index_kinds.set_search_effort(self.faiss_index, plan, record.get("effort"))
+        return plan
+
+    def _load_catalogue(self) -> tuple[Catalogue | None, np.ndarray]:
+        """The item catalogue and the generation's ids in row order (0..n-1 for an index from before catalogues)."""
+        record = self.meta.get("catalogue")
+        if not record:
+            return None, np.arange(self.count, dtype=np.int64)
+        file = self.index_dir / record["file"]
+        if not file.is_file():
+            raise MissingFileError(f"the index {self.index_dir} has no {record['file']} though {INDEX_FILE} lists one; {self._rebuild}")
+        catalogue = Catalogue(file)
+        ids = catalogue.ids(self.generation)
+        if ids_sha256(ids) != record.get("ids_sha256") or len(ids) != self.count:
+            raise SearchIndexError(
+                f"{file} does not list the {self.count} items {INDEX_FILE} describes (it lists {len(ids)}, or other ids): "
+                f"the files were edited or come from different builds; {self._rebuild}"
+            )
+        return catalogue, ids
 
     def _query_model(self, checkpoint: str | Path | None, device: str) -> QueryModel:
         exported = self.meta.get("query_model")
@@ -190,9 +243,10 @@ class Gallery:
         return CheckpointQueryModel(self.checkpoint, self.meta.get("model"), self.meta, self.index_dir, self._rebuild, device)
 
     def _load_embeddings(self) -> EmbeddingsFile:
-        file, record = self.index_dir / EMBEDDINGS_FILE, self.meta["embeddings"]
+        record = self.meta["embeddings"]
+        file = self.index_dir / record.get("file", EMBEDDINGS_FILE)
         if not file.is_file():
-            raise MissingFileError(f"the index {self.index_dir} has no {EMBEDDINGS_FILE}; {self._rebuild}")
+            raise MissingFileError(f"the index {self.index_dir} has no {file.name}; {self._rebuild}")
         try:
             data = load_embeddings(file)
         except (ValueError, OSError) as err:
@@ -218,9 +272,9 @@ class Gallery:
         record = self.meta["faiss"]
         if not record:
             return None
-        file = self.index_dir / FAISS_FILE
+        file = self.index_dir / record.get("file", FAISS_FILE)
         if not file.is_file():
-            raise MissingFileError(f"the index {self.index_dir} has no {FAISS_FILE} though {INDEX_FILE} lists one; {self._rebuild}")
+            raise MissingFileError(f"the index {self.index_dir} has no {file.name} though {INDEX_FILE} lists one; {self._rebuild}")
         try:
             import faiss
         except ImportError:
@@ -231,11 +285,7 @@ class Gallery:
             raise SearchIndexError(f"{file} is not a readable faiss index ({str(err).strip().splitlines()[-1]}); {self._rebuild}") from None
         count, dim = self.data.embeddings.shape  # checked against index.json already
         expected = {"ntotal": count, "d": dim, "metric_type": FAISS_METRIC[self.metric]}
-        found = {
-            "ntotal": int(index.ntotal),
-            "d": int(index.d),
-            "metric_type": "METRIC_L2" if index.metric_type == faiss.METRIC_L2 else "METRIC_INNER_PRODUCT",
-        }
+        found = {"ntotal": int(index.ntotal), "d": int(index.d), "metric_type": faiss_metric_name(index)}
         differs = [
             f"{key} {found[key]} (expected {expected[key]})"
             for key in expected
@@ -253,37 +303,150 @@ class Gallery:
     def label_name(self, label: int) -> str | None:
         return self.meta["classes"][label] if label >= 0 and self.meta["classes"] else None
 
-    def search(self, queries: list[str | Path], k: int = 10, exclude_self: bool = False) -> list[list[Neighbour]]:
+    def search(self, queries: list[str | Path], k: int = 10, exclude_self: bool = False, **options: Any) -> list[list[Neighbour]]:
         """The k nearest gallery images of each query image, nearest first (all of them when the gallery
         holds fewer than k); ``exclude_self``: a query that is itself in the gallery (the same file) is left
-        out of its own results, which then still hold k others."""
-        if k < 1:
-            raise ConfigError(f"--k must be at least 1, got {k}")
+        out of its own results, which then still hold k others. ``options``: those of :meth:`search_vectors`."""
         if not queries:
             raise ConfigError("no query images given")
         for q in queries:
             if not Path(q).is_file():
                 raise MissingFileError(f"query image not found: {q}")
         resolved = [Path(q).resolve() for q in queries]
-        embedded = self.query_model.embed(resolved, "fix it or leave it out of the queries")
-        distances, indices = self._knn(embedded, min(k + int(exclude_self), len(self.data.embeddings)))
-        paths = self.data.paths
-        assert paths is not None  # _load_embeddings refused a file without them
-        found = []
-        for query, row_d, row_i in zip(resolved, distances, indices):
-            row = [Neighbour(str(paths[j]), float(d), self.label_name(int(self.data.labels[j]))) for d, j in zip(row_d, row_i)]
-            if exclude_self:
-                row = [n for n in row if n.path != str(query)]
-            found.append(row[:k])
+        embedded = self.embed_images(resolved)
+        found = self.search_vectors(embedded, k + int(exclude_self), **options)
+        if exclude_self:
+            found = [[n for n in row if n.path != str(query)][:k] for query, row in zip(resolved, found)]
         return found
 
-    def _knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = for_metric(queries, self.metric).astype(np.float32)
-        if self.faiss_index is not None:
-            scores, indices = self.faiss_index.search(np.ascontiguousarray(q), k)
-            distances = np.sqrt(np.maximum(scores, 0)) if self.metric == "euclidean" else 1.0 - scores
-            return distances, indices
-        return exact_knn(q, for_metric(self.data.embeddings, self.metric).astype(np.float32), k, self.metric)
+    def embed_images(self, images: list[Path]) -> np.ndarray:
+        """The query images embedded by the index's model (an unreadable image is an error naming it)."""
+        return self.query_model.embed(images, "fix it or leave it out of the queries")
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        effort: int | None = None,
+        refine: int | None = None,
+        where: str | None = None,
+        exclude_ids: Sequence[int] | None = None,
+    ) -> list[list[Neighbour]]:
+        """The k nearest items of each embedding (as the model outputs them), nearest first.
+
+        ``effort``: nprobe (IVF kinds) or efSearch (HNSW) instead of the index's measured default.
+        ``refine``: take this many candidates from the index and re-rank them by exact distance.
+        ``where``: only items whose metadata pass it (see :mod:`.catalogue`); never fewer than k when k pass.
+        ``exclude_ids``: items left out of every answer (the query item itself, searching by item)."""
+        if k < 1:
+            raise ConfigError(f"--k must be at least 1, got {k}")
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ConfigError(f"query embeddings must be N × {self.dim} (this index's dimension), got shape {vectors.shape}")
+        if refine is not None and refine < k:
+            raise ConfigError(f"--refine {refine}: re-rank at least k = {k} candidates")
+        if effort is not None and (self.faiss_index is None or self.plan.kind == "flat"):
+            raise ConfigError("--nprobe / --ef apply to ivf, ivfpq and hnsw indexes; this one searches exactly")
+        excluded = np.asarray(sorted(set(exclude_ids or [])), dtype=np.int64)
+        q = for_metric(vectors, self.metric).astype(np.float32)
+        if where is not None:
+            distances, ids = self._filtered(q, k, where, excluded)
+        else:
+            distances, ids = self._knn(q, k + len(excluded), effort, refine)
+        return [self._neighbours(row_d, row_i, excluded, k) for row_d, row_i in zip(distances, ids)]
+
+    def _neighbours(self, distances: np.ndarray, ids: np.ndarray, excluded: np.ndarray, k: int) -> list[Neighbour]:
+        kept = [(float(d), int(i)) for d, i in zip(distances, ids) if i >= 0 and not np.isin(i, excluded)][:k]
+        metadata = self.catalogue.metadata(i for _, i in kept) if self.catalogue else {}
+        return [self._neighbour(i, d, metadata.get(i, {})) for d, i in kept]
+
+    def _neighbour(self, item_id: int, distance: float, metadata: dict[str, str]) -> Neighbour:
+        row = self.row_of(item_id)
+        paths = self.data.paths
+        assert paths is not None  # _load_embeddings refused a file without them
+        return Neighbour(str(paths[row]), distance, self.label_name(int(self.data.labels[row])), item_id, metadata)
+
+    def row_of(self, item_id: int) -> int:
+        """The embeddings' row of an item, or a :class:`ConfigError` for an id this index does not hold."""
+        row = int(np.searchsorted(self.ids, item_id))
+        if row >= len(self.ids) or self.ids[row] != item_id:
+            raise ConfigError(
+                f"item id {item_id} is not in this index (ids run from {self.ids[0]} to {self.ids[-1]}, with gaps where items were removed)"
+            )
+        return row
+
+    def item(self, item_id: int) -> Neighbour:
+        metadata = self.catalogue.metadata([item_id]) if self.catalogue else {}
+        return self._neighbour(item_id, 0.0, metadata.get(item_id, {}))
+
+    def vector(self, item_id: int) -> np.ndarray:
+        """An item's embedding as the model output it."""
+        return np.asarray(self.data.embeddings[self.row_of(item_id)], dtype=np.float32)
+
+    def _knn(self, q: np.ndarray, k: int, effort: int | None = None, refine: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Distances and item ids of each row of ``q``'s k nearest items (-1 where fewer were found)."""
+        k = min(k, self.count)
+        if self.faiss_index is None:
+            distances, rows = exact_knn(q, for_metric(self.data.embeddings, self.metric).astype(np.float32), k, self.metric)
+            return distances, self.ids[rows]
+        index_kinds.set_search_effort(self.faiss_index, self.plan, effort)
+        try:
+            scores, ids = self.faiss_index.search(np.ascontiguousarray(q), min(max(k, refine or 0), self.count))
+        finally:
+            index_kinds.set_search_effort(self.faiss_index, self.plan, (self.meta["faiss"] or {}).get("effort"))
+        if refine:
+            return self._rerank(q, ids, k)
+        return self._distances(scores), ids
+
+    def _distances(self, scores: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.maximum(scores, 0)) if self.metric == "euclidean" else 1.0 - scores
+
+    def _rerank(self, q: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest of each query's candidate ids by exact distance."""
+        out_d = np.full((len(q), k), np.inf, dtype=np.float64)
+        out_i = np.full((len(q), k), -1, dtype=np.int64)
+        for n, (query, ids) in enumerate(zip(q, candidates)):
+            ids = ids[ids >= 0]
+            if len(ids) == 0:
+                continue
+            rows = np.searchsorted(self.ids, ids)
+            vectors = for_metric(np.asarray(self.data.embeddings[rows], dtype=np.float32), self.metric)
+            distances, order = exact_knn(query[None], vectors, min(k, len(ids)), self.metric)
+            out_d[n, : order.shape[1]], out_i[n, : order.shape[1]] = distances[0], ids[order[0]]
+        return out_d, out_i
+
+    def _filtered(self, q: np.ndarray, k: int, where: str, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Search among the items passing ``where``: exactly when few pass, else through the index told
+        to skip the others (faiss's id selector), falling back to exact search for a query that still
+        came up short (an IVF's probed clusters may hold fewer than k passing items)."""
+        if self.catalogue is None:
+            raise ConfigError("--where needs an index with a catalogue of metadata; rebuild it with this version")
+        passing = np.setdiff1d(self.catalogue.matching(where, self.generation), excluded)
+        k = min(k, len(passing))
+        if k == 0:
+            return np.zeros((len(q), 0)), np.zeros((len(q), 0), dtype=np.int64)
+        if self.faiss_index is not None and len(passing) >= EXACT_FILTERED_BELOW:
+            import faiss
+
+            ivf = self.plan.kind in ("ivf", "ivfpq")
+            params: Any = faiss.SearchParametersIVF() if ivf else faiss.SearchParameters()
+            params.sel = selector = faiss.IDSelectorBatch(passing)  # noqa: F841 (kept alive while faiss searches)
+            if ivf:
+                params.nprobe = faiss.extract_index_ivf(self.faiss_index).nprobe
+            scores, ids = self.faiss_index.search(np.ascontiguousarray(q), k, params=params)
+            short = (ids < 0).any(axis=1)
+            distances = self._distances(scores)
+            if short.any():
+                distances[short], ids[short] = self._exact_among(q[short], passing, k)
+            return distances, ids
+        return self._exact_among(q, passing, k)
+
+    def _exact_among(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.searchsorted(self.ids, ids)
+        vectors = for_metric(np.asarray(self.data.embeddings[rows], dtype=np.float32), self.metric)
+        distances, order = exact_knn(q, vectors, k, self.metric)
+        return distances, ids[order]
 
 
 def exact_knn(queries: np.ndarray, gallery: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,8 @@ Four kinds, by faiss's ``index_factory`` descriptions:
   faiss's fast-scan kernels (``IVF{nlist},PQ{m}x4fs``): m/2 + 8 bytes per vector, for catalogues that do
   not fit. Without an OPQ rotation: training one (and 8-bit codes) took 107 s (38 s) for 10^4 × 32 vectors
   on the 2 cores we measure on, against 4 s for these codes.
-- ``hnsw``: a graph of 32 links per vector (``HNSW32``): 4·d + 256 bytes per vector, fast and accurate but
-  slow to build on few cores, and faiss cannot remove items from it; chosen only when asked for.
+- ``hnsw``: a graph of 32 links per vector (``HNSW32``): 4·d + 256 bytes per vector (and its id), fast and
+  accurate but slow to build on few cores, and faiss cannot remove items from it; chosen only when asked for.
 
 The rules (after autofaiss's published ones, written here): ``nlist`` ≈ 4·√n rounded to a power of two,
 trained on at most 64 vectors per cluster drawn at random; PQ's ``m`` is the largest even divisor of d
@@ -39,6 +39,7 @@ FLAT_BELOW = 50_000  # items: exact search is fast enough below this, and nothin
 TARGET_RECALL = 0.95  # recall@10 against exact search that the default nprobe / efSearch must reach
 HNSW_LINKS = 32
 TRAIN_PER_CLUSTER = 64  # faiss warns below 39 training points per cluster; more only slows training
+MIN_PQ_ITEMS = 1_000  # below this the 16 centroids of each code train on too few vectors to mean anything
 CHUNK = 65_536  # rows added per call: building never holds more than this many rows beyond the index itself
 
 
@@ -94,6 +95,8 @@ def plan_index(count: int, dim: int, metric: str = "euclidean", kind: str = "aut
             kind = "ivf"
         else:
             kind = "ivfpq"
+    if kind == "ivfpq" and count < MIN_PQ_ITEMS:
+        raise ConfigError(f"--kind ivfpq needs at least {MIN_PQ_ITEMS} items to train its codes, got {count}; use flat or ivf")
     nlist = clusters_for(count)
     if kind == "flat":
         return IndexPlan("flat", "Flat", dim, metric, {}, flat_bytes)
@@ -126,24 +129,26 @@ def chunks(count: int, size: int = CHUNK) -> Iterator[tuple[int, int]]:
         yield start, min(count, start + size)
 
 
-def build(plan: IndexPlan, rows: Callable[[np.ndarray], np.ndarray], count: int, seed: int = 0) -> Any:
-    """A faiss index of ``plan`` holding rows 0..count-1 under ids 0..count-1; ``rows(indices)`` reads rows
-    (as stored: unit length already for cosine), so the gallery is added chunk by chunk."""
+def build(plan: IndexPlan, rows: Callable[[np.ndarray], np.ndarray], count: int, seed: int = 0, ids: np.ndarray | None = None) -> Any:
+    """A faiss index of ``plan`` holding rows 0..count-1 under ``ids`` (default 0..count-1); ``rows(indices)``
+    reads rows (as stored: unit length already for cosine), so the gallery is added chunk by chunk."""
     faiss = _faiss()
     index = faiss.index_factory(plan.dim, plan.factory, _metric_type(faiss, plan.metric))
     if plan.kind == "hnsw":
         faiss.downcast_index(index).hnsw.efConstruction = plan.params["ef_construction"]
-    else:
-        index = faiss.IndexIDMap2(index) if plan.kind == "flat" else index  # stable ids for add and remove
+    if plan.kind in ("flat", "hnsw"):
+        index = faiss.IndexIDMap2(index)  # stable ids (inverted lists keep their own)
     if not index.is_trained:
         index.train(train_sample(rows, count, plan, seed))
+    add_rows(index, rows, count, np.arange(count, dtype=np.int64) if ids is None else ids)
+    return index
+
+
+def add_rows(index: Any, rows: Callable[[np.ndarray], np.ndarray], count: int, ids: np.ndarray) -> None:
+    """Add rows 0..count-1 to a trained index under ``ids``, a chunk at a time."""
     for start, stop in chunks(count):
         vectors = np.ascontiguousarray(rows(np.arange(start, stop)), dtype=np.float32)
-        if plan.kind == "hnsw":
-            index.add(vectors)  # HNSW numbers its vectors in order: the ids are the row numbers
-        else:
-            index.add_with_ids(vectors, np.arange(start, stop, dtype=np.int64))
-    return index
+        index.add_with_ids(vectors, np.ascontiguousarray(ids[start:stop], dtype=np.int64))
 
 
 def set_search_effort(index: Any, plan: IndexPlan, effort: int | None) -> None:
@@ -151,8 +156,8 @@ def set_search_effort(index: Any, plan: IndexPlan, effort: int | None) -> None:
     if effort is None or plan.kind == "flat":
         return
     faiss = _faiss()
-    if plan.kind == "hnsw":
-        faiss.downcast_index(index).hnsw.efSearch = int(effort)
+    if plan.kind == "hnsw":  # under the id map
+        faiss.downcast_index(faiss.downcast_index(index).index).hnsw.efSearch = int(effort)
     else:
         faiss.extract_index_ivf(index).nprobe = int(min(effort, plan.params["nlist"]))
 
@@ -209,11 +214,19 @@ class Measured:
 
 
 def measure(
-    index: Any, plan: IndexPlan, rows: Callable[[np.ndarray], np.ndarray], count: int, queries: int = 1000, k: int = 10
+    index: Any,
+    plan: IndexPlan,
+    rows: Callable[[np.ndarray], np.ndarray],
+    count: int,
+    queries: int = 1000,
+    k: int = 10,
+    ids: np.ndarray | None = None,
 ) -> Measured:
     """Recall@1 and recall@k of ``index`` against exact search on held-out gallery queries; for the
     approximate kinds, at the smallest nprobe / efSearch (doubling from 1, or from k for HNSW) that reaches
-    :data:`TARGET_RECALL` recall@k, or the largest one tried."""
+    :data:`TARGET_RECALL` recall@k, or the largest one tried. ``ids``: the index's id of each row, ascending
+    (default: the row numbers)."""
+    item_ids = ids
     ids = held_out_queries(count, queries)
     k = min(k, count - 1)
     if k < 1:
@@ -231,6 +244,8 @@ def measure(
     for effort in efforts:
         set_search_effort(index, plan, effort)
         _, found = index.search(q, k + 1)
+        if item_ids is not None:  # the index answers in item ids; exact search in row numbers
+            found = np.where(found >= 0, np.searchsorted(item_ids, found), -1)
         found = _without_self(found, ids, k)
         at_1 = float(np.mean(found[:, 0] == exact[:, 0]))
         at_k = recall_at(found, exact, k)

@@ -1,0 +1,203 @@
+"""Adding items to a built index and removing them, in place and atomically.
+
+An update writes the next generation of the index (see :mod:`.catalogue`): the catalogue's new rows, a
+new embeddings file and a new faiss file under new names, then ``index.json`` naming them, and only then
+deletes the previous generation's files. Until ``index.json`` is replaced the previous index is whole and
+is what every search reads; a crash at any point leaves it so, and the next update clears what the
+crashed one wrote. Ids are stable: an item keeps its id across updates and a removed id is never reused.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metrictransfer.data.images import ImageFolderDataset
+from metrictransfer.errors import ConfigError, DataError, MissingFileError, SearchIndexError
+from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, save_embeddings
+from metrictransfer.io import atomic_write_text
+from metrictransfer.output_folder import claim_output
+from metrictransfer.retrieval import index_kinds
+from metrictransfer.retrieval.build import csv_metadata, save_faiss
+from metrictransfer.retrieval.gallery import INDEX_FILE, Gallery, IndexLock, contents_record, for_metric, ids_sha256, list_images
+
+
+def generation_file(name: str, generation: int) -> str:
+    """``embeddings.npz`` → ``embeddings.g3.npz``: each generation's files under their own names."""
+    stem, dot, suffix = name.partition(".")
+    return name if generation == 0 else f"{stem}.g{generation}{dot}{suffix}"
+
+
+def read_ids(given: str) -> tuple[list[int], list[str]]:
+    """Ids and paths to remove: ``"3,17,20"``, or a CSV file with an ``id`` and/or a ``path`` column."""
+    source = Path(given)
+    if not source.is_file():
+        try:
+            return [int(part) for part in given.split(",") if part.strip()], []
+        except ValueError:
+            raise ConfigError(f"--remove {given!r}: expected item ids like 3,17,20 or a CSV file with an id or path column") from None
+    with open(source, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        if "id" not in fields and "path" not in fields:
+            raise DataError(f"{source}: expected a header with an 'id' or a 'path' column, got {fields}")
+        rows = list(reader)
+    try:
+        ids = [int(row["id"]) for row in rows if (row.get("id") or "").strip()]
+    except ValueError as err:
+        raise DataError(f"{source}: an 'id' is not an integer ({err})") from None
+    paths = [str((source.parent / row["path"]).resolve()) for row in rows if (row.get("path") or "").strip()]
+    return ids, paths
+
+
+def update_index(
+    index_dir: str | Path,
+    add: str | Path | None = None,
+    remove: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 128,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Add the images of ``add`` (a folder or CSV, as ``index --images`` takes; a CSV's metadata columns
+    must be the index's) and remove the items ``remove`` names; returns the new ``index.json``."""
+    if add is None and remove is None:
+        raise ConfigError("nothing to change: give --add IMAGES and/or --remove IDS")
+    index_dir = Path(index_dir)
+    lock = claim_output(index_dir, "index", IndexLock(index_dir), resume=True, clear=False, option="--index")
+    try:
+        gallery = Gallery(index_dir)
+        if gallery.catalogue is None:
+            raise SearchIndexError(
+                f"{index_dir} was built before indexes kept a catalogue and cannot be updated; rebuild it with --overwrite"
+            )
+        return _Update(gallery, batch_size, device, progress).apply(add, remove)
+    finally:
+        assert lock.manifest is not None
+        lock.manifest.record_present()
+        lock.release()
+
+
+class _Update:
+    def __init__(self, gallery: Gallery, batch_size: int, device: str, progress: bool) -> None:
+        self.gallery, self.batch_size, self.device, self.progress = gallery, batch_size, device, progress
+        self.generation = gallery.generation + 1
+        self.meta: dict[str, Any] = json.loads(json.dumps(gallery.meta))  # a copy to change
+
+    def apply(self, add: str | Path | None, remove: str | None) -> dict[str, Any]:
+        g, catalogue = self.gallery, self.gallery.catalogue
+        assert catalogue is not None
+        removed = self._ids_to_remove(remove) if remove is not None else np.zeros(0, dtype=np.int64)
+        if len(removed) and g.plan.kind == "hnsw" and g.faiss_index is not None:
+            raise ConfigError(
+                f"{g.index_dir} is an hnsw index, from which faiss cannot remove items; rebuild it without them (or with --kind ivf)"
+            )
+        new_paths, new_labels, new_vectors, metadata = self._items_to_add(add) if add is not None else ([], [], None, None)
+        keep = ~np.isin(g.ids, removed)
+        with catalogue.db:  # one transaction: the rows of this generation, all or none
+            catalogue.discard_after(g.generation)
+            catalogue.remove(self.generation, removed.tolist())
+            new_ids = catalogue.add(self.generation, new_paths, new_labels, metadata)
+        ids = np.concatenate([g.ids[keep], new_ids])
+        paths = g.data.paths
+        assert paths is not None
+        embeddings = np.asarray(g.data.embeddings, dtype=np.float32)[keep]
+        if new_vectors is not None:
+            embeddings = np.concatenate([embeddings, new_vectors])
+        data = EmbeddingsFile(
+            embeddings,
+            np.concatenate([np.asarray(g.data.labels)[keep], np.asarray(new_labels, dtype=np.int64)]),
+            np.concatenate([np.asarray(paths)[keep].astype(str), np.asarray(new_paths, dtype=str)]),
+            metric=g.metric,
+        )
+        if len(ids) == 0:
+            raise ConfigError("this would leave the index empty; remove the index folder instead")
+        files = self._write(data, ids, removed, new_ids, new_vectors)
+        self.meta.update(generation=self.generation, count=len(ids))
+        self.meta["catalogue"]["ids_sha256"] = ids_sha256(ids)
+        atomic_write_text(json.dumps(self.meta, indent=2), g.index_dir / INDEX_FILE)  # the switch to the new generation
+        for old in files:
+            (g.index_dir / old).unlink(missing_ok=True)
+        with catalogue.db:
+            catalogue.forget_removed(self.generation)
+        return self.meta
+
+    def _ids_to_remove(self, remove: str) -> np.ndarray:
+        ids, paths = read_ids(remove)
+        known_paths = {
+            str(p): int(i) for p, i in zip(self.gallery.data.paths if self.gallery.data.paths is not None else [], self.gallery.ids)
+        }
+        missing_paths = [p for p in paths if p not in known_paths]
+        missing = [i for i in ids if not np.isin(i, self.gallery.ids)]
+        if missing or missing_paths:
+            shown = ", ".join([str(i) for i in missing[:5]] + missing_paths[:5])
+            raise ConfigError(
+                f"--remove: {len(missing) + len(missing_paths)} item(s) are not in this index, first: {shown}; nothing was changed"
+            )
+        return np.unique(np.asarray(ids + [known_paths[p] for p in paths], dtype=np.int64))
+
+    def _items_to_add(self, add: str | Path) -> tuple[list[str], list[int], np.ndarray, list[dict[str, str]] | None]:
+        from metrictransfer.evaluation.embed import extract_embeddings
+        from metrictransfer.evaluation.evaluate import with_test_transform
+        from metrictransfer.retrieval.checkpoint_model import model_fingerprint
+        from metrictransfer.runtime.checkpoint import load_embedding_model
+
+        g = self.gallery
+        listed = list_images(add)
+        columns, metadata = csv_metadata(add)
+        unknown = sorted(set(columns) - set(g.metadata_columns))
+        if unknown:
+            have = ", ".join(g.metadata_columns) or "none"
+            raise ConfigError(f"{add}: metadata column(s) {', '.join(unknown)} are not in this index (its columns: {have})")
+        paths = [str((listed.root / p).resolve()) for p in listed.paths]
+        already = sorted(set(paths) & {str(p) for p in (g.data.paths if g.data.paths is not None else [])})
+        if already:
+            raise ConfigError(
+                f"{add}: {len(already)} image(s) are in the index already, first: {already[0]}; remove them first to replace them"
+            )
+        checkpoint = g.meta["checkpoint"]
+        if not Path(checkpoint).exists():
+            raise MissingFileError(f"the run {checkpoint} that built {g.index_dir} is gone; adding items needs its model")
+        model, config = load_embedding_model(checkpoint, name=g.meta.get("model"))
+        if model_fingerprint(model) != g.meta["fingerprint"]:
+            raise SearchIndexError(
+                f"the model in {checkpoint} is not the one that built {g.index_dir} (its weights changed); rebuild the index"
+            )
+        dataset = with_test_transform(ImageFolderDataset(listed, bad_hint=f"fix it or remove it from {add}"), config.data)
+        vectors = extract_embeddings(model.to(self.device), dataset, self.batch_size, self.device, progress=self.progress)[0].numpy()
+        classes = self.meta["classes"]
+        labels = []
+        for label in listed.labels:
+            name = listed.classes[int(label)] if label >= 0 and listed.classes else None
+            if name is not None and name not in classes:
+                classes.append(name)
+            labels.append(classes.index(name) if name is not None else -1)
+        return paths, labels, vectors.astype(np.float32), metadata
+
+    def _write(
+        self, data: EmbeddingsFile, ids: np.ndarray, removed: np.ndarray, new_ids: np.ndarray, new_vectors: np.ndarray | None
+    ) -> list[str]:
+        """Write the new generation's embeddings and faiss files; returns the previous generation's names."""
+        g, meta = self.gallery, self.meta
+        old = [meta["embeddings"]["file"]]
+        embeddings_file = generation_file("embeddings.npz", self.generation)
+        save_embeddings(g.index_dir / embeddings_file, data)
+        meta["embeddings"] = {**contents_record(data, meta["classes"]), "file": embeddings_file}
+        if g.faiss_index is not None:
+            import faiss
+
+            index = g.faiss_index
+            if len(removed):
+                index.remove_ids(faiss.IDSelectorBatch(removed))
+            if new_vectors is not None:
+                rows = for_metric(new_vectors, g.metric).astype(np.float32)
+                index_kinds.add_rows(index, lambda r: rows[r], len(rows), new_ids)
+            old.append(meta["faiss"]["file"])
+            record = save_faiss(index, g.index_dir / generation_file("faiss.index", self.generation))
+            meta["faiss"] = {**meta["faiss"], **record}
+            if meta["faiss"].get("measured", {}).get("exact") is None:
+                meta["faiss"]["measured"]["at_count"] = meta["faiss"]["measured"].get("at_count", g.count)
+        return [name for name in old if name not in (embeddings_file, meta["faiss"] and meta["faiss"].get("file"))]
