@@ -15,7 +15,7 @@ from typing import Any
 from metrictransfer.config import RunConfig, build_config, load_config
 from metrictransfer.errors import ConfigError, MissingFileError, command_option, setting
 
-__all__ = ["distill", "embed", "evaluate", "export", "index", "search", "train", "tune"]
+__all__ = ["distill", "embed", "evaluate", "export", "index", "search", "train", "tune", "update_index"]
 
 
 def _config(recipe: str | Path | dict[str, Any] | RunConfig, overrides: Sequence[str]) -> RunConfig:
@@ -179,21 +179,47 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path, model: str | None 
 
 
 def index(
-    checkpoint: str | Path, images: str | Path, out: str | Path, *, model: str | None = None, device: str = "cpu", overwrite: bool = False
+    checkpoint: str | Path,
+    images: str | Path,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+    kind: str = "auto",
+    memory: int | None = None,
 ) -> dict[str, Any]:
-    """A searchable index of ``images`` embedded by the run's model; returns ``index.json``'s contents."""
+    """A searchable index of ``images`` embedded by the run's model; returns ``index.json``'s contents.
+    ``kind``: auto, flat, ivf, ivfpq or hnsw; ``memory``: a budget in bytes for the vectors (auto chooses within it)."""
     from metrictransfer.retrieval.build import build_index
 
-    return build_index(checkpoint, images, out, model, device, overwrite=overwrite)
+    return build_index(checkpoint, images, out, model, device, overwrite=overwrite, kind=kind, memory=memory)
+
+
+def update_index(index: str | Path, *, add: str | Path | None = None, remove: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Add the images of ``add`` (a folder or CSV) to a built index and remove the items ``remove`` names
+    (ids like ``"3,17"`` or a CSV with an id or path column), atomically; returns the new ``index.json``."""
+    from metrictransfer.retrieval.update import update_index as update
+
+    return update(index, add, remove, device)
 
 
 def search(
-    index: str | Path, queries: Sequence[str | Path], k: int = 10, *, exclude_self: bool = False, checkpoint: str | Path | None = None
+    index: str | Path,
+    queries: Sequence[str | Path],
+    k: int = 10,
+    *,
+    exclude_self: bool = False,
+    checkpoint: str | Path | None = None,
+    effort: int | None = None,
+    refine: int | None = None,
+    where: str | None = None,
 ) -> list[Any]:
-    """The ``k`` nearest gallery images of each query (``Neighbour``: path, distance, label), nearest first."""
+    """The ``k`` nearest gallery images of each query (``Neighbour``: path, distance, label, id, metadata),
+    nearest first; ``effort`` (nprobe or efSearch), ``refine`` and ``where`` as ``search`` takes them."""
     from metrictransfer.retrieval.gallery import Gallery
 
-    return Gallery(index, checkpoint).search(list(queries), k, exclude_self=exclude_self)
+    return Gallery(index, checkpoint).search(list(queries), k, exclude_self=exclude_self, effort=effort, refine=refine, where=where)
 
 
 def tune(recipe: str | Path, space: str | Path, trials: int, out: str | Path, **options: Any) -> dict[str, Any]:
