@@ -241,3 +241,10 @@ def test_the_python_api_builds_updates_and_filters(setup, tmp_path):
     assert meta["count"] == 89 and meta["generation"] == 1
     [found] = metrictransfer.search(tmp_path / "index", [root / "green" / "28.png"], k=4, where="number >= 26", refine=20)
     assert found[0].path.endswith("green/28.png") and all(int(n.metadata["number"]) >= 26 for n in found)
+
+
+def test_where_reads_labels_by_class_name(setup):
+    _, _, indexes = setup
+    g = Gallery(indexes["flat"])
+    [found] = g.search_vectors(g.data.embeddings[:1], 30, where="label = blue and number < 5")
+    assert len(found) == 5 and {n.label for n in found} == {"blue"}

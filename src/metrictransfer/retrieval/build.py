@@ -128,7 +128,7 @@ def _write_index(
     with staged_path(out / CATALOGUE_FILE) as staged:
         catalogue = Catalogue(staged, create_columns=columns)
         with catalogue.db:
-            catalogue.add(0, list(paths), [int(x) for x in listed.labels], metadata)
+            catalogue.add(0, list(paths), [listed.classes[x] if x >= 0 else None for x in listed.labels], metadata)
         catalogue.close()
     meta = {
         "index_format": INDEX_FORMAT,

@@ -53,7 +53,7 @@ class Catalogue:
             extra = "".join(f", {_quoted(c)} TEXT" for c in create_columns)
             with self.db:
                 self.db.execute(
-                    "CREATE TABLE items (id INTEGER PRIMARY KEY, path TEXT NOT NULL, label INTEGER NOT NULL, "
+                    "CREATE TABLE items (id INTEGER PRIMARY KEY, path TEXT NOT NULL, label TEXT, "
                     f"added INTEGER NOT NULL, removed INTEGER{extra})"
                 )
         try:
@@ -119,8 +119,11 @@ class Catalogue:
                 values.append(float(text))
         return " AND ".join(sql), values
 
-    def add(self, generation: int, paths: Sequence[str], labels: Sequence[int], metadata: Sequence[dict[str, str]] | None) -> np.ndarray:
-        """Insert items as added by ``generation``; returns their new ids (consecutive, after every earlier id)."""
+    def add(
+        self, generation: int, paths: Sequence[str], labels: Sequence[str | None], metadata: Sequence[dict[str, str]] | None
+    ) -> np.ndarray:
+        """Insert items (their class names, None where unlabelled) as added by ``generation``; returns their
+        new ids (consecutive, after every earlier id)."""
         unknown = sorted({c for row in metadata or [] for c in row} - set(self.columns))
         if unknown:
             raise ConfigError(
@@ -131,7 +134,7 @@ class Catalogue:
         names = ", ".join(["id", "path", "label", "added", *map(_quoted, self.columns)])
         marks = ",".join("?" * (4 + len(self.columns)))
         rows = (
-            (first + i, str(p), int(label), generation, *[(metadata[i] if metadata else {}).get(c) for c in self.columns])
+            (first + i, str(p), label, generation, *[(metadata[i] if metadata else {}).get(c) for c in self.columns])
             for i, (p, label) in enumerate(zip(paths, labels))
         )
         self.db.executemany(f"INSERT INTO items ({names}) VALUES ({marks})", rows)

@@ -100,7 +100,8 @@ class _Update:
         with catalogue.db:  # one transaction: the rows of this generation, all or none
             catalogue.discard_after(g.generation)
             catalogue.remove(self.generation, removed.tolist())
-            new_ids = catalogue.add(self.generation, new_paths, new_labels, metadata)
+            names = [self.meta["classes"][x] if x >= 0 else None for x in new_labels]
+            new_ids = catalogue.add(self.generation, new_paths, names, metadata)
         ids = np.concatenate([g.ids[keep], new_ids])
         paths = g.data.paths
         assert paths is not None
