@@ -175,6 +175,7 @@ def write_faiss(
         "params": plan.params,
         "bytes_per_vector": plan.bytes_per_vector,
         "effort": measured.effort if measured else None,
+        "refine": plan.refine,
         "measured": asdict(measured) if measured else {"exact": True},
     }
 

@@ -209,7 +209,8 @@ class Gallery:
     def _plan(self) -> index_kinds.IndexPlan:
         record = self.meta["faiss"] or {}
         kind = record.get("kind", "flat")  # indexes from before the other kinds are flat
-        plan = index_kinds.IndexPlan(kind, record.get("factory", "Flat"), self.dim, self.metric, dict(record.get("params", {})))
+        params = dict(record.get("params", {}))
+        plan = index_kinds.IndexPlan(kind, record.get("factory", "Flat"), self.dim, self.metric, params, refine=record.get("refine"))
         if self.faiss_index is not None:
             index_kinds.set_search_effort(self.faiss_index, plan, record.get("effort"))
         return plan
@@ -344,6 +345,9 @@ class Gallery:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ConfigError(f"query embeddings must be N × {self.dim} (this index's dimension), got shape {vectors.shape}")
+        if refine is None:  # the index's default: IVF-PQ re-ranks its candidates, the other kinds need not
+            refine = max(self.plan.refine, k) if self.plan.refine else None
+        refine = refine or None  # 0: no re-ranking, even for IVF-PQ
         if refine is not None and refine < k:
             raise ConfigError(f"--refine {refine}: re-rank at least k = {k} candidates")
         if effort is not None and (self.faiss_index is None or self.plan.kind == "flat"):
@@ -404,17 +408,13 @@ class Gallery:
 
     def _rerank(self, q: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest of each query's candidate ids by exact distance."""
-        out_d = np.full((len(q), k), np.inf, dtype=np.float64)
-        out_i = np.full((len(q), k), -1, dtype=np.int64)
-        for n, (query, ids) in enumerate(zip(q, candidates)):
-            ids = ids[ids >= 0]
-            if len(ids) == 0:
-                continue
-            rows = np.searchsorted(self.ids, ids)
-            vectors = for_metric(np.asarray(self.data.embeddings[rows], dtype=np.float32), self.metric)
-            distances, order = exact_knn(query[None], vectors, min(k, len(ids)), self.metric)
-            out_d[n, : order.shape[1]], out_i[n, : order.shape[1]] = distances[0], ids[order[0]]
-        return out_d, out_i
+        rows = np.where(candidates >= 0, np.searchsorted(self.ids, candidates), -1)
+        distances, nearest = index_kinds.rerank(q, rows, self._rows, k, self.metric)
+        return distances, np.where(nearest >= 0, self.ids[np.maximum(nearest, 0)], -1)
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        """Embeddings' rows as the index holds them (unit length for cosine)."""
+        return for_metric(np.asarray(self.data.embeddings[rows], dtype=np.float32), self.metric)
 
     def _filtered(self, q: np.ndarray, k: int, where: str, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Search among the items passing ``where``: exactly when few pass, else through the index told

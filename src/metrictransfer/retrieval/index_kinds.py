@@ -39,6 +39,7 @@ FLAT_BELOW = 50_000  # items: exact search is fast enough below this, and nothin
 TARGET_RECALL = 0.95  # recall@10 against exact search that the default nprobe / efSearch must reach
 HNSW_LINKS = 32
 TRAIN_PER_CLUSTER = 64  # faiss warns below 39 training points per cluster; more only slows training
+REFINE_CANDIDATES = 100  # IVF-PQ: candidates taken from the codes and re-ranked with the stored vectors
 MIN_PQ_ITEMS = 1_000  # below this the 16 centroids of each code train on too few vectors to mean anything
 CHUNK = 65_536  # rows added per call: building never holds more than this many rows beyond the index itself
 
@@ -53,6 +54,7 @@ class IndexPlan:
     metric: str
     params: dict[str, int] = field(default_factory=dict)
     bytes_per_vector: float = 0.0
+    refine: int | None = None  # candidates re-ranked by exact distance by default (IVF-PQ's coarse codes need it)
 
 
 def _faiss() -> Any:
@@ -107,7 +109,8 @@ def plan_index(count: int, dim: int, metric: str = "euclidean", kind: str = "aut
     if kind == "ivf":
         return IndexPlan("ivf", f"IVF{nlist},Flat", dim, metric, {"nlist": nlist}, ivf_bytes)
     m = pq_codes_for(dim, budget)
-    return IndexPlan("ivfpq", f"IVF{nlist},PQ{m}x4fs", dim, metric, {"nlist": nlist, "m": m, "nbits": 4}, m / 2 + 8.0)
+    params = {"nlist": nlist, "m": m, "nbits": 4}
+    return IndexPlan("ivfpq", f"IVF{nlist},PQ{m}x4fs", dim, metric, params, m / 2 + 8.0, refine=REFINE_CANDIDATES)
 
 
 def _metric_type(faiss: Any, metric: str) -> int:
@@ -211,6 +214,26 @@ class Measured:
     recall_at_10: float
     queries: int
     tried: list[dict[str, float]] = field(default_factory=list)
+    refine: int | None = None
+
+
+def rerank(
+    q: np.ndarray, candidates: np.ndarray, rows: Callable[[np.ndarray], np.ndarray], k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest of each query's candidate rows (-1: none) by exact distance: distances and rows, -1
+    and inf where a query had fewer candidates. Reads only the candidates' rows."""
+    out_d = np.full((len(q), k), np.inf, dtype=np.float64)
+    out_r = np.full((len(q), k), -1, dtype=np.int64)
+    for n, (query, found) in enumerate(zip(q, candidates)):
+        found = np.unique(found[found >= 0])  # sorted: a memory-mapped table reads them in order
+        if len(found) == 0:
+            continue
+        vectors = np.asarray(rows(found), dtype=np.float64)
+        diff = vectors - query.astype(np.float64)
+        distances = np.sqrt((diff**2).sum(1)) if metric == "euclidean" else 1.0 - vectors @ query.astype(np.float64)
+        order = np.lexsort((found, distances))[:k]  # ties by row, as exact search breaks them
+        out_d[n, : len(order)], out_r[n, : len(order)] = distances[order], found[order]
+    return out_d, out_r
 
 
 def measure(
@@ -243,9 +266,11 @@ def measure(
     tried: list[dict[str, float]] = []
     for effort in efforts:
         set_search_effort(index, plan, effort)
-        _, found = index.search(q, k + 1)
+        _, found = index.search(q, max(k + 1, plan.refine or 0))
         if item_ids is not None:  # the index answers in item ids; exact search in row numbers
             found = np.where(found >= 0, np.searchsorted(item_ids, found), -1)
+        if plan.refine:
+            found = rerank(q, found, rows, k + 1, plan.metric)[1]
         found = _without_self(found, ids, k)
         at_1 = float(np.mean(found[:, 0] == exact[:, 0]))
         at_k = recall_at(found, exact, k)
@@ -254,4 +279,4 @@ def measure(
             break
     set_search_effort(index, plan, efforts[len(tried) - 1])
     last = tried[-1]
-    return Measured(efforts[len(tried) - 1], last["recall@1"], last[f"recall@{k}"], len(ids), tried)
+    return Measured(efforts[len(tried) - 1], last["recall@1"], last[f"recall@{k}"], len(ids), tried, plan.refine)
