@@ -18,12 +18,16 @@ import numpy as np
 
 from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.errors import ConfigError, DataError, MissingFileError, SearchIndexError
+from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, save_embeddings
+from metrictransfer.evaluation.evaluate import with_test_transform
 from metrictransfer.io import atomic_write_text
 from metrictransfer.output_folder import claim_output
 from metrictransfer.retrieval import index_kinds
 from metrictransfer.retrieval.build import csv_metadata, save_faiss
+from metrictransfer.retrieval.checkpoint_model import model_fingerprint
 from metrictransfer.retrieval.gallery import INDEX_FILE, Gallery, IndexLock, contents_record, for_metric, ids_sha256, list_images
+from metrictransfer.runtime.checkpoint import load_embedding_model
 
 
 def generation_file(name: str, generation: int) -> str:
@@ -141,11 +145,6 @@ class _Update:
         return np.unique(np.asarray(ids + [known_paths[p] for p in paths], dtype=np.int64))
 
     def _items_to_add(self, add: str | Path) -> tuple[list[str], list[int], np.ndarray, list[dict[str, str]] | None]:
-        from metrictransfer.evaluation.embed import extract_embeddings
-        from metrictransfer.evaluation.evaluate import with_test_transform
-        from metrictransfer.retrieval.checkpoint_model import model_fingerprint
-        from metrictransfer.runtime.checkpoint import load_embedding_model
-
         g = self.gallery
         listed = list_images(add)
         columns, metadata = csv_metadata(add)
