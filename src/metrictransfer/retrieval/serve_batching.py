@@ -1,0 +1,138 @@
+"""The search service's micro-batcher: concurrent requests' images embedded together by one thread.
+
+One worker thread owns the model and runs every forward pass, because
+
+* a CPU forward pass already uses every core (onnxruntime's and PyTorch's own thread pools): two passes
+  at once only fight over the cores and both finish later, and neither runtime promises that one model
+  object is safe to call from several threads at once;
+* one pass over a batch of B images costs much less than B passes over one image (the weights are read
+  once, the kernels run on larger matrices), so under load the service answers more requests per second
+  when it gathers the images that arrive together.
+
+A request's image is decoded and preprocessed in the request's own thread (a bad image fails there, for
+that request only), then queued; the worker takes the first queued image, waits at most ``max_wait_s`` for
+more (up to ``max_batch``), embeds them in one pass and hands each request its row. While it computes, new
+requests queue up, so a loaded service batches even with no wait. The queue is bounded: a service that
+falls far behind says so (:class:`BatcherBusyError`) rather than holding ever more images in memory.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+class BatcherBusyError(RuntimeError):
+    """More images wait for the model than the batcher holds: the client should retry later."""
+
+
+@dataclass
+class BatchStats:
+    """What the batcher has done: passes run, images embedded, the largest batch, and batch sizes counted."""
+
+    batches: int = 0
+    images: int = 0
+    largest: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "images": self.images, "largest": self.largest, "sizes": dict(sorted(self.sizes.items()))}
+
+
+_STOP = object()
+
+
+class MicroBatcher(Generic[T]):
+    """Items embedded in batches by ``forward`` (a list of items → one row each) on one worker thread,
+    which starts with the first :meth:`submit` and ends with :meth:`close`."""
+
+    def __init__(
+        self, forward: Callable[[list[T]], np.ndarray], max_batch: int = 32, max_wait_s: float = 0.005, max_pending: int = 256
+    ) -> None:
+        if max_batch < 1 or max_wait_s < 0 or max_pending < 1:
+            raise ValueError(f"max_batch {max_batch} and max_pending {max_pending} must be at least 1, max_wait_s {max_wait_s} at least 0")
+        self.forward, self.max_batch, self.max_wait_s = forward, max_batch, max_wait_s
+        self.stats = BatchStats()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker runs, or will start with the next item: false only if it died of a bug."""
+        thread = self._thread
+        return thread is None or thread.is_alive()
+
+    def submit(self, item: T) -> Future[np.ndarray]:
+        """Queue an item; the future holds its row of ``forward``'s output, or the exception it raised."""
+        future: Future[np.ndarray] = Future()
+        with self._lock:
+            if self._thread is None:  # a worker of its own queue: a closing one may still drain the previous
+                self._queue = queue.Queue(maxsize=self._queue.maxsize)
+                self._thread = threading.Thread(target=self._run, args=(self._queue,), name="metrictransfer-embed", daemon=True)
+                self._thread.start()
+            try:
+                self._queue.put_nowait((item, future))
+            except queue.Full:
+                raise BatcherBusyError(f"{self._queue.maxsize} images already wait for the model; retry in a moment") from None
+        return future
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Embed what is queued, then stop the worker thread (a later :meth:`submit` starts another)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._queue.put(_STOP)  # blocks while the queue is full: the worker is draining it
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self, jobs: queue.Queue[Any]) -> None:
+        while True:
+            first = jobs.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.max_wait_s
+            stop = False
+            while len(batch) < self.max_batch:
+                left = deadline - time.monotonic()
+                try:  # what is queued already, then whatever arrives before the deadline
+                    job = jobs.get(timeout=left) if left > 0 else jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    stop = True
+                    break
+                batch.append(job)
+            self._embed(batch)
+            if stop:
+                return
+
+    def _embed(self, batch: list[tuple[T, Future[np.ndarray]]]) -> None:
+        live = [(item, future) for item, future in batch if future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            rows = self.forward([item for item, _ in live])
+            if len(rows) != len(live):
+                raise RuntimeError(f"the model returned {len(rows)} embeddings for {len(live)} images")
+        except Exception as err:  # every waiting request learns of it; the worker keeps serving
+            for _, future in live:
+                future.set_exception(err)
+            return
+        stats = self.stats
+        stats.batches += 1
+        stats.images += len(live)
+        stats.largest = max(stats.largest, len(live))
+        stats.sizes[len(live)] = stats.sizes.get(len(live), 0) + 1
+        for row, (_, future) in zip(rows, live):
+            future.set_result(row)
