@@ -378,6 +378,8 @@ class SearchService:
 
     def item(self, item_id: int) -> tuple[Neighbour, np.ndarray]:
         """An item and its embedding; an unknown id is a 404."""
+        if not -(2**63) <= item_id < 2**63:  # beyond SQLite's and numpy's integers: no such item either
+            raise HTTPException(404, f"item id {item_id} is not in this index")
         with self.lock:
             try:
                 return self.gallery.item(item_id), self.gallery.vector(item_id)
@@ -407,10 +409,12 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 
 class _Guard:
     """ASGI middleware: security headers on every response; without a token, only requests addressed to a
-    loopback name (DNS rebinding); request bodies cut off at ``max_body`` bytes (413) before they are read."""
+    loopback name (DNS rebinding); request bodies cut off (413) before they are read: at ``max_upload_bytes``
+    and room for a multipart body's headers."""
 
-    def __init__(self, app: Any, max_body: int, loopback_only: bool) -> None:
-        self.app, self.max_body, self.loopback_only = app, max_body, loopback_only
+    def __init__(self, app: Any, max_upload_bytes: int, loopback_only: bool) -> None:
+        self.app, self.limit, self.loopback_only = app, max_upload_bytes, loopback_only
+        self.max_body = max_upload_bytes + MULTIPART_OVERHEAD
 
     async def __call__(
         self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]
@@ -436,7 +440,7 @@ class _Guard:
             return
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _error(413, _too_large(int(length), self.max_body))(scope, receive, send_secured)
+            await _error(413, _too_large(int(length), self.limit))(scope, receive, send_secured)
             return
         received = 0
 
@@ -446,7 +450,7 @@ class _Guard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    raise HTTPException(413, _too_large(None, self.max_body))
+                    raise HTTPException(413, _too_large(None, self.limit))
             return message
 
         await self.app(scope, receive_limited, send_secured)
@@ -458,7 +462,7 @@ def _megabytes(n: int) -> str:
 
 def _too_large(size: int | None, limit: int) -> str:
     sent = f"the request is {_megabytes(size)}" if size is not None else "the request is larger than the limit"
-    return f"{sent}; this server takes at most {_megabytes(limit)} (serve --max-upload-mb): send a smaller image"
+    return f"{sent}; this server takes images of at most {_megabytes(limit)} (serve --max-upload-mb): send a smaller one"
 
 
 async def _read_upload(request: Request, limit: int) -> tuple[bytes, str]:
@@ -562,7 +566,7 @@ def create_app(
     )
     app.state.service = service
     loopback_only = token is None if loopback_only is None else loopback_only
-    app.add_middleware(_Guard, max_body=max_upload_bytes + MULTIPART_OVERHEAD, loopback_only=loopback_only)
+    app.add_middleware(_Guard, max_upload_bytes=max_upload_bytes, loopback_only=loopback_only)
 
     app.state.token = token.encode() if token is not None else None
     api = [Depends(_authorised)] if token is not None else []
