@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -319,18 +322,25 @@ def test_the_batcher_batches_reports_failures_to_each_request_and_bounds_its_que
             raise ValueError("the model failed")
         return np.asarray([[float(x)] for x in items])
 
-    batcher: MicroBatcher = MicroBatcher(forward, max_batch=4, max_wait_s=0.5, max_pending=6)
-    first = batcher.submit(0)  # taken by the worker, which then waits for up to 3 more
-    futures = [batcher.submit(i) for i in (1, 2, 3)]
+    batcher: MicroBatcher = MicroBatcher(forward, max_batch=4, max_wait_s=5, max_pending=6)
     release.set()
-    assert [f.result(5)[0] for f in [first, *futures]] == [0, 1, 2, 3] and seen == [4]
-    failing = [batcher.submit("bad"), batcher.submit(5)]
+    started = time.monotonic()
+    assert batcher.submit(-1).result(5)[0] == -1 and time.monotonic() - started < 1  # alone: no wait
+    release.clear()
+    for _ in range(3):
+        batcher.announce()  # three requests arrived; their images are still being decoded
+    first = batcher.submit(0)  # taken by the worker, which waits for the three announced
+    futures = [batcher.submit(i, announced=True) for i in (1, 2, 3)]
+    release.set()
+    assert [f.result(5)[0] for f in [first, *futures]] == [0, 1, 2, 3] and seen == [1, 4]
+    batcher.announce()
+    failing = [batcher.submit("bad"), batcher.submit(5, announced=True)]  # one batch
     for f in failing:
         with pytest.raises(ValueError, match="the model failed"):
             f.result(5)
-    assert batcher.submit(7).result(5)[0] == 7  # the worker survives a failed batch
+    assert batcher.submit(7).result(5)[0] == 7 and seen == [1, 4, 2, 1]  # the worker survives a failed batch
     batcher.close()
-    assert batcher.stats.largest == 4 and batcher.stats.images == 5
+    assert batcher.stats.largest == 4 and batcher.stats.images == 6
 
     release.clear()
     stuck: MicroBatcher = MicroBatcher(forward, max_batch=1, max_wait_s=0, max_pending=2)
@@ -350,3 +360,21 @@ def test_the_json_of_a_search_is_what_the_schema_says(client):
     assert set(body) == set(schema["ItemNeighbours"]["properties"])
     assert all(set(n) == hit for n in body["neighbours"])
     json.dumps(body)
+
+
+def test_the_load_benchmark_runs_quick_with_no_errors(tmp_path):
+    """benchmarks/serve_load.py --quick: the real server in a process of its own, a tiny model, a few requests."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.serve_load", "--quick", "--out", str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "serve_load.json").read_text())
+    assert [level["concurrency"] for level in record["levels"]] == [1, 4]
+    assert all(level["requests"] > 0 and level["errors"] == 0 for level in record["levels"]), record["levels"]
+    rows = [line for line in (tmp_path / "serve_load.md").read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 2 and all(row.split("|")[3].strip() == "0" for row in rows), rows

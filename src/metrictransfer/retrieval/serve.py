@@ -353,8 +353,13 @@ class SearchService:
         return self.model.prepare(decode_upload(data, name, self.warned))
 
     async def embed(self, data: bytes, name: str) -> np.ndarray:
-        prepared = await run_in_threadpool(self.prepare, data, name)
-        return await asyncio.wrap_future(self.batcher.submit(prepared))
+        """The upload's embedding (its request announced to the batcher already)."""
+        try:
+            prepared = await run_in_threadpool(self.prepare, data, name)
+        except BaseException:
+            self.batcher.withdraw()
+            raise
+        return await asyncio.wrap_future(self.batcher.submit(prepared, announced=True))
 
     def options(self, k: int, where: str | None, nprobe: int | None, ef: int | None, refine: int | None) -> SearchOptions:
         kind = self.gallery.plan.kind
@@ -651,7 +656,12 @@ def create_app(
     )
     async def search_image(request: Request, options: Options) -> Any:
         started = time.perf_counter()
-        data, name = await _read_upload(request, max_upload_bytes)
+        service.batcher.announce()  # a batch being gathered now waits for this image
+        try:
+            data, name = await _read_upload(request, max_upload_bytes)
+        except BaseException:
+            service.batcher.withdraw()
+            raise
         vector = await service.embed(data, name)
         [found] = await run_in_threadpool(service.search, vector[None], options)
         return {"neighbours": _hits(found), "took_ms": 1000 * (time.perf_counter() - started)}

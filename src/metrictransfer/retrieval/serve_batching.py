@@ -10,10 +10,13 @@ One worker thread owns the model and runs every forward pass, because
   when it gathers the images that arrive together.
 
 A request's image is decoded and preprocessed in the request's own thread (a bad image fails there, for
-that request only), then queued; the worker takes the first queued image, waits at most ``max_wait_s`` for
-more (up to ``max_batch``), embeds them in one pass and hands each request its row. While it computes, new
-requests queue up, so a loaded service batches even with no wait. The queue is bounded: a service that
-falls far behind says so (:class:`BatcherBusyError`) rather than holding ever more images in memory.
+that request only), then queued; the worker takes the first queued image and everything queued behind it
+(up to ``max_batch``), embeds them in one pass and hands each request its row. While it computes, new
+requests queue up, so a loaded service batches by itself. A request announces itself (:meth:`announce`)
+when it arrives, before its upload is read and decoded; while some announced request has not queued its
+image yet, the worker waits for it, at most ``max_wait_s``. So a lone request never waits, and requests
+that arrive together share a batch. The queue is bounded: a service that falls far behind says so
+(:class:`BatcherBusyError`) rather than holding ever more images in memory.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class MicroBatcher(Generic[T]):
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._announced = 0  # requests that will submit an image soon (or withdraw)
 
     @property
     def alive(self) -> bool:
@@ -72,10 +76,23 @@ class MicroBatcher(Generic[T]):
         thread = self._thread
         return thread is None or thread.is_alive()
 
-    def submit(self, item: T) -> Future[np.ndarray]:
+    def announce(self) -> None:
+        """A request will submit an image soon: a batch being gathered waits for it (at most max_wait_s).
+        Follow with :meth:`submit` (``announced=True``) or :meth:`withdraw`."""
+        with self._lock:
+            self._announced += 1
+
+    def withdraw(self) -> None:
+        """An announced request will not submit (its upload was refused)."""
+        with self._lock:
+            self._announced = max(0, self._announced - 1)
+
+    def submit(self, item: T, announced: bool = False) -> Future[np.ndarray]:
         """Queue an item; the future holds its row of ``forward``'s output, or the exception it raised."""
         future: Future[np.ndarray] = Future()
         with self._lock:
+            if announced:
+                self._announced = max(0, self._announced - 1)
             if self._thread is None:  # a worker of its own queue: a closing one may still drain the previous
                 self._queue = queue.Queue(maxsize=self._queue.maxsize)
                 self._thread = threading.Thread(target=self._run, args=(self._queue,), name="metrictransfer-embed", daemon=True)
@@ -104,11 +121,16 @@ class MicroBatcher(Generic[T]):
             deadline = time.monotonic() + self.max_wait_s
             stop = False
             while len(batch) < self.max_batch:
-                left = deadline - time.monotonic()
-                try:  # what is queued already, then whatever arrives before the deadline
-                    job = jobs.get(timeout=left) if left > 0 else jobs.get_nowait()
+                try:  # what is queued already, then what announced requests queue before the deadline
+                    job = jobs.get_nowait()
                 except queue.Empty:
-                    break
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._announced == 0:
+                        break
+                    try:
+                        job = jobs.get(timeout=min(left, 0.001))
+                    except queue.Empty:
+                        continue
                 if job is _STOP:
                     stop = True
                     break
