@@ -46,7 +46,7 @@ try:
     from fastapi import Path as PathParam
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from pydantic import BaseModel, Field
     from starlette.datastructures import UploadFile
@@ -715,7 +715,7 @@ def create_app(
             raise HTTPException(404, f"item {item_id}'s image file is missing on the server (the index lists {file.name})")
         if size is None:
             media = IMAGE_TYPES.get(file.suffix.lower(), "application/octet-stream")
-            return Response(file.read_bytes(), media_type=media, headers=headers)
+            return FileResponse(file, media_type=media, headers=headers)  # streamed: a gallery file may be large
         return Response(_thumbnail(file, size, service.warned), media_type="image/jpeg", headers=headers)
 
     return app

@@ -3,11 +3,12 @@
 One worker thread owns the model and runs every forward pass, because
 
 * a CPU forward pass already uses every core (onnxruntime's and PyTorch's own thread pools): two passes
-  at once only fight over the cores and both finish later, and neither runtime promises that one model
-  object is safe to call from several threads at once;
-* one pass over a batch of B images costs much less than B passes over one image (the weights are read
-  once, the kernels run on larger matrices), so under load the service answers more requests per second
-  when it gathers the images that arrive together.
+  at once only fight over the cores, their thread pools oversubscribing them, and both finish later than
+  one after the other would;
+* images that arrive together go through the model in one pass: on a GPU (the run's PyTorch model,
+  ``device="cuda"``) a batch of B costs little more than one image; on a CPU the saving is small (a ResNet-18 on
+  2 cores: 24.8 ms an image in a batch of 8 against 25.2 ms alone, benchmarks/results/serve_load.md), and
+  what counts there is the first point: one pass at a time, each using every core.
 
 A request's image is decoded and preprocessed in the request's own thread (a bad image fails there, for
 that request only), then queued; the worker takes the first queued image and everything queued behind it
