@@ -7,7 +7,7 @@ One worker thread owns the model and runs every forward pass, because
   one after the other would;
 * images that arrive together go through the model in one pass: on a GPU (the run's PyTorch model,
   ``device="cuda"``) a batch of B costs little more than one image; on a CPU the saving is small (a ResNet-18 on
-  2 cores: 24.8 ms an image in a batch of 8 against 25.2 ms alone, benchmarks/results/serve_load.md), and
+  2 cores: 19.6 ms an image in a batch of 8 against 20.5 ms alone, benchmarks/results/serve_load.md), and
   what counts there is the first point: one pass at a time, each using every core.
 
 A request's image is decoded and preprocessed in the request's own thread (a bad image fails there, for
