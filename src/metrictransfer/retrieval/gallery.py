@@ -355,7 +355,7 @@ class Gallery:
         excluded = np.asarray(sorted(set(exclude_ids or [])), dtype=np.int64)
         q = for_metric(vectors, self.metric).astype(np.float32)
         if where is not None:
-            distances, ids = self._filtered(q, k, where, excluded)
+            distances, ids = self._filtered(q, k, where, excluded, effort, refine)
         else:
             distances, ids = self._knn(q, k + len(excluded), effort, refine)
         return [self._neighbours(row_d, row_i, excluded, k) for row_d, row_i in zip(distances, ids)]
@@ -373,6 +373,8 @@ class Gallery:
 
     def row_of(self, item_id: int) -> int:
         """The embeddings' row of an item, or a :class:`ConfigError` for an id this index does not hold."""
+        if not isinstance(item_id, (int, np.integer)) or not 0 <= item_id < 2**63:
+            raise ConfigError(f"item id {item_id!r} is not in this index (ids are integers from 0)")
         row = int(np.searchsorted(self.ids, item_id))
         if row >= len(self.ids) or self.ids[row] != item_id:
             raise ConfigError(
@@ -381,6 +383,7 @@ class Gallery:
         return row
 
     def item(self, item_id: int) -> Neighbour:
+        self.row_of(item_id)  # an unknown id is refused before the catalogue is asked
         metadata = self.catalogue.metadata([item_id]) if self.catalogue else {}
         return self._neighbour(item_id, 0.0, metadata.get(item_id, {}))
 
@@ -394,11 +397,8 @@ class Gallery:
         if self.faiss_index is None:
             distances, rows = exact_knn(q, for_metric(self.data.embeddings, self.metric).astype(np.float32), k, self.metric)
             return distances, self.ids[rows]
-        index_kinds.set_search_effort(self.faiss_index, self.plan, effort)
-        try:
-            scores, ids = self.faiss_index.search(np.ascontiguousarray(q), min(max(k, refine or 0), self.count))
-        finally:
-            index_kinds.set_search_effort(self.faiss_index, self.plan, (self.meta["faiss"] or {}).get("effort"))
+        params = index_kinds.search_parameters(self.faiss_index, self.plan, effort)
+        scores, ids = self.faiss_index.search(np.ascontiguousarray(q), min(max(k, refine or 0), self.count), params=params)
         if refine:
             return self._rerank(q, ids, k)
         return self._distances(scores), ids
@@ -416,7 +416,9 @@ class Gallery:
         """Embeddings' rows as the index holds them (unit length for cosine)."""
         return for_metric(np.asarray(self.data.embeddings[rows], dtype=np.float32), self.metric)
 
-    def _filtered(self, q: np.ndarray, k: int, where: str, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _filtered(
+        self, q: np.ndarray, k: int, where: str, excluded: np.ndarray, effort: int | None, refine: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Search among the items passing ``where``: exactly when few pass, else through the index told
         to skip the others (faiss's id selector), falling back to exact search for a query that still
         came up short (an IVF's probed clusters may hold fewer than k passing items)."""
@@ -429,14 +431,11 @@ class Gallery:
         if self.faiss_index is not None and len(passing) >= EXACT_FILTERED_BELOW:
             import faiss
 
-            ivf = self.plan.kind in ("ivf", "ivfpq")
-            params: Any = faiss.SearchParametersIVF() if ivf else faiss.SearchParameters()
-            params.sel = selector = faiss.IDSelectorBatch(passing)  # noqa: F841 (kept alive while faiss searches)
-            if ivf:
-                params.nprobe = faiss.extract_index_ivf(self.faiss_index).nprobe
-            scores, ids = self.faiss_index.search(np.ascontiguousarray(q), k, params=params)
+            selector = faiss.IDSelectorBatch(passing)
+            params = index_kinds.search_parameters(self.faiss_index, self.plan, effort, selector)
+            scores, ids = self.faiss_index.search(np.ascontiguousarray(q), min(max(k, refine or 0), len(passing)), params=params)
+            distances, ids = self._rerank(q, ids, k) if refine else (self._distances(scores), ids)
             short = (ids < 0).any(axis=1)
-            distances = self._distances(scores)
             if short.any():
                 distances[short], ids[short] = self._exact_among(q[short], passing, k)
             return distances, ids

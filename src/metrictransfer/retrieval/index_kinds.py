@@ -165,6 +165,25 @@ def set_search_effort(index: Any, plan: IndexPlan, effort: int | None) -> None:
         faiss.extract_index_ivf(index).nprobe = int(min(effort, plan.params["nlist"]))
 
 
+def search_parameters(index: Any, plan: IndexPlan, effort: int | None, selector: Any = None) -> Any:
+    """faiss's per-search parameters: nprobe or efSearch (None: the one set on the index, its measured
+    default) and an id filter. Given with each search rather than set on the shared index, so that
+    concurrent searches cannot change each other's effort. Keep ``selector`` referenced until the search returns."""
+    faiss = _faiss()
+    params: Any
+    if plan.kind in ("ivf", "ivfpq"):
+        params = faiss.SearchParametersIVF()
+        params.nprobe = int(min(effort, plan.params["nlist"])) if effort else int(faiss.extract_index_ivf(index).nprobe)
+    elif plan.kind == "hnsw":
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = int(effort) if effort else int(faiss.downcast_index(faiss.downcast_index(index).index).hnsw.efSearch)
+    else:
+        params = faiss.SearchParameters()
+    if selector is not None:
+        params.sel = selector
+    return params
+
+
 def recall_at(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     """Mean share of each query's exact k nearest items that ``found`` lists among its first k."""
     hits = [len(set(f[:k].tolist()) & set(e[:k].tolist())) for f, e in zip(found, exact)]
