@@ -62,7 +62,7 @@ def coloured_gallery(folder: Path, images: int = 4) -> Path:
     return folder
 
 
-def make_checkpoint(path: Path, seed: int = 0) -> Path:
+def make_checkpoint(path: Path, seed: int = 0, dim: int = 8) -> Path:
     """A run's checkpoint as training leaves it (untrained weights: search needs no particular quality)."""
     import torch
 
@@ -71,8 +71,8 @@ def make_checkpoint(path: Path, seed: int = 0) -> Path:
     from metrictransfer.runtime.checkpoint import save_embedding_model
 
     torch.manual_seed(seed)
-    raw = {"model": {"backbone": "resnet10t", "embedding_dim": 8}, "data": {"image_size": 32}}
-    return save_embedding_model(EmbeddingModel("resnet10t", 8), build_config(raw), path)
+    raw = {"model": {"backbone": "resnet10t", "embedding_dim": dim}, "data": {"image_size": 32}}
+    return save_embedding_model(EmbeddingModel("resnet10t", dim), build_config(raw), path)
 
 
 # ------------------------------------------------------------------------------------------------ figures

@@ -259,7 +259,7 @@ def test_embed_prints_a_line_by_default_and_one_object_with_json(tiny, tmp_path)
                 "--out",
                 str(tmp / "index"),
             ],
-            {"out", "count", "dim", "metric", "classes", "faiss", "query_model"},
+            {"out", "count", "dim", "metric", "classes", "faiss", "kind", "measured", "generation", "query_model"},
         ),
         (
             lambda run, tmp: ["export", "--checkpoint", str(run), "--format", "safetensors", "--out", str(tmp / "m.safetensors")],

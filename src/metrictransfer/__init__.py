@@ -9,9 +9,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what mypy and editors see; at run time __getattr__ below imports them when first used
-    from metrictransfer.api import distill, embed, evaluate, export, index, search, train, tune, update_index
+    from metrictransfer.api import distill, embed, evaluate, export, index, search, serve, train, tune, update_index
 
-__all__ = ["__version__", "distill", "embed", "evaluate", "export", "index", "search", "train", "tune", "update_index"]
+__all__ = ["__version__", "distill", "embed", "evaluate", "export", "index", "search", "serve", "train", "tune", "update_index"]
 
 _API = frozenset(__all__) - {"__version__"}
 

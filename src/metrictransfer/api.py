@@ -15,7 +15,7 @@ from typing import Any
 from metrictransfer.config import RunConfig, build_config, load_config
 from metrictransfer.errors import ConfigError, MissingFileError, command_option, setting
 
-__all__ = ["distill", "embed", "evaluate", "export", "index", "search", "train", "tune", "update_index"]
+__all__ = ["distill", "embed", "evaluate", "export", "index", "search", "serve", "train", "tune", "update_index"]
 
 
 def _config(recipe: str | Path | dict[str, Any] | RunConfig, overrides: Sequence[str]) -> RunConfig:
@@ -220,6 +220,14 @@ def search(
     from metrictransfer.retrieval.gallery import Gallery
 
     return Gallery(index, checkpoint).search(list(queries), k, exclude_self=exclude_self, effort=effort, refine=refine, where=where)
+
+
+def serve(index: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, **options: Any) -> None:
+    """Serve searches of ``index`` over HTTP, with its web page, until interrupted (``options``: those of
+    :func:`~metrictransfer.retrieval.serve.serve`); binding beyond loopback needs ``token``."""
+    from metrictransfer.retrieval.serve import serve as run
+
+    run(index, host=host, port=port, token=token, **options)
 
 
 def tune(recipe: str | Path, space: str | Path, trials: int, out: str | Path, **options: Any) -> dict[str, Any]:

@@ -478,6 +478,23 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from metrictransfer.retrieval.serve import serve
+
+    if args.max_upload_mb <= 0:
+        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    serve(
+        args.index,
+        host=args.host,
+        port=args.port,
+        token=args.token or os.environ.get("METRICTRANSFER_TOKEN"),
+        checkpoint=args.checkpoint,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        device=_device(args.device),
+    )
+    return 0
+
+
 def _folder_label(path: str, classes: list[str]) -> str | None:
     """A query's class when its folder is named like one of the gallery's classes."""
     name = Path(path).parent.name

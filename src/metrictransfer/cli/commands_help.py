@@ -86,11 +86,13 @@ COMMANDS: dict[str, Command] = {
         "guides/evaluation.md",
     ),
     "index": Command(
-        "embed a gallery of images with a run's model, for search",
-        "Embed a gallery of images (a folder, sub-folders as classes, or a CSV of path[,label]) with a run's "
-        "model, for metrictransfer search.",
-        "--out INDEX_DIR: embeddings.npz, index.json, model.onnx (the model, for fast searches; with onnx and onnxruntime "
-        "installed) and faiss.index (with faiss); prints what it holds "
+        "embed a gallery with a run's model, for search; add, remove items",
+        "Embed a gallery of images (a folder, sub-folders as classes, or a CSV of path[,label] and metadata columns) "
+        "with a run's model, for metrictransfer search and serve, in a faiss index chosen from its size (--kind, "
+        "--memory) whose recall against exact search is measured; or change a built index in place (--index DIR "
+        "--add IMAGES / --remove IDS), atomically, with stable item ids.",
+        "--out INDEX_DIR: embeddings.npz, catalogue.sqlite (items, ids, metadata), index.json, model.onnx (the model, "
+        "for fast searches; with onnx and onnxruntime installed) and faiss.index (with faiss); prints what it holds "
         "(--json: one JSON object)",
         "guides/using-a-model.md",
     ),
@@ -101,6 +103,14 @@ COMMANDS: dict[str, Command] = {
         "nothing, or with --grid an image of the queries and their neighbours; prints the neighbours and their "
         "distances (--json: one JSON list, an entry per query)",
         "guides/using-a-model.md",
+    ),
+    "serve": Command(
+        "an HTTP search service and web page for an index",
+        "Serve searches of an index built by metrictransfer index over HTTP (an OpenAPI schema at /openapi.json): "
+        "by uploaded image, by item id or by embeddings, with a web page at /. Binds to 127.0.0.1; another host "
+        "needs --token.",
+        "nothing; runs until interrupted (Ctrl-C)",
+        "guides/serve.md",
     ),
     "export": Command(
         "the model as safetensors, TorchScript or ONNX, checked",

@@ -17,6 +17,7 @@ from metrictransfer.cli.commands import (
     cmd_index,
     cmd_report,
     cmd_search,
+    cmd_serve,
     cmd_table,
     cmd_train,
     cmd_tune,
@@ -352,6 +353,21 @@ def _add_search(search: argparse.ArgumentParser) -> None:
     search.set_defaults(func=cmd_search)
 
 
+def _add_serve(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--index", required=True, metavar="INDEX_DIR", help="built by metrictransfer index")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; another needs --token)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--token",
+        help="a secret every API request must send (Authorization: Bearer TOKEN), at least 16 characters; "
+        "default: the METRICTRANSFER_TOKEN environment variable, which keeps it out of the process list",
+    )
+    serve.add_argument("--checkpoint", help="embed queries with this run's PyTorch model (the one that built the index)")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest query image accepted, in MiB (default 20)")
+    serve.add_argument("--device", choices=DEVICES, default="cpu", help="where to embed queries (default cpu)")
+    serve.set_defaults(func=cmd_serve)
+
+
 def _add_export(export: argparse.ArgumentParser) -> None:
     export.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     export.add_argument(
@@ -445,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate": _add_evaluate,
         "index": _add_index,
         "search": _add_search,
+        "serve": _add_serve,
         "export": _add_export,
         "report": _add_report,
         "table": _add_table,
