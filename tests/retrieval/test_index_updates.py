@@ -201,7 +201,7 @@ def test_search_options_that_do_not_apply_are_refused(setup, capsys):
     root, _, indexes = setup
     query = str(root / "red" / "0.png")
     _fails(capsys, ["search", query, "--index", str(indexes["flat"]), "--nprobe", "4"], "searches exactly")
-    _fails(capsys, ["search", query, "--index", str(indexes["hnsw"]), "--nprobe", "4"], "use --ef")
+    _fails(capsys, ["search", query, "--index", str(indexes["hnsw"]), "--nprobe", "4"], "its search effort is ef")
     assert main(["search", query, "--index", str(indexes["hnsw"]), "--ef", "64", "--json", "--where", "number < 3"]) == 0
     [result] = json.loads(capsys.readouterr().out)
     assert {n["metadata"]["number"] for n in result["neighbours"]} <= {"0", "1", "2"} and len(result["neighbours"]) == 9

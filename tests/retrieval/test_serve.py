@@ -378,3 +378,25 @@ def test_the_load_benchmark_runs_quick_with_no_errors(tmp_path):
     assert all(level["requests"] > 0 and level["errors"] == 0 for level in record["levels"]), record["levels"]
     rows = [line for line in (tmp_path / "serve_load.md").read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == 2 and all(row.split("|")[3].strip() == "0" for row in rows), rows
+
+
+# ------------------------------------------------------------------------------------- updates
+
+
+def test_an_update_is_answered_without_a_restart(built, tmp_path, monkeypatch):
+    """After index --remove, the running service answers from the new generation without a restart."""
+    import shutil
+
+    from metrictransfer.retrieval import serve as serve_module
+    from metrictransfer.retrieval.update import update_index
+
+    copy = shutil.copytree(built[2], tmp_path / "index")
+    monkeypatch.setattr(serve_module, "RELOAD_CHECK_S", 0.0)
+    with TestClient(create_app(Gallery(copy)), base_url=LOCAL) as client:
+        assert client.get("/items/3").status_code == 200
+        update_index(copy, remove="3")
+        deadline = time.monotonic() + 30
+        while client.get("/version").json()["index"]["generation"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # loaded in the background; the previous generation answers meanwhile
+        assert client.get("/version").json()["index"] == {**client.get("/version").json()["index"], "generation": 1, "count": 11}
+        one_line_error(client.get("/items/3"), 404)

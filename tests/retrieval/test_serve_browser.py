@@ -96,6 +96,7 @@ def test_the_page_searches_by_image_then_by_a_clicked_result(index):
             with Running(folder) as url:
                 page.goto(url + "/")
                 until(page, "document.getElementById('about').textContent.includes('12 items')")
+                assert not page.is_visible("#token-form")  # no token set: nothing asks for one
                 page.set_input_files("#file", str(images / "green" / "2.png"))
                 until(page, "document.body.dataset.state === 'done'")
                 found = cards(page)
@@ -145,7 +146,7 @@ def test_the_page_takes_a_token_from_the_address_once(index):
 
                 fresh = browser.new_page()  # another tab: no token; the page asks for it
                 fresh.goto(url + "/")
-                fresh.wait_for_selector("#token-form:not([hidden])")
+                fresh.wait_for_selector("#token-form", state="visible")
                 fresh.fill("#token", TOKEN)
                 fresh.click("#token-form button")
                 until(fresh, "document.getElementById('about').textContent.includes('12 items')")

@@ -448,11 +448,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         figure_format(args.grid)  # a format matplotlib cannot write fails before the search, not after
     gallery = Gallery(args.index, args.checkpoint, args.device)  # resolved only if PyTorch embeds the queries
-    effort = args.nprobe or args.ef
-    if args.nprobe and args.ef:
-        raise ConfigError("--nprobe is for IVF indexes and --ef for HNSW ones: give one")
-    if effort is not None and (args.nprobe is not None) != (gallery.plan.kind in ("ivf", "ivfpq")) and gallery.plan.kind != "flat":
-        raise ConfigError(f"this index is {gallery.plan.kind}: use --{'ef' if gallery.plan.kind == 'hnsw' else 'nprobe'}")
+    effort = gallery.effort_for(args.nprobe, args.ef)
     results = gallery.search(args.queries, args.k, exclude_self=args.exclude_self, effort=effort, refine=args.refine, where=args.where)
     query_labels = [_folder_label(q, gallery.meta["classes"]) for q in args.queries]
     if args.json:

@@ -320,6 +320,16 @@ class Gallery:
             found = [[n for n in row if n.path != str(query)][:k] for query, row in zip(resolved, found)]
         return found
 
+    def effort_for(self, nprobe: int | None = None, ef: int | None = None) -> int | None:
+        """The search effort a user asked for by name: nprobe for IVF indexes, ef (efSearch) for HNSW ones."""
+        if nprobe is not None and ef is not None:
+            raise ConfigError("nprobe is for IVF indexes and ef for HNSW ones: give one")
+        effort = nprobe if nprobe is not None else ef
+        kind = self.plan.kind
+        if effort is not None and kind != "flat" and (nprobe is not None) != (kind in ("ivf", "ivfpq")):
+            raise ConfigError(f"this index is {kind}: its search effort is {'ef' if kind == 'hnsw' else 'nprobe'}")
+        return effort
+
     def embed_images(self, images: list[Path]) -> np.ndarray:
         """The query images embedded by the index's model (an unreadable image is an error naming it)."""
         return self.query_model.embed(images, "fix it or leave it out of the queries")

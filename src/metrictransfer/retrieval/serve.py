@@ -24,6 +24,7 @@ import io
 import ipaddress
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -37,8 +38,8 @@ import numpy as np
 from PIL import Image
 
 from metrictransfer.data.decode import open_rgb8_raw
-from metrictransfer.errors import BadImageError, ConfigError, MetricTransferError, MissingPackageError
-from metrictransfer.retrieval.gallery import Gallery, Neighbour
+from metrictransfer.errors import BadImageError, ConfigError, MetricTransferError, MissingPackageError, SearchIndexError
+from metrictransfer.retrieval.gallery import INDEX_FILE, Gallery, Neighbour
 from metrictransfer.retrieval.serve_batching import BatcherBusyError, MicroBatcher
 
 try:
@@ -64,6 +65,7 @@ MULTIPART_OVERHEAD = 64 * 1024  # a multipart body's boundaries and headers, on 
 MIN_TOKEN_LENGTH = 16
 MAX_K = 1000
 MAX_EMBEDDINGS = 1024  # query embeddings in one request
+RELOAD_CHECK_S = 1.0  # how often requests look whether the index was updated
 THUMBNAIL_SIZES = (16, 1024)
 UPLOAD_HINT = "upload a JPEG, PNG, WebP, GIF, BMP or TIFF image"
 TOKEN_HINT = 'make one with: python -c "import secrets; print(secrets.token_urlsafe())"'
@@ -339,15 +341,60 @@ class SearchOptions:
 
 
 class SearchService:
-    """The gallery and its batcher, shared by the requests. Gallery calls hold a lock: a search sets the
-    faiss index's nprobe/efSearch for its own duration, which a concurrent search must not see."""
+    """The gallery and its batcher, shared by the requests. Gallery calls take turns (a lock): they share
+    one SQLite connection to the catalogue, which is not for concurrent use."""
 
     def __init__(self, gallery: Gallery, max_batch: int = 32, max_wait_s: float = 0.005, max_pending: int = 256) -> None:
-        self.gallery = gallery
+        self._gallery = gallery
+        self._index_file = gallery.index_dir / INDEX_FILE
+        self._stamp = self._index_stamp()
+        self._checked = time.monotonic()
+        self._reloading = threading.Lock()
         self.model = _forward_for(gallery)
         self.batcher: MicroBatcher[Any] = MicroBatcher(self.model.forward, max_batch, max_wait_s, max_pending)
         self.lock = threading.Lock()
         self.warned: set[str] = set()  # decoding notes (alpha composited, 16-bit scaled): each logged once
+
+    @property
+    def gallery(self) -> Gallery:
+        """The index as it is now. An update (``index --index DIR --add/--remove``) replaces index.json last;
+        at most once a second a request looks whether it changed, and the new generation is loaded in the
+        background and swapped in, while requests go on answering from the previous one."""
+        now = time.monotonic()
+        if now - self._checked >= RELOAD_CHECK_S:
+            self._checked = now
+            stamp = self._index_stamp()
+            if stamp != self._stamp and self._reloading.acquire(blocking=False):
+                threading.Thread(target=self._reload, args=(stamp,), name="index-reload", daemon=True).start()
+        return self._gallery
+
+    def _index_stamp(self) -> tuple[int, int] | None:
+        try:
+            found = self._index_file.stat()
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_ino  # an atomic replace gives a new inode even within one tick
+
+    def _reload(self, stamp: tuple[int, int] | None) -> None:
+        old = self._gallery
+        try:
+            new = Gallery(old.index_dir)
+            if new.meta["fingerprint"] != old.meta["fingerprint"]:
+                raise SearchIndexError(f"{old.index_dir} was rebuilt with another model; restart serve to answer from it")
+            with self.lock:
+                self._gallery = new
+            print(
+                f"serve: now answering from generation {new.generation} of {old.index_dir} ({new.count} items)", file=sys.stderr, flush=True
+            )
+        except MetricTransferError as err:  # the previous generation keeps answering
+            print(
+                f"serve: the changed index was not loaded, still answering from generation {old.generation}: {err}",
+                file=sys.stderr,
+                flush=True,
+            )
+        finally:
+            self._stamp = stamp  # not retried until index.json changes again
+            self._reloading.release()
 
     def prepare(self, data: bytes, name: str) -> Any:
         return self.model.prepare(decode_upload(data, name, self.warned))
@@ -362,13 +409,7 @@ class SearchService:
         return await asyncio.wrap_future(self.batcher.submit(prepared, announced=True))
 
     def options(self, k: int, where: str | None, nprobe: int | None, ef: int | None, refine: int | None) -> SearchOptions:
-        kind = self.gallery.plan.kind
-        if nprobe is not None and ef is not None:
-            raise ConfigError("nprobe is for IVF indexes and ef for HNSW ones: give one")
-        effort = nprobe if nprobe is not None else ef
-        if effort is not None and kind != "flat" and (nprobe is not None) != (kind in ("ivf", "ivfpq")):
-            raise ConfigError(f"this index is {kind}: use {'ef' if kind == 'hnsw' else 'nprobe'}")
-        return SearchOptions(k, where or None, effort, refine)
+        return SearchOptions(k, where or None, self.gallery.effort_for(nprobe, ef), refine)
 
     def search(self, vectors: np.ndarray, options: SearchOptions, exclude: int | None = None) -> list[list[Neighbour]]:
         with self.lock:
@@ -629,6 +670,7 @@ def create_app(
 
     @app.get("/version", response_model=Version, dependencies=api, responses=ERRORS, summary="The software, the index and its model")
     def version() -> Any:
+        gallery = service.gallery  # the current generation
         meta = gallery.meta
         return {
             "metrictransfer": __version__,
@@ -682,9 +724,9 @@ def create_app(
     @app.post("/search/embeddings", response_model=EmbeddingsResults, dependencies=api, responses=ERRORS, summary="Search by embeddings")
     def search_embeddings(query: EmbeddingsQuery, options: Options) -> Any:
         started = time.perf_counter()
-        rows = {len(row) for row in query.embeddings}
-        if rows != {gallery.dim}:
-            raise ConfigError(f"each embedding must have {gallery.dim} numbers (this index's dimension), got rows of {sorted(rows)}")
+        rows, dim = {len(row) for row in query.embeddings}, service.gallery.dim
+        if rows != {dim}:
+            raise ConfigError(f"each embedding must have {dim} numbers (this index's dimension), got rows of {sorted(rows)}")
         vectors = np.asarray(query.embeddings, dtype=np.float32)
         if not np.isfinite(vectors).all():
             raise ConfigError("the embeddings hold NaN or infinite values")
@@ -757,25 +799,15 @@ def create_server(
     return uvicorn.Server(config)
 
 
-def serve(
-    index_dir: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    token: str | None = None,
-    checkpoint: str | Path | None = None,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-    device: str = "cpu",
-    max_batch: int = 32,
-    batch_wait_ms: float = 5.0,
-    log_level: str = "info",
-) -> None:
+def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, **options: Any) -> None:
     """Serve searches of an index folder over HTTP until interrupted (Ctrl-C), with its page at ``/``.
 
     Binding to anything but a loopback address needs ``token`` (a :class:`ConfigError` otherwise, before
     anything is loaded); with a token every API request must send ``Authorization: Bearer TOKEN``.
     ``checkpoint``: embed queries with that run's model instead of the index's exported one (it must be
-    the model that built the index). ``max_upload_bytes``: the largest query image (413 above it)."""
-    server = create_server(index_dir, host, port, token, checkpoint, max_upload_bytes, device, max_batch, batch_wait_ms, log_level)
+    the model that built the index). ``max_upload_bytes``: the largest query image (413 above it). The
+    other ``options`` are those of :func:`create_server`."""
+    server = create_server(index_dir, host, port, token, **options)
     shown = f"[{host}]" if ":" in host else host
     gallery: Gallery = server.config.app.state.service.gallery
     access = " (the page asks for the token once; API requests send Authorization: Bearer TOKEN)" if token else ""
