@@ -56,6 +56,9 @@ FUNCTION_LEVEL = {
         "metrictransfer.data.glyphs": "defers torch and matplotlib to building a glyphs split",
         "metrictransfer.data.images": "defers torch to building a split of files: reading annotation files needs none",
     },
+    "metrictransfer.retrieval.serve": {
+        "metrictransfer.data.transforms": "defers torch and torchvision to a service that embeds with the run's PyTorch model",
+    },
     "metrictransfer.distillation": {
         "metrictransfer.config": "defers pydantic: the command line reads distill's defaults to build --help",
     },

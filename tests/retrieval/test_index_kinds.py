@@ -82,3 +82,17 @@ def test_rerank_orders_candidates_by_exact_distance_and_pads_short_rows():
     expected = sorted((float(np.linalg.norm(x[r] - q[0])), r) for r in (3, 5, 9))
     assert list(rows[0]) == [r for _, r in expected] and distances[0] == pytest.approx([d for d, _ in expected])
     assert list(rows[1]) == [-1, -1, -1] and np.isinf(distances[1]).all()
+
+
+def test_search_parameters_survive_faiss_torch_utils():
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, which replaces Index.search with a
+    version that takes no params: every search of a gallery failed in a process that had trained."""
+    pytest.importorskip("torch")
+    import faiss.contrib.torch_utils  # noqa: F401
+
+    x = clustered(400, 8, 20)
+    plan = plan_index(len(x), 8, kind="ivf")
+    index = build(plan, lambda i: x[i], len(x))
+    params = index_kinds.search_parameters(index, plan, 2, faiss.IDSelectorRange(0, 100))
+    _, found = index_kinds.search(index, x[:3], 5, params)
+    assert ((found >= 0) & (found < 100)).all()

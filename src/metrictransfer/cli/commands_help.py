@@ -86,7 +86,7 @@ COMMANDS: dict[str, Command] = {
         "guides/evaluation.md",
     ),
     "index": Command(
-        "embed a gallery with a run's model, for search; add, remove items",
+        "embed a gallery with a run's model for search, or update one",
         "Embed a gallery of images (a folder, sub-folders as classes, or a CSV of path[,label] and metadata columns) "
         "with a run's model, for metrictransfer search and serve, in a faiss index chosen from its size (--kind, "
         "--memory) whose recall against exact search is measured; or change a built index in place (--index DIR "

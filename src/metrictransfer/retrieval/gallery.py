@@ -408,7 +408,7 @@ class Gallery:
             distances, rows = exact_knn(q, for_metric(self.data.embeddings, self.metric).astype(np.float32), k, self.metric)
             return distances, self.ids[rows]
         params = index_kinds.search_parameters(self.faiss_index, self.plan, effort)
-        scores, ids = self.faiss_index.search(np.ascontiguousarray(q), min(max(k, refine or 0), self.count), params=params)
+        scores, ids = index_kinds.search(self.faiss_index, q, min(max(k, refine or 0), self.count), params)
         if refine:
             return self._rerank(q, ids, k)
         return self._distances(scores), ids
@@ -443,7 +443,7 @@ class Gallery:
 
             selector = faiss.IDSelectorBatch(passing)
             params = index_kinds.search_parameters(self.faiss_index, self.plan, effort, selector)
-            scores, ids = self.faiss_index.search(np.ascontiguousarray(q), min(max(k, refine or 0), len(passing)), params=params)
+            scores, ids = index_kinds.search(self.faiss_index, q, min(max(k, refine or 0), len(passing)), params)
             distances, ids = self._rerank(q, ids, k) if refine else (self._distances(scores), ids)
             short = (ids < 0).any(axis=1)
             if short.any():

@@ -184,6 +184,13 @@ def search_parameters(index: Any, plan: IndexPlan, effort: int | None, selector:
     return params
 
 
+def search(index: Any, queries: np.ndarray, k: int, params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` with per-search parameters. faiss.contrib.torch_utils (which pytorch-metric-learning
+    imports) replaces ``search`` with a version that drops ``params``, keeping faiss's own as ``search_numpy``."""
+    own = getattr(index, "search_numpy", index.search)
+    return own(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)  # type: ignore[no-any-return]
+
+
 def recall_at(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     """Mean share of each query's exact k nearest items that ``found`` lists among its first k."""
     hits = [len(set(f[:k].tolist()) & set(e[:k].tolist())) for f, e in zip(found, exact)]

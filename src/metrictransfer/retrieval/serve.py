@@ -37,9 +37,11 @@ from typing import Annotated, Any, Protocol, cast
 import numpy as np
 from PIL import Image
 
-from metrictransfer.data.decode import open_rgb8_raw
+from metrictransfer import __version__
+from metrictransfer.data.decode import open_rgb8, open_rgb8_raw
 from metrictransfer.errors import BadImageError, ConfigError, MetricTransferError, MissingPackageError, SearchIndexError
 from metrictransfer.retrieval.gallery import INDEX_FILE, Gallery, Neighbour
+from metrictransfer.retrieval.onnx_model import OnnxQueryModel, preprocess
 from metrictransfer.retrieval.serve_batching import BatcherBusyError, MicroBatcher
 
 try:
@@ -153,8 +155,6 @@ class _OnnxForward:
         self.model = model
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        from metrictransfer.retrieval.onnx_model import preprocess
-
         return preprocess(image, self.model.steps)
 
     def forward(self, items: list[np.ndarray]) -> np.ndarray:
@@ -216,8 +216,6 @@ class _FileForward:
 
 
 def _forward_for(gallery: Gallery) -> _Forward:
-    from metrictransfer.retrieval.onnx_model import OnnxQueryModel
-
     model = gallery.query_model
     if isinstance(model, OnnxQueryModel):
         return _OnnxForward(model)
@@ -592,8 +590,6 @@ def create_app(
         check_binding("127.0.0.1", token)
     if max_upload_bytes < 1:
         raise ConfigError(f"max_upload_bytes must be at least 1, got {max_upload_bytes}")
-    from metrictransfer import __version__
-
     service = SearchService(gallery, max_batch=max_batch, max_wait_s=batch_wait_ms / 1000)
     web = {name: _web_file(name) for name in WEB_FILES}  # read once: requests name a route, never a file
 
@@ -764,8 +760,6 @@ def create_app(
 
 
 def _thumbnail(file: Path, size: int, warned: set[str]) -> bytes:
-    from metrictransfer.data.decode import open_rgb8
-
     image = open_rgb8(file, warned, hint="the index lists an image that no longer reads; rebuild or update the index")
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     out = io.BytesIO()
