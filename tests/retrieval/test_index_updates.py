@@ -248,3 +248,13 @@ def test_where_reads_labels_by_class_name(setup):
     g = Gallery(indexes["flat"])
     [found] = g.search_vectors(g.data.embeddings[:1], 30, where="label = blue and number < 5")
     assert len(found) == 5 and {n.label for n in found} == {"blue"}
+
+
+def test_adding_with_another_model_than_the_one_that_built_the_index_is_refused(setup, tmp_path, capsys):
+    root, _, _ = setup
+    index = _copy(setup, tmp_path)
+    meta = json.loads((index / "index.json").read_text())
+    meta["checkpoint"] = str(make_checkpoint(tmp_path / "other.pt", seed=1))  # the run's weights changed since
+    (index / "index.json").write_text(json.dumps(meta))
+    _fails(capsys, ["index", "--index", str(index), "--add", str(root / "more.csv")], "built by a different model")
+    assert Gallery(index).count == 75 and Gallery(index).generation == 0

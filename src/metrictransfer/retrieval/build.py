@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +110,16 @@ def csv_metadata(images: str | Path) -> tuple[list[str], list[dict[str, str]] | 
     return columns, rows
 
 
+@dataclass(frozen=True)
 class _Built:
     """What every file of a new index is written from, besides the gallery itself."""
 
-    def __init__(self, model: torch.nn.Module, model_name: str | None, checkpoint: str | Path, metric: str, kind: str, memory: int | None):
-        self.model, self.model_name, self.checkpoint, self.metric = model, model_name, checkpoint, metric
-        self.kind, self.memory = kind, memory
+    model: torch.nn.Module
+    model_name: str | None
+    checkpoint: str | Path
+    metric: str
+    kind: str
+    memory: int | None
 
 
 def _write_index(

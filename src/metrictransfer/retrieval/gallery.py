@@ -371,7 +371,8 @@ class Gallery:
         return [self._neighbours(row_d, row_i, excluded, k) for row_d, row_i in zip(distances, ids)]
 
     def _neighbours(self, distances: np.ndarray, ids: np.ndarray, excluded: np.ndarray, k: int) -> list[Neighbour]:
-        kept = [(float(d), int(i)) for d, i in zip(distances, ids) if i >= 0 and not np.isin(i, excluded)][:k]
+        left_out = set(excluded.tolist())
+        kept = [(float(d), int(i)) for d, i in zip(distances, ids) if i >= 0 and int(i) not in left_out][:k]
         metadata = self.catalogue.metadata(i for _, i in kept) if self.catalogue else {}
         return [self._neighbour(i, d, metadata.get(i, {})) for d, i in kept]
 

@@ -25,9 +25,8 @@ from metrictransfer.io import atomic_write_text
 from metrictransfer.output_folder import claim_output
 from metrictransfer.retrieval import index_kinds
 from metrictransfer.retrieval.build import csv_metadata, save_faiss
-from metrictransfer.retrieval.checkpoint_model import model_fingerprint
+from metrictransfer.retrieval.checkpoint_model import CheckpointQueryModel
 from metrictransfer.retrieval.gallery import INDEX_FILE, Gallery, IndexLock, contents_record, for_metric, ids_sha256, list_images
-from metrictransfer.runtime.checkpoint import load_embedding_model
 
 
 def generation_file(name: str, generation: int) -> str:
@@ -101,6 +100,8 @@ class _Update:
             )
         new_paths, new_labels, new_vectors, metadata = self._items_to_add(add) if add is not None else ([], [], None, None)
         keep = ~np.isin(g.ids, removed)
+        if not keep.any() and not new_paths:
+            raise ConfigError("this would leave the index empty; remove the index folder instead")
         with catalogue.db:  # one transaction: the rows of this generation, all or none
             catalogue.discard_after(g.generation)
             catalogue.remove(self.generation, removed.tolist())
@@ -118,8 +119,6 @@ class _Update:
             np.concatenate([np.asarray(paths)[keep].astype(str), np.asarray(new_paths, dtype=str)]),
             metric=g.metric,
         )
-        if len(ids) == 0:
-            raise ConfigError("this would leave the index empty; remove the index folder instead")
         files = self._write(data, ids, removed, new_ids, new_vectors)
         self.meta.update(generation=self.generation, count=len(ids))
         self.meta["catalogue"]["ids_sha256"] = ids_sha256(ids)
@@ -136,7 +135,7 @@ class _Update:
             str(p): int(i) for p, i in zip(self.gallery.data.paths if self.gallery.data.paths is not None else [], self.gallery.ids)
         }
         missing_paths = [p for p in paths if p not in known_paths]
-        missing = [i for i in ids if not np.isin(i, self.gallery.ids)]
+        missing = [int(i) for i in np.asarray(ids, dtype=np.int64)[~np.isin(ids, self.gallery.ids)]]
         if missing or missing_paths:
             shown = ", ".join([str(i) for i in missing[:5]] + missing_paths[:5])
             raise ConfigError(
@@ -161,13 +160,11 @@ class _Update:
         checkpoint = g.meta["checkpoint"]
         if not Path(checkpoint).exists():
             raise MissingFileError(f"the run {checkpoint} that built {g.index_dir} is gone; adding items needs its model")
-        model, config = load_embedding_model(checkpoint, name=g.meta.get("model"))
-        if model_fingerprint(model) != g.meta["fingerprint"]:
-            raise SearchIndexError(
-                f"the model in {checkpoint} is not the one that built {g.index_dir} (its weights changed); rebuild the index"
-            )
-        dataset = with_test_transform(ImageFolderDataset(listed, bad_hint=f"fix it or remove it from {add}"), config.data)
-        vectors = extract_embeddings(model.to(self.device), dataset, self.batch_size, self.device, progress=self.progress)[0].numpy()
+        # refused unless its weights and metric are the ones that built the index
+        model = CheckpointQueryModel(Path(checkpoint), g.meta.get("model"), g.meta, g.index_dir, "rebuild the index", self.device)
+        dataset = with_test_transform(ImageFolderDataset(listed, bad_hint=f"fix it or remove it from {add}"), model.config.data)
+        net = model.model.to(self.device)
+        vectors = extract_embeddings(net, dataset, self.batch_size, self.device, progress=self.progress)[0].numpy()
         classes = self.meta["classes"]
         labels = []
         for label in listed.labels:
