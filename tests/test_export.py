@@ -17,11 +17,10 @@ from metrictransfer.cli import main
 from metrictransfer.config import build_config
 from metrictransfer.data.preprocessing import Preprocessing
 from metrictransfer.errors import ConfigError
-from metrictransfer.evaluation.embeddings_file import load_embeddings
 from metrictransfer.model_export import describe_architecture, description_path, export_model
 from metrictransfer.models import EmbeddingModel
 from metrictransfer.normalization import BN_INCEPTION_MEAN_BGR, NORMALIZATION_STATS
-from metrictransfer.retrieval import build_index
+from metrictransfer.retrieval import Gallery, build_index
 from metrictransfer.runtime.checkpoint import load_embedding_model, save_embedding_model
 from tests.helpers import make_checkpoint
 
@@ -269,9 +268,9 @@ def test_the_guides_script_embeds_like_metrictransfer_from_the_description_alone
     images = _query_images(tmp_path / "images")
 
     build_index(checkpoint, tmp_path / "images", tmp_path / "index")  # metrictransfer's embeddings of the images
-    ours = load_embeddings(tmp_path / "index" / "embeddings.npz")
-    row = {Path(p).name: i for i, p in enumerate(ours.paths)}
-    expected = ours.embeddings[[row[p.name] for p in images]]
+    ours = Gallery(tmp_path / "index")
+    row = {Path(n.path).name: ours.row_of(n.id) for n in (ours.item(int(i)) for i in ours.ids)}
+    expected = np.asarray(ours.vectors)[[row[p.name] for p in images]]
 
     script = tmp_path / "embed_onnx.py"
     script.write_text(_guide_script())

@@ -55,7 +55,7 @@ KIND_FILES: dict[str, tuple[str, ...]] = {
         "report.md",
         "tensorboard",
     ),
-    "index": ("index.json", "embeddings.npz", "faiss.index"),
+    "index": ("index.json", "vectors.npy", "catalogue.sqlite", "faiss.index", "embeddings.npz"),
     "demo": ("config.json", "results.json", "log.csv", "recall.png", "report.md"),
 }
 KIND_WORDS = {"run": "a run", "index": "a search index", "demo": "a demo"}

@@ -27,8 +27,10 @@ from metrictransfer.errors import (
 )
 from metrictransfer.model_export import describes, description_path, export_model
 from metrictransfer.retrieval import Gallery, build_index
-from metrictransfer.retrieval.gallery import EMBEDDINGS_FILE, FAISS_FILE, INDEX_FILE
+from metrictransfer.retrieval.catalogue import CATALOGUE_FILE
+from metrictransfer.retrieval.gallery import FAISS_FILE, INDEX_FILE
 from metrictransfer.retrieval.grid import draw_grid
+from metrictransfer.retrieval.vector_store import VECTORS_FILE
 from metrictransfer.runtime.checkpoint import load_embedding_model, save_embedding_model
 from tests.helpers import coloured_gallery, make_checkpoint
 
@@ -74,15 +76,14 @@ def _partials(folder) -> list:
 # ------------------------------------------------------------------------------------------- index
 
 
-def test_index_json_records_what_the_embeddings_and_faiss_files_hold(setup):
+def test_index_json_records_what_the_vectors_and_faiss_files_hold(setup):
     """Catches: index.json not recording the contents, so nothing could be checked on load."""
     meta = json.loads((setup["index"] / INDEX_FILE).read_text())
-    record = meta["embeddings"]
-    with np.load(setup["index"] / EMBEDDINGS_FILE) as npz:
-        embeddings = npz["embeddings"]
-    assert (record["count"], record["dim"]) == embeddings.shape == (12, 8)
-    assert record["sha256"] == hashlib.sha256(np.ascontiguousarray(embeddings, np.float32).tobytes()).hexdigest()
-    assert meta["metric"] == "euclidean" and meta["index_format"] == 2
+    record = meta["vectors"]
+    vectors = np.load(setup["index"] / VECTORS_FILE)
+    assert (record["count"], record["dim"]) == vectors.shape == (12, 8) and vectors.dtype == np.float32
+    assert record["sha256"] == hashlib.sha256((setup["index"] / VECTORS_FILE).read_bytes()).hexdigest()
+    assert meta["metric"] == "euclidean" and meta["index_format"] == 3
     pytest.importorskip("faiss")
     assert meta["faiss"]["ntotal"] == 12 and meta["faiss"]["d"] == 8 and meta["faiss"]["metric_type"] == "METRIC_L2"
     assert meta["faiss"]["sha256"] == hashlib.sha256((setup["index"] / FAISS_FILE).read_bytes()).hexdigest()
@@ -95,22 +96,35 @@ def test_a_faiss_index_of_another_gallery_is_refused(setup, tmp_path, other, dif
     pytest.importorskip("faiss")
     index = _copy(setup, tmp_path)
     shutil.copy(setup[other] / FAISS_FILE, index / FAISS_FILE)
-    with pytest.raises(SearchIndexError, match=f"faiss.index does not belong to embeddings.npz .*{differs}.*metrictransfer index"):
+    with pytest.raises(SearchIndexError, match=f"faiss.index does not belong to vectors.npy .*{differs}.*metrictransfer index"):
         Gallery(index)
 
 
-@pytest.mark.parametrize("other, differs", [("small", "count 3 \\(index.json: 12\\)"), ("reversed", "sha256, paths_sha256")])
-def test_embeddings_of_another_build_are_refused(setup, tmp_path, other, differs):
-    """Catches: embeddings.npz swapped or left over from another build being searched as if described."""
+@pytest.mark.parametrize("other, differs", [("small", "shape \\(3, 8\\), not the float32 12 × 8"), ("reversed", "SHA-256 differs")])
+def test_vectors_of_another_build_are_refused(setup, tmp_path, other, differs):
+    """Catches: vectors.npy swapped or left over from another build being searched as if described."""
     index = _copy(setup, tmp_path)
-    shutil.copy(setup[other] / EMBEDDINGS_FILE, index / EMBEDDINGS_FILE)
-    with pytest.raises(SearchIndexError, match=f"embeddings.npz does not hold what index.json describes .*{differs}"):
+    shutil.copy(setup[other] / VECTORS_FILE, index / VECTORS_FILE)
+    with pytest.raises(SearchIndexError, match=f"vectors.npy .*{differs}"):
+        Gallery(index)
+
+
+@pytest.mark.parametrize("other", ["small", "reversed"])
+def test_a_catalogue_of_another_build_is_refused(setup, tmp_path, other):
+    """Catches: results named by another build's catalogue: the same ids 0..11 with other paths would
+    label every neighbour wrongly without an error."""
+    index = _copy(setup, tmp_path)
+    shutil.copy(setup[other] / CATALOGUE_FILE, index / CATALOGUE_FILE)
+    with pytest.raises(SearchIndexError, match="catalogue.sqlite does not list the 12 items index.json describes"):
         Gallery(index)
 
 
 @pytest.mark.parametrize(
     "metric, words",
-    [("cosine", "metric 'euclidean' \\(index.json: 'cosine'\\)"), ("manhattan", "metric 'manhattan'; valid: euclidean, cosine")],
+    [
+        ("cosine", "metric_type METRIC_L2 \\(expected METRIC_INNER_PRODUCT\\)"),
+        ("manhattan", "metric 'manhattan'; valid: euclidean, cosine"),
+    ],
 )
 def test_an_edited_metric_is_refused(setup, tmp_path, metric, words):
     """Catches: an index.json metric edited by hand being used to search euclidean embeddings."""
@@ -139,7 +153,7 @@ def test_an_index_of_the_previous_version_is_refused_with_the_rebuild_command(se
     """Catches: an index without fingerprints being trusted (its files were never checked)."""
     index = _copy(setup, tmp_path)
     meta = json.loads((index / INDEX_FILE).read_text())
-    for key in ("index_format", "embeddings"):
+    for key in ("index_format", "vectors"):
         del meta[key]
     meta["faiss"] = True
     (index / INDEX_FILE).write_text(json.dumps(meta))
@@ -147,7 +161,7 @@ def test_an_index_of_the_previous_version_is_refused_with_the_rebuild_command(se
         Gallery(index)
 
 
-@pytest.mark.parametrize("missing", [INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE])
+@pytest.mark.parametrize("missing", [INDEX_FILE, VECTORS_FILE, CATALOGUE_FILE, FAISS_FILE])
 def test_a_missing_file_of_the_index_is_named(setup, tmp_path, missing):
     """Catches: a KeyError or silent fallback when one of the three files is gone."""
     if missing == FAISS_FILE:
@@ -160,7 +174,12 @@ def test_a_missing_file_of_the_index_is_named(setup, tmp_path, missing):
 
 @pytest.mark.parametrize(
     "damaged, words",
-    [(INDEX_FILE, "not readable JSON"), (EMBEDDINGS_FILE, "not a readable .npz"), (FAISS_FILE, "not a readable faiss index")],
+    [
+        (INDEX_FILE, "not readable JSON"),
+        (VECTORS_FILE, "not a readable .npy"),
+        (CATALOGUE_FILE, "not a readable SQLite catalogue"),
+        (FAISS_FILE, "not a readable faiss index"),
+    ],
 )
 def test_a_damaged_file_of_the_index_is_named(setup, tmp_path, damaged, words):
     """Catches: a JSONDecodeError, zipfile or faiss RuntimeError traceback instead of one line."""
@@ -202,7 +221,7 @@ def test_an_interrupted_rebuild_leaves_no_half_faiss_file_and_is_refused(setup, 
         build_index(setup["checkpoint"], setup["base"] / "small.csv", index, overwrite=True)
     assert (index / FAISS_FILE).read_bytes() == before and not _partials(index)
     monkeypatch.undo()
-    with pytest.raises(SearchIndexError, match="embeddings.npz does not hold what index.json describes"):
+    with pytest.raises(SearchIndexError, match="vectors.npy holds float32 of shape \\(3, 8\\), not the float32 12 × 8"):
         Gallery(index)
 
 
@@ -302,7 +321,7 @@ def test_cli_search_with_a_foreign_faiss_index(setup, tmp_path, capsys):
     shutil.copy(setup["small"] / FAISS_FILE, index / FAISS_FILE)
     code = main(["search", setup["query"], "--index", str(index)])
     captured = capsys.readouterr()
-    assert code == 2 and "does not belong to embeddings.npz" in captured.err and "metrictransfer index" in captured.err
+    assert code == 2 and "does not belong to vectors.npy" in captured.err and "metrictransfer index" in captured.err
     assert captured.out == ""  # no neighbours printed
 
 

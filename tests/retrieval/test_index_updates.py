@@ -65,9 +65,9 @@ def test_each_kind_records_itself_and_answers_like_exact_search(setup, kind):
     else:  # measured against exact search, on held-out gallery queries
         assert meta["faiss"]["measured"]["queries"] == 75 and 0.95 <= meta["faiss"]["measured"]["recall_at_10"] <= 1
     g = Gallery(indexes[kind])
-    vectors = g.data.embeddings[:5]
+    vectors = g.vectors[:5]
     found = g.search_vectors(vectors, 10)
-    d, rows = exact_knn(for_metric(vectors, g.metric), for_metric(g.data.embeddings, g.metric), 10, g.metric)
+    d, rows = exact_knn(for_metric(vectors, g.metric), for_metric(g.vectors, g.metric), 10, g.metric)
     for row, exact_d in zip(found, d):
         assert [n.distance for n in row] == pytest.approx(list(exact_d), abs=1e-4)
 
@@ -87,7 +87,7 @@ def test_an_item_keeps_its_id_and_metadata_through_adds_and_removes(setup, tmp_p
     with pytest.raises(ConfigError, match="item id 0 is not in this index"):
         after.item(0)
     # the previous generations' files are gone; only this one's remain
-    assert sorted(p.name for p in index.glob("embeddings*")) == ["embeddings.g2.npz"]
+    assert sorted(p.name for p in index.glob("vectors*")) == ["vectors.g2.npy"]
     assert sorted(p.name for p in index.glob("faiss*")) == ["faiss.g2.index"]
     # an added image finds itself, with its metadata
     [row] = after.search([root / "blue" / "27.png"], 1)
@@ -102,7 +102,7 @@ def test_remove_by_path_csv_and_unknown_ids_change_nothing(setup, tmp_path, caps
     listing.write_text("path\n" + str(root / "green" / "4.png") + "\n")
     assert main(["index", "--index", str(index), "--remove", str(listing)]) == 0
     g = Gallery(index)
-    assert g.count == 74 and not any(str(p).endswith("green/4.png") for p in g.data.paths)
+    assert g.count == 74 and not g.catalogue.ids_of_paths([str(root / "green" / "4.png")], g.generation)
     _fails(capsys, ["index", "--index", str(index), "--remove", "3,999"], "not in this index.*999")
     assert Gallery(index).count == 74 and Gallery(index).generation == 1
 
@@ -161,7 +161,7 @@ def test_where_never_returns_fewer_than_k_passing_items(setup, monkeypatch, thro
     g = Gallery(indexes["ivf"])
     if through_index:  # faiss's id selector, as for many passing items
         monkeypatch.setattr(gallery_module, "EXACT_FILTERED_BELOW", 0)
-    red = g.data.embeddings[:1]
+    red = g.vectors[:1]
     found = g.search_vectors(red, 10, where="parity = even and number >= 10")
     assert len(found[0]) == 10  # 3 colours × 8 even numbers in 10..24 pass; red's alone are 8
     assert all(n.metadata["parity"] == "even" and int(n.metadata["number"]) >= 10 for n in found[0])
@@ -169,14 +169,14 @@ def test_where_never_returns_fewer_than_k_passing_items(setup, monkeypatch, thro
     # the same answer as exact search among the passing items
     passing = [i for i in g.ids if (m := g.item(int(i)).metadata)["parity"] == "even" and int(m["number"]) >= 10]
     rows = np.searchsorted(g.ids, passing)
-    d, _ = exact_knn(for_metric(red, g.metric), for_metric(g.data.embeddings[rows], g.metric), 10, g.metric)
+    d, _ = exact_knn(for_metric(red, g.metric), for_metric(g.vectors[rows], g.metric), 10, g.metric)
     assert [n.distance for n in found[0]] == pytest.approx(list(d[0]), abs=1e-4)
 
 
 def test_where_is_parsed_not_pasted_into_sql(setup):
     _, _, indexes = setup
     g = Gallery(indexes["flat"])
-    vector = g.data.embeddings[:1]
+    vector = g.vectors[:1]
     with pytest.raises(ConfigError, match="no column 'colour'.*parity, number"):
         g.search_vectors(vector, 3, where="colour = red")
     with pytest.raises(ConfigError, match='expected conditions like "column = value"'):
@@ -188,9 +188,9 @@ def test_where_is_parsed_not_pasted_into_sql(setup):
 def test_refine_reranks_candidates_by_exact_distance(setup):
     _, _, indexes = setup
     g = Gallery(indexes["ivf"])
-    vectors = g.data.embeddings[10:13]
+    vectors = g.vectors[10:13]
     refined = g.search_vectors(vectors, 5, effort=1, refine=40)
-    d, _ = exact_knn(for_metric(vectors, g.metric), for_metric(g.data.embeddings, g.metric), 5, g.metric)
+    d, _ = exact_knn(for_metric(vectors, g.metric), for_metric(g.vectors, g.metric), 5, g.metric)
     for row, exact_d in zip(refined, d):
         assert [n.distance for n in row] == pytest.approx(list(exact_d), abs=1e-4)
     with pytest.raises(ConfigError, match="re-rank at least k"):
@@ -246,7 +246,7 @@ def test_the_python_api_builds_updates_and_filters(setup, tmp_path):
 def test_where_reads_labels_by_class_name(setup):
     _, _, indexes = setup
     g = Gallery(indexes["flat"])
-    [found] = g.search_vectors(g.data.embeddings[:1], 30, where="label = blue and number < 5")
+    [found] = g.search_vectors(g.vectors[:1], 30, where="label = blue and number < 5")
     assert len(found) == 5 and {n.label for n in found} == {"blue"}
 
 

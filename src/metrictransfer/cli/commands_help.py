@@ -91,7 +91,7 @@ COMMANDS: dict[str, Command] = {
         "with a run's model, for metrictransfer search and serve, in a faiss index chosen from its size (--kind, "
         "--memory) whose recall against exact search is measured; or change a built index in place (--index DIR "
         "--add IMAGES / --remove IDS), atomically, with stable item ids.",
-        "--out INDEX_DIR: embeddings.npz, catalogue.sqlite (items, ids, metadata), index.json, model.onnx (the model, "
+        "--out INDEX_DIR: vectors.npy, catalogue.sqlite (items, ids, metadata), index.json, model.onnx (the model, "
         "for fast searches; with onnx and onnxruntime installed) and faiss.index (with faiss); prints what it holds "
         "(--json: one JSON object)",
         "guides/using-a-model.md",

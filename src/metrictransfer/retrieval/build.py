@@ -20,7 +20,6 @@ from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
 from metrictransfer.errors import ConfigError, MissingPackageError
 from metrictransfer.evaluation.embed import extract_embeddings
-from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, save_embeddings
 from metrictransfer.evaluation.evaluate import with_test_transform
 from metrictransfer.io import atomic_write_text, file_sha256, staged_path
 from metrictransfer.model_export import description_path, export_model
@@ -29,18 +28,16 @@ from metrictransfer.retrieval import index_kinds
 from metrictransfer.retrieval.catalogue import CATALOGUE_FILE, Catalogue
 from metrictransfer.retrieval.checkpoint_model import model_fingerprint
 from metrictransfer.retrieval.gallery import (
-    EMBEDDINGS_FILE,
     FAISS_FILE,
     INDEX_FILE,
     INDEX_FORMAT,
     QUERY_MODEL_FILE,
     IndexLock,
-    contents_record,
     faiss_metric_name,
     for_metric,
-    ids_sha256,
     list_images,
 )
+from metrictransfer.retrieval.vector_store import VECTORS_FILE, write_vectors
 from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
 
 
@@ -92,7 +89,7 @@ def build_index(
 
 
 def _already_holds_index(folder: Path) -> str | None:
-    if not any((folder / name).exists() for name in (INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE, CATALOGUE_FILE)):
+    if not any((folder / name).exists() for name in (INDEX_FILE, VECTORS_FILE, FAISS_FILE, CATALOGUE_FILE)):
         return None
     return f"{folder} already holds a search index; choose another --out, or add --overwrite to replace it"
 
@@ -125,14 +122,14 @@ class _Built:
 def _write_index(
     out: Path, built: _Built, listed: ImageIndex, embeddings: np.ndarray, columns: list[str], metadata: list[dict[str, str]] | None
 ) -> dict[str, Any]:
-    paths = np.asarray([str((listed.root / p).resolve()) for p in listed.paths], dtype=str)
-    data = EmbeddingsFile(embeddings, listed.labels, paths, metric=built.metric)
-    save_embeddings(out / EMBEDDINGS_FILE, data)
+    paths = [str((listed.root / p).resolve()) for p in listed.paths]
+    vectors = write_vectors(out / VECTORS_FILE, len(paths), int(embeddings.shape[1]), lambda rows: embeddings[rows])
     ids = np.arange(len(paths), dtype=np.int64)
     with staged_path(out / CATALOGUE_FILE) as staged:
         catalogue = Catalogue(staged, create_columns=columns)
         with catalogue.db:
-            catalogue.add(0, list(paths), [listed.classes[x] if x >= 0 else None for x in listed.labels], metadata)
+            catalogue.add(0, paths, [listed.classes[x] if x >= 0 else None for x in listed.labels], metadata)
+        items_sha256 = catalogue.items(0)[1]
         catalogue.close()
     meta = {
         "index_format": INDEX_FORMAT,
@@ -145,8 +142,8 @@ def _write_index(
         "count": len(paths),
         "dim": int(embeddings.shape[1]),
         "classes": listed.classes,
-        "embeddings": contents_record(data, listed.classes),
-        "catalogue": {"file": CATALOGUE_FILE, "columns": columns, "ids_sha256": ids_sha256(ids)},
+        "vectors": vectors,
+        "catalogue": {"file": CATALOGUE_FILE, "columns": columns, "items_sha256": items_sha256},
         "faiss": write_faiss(for_metric(embeddings, built.metric), ids, built.metric, out / FAISS_FILE, built.kind, built.memory),
         "query_model": _export_query_model(built.checkpoint, built.model_name, out / QUERY_MODEL_FILE),
     }

@@ -13,10 +13,12 @@ joined by ``and``), turned into parameterised SQL: no text from a request is eve
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,6 +29,17 @@ BUILT_IN = ("id", "path", "label", "added", "removed")  # columns every catalogu
 _OPERATORS = ("<=", ">=", "!=", "=", "<", ">")
 _CONDITION = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|!=|=|<|>)\s*(\"[^\"]*\"|'[^']*'|[^\s'\"]+)\s*$")
 _SAFE_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+_MAX_PARAMETERS = 900  # per statement: SQLite's limit is 999 in older builds
+
+
+class ItemRecord(NamedTuple):
+    """What the catalogue knows of one item."""
+
+    path: str
+    label: str | None
+    metadata: dict[str, str]
 
 
 def _quoted(column: str) -> str:
@@ -42,7 +55,10 @@ class Catalogue:
         if create_columns is None and not path.is_file():
             raise SearchIndexError(f"{path} is missing: the index's item catalogue")
         self.db = sqlite3.connect(path, check_same_thread=False)  # the service reads it from its worker threads
-        self.db.execute("PRAGMA synchronous = FULL")  # a committed update survives a power cut
+        try:
+            self.db.execute("PRAGMA synchronous = FULL")  # a committed update survives a power cut
+        except sqlite3.DatabaseError as err:
+            raise SearchIndexError(f"{path} is not a readable SQLite catalogue ({err})") from None
         if create_columns is not None:
             bad = [c for c in create_columns if not _SAFE_COLUMN.match(c) or c in BUILT_IN]
             if bad:
@@ -56,6 +72,7 @@ class Catalogue:
                     "CREATE TABLE items (id INTEGER PRIMARY KEY, path TEXT NOT NULL, label TEXT, "
                     f"added INTEGER NOT NULL, removed INTEGER{extra})"
                 )
+                self.db.execute("CREATE INDEX items_by_path ON items (path)")  # updates look items up by path
         try:
             self.columns = [row[1] for row in self.db.execute("PRAGMA table_info(items)")][len(BUILT_IN) :]
         except sqlite3.DatabaseError as err:
@@ -68,26 +85,38 @@ class Catalogue:
     def _live(generation: int) -> str:
         return f"added <= {int(generation)} AND (removed IS NULL OR removed > {int(generation)})"
 
-    def ids(self, generation: int) -> np.ndarray:
-        """The ids of the items of a generation, ascending: the order of its embeddings' rows."""
-        rows = self.db.execute(f"SELECT id FROM items WHERE {self._live(generation)} ORDER BY id").fetchall()
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    def items(self, generation: int) -> tuple[np.ndarray, str]:
+        """The ids of the items of a generation, ascending (the order of its vectors' rows), and a SHA-256 of
+        their ids, paths and class names, which index.json records: a catalogue of another build differs there."""
+        digest, ids = hashlib.sha256(), []
+        for item_id, path, label in self.db.execute(f"SELECT id, path, label FROM items WHERE {self._live(generation)} ORDER BY id"):
+            ids.append(item_id)
+            digest.update(f"{item_id}\0{path}\0{'' if label is None else label}\n".encode())
+        return np.asarray(ids, dtype=np.int64), digest.hexdigest()
 
     def next_id(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM items").fetchone()[0])
 
-    def metadata(self, ids: Iterable[int]) -> dict[int, dict[str, str]]:
-        """Each id's metadata columns (those with a value)."""
+    def describe(self, ids: Iterable[int]) -> dict[int, ItemRecord]:
+        """Each id's path, class name and metadata columns (those with a value)."""
         wanted = [int(i) for i in ids]
-        if not self.columns or not wanted:
-            return {i: {} for i in wanted}
-        names = ", ".join(_quoted(c) for c in self.columns)
-        found: dict[int, dict[str, str]] = {i: {} for i in wanted}
-        for start in range(0, len(wanted), 900):  # SQLite's limit on parameters per statement
-            part = wanted[start : start + 900]
+        names = ", ".join(["id", "path", "label", *map(_quoted, self.columns)])
+        found: dict[int, ItemRecord] = {}
+        for start in range(0, len(wanted), _MAX_PARAMETERS):
+            part = wanted[start : start + _MAX_PARAMETERS]
             marks = ",".join("?" * len(part))
-            for row in self.db.execute(f"SELECT id, {names} FROM items WHERE id IN ({marks})", part):
-                found[row[0]] = {c: v for c, v in zip(self.columns, row[1:]) if v is not None}
+            for row in self.db.execute(f"SELECT {names} FROM items WHERE id IN ({marks})", part):
+                found[row[0]] = ItemRecord(row[1], row[2], {c: v for c, v in zip(self.columns, row[3:]) if v is not None})
+        return found
+
+    def ids_of_paths(self, paths: Sequence[str], generation: int) -> dict[str, int]:
+        """The ids of a generation's items at ``paths`` (absent paths are left out)."""
+        found: dict[str, int] = {}
+        for start in range(0, len(paths), _MAX_PARAMETERS):
+            part = [str(p) for p in paths[start : start + _MAX_PARAMETERS]]
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT path, id FROM items WHERE {self._live(generation)} AND path IN ({marks})"
+            found.update((path, int(i)) for path, i in self.db.execute(sql, part))
         return found
 
     def matching(self, where: str, generation: int) -> np.ndarray:

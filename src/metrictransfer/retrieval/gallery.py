@@ -1,9 +1,10 @@
-"""A searchable gallery: a trained model's embeddings of an image folder or CSV, with their paths.
+"""A searchable gallery: a trained model's embeddings of an image folder, a CSV or an embeddings table.
 
-An index folder holds ``embeddings.npz`` (embeddings, labels, paths), ``faiss.index`` when faiss is
-installed, and ``index.json``: the model's checkpoint and a fingerprint of its weights, the metric, and
-what the other two files hold (count, dimension, SHA-256 of the embeddings, paths and labels; for faiss
-its ``ntotal``, ``d``, metric type and file digest). Searching embeds the queries with the same model
+An index folder holds ``vectors.npy`` (the embeddings, read memory-mapped: :mod:`.vector_store`),
+``catalogue.sqlite`` (each item's id, path, class name and metadata: :mod:`.catalogue`), ``faiss.index``
+when faiss is installed, and ``index.json``: the model's checkpoint and a fingerprint of its weights, the
+metric, and what the other files hold (count, dimension and SHA-256 of the vectors, a digest of the item
+ids; for faiss its ``ntotal``, ``d``, metric type and file digest). Searching embeds the queries with the same model
 and checks every file against ``index.json`` first, refusing a folder whose files do not belong
 together or to the model: distances between two models' embeddings mean nothing, and a faiss index of
 other embeddings returns the wrong neighbours without any error.
@@ -17,7 +18,6 @@ files belong together.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -30,16 +30,17 @@ import numpy as np
 from metrictransfer.data.custom import QUOTED_ROWS, _is_image, _string_labels, rows_error
 from metrictransfer.data.index import ImageIndex
 from metrictransfer.errors import ConfigError, DataError, MissingFileError, MissingPackageError, SearchIndexError
-from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, load_embeddings
 from metrictransfer.io import file_sha256
 from metrictransfer.output_folder import OutputLock
 from metrictransfer.retrieval import index_kinds
-from metrictransfer.retrieval.catalogue import Catalogue
+from metrictransfer.retrieval.catalogue import Catalogue, ItemRecord
 from metrictransfer.retrieval.onnx_model import OnnxQueryModel
+from metrictransfer.retrieval.vector_store import read_vectors
 
-INDEX_FILE, EMBEDDINGS_FILE, FAISS_FILE = "index.json", "embeddings.npz", "faiss.index"
+INDEX_FILE, FAISS_FILE = "index.json", "faiss.index"
 QUERY_MODEL_FILE = "model.onnx"  # the run's model, exported for searching without PyTorch
-INDEX_FORMAT = 2  # 1 (no "index_format" key): no record of what embeddings.npz and faiss.index hold
+# 1 (no "index_format" key): no record of what the files hold; 2: embeddings.npz, loaded whole; 3: vectors.npy
+INDEX_FORMAT = 3
 METRICS = ("euclidean", "cosine")
 FAISS_METRIC = {"euclidean": "METRIC_L2", "cosine": "METRIC_INNER_PRODUCT"}  # what flat_index builds
 
@@ -110,27 +111,6 @@ def _labelled(root: Path, paths: list[str], names: list[str] | None) -> ImageInd
     return _string_labels(root, paths, names)
 
 
-def _sha256(*chunks: bytes) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def contents_record(data: EmbeddingsFile, classes: list[str]) -> dict[str, Any]:
-    """What ``embeddings.npz`` holds, as index.json records it: a file from another build differs here."""
-    embeddings = np.ascontiguousarray(data.embeddings, dtype=np.float32)
-    paths = [str(p) for p in (data.paths if data.paths is not None else [])]
-    return {
-        "file": EMBEDDINGS_FILE,
-        "count": int(embeddings.shape[0]),
-        "dim": int(embeddings.shape[1]),
-        "sha256": _sha256(embeddings.tobytes()),
-        "paths_sha256": _sha256("\0".join(paths).encode()),
-        "labels_sha256": _sha256(np.asarray(data.labels, dtype=np.int64).tobytes(), json.dumps(classes).encode()),
-    }
-
-
 class IndexLock(OutputLock):
     """The lock of an index folder while it is built."""
 
@@ -142,11 +122,6 @@ def for_metric(x: np.ndarray, metric: str) -> np.ndarray:
     if metric == "cosine":
         return cast(np.ndarray, x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
     return x
-
-
-def ids_sha256(ids: np.ndarray) -> str:
-    """What index.json records of a generation's item ids: a catalogue from another build differs here."""
-    return _sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
 
 
 def faiss_metric_name(index: Any) -> str:
@@ -195,8 +170,8 @@ class Gallery:
         self._rebuild = _rebuild_hint(index_dir, self.checkpoint)
         self.metric = self.meta["metric"]
         self.generation = int(self.meta.get("generation", 0))
-        self.data = self._load_embeddings()
-        self.count, self.dim = (int(n) for n in self.data.embeddings.shape)
+        self.vectors = read_vectors(index_dir, self.meta["vectors"], self._rebuild)
+        self.count, self.dim = (int(n) for n in self.vectors.shape)
         self.catalogue, self.ids = self._load_catalogue()
         self.faiss_index = self._load_faiss()
         self.plan = self._plan()
@@ -204,7 +179,7 @@ class Gallery:
 
     @property
     def metadata_columns(self) -> list[str]:
-        return self.catalogue.columns if self.catalogue else []
+        return self.catalogue.columns
 
     def _plan(self) -> index_kinds.IndexPlan:
         record = self.meta["faiss"] or {}
@@ -215,19 +190,17 @@ class Gallery:
             index_kinds.set_search_effort(self.faiss_index, plan, record.get("effort"))
         return plan
 
-    def _load_catalogue(self) -> tuple[Catalogue | None, np.ndarray]:
-        """The item catalogue and the generation's ids in row order (0..n-1 for an index from before catalogues)."""
-        record = self.meta.get("catalogue")
-        if not record:
-            return None, np.arange(self.count, dtype=np.int64)
+    def _load_catalogue(self) -> tuple[Catalogue, np.ndarray]:
+        """The item catalogue and the generation's ids in row order."""
+        record = self.meta["catalogue"]
         file = self.index_dir / record["file"]
         if not file.is_file():
             raise MissingFileError(f"the index {self.index_dir} has no {record['file']} though {INDEX_FILE} lists one; {self._rebuild}")
         catalogue = Catalogue(file)
-        ids = catalogue.ids(self.generation)
-        if ids_sha256(ids) != record.get("ids_sha256") or len(ids) != self.count:
+        ids, digest = catalogue.items(self.generation)
+        if digest != record.get("items_sha256") or len(ids) != self.count:
             raise SearchIndexError(
-                f"{file} does not list the {self.count} items {INDEX_FILE} describes (it lists {len(ids)}, or other ids): "
+                f"{file} does not list the {self.count} items {INDEX_FILE} describes (it lists {len(ids)}, or other paths or ids): "
                 f"the files were edited or come from different builds; {self._rebuild}"
             )
         return catalogue, ids
@@ -242,32 +215,6 @@ class Gallery:
         from metrictransfer.retrieval.checkpoint_model import CheckpointQueryModel
 
         return CheckpointQueryModel(self.checkpoint, self.meta.get("model"), self.meta, self.index_dir, self._rebuild, device)
-
-    def _load_embeddings(self) -> EmbeddingsFile:
-        record = self.meta["embeddings"]
-        file = self.index_dir / record.get("file", EMBEDDINGS_FILE)
-        if not file.is_file():
-            raise MissingFileError(f"the index {self.index_dir} has no {file.name}; {self._rebuild}")
-        try:
-            data = load_embeddings(file)
-        except (ValueError, OSError) as err:
-            raise SearchIndexError(f"{err}; {self._rebuild}") from None
-        if data.paths is None:
-            raise SearchIndexError(f"{file} has no 'paths' array, so results could not be named; {self._rebuild}")
-        found = contents_record(data, self.meta["classes"])
-        differs = [
-            f"{key} {found[key]} (index.json: {record.get(key)})" if key in ("count", "dim") else key
-            for key in ("count", "dim", "sha256", "paths_sha256", "labels_sha256")
-            if found[key] != record.get(key)
-        ]
-        if data.metric is not None and data.metric != self.metric:
-            differs.append(f"metric {data.metric!r} (index.json: {self.metric!r})")
-        if differs:
-            raise SearchIndexError(
-                f"{file} does not hold what {INDEX_FILE} describes (it differs in {', '.join(differs)}): "
-                f"the files were edited or come from different builds; {self._rebuild}"
-            )
-        return data
 
     def _load_faiss(self) -> Any:
         record = self.meta["faiss"]
@@ -284,7 +231,7 @@ class Gallery:
             index = faiss.read_index(str(file))
         except RuntimeError as err:
             raise SearchIndexError(f"{file} is not a readable faiss index ({str(err).strip().splitlines()[-1]}); {self._rebuild}") from None
-        count, dim = self.data.embeddings.shape  # checked against index.json already
+        count, dim = self.vectors.shape  # checked against index.json already
         expected = {"ntotal": count, "d": dim, "metric_type": FAISS_METRIC[self.metric]}
         found = {"ntotal": int(index.ntotal), "d": int(index.d), "metric_type": faiss_metric_name(index)}
         differs = [
@@ -296,13 +243,10 @@ class Gallery:
             differs.append("its contents (SHA-256)")
         if differs:
             raise SearchIndexError(
-                f"{file} does not belong to {EMBEDDINGS_FILE} (it differs in {', '.join(differs)}) and "
+                f"{file} does not belong to {self.meta['vectors'].get('file')} (it differs in {', '.join(differs)}) and "
                 f"would return wrong neighbours; {self._rebuild}"
             )
         return index
-
-    def label_name(self, label: int) -> str | None:
-        return self.meta["classes"][label] if label >= 0 and self.meta["classes"] else None
 
     def search(self, queries: list[str | Path], k: int = 10, exclude_self: bool = False, **options: Any) -> list[list[Neighbour]]:
         """The k nearest gallery images of each query image, nearest first (all of them when the gallery
@@ -373,14 +317,14 @@ class Gallery:
     def _neighbours(self, distances: np.ndarray, ids: np.ndarray, excluded: np.ndarray, k: int) -> list[Neighbour]:
         left_out = set(excluded.tolist())
         kept = [(float(d), int(i)) for d, i in zip(distances, ids) if i >= 0 and int(i) not in left_out][:k]
-        metadata = self.catalogue.metadata(i for _, i in kept) if self.catalogue else {}
-        return [self._neighbour(i, d, metadata.get(i, {})) for d, i in kept]
+        records = self.catalogue.describe(i for _, i in kept)
+        return [self._neighbour(i, d, records) for d, i in kept]
 
-    def _neighbour(self, item_id: int, distance: float, metadata: dict[str, str]) -> Neighbour:
-        row = self.row_of(item_id)
-        paths = self.data.paths
-        assert paths is not None  # _load_embeddings refused a file without them
-        return Neighbour(str(paths[row]), distance, self.label_name(int(self.data.labels[row])), item_id, metadata)
+    def _neighbour(self, item_id: int, distance: float, records: dict[int, ItemRecord]) -> Neighbour:
+        if item_id not in records:  # the ids were checked against index.json: only a concurrent edit gets here
+            raise SearchIndexError(f"{self.catalogue.path} has no item {item_id} though the index holds it; {self._rebuild}")
+        record = records[item_id]
+        return Neighbour(record.path, distance, record.label, item_id, record.metadata)
 
     def row_of(self, item_id: int) -> int:
         """The embeddings' row of an item, or a :class:`ConfigError` for an id this index does not hold."""
@@ -395,18 +339,17 @@ class Gallery:
 
     def item(self, item_id: int) -> Neighbour:
         self.row_of(item_id)  # an unknown id is refused before the catalogue is asked
-        metadata = self.catalogue.metadata([item_id]) if self.catalogue else {}
-        return self._neighbour(item_id, 0.0, metadata.get(item_id, {}))
+        return self._neighbour(item_id, 0.0, self.catalogue.describe([item_id]))
 
     def vector(self, item_id: int) -> np.ndarray:
         """An item's embedding as the model output it."""
-        return np.asarray(self.data.embeddings[self.row_of(item_id)], dtype=np.float32)
+        return np.asarray(self.vectors[self.row_of(item_id)], dtype=np.float32)
 
     def _knn(self, q: np.ndarray, k: int, effort: int | None = None, refine: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Distances and item ids of each row of ``q``'s k nearest items (-1 where fewer were found)."""
         k = min(k, self.count)
         if self.faiss_index is None:
-            distances, rows = exact_knn(q, for_metric(self.data.embeddings, self.metric).astype(np.float32), k, self.metric)
+            distances, rows = exact_knn(q, for_metric(self.vectors, self.metric).astype(np.float32), k, self.metric)
             return distances, self.ids[rows]
         params = index_kinds.search_parameters(self.faiss_index, self.plan, effort)
         scores, ids = index_kinds.search(self.faiss_index, q, min(max(k, refine or 0), self.count), params)
@@ -425,7 +368,7 @@ class Gallery:
 
     def _rows(self, rows: np.ndarray) -> np.ndarray:
         """Embeddings' rows as the index holds them (unit length for cosine)."""
-        return for_metric(np.asarray(self.data.embeddings[rows], dtype=np.float32), self.metric)
+        return for_metric(np.asarray(self.vectors[rows], dtype=np.float32), self.metric)
 
     def _filtered(
         self, q: np.ndarray, k: int, where: str, excluded: np.ndarray, effort: int | None, refine: int | None
@@ -433,8 +376,6 @@ class Gallery:
         """Search among the items passing ``where``: exactly when few pass, else through the index told
         to skip the others (faiss's id selector), falling back to exact search for a query that still
         came up short (an IVF's probed clusters may hold fewer than k passing items)."""
-        if self.catalogue is None:
-            raise ConfigError("--where needs an index with a catalogue of metadata; rebuild it with this version")
         passing = np.setdiff1d(self.catalogue.matching(where, self.generation), excluded)
         k = min(k, len(passing))
         if k == 0:
@@ -454,7 +395,7 @@ class Gallery:
 
     def _exact_among(self, q: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         rows = np.searchsorted(self.ids, ids)
-        vectors = for_metric(np.asarray(self.data.embeddings[rows], dtype=np.float32), self.metric)
+        vectors = for_metric(np.asarray(self.vectors[rows], dtype=np.float32), self.metric)
         distances, order = exact_knn(q, vectors, k, self.metric)
         return distances, ids[order]
 
@@ -501,11 +442,12 @@ def _read_meta(index_dir: Path, checkpoint: str | Path | None) -> dict[str, Any]
     if meta.get("index_format") != INDEX_FORMAT:
         written = meta.get("index_format", "1, from before indexes recorded what their files hold")
         raise SearchIndexError(f"{meta_file} has index format {written}, this metrictransfer reads format {INDEX_FORMAT}; {rebuild}")
-    missing = [key for key in ("checkpoint", "fingerprint", "metric", "count", "dim", "classes", "embeddings", "faiss") if key not in meta]
+    missing = [key for key in ("checkpoint", "fingerprint", "metric", "count", "dim", "vectors", "catalogue", "faiss") if key not in meta]
     if missing:
         raise SearchIndexError(f"{meta_file} lacks {', '.join(missing)}; {rebuild}")
-    if not isinstance(meta["embeddings"], dict) or not (meta["faiss"] is False or isinstance(meta["faiss"], dict)):
-        raise SearchIndexError(f"{meta_file}: 'embeddings' and 'faiss' are not the records index writes; {rebuild}")
+    records = (meta["vectors"], meta["catalogue"])
+    if not all(isinstance(r, dict) for r in records) or not (meta["faiss"] is False or isinstance(meta["faiss"], dict)):
+        raise SearchIndexError(f"{meta_file}: 'vectors', 'catalogue' and 'faiss' are not the records index writes; {rebuild}")
     if meta["metric"] not in METRICS:
         raise SearchIndexError(f"{meta_file} has metric {meta['metric']!r}; valid: {', '.join(METRICS)}; {rebuild}")
     return meta

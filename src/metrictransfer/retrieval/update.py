@@ -1,7 +1,8 @@
 """Adding items to a built index and removing them, in place and atomically.
 
 An update writes the next generation of the index (see :mod:`.catalogue`): the catalogue's new rows, a
-new embeddings file and a new faiss file under new names, then ``index.json`` naming them, and only then
+new vectors file (written a chunk at a time from the previous one, memory-mapped) and a new faiss file
+under new names, then ``index.json`` naming them, and only then
 deletes the previous generation's files. Until ``index.json`` is replaced the previous index is whole and
 is what every search reads; a crash at any point leaves it so, and the next update clears what the
 crashed one wrote. Ids are stable: an item keeps its id across updates and a removed id is never reused.
@@ -17,20 +18,20 @@ from typing import Any
 import numpy as np
 
 from metrictransfer.data.images import ImageFolderDataset
-from metrictransfer.errors import ConfigError, DataError, MissingFileError, SearchIndexError
+from metrictransfer.errors import ConfigError, DataError, MissingFileError
 from metrictransfer.evaluation.embed import extract_embeddings
-from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, save_embeddings
 from metrictransfer.evaluation.evaluate import with_test_transform
 from metrictransfer.io import atomic_write_text
 from metrictransfer.output_folder import claim_output
 from metrictransfer.retrieval import index_kinds
 from metrictransfer.retrieval.build import csv_metadata, save_faiss
 from metrictransfer.retrieval.checkpoint_model import CheckpointQueryModel
-from metrictransfer.retrieval.gallery import INDEX_FILE, Gallery, IndexLock, contents_record, for_metric, ids_sha256, list_images
+from metrictransfer.retrieval.gallery import INDEX_FILE, Gallery, IndexLock, for_metric, list_images
+from metrictransfer.retrieval.vector_store import VECTORS_FILE, write_vectors
 
 
 def generation_file(name: str, generation: int) -> str:
-    """``embeddings.npz`` → ``embeddings.g3.npz``: each generation's files under their own names."""
+    """``vectors.npy`` → ``vectors.g3.npy``: each generation's files under their own names."""
     stem, dot, suffix = name.partition(".")
     return name if generation == 0 else f"{stem}.g{generation}{dot}{suffix}"
 
@@ -73,10 +74,6 @@ def update_index(
     lock = claim_output(index_dir, "index", IndexLock(index_dir), resume=True, clear=False, option="--index")
     try:
         gallery = Gallery(index_dir)
-        if gallery.catalogue is None:
-            raise SearchIndexError(
-                f"{index_dir} was built before indexes kept a catalogue and cannot be updated; rebuild it with --overwrite"
-            )
         return _Update(gallery, batch_size, device, progress).apply(add, remove)
     finally:
         assert lock.manifest is not None
@@ -92,36 +89,24 @@ class _Update:
 
     def apply(self, add: str | Path | None, remove: str | None) -> dict[str, Any]:
         g, catalogue = self.gallery, self.gallery.catalogue
-        assert catalogue is not None
         removed = self._ids_to_remove(remove) if remove is not None else np.zeros(0, dtype=np.int64)
         if len(removed) and g.plan.kind == "hnsw" and g.faiss_index is not None:
             raise ConfigError(
                 f"{g.index_dir} is an hnsw index, from which faiss cannot remove items; rebuild it without them (or with --kind ivf)"
             )
-        new_paths, new_labels, new_vectors, metadata = self._items_to_add(add) if add is not None else ([], [], None, None)
+        new_paths, names, new_vectors, metadata = self._items_to_add(add) if add is not None else ([], [], None, None)
         keep = ~np.isin(g.ids, removed)
         if not keep.any() and not new_paths:
             raise ConfigError("this would leave the index empty; remove the index folder instead")
         with catalogue.db:  # one transaction: the rows of this generation, all or none
             catalogue.discard_after(g.generation)
             catalogue.remove(self.generation, removed.tolist())
-            names = [self.meta["classes"][x] if x >= 0 else None for x in new_labels]
             new_ids = catalogue.add(self.generation, new_paths, names, metadata)
         ids = np.concatenate([g.ids[keep], new_ids])
-        paths = g.data.paths
-        assert paths is not None
-        embeddings = np.asarray(g.data.embeddings, dtype=np.float32)[keep]
-        if new_vectors is not None:
-            embeddings = np.concatenate([embeddings, new_vectors])
-        data = EmbeddingsFile(
-            embeddings,
-            np.concatenate([np.asarray(g.data.labels)[keep], np.asarray(new_labels, dtype=np.int64)]),
-            np.concatenate([np.asarray(paths)[keep].astype(str), np.asarray(new_paths, dtype=str)]),
-            metric=g.metric,
-        )
-        files = self._write(data, ids, removed, new_ids, new_vectors)
+        files = self._write(np.flatnonzero(keep), ids, removed, new_ids, new_vectors)
         self.meta.update(generation=self.generation, count=len(ids))
-        self.meta["catalogue"]["ids_sha256"] = ids_sha256(ids)
+        found, self.meta["catalogue"]["items_sha256"] = catalogue.items(self.generation)
+        assert np.array_equal(found, ids), "the catalogue's rows of this generation are the ones just written"
         atomic_write_text(json.dumps(self.meta, indent=2), g.index_dir / INDEX_FILE)  # the switch to the new generation
         for old in files:
             (g.index_dir / old).unlink(missing_ok=True)
@@ -131,9 +116,7 @@ class _Update:
 
     def _ids_to_remove(self, remove: str) -> np.ndarray:
         ids, paths = read_ids(remove)
-        known_paths = {
-            str(p): int(i) for p, i in zip(self.gallery.data.paths if self.gallery.data.paths is not None else [], self.gallery.ids)
-        }
+        known_paths = self.gallery.catalogue.ids_of_paths(paths, self.gallery.generation)
         missing_paths = [p for p in paths if p not in known_paths]
         missing = [int(i) for i in np.asarray(ids, dtype=np.int64)[~np.isin(ids, self.gallery.ids)]]
         if missing or missing_paths:
@@ -143,7 +126,7 @@ class _Update:
             )
         return np.unique(np.asarray(ids + [known_paths[p] for p in paths], dtype=np.int64))
 
-    def _items_to_add(self, add: str | Path) -> tuple[list[str], list[int], np.ndarray, list[dict[str, str]] | None]:
+    def _items_to_add(self, add: str | Path) -> tuple[list[str], list[str | None], np.ndarray, list[dict[str, str]] | None]:
         g = self.gallery
         listed = list_images(add)
         columns, metadata = csv_metadata(add)
@@ -152,7 +135,7 @@ class _Update:
             have = ", ".join(g.metadata_columns) or "none"
             raise ConfigError(f"{add}: metadata column(s) {', '.join(unknown)} are not in this index (its columns: {have})")
         paths = [str((listed.root / p).resolve()) for p in listed.paths]
-        already = sorted(set(paths) & {str(p) for p in (g.data.paths if g.data.paths is not None else [])})
+        already = sorted(g.catalogue.ids_of_paths(paths, g.generation))
         if already:
             raise ConfigError(
                 f"{add}: {len(already)} image(s) are in the index already, first: {already[0]}; remove them first to replace them"
@@ -165,24 +148,25 @@ class _Update:
         dataset = with_test_transform(ImageFolderDataset(listed, bad_hint=f"fix it or remove it from {add}"), model.config.data)
         net = model.model.to(self.device)
         vectors = extract_embeddings(net, dataset, self.batch_size, self.device, progress=self.progress)[0].numpy()
-        classes = self.meta["classes"]
-        labels = []
-        for label in listed.labels:
-            name = listed.classes[int(label)] if label >= 0 and listed.classes else None
-            if name is not None and name not in classes:
-                classes.append(name)
-            labels.append(classes.index(name) if name is not None else -1)
-        return paths, labels, vectors.astype(np.float32), metadata
+        names = [listed.classes[int(label)] if label >= 0 and listed.classes else None for label in listed.labels]
+        self.meta["classes"] += sorted({n for n in names if n is not None} - set(self.meta["classes"]))
+        return paths, names, vectors.astype(np.float32), metadata
 
     def _write(
-        self, data: EmbeddingsFile, ids: np.ndarray, removed: np.ndarray, new_ids: np.ndarray, new_vectors: np.ndarray | None
+        self, kept_rows: np.ndarray, ids: np.ndarray, removed: np.ndarray, new_ids: np.ndarray, new_vectors: np.ndarray | None
     ) -> list[str]:
-        """Write the new generation's embeddings and faiss files; returns the previous generation's names."""
+        """Write the new generation's vectors (the kept rows of the previous ones, then the new ones) and
+        faiss files; returns the previous generation's names."""
         g, meta = self.gallery, self.meta
-        old = [meta["embeddings"]["file"]]
-        embeddings_file = generation_file("embeddings.npz", self.generation)
-        save_embeddings(g.index_dir / embeddings_file, data)
-        meta["embeddings"] = {**contents_record(data, meta["classes"]), "file": embeddings_file}
+        old = [meta["vectors"]["file"]]
+        vectors_file = generation_file(VECTORS_FILE, self.generation)
+        added = new_vectors if new_vectors is not None else np.zeros((0, g.dim), dtype=np.float32)
+
+        def kept_then_added(r: np.ndarray) -> np.ndarray:
+            before = r < len(kept_rows)
+            return np.concatenate([g.vectors[kept_rows[r[before]]], added[r[~before] - len(kept_rows)]])
+
+        meta["vectors"] = write_vectors(g.index_dir / vectors_file, len(ids), g.dim, kept_then_added)
         if g.faiss_index is not None:
             import faiss
 
@@ -197,4 +181,4 @@ class _Update:
             meta["faiss"] = {**meta["faiss"], **record}
             if meta["faiss"].get("measured", {}).get("exact") is None:
                 meta["faiss"]["measured"]["at_count"] = meta["faiss"]["measured"].get("at_count", g.count)
-        return [name for name in old if name not in (embeddings_file, meta["faiss"] and meta["faiss"].get("file"))]
+        return [name for name in old if name not in (vectors_file, meta["faiss"] and meta["faiss"].get("file"))]
