@@ -349,6 +349,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from metrictransfer.retrieval import build_index
+    from metrictransfer.runtime import distributed
 
     updating = args.add is not None or args.remove is not None
     if updating != (args.index is not None) or (args.index is not None and (args.out or args.images or args.checkpoint)):
@@ -364,18 +365,24 @@ def cmd_index(args: argparse.Namespace) -> int:
             meta = update_index(args.index, args.add, args.remove, _device(args.device), args.batch_size, progress=sys.stderr.isatty())
             args.out = args.index
         else:
-            meta = build_index(
-                args.checkpoint,
-                args.images,
-                args.out,
-                args.model,
-                _device(args.device),
-                args.batch_size,
-                progress=sys.stderr.isatty(),
-                overwrite=args.overwrite,
-                kind=args.kind,
-                memory=args.memory,
-            )
+            ranks, _ = distributed.setup("cpu")  # under torchrun: a build from an embeddings table, in shards
+            try:
+                meta = build_index(
+                    args.checkpoint,
+                    args.images,
+                    args.out,
+                    args.model,
+                    _device(args.device),
+                    args.batch_size,
+                    progress=ranks.main and sys.stderr.isatty(),
+                    overwrite=args.overwrite,
+                    kind=args.kind,
+                    memory=args.memory,
+                )
+            finally:
+                distributed.teardown()
+            if not ranks.main:
+                return 0
     if args.json:
         print(
             json.dumps(

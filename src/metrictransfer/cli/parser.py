@@ -295,9 +295,10 @@ def _add_index(index: argparse.ArgumentParser) -> None:
     index.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (building a new index)")
     index.add_argument(
         "--images",
-        metavar="FOLDER_OR_CSV",
-        help="a folder (searched recursively; sub-folders are classes) or a CSV with path[,label] columns and any "
-        "metadata columns (kept for search --where)",
+        metavar="FOLDER_CSV_OR_TABLE",
+        help="a folder (searched recursively; sub-folders are classes), a CSV with path[,label] columns and any "
+        "metadata columns (kept for search --where), or an embeddings table the run's model wrote (embed --images "
+        "--out TABLE): built in chunks, and in shards under torchrun",
     )
     index.add_argument("--out", metavar="INDEX_DIR", help="the index folder to write (a new or empty one)")
     index.add_argument("--overwrite", action="store_true", help="replace the index INDEX_DIR holds (nothing else there is deleted)")
@@ -309,7 +310,9 @@ def _add_index(index: argparse.ArgumentParser) -> None:
     )
     index.add_argument("--memory", type=_byte_size, metavar="SIZE", help="memory budget for the vectors, e.g. 8GB (chooses the kind)")
     index.add_argument("--index", metavar="INDEX_DIR", help="change this built index in place (with --add and/or --remove)")
-    index.add_argument("--add", metavar="FOLDER_OR_CSV", help="with --index: embed these images and add them (new ids)")
+    index.add_argument(
+        "--add", metavar="FOLDER_CSV_OR_TABLE", help="with --index: embed these images and add them (new ids), or add a table's rows"
+    )
     index.add_argument(
         "--remove", metavar="IDS_OR_CSV", help="with --index: remove these items: ids like 3,17,20, or a CSV with an id or path column"
     )

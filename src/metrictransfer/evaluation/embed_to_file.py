@@ -130,7 +130,7 @@ def embed_images_to_file(
     dataset = ImageFolderDataset(images, bad_hint=bad_hint)
     dataset.item_names = [str((images.root / p).resolve()) for p in images.paths]  # names; reading uses images
     options = _Options(batch_size or config.eval.batch_size, config.data.num_workers, dtype, overwrite, progress, chunk_batches)
-    source = _Source(None, None, config.eval.metric, model_record)
+    source = _Source(None, None, config.eval.metric, model_record, images.classes)
     return _embed_to_file(model, dataset, preprocess or config.data, source, Path(out), device, options)
 
 
@@ -142,6 +142,7 @@ class _Source:
     split: str | None
     metric: str
     model: dict[str, Any] | None
+    classes: list[str] | None = None  # the class names of the labels, for images labelled by folder or CSV
 
 
 @dataclass(frozen=True)
@@ -185,13 +186,15 @@ def _embed_to_file(
         distributed.barrier()  # every process's rows are on disk
         if ranks.main:
             masks = _masks(dataset, kept)
-            meta = {
+            meta: dict[str, Any] = {
                 "dataset": source.dataset,
                 "split": source.split,
                 "metric": source.metric,
                 "model": source.model,
                 "written_by": f"metrictransfer {__version__}",
             }
+            if source.classes:
+                meta["classes"] = source.classes
             items = np.asarray(dataset.item_names, dtype=str)[kept]
             embeddings_table.finish_table(staging, out, kept, kept_labels, items, meta, masks, options.overwrite)
         distributed.barrier()

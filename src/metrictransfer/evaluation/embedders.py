@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from metrictransfer.config import DataConfig, RunConfig, SourceModelConfig, build_config, load_config
 from metrictransfer.errors import ConfigError
 from metrictransfer.models.pretrained import PretrainedFeatures
+from metrictransfer.retrieval.checkpoint_model import model_fingerprint
 from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
 
 
@@ -36,6 +37,7 @@ def checkpoint_embedder(checkpoint: str | Path, model_name: str | None = None) -
         "embedding_dim": int(model.embedding_dim),
         "image_size": config.data.image_size,
         "normalization": config.data.normalization,
+        "fingerprint": model_fingerprint(model),  # which weights: an index built from the rows checks it
     }
     return Embedder(model, config, None, record)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
 from metrictransfer.errors import ConfigError, MissingPackageError
 from metrictransfer.evaluation.embed import extract_embeddings
+from metrictransfer.evaluation.embeddings_table import is_table
 from metrictransfer.evaluation.evaluate import with_test_transform
 from metrictransfer.io import atomic_write_text, file_sha256, staged_path
 from metrictransfer.model_export import description_path, export_model
 from metrictransfer.output_folder import claim_output, remove_if_unused
-from metrictransfer.retrieval import index_kinds
+from metrictransfer.retrieval import index_kinds, table_index
 from metrictransfer.retrieval.catalogue import CATALOGUE_FILE, Catalogue
 from metrictransfer.retrieval.checkpoint_model import model_fingerprint
 from metrictransfer.retrieval.gallery import (
@@ -38,6 +40,7 @@ from metrictransfer.retrieval.gallery import (
     list_images,
 )
 from metrictransfer.retrieval.vector_store import VECTORS_FILE, write_vectors
+from metrictransfer.runtime import distributed
 from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
 
 
@@ -62,6 +65,13 @@ def build_index(
     The folder is claimed before anything is embedded (:func:`~metrictransfer.output_folder.claim_output`): a
     folder holding anything but an index is refused, an index is replaced only with ``overwrite``, and a
     second build into the same folder is refused while this one holds its lock."""
+    if is_table(images):
+        return _build_from_table(checkpoint, Path(images), Path(out), model_name, overwrite, kind, memory)
+    if distributed.current().world > 1:
+        raise ConfigError(
+            f"{images}: under torchrun an index is built from an embeddings table; embed the images first "
+            "(metrictransfer embed --checkpoint RUN --images IMAGES --out TABLE, sharded the same way), then index TABLE"
+        )
     model, config = load_embedding_model(checkpoint, name=model_name)
     listed = list_images(images)
     columns, metadata = csv_metadata(images)
@@ -131,7 +141,16 @@ def _write_index(
             catalogue.add(0, paths, [listed.classes[x] if x >= 0 else None for x in listed.labels], metadata)
         items_sha256 = catalogue.items(0)[1]
         catalogue.close()
-    meta = {
+    meta = _meta(built, vectors, listed.classes, {"file": CATALOGUE_FILE, "columns": columns, "items_sha256": items_sha256})
+    meta["faiss"] = write_faiss(for_metric(embeddings, built.metric), ids, built.metric, out / FAISS_FILE, built.kind, built.memory)
+    meta["query_model"] = _export_query_model(built.checkpoint, built.model_name, out / QUERY_MODEL_FILE)
+    atomic_write_text(json.dumps(meta, indent=2), out / INDEX_FILE)  # last: it vouches for the files above
+    return meta
+
+
+def _meta(built: _Built, vectors: dict[str, Any], classes: list[str], catalogue: dict[str, Any]) -> dict[str, Any]:
+    """index.json's records of everything but faiss and the query model."""
+    return {
         "index_format": INDEX_FORMAT,
         "metrictransfer": __version__,
         "checkpoint": str(resolve_checkpoint(built.checkpoint).resolve()),
@@ -139,16 +158,60 @@ def _write_index(
         "fingerprint": model_fingerprint(built.model),
         "metric": built.metric,
         "generation": 0,
-        "count": len(paths),
-        "dim": int(embeddings.shape[1]),
-        "classes": listed.classes,
+        "count": vectors["count"],
+        "dim": vectors["dim"],
+        "classes": classes,
         "vectors": vectors,
-        "catalogue": {"file": CATALOGUE_FILE, "columns": columns, "items_sha256": items_sha256},
-        "faiss": write_faiss(for_metric(embeddings, built.metric), ids, built.metric, out / FAISS_FILE, built.kind, built.memory),
-        "query_model": _export_query_model(built.checkpoint, built.model_name, out / QUERY_MODEL_FILE),
+        "catalogue": catalogue,
     }
-    atomic_write_text(json.dumps(meta, indent=2), out / INDEX_FILE)  # last: it vouches for the files above
-    return meta
+
+
+def _build_from_table(
+    checkpoint: str | Path, table_dir: Path, out: Path, model_name: str | None, overwrite: bool, kind: str, memory: int | None
+) -> dict[str, Any]:
+    """:func:`build_index` of an embeddings table (see :mod:`.table_index`): every process of a torchrun
+    job takes part; process 0 writes the files and returns index.json's contents (the others: ``{}``)."""
+    model, config = load_embedding_model(checkpoint, name=model_name)
+    built = _Built(model, model_name, checkpoint, config.eval.metric, kind, memory)
+    fingerprint = model_fingerprint(model)
+    created = not out.exists()
+    locks: list[IndexLock] = []
+
+    def check_and_claim() -> None:  # process 0: the table verified (every byte read once), the folder claimed
+        table_index.TableRows(table_dir, fingerprint, built.metric, checkpoint, verify=True)
+        locks.append(claim_output(out, "index", IndexLock(out), overwrite=overwrite, already_holds=_already_holds_index, clear=False))
+
+    table_index.on_main(check_and_claim)
+    failed = True
+    try:
+        table = table_index.TableRows(table_dir, fingerprint, built.metric, checkpoint, verify=False)
+        plan = index_kinds.plan_index(table.count, table.dim, built.metric, kind, memory)
+        table_index.check_shardable(plan)
+        written = table_index.on_main(lambda: table_index.write_rows_and_catalogue(table, out / VECTORS_FILE, out / CATALOGUE_FILE))
+        rows = table_index.normalised_rows(table, built.metric)
+        if plan.kind in ("ivf", "ivfpq"):
+            index, ivfdata = table_index.sharded_faiss(plan, rows, table.count, out)
+        else:
+            index, ivfdata = index_kinds.build(plan, rows, table.count), None
+
+        def finish() -> dict[str, Any]:
+            catalogue = {"file": CATALOGUE_FILE, "columns": [], "items_sha256": written["items_sha256"]}
+            meta = _meta(built, written["vectors"], table.classes, catalogue)
+            meta["faiss"] = faiss_record(index, plan, rows, table.count, out / FAISS_FILE, ivfdata)
+            meta["query_model"] = _export_query_model(checkpoint, model_name, out / QUERY_MODEL_FILE)
+            atomic_write_text(json.dumps(meta, indent=2), out / INDEX_FILE)  # last: it vouches for the files above
+            return meta
+
+        meta = table_index.on_main(finish)
+        failed = False
+        return meta if distributed.current().main else {}
+    finally:
+        for lock in locks:
+            assert lock.manifest is not None
+            lock.manifest.record_present(after_failure=failed)
+            lock.release()
+            if failed and created:
+                remove_if_unused(out)
 
 
 def write_faiss(
@@ -167,7 +230,21 @@ def write_faiss(
     count, dim = rows.shape
     plan = index_kinds.plan_index(count, dim, metric, kind, memory)
     index = index_kinds.build(plan, lambda r: rows[r], count, ids=ids)
-    measured = None if plan.kind == "flat" else index_kinds.measure(index, plan, lambda r: rows[r], count, ids=ids)
+    return faiss_record(index, plan, lambda r: rows[r], count, path, ids=ids)
+
+
+def faiss_record(
+    index: Any,
+    plan: index_kinds.IndexPlan,
+    rows: Callable[[np.ndarray], np.ndarray],
+    count: int,
+    path: Path,
+    ivfdata: str | None = None,
+    ids: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Measure a built index against exact search, write it, and return its record for index.json
+    (``ivfdata``: the file beside it holding its inverted lists, when they are on disk)."""
+    measured = None if plan.kind == "flat" else index_kinds.measure(index, plan, rows, count, ids=ids)
     record = save_faiss(index, path)
     return {
         **record,
@@ -178,6 +255,7 @@ def write_faiss(
         "effort": measured.effort if measured else None,
         "refine": plan.refine,
         "measured": asdict(measured) if measured else {"exact": True},
+        "ivfdata": {"file": ivfdata, "sha256": file_sha256(path.parent / ivfdata)} if ivfdata else None,
     }
 
 

@@ -227,8 +227,15 @@ class Gallery:
             import faiss
         except ImportError:
             return None  # exact search with numpy gives the same neighbours
+        on_disk = record.get("ivfdata")
+        if on_disk:  # inverted lists in a file of their own, memory-mapped: checked like the others
+            lists = self.index_dir / on_disk["file"]
+            if not lists.is_file():
+                raise MissingFileError(f"the index {self.index_dir} has no {lists.name} though {INDEX_FILE} lists one; {self._rebuild}")
+            if file_sha256(lists) != on_disk.get("sha256"):
+                raise SearchIndexError(f"{lists} does not hold what {INDEX_FILE} describes (its SHA-256 differs); {self._rebuild}")
         try:
-            index = faiss.read_index(str(file))
+            index = index_kinds.read_on_disk(file) if on_disk else faiss.read_index(str(file))
         except RuntimeError as err:
             raise SearchIndexError(f"{file} is not a readable faiss index ({str(err).strip().splitlines()[-1]}); {self._rebuild}") from None
         count, dim = self.vectors.shape  # checked against index.json already

@@ -26,8 +26,12 @@ pyarrow versions and reads its input from files of its own layout.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -152,6 +156,76 @@ def add_rows(index: Any, rows: Callable[[np.ndarray], np.ndarray], count: int, i
     for start, stop in chunks(count):
         vectors = np.ascontiguousarray(rows(np.arange(start, stop)), dtype=np.float32)
         index.add_with_ids(vectors, np.ascontiguousarray(ids[start:stop], dtype=np.int64))
+
+
+def trained_empty(plan: IndexPlan, rows: Callable[[np.ndarray], np.ndarray], count: int, seed: int = 0) -> Any:
+    """An IVF index of ``plan`` with its quantisers trained on a sample of the rows and nothing added yet:
+    what every shard of a sharded build starts from."""
+    faiss = _faiss()
+    if plan.kind not in ("ivf", "ivfpq"):
+        raise ConfigError(f"only ivf and ivfpq indexes are built in shards, not {plan.kind}")
+    index = faiss.index_factory(plan.dim, plan.factory, _metric_type(faiss, plan.metric))
+    index.train(train_sample(rows, count, plan, seed))
+    return index
+
+
+@contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """faiss's C++ code prints to the process's standard output as it opens and resizes on-disk lists,
+    which would corrupt ``search --json``: file descriptor 1 points to /dev/null meanwhile."""
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def faiss_ivf(index: Any) -> Any:
+    return _faiss().extract_index_ivf(index)
+
+
+def merge_on_disk(empty: Any, lists: list[Any], ivfdata: Path, final_name: str) -> Any:
+    """``empty`` (a trained IVF index) holding the entries of every inverted-lists object in ``lists``,
+    written to the file ``ivfdata`` through faiss's on-disk inverted lists and memory-mapped from it. The
+    index will look for the file as ``final_name`` beside its own file (``IO_FLAG_ONDISK_SAME_DIR``)."""
+    faiss = _faiss()
+    ivf = faiss.extract_index_ivf(empty)
+    on_disk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivfdata))
+    pointers = faiss.InvertedListsPtrVector()
+    for lists_of_one in lists:
+        pointers.push_back(lists_of_one)
+    with quiet_stdout():
+        total = on_disk.merge_from_multiple(pointers.data(), pointers.size(), False)
+    on_disk.filename = str(ivfdata.parent / final_name)  # the name it is renamed to, as the index file records it
+    ivf.replace_invlists(on_disk, True)
+    on_disk.this.disown()  # the index owns it now
+    empty.ntotal = ivf.ntotal = total
+    return empty
+
+
+def read_empty(path: Path) -> Any:
+    """The IVF index in ``path`` with its trained quantisers and no items (its lists are not read):
+    where an update of an index with on-disk lists starts its new generation."""
+    faiss = _faiss()
+    index = faiss.read_index(str(path), faiss.IO_FLAG_SKIP_IVF_DATA)
+    ivf = faiss.extract_index_ivf(index)
+    lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the index owns it now
+    index.ntotal = ivf.ntotal = 0
+    return index
+
+
+def read_on_disk(path: Path) -> Any:
+    """An index whose inverted lists live in a ``.ivfdata`` file beside it, memory-mapped read-only: the
+    previous generation's file is never written by an update."""
+    faiss = _faiss()
+    with quiet_stdout():
+        return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
 
 
 def set_search_effort(index: Any, plan: IndexPlan, effort: int | None) -> None:

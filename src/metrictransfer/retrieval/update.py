@@ -20,6 +20,7 @@ import numpy as np
 from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.errors import ConfigError, DataError, MissingFileError
 from metrictransfer.evaluation.embed import extract_embeddings
+from metrictransfer.evaluation.embeddings_table import is_table
 from metrictransfer.evaluation.evaluate import with_test_transform
 from metrictransfer.io import atomic_write_text
 from metrictransfer.output_folder import claim_output
@@ -27,6 +28,7 @@ from metrictransfer.retrieval import index_kinds
 from metrictransfer.retrieval.build import csv_metadata, save_faiss
 from metrictransfer.retrieval.checkpoint_model import CheckpointQueryModel
 from metrictransfer.retrieval.gallery import INDEX_FILE, Gallery, IndexLock, for_metric, list_images
+from metrictransfer.retrieval.table_index import IVFDATA_FILE, TableRows, ivfdata_record
 from metrictransfer.retrieval.vector_store import VECTORS_FILE, write_vectors
 
 
@@ -127,6 +129,28 @@ class _Update:
         return np.unique(np.asarray(ids + [known_paths[p] for p in paths], dtype=np.int64))
 
     def _items_to_add(self, add: str | Path) -> tuple[list[str], list[str | None], np.ndarray, list[dict[str, str]] | None]:
+        """The paths, class names, embeddings and metadata of the items to add: images embedded now by the
+        index's model, or the rows of an embeddings table that model wrote (``embed --images``)."""
+        g = self.gallery
+        if is_table(add):
+            table = TableRows(Path(add), g.meta["fingerprint"], g.metric, g.meta["checkpoint"], verify=True)
+            paths, names = [str(p) for p in table.items], table.class_names(0, table.count)
+            vectors, metadata = table.rows(np.arange(table.count)), None
+            self._refuse_present(add, paths)
+        else:
+            paths, names, vectors, metadata = self._embedded(add)
+        self.meta["classes"] += sorted({n for n in names if n is not None} - set(self.meta["classes"]))
+        return paths, names, vectors.astype(np.float32), metadata
+
+    def _refuse_present(self, add: str | Path, paths: list[str]) -> None:
+        g = self.gallery
+        already = sorted(g.catalogue.ids_of_paths(paths, g.generation))
+        if already:
+            raise ConfigError(
+                f"{add}: {len(already)} image(s) are in the index already, first: {already[0]}; remove them first to replace them"
+            )
+
+    def _embedded(self, add: str | Path) -> tuple[list[str], list[str | None], np.ndarray, list[dict[str, str]] | None]:
         g = self.gallery
         listed = list_images(add)
         columns, metadata = csv_metadata(add)
@@ -135,11 +159,7 @@ class _Update:
             have = ", ".join(g.metadata_columns) or "none"
             raise ConfigError(f"{add}: metadata column(s) {', '.join(unknown)} are not in this index (its columns: {have})")
         paths = [str((listed.root / p).resolve()) for p in listed.paths]
-        already = sorted(g.catalogue.ids_of_paths(paths, g.generation))
-        if already:
-            raise ConfigError(
-                f"{add}: {len(already)} image(s) are in the index already, first: {already[0]}; remove them first to replace them"
-            )
+        self._refuse_present(add, paths)  # before anything is embedded
         checkpoint = g.meta["checkpoint"]
         if not Path(checkpoint).exists():
             raise MissingFileError(f"the run {checkpoint} that built {g.index_dir} is gone; adding items needs its model")
@@ -149,8 +169,7 @@ class _Update:
         net = model.model.to(self.device)
         vectors = extract_embeddings(net, dataset, self.batch_size, self.device, progress=self.progress)[0].numpy()
         names = [listed.classes[int(label)] if label >= 0 and listed.classes else None for label in listed.labels]
-        self.meta["classes"] += sorted({n for n in names if n is not None} - set(self.meta["classes"]))
-        return paths, names, vectors.astype(np.float32), metadata
+        return paths, names, vectors, metadata
 
     def _write(
         self, kept_rows: np.ndarray, ids: np.ndarray, removed: np.ndarray, new_ids: np.ndarray, new_vectors: np.ndarray | None
@@ -158,7 +177,7 @@ class _Update:
         """Write the new generation's vectors (the kept rows of the previous ones, then the new ones) and
         faiss files; returns the previous generation's names."""
         g, meta = self.gallery, self.meta
-        old = [meta["vectors"]["file"]]
+        old: list[str] = [meta["vectors"]["file"]]
         vectors_file = generation_file(VECTORS_FILE, self.generation)
         added = new_vectors if new_vectors is not None else np.zeros((0, g.dim), dtype=np.float32)
 
@@ -170,15 +189,34 @@ class _Update:
         if g.faiss_index is not None:
             import faiss
 
-            index = g.faiss_index
+            rows = for_metric(added, g.metric).astype(np.float32)
+            faiss_file = g.index_dir / meta["faiss"]["file"]
+            on_disk = meta["faiss"].get("ivfdata")
+            if on_disk:  # the previous lists are read, never written: a new file receives them and the changes
+                old.append(on_disk["file"])
+                lists_name = generation_file(IVFDATA_FILE, self.generation)
+                index = self._next_on_disk(faiss_file, lists_name, rows, new_ids)
+            else:
+                index = g.faiss_index
+                index_kinds.add_rows(index, lambda r: rows[r], len(rows), new_ids)
             if len(removed):
                 index.remove_ids(faiss.IDSelectorBatch(removed))
-            if new_vectors is not None:
-                rows = for_metric(new_vectors, g.metric).astype(np.float32)
-                index_kinds.add_rows(index, lambda r: rows[r], len(rows), new_ids)
-            old.append(meta["faiss"]["file"])
+            old.append(faiss_file.name)
             record = save_faiss(index, g.index_dir / generation_file("faiss.index", self.generation))
             meta["faiss"] = {**meta["faiss"], **record}
+            if on_disk:
+                meta["faiss"]["ivfdata"] = ivfdata_record(g.index_dir, lists_name)
             if meta["faiss"].get("measured", {}).get("exact") is None:
                 meta["faiss"]["measured"]["at_count"] = meta["faiss"]["measured"].get("at_count", g.count)
-        return [name for name in old if name not in (vectors_file, meta["faiss"] and meta["faiss"].get("file"))]
+        current = {vectors_file, *(meta["faiss"] and [meta["faiss"]["file"], (meta["faiss"].get("ivfdata") or {}).get("file")] or [])}
+        return [name for name in old if name not in current]
+
+    def _next_on_disk(self, faiss_file: Path, lists_name: str, added: np.ndarray, added_ids: np.ndarray) -> Any:
+        """The next generation of an index whose inverted lists are on disk: the previous lists and the
+        added items merged into a new lists file (a crashed update's file of that name is replaced)."""
+        additions = index_kinds.read_empty(faiss_file)
+        index_kinds.add_rows(additions, lambda r: added[r], len(added), added_ids)
+        lists = self.gallery.index_dir / lists_name
+        lists.unlink(missing_ok=True)
+        previous = [index_kinds.faiss_ivf(self.gallery.faiss_index).invlists, index_kinds.faiss_ivf(additions).invlists]
+        return index_kinds.merge_on_disk(index_kinds.read_empty(faiss_file), previous, lists, lists_name)
