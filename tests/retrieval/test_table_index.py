@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
     """180 images; a table of the first 150 (50 per colour: IVF-Flat gets 3 lists) and one of the other 30,
     embedded by the CLI."""
     base = tmp_path_factory.mktemp("table-index")
-    root = coloured_gallery(base / "images", images=60)
+    coloured_gallery(base / "images", images=60)
     checkpoint = make_checkpoint(base / "model.pt")
     for name, numbers in {"first": range(50), "more": range(50, 60)}.items():
         listing = base / f"{name}.csv"
