@@ -82,17 +82,20 @@ def search_cell(index: Path) -> dict:
     rows = index_kinds.held_out_queries(gallery.count, QUERIES, seed=7)
     queries = np.asarray(gallery.vectors[rows])
     gallery.search_vectors(queries[:10], 10)  # warm
-    started = time.perf_counter()
-    found = gallery.search_vectors(queries, 11)
-    seconds = time.perf_counter() - started
+    seconds = []
+    for _ in range(3):  # the best of three: one pass takes a fraction of a second on a shared machine
+        started = time.perf_counter()
+        found = gallery.search_vectors(queries, 11)
+        seconds.append(time.perf_counter() - started)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before exact search reads every vector
     exact = index_kinds.exact_neighbours(lambda r: np.asarray(gallery.vectors[r]), gallery.count, gallery.dim, "euclidean", rows, 10)
     answered = np.array([[n.id for n in row if n.id != own][:10] for row, own in zip(found, gallery.ids[rows])])
     return {
         "load_s": load_seconds,
-        "queries_per_s": QUERIES / seconds,
+        "queries_per_s": QUERIES / min(seconds),
         "recall@10": index_kinds.recall_at(answered, gallery.ids[exact], 10),
         "nprobe": gallery.meta["faiss"]["effort"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb,
         "index_file_mb": sum(p.stat().st_size for p in index.iterdir() if p.is_file()) / 2**20,
     }
 

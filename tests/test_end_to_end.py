@@ -101,8 +101,9 @@ def test_evaluate_cli_json_equals_final_metrics(source_run, capsys):
         {"loss": "fitnet", "metric_weight": 1.0, "hint_stages": 2},
         {"loss": "attention", "metric_weight": 1.0},
         {"loss": "crd", "metric_weight": 1.0, "params": {"negatives": 64}},
+        {"loss": "relaxed_ms"},
     ],
-    ids=["pkt", "darkrank", "rkd-sum", "fitnet", "attention", "crd"],
+    ids=["pkt", "darkrank", "rkd-sum", "fitnet", "attention", "crd", "relaxed-ms"],
 )
 def test_transfer_with_any_registered_loss_or_weighted_sum(source_run, tmp_path, transfer):
     src_dir, _ = source_run

@@ -11,7 +11,7 @@ from metrictransfer.losses.hints import AttentionLoss, FitNetLoss
 from metrictransfer.losses.logits import HintonLoss
 from metrictransfer.losses.metric import MinedMetricLoss, build_metric_loss, build_miner
 from metrictransfer.losses.relational import DarkRankLoss, PKTLoss, RKDAngleLoss, RKDDistanceLoss, RKDLoss
-from metrictransfer.losses.relaxed_contrastive import RelaxedContrastiveLoss
+from metrictransfer.losses.relaxed_contrastive import RelaxedContrastiveLoss, RelaxedMultiSimilarityLoss
 from metrictransfer.params import check_params
 from metrictransfer.registry import METRIC_LOSSES, MINERS, TRANSFER_LOSSES, register_transfer_loss
 
@@ -38,6 +38,7 @@ __all__ = [
     "RKDDistanceLoss",
     "RKDLoss",
     "RelaxedContrastiveLoss",
+    "RelaxedMultiSimilarityLoss",
     "TRANSFER_LOSSES",
     "TransferInputs",
     "TransferLoss",

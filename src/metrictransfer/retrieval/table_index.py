@@ -121,7 +121,9 @@ def sharded_faiss(plan: index_kinds.IndexPlan, rows: Callable[[np.ndarray], np.n
         start, stop = count * ranks.rank // ranks.world, count * (ranks.rank + 1) // ranks.world
         shard = faiss.read_index(str(work / "trained.index"))
         index_kinds.add_rows(shard, lambda r: rows(r + start), stop - start, np.arange(start, stop, dtype=np.int64))
-        (work / f"shard-{ranks.rank}.index").write_bytes(faiss.serialize_index(shard).tobytes())
+        # Written by faiss itself (no serialised copies in memory): a scratch file that a full disk truncates
+        # fails to read at the merge, so nothing half-written can reach the index.
+        faiss.write_index(shard, str(work / f"shard-{ranks.rank}.index"))
         del shard
         distributed.barrier()  # every shard is written
         merged = on_main(lambda: _merge(plan, work, ranks.world, out), share=False)
