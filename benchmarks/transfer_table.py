@@ -34,6 +34,7 @@ SETTINGS = {  # cheapest first, so that an interrupted table has whole columns
     "self-transfer": {"backbone": "resnet18d", "embedding_dim": 128},
 }
 HINTS = {"hint_stages": 3}  # at 32 px the last stage is 1 × 1: take the last three (4 × 4, 2 × 2, 1 × 1)
+MODEL_KEY = "target_model"  # in a method's settings: keys of the target's model block, not of transfer
 METHODS = {
     "Proxy-Anchor alone": None,
     "FitNet + PA": {"loss": "fitnet", "metric_weight": 1.0, **HINTS},
@@ -43,6 +44,11 @@ METHODS = {
     "PKT": {"loss": "pkt"},
     "RKD": {"loss": "rkd"},
     "Relaxed contrastive": {"loss": "relaxed_contrastive"},
+    "Relaxed MS": {"loss": "relaxed_ms"},  # the authors' repository's second relaxed loss, not in the paper
+    # what users with labels try next: the relaxed loss beside Proxy-Anchor on the labels (weight 1 each)
+    "Relaxed contrastive + PA": {"loss": "relaxed_contrastive", "metric_weight": 1.0},
+    # the official code leaves the target unnormalised (as every row above does); this row normalises it
+    "Relaxed contrastive, normalised target": {"loss": "relaxed_contrastive", MODEL_KEY: {"normalize": True}},
 }
 # The paper's Table 1 on CUB-200-2011 (R@1, BN-Inception / ResNet), for orientation only: other data, scale, models.
 PAPER_CUB = {
@@ -76,7 +82,9 @@ def target_config(setting: dict, method: dict | None, source_dir: Path, seed: in
         raw["method"] = "source"
     else:
         raw["method"] = "transfer"
-        raw["transfer"] = {"source_checkpoint": str(source_dir), **method}
+        transfer = {key: value for key, value in method.items() if key != MODEL_KEY}
+        raw["model"] = {**raw["model"], **method.get(MODEL_KEY, {})}
+        raw["transfer"] = {"source_checkpoint": str(source_dir), **transfer}
     return raw
 
 

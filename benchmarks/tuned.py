@@ -38,6 +38,7 @@ SPACES = {
     "PKT": {**LR, "optim.weight_decay": {"type": "log_uniform", "low": 1.0e-6, "high": 1.0e-2}},
     "RKD": {**LR, "transfer.loss.params.angle_weight": {"type": "float", "low": 0.5, "high": 4.0}},
     "Relaxed contrastive": {**LR, "transfer.loss.params.sigma": {"type": "float", "low": 0.5, "high": 2.0}},
+    "Relaxed MS": {**LR, "transfer.loss.params.sigma": {"type": "float", "low": 0.5, "high": 2.0}},
 }
 
 

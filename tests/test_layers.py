@@ -67,7 +67,7 @@ FUNCTION_LEVEL = {
     },
     "metrictransfer.retrieval": {
         "metrictransfer.retrieval.build": "defers torch: searching an index (search, serve) loads none",
-        "metrictransfer.retrieval.checkpoint_model": "defers torch: searching an index (search, serve) loads none",
+        "metrictransfer.runtime.checkpoint": "defers torch: searching an index (search, serve) loads none",
     },
     "metrictransfer.retrieval.gallery": {
         "metrictransfer.retrieval.checkpoint_model": "defers torch to indexes without an exported model, or search --checkpoint",

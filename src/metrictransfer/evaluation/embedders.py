@@ -12,8 +12,7 @@ from pydantic import ValidationError
 from metrictransfer.config import DataConfig, RunConfig, SourceModelConfig, build_config, load_config
 from metrictransfer.errors import ConfigError
 from metrictransfer.models.pretrained import PretrainedFeatures
-from metrictransfer.retrieval.checkpoint_model import model_fingerprint
-from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
+from metrictransfer.runtime.checkpoint import load_embedding_model, model_fingerprint, resolve_checkpoint
 
 
 class Embedder(NamedTuple):

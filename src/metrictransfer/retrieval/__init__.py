@@ -8,7 +8,7 @@ from metrictransfer.retrieval.gallery import Gallery, Neighbour, list_images
 
 if TYPE_CHECKING:
     from metrictransfer.retrieval.build import build_index
-    from metrictransfer.retrieval.checkpoint_model import model_fingerprint
+    from metrictransfer.runtime.checkpoint import model_fingerprint
 
 __all__ = ["Gallery", "Neighbour", "build_index", "list_images", "model_fingerprint"]
 
@@ -19,7 +19,7 @@ def __getattr__(name: str) -> Any:
 
         return build_index
     if name == "model_fingerprint":
-        from metrictransfer.retrieval.checkpoint_model import model_fingerprint
+        from metrictransfer.runtime.checkpoint import model_fingerprint
 
         return model_fingerprint
     raise AttributeError(f"module 'metrictransfer.retrieval' has no attribute {name!r}")

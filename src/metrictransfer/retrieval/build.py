@@ -28,7 +28,6 @@ from metrictransfer.model_export import description_path, export_model
 from metrictransfer.output_folder import claim_output, remove_if_unused
 from metrictransfer.retrieval import index_kinds, table_index
 from metrictransfer.retrieval.catalogue import CATALOGUE_FILE, Catalogue
-from metrictransfer.retrieval.checkpoint_model import model_fingerprint
 from metrictransfer.retrieval.gallery import (
     FAISS_FILE,
     INDEX_FILE,
@@ -41,7 +40,7 @@ from metrictransfer.retrieval.gallery import (
 )
 from metrictransfer.retrieval.vector_store import VECTORS_FILE, write_vectors
 from metrictransfer.runtime import distributed
-from metrictransfer.runtime.checkpoint import load_embedding_model, resolve_checkpoint
+from metrictransfer.runtime.checkpoint import load_embedding_model, model_fingerprint, resolve_checkpoint
 
 
 def build_index(

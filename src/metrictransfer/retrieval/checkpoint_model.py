@@ -6,29 +6,18 @@ was built, or a transform an export cannot describe), and when ``search --checkp
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
 from metrictransfer.errors import SearchIndexError
 from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.evaluate import with_test_transform
-from metrictransfer.runtime.checkpoint import load_embedding_model
+from metrictransfer.runtime.checkpoint import load_embedding_model, model_fingerprint
 from metrictransfer.runtime.device import resolve_device
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's weights, in key order: which model built an index."""
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class CheckpointQueryModel:

@@ -252,3 +252,12 @@ def save_embedding_model(
         state[TRAINING_DATA_KEY] = training_data
     save_checkpoint(state, path)
     return path
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's weights, in key order: which model built an index."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
