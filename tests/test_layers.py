@@ -62,6 +62,10 @@ FUNCTION_LEVEL = {
     "metrictransfer.distillation": {
         "metrictransfer.config": "defers pydantic: the command line reads distill's defaults to build --help",
     },
+    "metrictransfer.evaluation.measure": {
+        "metrictransfer.evaluation.evaluate": "defers torchvision (seconds to import) to a run's model: evaluate --embeddings needs none",
+        "metrictransfer.runtime.checkpoint": "defers timm and torchvision to a run's model: evaluate --embeddings needs none",
+    },
     "metrictransfer.evaluation.knn": {
         "metrictransfer.evaluation.fold_kernel": "defers numba (about 1 s to load) to evaluations large enough to use its kernel",
     },

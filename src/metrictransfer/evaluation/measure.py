@@ -12,9 +12,7 @@ import torch
 
 from metrictransfer.errors import ConfigError
 from metrictransfer.evaluation.embeddings_file import EmbeddingsFile, check_same_items, load_embeddings
-from metrictransfer.evaluation.evaluate import embed_split
 from metrictransfer.evaluation.metrics import check_embeddings, check_ranks, ensemble_embeddings, retrieval_metrics
-from metrictransfer.runtime.checkpoint import load_embedding_model
 from metrictransfer.runtime.device import resolve_device
 
 DEFAULT_KS = (1, 2, 4, 8)
@@ -76,6 +74,10 @@ def evaluate_checkpoint(
     progress: bool = False,
 ) -> Measured:
     """A run's model (``model_name``: a cohort's member) on its test split, the run's K and distance unless given."""
+    # The model and the test split's loading (timm, torchvision) only here: evaluate --embeddings starts without them.
+    from metrictransfer.evaluation.evaluate import embed_split
+    from metrictransfer.runtime.checkpoint import load_embedding_model
+
     model, config = load_embedding_model(checkpoint, name=model_name)
     if config.eval.data is None and config.data.dataset == "unlabelled":
         raise ConfigError(
