@@ -172,15 +172,7 @@ def worker(method: str, data_path: str, queries: int, threads: int) -> dict:
     else:
         raise ValueError(method)
     seconds = time.perf_counter() - started
-    return {
-        "method": method,
-        "seconds": round(seconds, 2),
-        "peak_mb": round(peak_mb()),
-        "above_loaded_mb": round(peak_mb() - loaded),
-        "metrics": metrics,
-        "blas": blas_in_use(),
-        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
-    }
+    return worker_row(method, seconds, loaded, metrics)
 
 
 def faiss_search_alone(method: str, x: np.ndarray, queries: int) -> dict:
@@ -193,13 +185,17 @@ def faiss_search_alone(method: str, x: np.ndarray, queries: int) -> dict:
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(g)
     index.search(q, int(method.split("k=")[1]) + (0 if queries else 1))  # all-vs-all: the query finds itself
-    seconds = time.perf_counter() - started
+    return worker_row(method, time.perf_counter() - started, loaded, {})
+
+
+def worker_row(method: str, seconds: float, loaded: float, metrics: dict) -> dict:
+    """A worker's result: its time, its memory, its metrics and the BLAS it ran on."""
     return {
         "method": method,
         "seconds": round(seconds, 2),
         "peak_mb": round(peak_mb()),
         "above_loaded_mb": round(peak_mb() - loaded),
-        "metrics": {},
+        "metrics": metrics,
         "blas": blas_in_use(),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
     }
