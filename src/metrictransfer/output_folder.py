@@ -38,8 +38,8 @@ try:
 except ImportError:  # Windows: no flock; folders there are not protected against a second process
     fcntl = None  # type: ignore[assignment]
 LOCK_NAME = ".lock"
-# What each kind of folder writes (the names a manifest may list at its top level), and whether one kind
-# may not hold another inside it.
+# What each kind of folder writes (the names a manifest may list at its top level; glob patterns for the
+# files an index writes per generation of updates), and whether one kind may not hold another inside it.
 KIND_FILES: dict[str, tuple[str, ...]] = {
     "run": (
         "config.yaml",
@@ -55,14 +55,23 @@ KIND_FILES: dict[str, tuple[str, ...]] = {
         "report.md",
         "tensorboard",
     ),
-    "index": ("index.json", "vectors.npy", "catalogue.sqlite", "faiss.index", "embeddings.npz"),
+    "index": (
+        "index.json",
+        "catalogue.sqlite",
+        "model.onnx",
+        "model.onnx.json",
+        "vectors*.npy",
+        "faiss*.index",
+        "faiss*.ivfdata",
+        "embeddings*.npz",
+    ),
     "demo": ("config.json", "results.json", "log.csv", "recall.png", "report.md"),
 }
 KIND_WORDS = {"run": "a run", "index": "a search index", "demo": "a demo"}
 # Kinds whose folders hold outputs of their own (a demo's runs): those are recorded as {"output": true}, are
 # claimed (and cleared) by their own writer, and may lie inside.
 HOLDS_OUTPUTS = ("demo",)
-_SIZE_ONLY = (".pt",)
+_SIZE_ONLY = (".pt", ".npy", ".ivfdata")
 _Lock = TypeVar("_Lock", bound="OutputLock")  # files that verify themselves (see the module's docstring)
 
 
@@ -130,7 +139,7 @@ class Manifest:
         ``after_failure`` a failure to write the manifest (the disk that failed the output is full) is
         ignored, so the error the user sees is the one that stopped the output; the files are recorded at
         the folder's next claim, and ``--overwrite`` deletes this kind's files whether recorded or not."""
-        names = sorted(set(self.files) | {n for n in KIND_FILES[self.kind] if (self.folder / n).exists()})
+        names = sorted(set(self.files) | set(kind_names(self.folder, self.kind)))
         if not after_failure:
             self.record(*names)
             return
@@ -140,7 +149,7 @@ class Manifest:
     def remove_files(self) -> None:
         """Delete what the manifest lists (``--overwrite``) and the names this kind writes (a run killed
         before it recorded its newest files wrote them: the folder was ours from its start), nothing else."""
-        names = set(self.files) | {n for n in KIND_FILES[self.kind] if (self.folder / n).exists() or (self.folder / n).is_symlink()}
+        names = set(self.files) | set(kind_names(self.folder, self.kind))
         for name in sorted(names, reverse=True):
             if self.files.get(name, {}).get("output"):
                 continue  # an output of its own (a demo's run): its own claim clears it
@@ -315,6 +324,11 @@ def claim_output(
         lock.release()
         raise
     return lock
+
+
+def kind_names(folder: Path, kind: str) -> list[str]:
+    """The names in ``folder`` (links included) that ``kind`` writes, patterns expanded."""
+    return sorted({p.name for pattern in KIND_FILES[kind] for p in folder.glob(pattern) if p.exists() or p.is_symlink()})
 
 
 def refuse_foreign(folder: Path, option: str = "--out") -> None:

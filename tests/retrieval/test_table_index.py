@@ -156,3 +156,21 @@ def test_two_processes_build_the_index_one_process_builds(setup, tmp_path):
         p.name for p in one.iterdir() if not p.name.startswith(".")
     )
     assert not [p for p in two.iterdir() if p.name.startswith(".shards-")]
+
+
+def test_a_rebuild_over_an_updated_index_leaves_only_its_own_files_all_recorded(setup, tmp_path):
+    """Catches: an --overwrite build leaving the replaced index's generation files behind (gigabytes of
+    vectors and lists nobody reads), and index files the manifest does not list (a later --overwrite
+    could not tell them from a person's)."""
+    base, checkpoint = setup
+    index = _index(setup, base / "first", tmp_path / "index", "ivf")
+    assert main(["index", "--index", str(index), "--remove", "0"]) == 0
+    assert (index / "faiss.g1.ivfdata").is_file() and (index / "vectors.g1.npy").is_file()
+    command = ["index", "--checkpoint", str(checkpoint), "--images", str(base / "first"), "--out", str(index), "--kind", "flat"]
+    assert main([*command, "--overwrite"]) == 0
+    files = sorted(p.name for p in index.iterdir() if not p.name.startswith("."))
+    exported = ["model.onnx", "model.onnx.json"] if Gallery(index).meta["query_model"] else []  # with onnx installed
+    assert files == sorted(["index.json", "catalogue.sqlite", "vectors.npy", "faiss.index", *exported]), files
+    recorded = json.loads((index / ".metrictransfer.json").read_text())["files"]
+    assert sorted(recorded) == files
+    assert Gallery(index).count == 150

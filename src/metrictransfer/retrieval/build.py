@@ -25,7 +25,7 @@ from metrictransfer.evaluation.embeddings_table import is_table
 from metrictransfer.evaluation.evaluate import with_test_transform
 from metrictransfer.io import atomic_write_text, file_sha256, staged_path
 from metrictransfer.model_export import description_path, export_model
-from metrictransfer.output_folder import claim_output, remove_if_unused
+from metrictransfer.output_folder import claim_output, kind_names, remove_if_unused
 from metrictransfer.retrieval import index_kinds, table_index
 from metrictransfer.retrieval.catalogue import CATALOGUE_FILE, Catalogue
 from metrictransfer.retrieval.gallery import (
@@ -144,7 +144,21 @@ def _write_index(
     meta["faiss"] = write_faiss(for_metric(embeddings, built.metric), ids, built.metric, out / FAISS_FILE, built.kind, built.memory)
     meta["query_model"] = _export_query_model(built.checkpoint, built.model_name, out / QUERY_MODEL_FILE)
     atomic_write_text(json.dumps(meta, indent=2), out / INDEX_FILE)  # last: it vouches for the files above
+    remove_unnamed(out, meta)
     return meta
+
+
+def remove_unnamed(out: Path, meta: dict[str, Any]) -> None:
+    """Delete the index files that ``meta``, just written, does not name: those of the index an
+    ``--overwrite`` build replaced (its updates' generations, on-disk lists it no longer has)."""
+    named = {INDEX_FILE, meta["vectors"]["file"], meta["catalogue"]["file"]}
+    if meta["faiss"]:
+        named |= {meta["faiss"]["file"], (meta["faiss"].get("ivfdata") or {}).get("file")}
+    if meta["query_model"]:
+        named |= {meta["query_model"]["file"], meta["query_model"]["description"]}
+    for name in kind_names(out, "index"):
+        if name not in named:
+            (out / name).unlink(missing_ok=True)
 
 
 def _meta(built: _Built, vectors: dict[str, Any], classes: list[str], catalogue: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +213,7 @@ def _build_from_table(
             meta["faiss"] = faiss_record(index, plan, rows, table.count, out / FAISS_FILE, ivfdata)
             meta["query_model"] = _export_query_model(checkpoint, model_name, out / QUERY_MODEL_FILE)
             atomic_write_text(json.dumps(meta, indent=2), out / INDEX_FILE)  # last: it vouches for the files above
+            remove_unnamed(out, meta)
             return meta
 
         meta = table_index.on_main(finish)
