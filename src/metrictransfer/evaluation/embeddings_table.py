@@ -189,12 +189,13 @@ def remove_staging(staging: Path) -> None:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def read_table(path: Path, verify: bool = True) -> dict[str, Any]:
+def read_table(path: Path, verify: bool = True, mapped: bool = False) -> dict[str, Any]:
     """A table's meta.json and arrays (``embeddings`` memory-mapped read-only, the rest loaded), checked
     against each other (count, dim and dtype) and, with ``verify``, against the SHA-256 meta.json records of
     each file: damage of the same shape (a flipped bit, labels replaced) passes every other check. Verifying
     reads every byte once; ``verify=False`` is for a caller that only needs the shape and reads the table
-    again, verified, before using its rows. Every problem is a one-line error naming the file."""
+    again, verified, before using its rows. ``mapped``: labels, items and masks memory-mapped too, for a
+    reader that goes through them a chunk at a time. Every problem is a one-line error naming the file."""
     meta_path = path / META
     if not meta_path.is_file():
         raise MissingFileError(
@@ -223,15 +224,15 @@ def read_table(path: Path, verify: bool = True) -> dict[str, Any]:
     if str(embeddings.dtype) != meta["dtype"]:
         raise DataError(f"{path / EMBEDDINGS} holds {embeddings.dtype} but {meta_path} says {meta['dtype']}; the table is damaged")
     arrays: dict[str, Any] = {"meta": meta, "embeddings": embeddings}
-    arrays["labels"] = labels = _load(path / LABELS)
+    arrays["labels"] = labels = _load(path / LABELS, mmap=mapped)
     if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path / LABELS} must be {count} integers (one per row), got {labels.dtype} of shape {labels.shape}")
-    arrays["items"] = items = _load(path / ITEMS)
+    arrays["items"] = items = _load(path / ITEMS, mmap=mapped)
     if items.shape != (count,) or items.dtype.kind != "U":
         raise DataError(f"{path / ITEMS} must be {count} strings (one item name per row), got {items.dtype} of shape {items.shape}")
     for key in MASKS:
         if (path / f"{key}.npy").exists():
-            arrays[key] = mask = _load(path / f"{key}.npy")
+            arrays[key] = mask = _load(path / f"{key}.npy", mmap=mapped)
             if mask.shape != (count,) or mask.dtype != np.bool_:
                 raise DataError(f"{path / f'{key}.npy'} must be {count} booleans, got {mask.dtype} of shape {mask.shape}")
     if verify:

@@ -27,7 +27,7 @@ from metrictransfer.io import atomic_write_text, file_sha256, staged_path
 from metrictransfer.model_export import description_path, export_model
 from metrictransfer.output_folder import claim_output, kind_names, remove_if_unused
 from metrictransfer.retrieval import index_kinds, table_index
-from metrictransfer.retrieval.catalogue import CATALOGUE_FILE, Catalogue
+from metrictransfer.retrieval.catalogue import CATALOGUE_FILE, write_catalogue
 from metrictransfer.retrieval.gallery import (
     FAISS_FILE,
     INDEX_FILE,
@@ -134,12 +134,8 @@ def _write_index(
     paths = [str((listed.root / p).resolve()) for p in listed.paths]
     vectors = write_vectors(out / VECTORS_FILE, len(paths), int(embeddings.shape[1]), lambda rows: embeddings[rows])
     ids = np.arange(len(paths), dtype=np.int64)
-    with staged_path(out / CATALOGUE_FILE) as staged:
-        catalogue = Catalogue(staged, create_columns=columns)
-        with catalogue.db:
-            catalogue.add(0, paths, [listed.classes[x] if x >= 0 else None for x in listed.labels], metadata)
-        items_sha256 = catalogue.items(0)[1]
-        catalogue.close()
+    names = [listed.classes[x] if x >= 0 else None for x in listed.labels]
+    items_sha256 = write_catalogue(out / CATALOGUE_FILE, columns, [(paths, names, metadata)])
     meta = _meta(built, vectors, listed.classes, {"file": CATALOGUE_FILE, "columns": columns, "items_sha256": items_sha256})
     meta["faiss"] = write_faiss(for_metric(embeddings, built.metric), ids, built.metric, out / FAISS_FILE, built.kind, built.memory)
     meta["query_model"] = _export_query_model(built.checkpoint, built.model_name, out / QUERY_MODEL_FILE)

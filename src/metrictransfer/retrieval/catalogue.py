@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from metrictransfer.errors import ConfigError, SearchIndexError
+from metrictransfer.io import staged_path
 
 CATALOGUE_FILE = "catalogue.sqlite"
 BUILT_IN = ("id", "path", "label", "added", "removed")  # columns every catalogue has; metadata columns come after
@@ -180,6 +181,21 @@ class Catalogue:
     def forget_removed(self, before: int) -> None:
         """Drop the rows of items removed before ``before``: no generation still read lists them."""
         self.db.execute("DELETE FROM items WHERE removed IS NOT NULL AND removed < ?", (before,))
+
+
+def write_catalogue(
+    path: Path, columns: Sequence[str], batches: Iterable[tuple[Sequence[str], Sequence[str | None], Sequence[dict[str, str]] | None]]
+) -> str:
+    """A new catalogue at ``path`` (staged: a crash leaves none) of generation 0's items, given as batches
+    of paths, class names and metadata rows; returns the digest of its items that index.json records."""
+    with staged_path(path) as staged:
+        catalogue = Catalogue(staged, create_columns=columns)
+        with catalogue.db:
+            for paths, labels, metadata in batches:
+                catalogue.add(0, paths, labels, metadata)
+        digest = catalogue.items(0)[1]
+        catalogue.close()
+    return digest
 
 
 def _is_number(text: str) -> bool:

@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from metrictransfer.errors import ConfigError, SearchIndexError
-from metrictransfer.evaluation.embeddings_table import ITEMS, LABELS, read_table
-from metrictransfer.io import file_sha256, staged_path
+from metrictransfer.evaluation.embeddings_table import read_table
+from metrictransfer.io import file_sha256
 from metrictransfer.retrieval import index_kinds
-from metrictransfer.retrieval.catalogue import Catalogue
+from metrictransfer.retrieval.catalogue import write_catalogue
 from metrictransfer.retrieval.gallery import for_metric
 from metrictransfer.retrieval.vector_store import write_vectors
 from metrictransfer.runtime import distributed
@@ -42,7 +42,7 @@ class TableRows:
     memory-mapped and are read a chunk at a time."""
 
     def __init__(self, table_dir: Path, fingerprint: str, metric: str, checkpoint: str | Path, verify: bool) -> None:
-        table = read_table(table_dir, verify=verify)
+        table = read_table(table_dir, verify=verify, mapped=True)
         self.meta = table["meta"]
         self.embeddings = table["embeddings"]
         self.count, self.dim = int(self.meta["count"]), int(self.meta["dim"])
@@ -53,8 +53,7 @@ class TableRows:
             raise SearchIndexError(f"{table_dir} {why}, so it cannot be indexed for the model of {checkpoint}; {again}")
         if self.meta.get("metric") != metric:
             raise SearchIndexError(f"{table_dir} records metric {self.meta.get('metric')!r} but {checkpoint} measures {metric!r}; {again}")
-        self.items = np.load(table_dir / ITEMS, mmap_mode="r")
-        self.labels = np.load(table_dir / LABELS, mmap_mode="r")
+        self.items, self.labels = table["items"], table["labels"]
         first = str(self.items[0]) if self.count else "/"
         if self.meta.get("dataset") is not None or not os.path.isabs(first):
             raise SearchIndexError(
@@ -99,13 +98,10 @@ def write_rows_and_catalogue(table: TableRows, out: Path, catalogue_path: Path) 
     """``vectors.npy`` and the catalogue (items 0..n-1 of generation 0) from the table; returns the
     vectors' record and the catalogue's items digest."""
     vectors = write_vectors(out, table.count, table.dim, table.rows)
-    with staged_path(catalogue_path) as staged:
-        catalogue = Catalogue(staged, create_columns=[])
-        with catalogue.db:
-            for start, stop in index_kinds.chunks(table.count):
-                catalogue.add(0, [str(p) for p in table.items[start:stop]], table.class_names(start, stop), None)
-        items_sha256 = catalogue.items(0)[1]
-        catalogue.close()
+    batches = (
+        ([str(p) for p in table.items[start:stop]], table.class_names(start, stop), None) for start, stop in index_kinds.chunks(table.count)
+    )
+    items_sha256 = write_catalogue(catalogue_path, [], batches)
     return {"vectors": vectors, "items_sha256": items_sha256}
 
 
