@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Stepper, mean_std, parser, train_once, write_results
+from benchmarks.common import RESULTS, Stepper, mean_std, parser, train_once, write_results
 from metrictransfer.demo import DEMO_DATA, DEMO_TARGET
 
 TEACHER_EPOCHS = 10
@@ -45,6 +45,7 @@ LOSSES = {
     "queue_distill": {"name": "queue_distill", "params": {"queue_size": 1024}},
     "rkd": {"name": "rkd"},
     "pkt": {"name": "pkt"},
+    "relaxed_ms": {"name": "relaxed_ms", "params": {"sigma": 1.0, "delta": 1.0}},
 }
 LABELS = {
     "relaxed_contrastive": "relaxed contrastive (Kim et al. 2021)",
@@ -53,6 +54,20 @@ LABELS = {
     "queue_distill": "pseudo-classifier over a queue of teacher features (LightlyTrain distillation v1 style)",
     "rkd": "RKD distance + angle",
     "pkt": "PKT",
+    "relaxed_ms": "relaxed multi-similarity (the relaxed loss authors' repository)",
+}
+LR = {"optim.lr": {"type": "log_uniform", "low": 1.0e-4, "high": 1.0e-2}}
+WEIGHT_DECAY = {"optim.weight_decay": {"type": "log_uniform", "low": 1.0e-6, "high": 1.0e-2}}
+SIGMA = {"transfer.loss.params.sigma": {"type": "float", "low": 0.5, "high": 2.0}}
+# --tuned: the learning rate and one setting of each loss's own (the weight decay for those without one)
+SPACES = {
+    "relaxed_contrastive": {**LR, **SIGMA},
+    "proj_cosine": {**LR, **WEIGHT_DECAY},
+    "proj_mse": {**LR, **WEIGHT_DECAY},
+    "queue_distill": {**LR, "transfer.loss.params.teacher_temperature": {"type": "log_uniform", "low": 0.02, "high": 0.2}},
+    "rkd": {**LR, "transfer.loss.params.angle_weight": {"type": "float", "low": 0.5, "high": 4.0}},
+    "pkt": {**LR, **WEIGHT_DECAY},
+    "relaxed_ms": {**LR, **SIGMA},
 }
 
 
@@ -149,18 +164,114 @@ def step_seconds(weights: Path, rounds: int = 10, warmup: int = 3) -> dict[str, 
     return {loss: statistics.median(values) for loss, values in times.items()}
 
 
+def run_tuned(args, work: Path, weights: Path, started: float) -> None:
+    """Each loss tuned as the transfer table's columns are (benchmarks/tuned.py: its learning rate and one
+    setting of its own, on 20 % of the training classes held out, the transfer on the other 80 % without
+    labels), its best values trained over the seeds on all training images and read once on the test
+    classes; and whether its short trials predict full-length runs (``trial_vs_final``)."""
+    from benchmarks.tuned import VALIDATION, as_component, plot_curves, shown, study_counts, trial_vs_final, tune_method
+    from metrictransfer.config import apply_overrides
+
+    untuned_file = RESULTS / "foundation_distill.json"
+    untuned = json.loads(untuned_file.read_text())["final"] if untuned_file.is_file() else {}
+    earlier = RESULTS / "foundation_distill_tuned.json"
+    results: dict = {"args": vars(args), "losses": json.loads(earlier.read_text())["losses"] if earlier.is_file() else {}}
+    final_epochs = max(1, round(10 * args.epochs_scale))
+    for loss in args.losses:
+        trial = as_component(student_config(loss, weights, 0, 1.0))
+        trial["data"] = {**trial["data"], "validation": VALIDATION}
+        trial["optim"]["epochs"] = args.trial_epochs
+        trial["eval"] = {**trial["eval"], "every": 1}  # a validation value per epoch, for the pruner
+        study = work / "studies" / loss
+        best = tune_method(loss, trial, study, args.trials, 0, SPACES[loss])
+        finals = {}
+        for seed in args.seeds:
+            raw = as_component(student_config(loss, weights, seed, args.epochs_scale))
+            raw = apply_overrides(raw, [f"{key}={json.dumps(value)}" for key, value in best.items()])
+            finals[seed] = train_once(raw, work / f"seed{seed}" / loss, "foundation_distill --tuned")["final"]
+        check = trial_vs_final(study, SPACES[loss], final_epochs, work / "trial_vs_final" / loss, "foundation_distill --tuned")
+        results["losses"][loss] = {
+            "best": best,
+            "study": study_counts(study),
+            "tuned": finals,
+            "untuned": untuned.get(loss, {}),
+            "trial_vs_final": check,
+        }
+        write_tuned_table(args, results, (time.perf_counter() - started) / 60, shown)
+    ranked = sorted(results["losses"], key=lambda name: -statistics.mean(r["recall@1"] for r in results["losses"][name]["tuned"].values()))
+    plot_curves(
+        {LABELS[name].split(" (")[0]: best_curve(results["losses"][name]["trial_vs_final"]) for name in ranked[:3]},
+        FIGURE,
+        "Foundation-style distillation, tuned: validation R@1 per epoch (best trial's values, full length)",
+    )
+
+
+FIGURE = Path("docs/benchmarks/figures/foundation_distill_tuned.png")
+
+
+def best_curve(check: dict) -> list[float]:
+    """The per-epoch validation Recall@1 of the run with the values the study chose (its best trial)."""
+    return max(check["runs"], key=lambda run: run["trial_value"])["curve"]
+
+
+def write_tuned_table(args, results: dict, minutes: float, shown) -> None:
+    lines = [
+        f"# Foundation-style distillation, every loss tuned alike on validation classes: kNN Recall@1 (%), seeds {args.seeds}",
+        "",
+        f"Budget per loss: {args.trials} TPE trials of {args.trial_epochs} epochs (median pruning): the transfer on 80 % of the "
+        "training classes' images without labels, chosen by Recall@1 on the other 20 %. The best values then train as the "
+        f"untuned runs do ({max(1, round(10 * args.epochs_scale))} epochs, all training images, no labels); test classes read once "
+        "per run, at its end. Trial → final: each complete trial's values trained again at the final length on the same "
+        "validation split; Spearman's ρ between the trial values and those final validation values (n trials), and the "
+        "validation R@1 lost by picking the best trial instead of the best final.",
+        "",
+        "| loss | untuned R@1 | tuned R@1 | tuned R@2 | best values | trials complete / pruned | trial → final ρ (n) | regret (points) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for name, row in results["losses"].items():
+        tuned, before = list(row["tuned"].values()), [r["recall@1"] for r in row["untuned"].values()]
+        values = ", ".join(f"{key.split('.')[-1]} {shown(value)}" for key, value in row["best"].items())
+        check = row["trial_vs_final"]
+        rho = "–" if check["spearman"] is None else f"{check['spearman']:.2f}"
+        lines.append(
+            f"| {LABELS[name]} | {mean_std(before) if before else '–'} | {mean_std([r['recall@1'] for r in tuned])} | "
+            f"{mean_std([r['recall@2'] for r in tuned])} | {values} | {row['study']['complete']} / {row['study']['pruned']} | "
+            f"{rho} ({len(check['runs'])}) | {100 * check['regret']:.1f} |"
+        )
+    lines += [
+        "",
+        "Untuned: benchmarks/results/foundation_distill.json (the same teacher recipe, seeds and length, each loss's defaults).",
+        f"Figure: {FIGURE} (validation R@1 per epoch of the top three, at their chosen values).",
+        "",
+        f"{minutes:.0f} min in this invocation; finished runs and studies in --work are reused.",
+    ]
+    rerun = (
+        f"foundation_distill --tuned --losses {' '.join(results['losses'])} --seeds {' '.join(map(str, args.seeds))} "
+        f"--epochs-scale {args.epochs_scale} --teacher-epochs {args.teacher_epochs} "
+        f"--trials {args.trials} --trial-epochs {args.trial_epochs}"
+    )
+    write_results("foundation_distill_tuned", lines, results, rerun=rerun)
+
+
 def main() -> None:
     options = parser(__doc__)
     options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     options.add_argument("--epochs-scale", type=float, default=1.0, help="of the targets' 10 epochs")
     options.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
     options.add_argument("--work", default="runs/foundation_distill")
+    options.add_argument("--tuned", action="store_true", help="tune each loss alike on validation classes first (benchmarks/tuned.py)")
+    options.add_argument("--trials", type=int, default=6, help="--tuned: trials per loss")
+    options.add_argument("--trial-epochs", type=int, default=3, help="--tuned: epochs of a trial")
+    options.add_argument("--losses", nargs="+", choices=list(LOSSES), default=list(LOSSES), help="--tuned: these losses, in this order")
     args = options.parse_args()
 
     work, started = Path(args.work), time.perf_counter()
     images = teacher_images(work / "teacher_images")
     teacher = train_once(teacher_config(images, args.teacher_epochs), work / "teacher", "foundation_distill")
     weights = export_backbone(work / "teacher", work / "teacher_backbone.pt")
+    if args.tuned:
+        run_tuned(args, work / "tuned", weights, started)
+        return
     finals: dict[str, dict[int, dict]] = {}
     for seed in args.seeds:
         finals.setdefault("target_alone", {})[seed] = train_once(

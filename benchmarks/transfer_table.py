@@ -128,7 +128,15 @@ def main() -> None:
     options.add_argument("--trials", type=int, default=8, help="--tuned: trials per method")
     options.add_argument("--trial-epochs", type=int, default=3, help="--tuned: epochs of a trial")
     options.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="--tuned: these methods, in this order")
+    options.add_argument(
+        "--trial-check", action="store_true", help="whether the tuned studies' trials predict full-length runs, and why FitNet + PA leads"
+    )
     args = options.parse_args()
+    if args.trial_check:
+        from benchmarks.tuned import run_trial_check
+
+        run_trial_check(args, SETTINGS, {name: METHODS[name] for name in args.methods}, source_config, target_config, slug)
+        return
     if args.tuned:
         from benchmarks.tuned import run_tuned
 

@@ -63,19 +63,20 @@ def value_at(raw: dict, key: str):
     return node
 
 
-def tune_method(name: str, recipe: dict, out: Path, trials: int, seed: int) -> dict:
+def tune_method(name: str, recipe: dict, out: Path, trials: int, seed: int, space: dict | None = None) -> dict:
     """``metrictransfer tune`` for one method (its study resumes if an earlier invocation was stopped);
-    the best values of its search space."""
+    the best values of its search space (``space``, else ``SPACES[name]``)."""
+    space = SPACES[name] if space is None else space
     out.mkdir(parents=True, exist_ok=True)
     recipe_file, space_file = out.parent / f"{out.name}.recipe.yaml", out.parent / f"{out.name}.space.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    space_file.write_text(yaml.safe_dump(SPACES[name], sort_keys=False))
+    space_file.write_text(yaml.safe_dump(space, sort_keys=False))
     command = [sys.executable, "-m", "metrictransfer.cli", "tune", str(recipe_file), "--space", str(space_file)]
     command += ["--trials", str(trials), "--out", str(out), "--seed", str(seed)]
     print(f"== tune {name}: {' '.join(command)}", flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
     best = yaml.safe_load((out / "best.yaml").read_text())
-    return {key: value_at(best, key) for key in SPACES[name]}
+    return {key: value_at(best, key) for key in space}
 
 
 def study_counts(out: Path) -> dict:
@@ -83,6 +84,179 @@ def study_counts(out: Path) -> dict:
     with open(out / "trials.csv", newline="") as f:
         states = [row.get("state", "") for row in csv.DictReader(f)]
     return {"complete": sum(s == "COMPLETE" for s in states), "pruned": sum(s == "PRUNED" for s in states)}
+
+
+def trial_vs_final(study: Path, space: dict, final_epochs: int, out: Path, origin: str) -> dict:
+    """Whether a study's short trials predict the full-length runs: each complete trial's values trained
+    again for ``final_epochs`` on the same training and validation classes (the trial's recipe otherwise),
+    its validation Recall@1 per epoch, and Spearman's rank correlation between the trial values (best
+    epoch of the short trial) and these final values (final epoch). The test split is never read."""
+    from scipy.stats import spearmanr
+
+    recipe = yaml.safe_load((study.parent / f"{study.name}.recipe.yaml").read_text())
+    recipe["optim"]["epochs"] = final_epochs
+    with open(study / "trials.csv", newline="") as f:
+        complete = [row for row in csv.DictReader(f) if row["state"] == "COMPLETE"]
+    runs = []
+    for row in complete:
+        values = {key: yaml.safe_load(row[key]) for key in space}
+        raw = apply_overrides(json.loads(json.dumps(recipe)), [f"{key}={json.dumps(value)}" for key, value in values.items()])
+        folder = out / f"trial-{int(row['number']):04d}"
+        result = train_once(raw, folder, origin)
+        with open(folder / "log.csv", newline="") as f:
+            curve = [float(r["recall@1"]) for r in csv.DictReader(f) if r.get("recall@1")]
+        runs.append(
+            {
+                "trial": int(row["number"]),
+                "values": values,
+                "trial_value": float(row["value"]),
+                "final_value": result["validation"]["final"]["recall@1"],
+                "curve": curve,
+            }
+        )
+    rho = float(spearmanr([r["trial_value"] for r in runs], [r["final_value"] for r in runs]).statistic) if len(runs) > 2 else None
+    best_trial = max(runs, key=lambda r: r["trial_value"]) if runs else None
+    best_final = max(runs, key=lambda r: r["final_value"]) if runs else None
+    return {
+        "final_epochs": final_epochs,
+        "runs": runs,
+        "spearman": None if rho != rho else rho,  # NaN: constant values
+        "chosen_is_best_final": bool(runs) and best_trial is best_final,
+        "regret": (best_final["final_value"] - best_trial["final_value"]) if runs else None,
+    }
+
+
+def plot_curves(curves: dict[str, list[float]], path: Path, title: str) -> None:
+    """Validation Recall@1 (%) per epoch, one line per method, as a PNG for the benchmark's page."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    for name, curve in curves.items():
+        axes.plot(range(1, len(curve) + 1), [100 * v for v in curve], marker="o", label=name)
+    axes.set(xlabel="epoch", ylabel="validation R@1 (%)", title=title)
+    axes.title.set_fontsize(9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def trial_recipe(args, setting: dict, method: dict | None, validation_source: Path, threads: int, target_config) -> dict:
+    """A trial of the compression column's studies: the target on 80 % of the training classes, from the
+    source that saw only those, evaluated on the other 20 % every epoch (for the pruner)."""
+    trial = as_component(target_config(setting, method, validation_source, 0, 1.0, threads))
+    trial["data"] = {**trial["data"], "validation": VALIDATION}
+    trial["optim"]["epochs"] = args.trial_epochs
+    trial["eval"] = {**trial["eval"], "every": 1}
+    return trial
+
+
+# Why FitNet + PA leads the tuned compression column: its best values with one part changed at a time
+# (validation classes, full length), beside the relaxed losses with Proxy-Anchor's labels added.
+ABLATIONS = {
+    "FitNet, no Proxy-Anchor term": ("FitNet + PA", ["transfer.metric_weight=0.0"]),
+    "FitNet + PA, last stage only": ("FitNet + PA", ["transfer.hint_stages=1"]),
+    "Proxy-Anchor alone, FitNet's lr": ("FitNet + PA", ["method=source", "transfer=null"]),
+    "Relaxed contrastive + PA": ("Relaxed contrastive, rerun", ["transfer.metric_weight=1.0"]),
+    "Relaxed MS + PA": ("Relaxed MS", ["transfer.metric_weight=1.0"]),
+}
+
+
+def run_trial_check(args, settings: dict, methods: dict, source_config, target_config, slug) -> None:
+    """For the compression column's methods: whether the studies' short trials predict full-length runs
+    (``trial_vs_final``), validation R@1 per epoch of the top three at their chosen values, and the
+    ablations of ``ABLATIONS``. Validation classes only: the test split is not read."""
+    work = Path(args.work) / "tuned"
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    started = time.perf_counter()
+    setting = settings["compression"]
+    final_epochs = max(1, round(10 * args.epochs_scale))
+    validation_source = work / "validation_source"
+    raw = source_config(0, args.epochs_scale, threads)
+    raw["data"] = {**raw["data"], "validation": VALIDATION}
+    train_once(raw, validation_source, "tuned source")
+    earlier = RESULTS / "transfer_table_trials.json"
+    results: dict = {"args": vars(args), "methods": {}, "ablations": {}}
+    if earlier.is_file():
+        results.update({key: value for key, value in json.loads(earlier.read_text()).items() if key in ("methods", "ablations")})
+    for name, method in methods.items():
+        study = work / "studies" / slug(name)
+        tune_method(name, trial_recipe(args, setting, method, validation_source, threads, target_config), study, args.trials, 0)
+        check = trial_vs_final(study, SPACES[name], final_epochs, work / "trial_vs_final" / slug(name), "transfer_table --trial-check")
+        results["methods"][name] = {"study": study_counts(study), **check}
+        write_trial_table(args, results, (time.perf_counter() - started) / 60)
+    for name, (base, changes) in ABLATIONS.items():
+        if base not in results["methods"]:
+            continue
+        chosen = max(results["methods"][base]["runs"], key=lambda run: run["trial_value"])
+        recipe = yaml.safe_load((work / "studies" / f"{slug(base)}.recipe.yaml").read_text())
+        recipe["optim"]["epochs"] = final_epochs
+        overrides = [f"{key}={json.dumps(value)}" for key, value in chosen["values"].items()] + changes
+        raw = {key: value for key, value in apply_overrides(recipe, overrides).items() if value is not None}  # "transfer=null": no section
+        result = train_once(raw, work / "ablations" / slug(name), "transfer_table --trial-check")
+        results["ablations"][name] = {
+            "base": base,
+            "changes": changes,
+            "values": chosen["values"],
+            "final_value": result["validation"]["final"]["recall@1"],
+        }
+        write_trial_table(args, results, (time.perf_counter() - started) / 60)
+    ranked = sorted(results["methods"], key=lambda name: -max(run["final_value"] for run in results["methods"][name]["runs"]))
+    curves = {name: max(results["methods"][name]["runs"], key=lambda run: run["trial_value"])["curve"] for name in ranked[:3]}
+    plot_curves(curves, TRIAL_FIGURE, "Compression column: validation R@1 per epoch at each study's chosen values")
+
+
+TRIAL_FIGURE = Path("docs/benchmarks/figures/transfer_table_trials.png")
+
+
+def write_trial_table(args, results: dict, minutes: float) -> None:
+    final_epochs = max(1, round(10 * args.epochs_scale))
+    lines = [
+        "# Do the tuned compression column's trials predict its finals? Validation Recall@1 (%)",
+        "",
+        f"Each complete trial of a method's study ({args.trial_epochs} epochs) trained again with the same values for {final_epochs} "
+        "epochs, the finals' length, on the same 80 % of the training classes, and evaluated on the same 20 % of validation "
+        "classes. ρ: Spearman's rank correlation between the trial values (best epoch) and the final-length values (final "
+        "epoch); regret: the final-length R@1 lost by taking the study's best trial instead of the best final. The test split "
+        "is not read.",
+        "",
+        "| method | trials complete / pruned | ρ (n) | chosen trial: trial R@1 → final R@1 | best final R@1 | regret (points) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in results["methods"].items():
+        chosen = max(row["runs"], key=lambda run: run["trial_value"])
+        rho = "–" if row["spearman"] is None else f"{row['spearman']:.2f}"
+        lines.append(
+            f"| {name} | {row['study']['complete']} / {row['study']['pruned']} | {rho} ({len(row['runs'])}) | "
+            f"{100 * chosen['trial_value']:.1f} → {100 * chosen['final_value']:.1f} | "
+            f"{100 * max(run['final_value'] for run in row['runs']):.1f} | {100 * row['regret']:.1f} |"
+        )
+    if results["ablations"]:
+        lines += [
+            "",
+            f"## One part changed at a time ({final_epochs} epochs, validation classes, seed 0)",
+            "",
+            "| run | from | change | validation R@1 |",
+            "|---|---|---|---:|",
+        ]
+        for name, row in results["ablations"].items():
+            lines.append(f"| {name} | {row['base']}'s chosen values | `{' '.join(row['changes'])}` | {100 * row['final_value']:.1f} |")
+    lines += [
+        "",
+        f"Figure: {TRIAL_FIGURE} (the top three by final-length R@1).",
+        "",
+        f"{minutes:.0f} min in this invocation; finished runs are reused.",
+    ]
+    rerun = (
+        f"transfer_table --trial-check --methods {' '.join(repr(m) for m in results['methods'])} "
+        f"--epochs-scale {args.epochs_scale} --trials {args.trials} --trial-epochs {args.trial_epochs}"
+    )
+    write_results("transfer_table_trials", lines, results, rerun=rerun)
 
 
 def run_tuned(args, settings: dict, methods: dict, source_config, target_config, slug) -> None:
@@ -105,12 +279,8 @@ def run_tuned(args, settings: dict, methods: dict, source_config, target_config,
         train_once(source_config(seed, args.epochs_scale, threads), Path(args.work) / f"seed{seed}" / "source", "transfer_table")
 
     for name, method in methods.items():
-        trial = as_component(target_config(setting, method, validation_source, 0, 1.0, threads))
-        trial["data"] = {**trial["data"], "validation": VALIDATION}
-        trial["optim"]["epochs"] = args.trial_epochs
-        trial["eval"] = {**trial["eval"], "every": 1}  # a validation value per epoch, for the pruner
         study = work / "studies" / slug(name)
-        best = tune_method(name, trial, study, args.trials, 0)
+        best = tune_method(name, trial_recipe(args, setting, method, validation_source, threads, target_config), study, args.trials, 0)
         finals = {}
         for seed in args.seeds:
             raw = as_component(target_config(setting, method, Path(args.work) / f"seed{seed}" / "source", seed, args.epochs_scale, threads))

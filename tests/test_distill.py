@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from metrictransfer.cli import main
+from metrictransfer.distillation import DEFAULT_LOSS
 from metrictransfer.errors import MissingFileError
 
 
@@ -68,7 +69,7 @@ def test_distill_with_labelled_eval_data_is_an_ordinary_run(tmp_path, teacher, c
         "name": "resnet10t", "pretrained": False, "weights": str(teacher), "features": "pooled",
         "image_size": 48, "normalization": "imagenet",
     }  # fmt: skip
-    assert config["eval"]["data"]["dataset"] == "folder" and config["transfer"]["loss"]["name"] == "relaxed_contrastive"
+    assert config["eval"]["data"]["dataset"] == "folder" and config["transfer"]["loss"]["name"] == DEFAULT_LOSS
     assert (run / "report.md").is_file()
 
     assert main(["evaluate", "--checkpoint", str(run), "--json"]) == 0
@@ -110,7 +111,8 @@ def test_distill_without_labels_reports_agreement_with_the_source(tmp_path, teac
 
 
 def test_print_recipe_and_bad_input(tmp_path, teacher, capsys):
-    """Catches --print-recipe starting a run, and a missing image folder reported as a traceback."""
+    """Catches --print-recipe starting a run, --loss ignored or unchecked, and a missing image folder
+    reported as a traceback."""
     images = _photos(tmp_path / "mine", classes=2, per_class=3)
     assert main(_distill(images, tmp_path / "run", teacher, "--print-recipe")) == 0
     assert yaml.safe_load(capsys.readouterr().out)["model"] == {
@@ -118,6 +120,12 @@ def test_print_recipe_and_bad_input(tmp_path, teacher, capsys):
         "normalize": False, "freeze_batchnorm": False, "sync_batchnorm": True,
     }  # fmt: skip
     assert not (tmp_path / "run").exists()
+    assert main(_distill(images, tmp_path / "run", teacher, "--print-recipe")) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["transfer"]["loss"]["name"] == DEFAULT_LOSS
+    assert main(_distill(images, tmp_path / "run", teacher, "--print-recipe", "--loss", "relaxed_ms")) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["transfer"]["loss"]["name"] == "relaxed_ms"
+    assert main(_distill(images, tmp_path / "run", teacher, "--print-recipe", "--loss", "nosuch")) == 2
+    assert "unknown transfer loss 'nosuch'" in capsys.readouterr().err
     assert main(_distill(tmp_path / "nowhere", tmp_path / "run", teacher)) == 2
     assert "--images" in capsys.readouterr().err
     with pytest.raises(MissingFileError, match="--images"):

@@ -1,9 +1,10 @@
 """``metrictransfer distill``: the recipe of the common case, a pretrained model distilled into a small
 embedding model on the user's own images, without labels.
 
-The recipe is an ordinary one (a ``method: transfer`` run with a timm source and the relaxed contrastive
-loss), stored as the run's ``config.yaml``: ``evaluate``, ``export``, ``index``, ``search``, ``report`` and
-``train --resume`` treat the result like any other run.
+The recipe is an ordinary one (a ``method: transfer`` run with a timm source and a label-free transfer
+loss, :data:`DEFAULT_LOSS` unless ``--loss`` names another), stored as the run's ``config.yaml``:
+``evaluate``, ``export``, ``index``, ``search``, ``report`` and ``train --resume`` treat the result like
+any other run.
 """
 
 from __future__ import annotations
@@ -22,10 +23,20 @@ DEFAULT_EPOCHS = 30
 DEFAULT_BATCH = 64
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_LR = 1e-4
+#: The transfer loss (any registered one that needs no labels works, e.g. relaxed_contrastive, relaxed_ms,
+#: proj_cosine, rkd): the one that led the foundation-style benchmark tuned alike (docs: which-transfer).
+DEFAULT_LOSS = "relaxed_contrastive"
+#: The measured figure behind DEFAULT_LOSS, for --help.
+LOSS_EVIDENCE = "to be measured"
 #: Share of the images held out, without labels, to report agreement with the source every epoch.
 AGREEMENT_HOLDOUT = 0.1
 #: The recipe keys that the command's own options set: its messages name the options (errors.command_options).
-OPTIONS = {"transfer.source.weights": "--source-weights", "model.weights": "--target-weights", "data.classes_per_batch": "--batch-size"}
+OPTIONS = {
+    "transfer.source.weights": "--source-weights",
+    "transfer.loss": "--loss",
+    "model.weights": "--target-weights",
+    "data.classes_per_batch": "--batch-size",
+}
 
 
 def data_section(path: str | Path, image_size: int, what: str) -> dict[str, Any]:
@@ -65,11 +76,12 @@ def distill_config(
     image_size: int = DEFAULT_IMAGE_SIZE,
     lr: float = DEFAULT_LR,
     seed: int = 0,
+    loss: str = DEFAULT_LOSS,
     overrides: list[str] | None = None,
 ) -> RunConfig:
     """The distillation recipe: ``target`` (a timm backbone with a ``dim``-d head) taught by the frozen
-    ``source`` (a timm model: pretrained weights, or ``source_weights``, a local file) with the relaxed
-    contrastive loss on label-free batches of ``images``. Evaluated every epoch on ``eval_data``'s test split
+    ``source`` (a timm model: pretrained weights, or ``source_weights``, a local file) with the transfer
+    ``loss`` (a registered one, at its defaults) on label-free batches of ``images``. Evaluated every epoch on ``eval_data``'s test split
     when given (Recall@K), else by agreement@k with the source on a tenth of the images held out."""
     data = data_section(images, image_size, "--images")
     labelled_csv = data["dataset"] == "csv"
@@ -87,7 +99,7 @@ def distill_config(
         "seed": seed,
         "data": data,
         "model": {"backbone": target, "embedding_dim": dim, "pretrained": target_pretrained, "weights": target_weights},
-        "transfer": {"source": source_section, "loss": {"name": "relaxed_contrastive", "params": {"sigma": 1.0, "delta": 1.0}}},
+        "transfer": {"source": source_section, "loss": {"name": loss}},
         "optim": {"epochs": epochs, "lr": lr},
     }
     if eval_data is not None:

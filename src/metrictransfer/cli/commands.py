@@ -110,6 +110,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         "image_size": args.image_size,
         "lr": args.lr,
         "seed": args.seed,
+        "loss": args.loss,
         "overrides": list(args.set),
     }
     if args.print_recipe:

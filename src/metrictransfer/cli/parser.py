@@ -165,6 +165,12 @@ def _add_distill(distill: argparse.ArgumentParser) -> None:
         help=f"the student's input side (default {defaults.DEFAULT_IMAGE_SIZE})",
     )
     distill.add_argument("--lr", type=float, default=defaults.DEFAULT_LR, help=f"learning rate (default {defaults.DEFAULT_LR:g})")
+    distill.add_argument(
+        "--loss",
+        default=defaults.DEFAULT_LOSS,
+        metavar="NAME",
+        help=f"the transfer loss, a registered one that needs no labels (default {defaults.DEFAULT_LOSS}: {defaults.LOSS_EVIDENCE})",
+    )
     distill.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
     distill.add_argument("--out", help="run folder (default runs/distill-<timestamp>)")
     distill.add_argument("--overwrite", action="store_true", help="--out already holds a run: start anew over it")
