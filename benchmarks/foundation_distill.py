@@ -147,6 +147,48 @@ def teacher_recall(weights: Path) -> dict[str, float]:
     return evaluate_model(model, test_dataset(config), config, torch.device("cpu"))
 
 
+def target_signal(weights: Path, sigmas: list[float], temperatures: list[float], batch: int = 90, queue: int = 1024) -> dict:
+    """How much class information each loss's targets carry, from the teacher's features of the training
+    split's images (labels read only to measure): per image, the share of its target weight that falls on
+    images of its own class. Relaxed losses: ``w_ij = exp(-||ŝ_i - ŝ_j||² / σ)`` over a random label-free
+    batch of ``batch`` images; the queue loss: ``softmax(ŝ_i · Qᵀ / τ)`` over ``queue`` other images. Chance
+    (weights that ignore the teacher) is the same-class share of the batch or queue."""
+    import torch.nn.functional as F
+
+    from metrictransfer.config import build_config
+    from metrictransfer.data.registry import build_dataset
+    from metrictransfer.evaluation.embed import extract_embeddings
+    from metrictransfer.evaluation.evaluate import with_test_transform
+    from metrictransfer.models.pretrained import PretrainedFeatures
+
+    data = build_config({"data": DEMO_DATA}).data
+    model = PretrainedFeatures("resnet18d", pretrained=False, weights=weights, features="avg_max", image_size=32)
+    features, labels = extract_embeddings(model, with_test_transform(build_dataset(data, "train"), data))[:2]
+    features = F.normalize(features, dim=1)
+    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(0))
+    rows: dict = {}
+
+    def share(w: torch.Tensor, same: torch.Tensor) -> float:
+        return float(((w * same).sum(1) / w.sum(1)).mean())
+
+    batches = [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)]
+    for sigma in sigmas:
+        values, chance = [], []
+        for b in batches:
+            f, y = features[b], labels[b]
+            w = torch.exp(-torch.cdist(f, f).pow(2) / sigma).fill_diagonal_(0)
+            same = (y[:, None] == y[None, :]).float().fill_diagonal_(0)
+            values.append(share(w, same))
+            chance.append(share(torch.ones_like(w).fill_diagonal_(0), same))
+        rows[f"relaxed, σ = {sigma:g}"] = {"share": statistics.mean(values), "chance": statistics.mean(chance), "set": batch}
+    queued, rest = order[:queue], order[queue:]
+    same = (labels[rest][:, None] == labels[queued][None, :]).float()
+    for tau in temperatures:
+        w = torch.softmax(features[rest] @ features[queued].t() / tau, dim=1)
+        rows[f"queue, τ = {tau:g}"] = {"share": share(w, same), "chance": share(torch.ones_like(w), same), "set": queue}
+    return rows
+
+
 def step_seconds(weights: Path, rounds: int = 10, warmup: int = 3) -> dict[str, float]:
     """Median seconds of one training step (teacher forward, loss, backward, update) per loss, on one batch
     each; the losses take turns within each round, so machine noise falls on all of them alike."""
@@ -177,6 +219,9 @@ def run_tuned(args, work: Path, weights: Path, started: float) -> None:
     earlier = RESULTS / "foundation_distill_tuned.json"
     results: dict = {"args": vars(args), "losses": json.loads(earlier.read_text())["losses"] if earlier.is_file() else {}}
     final_epochs = max(1, round(10 * args.epochs_scale))
+    results["teacher_r1"] = f"{100 * json.loads((work.parent / 'teacher' / 'results.json').read_text())['final']['recall@1']:.1f}"
+    if untuned_file.is_file():
+        results["untuned_teacher_r1"] = f"{100 * json.loads(untuned_file.read_text())['teacher_head']['recall@1']:.1f}"
     for loss in args.losses:
         trial = as_component(student_config(loss, weights, 0, 1.0))
         trial["data"] = {**trial["data"], "validation": VALIDATION}
@@ -198,6 +243,11 @@ def run_tuned(args, work: Path, weights: Path, started: float) -> None:
             "trial_vs_final": check,
         }
         write_tuned_table(args, results, (time.perf_counter() - started) / 60, shown)
+    chosen = [row["best"] for row in results["losses"].values()]
+    sigmas = sorted({1.0} | {b[key] for b in chosen for key in b if key.endswith(".sigma")})
+    temperatures = sorted({0.07} | {b[key] for b in chosen for key in b if key.endswith(".teacher_temperature")})
+    results["target_signal"] = target_signal(weights, sigmas, temperatures)
+    write_tuned_table(args, results, (time.perf_counter() - started) / 60, shown)
     ranked = sorted(results["losses"], key=lambda name: -statistics.mean(r["recall@1"] for r in results["losses"][name]["tuned"].values()))
     plot_curves(
         {LABELS[name].split(" (")[0]: best_curve(results["losses"][name]["trial_vs_final"]) for name in ranked[:3]},
@@ -238,9 +288,26 @@ def write_tuned_table(args, results: dict, minutes: float, shown) -> None:
             f"{mean_std([r['recall@2'] for r in tuned])} | {values} | {row['study']['complete']} / {row['study']['pruned']} | "
             f"{rho} ({len(check['runs'])}) | {100 * check['regret']:.1f} |"
         )
+    if results.get("target_signal"):
+        lines += [
+            "",
+            "## How much class information each loss's targets carry",
+            "",
+            "The teacher's features of the training images (labels read only here): per image, the share of its target weight on "
+            "images of its own class. Relaxed losses: exp(−‖ŝᵢ − ŝⱼ‖²/σ) over a random batch of 90 images; queue loss: the "
+            "softmax of its pseudo-labels at temperature τ over 1,024 queued images. Chance: the same-class share of the batch "
+            "or queue (weights that ignore the teacher).",
+            "",
+            "| targets | same-class share | chance | × chance |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, row in results["target_signal"].items():
+            lines.append(f"| {name} | {100 * row['share']:.1f} % | {100 * row['chance']:.1f} % | {row['share'] / row['chance']:.1f} |")
     lines += [
         "",
-        "Untuned: benchmarks/results/foundation_distill.json (the same teacher recipe, seeds and length, each loss's defaults).",
+        "Untuned: benchmarks/results/foundation_distill.json (the same seeds and length, each loss's defaults), from a teacher "
+        "trained with the same recipe in an earlier session (its head's R@1 "
+        f"{results.get('untuned_teacher_r1', '?')} there, {results.get('teacher_r1', '?')} for this teacher).",
         f"Figure: {FIGURE} (validation R@1 per epoch of the top three, at their chosen values).",
         "",
         f"{minutes:.0f} min in this invocation; finished runs and studies in --work are reused.",

@@ -41,7 +41,8 @@ COMMANDS: dict[str, Command] = {
         "distil any timm model into a small one on your images",
         "Distil any timm model (a foundation model such as DINOv2, CLIP or SigLIP: pretrained weights by default, "
         "--source-weights FILE offline) into a small target with a DIM-d head on a folder of images (or a CSV "
-        "list), without labels, with the relaxed contrastive loss. Builds an ordinary transfer recipe; "
+        "list), without labels, with a label-free transfer loss (--loss; default queue_distill, a pseudo-classifier "
+        "over a queue of source features, which led the losses tuned alike). Builds an ordinary transfer recipe; "
         "the result is an ordinary run (evaluate, export, index, search, report, train --resume).",
         "the run folder (--out, default runs/distill-<timestamp>): config.yaml (the recipe), checkpoint.pt, log.csv, "
         "results.json, report.md and plots; prints a line per epoch with Recall@K on --eval-data's test split, or "
