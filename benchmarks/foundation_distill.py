@@ -212,7 +212,7 @@ def run_tuned(args, work: Path, weights: Path, started: float) -> None:
     setting of its own, on 20 % of the training classes held out, the transfer on the other 80 % without
     labels), its best values trained over the seeds on all training images and read once on the test
     classes; and whether its short trials predict full-length runs (``trial_vs_final``)."""
-    from benchmarks.tuned import VALIDATION, as_component, plot_curves, shown, study_counts, trial_vs_final, tune_method
+    from benchmarks.tuned import VALIDATION, as_component, chosen_run, plot_curves, shown, study_counts, trial_vs_final, tune_method
     from metrictransfer.config import apply_overrides
 
     untuned_file = RESULTS / "foundation_distill.json"
@@ -262,9 +262,7 @@ def run_tuned(args, work: Path, weights: Path, started: float) -> None:
                 name = f"{loss}, {key.split('.')[-1].replace('sigma', 'σ').replace('teacher_temperature', 'τ')} = {value:g}"
                 results["sigma_check"][name] = result["validation"]["final"]["recall@1"]
                 changes[name] = (loss, values)
-    chosen_best = max(
-        max(row["trial_vs_final"]["runs"], key=lambda run: run["trial_value"])["final_value"] for row in results["losses"].values()
-    )
+    chosen_best = max(chosen_run(row["trial_vs_final"])["final_value"] for row in results["losses"].values())
     best_change = max(results["sigma_check"], key=results["sigma_check"].get, default=None)
     if best_change and results["sigma_check"][best_change] > chosen_best:
         loss, values = changes[best_change]
@@ -288,7 +286,7 @@ def run_tuned(args, work: Path, weights: Path, started: float) -> None:
     write_tuned_table(args, results, (time.perf_counter() - started) / 60, shown)
     ranked = sorted(results["losses"], key=lambda name: -statistics.mean(r["recall@1"] for r in results["losses"][name]["tuned"].values()))
     plot_curves(
-        {LABELS[name].split(" (")[0]: best_curve(results["losses"][name]["trial_vs_final"]) for name in ranked[:3]},
+        {LABELS[name].split(" (")[0]: chosen_run(results["losses"][name]["trial_vs_final"])["curve"] for name in ranked[:3]},
         FIGURE,
         "Foundation-style distillation, tuned: validation R@1 per epoch (best trial's values, full length)",
     )
@@ -299,12 +297,9 @@ FIGURE = Path("docs/benchmarks/figures/foundation_distill_tuned.png")
 ALONE = {"transfer.loss.params.sigma": ("sigma", [0.5, 1.0]), "transfer.loss.params.teacher_temperature": ("tau", [0.04, 0.1])}
 
 
-def best_curve(check: dict) -> list[float]:
-    """The per-epoch validation Recall@1 of the run with the values the study chose (its best trial)."""
-    return max(check["runs"], key=lambda run: run["trial_value"])["curve"]
-
-
 def write_tuned_table(args, results: dict, minutes: float, shown) -> None:
+    from benchmarks.tuned import chosen_run
+
     lines = [
         f"# Foundation-style distillation, every loss tuned alike on validation classes: kNN Recall@1 (%), seeds {args.seeds}",
         "",
@@ -337,8 +332,8 @@ def write_tuned_table(args, results: dict, minutes: float, shown) -> None:
             "|---|---:|",
         ]
         for name, row in results["losses"].items():
-            chosen_run = max(row["trial_vs_final"]["runs"], key=lambda run: run["trial_value"])
-            lines.append(f"| {name}, chosen values | {100 * chosen_run['final_value']:.1f} |")
+            chosen = chosen_run(row["trial_vs_final"])
+            lines.append(f"| {name}, chosen values | {100 * chosen['final_value']:.1f} |")
         lines += [f"| {name} | {100 * value:.1f} |" for name, value in results["sigma_check"].items()]
         best = results.get("best_change")
         if best:

@@ -86,6 +86,11 @@ def study_counts(out: Path) -> dict:
     return {"complete": sum(s == "COMPLETE" for s in states), "pruned": sum(s == "PRUNED" for s in states)}
 
 
+def chosen_run(check: dict) -> dict:
+    """The full-length run of the trial a study chose (its best trial value), from :func:`trial_vs_final`'s result."""
+    return max(check["runs"], key=lambda run: run["trial_value"])
+
+
 def trial_vs_final(study: Path, space: dict, final_epochs: int, out: Path, origin: str) -> dict:
     """Whether a study's short trials predict the full-length runs: each complete trial's values trained
     again for ``final_epochs`` on the same training and validation classes (the trial's recipe otherwise),
@@ -200,7 +205,7 @@ def run_trial_check(args, settings: dict, methods: dict, source_config, target_c
     for name, (base, changes) in ABLATIONS.items():
         if base not in results["methods"]:
             continue
-        chosen = max(results["methods"][base]["runs"], key=lambda run: run["trial_value"])
+        chosen = chosen_run(results["methods"][base])
         recipe = yaml.safe_load((work / "studies" / f"{slug(base)}.recipe.yaml").read_text())
         recipe["optim"]["epochs"] = final_epochs
         overrides = [f"{key}={json.dumps(value)}" for key, value in chosen["values"].items()] + changes
@@ -216,7 +221,7 @@ def run_trial_check(args, settings: dict, methods: dict, source_config, target_c
     test_best_change(args, results, settings, methods, target_config, slug, threads, final_epochs)
     write_trial_table(args, results, (time.perf_counter() - started) / 60)
     ranked = sorted(results["methods"], key=lambda name: -max(run["final_value"] for run in results["methods"][name]["runs"]))
-    curves = {name: max(results["methods"][name]["runs"], key=lambda run: run["trial_value"])["curve"] for name in ranked[:3]}
+    curves = {name: chosen_run(results["methods"][name])["curve"] for name in ranked[:3]}
     plot_curves(curves, TRIAL_FIGURE, "Compression column: validation R@1 per epoch at each study's chosen values")
 
 
@@ -229,7 +234,7 @@ def test_best_change(args, results: dict, settings: dict, methods: dict, target_
         return
     name, row = max(candidates.items(), key=lambda item: item[1]["final_value"])
     base = results["methods"][row["base"]]
-    chosen = max(base["runs"], key=lambda run: run["trial_value"])
+    chosen = chosen_run(base)
     if row["final_value"] <= chosen["final_value"]:
         return
     finals = {}
@@ -268,7 +273,7 @@ def write_trial_table(args, results: dict, minutes: float) -> None:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, row in results["methods"].items():
-        chosen = max(row["runs"], key=lambda run: run["trial_value"])
+        chosen = chosen_run(row)
         rho = "–" if row["spearman"] is None else f"{row['spearman']:.2f}"
         lines.append(
             f"| {name} | {row['study']['complete']} / {row['study']['pruned']} | {rho} ({len(row['runs'])}) | "
