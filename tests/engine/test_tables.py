@@ -146,7 +146,7 @@ def test_a_distill_a_source_a_target_alone_and_a_transfer_each_read_at_a_glance(
     # Bug caught: a distill row's method cell was ~900 characters of "eval.data.classes_per_batch=(unset), ...",
     # the unlabelled distill showed "–" (its agreement@10 only with --metrics), no column named the run,
     # and the source model sat in a column named "target".
-    from metrictransfer.distillation import distill_config
+    from metrictransfer.distillation import DEFAULT_LOSS, distill_config
 
     (tmp_path / "photos").mkdir()
     (tmp_path / "labelled").mkdir()
@@ -162,9 +162,9 @@ def test_a_distill_a_source_a_target_alone_and_a_transfer_each_read_at_a_glance(
     lines = rows(capsys)
     assert lines[0] == "| run | dataset | model | teacher | method | n | seeds | R@1 | R@2 | agreement@10 |"
     assert lines[2:] == [
-        f"| distill-labelled | unlabelled | resnet18 128-d | {teacher} | relaxed_contrastive (holdout_images=0, eval.data=folder) "
+        f"| distill-labelled | unlabelled | resnet18 128-d | {teacher} | {DEFAULT_LOSS} (holdout_images=0, eval.data=folder) "
         "| 1 | 0 | 50.0 | 60.0 | – |",
-        f"| distill-plain | unlabelled | resnet18 128-d | {teacher} | relaxed_contrastive (holdout_images=0.1, eval.data=none) "
+        f"| distill-plain | unlabelled | resnet18 128-d | {teacher} | {DEFAULT_LOSS} (holdout_images=0.1, eval.data=none) "
         "| 1 | 0 | – | – | 61.0 |",
         "| source | glyphs | resnet10t 32-d | – | proxy_anchor (no transfer) | 1 | 0 | 80.0 | 90.0 | – |",
         "| target-alone | glyphs | resnet10t 16-d | – | proxy_anchor (no transfer) | 1 | 0 | 40.0 | 50.0 | – |",
