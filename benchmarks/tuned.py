@@ -1,4 +1,4 @@
-"""The transfer table's compression column with every method tuned alike, on validation classes only
+"""The transfer table's columns with every method tuned alike, on validation classes only
 (``python -m benchmarks.transfer_table --tuned``; the protocol of Musgrave, Belongie and Lim, ECCV 2020).
 
 Per method, the same budget: ``metrictransfer tune`` with ``--trials`` TPE trials (median pruning) of the
@@ -8,7 +8,8 @@ either). Each method searches the learning rate and one setting of its own (``SP
 are then trained exactly as the untuned table's runs are (all training classes, the table's sources and
 seeds, ``--epochs-scale``), and the test split is read once, at each run's end.
 
-Writes benchmarks/results/transfer_table_tuned.md and .json beside the untuned transfer_table.json.
+Writes benchmarks/results/transfer_table_tuned.md and .json beside the untuned transfer_table.json, a
+section per column (``--settings``; the compression column was tuned first, the others after it).
 """
 
 from __future__ import annotations
@@ -315,66 +316,90 @@ def write_trial_table(args, results: dict, minutes: float) -> None:
     write_results("transfer_table_trials", lines, results, rerun=rerun)
 
 
+def column_folder(work: Path, setting_name: str, slug) -> Path:
+    """Where a column's studies and finals live: the compression column, tuned first, at the top of ``work``
+    (its folders are reused as they are), every other column in a folder of its own."""
+    return work if setting_name == "compression" else work / slug(setting_name)
+
+
+def load_tuned_columns(path: Path) -> dict:
+    """The tuned columns of an earlier invocation, so that rows of other ``--methods`` and ``--settings`` stay
+    (a file from before the other columns were tuned holds the compression column as ``methods``)."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    return earlier.get("columns") or {"compression": earlier.get("methods", {})}
+
+
 def run_tuned(args, settings: dict, methods: dict, source_config, target_config, slug) -> None:
-    """Tune every method of the compression column, then train its best values over the seeds."""
+    """Tune every method of each column in ``args.settings`` alike, then train its best values over the seeds."""
     work = Path(args.work) / "tuned"
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
-    setting = settings["compression"]
     untuned = json.loads((RESULTS / "transfer_table.json").read_text())
-    results: dict = {"args": vars(args), "budget": {"trials": args.trials, "trial_epochs": args.trial_epochs}, "methods": {}}
-    earlier = RESULTS / "transfer_table_tuned.json"
-    if earlier.is_file():  # rows of an earlier invocation (another --methods) stay in the table
-        results["methods"] = json.loads(earlier.read_text()).get("methods", {})
+    results: dict = {"args": vars(args), "budget": {"trials": args.trials, "trial_epochs": args.trial_epochs}}
+    results["columns"] = load_tuned_columns(RESULTS / "transfer_table_tuned.json")
 
-    validation_source = work / "validation_source"
+    validation_source = work / "validation_source"  # one for every column: the targets differ, not the source
     raw = source_config(0, args.epochs_scale, threads)
     raw["data"] = {**raw["data"], "validation": VALIDATION}
     train_once(raw, validation_source, "tuned source")
     for seed in args.seeds:
         train_once(source_config(seed, args.epochs_scale, threads), Path(args.work) / f"seed{seed}" / "source", "transfer_table")
 
-    for name, method in methods.items():
-        study = work / "studies" / slug(name)
-        best = tune_method(name, trial_recipe(args, setting, method, validation_source, threads, target_config), study, args.trials, 0)
-        finals = {}
-        for seed in args.seeds:
-            raw = as_component(target_config(setting, method, Path(args.work) / f"seed{seed}" / "source", seed, args.epochs_scale, threads))
-            raw = apply_overrides(raw, [f"{key}={json.dumps(value)}" for key, value in best.items()])
-            finals[seed] = train_once(raw, work / f"seed{seed}" / slug(name), "transfer_table --tuned")["final"]
-        before = untuned["targets"]["compression"].get(name, {})
-        results["methods"][name] = {"best": best, "study": study_counts(study), "tuned": finals, "untuned": before}
-        write_tuned_table(args, results, (time.perf_counter() - started) / 60)
+    for setting_name in args.settings:
+        setting, column = settings[setting_name], column_folder(work, setting_name, slug)
+        rows = results["columns"].setdefault(setting_name, {})
+        for name, method in methods.items():
+            study = column / "studies" / slug(name)
+            best = tune_method(name, trial_recipe(args, setting, method, validation_source, threads, target_config), study, args.trials, 0)
+            finals = {}
+            for seed in args.seeds:
+                source = Path(args.work) / f"seed{seed}" / "source"
+                raw = as_component(target_config(setting, method, source, seed, args.epochs_scale, threads))
+                raw = apply_overrides(raw, [f"{key}={json.dumps(value)}" for key, value in best.items()])
+                finals[seed] = train_once(raw, column / f"seed{seed}" / slug(name), "transfer_table --tuned")["final"]
+            before = untuned["targets"].get(setting_name, {}).get(name, {})
+            rows[name] = {"best": best, "study": study_counts(study), "tuned": finals, "untuned": before}
+            write_tuned_table(args, results, (time.perf_counter() - started) / 60)
 
 
 def write_tuned_table(args, results: dict, minutes: float) -> None:
     lines = [
-        f"# Transfer table, compression column, tuned alike on validation classes: Recall@1 (%), seeds {args.seeds}",
+        f"# Transfer table tuned alike on validation classes: Recall@1 (%), seeds {args.seeds}",
         "",
-        f"Budget per method: {args.trials} TPE trials of {args.trial_epochs} epochs (median pruning), trained on 80 % of "
-        "the training classes and chosen by Recall@1 on the other 20 %, from a source that saw only those 80 %. "
+        f"Budget per method and column: {args.trials} TPE trials of {args.trial_epochs} epochs (median pruning), trained on 80 % "
+        "of the training classes and chosen by Recall@1 on the other 20 %, from a source that saw only those 80 %. "
         "The best values then train as the untuned runs do (all training classes, "
         f"{args.epochs_scale}× the demo's epochs); test split read once per run, at its end.",
-        "",
-        "| method | untuned R@1 | tuned R@1 | tuned R@2 | best values | trials complete / pruned |",
-        "|---|---:|---:|---:|---|---:|",
     ]
-    for name, row in results["methods"].items():
-        tuned = list(row["tuned"].values())
-        before = [r["recall@1"] for r in row["untuned"].values()]
-        values = ", ".join(f"{key.split('.')[-1]} {shown(value)}" for key, value in row["best"].items())
-        lines.append(
-            f"| {name} | {mean_std(before) if before else '–'} | {mean_std([r['recall@1'] for r in tuned])} | "
-            f"{mean_std([r['recall@2'] for r in tuned])} | {values} | {row['study']['complete']} / {row['study']['pruned']} |"
-        )
+    for setting_name, rows in results["columns"].items():
+        if not rows:
+            continue
+        lines += [
+            "",
+            f"## {setting_name.capitalize()}",
+            "",
+            "| method | untuned R@1 | tuned R@1 | tuned R@2 | best values | trials complete / pruned |",
+            "|---|---:|---:|---:|---|---:|",
+        ]
+        for name, row in rows.items():
+            tuned = list(row["tuned"].values())
+            before = [r["recall@1"] for r in row["untuned"].values()]
+            values = ", ".join(f"{key.split('.')[-1]} {shown(value)}" for key, value in row["best"].items())
+            lines.append(
+                f"| {name} | {mean_std(before) if before else '–'} | {mean_std([r['recall@1'] for r in tuned])} | "
+                f"{mean_std([r['recall@2'] for r in tuned])} | {values} | {row['study']['complete']} / {row['study']['pruned']} |"
+            )
     lines += [
         "",
+        "Targets: compression ResNet-10t 32-d, dimension reduction ResNet-18-D 16-d, self-transfer ResNet-18-D 128-d. "
         "Untuned: benchmarks/results/transfer_table.json (the same seeds, sources and length, with each method's default settings).",
         "",
         f"{minutes:.0f} min in this invocation; finished runs and studies in --work are reused.",
     ]
     rerun = (
-        f"transfer_table --tuned --settings compression --seeds {' '.join(map(str, args.seeds))} "
+        f"transfer_table --tuned --settings {' '.join(repr(s) for s in args.settings)} --seeds {' '.join(map(str, args.seeds))} "
         f"--epochs-scale {args.epochs_scale} --trials {args.trials} --trial-epochs {args.trial_epochs}"
     )
     write_results("transfer_table_tuned", lines, results, rerun=rerun)
