@@ -276,13 +276,25 @@ class DeviceStepper:
 
 
 def write_cub_tree(
-    root: Path, train_per_class: int, test_per_class: int, size: tuple[int, int] = (500, 375), distinct: int = 64, seed: int = 0
+    root: Path,
+    train_per_class: int,
+    test_per_class: int,
+    size: tuple[int, int] = (500, 375),
+    distinct: int = 64,
+    seed: int = 0,
+    by_class: bool = False,
 ) -> dict:
     """A synthetic CUB-200-2011 tree (images.txt, image_class_labels.txt, classes.txt, images/) of
     ``size`` JPEGs: classes 1–100 (train) with ``train_per_class`` images, 101–200 (test) with
     ``test_per_class``. ``distinct`` different pictures (smooth colour fields with fine noise, about the
     entropy of a photo) are written once and hard-linked under every listed name: decoding costs the
-    same, the tree takes seconds to build and little disk. Returns the tree's facts (counts, mean bytes)."""
+    same, the tree takes seconds to build and little disk. By default pictures cycle over the images, so
+    every copy of a picture is in another class and Recall@K is 0 by construction; with ``by_class`` each
+    class has its own picture (``distinct`` at least 200), and its copies make Recall@1 near 100 % when
+    labels, order and evaluation are right: a check of the pipeline, not of learning. Returns the tree's
+    facts (counts, mean bytes)."""
+    if by_class and distinct < 200:
+        raise ValueError(f"by_class needs a picture per class: distinct={distinct}, CUB has 200 classes")
     import os
 
     import numpy as np
@@ -310,10 +322,11 @@ def write_cub_tree(
             image_id += 1
             rel = f"{name}/Synthetic_{class_id}_{k:04d}.jpg"
             target = root / "images" / rel
+            picture = class_id - 1 if by_class else image_id % distinct
             try:
-                os.link(pictures[image_id % distinct], target)
+                os.link(pictures[picture], target)
             except OSError:  # a file system without hard links
-                target.write_bytes(pictures[image_id % distinct].read_bytes())
+                target.write_bytes(pictures[picture].read_bytes())
             images.append(f"{image_id} {rel}")
             labels.append(f"{image_id} {class_id}")
     (root / "images.txt").write_text("\n".join(images) + "\n")

@@ -23,6 +23,7 @@ from metrictransfer.data.holdout import split_holdout
 from metrictransfer.data.multiview import MultiViewDataset
 from metrictransfer.data.protocol import RetrievalDataset
 from metrictransfer.data.registry import build_dataset
+from metrictransfer.data.workers import embedding_workers
 from metrictransfer.engine.logging import plot_training, primary_metric, save_figure
 from metrictransfer.errors import MissingFileError
 from metrictransfer.evaluation.embed import extract_embeddings
@@ -33,6 +34,7 @@ from metrictransfer.registry import METHODS
 from metrictransfer.retrieval.gallery import Neighbour
 from metrictransfer.retrieval.grid import draw_grid, file_name, middle_ellipsis
 from metrictransfer.runtime.checkpoint import load_embedding_model
+from metrictransfer.runtime.device import resolve_device
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -138,11 +140,15 @@ def pick_queries(config: RunConfig, queries: int = 6, seed: int = 0) -> list[int
 def _retrieval_sections(
     run: Path, config: RunConfig, queries: int, neighbours: int, map_points: int, seed: int, query_items: list[int] | None
 ) -> list[str]:
-    model, _ = load_embedding_model(run)
+    # on the GPU when there is one, decoded by loader workers: on the CPU alone, a CUB-sized test split took
+    # longer than a training epoch at the end of every run (benchmarks/results/gpu_protocol.md)
+    device = resolve_device("auto")
+    model, _ = load_embedding_model(run, map_location=device)
     dataset, labelled = shown_images(config)
     split = "test" if labelled else "held-out"
+    workers = embedding_workers(len(dataset), config.eval.batch_size, config.data.num_workers)
     # rows: the dataset index of each embedding (an unreadable image skipped with data.skip_bad_images has none)
-    embeddings, labels, rows = extract_embeddings(model, dataset, config.eval.batch_size, return_indices=True)
+    embeddings, labels, rows = extract_embeddings(model, dataset, config.eval.batch_size, device, workers, return_indices=True)
     classes: list[str | None] = list(dataset.classes or []) or [str(c) for c in range(int(labels.max()) + 1)]
     if not labelled:
         labels, classes = torch.zeros_like(labels), [None]

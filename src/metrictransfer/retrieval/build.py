@@ -19,6 +19,7 @@ import torch
 from metrictransfer import __version__
 from metrictransfer.data.images import ImageFolderDataset
 from metrictransfer.data.index import ImageIndex
+from metrictransfer.data.workers import embedding_workers
 from metrictransfer.errors import ConfigError, MissingPackageError
 from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.embeddings_table import is_table
@@ -84,7 +85,8 @@ def build_index(
     try:
         # an unreadable file is an error naming it (an index holds every image it lists: none is skipped)
         gallery = with_test_transform(ImageFolderDataset(listed, bad_hint=f"fix it or remove it from {images}"), config.data)
-        embeddings = extract_embeddings(model.to(device), gallery, batch_size, device, progress=progress)[0].numpy()
+        workers = embedding_workers(len(gallery), batch_size, config.data.num_workers)  # decoding, not the model, was the wait
+        embeddings = extract_embeddings(model.to(device), gallery, batch_size, device, workers, progress=progress)[0].numpy()
         built = _Built(model, model_name, checkpoint, config.eval.metric, kind, memory)
         meta = _write_index(out, built, listed, embeddings, columns, metadata)
         failed = False

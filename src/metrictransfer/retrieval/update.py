@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from metrictransfer.data.images import ImageFolderDataset
+from metrictransfer.data.workers import embedding_workers
 from metrictransfer.errors import ConfigError, DataError, MissingFileError
 from metrictransfer.evaluation.embed import extract_embeddings
 from metrictransfer.evaluation.embeddings_table import is_table
@@ -167,7 +168,8 @@ class _Update:
         model = CheckpointQueryModel(Path(checkpoint), g.meta.get("model"), g.meta, g.index_dir, "rebuild the index", self.device)
         dataset = with_test_transform(ImageFolderDataset(listed, bad_hint=f"fix it or remove it from {add}"), model.config.data)
         net = model.model.to(self.device)
-        vectors = extract_embeddings(net, dataset, self.batch_size, self.device, progress=self.progress)[0].numpy()
+        workers = embedding_workers(len(dataset), self.batch_size, model.config.data.num_workers)
+        vectors = extract_embeddings(net, dataset, self.batch_size, self.device, workers, progress=self.progress)[0].numpy()
         names = [listed.classes[int(label)] if label >= 0 and listed.classes else None for label in listed.labels]
         return paths, names, vectors, metadata
 
