@@ -140,9 +140,9 @@ def pick_queries(config: RunConfig, queries: int = 6, seed: int = 0) -> list[int
 def _retrieval_sections(
     run: Path, config: RunConfig, queries: int, neighbours: int, map_points: int, seed: int, query_items: list[int] | None
 ) -> list[str]:
-    # on the GPU when there is one, decoded by loader workers: on the CPU alone, a CUB-sized test split took
-    # longer than a training epoch at the end of every run (benchmarks/results/gpu_protocol.md)
-    device = resolve_device("auto")
+    # on the run's device (a GPU when it trained on one and one is here), decoded by its loader workers: on
+    # the CPU in one process, a CUB-sized test split took minutes at the end of every GPU run (docs: GPU check)
+    device = resolve_device("cpu" if config.device == "cuda" and not torch.cuda.is_available() else config.device)
     model, _ = load_embedding_model(run, map_location=device)
     dataset, labelled = shown_images(config)
     split = "test" if labelled else "held-out"
