@@ -23,8 +23,8 @@ def loader_workers(asked: int) -> int:
 def embedding_workers(items: int, batch_size: int, asked: int) -> int:
     """Loader workers for a one-off embedding pass outside training (a report, an index): the run's
     ``asked`` workers (at most one per usable core) for a set of several batches, none for a small one,
-    where starting the processes costs more than the decoding they would share. In the main process alone
-    decoding gave 155 images/s on an H200 machine while its GPU embedded thousands
+    where starting the processes costs more than the decoding they would share. One process decoded 155
+    CUB-sized images a second on an H200 machine while its GPU embedded thousands
     (benchmarks/results/gpu_throughput.md)."""
     if items <= 2 * batch_size:
         return 0
