@@ -120,7 +120,7 @@ def main() -> None:
     options.add_argument("--epochs-scale", type=float, default=1.0)
     options.add_argument("--work", default="runs/transfer_table", help="run folders (kept; finished runs are skipped)")
     options.add_argument(
-        "--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), help="only these target settings (default: all three)"
+        "--settings", nargs="+", choices=list(SETTINGS), help="only these target settings (default: all three; --trial-check: compression)"
     )
     options.add_argument("--jobs", type=int, default=1, help="runs trained at once, each with (CPU cores / jobs) threads")
     options.add_argument("--fresh", action="store_true", help="ignore the cells of benchmarks/results/NAME.json from earlier invocations")
@@ -129,9 +129,10 @@ def main() -> None:
     options.add_argument("--trial-epochs", type=int, default=3, help="--tuned: epochs of a trial")
     options.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="--tuned: these methods, in this order")
     options.add_argument(
-        "--trial-check", action="store_true", help="whether the tuned studies' trials predict full-length runs, and why FitNet + PA leads"
+        "--trial-check", action="store_true", help="whether a tuned column's trials predict full-length runs, and its ablations"
     )
     args = options.parse_args()
+    args.settings = args.settings or (["compression"] if args.trial_check else list(SETTINGS))
     if args.trial_check:
         from benchmarks.tuned import run_trial_check
 

@@ -181,52 +181,84 @@ ABLATIONS = {
 
 
 def run_trial_check(args, settings: dict, methods: dict, source_config, target_config, slug) -> None:
-    """For the compression column's methods: whether the studies' short trials predict full-length runs
-    (``trial_vs_final``), validation R@1 per epoch of the top three at their chosen values, and the
-    ablations of ``ABLATIONS``. Validation classes only: the test split is not read."""
+    """For each column of ``args.settings`` (its tuned studies): whether the short trials predict
+    full-length runs (``trial_vs_final``), validation R@1 per epoch of the top three at their chosen values,
+    and the ablations of ``ABLATIONS`` whose method is among ``methods``. Validation classes only: the test
+    split is read only by :func:`test_best_change`."""
     work = Path(args.work) / "tuned"
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    started = time.perf_counter()
-    setting = settings["compression"]
-    final_epochs = max(1, round(10 * args.epochs_scale))
-    validation_source = work / "validation_source"
     raw = source_config(0, args.epochs_scale, threads)
     raw["data"] = {**raw["data"], "validation": VALIDATION}
-    train_once(raw, validation_source, "tuned source")
-    earlier = RESULTS / "transfer_table_trials.json"
-    results: dict = {"args": vars(args), "methods": {}, "ablations": {}}
+    train_once(raw, work / "validation_source", "tuned source")
+    for setting_name in args.settings:
+        check_column(args, setting_name, settings, methods, target_config, slug, threads)
+
+
+def trials_name(setting_name: str, slug) -> str:
+    """The results file of a column's trial check (the compression column's keeps its first name)."""
+    return "transfer_table_trials" if setting_name == "compression" else f"transfer_table_trials_{slug(setting_name)}"
+
+
+def ablation_base(base: str, methods: dict) -> str | None:
+    """The method an ablation starts from in this invocation: the compression column's rerun of the relaxed
+    contrastive loss stands for the loss itself in the other columns."""
+    for name in (base, base.removesuffix(", rerun")):
+        if name in methods:
+            return name
+    return None
+
+
+def check_column(args, setting_name: str, settings: dict, methods: dict, target_config, slug, threads: int) -> None:
+    started = time.perf_counter()
+    work = Path(args.work) / "tuned"
+    column = column_folder(work, setting_name, slug)
+    setting = settings[setting_name]
+    final_epochs = max(1, round(10 * args.epochs_scale))
+    validation_source = work / "validation_source"
+    name = trials_name(setting_name, slug)
+    earlier = RESULTS / f"{name}.json"
+    results: dict = {"args": vars(args), "setting": setting_name, "methods": {}, "ablations": {}}
     if earlier.is_file():
         results.update({key: value for key, value in json.loads(earlier.read_text()).items() if key in ("methods", "ablations")})
-    for name, method in methods.items():
-        study = work / "studies" / slug(name)
-        tune_method(name, trial_recipe(args, setting, method, validation_source, threads, target_config), study, args.trials, 0)
-        check = trial_vs_final(study, SPACES[name], final_epochs, work / "trial_vs_final" / slug(name), "transfer_table --trial-check")
-        results["methods"][name] = {"study": study_counts(study), **check}
-        write_trial_table(args, results, (time.perf_counter() - started) / 60)
-    for name, (base, changes) in ABLATIONS.items():
-        if base not in results["methods"]:
+    for method_name, method in methods.items():
+        study = column / "studies" / slug(method_name)
+        tune_method(method_name, trial_recipe(args, setting, method, validation_source, threads, target_config), study, args.trials, 0)
+        check = trial_vs_final(
+            study, SPACES[method_name], final_epochs, column / "trial_vs_final" / slug(method_name), "transfer_table --trial-check"
+        )
+        results["methods"][method_name] = {"study": study_counts(study), **check}
+        write_trial_table(args, results, (time.perf_counter() - started) / 60, setting_name, slug)
+    for ablation, (listed_base, changes) in ABLATIONS.items():
+        base = ablation_base(listed_base, results["methods"])
+        if base is None:
             continue
         chosen = chosen_run(results["methods"][base])
-        recipe = yaml.safe_load((work / "studies" / f"{slug(base)}.recipe.yaml").read_text())
+        recipe = yaml.safe_load((column / "studies" / f"{slug(base)}.recipe.yaml").read_text())
         recipe["optim"]["epochs"] = final_epochs
         overrides = [f"{key}={json.dumps(value)}" for key, value in chosen["values"].items()] + changes
         raw = {key: value for key, value in apply_overrides(recipe, overrides).items() if value is not None}  # "transfer=null": no section
-        result = train_once(raw, work / "ablations" / slug(name), "transfer_table --trial-check")
-        results["ablations"][name] = {
+        result = train_once(raw, column / "ablations" / slug(ablation), "transfer_table --trial-check")
+        results["ablations"][ablation] = {
             "base": base,
             "changes": changes,
             "values": chosen["values"],
             "final_value": result["validation"]["final"]["recall@1"],
         }
-        write_trial_table(args, results, (time.perf_counter() - started) / 60)
-    test_best_change(args, results, settings, methods, target_config, slug, threads, final_epochs)
-    write_trial_table(args, results, (time.perf_counter() - started) / 60)
-    ranked = sorted(results["methods"], key=lambda name: -max(run["final_value"] for run in results["methods"][name]["runs"]))
-    curves = {name: chosen_run(results["methods"][name])["curve"] for name in ranked[:3]}
-    plot_curves(curves, TRIAL_FIGURE, "Compression column: validation R@1 per epoch at each study's chosen values")
+        write_trial_table(args, results, (time.perf_counter() - started) / 60, setting_name, slug)
+    test_best_change(args, results, setting_name, settings, methods, target_config, slug, threads, final_epochs)
+    write_trial_table(args, results, (time.perf_counter() - started) / 60, setting_name, slug)
+    ranked = sorted(results["methods"], key=lambda m: -max(run["final_value"] for run in results["methods"][m]["runs"]))
+    curves = {m: chosen_run(results["methods"][m])["curve"] for m in ranked[:3]}
+    plot_curves(
+        curves,
+        trial_figure(setting_name, slug),
+        f"{setting_name.capitalize()} column: validation R@1 per epoch at each study's chosen values",
+    )
 
 
-def test_best_change(args, results: dict, settings: dict, methods: dict, target_config, slug, threads: int, final_epochs: int) -> None:
+def test_best_change(
+    args, results: dict, setting_name: str, settings: dict, methods: dict, target_config, slug, threads: int, final_epochs: int
+) -> None:
     """The ablation with the best validation R@1, when it beats its method's chosen values at full length
     (a choice made on validation classes only), trained as the tuned finals are (all training classes, the
     table's sources and seeds) and read once on the test split."""
@@ -242,12 +274,13 @@ def test_best_change(args, results: dict, settings: dict, methods: dict, target_
     for seed in args.seeds:
         raw = as_component(
             target_config(
-                settings["compression"], methods[row["base"]], Path(args.work) / f"seed{seed}" / "source", seed, args.epochs_scale, threads
+                settings[setting_name], methods[row["base"]], Path(args.work) / f"seed{seed}" / "source", seed, args.epochs_scale, threads
             )
         )
         overrides = [f"{key}={json.dumps(value)}" for key, value in row["values"].items()] + row["changes"]
         raw = {key: value for key, value in apply_overrides(raw, overrides).items() if value is not None}
-        finals[seed] = train_once(raw, Path(args.work) / "tuned" / f"seed{seed}" / slug(name), "transfer_table --trial-check")["final"]
+        column = column_folder(Path(args.work) / "tuned", setting_name, slug)
+        finals[seed] = train_once(raw, column / f"seed{seed}" / slug(name), "transfer_table --trial-check")["final"]
     results["test_of_best_change"] = {
         "name": name,
         "validation": row["final_value"],
@@ -256,13 +289,14 @@ def test_best_change(args, results: dict, settings: dict, methods: dict, target_
     }
 
 
-TRIAL_FIGURE = Path("docs/benchmarks/figures/transfer_table_trials.png")
+def trial_figure(setting_name: str, slug) -> Path:
+    return Path(f"docs/benchmarks/figures/{trials_name(setting_name, slug)}.png")
 
 
-def write_trial_table(args, results: dict, minutes: float) -> None:
+def write_trial_table(args, results: dict, minutes: float, setting_name: str, slug) -> None:
     final_epochs = max(1, round(10 * args.epochs_scale))
     lines = [
-        "# Do the tuned compression column's trials predict its finals? Validation Recall@1 (%)",
+        f"# Do the tuned {setting_name} column's trials predict its finals? Validation Recall@1 (%)",
         "",
         f"Each complete trial of a method's study ({args.trial_epochs} epochs) trained again with the same values for {final_epochs} "
         "epochs, the finals' length, on the same 80 % of the training classes, and evaluated on the same 20 % of validation "
@@ -305,15 +339,15 @@ def write_trial_table(args, results: dict, minutes: float) -> None:
         ]
     lines += [
         "",
-        f"Figure: {TRIAL_FIGURE} (the top three by final-length R@1).",
+        f"Figure: {trial_figure(setting_name, slug)} (the top three by final-length R@1).",
         "",
         f"{minutes:.0f} min in this invocation; finished runs are reused.",
     ]
     rerun = (
-        f"transfer_table --trial-check --methods {' '.join(repr(m) for m in results['methods'])} "
+        f"transfer_table --trial-check --settings {setting_name!r} --methods {' '.join(repr(m) for m in results['methods'])} "
         f"--epochs-scale {args.epochs_scale} --trials {args.trials} --trial-epochs {args.trial_epochs}"
     )
-    write_results("transfer_table_trials", lines, results, rerun=rerun)
+    write_results(trials_name(setting_name, slug), lines, results, rerun=rerun)
 
 
 def column_folder(work: Path, setting_name: str, slug) -> Path:
