@@ -271,6 +271,7 @@ def test_best_change(
     if row["final_value"] <= chosen["final_value"]:
         return
     finals = {}
+    column = column_folder(Path(args.work) / "tuned", setting_name, slug)
     for seed in args.seeds:
         raw = as_component(
             target_config(
@@ -279,7 +280,6 @@ def test_best_change(
         )
         overrides = [f"{key}={json.dumps(value)}" for key, value in row["values"].items()] + row["changes"]
         raw = {key: value for key, value in apply_overrides(raw, overrides).items() if value is not None}
-        column = column_folder(Path(args.work) / "tuned", setting_name, slug)
         finals[seed] = train_once(raw, column / f"seed{seed}" / slug(name), "transfer_table --trial-check")["final"]
     results["test_of_best_change"] = {
         "name": name,
