@@ -12,6 +12,7 @@ from metrictransfer.evaluation import (
     nmi_score,
     recall_at_k,
     retrieval_metrics,
+    screened,
 )
 
 
@@ -55,10 +56,12 @@ def _assert_stats_equal(stats, expected):
     np.testing.assert_allclose(stats.r_precision.numpy(), rp, rtol=0, atol=1e-12)
 
 
-@pytest.fixture(autouse=True, params=["kernel", "kernel, 2 threads", "torch"])
+@pytest.fixture(autouse=True, params=["kernel", "kernel, 2 threads", "torch", "screened", "screened, 2 threads"])
 def fold_path(request, monkeypatch):
-    """Every test on the CPU's compiled kernel (one and two threads) and on the torch path the GPU uses."""
+    """Every test on the CPU's compiled kernel (one and two threads), on the torch path the GPU uses, and on
+    the bfloat16-screened path (whatever this CPU's instructions: there it is slower, never wrong)."""
     monkeypatch.setattr(knn, "FUSED_KERNEL_MIN_PAIRS", 2**62 if request.param == "torch" else 0)
+    monkeypatch.setattr(knn, "cpu_has_bfloat16_dot", lambda: "screened" in request.param)
     threads = torch.get_num_threads()
     torch.set_num_threads(2 if "2 threads" in request.param else 1)
     yield request.param
@@ -131,17 +134,18 @@ def test_query_is_excluded_by_index_not_position():
     assert recall_at_k(x, torch.tensor([0, 0, 1, 1]), [1])["recall@1"] == 1.0
 
 
-def test_blocks_bound_the_memory(monkeypatch):
+def test_blocks_bound_the_memory(monkeypatch, fold_path):
     """No distance matrix larger than a block (pass 2) or the same-class budget (pass 1) is ever built."""
     shapes = []
-    original = knn.distances
+    module, name = (screened, "block_products") if "screened" in fold_path else (knn, "distances")
+    original = getattr(module, name)
 
-    def recording(left, right, out=None):
-        d = original(left, right, out)
+    def recording(*args, **kwargs):
+        d = original(*args, **kwargs)
         shapes.append(d.shape)
         return d
 
-    monkeypatch.setattr(knn, "distances", recording)
+    monkeypatch.setattr(module, name, recording)
     monkeypatch.setattr(knn, "_PAIR_BUDGET", 64)
     x, labels = _clustered(n=300, classes=4, seed=4)  # classes of ~75 items: pass 1 must split them
     compute_query_statistics(x, labels, block_size=32)
@@ -221,7 +225,7 @@ def test_bad_input_is_named(embeddings, labels, kwargs, message):
 def test_kernel_and_torch_paths_agree_at_default_blocks():
     """Many full spans of the kernel's vector test, two blocks, and the automatic choice of path."""
     x, labels = _clustered(n=2600, classes=300, dim=12, seed=8, spread=0.6)
-    paths = [knn.query_statistics(x, labels, fused_kernel=fused) for fused in (True, False, None)]
+    paths = [knn.query_statistics(x, labels, fused_kernel=fused, screen=False) for fused in (True, False, None)]
     for stats in paths[1:]:
         assert torch.equal(stats.rank, paths[0].rank)
         assert torch.equal(stats.average_precision.nan_to_num(), paths[0].average_precision.nan_to_num())

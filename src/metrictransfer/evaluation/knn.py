@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from metrictransfer.errors import ConfigError
+from metrictransfer.evaluation.screened import cpu_has_bfloat16_dot, screened_fold
 
 METRICS = ("euclidean", "cosine")
 # CPU evaluations that compute at least this many distances (N²/2 all-vs-all, queries × gallery otherwise)
@@ -96,6 +97,7 @@ class _Side:
         self.labels = labels[self.order]
         x = x[self.order]
         self.size, self.dtype = len(x), x.dtype
+        self.x = None if left or right else x  # the screened path takes the plain embeddings
         if metric == "euclidean":
             sq, ones = x.pow(2).sum(1, keepdim=True), torch.ones(len(x), 1, dtype=x.dtype, device=x.device)
             self.left = torch.cat([x, sq, ones], 1) if left else None
@@ -121,6 +123,7 @@ def query_statistics(
     block_size: int | None = None,
     progress: bool = False,
     fused_kernel: bool | None = None,
+    screen: bool | None = None,
 ) -> QueryStats:
     """Exact retrieval statistics of every query.
 
@@ -128,7 +131,9 @@ def query_statistics(
     query-vs-gallery (the two sets must be disjoint). Runs on the device the embeddings are on; on the
     CPU, blocks are folded by the compiled kernel of ``fold_kernel`` when ``fused_kernel`` is True, or when
     it is None and there are at least :data:`FUSED_KERNEL_MIN_PAIRS` pairs; otherwise by the torch path,
-    which the GPU uses.
+    which the GPU uses. With ``screen`` (by default, float32 embeddings on a CPU with bfloat16 dot
+    instructions and at least :data:`FUSED_KERNEL_MIN_PAIRS` pairs), blocks are screened by a bfloat16
+    product and entries decided in float64 (``screened.py``).
     """
     same_set = gallery is None
     device = queries.device
@@ -144,22 +149,32 @@ def query_statistics(
     num_classes = int(compact.max()) + 1
     q_lab, g_lab = (compact, compact) if same_set else (compact[: len(q_all)], compact[len(q_all) :])
 
+    pairs_total = len(q_all) * len(g_all) // (2 if same_set else 1)
+    if screen is None:
+        screen = q_all.dtype == torch.float32 and pairs_total >= FUSED_KERNEL_MIN_PAIRS and cpu_has_bfloat16_dot()
+    screen = screen and device.type == "cpu"
     g_count = torch.bincount(g_lab, minlength=num_classes)
+    operands = {"left": not screen, "right": not screen}
     if same_set:
-        rows = cols = _Side(q_all, q_lab, g_count[q_lab] * num_classes + q_lab, metric, left=True, right=True)
+        rows = cols = _Side(q_all, q_lab, g_count[q_lab] * num_classes + q_lab, metric, **operands)
         q_pos = g_count[rows.labels] - 1
     else:
-        cols = _Side(g_all, g_lab, g_lab, metric, left=False, right=True)
+        cols = _Side(g_all, g_lab, g_lab, metric, left=False, right=not screen)
         q_pos_unsorted = g_count[q_lab]
-        rows = _Side(q_all, q_lab, q_pos_unsorted * num_classes + q_lab, metric, left=True, right=False)
+        rows = _Side(q_all, q_lab, q_pos_unsorted * num_classes + q_lab, metric, **operands)
         q_pos = q_pos_unsorted[rows.order]
     g_start, g_end = _ranges(cols.labels, num_classes)
 
     offsets = torch.cumsum(q_pos, 0) - q_pos  # where each query's sorted positive distances start in `flat`
-    flat = _sorted_positive_distances(rows, cols, q_pos, offsets, num_classes, same_set)
-
     block = block_size or (8192 if device.type == "cuda" else 2048)  # 2,048: the CPU's matrix product is at full speed
     starts = list(range(0, rows.size, block))
+    col_starts = starts if same_set else list(range(0, cols.size, block))
+    lo, hi = g_start[rows.labels], g_end[rows.labels]
+    if screen:
+        assert rows.x is not None and cols.x is not None
+        flat, count, buffers = screened_fold(rows.x, cols.x, same_set, metric, lo, hi, offsets, q_pos, starts, col_starts, block, progress)
+        return _finish(flat, offsets, q_pos, count, buffers, starts, block, rows.order)
+    flat = _sorted_positive_distances(rows, cols, q_pos, offsets, num_classes, same_set)
     near = torch.full((rows.size,), float("-inf"), dtype=rows.dtype, device=device)
     has_pos = q_pos > 0
     near[has_pos] = flat[offsets[has_pos]]
@@ -171,9 +186,7 @@ def query_statistics(
         k = int(q_pos[s : s + block].max())
         top_negatives.append(torch.full((min(block, rows.size - s), k), float("inf"), dtype=rows.dtype, device=device))
 
-    col_starts = starts if same_set else list(range(0, cols.size, block))
     pairs = [(i, j) for i in range(len(starts)) for j in range(len(col_starts)) if not same_set or j >= i]
-    lo, hi = g_start[rows.labels], g_end[rows.labels]
     assert rows.left is not None and cols.right is not None  # queries are left operands, the gallery right ones
     outputs: dict[tuple[int, int], torch.Tensor] = {}
     folder = None
@@ -182,8 +195,7 @@ def query_statistics(
     if device.type == "cpu" and fused_kernel:  # the kernel works in place on numpy views of the running state
         from metrictransfer.evaluation.fold_kernel import BlockFolder
 
-        buffers = [b.numpy() for b in top_negatives]
-        folder = BlockFolder(near.numpy(), far.numpy(), count.numpy(), buffers, torch.get_num_threads())
+        folder = BlockFolder(near.numpy(), far.numpy(), count.numpy(), [b.numpy() for b in top_negatives], torch.get_num_threads())
     for i, j in tqdm(pairs, desc="kNN blocks", disable=not progress, leave=False):
         r0, c0 = starts[i], col_starts[j]
         r1, c1 = min(r0 + block, rows.size), min(c0 + block, cols.size)
@@ -204,15 +216,30 @@ def query_statistics(
 
     if folder is not None:
         folder.close()
-    ap = torch.full((rows.size,), float("nan"), dtype=torch.float64, device=device)
+    return _finish(flat, offsets, q_pos, count, top_negatives, starts, block, rows.order)
+
+
+def _finish(
+    flat: torch.Tensor,
+    offsets: torch.Tensor,
+    q_pos: torch.Tensor,
+    count: torch.Tensor,
+    top_negatives: list[torch.Tensor],
+    starts: list[int],
+    block: int,
+    order: torch.Tensor,
+) -> QueryStats:
+    """Per-query statistics from the folded state, back in the order the queries were given."""
+    device, size = q_pos.device, len(q_pos)
+    ap = torch.full((size,), float("nan"), dtype=torch.float64, device=device)
     rp = torch.full_like(ap, float("nan"))
     for i, s in enumerate(starts):
-        e = min(s + block, rows.size)
+        e = min(s + block, size)
         ap[s:e], rp[s:e] = _precision_at_r(flat, offsets[s:e], q_pos[s:e], top_negatives[i])
-    rank = torch.where(has_pos, count, torch.full_like(count, -1))
+    rank = torch.where(q_pos > 0, count, torch.full_like(count, -1))
 
-    inverse = torch.empty_like(rows.order)
-    inverse[rows.order] = torch.arange(len(rows.order), device=device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=device)
     return QueryStats(
         positives=q_pos[inverse].cpu(),
         rank=rank[inverse].cpu(),

@@ -1,0 +1,203 @@
+"""The CPU's fastest exact path: blocks screened by a bfloat16 product, entries decided in float64.
+
+On the CPU the float32 product of each block was two thirds of an SOP-scale evaluation. Where the
+processor has bfloat16 dot instructions (``cpu_has_bfloat16_dot``), the same product in bfloat16 takes
+about 40 % of that time. Its error is bounded per block (``block_error``); an entry whose distance minus
+that bound is beyond what its query still needs cannot change any metric, and every other entry is
+recomputed exactly (``screen_kernel``). The result is the metrics of float64 distances: the other paths
+work in float32, so they can differ from this one only where two distances are within float32 rounding.
+
+Before the first block is used, a sample of its products is checked against float64 (``check_bound``): a
+BLAS that broke the bound would be refused, not trusted.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+State = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # near, far, count, buffer of some queries
+_HIT_CAPACITY = 1 << 16  # column entries a thread collects before they are folded in (1 MB per thread)
+_SAMPLE = 4096  # products of the first block checked against float64
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bfloat16_dot() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX): elsewhere the screen is slower."""
+    try:
+        import llvmlite.binding as llvm
+
+        features = llvm.get_host_cpu_features()
+    except Exception:  # pragma: no cover - an llvmlite without feature detection: assume not
+        return False
+    return bool(features.get("avx512bf16") or features.get("amx-bf16"))
+
+
+class _Operand:
+    """One side's float32 embeddings (contiguous, sorted), their bfloat16 copy, and per-item norms for the bound."""
+
+    def __init__(self, x: torch.Tensor, euclidean: bool):
+        self.x = x.float().contiguous()
+        self.low = self.x.bfloat16()
+        x64 = self.x.double()
+        self.sq = x64.pow(2).sum(1) if euclidean else torch.zeros(len(x64), dtype=torch.float64)
+        self.norm = x64.norm(dim=1)
+        self.low_norm = self.low.double().norm(dim=1)
+        self.rounding = (x64 - self.low.double()).norm(dim=1)  # |x - bf16(x)|, measured rather than assumed
+
+
+def block_error(a: _Operand, b: _Operand, rows: slice, cols: slice) -> float:
+    """A bound on |x·y - (the bfloat16 product before its output rounding)| over a block.
+
+    x·y - x̂·ŷ = x̂·(y - ŷ) + (x - x̂)·y, bounded by Cauchy-Schwarz with the measured roundings; the float32
+    sum of the products of bfloat16 numbers (exact in float32) errs by at most (D + 2)·2^-24·|x̂||ŷ|. Both
+    are worst cases (the measured error is about a tenth); 1 % more, plus 2^-18 of the largest magnitude
+    the kernel's float32 test handles (distances up to 2(|x|² + |y|²), products, needs): a dozen roundings
+    of at most 2^-24 of it each.
+    """
+    a_low, b_low = float(a.low_norm[rows].max()), float(b.low_norm[cols].max())
+    inputs = a_low * float(b.rounding[cols].max()) + float(a.rounding[rows].max()) * float(b.norm[cols].max())
+    accumulation = (a.x.shape[1] + 2) * 2.0**-24 * a_low * b_low
+    magnitude = 2 * (float(a.sq[rows].max()) + float(b.sq[cols].max())) + 4 * a_low * b_low
+    return 1.01 * (inputs + accumulation) + 2.0**-18 * magnitude + 1e-30
+
+
+def check_bound(products: torch.Tensor, a: _Operand, b: _Operand, rows: slice, cols: slice, error: float) -> None:
+    """Refuse a BLAS whose bfloat16 products break the bound on a sample of the first block."""
+    from metrictransfer.evaluation.screen_kernel import OUTPUT_ROUNDING
+
+    generator = torch.Generator().manual_seed(0)
+    n_rows, n_cols = products.shape
+    i = torch.randint(0, n_rows, (_SAMPLE,), generator=generator)
+    j = torch.randint(0, n_cols, (_SAMPLE,), generator=generator)
+    got = products[i, j].double()
+    exact = (a.x[rows][i].double() * b.x[cols][j].double()).sum(1)
+    if bool(((got - exact).abs() > error + OUTPUT_ROUNDING * got.abs()).any()):
+        raise RuntimeError("the bfloat16 product broke its error bound on this CPU; evaluate with the float32 path")
+
+
+def block_products(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """A block's bfloat16 products (the only matrix the screened path builds)."""
+    return torch.mm(left, right.t())
+
+
+class ScreenedFolder:
+    """Runs the screen over blocks, rows split over threads; column hits folded in between."""
+
+    def __init__(self, rows: _Operand, cols: _Operand, euclidean: bool, lo: np.ndarray, hi: np.ndarray, threads: int):
+        self.rows, self.cols, self.euclidean = rows, cols, euclidean
+        self.scale = -2.0 if euclidean else -1.0
+        self.lo, self.hi = lo, hi
+        self.threads = max(1, threads)
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self.hits = [(np.empty(_HIT_CAPACITY, np.int64), np.empty(_HIT_CAPACITY, np.float64)) for _ in range(self.threads)]
+        self.checked = False
+        self.x_np, self.y_np = rows.x.numpy(), cols.x.numpy()
+        self.x_sq, self.y_sq = rows.sq.numpy(), cols.sq.numpy()
+        from metrictransfer.evaluation import screen_kernel  # numba: loaded only when the screen runs
+
+        self.screen_rows: Callable[..., tuple[int, int]] = screen_kernel.screen_rows
+        self.apply_column_hits: Callable[..., None] = screen_kernel.apply_column_hits
+        self.column_need: Callable[..., None] = screen_kernel.column_need
+
+    def fold(self, r0: int, r1: int, c0: int, c1: int, row_state: State, column_state: State | None) -> None:
+        """Block rows r0:r1 × columns c0:c1; ``column_state`` (near, far, count, buffer of the columns'
+        queries) when the block also serves its columns (all-vs-all, above the diagonal)."""
+        apply_column_hits, column_need = self.apply_column_hits, self.column_need
+        rows, cols = slice(r0, r1), slice(c0, c1)
+        products = block_products(self.rows.low[rows], self.cols.low[cols])
+        error = block_error(self.rows, self.cols, rows, cols)
+        if not self.checked:
+            check_bound(products, self.rows, self.cols, rows, cols, error)
+            self.checked = True
+        bits = products.view(torch.int16).numpy().view(np.uint16)
+        need = np.full(c1 - c0, -np.inf)
+        if column_state is not None:
+            column_need(*column_state[:2], column_state[3], need)
+        near, far, count, buffer = row_state
+        x, y = self.x_np[r0:r1], self.y_np[c0:c1]
+        x_sq, y_sq, lo, hi = self.x_sq[r0:r1], self.y_sq[c0:c1], self.lo[r0:r1], self.hi[r0:r1]
+
+        def run(t: int, start: int, stop: int) -> tuple[int, int]:
+            column, distance = self.hits[t]
+            return self.screen_rows(
+                bits, start, stop, c0, x, y, x_sq, y_sq, self.scale, self.euclidean, error,
+                lo, hi, near, far, count, buffer, need, column, distance,
+            )  # fmt: skip
+
+        n = r1 - r0
+        step = -(-n // self.threads)
+        pending = [(t, s, min(s + step, n)) for t, s in enumerate(range(0, n, step))]
+        while pending:
+            if self.pool is None or len(pending) == 1:
+                results = [run(*job) for job in pending]
+            else:
+                results = [f.result() for f in [self.pool.submit(run, *job) for job in pending]]
+            for (t, _, _), (_, hits) in zip(pending, results):
+                if column_state is not None and hits:
+                    apply_column_hits(*self.hits[t], hits, *column_state)
+            pending = [(t, done, stop) for (t, _, stop), (done, _) in zip(pending, results) if done < stop]
+            if pending and column_state is not None:  # a thread's hits filled up: go on with fresher needs
+                column_need(*column_state[:2], column_state[3], need)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def screened_fold(
+    rows_x: torch.Tensor,
+    cols_x: torch.Tensor,
+    same_set: bool,
+    metric: str,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    offsets: torch.Tensor,
+    q_pos: torch.Tensor,
+    starts: list[int],
+    col_starts: list[int],
+    block: int,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The float64 statistics of ``knn.query_statistics``'s sorted sides: (every query's sorted positive
+    distances, concatenated at ``offsets``; the count of other-class items at least as close as its nearest
+    positive; per row block, its queries' closest other-class distances, padded to the block's largest R)."""
+    from metrictransfer.evaluation import screen_kernel
+
+    positive_distances: Callable[..., None] = screen_kernel.positive_distances
+    euclidean = metric == "euclidean"
+    a = _Operand(rows_x, euclidean)
+    b = a if same_set else _Operand(cols_x, euclidean)
+    lo_np, hi_np = lo.numpy(), hi.numpy()
+    flat = torch.empty(int(q_pos.sum()), dtype=torch.float64)
+    positive_distances(a.x.numpy(), b.x.numpy(), lo_np, hi_np, offsets.numpy(), same_set, euclidean, flat.numpy())
+
+    n = len(a.x)
+    has_pos = q_pos > 0
+    near = torch.full((n,), float("-inf"), dtype=torch.float64)
+    far = torch.full_like(near, float("-inf"))
+    near[has_pos] = flat[offsets[has_pos]]
+    far[has_pos] = flat[offsets[has_pos] + q_pos[has_pos] - 1]
+    count = torch.zeros(n, dtype=torch.long)
+    buffers = [torch.full((min(block, n - s), int(q_pos[s : s + block].max())), float("inf"), dtype=torch.float64) for s in starts]
+
+    near_np, far_np, count_np = near.numpy(), far.numpy(), count.numpy()
+    folder = ScreenedFolder(a, b, euclidean, lo_np, hi_np, torch.get_num_threads())
+    pairs = [(i, j) for i in range(len(starts)) for j in range(len(col_starts)) if not same_set or j >= i]
+    try:
+        for i, j in tqdm(pairs, desc="kNN blocks", disable=not progress, leave=False):
+            r0, c0 = starts[i], col_starts[j]
+            r1, c1 = min(r0 + block, n), min(c0 + block, len(b.x))
+            row_state = (near_np[r0:r1], far_np[r0:r1], count_np[r0:r1], buffers[i].numpy())
+            column_state: State | None = None
+            if same_set and j != i:
+                column_state = (near_np[c0:c1], far_np[c0:c1], count_np[c0:c1], buffers[j].numpy())
+            folder.fold(r0, r1, c0, c1, row_state, column_state)
+    finally:
+        folder.close()
+    return flat, count, buffers

@@ -1,0 +1,97 @@
+"""The bfloat16-screened path: exact float64 statistics, on data chosen to stress its error bound."""
+
+import pytest
+import torch
+
+from metrictransfer.evaluation import knn, screened
+from tests.evaluation.test_retrieval import _assert_stats_equal, _brute_force
+
+
+def _stats(x, labels, metric="euclidean", **kwargs):
+    return knn.query_statistics(x, labels, metric=metric, screen=True, block_size=64, **kwargs)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_norms_over_six_orders_of_magnitude_match_float64(metric):
+    """Catches a bound that assumed unit vectors: items from 1e-3 to 1e3 in norm, 256-d, in one block."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(30, 256, generator=g)
+    labels = torch.randint(0, 30, (300,), generator=g)
+    scale = 10 ** torch.empty(300, 1).uniform_(-3, 3, generator=g)
+    x = (centers[labels] + 0.8 * torch.randn(300, 256, generator=g)) * scale
+    _assert_stats_equal(_stats(x, labels, metric), _brute_force(x, labels, metric))
+
+
+def test_near_duplicates_of_other_classes_match_float64():
+    """Catches entries lost in the screen's band: every item has a copy of another class within 1e-4."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.nn.functional.normalize(torch.randn(120, 128, generator=g), dim=1)
+    x = torch.cat([base, base + 1e-4 * torch.randn(120, 128, generator=g)])
+    labels = torch.cat([torch.arange(120) // 3, 1000 + torch.arange(120) // 3])
+    _assert_stats_equal(_stats(x, labels), _brute_force(x, labels))
+
+
+def test_a_far_offset_where_float32_misorders_is_decided_in_float64():
+    """Items near 1,000 in every coordinate: float32 distances through |x|² + |y|² - 2x·y lose their last
+    digits to cancellation, the float64 decision does not."""
+    g = torch.Generator().manual_seed(2)
+    x = 1000 + torch.randn(200, 8, generator=g).mul(0.05)
+    labels = torch.randint(0, 20, (200,), generator=g)
+    _assert_stats_equal(_stats(x, labels), _brute_force(x, labels))
+
+
+def test_query_vs_gallery_with_hits_that_overflow_a_threads_buffer(monkeypatch):
+    """Catches column hits dropped when a thread's buffer fills: a capacity of one row forces many rounds."""
+    monkeypatch.setattr(screened, "_HIT_CAPACITY", 64)
+    x = torch.randint(0, 3, (150, 3)).float()  # many exact ties
+    labels = torch.randint(0, 6, (150,))
+    _assert_stats_equal(_stats(x, labels), _brute_force(x, labels))
+    is_query = torch.arange(150) % 2 == 0
+    stats = knn.query_statistics(x[is_query], labels[is_query], x[~is_query], labels[~is_query], screen=True, block_size=64)
+    _assert_stats_equal(stats, _brute_force(x[is_query], labels[is_query], "euclidean", x[~is_query], labels[~is_query]))
+
+
+def test_a_product_that_breaks_the_bound_is_refused(monkeypatch):
+    """Catches a BLAS (or a change to block_error) whose products fall outside the bound: not trusted."""
+    original = screened.block_products
+    monkeypatch.setattr(screened, "block_products", lambda a, b: original(a, b) + 0.5)
+    x, labels = torch.randn(100, 16), torch.randint(0, 10, (100,))
+    with pytest.raises(RuntimeError, match="broke its error bound"):
+        _stats(x, labels)
+
+
+def test_the_bound_holds_for_every_product_of_a_block():
+    """The whole block, not a sample: every bfloat16 product within block_error plus its output rounding."""
+    from metrictransfer.evaluation.screen_kernel import OUTPUT_ROUNDING
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(512, 384, generator=g) * 10 ** torch.empty(512, 1).uniform_(-2, 2, generator=g)
+    side = screened._Operand(x, euclidean=True)
+    products = screened.block_products(side.low, side.low).double()
+    exact = x.double() @ x.double().t()
+    error = screened.block_error(side, side, slice(0, 512), slice(0, 512))
+    assert bool(((products - exact).abs() <= error + OUTPUT_ROUNDING * products.abs()).all())
+
+
+class _Chosen(Exception):
+    pass
+
+
+def test_automatic_choice_needs_float32_embeddings_a_cpu_with_bfloat16_dot_and_a_large_evaluation(monkeypatch):
+    """Catches the screen run where it is slower (no bfloat16 instructions) or less exact (float64 input)."""
+
+    def chosen(*args, **kwargs):
+        raise _Chosen
+
+    monkeypatch.setattr(knn, "screened_fold", chosen)
+    monkeypatch.setattr(knn, "FUSED_KERNEL_MIN_PAIRS", 0)
+    x, labels = torch.randn(40, 4), torch.randint(0, 4, (40,))
+    monkeypatch.setattr(knn, "cpu_has_bfloat16_dot", lambda: True)
+    with pytest.raises(_Chosen):
+        knn.query_statistics(x, labels)
+    knn.query_statistics(x.double(), labels)  # float64 embeddings keep the float64 path
+    monkeypatch.setattr(knn, "FUSED_KERNEL_MIN_PAIRS", 2**62)
+    knn.query_statistics(x, labels)  # small: not worth loading the kernels
+    monkeypatch.setattr(knn, "FUSED_KERNEL_MIN_PAIRS", 0)
+    monkeypatch.setattr(knn, "cpu_has_bfloat16_dot", lambda: False)
+    knn.query_statistics(x, labels)
