@@ -15,16 +15,19 @@ Every method runs in its own fresh process (its peak memory is its own), one aft
 - ``ours, command line``: ``metrictransfer evaluate --embeddings FILE.npz --k 1,10,100,1000 --json`` in a
   process of its own, timed from its start to its exit (Python's and torch's start-up, reading the file
   and printing included): what a user waits for. Its peak memory is sampled every 50 ms.
-- ``ours``: ``metrictransfer.evaluation.retrieval_metrics`` (Recall@{1,10,100,1000}, MAP@R, R-Precision);
-  on the CPU at this size its blocks are folded by the compiled kernel; ``ours, torch path``: the same
-  engine folding blocks with torch operations (what the GPU runs, and what the CPU ran before the kernel).
+- ``ours``: ``metrictransfer.evaluation.retrieval_metrics`` (Recall@{1,10,100,1000}, MAP@R, R-Precision).
+  On a CPU with bfloat16 dot instructions, at this size, its blocks are screened by a bfloat16 product and
+  decided in float64 (``evaluation/screened.py``); ``ours, float32 kernel``: the same engine with float32
+  blocks folded by the compiled kernel (what other CPUs run); ``ours, torch path``: float32 blocks folded
+  with torch operations (what the GPU runs).
 - ``faiss search k=1`` and ``faiss search k=1001``: an ``IndexFlatL2`` search alone, no metrics: k = 1 is
   about one full Gram pass; k = 1,001 is what a generic tool searches for Recall@1000.
 - ``faiss k=1001 + metrics``: that search and the metrics read off its lists (``backend="faiss"``).
 - ``pml``: pytorch-metric-learning's AccuracyCalculator with ``k="max_bin_count"`` (Recall@1, MAP@R and
   R-Precision only).
-- ``half Gram``: torch's matrix products over the blocks our engine computes (half the matrix in
-  all-vs-all), nothing else: the bound for any exact method that reads every pair once.
+- ``half Gram``: torch's float32 matrix products over the blocks our engine computes (half the matrix in
+  all-vs-all), nothing else: the bound for any exact method that reads every pair once in float32;
+  ``half Gram, bfloat16``: the same products in bfloat16, the bound for the screened path.
 - ``naive``: the full distance matrix, every row sorted.
 
 Every baseline runs at its best: each worker records the BLAS libraries and thread counts loaded in it
@@ -53,11 +56,24 @@ import numpy as np
 from benchmarks.common import RESULTS, ROOT, parser, write_results
 
 KS = (1, 10, 100, 1000)
-REPEATED = {"ours", "ours, command line", "ours, torch path", "half Gram"}  # quick enough to run several times: medians, not one draw
+REPEATED = {
+    "ours",
+    "ours, command line",
+    "ours, float32 kernel",
+    "ours, torch path",
+    "half Gram",
+    "half Gram, bfloat16",
+}  # quick enough to run several times: medians, not one draw
 SEARCHES = ["faiss search k=1", "faiss search k=1001"]
 CASES = {  # name → (items, dimension, query count for query-vs-gallery or 0, methods)
-    "sop": (60502, 512, 0, ["ours", "ours, command line", "ours, torch path", "half Gram", *SEARCHES, "faiss k=1001 + metrics", "pml"]),
-    "inshop": (26830, 512, 14218, ["ours", "ours, torch path", "half Gram", *SEARCHES, "faiss k=1001 + metrics"]),
+    "sop": (
+        60502,
+        512,
+        0,
+        ["ours", "ours, command line", "ours, float32 kernel", "ours, torch path", "half Gram", "half Gram, bfloat16", *SEARCHES]
+        + ["faiss k=1001 + metrics", "pml"],
+    ),
+    "inshop": (26830, 512, 14218, ["ours", "ours, float32 kernel", "ours, torch path", "half Gram", *SEARCHES, "faiss k=1001 + metrics"]),
     "catalogue": (200000, 128, 0, ["ours", "half Gram", "faiss search k=1001"]),
     "naive": (10000, 512, 0, ["ours", "faiss search k=1001", "naive"]),
 }
@@ -152,15 +168,18 @@ def worker(method: str, data_path: str, queries: int, threads: int) -> dict:
     loaded = rss_mb()
     started = time.perf_counter()
     metrics: dict = {}
-    if method in ("ours", "ours, torch path", "faiss k=1001 + metrics"):
+    if method in ("ours", "ours, float32 kernel", "ours, torch path", "faiss k=1001 + metrics"):
         from metrictransfer.evaluation import knn, retrieval_metrics
 
         if method == "ours, torch path":
             knn.FUSED_KERNEL_MIN_PAIRS = 2**62
+        if method == "ours, float32 kernel":
+            knn.cpu_has_bfloat16_dot = lambda: False
         metrics = retrieval_metrics(xt, yt, KS, backend="faiss" if "faiss" in method else "torch", **split)
-    elif method == "half Gram":
+    elif method.startswith("half Gram"):
         metrics = {}
-        half_gram(torch.from_numpy(q), torch.from_numpy(g), same_set=not queries)
+        dtype = torch.bfloat16 if "bfloat16" in method else torch.float32
+        half_gram(torch.from_numpy(q).to(dtype), torch.from_numpy(g).to(dtype), same_set=not queries)
     elif method == "pml":
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
@@ -205,7 +224,7 @@ def half_gram(q, g, same_set: bool, block: int = 2048) -> None:
     """The products of the blocks the engine computes (the upper triangle when all-vs-all), into one buffer."""
     import torch
 
-    out = torch.empty(block, block)
+    out = torch.empty(block, block, dtype=q.dtype)
     for r0 in range(0, len(q), block):
         for c0 in range(r0 if same_set else 0, len(g), block):
             a, b = q[r0 : r0 + block], g[c0 : c0 + block]
@@ -346,7 +365,19 @@ def main() -> None:
             memory = f"{row['peak_mb']:,} | {above}"
             lines.append(f"| {row['method']} | {row['seconds']:.1f}{spread} | {ratio} | {memory} | {cell} |")
         lines += ["", blas_line(rows)]
+    from metrictransfer.evaluation.screened import cpu_has_bfloat16_dot
+
+    has_bf16 = cpu_has_bfloat16_dot()
     lines += [
+        "",
+        f"This CPU {'has' if has_bf16 else 'lacks'} bfloat16 dot instructions (AVX-512 BF16 or AMX): `ours` ran "
+        + (
+            "the bfloat16-screened path, decided in float64 (the float32 paths can differ from it only where two distances "
+            "are within float32 rounding)"
+            if has_bf16
+            else "the float32 kernel"
+        )
+        + ". Every case whose rows differ by date was measured in an earlier invocation.",
         "",
         "pytorch-metric-learning's default AccuracyCalculator (k=None: all N − 1 neighbours of every query) is not "
         f"run: its neighbour lists alone would take N × (N − 1) × (4 + 8) bytes = {60502 * 60501 * 12 / 1e9:.1f} GB at SOP's "

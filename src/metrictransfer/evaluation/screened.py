@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 State = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # near, far, count, buffer of some queries
 _HIT_CAPACITY = 1 << 16  # column entries a thread collects before they are folded in (1 MB per thread)
-_SAMPLE = 4096  # products of the first block checked against float64
+_SAMPLE = 4096
+_NORM_CHUNK = 8192  # products of the first block checked against float64
 
 
 @lru_cache(maxsize=1)
@@ -44,11 +45,15 @@ class _Operand:
     def __init__(self, x: torch.Tensor, euclidean: bool):
         self.x = x.float().contiguous()
         self.low = self.x.bfloat16()
-        x64 = self.x.double()
-        self.sq = x64.pow(2).sum(1) if euclidean else torch.zeros(len(x64), dtype=torch.float64)
-        self.norm = x64.norm(dim=1)
-        self.low_norm = self.low.double().norm(dim=1)
-        self.rounding = (x64 - self.low.double()).norm(dim=1)  # |x - bf16(x)|, measured rather than assumed
+        n = len(self.x)
+        self.sq, self.norm, self.low_norm, self.rounding = (torch.zeros(n, dtype=torch.float64) for _ in range(4))
+        for s in range(0, n, _NORM_CHUNK):  # float64 copies a chunk at a time: no full-size temporaries
+            x64, low64 = self.x[s : s + _NORM_CHUNK].double(), self.low[s : s + _NORM_CHUNK].double()
+            if euclidean:
+                self.sq[s : s + _NORM_CHUNK] = x64.pow(2).sum(1)
+            self.norm[s : s + _NORM_CHUNK] = x64.norm(dim=1)
+            self.low_norm[s : s + _NORM_CHUNK] = low64.norm(dim=1)
+            self.rounding[s : s + _NORM_CHUNK] = (x64 - low64).norm(dim=1)  # |x - bf16(x)|, measured, not assumed
 
 
 def block_error(a: _Operand, b: _Operand, rows: slice, cols: slice) -> float:
