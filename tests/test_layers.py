@@ -69,6 +69,9 @@ FUNCTION_LEVEL = {
     "metrictransfer.evaluation.knn": {
         "metrictransfer.evaluation.fold_kernel": "defers numba (about 1 s to load) to evaluations large enough to use its kernel",
     },
+    "metrictransfer.evaluation.screened": {
+        "metrictransfer.evaluation.screen_kernel": "defers numba (about 1 s to load) to evaluations large enough to be screened",
+    },
     "metrictransfer.retrieval": {
         "metrictransfer.retrieval.build": "defers torch: searching an index (search, serve) loads none",
         "metrictransfer.runtime.checkpoint": "defers torch: searching an index (search, serve) loads none",
