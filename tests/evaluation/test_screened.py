@@ -95,3 +95,13 @@ def test_automatic_choice_needs_float32_embeddings_a_cpu_with_bfloat16_dot_and_a
     monkeypatch.setattr(knn, "FUSED_KERNEL_MIN_PAIRS", 0)
     monkeypatch.setattr(knn, "cpu_has_bfloat16_dot", lambda: False)
     knn.query_statistics(x, labels)
+
+
+def test_a_block_wider_than_the_hit_buffer_is_folded():
+    """Catches an endless loop: a row of more columns than the default buffer holds must still be started."""
+    g = torch.Generator().manual_seed(4)
+    gallery = torch.randn(70_000, 4, generator=g)
+    gallery_labels = torch.randint(0, 50, (70_000,), generator=g)
+    queries, query_labels = gallery[:3] + 0.01, gallery_labels[:3]
+    stats = knn.query_statistics(queries, query_labels, gallery, gallery_labels, screen=True, block_size=100_000)
+    _assert_stats_equal(stats, _brute_force(queries, query_labels, "euclidean", gallery, gallery_labels))

@@ -100,7 +100,7 @@ class ScreenedFolder:
         self.lo, self.hi = lo, hi
         self.threads = max(1, threads)
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        self.hits = [(np.empty(_HIT_CAPACITY, np.int64), np.empty(_HIT_CAPACITY, np.float64)) for _ in range(self.threads)]
+        self.hits: list[tuple[np.ndarray, np.ndarray]] = []
         self.checked = False
         self.x_np, self.y_np = rows.x.numpy(), cols.x.numpy()
         self.x_sq, self.y_sq = rows.sq.numpy(), cols.sq.numpy()
@@ -115,6 +115,9 @@ class ScreenedFolder:
         queries) when the block also serves its columns (all-vs-all, above the diagonal)."""
         apply_column_hits, column_need = self.apply_column_hits, self.column_need
         rows, cols = slice(r0, r1), slice(c0, c1)
+        capacity = max(_HIT_CAPACITY, c1 - c0)  # the kernel starts a row only when a whole row of hits fits
+        if not self.hits or len(self.hits[0][0]) < capacity:
+            self.hits = [(np.empty(capacity, np.int64), np.empty(capacity, np.float64)) for _ in range(self.threads)]
         products = block_products(self.rows.low[rows], self.cols.low[cols])
         error = block_error(self.rows, self.cols, rows, cols)
         if not self.checked:
