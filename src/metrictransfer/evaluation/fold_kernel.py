@@ -31,6 +31,17 @@ def _insert(buffer: np.ndarray, q: int, value: float) -> None:
     buffer[q, pos] = value
 
 
+@njit(cache=True, nogil=True, inline="always")
+def take(buffer: np.ndarray, q: int, value: float, nearest: float, farthest: float, keep: float) -> tuple[int, float]:
+    """Fold one other-class distance no farther than query ``q`` still needs (its ``keep``) into its state:
+    (1 when it is at least as close as the nearest positive, else 0; the query's new ``keep``)."""
+    k = buffer.shape[1]
+    if k > 0 and value <= keep and value < buffer[q, k - 1]:
+        _insert(buffer, q, value)
+        keep = min(farthest, buffer[q, k - 1])
+    return (1 if value <= nearest else 0), keep
+
+
 _SPAN = 64  # entries tested at once with vector instructions before the rare scalar look
 
 
@@ -55,12 +66,9 @@ def fold_rows(d: np.ndarray, start: int, stop: int, near: np.ndarray, far: np.nd
             for j in range(j0, j1):
                 value = d[q, j]
                 if value <= threshold:
-                    if value <= nearest:
-                        ahead += 1
-                    if value <= keep and value < buffer[q, k - 1]:
-                        _insert(buffer, q, value)
-                        keep = min(farthest, buffer[q, k - 1])
-                        threshold = max(nearest, keep)
+                    before, keep = take(buffer, q, value, nearest, farthest, keep)
+                    ahead += before
+                    threshold = max(nearest, keep)
         count[q] += ahead
 
 
@@ -88,12 +96,9 @@ def fold_columns(d: np.ndarray, start: int, stop: int, near: np.ndarray, far: np
             for j in range(c0, c1):
                 value = d[i, j]
                 if value <= threshold[j - c0]:
-                    if value <= near[j]:
-                        ahead[j - c0] += 1
-                    if value <= keep[j - c0] and value < buffer[j, k - 1]:
-                        _insert(buffer, j, value)
-                        keep[j - c0] = min(far[j], buffer[j, k - 1])
-                        threshold[j - c0] = max(near[j], keep[j - c0])
+                    before, keep[j - c0] = take(buffer, j, value, near[j], far[j], keep[j - c0])
+                    ahead[j - c0] += before
+                    threshold[j - c0] = max(near[j], keep[j - c0])
         for j in range(c0, c1):
             count[j] += ahead[j - c0]
 

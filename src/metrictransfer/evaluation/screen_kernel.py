@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from metrictransfer.evaluation.fold_kernel import _insert
+from metrictransfer.evaluation.fold_kernel import take
 
 # No 'nnan'/'ninf': the kernels compare against +inf and -inf on purpose.
 _FLAGS = {"nsz", "arcp", "contract", "reassoc"}
@@ -133,13 +133,10 @@ def screen_rows(
                 continue
             d = _exact(x, q, y, j, euclidean)
             if for_row and d <= need:
-                if d <= nearest:
-                    ahead += 1
-                if d <= keep and d < buffer[q, k - 1]:
-                    _insert(buffer, q, d)
-                    keep = min(farthest, buffer[q, k - 1])
-                    need = max(nearest, keep)
-                    row_room = np.float32(need - x_sq[q] + abs(scale) * error)
+                before, keep = take(buffer, q, d, nearest, farthest, keep)
+                ahead += before
+                need = max(nearest, keep)
+                row_room = np.float32(need - x_sq[q] + abs(scale) * error)
             if for_column:
                 hit_column[hits] = j
                 hit_distance[hits] = d
@@ -156,10 +153,9 @@ def apply_column_hits(
     k = buffer.shape[1]
     for h in range(hits):
         j, d = hit_column[h], hit_distance[h]
-        if d <= near[j]:
-            count[j] += 1
-        if k > 0 and d <= min(far[j], buffer[j, k - 1]) and d < buffer[j, k - 1]:
-            _insert(buffer, j, d)
+        keep = min(far[j], buffer[j, k - 1]) if k > 0 else -np.inf
+        before, _ = take(buffer, j, d, near[j], far[j], keep)
+        count[j] += before
 
 
 @njit(cache=True, nogil=True)
