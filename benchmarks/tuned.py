@@ -343,7 +343,7 @@ def write_trial_table(args, results: dict, minutes: float, setting_name: str, sl
         ]
         for name, row in results["ablations"].items():
             lines.append(f"| {name} | {row['base']}'s chosen values | `{' '.join(row['changes'])}` | {100 * row['final_value']:.1f} |")
-    tested = results.get("tested_changes") or earlier_tested_changes(results)
+    tested = results.get("tested_changes", {})
     if tested:
         seeds = len(next(iter(tested.values()))["tuned"])
         lines += [

@@ -83,7 +83,7 @@ def test_automatic_choice_needs_float32_embeddings_a_cpu_with_bfloat16_dot_and_a
     def chosen(*args, **kwargs):
         raise _Chosen
 
-    monkeypatch.setattr(knn, "screened_fold", chosen)
+    monkeypatch.setattr(screened, "operands", chosen)
     monkeypatch.setattr(knn, "FUSED_KERNEL_MIN_PAIRS", 0)
     x, labels = torch.randn(40, 4), torch.randint(0, 4, (40,))
     monkeypatch.setattr(knn, "cpu_has_bfloat16_dot", lambda: True)

@@ -32,13 +32,20 @@ def _insert(buffer: np.ndarray, q: int, value: float) -> None:
 
 
 @njit(cache=True, nogil=True, inline="always")
+def keep_of(buffer: np.ndarray, q: int, farthest: float) -> float:
+    """How far an other-class distance may be and still change query ``q``'s buffer (-inf: nothing can)."""
+    k = buffer.shape[1]
+    return min(farthest, buffer[q, k - 1]) if k > 0 else -np.inf
+
+
+@njit(cache=True, nogil=True, inline="always")
 def take(buffer: np.ndarray, q: int, value: float, nearest: float, farthest: float, keep: float) -> tuple[int, float]:
     """Fold one other-class distance no farther than query ``q`` still needs (its ``keep``) into its state:
     (1 when it is at least as close as the nearest positive, else 0; the query's new ``keep``)."""
     k = buffer.shape[1]
     if k > 0 and value <= keep and value < buffer[q, k - 1]:
         _insert(buffer, q, value)
-        keep = min(farthest, buffer[q, k - 1])
+        keep = keep_of(buffer, q, farthest)
     return (1 if value <= nearest else 0), keep
 
 
@@ -48,11 +55,10 @@ _SPAN = 64  # entries tested at once with vector instructions before the rare sc
 @njit(cache=True, nogil=True, fastmath=True)
 def fold_rows(d: np.ndarray, start: int, stop: int, near: np.ndarray, far: np.ndarray, count: np.ndarray, buffer: np.ndarray) -> None:
     """Rows ``start:stop`` of ``d`` are queries (``near``, ``far``, ``count`` and ``buffer`` are indexed by row)."""
-    k = buffer.shape[1]
     n_cols = d.shape[1]
     for q in range(start, stop):
         nearest, farthest = near[q], far[q]
-        keep = min(farthest, buffer[q, k - 1]) if k > 0 else -np.inf  # an entry must be <= keep to enter the buffer
+        keep = keep_of(buffer, q, farthest)  # an entry must be <= keep to enter the buffer
         threshold = max(nearest, keep)
         ahead = 0
         for j0 in range(0, n_cols, _SPAN):
@@ -76,14 +82,13 @@ def fold_rows(d: np.ndarray, start: int, stop: int, near: np.ndarray, far: np.nd
 def fold_columns(d: np.ndarray, start: int, stop: int, near: np.ndarray, far: np.ndarray, count: np.ndarray, buffer: np.ndarray) -> None:
     """Columns ``start:stop`` of ``d`` are queries (the state is indexed by column). A span of columns at a
     time, its part of every row is read in turn: memory order, and the span's state stays in registers."""
-    k = buffer.shape[1]
     keep = np.empty(_SPAN, dtype=d.dtype)
     threshold = np.empty(_SPAN, dtype=d.dtype)
     ahead = np.zeros(_SPAN, dtype=np.int64)
     for c0 in range(start, stop, _SPAN):
         c1 = min(c0 + _SPAN, stop)
         for j in range(c0, c1):
-            keep[j - c0] = min(far[j], buffer[j, k - 1]) if k > 0 else -np.inf
+            keep[j - c0] = keep_of(buffer, j, far[j])
             threshold[j - c0] = max(near[j], keep[j - c0])
             ahead[j - c0] = 0
         for i in range(d.shape[0]):

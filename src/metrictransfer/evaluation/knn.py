@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from metrictransfer.errors import ConfigError
-from metrictransfer.evaluation.screened import cpu_has_bfloat16_dot, screened_fold
+from metrictransfer.evaluation import screened
+from metrictransfer.evaluation.screened import cpu_has_bfloat16_dot
 
 METRICS = ("euclidean", "cosine")
 # CPU evaluations that compute at least this many distances (N²/2 all-vs-all, queries × gallery otherwise)
@@ -169,33 +170,29 @@ def query_statistics(
     block = block_size or (8192 if device.type == "cuda" else 2048)  # 2,048: the CPU's matrix product is at full speed
     starts = list(range(0, rows.size, block))
     col_starts = starts if same_set else list(range(0, cols.size, block))
+    pairs = [(i, j) for i in range(len(starts)) for j in range(len(col_starts)) if not same_set or j >= i]
     lo, hi = g_start[rows.labels], g_end[rows.labels]
     if screen:
         assert rows.x is not None and cols.x is not None
-        flat, count, buffers = screened_fold(rows.x, cols.x, same_set, metric, lo, hi, offsets, q_pos, starts, col_starts, block, progress)
-        return _finish(flat, offsets, q_pos, count, buffers, starts, block, rows.order)
-    flat = _sorted_positive_distances(rows, cols, q_pos, offsets, num_classes, same_set)
-    near = torch.full((rows.size,), float("-inf"), dtype=rows.dtype, device=device)
-    has_pos = q_pos > 0
-    near[has_pos] = flat[offsets[has_pos]]
-    far = torch.full_like(near, float("-inf"))
-    far[has_pos] = flat[offsets[has_pos] + q_pos[has_pos] - 1]
-    count = torch.zeros(rows.size, dtype=torch.long, device=device)
-    top_negatives: list[torch.Tensor] = []  # per row block: its queries' closest other-class distances, padded to the block's max R
-    for s in starts:
-        k = int(q_pos[s : s + block].max())
-        top_negatives.append(torch.full((min(block, rows.size - s), k), float("inf"), dtype=rows.dtype, device=device))
-
-    pairs = [(i, j) for i in range(len(starts)) for j in range(len(col_starts)) if not same_set or j >= i]
+        a, b = screened.operands(rows.x, cols.x, same_set, metric)
+        flat = screened.positive_distances(a, b, lo, hi, offsets, q_pos, same_set)
+    else:
+        flat = _sorted_positive_distances(rows, cols, q_pos, offsets, num_classes, same_set)
+    near, far, count, top_negatives = _initial_state(flat, offsets, q_pos, starts, block)
+    if screen:
+        screened.fold_blocks(a, b, same_set, lo, hi, pairs, starts, col_starts, block, (near, far, count, top_negatives), progress)
+        return _finish(flat, offsets, q_pos, count, top_negatives, starts, block, rows.order)
     assert rows.left is not None and cols.right is not None  # queries are left operands, the gallery right ones
     outputs: dict[tuple[int, int], torch.Tensor] = {}
     folder = None
     if fused_kernel is None:
-        fused_kernel = rows.size * cols.size // (2 if same_set else 1) >= FUSED_KERNEL_MIN_PAIRS
+        fused_kernel = pairs_total >= FUSED_KERNEL_MIN_PAIRS
     if device.type == "cpu" and fused_kernel:  # the kernel works in place on numpy views of the running state
         from metrictransfer.evaluation.fold_kernel import BlockFolder
 
-        folder = BlockFolder(near.numpy(), far.numpy(), count.numpy(), [b.numpy() for b in top_negatives], torch.get_num_threads())
+        folder = BlockFolder(
+            near.numpy(), far.numpy(), count.numpy(), [buffer.numpy() for buffer in top_negatives], torch.get_num_threads()
+        )
     for i, j in tqdm(pairs, desc="kNN blocks", disable=not progress, leave=False):
         r0, c0 = starts[i], col_starts[j]
         r1, c1 = min(r0 + block, rows.size), min(c0 + block, cols.size)
@@ -217,6 +214,25 @@ def query_statistics(
     if folder is not None:
         folder.close()
     return _finish(flat, offsets, q_pos, count, top_negatives, starts, block, rows.order)
+
+
+def _initial_state(
+    flat: torch.Tensor, offsets: torch.Tensor, q_pos: torch.Tensor, starts: list[int], block: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Every query's running state before the blocks, in the precision of its positive distances ``flat``:
+    nearest and farthest positive (-inf without one), a zero count, and per row block a buffer of its
+    queries' closest other-class distances, padded with +inf to the block's largest R."""
+    size, device = len(q_pos), flat.device
+    has_pos = q_pos > 0
+    near = torch.full((size,), float("-inf"), dtype=flat.dtype, device=device)
+    far = torch.full_like(near, float("-inf"))
+    near[has_pos] = flat[offsets[has_pos]]
+    far[has_pos] = flat[offsets[has_pos] + q_pos[has_pos] - 1]
+    count = torch.zeros(size, dtype=torch.long, device=device)
+    buffers = [
+        torch.full((min(block, size - s), int(q_pos[s : s + block].max())), float("inf"), dtype=flat.dtype, device=device) for s in starts
+    ]
+    return near, far, count, buffers
 
 
 def _finish(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from metrictransfer.evaluation.fold_kernel import take
+from metrictransfer.evaluation.fold_kernel import keep_of, take
 
 # No 'nnan'/'ninf': the kernels compare against +inf and -inf on purpose.
 _FLAGS = {"nsz", "arcp", "contract", "reassoc"}
@@ -90,7 +90,6 @@ def screen_rows(
     The test runs in float32 over whole rows (it vectorises; ``error`` covers its rounding, see
     ``screened.block_error``); only rows where some entry passes are read again, entry by entry.
     """
-    k = buffer.shape[1]
     n_cols = products.shape[1]
     capacity = hit_column.shape[0]
     widened = np.empty(n_cols, dtype=np.uint32)
@@ -108,7 +107,7 @@ def screen_rows(
         if capacity - hits < n_cols:
             return q, hits
         nearest, farthest = near[q], far[q]
-        keep = min(farthest, buffer[q, k - 1]) if k > 0 else -np.inf
+        keep = keep_of(buffer, q, farthest)
         need = max(nearest, keep)
         row_room = np.float32(need - x_sq[q] + abs(scale) * error)
         base = np.float32(x_sq[q])
@@ -150,18 +149,14 @@ def apply_column_hits(
     hit_column: np.ndarray, hit_distance: np.ndarray, hits: int, near: np.ndarray, far: np.ndarray, count: np.ndarray, buffer: np.ndarray
 ) -> None:
     """Fold collected (column, exact distance) entries into the columns' state; their order does not matter."""
-    k = buffer.shape[1]
     for h in range(hits):
         j, d = hit_column[h], hit_distance[h]
-        keep = min(far[j], buffer[j, k - 1]) if k > 0 else -np.inf
-        before, _ = take(buffer, j, d, near[j], far[j], keep)
+        before, _ = take(buffer, j, d, near[j], far[j], keep_of(buffer, j, far[j]))
         count[j] += before
 
 
 @njit(cache=True, nogil=True)
 def column_need(near: np.ndarray, far: np.ndarray, buffer: np.ndarray, out: np.ndarray) -> None:
     """Per column query, the distance up to which an entry can still change its state."""
-    k = buffer.shape[1]
     for j in range(near.shape[0]):
-        keep = min(far[j], buffer[j, k - 1]) if k > 0 else -np.inf
-        out[j] = max(near[j], keep)
+        out[j] = max(near[j], keep_of(buffer, j, far[j]))

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 State = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # near, far, count, buffer of some queries
 _HIT_CAPACITY = 1 << 16  # column entries a thread collects before they are folded in (1 MB per thread)
-_SAMPLE = 4096
-_NORM_CHUNK = 8192  # products of the first block checked against float64
+_SAMPLE = 4096  # products of the first block checked against float64
+_NORM_CHUNK = 8192  # items whose float64 copies exist at once while the norms are computed
 
 
 @lru_cache(maxsize=1)
@@ -43,6 +43,7 @@ class _Operand:
     """One side's float32 embeddings (contiguous, sorted), their bfloat16 copy, and per-item norms for the bound."""
 
     def __init__(self, x: torch.Tensor, euclidean: bool):
+        self.euclidean = euclidean
         self.x = x.float().contiguous()
         self.low = self.x.bfloat16()
         n = len(self.x)
@@ -94,9 +95,9 @@ def block_products(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 class ScreenedFolder:
     """Runs the screen over blocks, rows split over threads; column hits folded in between."""
 
-    def __init__(self, rows: _Operand, cols: _Operand, euclidean: bool, lo: np.ndarray, hi: np.ndarray, threads: int):
-        self.rows, self.cols, self.euclidean = rows, cols, euclidean
-        self.scale = -2.0 if euclidean else -1.0
+    def __init__(self, rows: _Operand, cols: _Operand, lo: np.ndarray, hi: np.ndarray, threads: int):
+        self.rows, self.cols, self.euclidean = rows, cols, rows.euclidean
+        self.scale = -2.0 if rows.euclidean else -1.0
         self.lo, self.hi = lo, hi
         self.threads = max(1, threads)
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
@@ -158,54 +159,50 @@ class ScreenedFolder:
             self.pool.shutdown()
 
 
-def screened_fold(
-    rows_x: torch.Tensor,
-    cols_x: torch.Tensor,
+def operands(rows_x: torch.Tensor, cols_x: torch.Tensor, same_set: bool, metric: str) -> tuple[_Operand, _Operand]:
+    """The queries' and the gallery's operands (one object when all-vs-all)."""
+    rows = _Operand(rows_x, metric == "euclidean")
+    return rows, rows if same_set else _Operand(cols_x, metric == "euclidean")
+
+
+def positive_distances(
+    a: _Operand, b: _Operand, lo: torch.Tensor, hi: torch.Tensor, offsets: torch.Tensor, q_pos: torch.Tensor, same_set: bool
+) -> torch.Tensor:
+    """Every query's float64 distances to its positives (gallery items ``lo:hi``), sorted, concatenated at ``offsets``."""
+    from metrictransfer.evaluation import screen_kernel
+
+    kernel: Callable[..., None] = screen_kernel.positive_distances
+    flat = torch.empty(int(q_pos.sum()), dtype=torch.float64)
+    kernel(a.x.numpy(), b.x.numpy(), lo.numpy(), hi.numpy(), offsets.numpy(), same_set, a.euclidean, flat.numpy())
+    return flat
+
+
+def fold_blocks(
+    a: _Operand,
+    b: _Operand,
     same_set: bool,
-    metric: str,
     lo: torch.Tensor,
     hi: torch.Tensor,
-    offsets: torch.Tensor,
-    q_pos: torch.Tensor,
+    pairs: list[tuple[int, int]],
     starts: list[int],
     col_starts: list[int],
     block: int,
+    state: tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]],
     progress: bool,
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """The float64 statistics of ``knn.query_statistics``'s sorted sides: (every query's sorted positive
-    distances, concatenated at ``offsets``; the count of other-class items at least as close as its nearest
-    positive; per row block, its queries' closest other-class distances, padded to the block's largest R)."""
-    from metrictransfer.evaluation import screen_kernel
-
-    positive_distances: Callable[..., None] = screen_kernel.positive_distances
-    euclidean = metric == "euclidean"
-    a = _Operand(rows_x, euclidean)
-    b = a if same_set else _Operand(cols_x, euclidean)
-    lo_np, hi_np = lo.numpy(), hi.numpy()
-    flat = torch.empty(int(q_pos.sum()), dtype=torch.float64)
-    positive_distances(a.x.numpy(), b.x.numpy(), lo_np, hi_np, offsets.numpy(), same_set, euclidean, flat.numpy())
-
-    n = len(a.x)
-    has_pos = q_pos > 0
-    near = torch.full((n,), float("-inf"), dtype=torch.float64)
-    far = torch.full_like(near, float("-inf"))
-    near[has_pos] = flat[offsets[has_pos]]
-    far[has_pos] = flat[offsets[has_pos] + q_pos[has_pos] - 1]
-    count = torch.zeros(n, dtype=torch.long)
-    buffers = [torch.full((min(block, n - s), int(q_pos[s : s + block].max())), float("inf"), dtype=torch.float64) for s in starts]
-
-    near_np, far_np, count_np = near.numpy(), far.numpy(), count.numpy()
-    folder = ScreenedFolder(a, b, euclidean, lo_np, hi_np, torch.get_num_threads())
-    pairs = [(i, j) for i in range(len(starts)) for j in range(len(col_starts)) if not same_set or j >= i]
+) -> None:
+    """Fold the blocks ``pairs`` of ``knn.query_statistics`` into the queries' float64 ``state`` (near, far,
+    count, and per row block its buffer), in place."""
+    near, far, count = (t.numpy() for t in state[:3])
+    buffers = [buffer.numpy() for buffer in state[3]]
+    folder = ScreenedFolder(a, b, lo.numpy(), hi.numpy(), torch.get_num_threads())
     try:
         for i, j in tqdm(pairs, desc="kNN blocks", disable=not progress, leave=False):
             r0, c0 = starts[i], col_starts[j]
-            r1, c1 = min(r0 + block, n), min(c0 + block, len(b.x))
-            row_state = (near_np[r0:r1], far_np[r0:r1], count_np[r0:r1], buffers[i].numpy())
+            r1, c1 = min(r0 + block, len(a.x)), min(c0 + block, len(b.x))
+            row_state = (near[r0:r1], far[r0:r1], count[r0:r1], buffers[i])
             column_state: State | None = None
             if same_set and j != i:
-                column_state = (near_np[c0:c1], far_np[c0:c1], count_np[c0:c1], buffers[j].numpy())
+                column_state = (near[c0:c1], far[c0:c1], count[c0:c1], buffers[j])
             folder.fold(r0, r1, c0, c1, row_state, column_state)
     finally:
         folder.close()
-    return flat, count, buffers
