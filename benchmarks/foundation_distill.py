@@ -217,8 +217,12 @@ def run_tuned(args, work: Path, weights: Path, started: float) -> None:
 
     untuned_file = RESULTS / "foundation_distill.json"
     untuned = json.loads(untuned_file.read_text())["final"] if untuned_file.is_file() else {}
-    earlier = RESULTS / "foundation_distill_tuned.json"
-    results: dict = {"args": vars(args), "losses": json.loads(earlier.read_text())["losses"] if earlier.is_file() else {}}
+    earlier_file = RESULTS / "foundation_distill_tuned.json"
+    earlier = json.loads(earlier_file.read_text()) if earlier_file.is_file() else {}
+    results: dict = {"args": vars(args), **{key: earlier[key] for key in KEPT if key in earlier}}
+    results.setdefault("losses", {})
+    for row in results["losses"].values():  # rows from before teachers were recorded per row
+        row.setdefault("teacher_r1", earlier.get("teacher_r1", "?"))
     final_epochs = max(1, round(10 * args.epochs_scale))
     results["teacher_r1"] = f"{100 * json.loads((work.parent / 'teacher' / 'results.json').read_text())['final']['recall@1']:.1f}"
     if untuned_file.is_file():
@@ -242,14 +246,18 @@ def run_tuned(args, work: Path, weights: Path, started: float) -> None:
             "tuned": finals,
             "untuned": untuned.get(loss, {}),
             "trial_vs_final": check,
+            "teacher_r1": results["teacher_r1"],
         }
         write_tuned_table(args, results, (time.perf_counter() - started) / 60, shown)
     # the seeded studies' start-up draws are shared, so every loss chose its setting at the same place of its
     # range: vary it alone at the chosen learning rate (validation classes, full length), as
     # transfer_table --trial-check does; the best such change, if it beats every chosen recipe there, is
     # trained over the seeds and read once on the test split
-    results["sigma_check"], changes = {}, {}
-    for loss in results["losses"]:
+    # losses tuned in another work folder (from another teacher) keep their earlier entries
+    checked = [loss for loss in results["losses"] if (work / "studies" / f"{loss}.recipe.yaml").is_file()]
+    results["sigma_check"] = {name: value for name, value in results.get("sigma_check", {}).items() if name.split(", ")[0] not in checked}
+    changes = {}
+    for loss in checked:
         recipe = yaml.safe_load((work / "studies" / f"{loss}.recipe.yaml").read_text())
         recipe["optim"]["epochs"] = final_epochs
         for key, (short, tried) in ALONE.items():
@@ -264,7 +272,12 @@ def run_tuned(args, work: Path, weights: Path, started: float) -> None:
                 changes[name] = (loss, values)
     chosen_best = max(chosen_run(row["trial_vs_final"])["final_value"] for row in results["losses"].values())
     best_change = max(results["sigma_check"], key=results["sigma_check"].get, default=None)
-    if best_change and results["sigma_check"][best_change] > chosen_best:
+    kept_change = earlier.get("best_change") or {}
+    if not best_change or results["sigma_check"][best_change] <= chosen_best:
+        results["best_change"] = None
+    elif best_change not in changes:  # an earlier invocation's change, from its teacher: keep its finals
+        results["best_change"] = kept_change if kept_change.get("name") == best_change else None
+    else:
         loss, values = changes[best_change]
         finals = {}
         for seed in args.seeds:
@@ -282,7 +295,8 @@ def run_tuned(args, work: Path, weights: Path, started: float) -> None:
     chosen = [row["best"] for row in results["losses"].values()]
     sigmas = sorted({1.0, *ALONE["transfer.loss.params.sigma"][1]} | {b[key] for b in chosen for key in b if key.endswith(".sigma")})
     temperatures = sorted({0.07} | {b[key] for b in chosen for key in b if key.endswith(".teacher_temperature")})
-    results["target_signal"] = target_signal(weights, sigmas, temperatures)
+    if not results.get("target_signal"):  # a property of the teacher the relaxed and queue rows distilled from
+        results["target_signal"] = target_signal(weights, sigmas, temperatures)
     write_tuned_table(args, results, (time.perf_counter() - started) / 60, shown)
     ranked = sorted(results["losses"], key=lambda name: -statistics.mean(r["recall@1"] for r in results["losses"][name]["tuned"].values()))
     plot_curves(
@@ -293,6 +307,9 @@ def run_tuned(args, work: Path, weights: Path, started: float) -> None:
 
 
 FIGURE = Path("docs/benchmarks/figures/foundation_distill_tuned.png")
+# what an invocation of --tuned keeps of the earlier results: the rows of losses it does not tune again, and
+# the checks of losses tuned in another work folder
+KEPT = ("losses", "sigma_check", "best_change", "target_signal")
 # a loss's own setting varied alone: (short name for run folders, values tried)
 ALONE = {"transfer.loss.params.sigma": ("sigma", [0.5, 1.0]), "transfer.loss.params.teacher_temperature": ("tau", [0.04, 0.1])}
 
@@ -310,8 +327,9 @@ def write_tuned_table(args, results: dict, minutes: float, shown) -> None:
         "validation split; Spearman's ρ between the trial values and those final validation values (n trials), and the "
         "validation R@1 lost by picking the best trial instead of the best final.",
         "",
-        "| loss | untuned R@1 | tuned R@1 | tuned R@2 | best values | trials complete / pruned | trial → final ρ (n) | regret (points) |",
-        "|---|---:|---:|---:|---|---:|---:|---:|",
+        "| loss | untuned R@1 | tuned R@1 | tuned R@2 | best values | trials complete / pruned | trial → final ρ (n) | regret (points) "
+        "| teacher's R@1 |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for name, row in results["losses"].items():
         tuned, before = list(row["tuned"].values()), [r["recall@1"] for r in row["untuned"].values()]
@@ -321,7 +339,7 @@ def write_tuned_table(args, results: dict, minutes: float, shown) -> None:
         lines.append(
             f"| {LABELS[name]} | {mean_std(before) if before else '–'} | {mean_std([r['recall@1'] for r in tuned])} | "
             f"{mean_std([r['recall@2'] for r in tuned])} | {values} | {row['study']['complete']} / {row['study']['pruned']} | "
-            f"{rho} ({len(check['runs'])}) | {100 * check['regret']:.1f} |"
+            f"{rho} ({len(check['runs'])}) | {100 * check['regret']:.1f} | {row['teacher_r1']} |"
         )
     if results.get("sigma_check"):
         lines += [
@@ -362,9 +380,11 @@ def write_tuned_table(args, results: dict, minutes: float, shown) -> None:
             lines.append(f"| {name} | {100 * row['share']:.1f} % | {100 * row['chance']:.1f} % | {row['share'] / row['chance']:.1f} |")
     lines += [
         "",
-        "Untuned: benchmarks/results/foundation_distill.json (the same seeds and length, each loss's defaults), from a teacher "
-        "trained with the same recipe in an earlier session (its head's R@1 "
-        f"{results.get('untuned_teacher_r1', '?')} there, {results.get('teacher_r1', '?')} for this teacher).",
+        "Teacher's R@1: the recall of the trained head of the teacher each row distilled from; the teacher is retrained "
+        "with the same recipe and seed when its work folder is gone, and the rows tuned in another session distilled from "
+        "that session's teacher (the σ/τ checks, the best change and the target signal come from the relaxed and queue "
+        "rows' teacher). Untuned: benchmarks/results/foundation_distill.json (the same seeds and length, each loss's "
+        f"defaults), from a teacher trained with the same recipe whose head's R@1 was {results.get('untuned_teacher_r1', '?')}.",
         f"Figure: {FIGURE} (validation R@1 per epoch of the top three, at their chosen values).",
         "",
         f"{minutes:.0f} min in this invocation; finished runs and studies in --work are reused.",
