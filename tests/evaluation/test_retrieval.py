@@ -259,3 +259,15 @@ def test_a_registered_retrieval_metric_is_reported_by_every_evaluation_and_kept_
     finally:
         RETRIEVAL_METRICS.restore(saved)
     assert "hit_rank_mean" not in retrieval_metrics(embeddings, labels, ks=(1,))
+
+
+def test_a_far_common_offset_is_taken_out_before_the_float32_product():
+    """Catches the cancellation of |x|² + |y|² - 2x·y: items near 1,000 in every coordinate, 0.05 apart,
+    misordered in float32 unless the paths shift them by their mean first (all-vs-all and with a gallery)."""
+    g = torch.Generator().manual_seed(2)
+    x = 1000 + torch.randn(200, 8, generator=g).mul(0.05)
+    labels = torch.randint(0, 20, (200,), generator=g)
+    _assert_stats_equal(knn.query_statistics(x, labels, block_size=64), _brute_force(x, labels))
+    is_query = torch.arange(200) % 2 == 0
+    stats = knn.query_statistics(x[is_query], labels[is_query], x[~is_query], labels[~is_query], block_size=64)
+    _assert_stats_equal(stats, _brute_force(x[is_query], labels[is_query], "euclidean", x[~is_query], labels[~is_query]))
