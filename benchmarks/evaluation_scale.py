@@ -18,8 +18,9 @@ Every method runs in its own fresh process (its peak memory is its own), one aft
 - ``ours``: ``metrictransfer.evaluation.retrieval_metrics`` (Recall@{1,10,100,1000}, MAP@R, R-Precision).
   On a CPU with bfloat16 dot instructions, at this size, its blocks are screened by a bfloat16 product and
   decided in float64 (``evaluation/screened.py``); ``ours, float32 kernel``: the same engine with float32
-  blocks folded by the compiled kernel (what other CPUs run); ``ours, torch path``: float32 blocks folded
-  with torch operations (what the GPU runs).
+  blocks folded by the compiled kernel (what other CPUs run); ``ours, float32 screen``: the screen over
+  float32 products, decided in float64 (the candidate for those CPUs); ``ours, torch path``: float32 blocks
+  folded with torch operations (what the GPU runs).
 - ``faiss search k=1`` and ``faiss search k=1001``: an ``IndexFlatL2`` search alone, no metrics: k = 1 is
   about one full Gram pass; k = 1,001 is what a generic tool searches for Recall@1000.
 - ``faiss k=1001 + metrics``: that search and the metrics read off its lists (``backend="faiss"``).
@@ -60,6 +61,7 @@ REPEATED = {
     "ours",
     "ours, command line",
     "ours, float32 kernel",
+    "ours, float32 screen",
     "ours, torch path",
     "half Gram",
     "half Gram, bfloat16",
@@ -70,7 +72,16 @@ CASES = {  # name → (items, dimension, query count for query-vs-gallery or 0, 
         60502,
         512,
         0,
-        ["ours", "ours, command line", "ours, float32 kernel", "ours, torch path", "half Gram", "half Gram, bfloat16", *SEARCHES]
+        [
+            "ours",
+            "ours, command line",
+            "ours, float32 kernel",
+            "ours, float32 screen",
+            "ours, torch path",
+            "half Gram",
+            "half Gram, bfloat16",
+            *SEARCHES,
+        ]
         + ["faiss k=1001 + metrics", "pml"],
     ),
     "inshop": (26830, 512, 14218, ["ours", "ours, float32 kernel", "ours, torch path", "half Gram", *SEARCHES, "faiss k=1001 + metrics"]),
@@ -168,13 +179,15 @@ def worker(method: str, data_path: str, queries: int, threads: int) -> dict:
     loaded = rss_mb()
     started = time.perf_counter()
     metrics: dict = {}
-    if method in ("ours", "ours, float32 kernel", "ours, torch path", "faiss k=1001 + metrics"):
+    if method in ("ours", "ours, float32 kernel", "ours, float32 screen", "ours, torch path", "faiss k=1001 + metrics"):
         from metrictransfer.evaluation import knn, retrieval_metrics
 
         if method == "ours, torch path":
             knn.FUSED_KERNEL_MIN_PAIRS = 2**62
         if method == "ours, float32 kernel":
-            knn.cpu_has_bfloat16_dot = lambda: False
+            knn.screen_precision = lambda: None
+        if method == "ours, float32 screen":
+            knn.screen_precision = lambda: torch.float32
         metrics = retrieval_metrics(xt, yt, KS, backend="faiss" if "faiss" in method else "torch", **split)
     elif method.startswith("half Gram"):
         metrics = {}

@@ -1,10 +1,18 @@
-"""The bfloat16-screened path: exact float64 statistics, on data chosen to stress its error bound."""
+"""The screened paths (bfloat16 and float32 products): exact float64 statistics, on data chosen to stress
+their error bound."""
 
 import pytest
 import torch
 
 from metrictransfer.evaluation import knn, screened
 from tests.evaluation.test_retrieval import _assert_stats_equal, _brute_force
+
+
+@pytest.fixture(autouse=True, params=[torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def precision(request, monkeypatch):
+    """Every test with the screen's products in bfloat16 and in float32."""
+    monkeypatch.setattr(knn, "screen_precision", lambda: request.param)
+    return request.param
 
 
 def _stats(x, labels, metric="euclidean", **kwargs):
@@ -60,25 +68,23 @@ def test_a_product_that_breaks_the_bound_is_refused(monkeypatch):
         _stats(x, labels)
 
 
-def test_the_bound_holds_for_every_product_of_a_block():
-    """The whole block, not a sample: every bfloat16 product within block_error plus its output rounding."""
-    from metrictransfer.evaluation.screen_kernel import OUTPUT_ROUNDING
-
+def test_the_bound_holds_for_every_product_of_a_block(precision):
+    """The whole block, not a sample: every product within block_error plus its output rounding."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(512, 384, generator=g) * 10 ** torch.empty(512, 1).uniform_(-2, 2, generator=g)
-    side = screened._Operand(x, euclidean=True)
+    side = screened._Operand(x, euclidean=True, precision=precision)
     products = screened.block_products(side.low, side.low).double()
     exact = x.double() @ x.double().t()
     error = screened.block_error(side, side, slice(0, 512), slice(0, 512))
-    assert bool(((products - exact).abs() <= error + OUTPUT_ROUNDING * products.abs()).all())
+    assert bool(((products - exact).abs() <= error + screened.output_rounding(precision) * products.abs()).all())
 
 
 class _Chosen(Exception):
     pass
 
 
-def test_automatic_choice_needs_float32_embeddings_a_cpu_with_bfloat16_dot_and_a_large_evaluation(monkeypatch):
-    """Catches the screen run where it is slower (no bfloat16 instructions) or less exact (float64 input)."""
+def test_automatic_choice_needs_float32_embeddings_a_screen_precision_and_a_large_evaluation(monkeypatch):
+    """Catches the screen run where it is slower (no precision named for this CPU) or less exact (float64 input)."""
 
     def chosen(*args, **kwargs):
         raise _Chosen
@@ -86,14 +92,14 @@ def test_automatic_choice_needs_float32_embeddings_a_cpu_with_bfloat16_dot_and_a
     monkeypatch.setattr(screened, "operands", chosen)
     monkeypatch.setattr(knn, "FUSED_KERNEL_MIN_PAIRS", 0)
     x, labels = torch.randn(40, 4), torch.randint(0, 4, (40,))
-    monkeypatch.setattr(knn, "cpu_has_bfloat16_dot", lambda: True)
+    monkeypatch.setattr(knn, "screen_precision", lambda: torch.bfloat16)
     with pytest.raises(_Chosen):
         knn.query_statistics(x, labels)
     knn.query_statistics(x.double(), labels)  # float64 embeddings keep the float64 path
     monkeypatch.setattr(knn, "FUSED_KERNEL_MIN_PAIRS", 2**62)
     knn.query_statistics(x, labels)  # small: not worth loading the kernels
     monkeypatch.setattr(knn, "FUSED_KERNEL_MIN_PAIRS", 0)
-    monkeypatch.setattr(knn, "cpu_has_bfloat16_dot", lambda: False)
+    monkeypatch.setattr(knn, "screen_precision", lambda: None)
     knn.query_statistics(x, labels)
 
 

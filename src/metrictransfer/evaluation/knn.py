@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from metrictransfer.errors import ConfigError
 from metrictransfer.evaluation import screened
-from metrictransfer.evaluation.screened import cpu_has_bfloat16_dot
+from metrictransfer.evaluation.screened import screen_precision
 
 METRICS = ("euclidean", "cosine")
 # CPU evaluations that compute at least this many distances (N²/2 all-vs-all, queries × gallery otherwise)
@@ -159,9 +159,10 @@ def query_statistics(
     query-vs-gallery (the two sets must be disjoint). Runs on the device the embeddings are on; on the
     CPU, blocks are folded by the compiled kernel of ``fold_kernel`` when ``fused_kernel`` is True, or when
     it is None and there are at least :data:`FUSED_KERNEL_MIN_PAIRS` pairs; otherwise by the torch path,
-    which the GPU uses. With ``screen`` (by default, float32 embeddings on a CPU with bfloat16 dot
-    instructions and at least :data:`FUSED_KERNEL_MIN_PAIRS` pairs), blocks are screened by a bfloat16
-    product and entries decided in float64 (``screened.py``).
+    which the GPU uses. With ``screen`` (by default, float32 embeddings on a CPU for which
+    ``screened.screen_precision`` names a precision, and at least :data:`FUSED_KERNEL_MIN_PAIRS` pairs),
+    blocks are screened by a product in that precision (float32 when it names none) and entries decided
+    in float64 (``screened.py``).
     """
     same_set = gallery is None
     device = queries.device
@@ -179,7 +180,7 @@ def query_statistics(
 
     pairs_total = len(q_all) * len(g_all) // (2 if same_set else 1)
     if screen is None:
-        screen = q_all.dtype == torch.float32 and pairs_total >= FUSED_KERNEL_MIN_PAIRS and cpu_has_bfloat16_dot()
+        screen = q_all.dtype == torch.float32 and pairs_total >= FUSED_KERNEL_MIN_PAIRS and screen_precision() is not None
     screen = screen and device.type == "cpu"
     if metric == "euclidean" and not screen:  # the screened path decides in float64 from the given values
         mean = centre(g_all)
@@ -205,7 +206,7 @@ def query_statistics(
     lo, hi = g_start[rows.labels], g_end[rows.labels]
     if screen:
         assert rows.x is not None and cols.x is not None
-        a, b = screened.operands(rows.x, cols.x, same_set, metric)
+        a, b = screened.operands(rows.x, cols.x, same_set, metric, screen_precision() or torch.float32)
         flat = screened.positive_distances(a, b, lo, hi, offsets, q_pos, same_set)
     else:
         flat = _sorted_positive_distances(rows, cols, q_pos, offsets, num_classes, same_set)

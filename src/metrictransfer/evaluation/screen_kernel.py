@@ -1,11 +1,12 @@
-"""CPU kernels of the screened evaluation (``screened.py``): a bfloat16 product screens, float64 decides.
+"""CPU kernels of the screened evaluation (``screened.py``): a low-precision product screens, float64 decides.
 
-Each block's products come from a bfloat16 matrix product (about 2.5× the float32 one's speed where the CPU
-has bfloat16 dot instructions). With a proven bound on its error (``screened.block_error``), an entry whose
-distance is certainly beyond what its query still needs is passed over; every other entry's distance is
-recomputed in float64 from the float32 embeddings (exact products, float64 sums), and only those exact
-values enter the query's state. So the metrics are those of float64 distances, whatever the screen missed
-by rounding: it cannot miss anything, only let through a few entries more.
+Each block's products come from a bfloat16 matrix product (about 2.5× the float32 one's speed where the
+CPU has bfloat16 dot instructions), or a float32 one elsewhere. With a proven bound on its error
+(``screened.block_error``), an entry whose distance is certainly beyond what its query still needs is
+passed over; every other entry's distance is recomputed in float64 from the float32 embeddings (exact
+products, float64 sums), and only those exact values enter the query's state. So the metrics are those of
+float64 distances, whatever the screen missed by rounding: it cannot miss anything, only let through a few
+entries more.
 
 The state of a query is ``fold_kernel``'s (near, far, count and a sorted buffer of its closest other-class
 distances), in float64. Why numba and not torch: as in ``fold_kernel``, one read of each entry with a
@@ -21,7 +22,6 @@ from metrictransfer.evaluation.fold_kernel import keep_of, take
 
 # No 'nnan'/'ninf': the kernels compare against +inf and -inf on purpose.
 _FLAGS = {"nsz", "arcp", "contract", "reassoc"}
-OUTPUT_ROUNDING = 2.0**-7  # a bfloat16 output is within 2^-8 of the float32 sum it rounds; doubled for safety
 
 
 @njit(cache=True, nogil=True, fastmath=_FLAGS, inline="always")
@@ -57,6 +57,8 @@ def positive_distances(
 @njit(cache=True, nogil=True, fastmath=_FLAGS)
 def screen_rows(
     products: np.ndarray,
+    shift: int,
+    output_rounding: float,
     start: int,
     stop: int,
     c0: int,
@@ -79,8 +81,9 @@ def screen_rows(
 ) -> tuple[int, int]:
     """Fold rows ``start:stop`` of a block into their queries' state; collect entries their columns may need.
 
-    ``products`` holds the block's bfloat16 products as raw bits (uint16). An entry's distance is at least
-    ``x_sq[q] + y_sq[j] + scale * p - |scale| * (error + 2^-7 |p|)`` (``scale`` is -2 or -1); it matters to
+    ``products`` holds the block's products as raw bits: bfloat16 as uint16 (``shift`` 16 widens them to
+    float32), or float32 as uint32 (``shift`` 0). An entry's distance is at least ``x_sq[q] + y_sq[j] +
+    scale * p - |scale| * (error + output_rounding |p|)`` (``scale`` is -2 or -1); it matters to
     its row when that is at most the row's need, to its column when at most ``column_need[j]`` (-inf when
     columns are not queries). Rows index ``x``, ``x_sq``, ``lo``, ``hi`` and the row state; columns ``y``
     and ``y_sq``. ``lo``/``hi`` are the rows' same-class column ranges in global column numbers (``c0`` is
@@ -95,7 +98,7 @@ def screen_rows(
     widened = np.empty(n_cols, dtype=np.uint32)
     values = widened.view(np.float32)
     magnitude = np.float32(abs(scale))
-    up, down = np.float32(1.0 + OUTPUT_ROUNDING), np.float32(1.0 - OUTPUT_ROUNDING)
+    up, down = np.float32(1.0 + output_rounding), np.float32(1.0 - output_rounding)
     column_room = np.empty(n_cols, dtype=np.float32)  # column_need - y_sq + |scale| error, per column
     y_sq32 = np.empty(n_cols, dtype=np.float32)
     slack = np.empty(n_cols, dtype=np.float32)
@@ -112,7 +115,7 @@ def screen_rows(
         row_room = np.float32(need - x_sq[q] + abs(scale) * error)
         base = np.float32(x_sq[q])
         for j in range(n_cols):
-            widened[j] = np.uint32(products[q, j]) << 16
+            widened[j] = np.uint32(products[q, j]) << shift
         passing = 0
         for j in range(n_cols):  # vectorised: the slack of every entry for its row or its column
             p = values[j]

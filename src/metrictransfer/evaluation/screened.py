@@ -1,4 +1,4 @@
-"""The CPU's fastest exact path: blocks screened by a bfloat16 product, entries decided in float64.
+"""The CPU's fastest exact path: blocks screened by a low-precision product, entries decided in float64.
 
 On the CPU the float32 product of each block was two thirds of an SOP-scale evaluation. Where the
 processor has bfloat16 dot instructions (``cpu_has_bfloat16_dot``), the same product in bfloat16 takes
@@ -6,6 +6,8 @@ about 40 % of that time. Its error is bounded per block (``block_error``); an en
 that bound is beyond what its query still needs cannot change any metric, and every other entry is
 recomputed exactly (``screen_kernel``). The result is the metrics of float64 distances: the other paths
 work in float32, so they can differ from this one only where two distances are within float32 rounding.
+The same screen over a float32 product (``precision=torch.float32``) replaces the float32 kernel's
+entry-by-entry fold with one vectorised pass per row, for CPUs without bfloat16 instructions.
 
 Before the first block is used, a sample of its products is checked against float64 (``check_bound``): a
 BLAS that broke the bound would be refused, not trusted.
@@ -39,13 +41,28 @@ def cpu_has_bfloat16_dot() -> bool:
     return bool(features.get("avx512bf16") or features.get("amx-bf16"))
 
 
-class _Operand:
-    """One side's float32 embeddings (contiguous, sorted), their bfloat16 copy, and per-item norms for the bound."""
+def screen_precision() -> torch.dtype | None:
+    """The precision of the products that screen large CPU evaluations by default: bfloat16 where the CPU
+    multiplies it in hardware; elsewhere none (the float32 kernel of ``fold_kernel``)."""
+    return torch.bfloat16 if cpu_has_bfloat16_dot() else None
 
-    def __init__(self, x: torch.Tensor, euclidean: bool):
-        self.euclidean = euclidean
+
+def output_rounding(precision: torch.dtype) -> float:
+    """How far a product's output may be from the float32 sum it rounds, relative to itself: a bfloat16
+    output is within 2^-8 (doubled for safety); a float32 product is that sum."""
+    return 2.0**-7 if precision == torch.bfloat16 else 0.0
+
+
+class _Operand:
+    """One side's float32 embeddings (contiguous, sorted), their copy in the screen's precision, and per-item
+    norms for the bound."""
+
+    def __init__(self, x: torch.Tensor, euclidean: bool, precision: torch.dtype = torch.bfloat16):
+        if precision not in (torch.bfloat16, torch.float32):
+            raise ValueError(f"the screen's products are bfloat16 or float32, not {precision}")
+        self.euclidean, self.precision = euclidean, precision
         self.x = x.float().contiguous()
-        self.low = self.x.bfloat16()
+        self.low = self.x.to(precision)
         n = len(self.x)
         self.sq, self.norm, self.low_norm, self.rounding = (torch.zeros(n, dtype=torch.float64) for _ in range(4))
         for s in range(0, n, _NORM_CHUNK):  # float64 copies a chunk at a time: no full-size temporaries
@@ -58,10 +75,11 @@ class _Operand:
 
 
 def block_error(a: _Operand, b: _Operand, rows: slice, cols: slice) -> float:
-    """A bound on |x·y - (the bfloat16 product before its output rounding)| over a block.
+    """A bound on |x·y - (the screen's product before its output rounding)| over a block.
 
-    x·y - x̂·ŷ = x̂·(y - ŷ) + (x - x̂)·y, bounded by Cauchy-Schwarz with the measured roundings; the float32
-    sum of the products of bfloat16 numbers (exact in float32) errs by at most (D + 2)·2^-24·|x̂||ŷ|. Both
+    x·y - x̂·ŷ = x̂·(y - ŷ) + (x - x̂)·y, bounded by Cauchy-Schwarz with the measured roundings (zero in
+    float32); the float32 dot product of x̂ and ŷ errs by at most γ_D·|x̂||ŷ| < (D + 2)·2^-24·|x̂||ŷ| in any
+    order of summation (products of bfloat16 numbers are exact in float32, of float32 ones not). Both
     are worst cases (the measured error is about a tenth); 1 % more, plus 2^-18 of the largest magnitude
     the kernel's float32 test handles (distances up to 2(|x|² + |y|²), products, needs): a dozen roundings
     of at most 2^-24 of it each.
@@ -74,21 +92,22 @@ def block_error(a: _Operand, b: _Operand, rows: slice, cols: slice) -> float:
 
 
 def check_bound(products: torch.Tensor, a: _Operand, b: _Operand, rows: slice, cols: slice, error: float) -> None:
-    """Refuse a BLAS whose bfloat16 products break the bound on a sample of the first block."""
-    from metrictransfer.evaluation.screen_kernel import OUTPUT_ROUNDING
-
+    """Refuse a BLAS whose products break the bound on a sample of the first block."""
     generator = torch.Generator().manual_seed(0)
     n_rows, n_cols = products.shape
     i = torch.randint(0, n_rows, (_SAMPLE,), generator=generator)
     j = torch.randint(0, n_cols, (_SAMPLE,), generator=generator)
     got = products[i, j].double()
     exact = (a.x[rows][i].double() * b.x[cols][j].double()).sum(1)
-    if bool(((got - exact).abs() > error + OUTPUT_ROUNDING * got.abs()).any()):
-        raise RuntimeError("the bfloat16 product broke its error bound on this CPU; evaluate with the float32 path")
+    if bool(((got - exact).abs() > error + output_rounding(a.precision) * got.abs()).any()):
+        raise RuntimeError(
+            f"the {str(a.precision).removeprefix('torch.')} product broke its error bound on this CPU; "
+            "evaluate with the float32 kernel (screen=False)"
+        )
 
 
 def block_products(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """A block's bfloat16 products (the only matrix the screened path builds)."""
+    """A block's products in the screen's precision (the only matrix the screened path builds)."""
     return torch.mm(left, right.t())
 
 
@@ -124,7 +143,13 @@ class ScreenedFolder:
         if not self.checked:
             check_bound(products, self.rows, self.cols, rows, cols, error)
             self.checked = True
-        bits = products.view(torch.int16).numpy().view(np.uint16)
+        # raw bits for the kernel, which widens bfloat16's 16 to float32's 32 (numpy has no bfloat16)
+        bits, shift = (
+            (products.view(torch.int16).numpy().view(np.uint16), 16)
+            if products.dtype == torch.bfloat16
+            else (products.numpy().view(np.uint32), 0)
+        )
+        rounding = output_rounding(products.dtype)
         need = np.full(c1 - c0, -np.inf)
         if column_state is not None:
             column_need(*column_state[:2], column_state[3], need)
@@ -135,7 +160,7 @@ class ScreenedFolder:
         def run(t: int, start: int, stop: int) -> tuple[int, int]:
             column, distance = self.hits[t]
             return self.screen_rows(
-                bits, start, stop, c0, x, y, x_sq, y_sq, self.scale, self.euclidean, error,
+                bits, shift, rounding, start, stop, c0, x, y, x_sq, y_sq, self.scale, self.euclidean, error,
                 lo, hi, near, far, count, buffer, need, column, distance,
             )  # fmt: skip
 
@@ -159,10 +184,12 @@ class ScreenedFolder:
             self.pool.shutdown()
 
 
-def operands(rows_x: torch.Tensor, cols_x: torch.Tensor, same_set: bool, metric: str) -> tuple[_Operand, _Operand]:
-    """The queries' and the gallery's operands (one object when all-vs-all)."""
-    rows = _Operand(rows_x, metric == "euclidean")
-    return rows, rows if same_set else _Operand(cols_x, metric == "euclidean")
+def operands(
+    rows_x: torch.Tensor, cols_x: torch.Tensor, same_set: bool, metric: str, precision: torch.dtype
+) -> tuple[_Operand, _Operand]:
+    """The queries' and the gallery's operands (one object when all-vs-all), products in ``precision``."""
+    rows = _Operand(rows_x, metric == "euclidean", precision)
+    return rows, rows if same_set else _Operand(cols_x, metric == "euclidean", precision)
 
 
 def positive_distances(
