@@ -111,3 +111,11 @@ def test_a_block_wider_than_the_hit_buffer_is_folded():
     queries, query_labels = gallery[:3] + 0.01, gallery_labels[:3]
     stats = knn.query_statistics(queries, query_labels, gallery, gallery_labels, screen=True, block_size=100_000)
     _assert_stats_equal(stats, _brute_force(queries, query_labels, "euclidean", gallery, gallery_labels))
+
+
+def test_the_default_precision_is_bfloat16_where_the_cpu_has_it_and_float32_elsewhere(monkeypatch):
+    """Catches a CPU without bfloat16 instructions sent back to the slower float32 kernel (or to bfloat16)."""
+    monkeypatch.setattr(screened, "cpu_has_bfloat16_dot", lambda: False)
+    assert screened.screen_precision() is torch.float32
+    monkeypatch.setattr(screened, "cpu_has_bfloat16_dot", lambda: True)
+    assert screened.screen_precision() is torch.bfloat16

@@ -33,9 +33,10 @@ from metrictransfer.evaluation.screened import screen_precision
 
 METRICS = ("euclidean", "cosine")
 # CPU evaluations that compute at least this many distances (N²/2 all-vs-all, queries × gallery otherwise)
-# fold their blocks with fold_kernel (numba); smaller ones with torch operations, as on the GPU. Loading
-# the compiled kernel costs about 1 s per process; benchmarks/evaluation_scale.py measured it 0.9 s slower
-# at In-Shop's 1.8e8 and 7.8 s faster at SOP's 1.8e9.
+# are screened (screened.py) when their embeddings are float32, else fold their blocks with fold_kernel
+# (numba); smaller ones run torch operations, as on the GPU. Loading the compiled kernels costs about 1 s
+# per process; benchmarks/evaluation_scale.py measured the kernel 0.9 s slower at In-Shop's 1.8e8 and
+# 7.8 s faster at SOP's 1.8e9.
 FUSED_KERNEL_MIN_PAIRS = 1 << 28
 _PAIR_BUDGET = 1 << 22  # same-class distances computed at once in step 1 (16 MB in float32)
 _NORM_CHUNK = 8192  # items whose float64 copies exist at once while the mean is summed
@@ -120,10 +121,21 @@ class _Side:
     inside the product, not in extra passes over every block (those cost more than the product on the CPU).
     """
 
-    def __init__(self, x: torch.Tensor, labels: torch.Tensor, sort_key: torch.Tensor, metric: str, left: bool, right: bool):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        sort_key: torch.Tensor,
+        metric: str,
+        shift: torch.Tensor | None,
+        left: bool,
+        right: bool,
+    ):
         self.order = torch.sort(sort_key, stable=True).indices
         self.labels = labels[self.order]
-        x = x[self.order]
+        x = x[self.order]  # a copy: ``shift`` (``centre``) is subtracted in place, the caller's tensor untouched
+        if shift is not None:
+            x.sub_(shift)
         self.size, self.dtype = len(x), x.dtype
         self.x = None if left or right else x  # the screened path takes the plain embeddings
         if metric == "euclidean":
@@ -182,19 +194,17 @@ def query_statistics(
     if screen is None:
         screen = q_all.dtype == torch.float32 and pairs_total >= FUSED_KERNEL_MIN_PAIRS and screen_precision() is not None
     screen = screen and device.type == "cpu"
-    if metric == "euclidean" and not screen:  # the screened path decides in float64 from the given values
-        mean = centre(g_all)
-        q_all = q_all - mean
-        g_all = q_all if same_set else g_all - mean
+    # the screened path decides in float64 from the given values; the others take a common offset out
+    shift = centre(g_all) if metric == "euclidean" and not screen else None
     g_count = torch.bincount(g_lab, minlength=num_classes)
     operands = {"left": not screen, "right": not screen}
     if same_set:
-        rows = cols = _Side(q_all, q_lab, g_count[q_lab] * num_classes + q_lab, metric, **operands)
+        rows = cols = _Side(q_all, q_lab, g_count[q_lab] * num_classes + q_lab, metric, shift, **operands)
         q_pos = g_count[rows.labels] - 1
     else:
-        cols = _Side(g_all, g_lab, g_lab, metric, left=False, right=not screen)
+        cols = _Side(g_all, g_lab, g_lab, metric, shift, left=False, right=not screen)
         q_pos_unsorted = g_count[q_lab]
-        rows = _Side(q_all, q_lab, q_pos_unsorted * num_classes + q_lab, metric, **operands)
+        rows = _Side(q_all, q_lab, q_pos_unsorted * num_classes + q_lab, metric, shift, **operands)
         q_pos = q_pos_unsorted[rows.order]
     g_start, g_end = _ranges(cols.labels, num_classes)
 
