@@ -17,9 +17,9 @@ Every method runs in its own fresh process (its peak memory is its own), one aft
   and printing included): what a user waits for. Its peak memory is sampled every 50 ms.
 - ``ours``: ``metrictransfer.evaluation.retrieval_metrics`` (Recall@{1,10,100,1000}, MAP@R, R-Precision).
   On a CPU with bfloat16 dot instructions, at this size, its blocks are screened by a bfloat16 product and
-  decided in float64 (``evaluation/screened.py``); ``ours, float32 kernel``: the same engine with float32
-  blocks folded by the compiled kernel (what other CPUs run); ``ours, float32 screen``: the screen over
-  float32 products, decided in float64 (the candidate for those CPUs); ``ours, torch path``: float32 blocks
+  decided in float64 (``evaluation/screened.py``); ``ours, float32 screen``: the screen over float32
+  products, decided in float64 (what CPUs without bfloat16 instructions run); ``ours, float32 kernel``:
+  float32 blocks folded by the compiled kernel (``screen=False``); ``ours, torch path``: float32 blocks
   folded with torch operations (what the GPU runs).
 - ``faiss search k=1`` and ``faiss search k=1001``: an ``IndexFlatL2`` search alone, no metrics: k = 1 is
   about one full Gram pass; k = 1,001 is what a generic tool searches for Recall@1000.
