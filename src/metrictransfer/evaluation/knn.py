@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from metrictransfer.errors import ConfigError
 from metrictransfer.evaluation import screened
-from metrictransfer.evaluation.screened import screen_precision
+from metrictransfer.evaluation.screened import NORM_CHUNK, screen_precision
 
 METRICS = ("euclidean", "cosine")
 # CPU evaluations that compute at least this many distances (N²/2 all-vs-all, queries × gallery otherwise)
@@ -39,7 +39,6 @@ METRICS = ("euclidean", "cosine")
 # 7.8 s faster at SOP's 1.8e9.
 FUSED_KERNEL_MIN_PAIRS = 1 << 28
 _PAIR_BUDGET = 1 << 22  # same-class distances computed at once in step 1 (16 MB in float32)
-_NORM_CHUNK = 8192  # items whose float64 copies exist at once while the mean is summed
 
 
 @dataclass
@@ -77,8 +76,8 @@ def centre(g: torch.Tensor) -> torch.Tensor:
     """
     total = torch.zeros(g.shape[1], dtype=torch.float64, device=g.device)
     squares = torch.zeros((), dtype=torch.float64, device=g.device)
-    for s in range(0, len(g), _NORM_CHUNK):
-        chunk = g[s : s + _NORM_CHUNK].double()
+    for s in range(0, len(g), NORM_CHUNK):
+        chunk = g[s : s + NORM_CHUNK].double()
         total += chunk.sum(0)
         squares += chunk.pow(2).sum()
     n = max(1, len(g))

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 State = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # near, far, count, buffer of some queries
 _HIT_CAPACITY = 1 << 16  # column entries a thread collects before they are folded in (1 MB per thread)
 _SAMPLE = 4096  # products of the first block checked against float64
-_NORM_CHUNK = 8192  # items whose float64 copies exist at once while the norms are computed
+NORM_CHUNK = 8192  # items whose float64 copies exist at once (the norms here, the mean in knn.centre)
 
 
 @lru_cache(maxsize=1)
@@ -66,13 +66,13 @@ class _Operand:
         self.low = self.x.to(precision)
         n = len(self.x)
         self.sq, self.norm, self.low_norm, self.rounding = (torch.zeros(n, dtype=torch.float64) for _ in range(4))
-        for s in range(0, n, _NORM_CHUNK):  # float64 copies a chunk at a time: no full-size temporaries
-            x64, low64 = self.x[s : s + _NORM_CHUNK].double(), self.low[s : s + _NORM_CHUNK].double()
+        for s in range(0, n, NORM_CHUNK):  # float64 copies a chunk at a time: no full-size temporaries
+            x64, low64 = self.x[s : s + NORM_CHUNK].double(), self.low[s : s + NORM_CHUNK].double()
             if euclidean:
-                self.sq[s : s + _NORM_CHUNK] = x64.pow(2).sum(1)
-            self.norm[s : s + _NORM_CHUNK] = x64.norm(dim=1)
-            self.low_norm[s : s + _NORM_CHUNK] = low64.norm(dim=1)
-            self.rounding[s : s + _NORM_CHUNK] = (x64 - low64).norm(dim=1)  # |x - bf16(x)|, measured, not assumed
+                self.sq[s : s + NORM_CHUNK] = x64.pow(2).sum(1)
+            self.norm[s : s + NORM_CHUNK] = x64.norm(dim=1)
+            self.low_norm[s : s + NORM_CHUNK] = low64.norm(dim=1)
+            self.rounding[s : s + NORM_CHUNK] = (x64 - low64).norm(dim=1)  # |x - bf16(x)|, measured, not assumed
 
 
 def block_error(a: _Operand, b: _Operand, rows: slice, cols: slice) -> float:
