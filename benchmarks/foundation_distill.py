@@ -45,6 +45,7 @@ LOSSES = {
     "proj_mse": {"name": "proj_mse"},
     "queue_distill": {"name": "queue_distill", "params": {"queue_size": 1024}},
     "rkd": {"name": "rkd"},
+    "rkd_clipped": {"name": "rkd"},  # with the gradients' norm clipped (OPTIM): RKD diverged on a seed here
     "pkt": {"name": "pkt"},
     "relaxed_ms": {"name": "relaxed_ms", "params": {"sigma": 1.0, "delta": 1.0}},
 }
@@ -54,6 +55,7 @@ LABELS = {
     "proj_mse": "feature regression, MSE on L2-normalised features, learned linear projector",
     "queue_distill": "pseudo-classifier over a queue of teacher features (LightlyTrain distillation v1 style)",
     "rkd": "RKD distance + angle",
+    "rkd_clipped": "RKD distance + angle, gradients' norm clipped",
     "pkt": "PKT",
     "relaxed_ms": "relaxed multi-similarity (the relaxed loss authors' repository)",
 }
@@ -67,9 +69,12 @@ SPACES = {
     "proj_mse": {**LR, **WEIGHT_DECAY},
     "queue_distill": {**LR, "transfer.loss.params.teacher_temperature": {"type": "log_uniform", "low": 0.02, "high": 0.2}},
     "rkd": {**LR, "transfer.loss.params.angle_weight": {"type": "float", "low": 0.5, "high": 4.0}},
+    "rkd_clipped": {**LR, "optim.grad_clip": {"type": "log_uniform", "low": 0.01, "high": 1.0}},  # as transfer_table's
     "pkt": {**LR, **WEIGHT_DECAY},
     "relaxed_ms": {**LR, **SIGMA},
 }
+# settings of the optim block beside a loss (0.1: what stopped the divergence in benchmarks/rkd_divergence.py)
+OPTIM = {"rkd_clipped": {"grad_clip": 0.1}}
 
 
 def teacher_images(folder: Path) -> Path:
@@ -123,6 +128,7 @@ def student_config(loss: str, weights: Path, seed: int, epochs_scale: float) -> 
     raw = json.loads(json.dumps(DEMO_TARGET))
     raw.pop("metric_loss")
     raw.update({"method": "transfer", "name": loss, "seed": seed})
+    raw["optim"] = {**raw["optim"], **OPTIM.get(loss, {})}
     raw["optim"]["epochs"] = max(1, round(raw["optim"]["epochs"] * epochs_scale))
     raw["eval"] = {**raw["eval"], "every": 0}
     raw["transfer"] = {"source": source_section(weights), "loss": LOSSES[loss]}
