@@ -135,8 +135,16 @@ def main() -> None:
     options.add_argument(
         "--trial-check", action="store_true", help="whether a tuned column's trials predict full-length runs, and its ablations"
     )
+    options.add_argument(
+        "--trial-summary", action="store_true", help="only rewrite the table of every column's trial check from their results files"
+    )
     args = options.parse_args()
     args.settings = args.settings or (["compression"] if args.trial_check else list(SETTINGS))
+    if args.trial_summary:
+        from benchmarks.tuned import write_trial_summary
+
+        write_trial_summary(SETTINGS, slug)
+        return
     if args.trial_check:
         from benchmarks.tuned import run_trial_check
 
