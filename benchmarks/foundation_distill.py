@@ -34,6 +34,7 @@ import torch
 import yaml
 
 from benchmarks.common import RESULTS, Stepper, mean_std, parser, train_once, write_results
+from benchmarks.tuned import CLIP  # the clipping norm's range, as the transfer table's
 from metrictransfer.demo import DEMO_DATA, DEMO_TARGET
 
 TEACHER_EPOCHS = 10
@@ -69,7 +70,7 @@ SPACES = {
     "proj_mse": {**LR, **WEIGHT_DECAY},
     "queue_distill": {**LR, "transfer.loss.params.teacher_temperature": {"type": "log_uniform", "low": 0.02, "high": 0.2}},
     "rkd": {**LR, "transfer.loss.params.angle_weight": {"type": "float", "low": 0.5, "high": 4.0}},
-    "rkd_clipped": {**LR, "optim.grad_clip": {"type": "log_uniform", "low": 0.01, "high": 1.0}},  # as transfer_table's
+    "rkd_clipped": {**LR, **CLIP},
     "pkt": {**LR, **WEIGHT_DECAY},
     "relaxed_ms": {**LR, **SIGMA},
 }

@@ -29,6 +29,9 @@ from metrictransfer.config import apply_overrides
 
 VALIDATION = {"classes": 0.2, "seed": 0}
 LR = {"optim.lr": {"type": "log_uniform", "low": 1.0e-4, "high": 1.0e-2}}
+# the gradients' norm, over the range where clipping acts on these runs (0.1 and 1 both stopped RKD's
+# divergence in benchmarks/rkd_divergence.py)
+CLIP = {"optim.grad_clip": {"type": "log_uniform", "low": 0.01, "high": 1.0}}
 # one setting of each method's own beside the learning rate; methods without one search the weight decay
 SPACES = {
     "Proxy-Anchor alone": {**LR, "optim.weight_decay": {"type": "log_uniform", "low": 1.0e-6, "high": 1.0e-2}},
@@ -38,9 +41,8 @@ SPACES = {
     "DarkRank": {**LR, "transfer.loss.params.alpha": {"type": "float", "low": 1.0, "high": 5.0}},
     "PKT": {**LR, "optim.weight_decay": {"type": "log_uniform", "low": 1.0e-6, "high": 1.0e-2}},
     "RKD": {**LR, "transfer.loss.params.angle_weight": {"type": "float", "low": 0.5, "high": 4.0}},
-    # its own setting here is the clipping norm, over the range where clipping acts on these runs (0.1 and 1 both
-    # stopped the divergence in benchmarks/rkd_divergence.py); RKD's weights at their defaults
-    "RKD, clipped gradients": {**LR, "optim.grad_clip": {"type": "log_uniform", "low": 0.01, "high": 1.0}},
+    # its own setting here is the clipping norm; RKD's weights at their defaults
+    "RKD, clipped gradients": {**LR, **CLIP},
     "Relaxed contrastive": {**LR, "transfer.loss.params.sigma": {"type": "float", "low": 0.5, "high": 2.0}},
     "Relaxed MS": {**LR, "transfer.loss.params.sigma": {"type": "float", "low": 0.5, "high": 2.0}},
     # the control of rows tuned in a later session, with retrained sources (see transfer_table.METHODS)
@@ -230,14 +232,18 @@ def write_trial_summary(settings: dict, slug) -> None:
             if row is None:
                 cells.append("–")
                 continue
-            rho = "–" if row["spearman"] is None else f"{row['spearman']:.2f}"
-            cells.append(f"ρ {rho} ({len(row['runs'])}), regret {100 * row['regret']:.1f}")
+            cells.append(f"ρ {shown_rho(row)} ({len(row['runs'])}), regret {100 * row['regret']:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     record = {
         setting: {name: {"spearman": row["spearman"], "n": len(row["runs"]), "regret": row["regret"]} for name, row in rows.items()}
         for setting, rows in columns.items()
     }
     write_results("transfer_table_trials_summary", lines, {"columns": record}, rerun="transfer_table --trial-summary")
+
+
+def shown_rho(check: dict) -> str:
+    """A trial check's ρ for a table ("–" where it is undefined: under three trials, or constant values)."""
+    return "–" if check["spearman"] is None else f"{check['spearman']:.2f}"
 
 
 def trials_name(setting_name: str, slug) -> str:
@@ -376,9 +382,8 @@ def write_trial_table(args, results: dict, minutes: float, setting_name: str, sl
     ]
     for name, row in results["methods"].items():
         chosen = chosen_run(row)
-        rho = "–" if row["spearman"] is None else f"{row['spearman']:.2f}"
         lines.append(
-            f"| {name} | {row['study']['complete']} / {row['study']['pruned']} | {rho} ({len(row['runs'])}) | "
+            f"| {name} | {row['study']['complete']} / {row['study']['pruned']} | {shown_rho(row)} ({len(row['runs'])}) | "
             f"{100 * chosen['trial_value']:.1f} → {100 * chosen['final_value']:.1f} | "
             f"{100 * max(run['final_value'] for run in row['runs']):.1f} | {100 * row['regret']:.1f} |"
         )
