@@ -56,12 +56,15 @@ def _assert_stats_equal(stats, expected):
     np.testing.assert_allclose(stats.r_precision.numpy(), rp, rtol=0, atol=1e-12)
 
 
-@pytest.fixture(autouse=True, params=["kernel", "kernel, 2 threads", "torch", "screened", "screened, 2 threads", "screened in float32"])
+@pytest.fixture(autouse=True, params=["kernel", "kernel, 2 threads", "torch", "screened", "screened, 2 threads", "screened in float32", "screened in int8"])
 def fold_path(request, monkeypatch):
     """Every test on the CPU's compiled kernel (one and two threads), on the torch path the GPU uses, and on
-    the screened paths, bfloat16 (whatever this CPU's instructions: there it is slower, never wrong) and float32."""
+    the screened paths, bfloat16 and int8 (whatever this CPU's instructions: there they are slower, never wrong)
+    and float32."""
     monkeypatch.setattr(knn, "FUSED_KERNEL_MIN_PAIRS", 2**62 if request.param == "torch" else 0)
-    precision = {"screened": torch.bfloat16, "screened in float32": torch.float32}.get(request.param.split(",")[0])
+    precision = {"screened": torch.bfloat16, "screened in float32": torch.float32, "screened in int8": torch.int8}.get(
+        request.param.split(",")[0]
+    )
     monkeypatch.setattr(knn, "screen_precision", lambda: precision)
     threads = torch.get_num_threads()
     torch.set_num_threads(2 if "2 threads" in request.param else 1)

@@ -193,17 +193,19 @@ def query_statistics(
     if screen is None:
         screen = q_all.dtype == torch.float32 and pairs_total >= FUSED_KERNEL_MIN_PAIRS and screen_precision() is not None
     screen = screen and device.type == "cpu"
-    # the screened path decides in float64 from the given values; the others take a common offset out
-    shift = centre(g_all) if metric == "euclidean" and not screen else None
+    # a common offset out: the float32 paths would lose digits to it, the screen's products their precision
+    # (the screen decides in float64 from the given values)
+    shift = centre(g_all) if metric == "euclidean" else None
+    side_shift = None if screen else shift
     g_count = torch.bincount(g_lab, minlength=num_classes)
     operands = {"left": not screen, "right": not screen}
     if same_set:
-        rows = cols = _Side(q_all, q_lab, g_count[q_lab] * num_classes + q_lab, metric, shift, **operands)
+        rows = cols = _Side(q_all, q_lab, g_count[q_lab] * num_classes + q_lab, metric, side_shift, **operands)
         q_pos = g_count[rows.labels] - 1
     else:
-        cols = _Side(g_all, g_lab, g_lab, metric, shift, left=False, right=not screen)
+        cols = _Side(g_all, g_lab, g_lab, metric, side_shift, left=False, right=not screen)
         q_pos_unsorted = g_count[q_lab]
-        rows = _Side(q_all, q_lab, q_pos_unsorted * num_classes + q_lab, metric, shift, **operands)
+        rows = _Side(q_all, q_lab, q_pos_unsorted * num_classes + q_lab, metric, side_shift, **operands)
         q_pos = q_pos_unsorted[rows.order]
     g_start, g_end = _ranges(cols.labels, num_classes)
 
@@ -215,7 +217,7 @@ def query_statistics(
     lo, hi = g_start[rows.labels], g_end[rows.labels]
     if screen:
         assert rows.x is not None and cols.x is not None
-        a, b = screened.operands(rows.x, cols.x, same_set, metric, screen_precision() or torch.float32)
+        a, b = screened.operands(rows.x, cols.x, same_set, metric, screen_precision() or torch.float32, shift)
         flat = screened.positive_distances(a, b, lo, hi, offsets, q_pos, same_set)
     else:
         flat = _sorted_positive_distances(rows, cols, q_pos, offsets, num_classes, same_set)

@@ -1,7 +1,8 @@
 """CPU kernels of the screened evaluation (``screened.py``): a low-precision product screens, float64 decides.
 
-Each block's products come from a bfloat16 matrix product (about 2.5× the float32 one's speed where the
-CPU has bfloat16 dot instructions), or a float32 one elsewhere. With a proven bound on its error
+Each block's products come from an int8 matrix product of the items' quantisations (where the CPU has
+int8 dot instructions), a bfloat16 one (about 2.5× the float32 one's speed where the CPU has bfloat16 dot
+instructions), or a float32 one elsewhere. With a proven bound on its error
 (``screened.block_error``), an entry whose distance is certainly beyond what its query still needs is
 passed over; every other entry's distance is recomputed in float64 from the float32 embeddings (exact
 products, float64 sums), and only those exact values enter the query's state. So the metrics are those of
@@ -58,6 +59,8 @@ def positive_distances(
 def screen_rows(
     products: np.ndarray,
     shift: int,
+    x_scale: np.ndarray,
+    y_scale: np.ndarray,
     output_rounding: float,
     start: int,
     stop: int,
@@ -82,7 +85,8 @@ def screen_rows(
     """Fold rows ``start:stop`` of a block into their queries' state; collect entries their columns may need.
 
     ``products`` holds the block's products as raw bits: bfloat16 as uint16 (``shift`` 16 widens them to
-    float32), or float32 as uint32 (``shift`` 0). An entry's distance is at least ``x_sq[q] + y_sq[j] +
+    float32), or float32 as uint32 (``shift`` 0); or int8 products' int32 sums (``shift`` -1), whose value
+    is the sum times the row's ``x_scale`` and the column's ``y_scale``. An entry's distance is at least ``x_sq[q] + y_sq[j] +
     scale * p - |scale| * (error + output_rounding |p|)`` (``scale`` is -2 or -1); it matters to
     its row when that is at most the row's need, to its column when at most ``column_need[j]`` (-inf when
     columns are not queries). Rows index ``x``, ``x_sq``, ``lo``, ``hi`` and the row state; columns ``y``
@@ -114,8 +118,13 @@ def screen_rows(
         need = max(nearest, keep)
         row_room = np.float32(need - x_sq[q] + abs(scale) * error)
         base = np.float32(x_sq[q])
-        for j in range(n_cols):
-            widened[j] = np.uint32(products[q, j]) << shift
+        if shift < 0:
+            row_scale = x_scale[q]
+            for j in range(n_cols):
+                values[j] = np.float32(products[q, j]) * row_scale * y_scale[j]
+        else:
+            for j in range(n_cols):
+                widened[j] = np.uint32(products[q, j]) << shift
         passing = 0
         for j in range(n_cols):  # vectorised: the slack of every entry for its row or its column
             p = values[j]

@@ -1,13 +1,15 @@
 """The CPU's fastest exact path: blocks screened by a low-precision product, entries decided in float64.
 
-On the CPU the float32 product of each block was two thirds of an SOP-scale evaluation. Where the
-processor has bfloat16 dot instructions (``cpu_has_bfloat16_dot``), the same product in bfloat16 takes
-about 40 % of that time. Its error is bounded per block (``block_error``); an entry whose distance minus
-that bound is beyond what its query still needs cannot change any metric, and every other entry is
-recomputed exactly (``screen_kernel``). The result is the metrics of float64 distances: the other paths
-work in float32, so they can differ from this one only where two distances are within float32 rounding.
-The same screen over a float32 product (``precision=torch.float32``) replaces the float32 kernel's
-entry-by-entry fold with one vectorised pass per row, for CPUs without bfloat16 instructions.
+On the CPU the float32 product of each block was two thirds of an SOP-scale evaluation. The product of
+each item's integer quantisation (a scale per item) takes a quarter of that time where the processor has
+int8 dot instructions (VNNI), half of it on any other x86 processor with AVX2 (``cpu_has_int8_products``);
+the bfloat16 product about 40 % where the processor multiplies bfloat16 (``cpu_has_bfloat16_dot``). Its error is bounded per block
+(``block_error``); an entry whose distance minus that bound is beyond what its query still needs cannot
+change any metric, and every other entry is recomputed exactly (``screen_kernel``). The result is the
+metrics of float64 distances: the other paths work in float32, so they can differ from this one only
+where two distances are within float32 rounding. The same screen over a float32 product
+(``precision=torch.float32``) replaces the float32 kernel's entry-by-entry fold with one vectorised pass
+per row, for CPUs with neither.
 
 Before the first block is used, a sample of its products is checked against float64 (``check_bound``): a
 BLAS that broke the bound would be refused, not trusted.
@@ -15,6 +17,7 @@ BLAS that broke the bound would be refused, not trusted.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Callable
@@ -29,50 +32,108 @@ _SAMPLE = 4096  # products of the first block checked against float64
 NORM_CHUNK = 8192  # items whose float64 copies exist at once (the norms here, the mean in knn.centre)
 
 
+# Sums of int8 products are exact in int32 while D·127² < 2³¹; below 16 dimensions the quantisation is too
+# coarse to screen anything, and torch's CPU int8 product is wrong for D = 1 (torch 2.14).
+INT8_DIMS = (16, 2**17)
+
+
 @lru_cache(maxsize=1)
-def cpu_has_bfloat16_dot() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX): elsewhere the screen is slower."""
+def _cpu_features() -> dict[str, bool]:
     try:
         import llvmlite.binding as llvm
 
-        features = llvm.get_host_cpu_features()
-    except Exception:  # pragma: no cover - an llvmlite without feature detection: assume not
-        return False
+        return dict(llvm.get_host_cpu_features())
+    except Exception:  # pragma: no cover - an llvmlite without feature detection: assume none
+        return {}
+
+
+def cpu_has_bfloat16_dot() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX): elsewhere the screen is slower."""
+    features = _cpu_features()
     return bool(features.get("avx512bf16") or features.get("amx-bf16"))
 
 
+def cpu_has_int8_products() -> bool:
+    """Whether torch's int8 matrix product (oneDNN) is fast and, with 7-bit values, exact here: any x86 CPU with
+    AVX2. The tests check its sums with oneDNN held to AVX2 and to AVX-512 without VNNI."""
+    return hasattr(torch, "_int_mm") and bool(_cpu_features().get("avx2"))
+
+
+def int8_levels() -> int:
+    """The largest integer coordinate of the int8 screen: 127 where oneDNN multiplies int8 with VNNI or AMX
+    (products summed in int32), 63 elsewhere. Without them it sums pairs of products in int16 (one side shifted
+    by 128 to unsigned), which 8-bit values overflow (wrong sums, measured with ONEDNN_MAX_CPU_ISA=AVX2) and
+    7-bit ones cannot (2·191·63 < 2¹⁵). Halving the step costs time: at SOP scale 6.6–7.2 s against 8.4–8.8 s."""
+    features = _cpu_features()
+    vnni = features.get("avx512vnni") or features.get("avxvnni") or features.get("amx-int8")
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()  # oneDNN's instructions can be held back
+    allowed = cap in ("", "ALL", "DEFAULT") or any(name in cap for name in ("VNNI", "BF16", "FP16", "AMX", "AVX10"))
+    return 127 if vnni and allowed else 63
+
+
 def screen_precision() -> torch.dtype | None:
-    """The precision of the products that screen large CPU evaluations by default: bfloat16 where the CPU
-    multiplies it in hardware, float32 elsewhere. At SOP scale (benchmarks/evaluation_scale.py) the float32
-    screen took 13.2 s against 19.7 s for the float32 kernel of ``fold_kernel``; None would choose that kernel."""
+    """The precision of the products that screen large CPU evaluations by default: int8 on x86 CPUs with AVX2, else bfloat16 where the CPU multiplies it in hardware, else float32. At SOP scale
+    (benchmarks/evaluation_scale.py) the float32 screen took 13.2 s against 19.7 s for the float32 kernel of
+    ``fold_kernel``, the bfloat16 one 7.5 s; None would choose that kernel."""
+    if cpu_has_int8_products():
+        return torch.int8
     return torch.bfloat16 if cpu_has_bfloat16_dot() else torch.float32
 
 
 def output_rounding(precision: torch.dtype) -> float:
-    """How far a product's output may be from the float32 sum it rounds, relative to itself: a bfloat16
-    output is within 2^-8 (doubled for safety); a float32 product is that sum."""
-    return 2.0**-7 if precision == torch.bfloat16 else 0.0
+    """How far a product's value may be from the exact product of the quantised items, relative to itself: a
+    bfloat16 output is within 2^-8 of its float32 sum (doubled for safety); an int8 one is exact in int32, then
+    converted and multiplied by the two items' scales in float32 (three roundings of 2^-24, taken as 2^-21);
+    a float32 product is its sum."""
+    return {torch.bfloat16: 2.0**-7, torch.int8: 2.0**-21}.get(precision, 0.0)
 
 
 class _Operand:
-    """One side's float32 embeddings (contiguous, sorted), their copy in the screen's precision, and per-item
-    norms for the bound."""
+    """One side's float32 embeddings (contiguous, sorted), the screen's copy of them less ``shift`` in its
+    precision, and per-item norms for the bound.
 
-    def __init__(self, x: torch.Tensor, euclidean: bool, precision: torch.dtype = torch.bfloat16):
-        if precision not in (torch.bfloat16, torch.float32):
-            raise ValueError(f"the screen's products are bfloat16 or float32, not {precision}")
+    The screen works on x - shift (Euclidean distances do not change): int8's step is a fraction of each
+    item's largest coordinate, so a common offset left in would widen the bound for every entry. An int8
+    item is q·s: q = round((x - shift)/s) in [-L, L], s its largest magnitude / L (L = ``int8_levels``;
+    ``scale`` is 1 in the other precisions). Every bound uses the roundings as measured against x - shift in float64.
+    """
+
+    def __init__(self, x: torch.Tensor, euclidean: bool, precision: torch.dtype = torch.bfloat16, shift: torch.Tensor | None = None):
+        if precision not in (torch.int8, torch.bfloat16, torch.float32):
+            raise ValueError(f"the screen's products are int8, bfloat16 or float32, not {precision}")
         self.euclidean, self.precision = euclidean, precision
         self.x = x.float().contiguous()
-        self.low = self.x.to(precision)
-        n = len(self.x)
+        n, dim = self.x.shape
+        shift64 = torch.zeros(dim, dtype=torch.float64) if shift is None else shift.double()
+        levels = int8_levels()
+        self.low = torch.empty((n, dim), dtype=precision)
+        self.scale = torch.ones(n, dtype=torch.float32)
         self.sq, self.norm, self.low_norm, self.rounding = (torch.zeros(n, dtype=torch.float64) for _ in range(4))
         for s in range(0, n, NORM_CHUNK):  # float64 copies a chunk at a time: no full-size temporaries
-            x64, low64 = self.x[s : s + NORM_CHUNK].double(), self.low[s : s + NORM_CHUNK].double()
-            if euclidean:
-                self.sq[s : s + NORM_CHUNK] = x64.pow(2).sum(1)
-            self.norm[s : s + NORM_CHUNK] = x64.norm(dim=1)
-            self.low_norm[s : s + NORM_CHUNK] = low64.norm(dim=1)
-            self.rounding[s : s + NORM_CHUNK] = (x64 - low64).norm(dim=1)  # |x - bf16(x)|, measured, not assumed
+            part = slice(s, s + NORM_CHUNK)
+            x64 = self.x[part].double() - shift64  # rounded to 2^-53 of itself: far inside the bound's margins
+            if precision == torch.int8:
+                scale = (x64.abs().amax(1) / levels).float().clamp_min(torch.finfo(torch.float32).tiny)
+                self.scale[part] = scale
+                low64 = x64.div(scale.double()[:, None]).round_().clamp_(-levels, levels)
+                self.low[part] = low64.to(torch.int8)
+                low64.mul_(scale.double()[:, None])
+            else:
+                self.low[part] = x64.to(precision)
+                low64 = self.low[part].double()
+            self.sq[part] = x64.pow(2).sum(1)
+            self.norm[part] = self.sq[part].sqrt()
+            self.low_norm[part] = torch.linalg.vector_norm(low64, dim=1)
+            self.rounding[part] = torch.linalg.vector_norm(x64.sub_(low64), dim=1)  # |x - x̂|, measured, not assumed
+        if not euclidean:
+            self.sq.zero_()  # the kernel's test adds squared norms for Euclidean distances only
+        # int8: the gallery side's columns contiguous too, the layout oneDNN's int8 product is fastest with
+        self.low_t = self.low.t().contiguous() if precision == torch.int8 else None
+        self.shift64 = shift64
+
+    def shifted(self, items: slice) -> torch.Tensor:
+        """Some items' values less the shift, in float64: what the screen's products approximate."""
+        return self.x[items].double() - self.shift64
 
 
 def block_error(a: _Operand, b: _Operand, rows: slice, cols: slice) -> float:
@@ -80,8 +141,8 @@ def block_error(a: _Operand, b: _Operand, rows: slice, cols: slice) -> float:
 
     x·y - x̂·ŷ = x̂·(y - ŷ) + (x - x̂)·y, bounded by Cauchy-Schwarz with the measured roundings (zero in
     float32); the float32 dot product of x̂ and ŷ errs by at most γ_D·|x̂||ŷ| < (D + 2)·2^-24·|x̂||ŷ| in any
-    order of summation (products of bfloat16 numbers are exact in float32, of float32 ones not). Both
-    are worst cases (the measured error is about a tenth); 1 % more, plus 2^-18 of the largest magnitude
+    order of summation (products of bfloat16 numbers are exact in float32, of float32 ones not; int8 sums are
+    exact in int32, and the term is kept as a margin). Both are worst cases (the measured error is about a tenth); 1 % more, plus 2^-18 of the largest magnitude
     the kernel's float32 test handles (distances up to 2(|x|² + |y|²), products, needs): a dozen roundings
     of at most 2^-24 of it each.
     """
@@ -98,8 +159,8 @@ def check_bound(products: torch.Tensor, a: _Operand, b: _Operand, rows: slice, c
     n_rows, n_cols = products.shape
     i = torch.randint(0, n_rows, (_SAMPLE,), generator=generator)
     j = torch.randint(0, n_cols, (_SAMPLE,), generator=generator)
-    got = products[i, j].double()
-    exact = (a.x[rows][i].double() * b.x[cols][j].double()).sum(1)
+    got = products[i, j].double() * a.scale[rows][i].double() * b.scale[cols][j].double()
+    exact = (a.shifted(rows)[i] * b.shifted(cols)[j]).sum(1)
     if bool(((got - exact).abs() > error + output_rounding(a.precision) * got.abs()).any()):
         raise RuntimeError(
             f"the {str(a.precision).removeprefix('torch.')} product broke its error bound on this CPU; "
@@ -107,8 +168,11 @@ def check_bound(products: torch.Tensor, a: _Operand, b: _Operand, rows: slice, c
         )
 
 
-def block_products(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """A block's products in the screen's precision (the only matrix the screened path builds)."""
+def block_products(left: torch.Tensor, right: torch.Tensor, right_t: torch.Tensor | None = None) -> torch.Tensor:
+    """A block's products in the screen's precision (the only matrix the screened path builds); int8 ones
+    summed in int32, not yet multiplied by the items' scales. ``right_t``: ``right`` transposed, if at hand."""
+    if left.dtype == torch.int8:  # oneDNN's int8 product is fastest with the right operand's columns contiguous
+        return torch._int_mm(left, right.t().contiguous() if right_t is None else right_t)
     return torch.mm(left, right.t())
 
 
@@ -125,6 +189,7 @@ class ScreenedFolder:
         self.checked = False
         self.x_np, self.y_np = rows.x.numpy(), cols.x.numpy()
         self.x_sq, self.y_sq = rows.sq.numpy(), cols.sq.numpy()
+        self.x_scale, self.y_scale = rows.scale.numpy(), cols.scale.numpy()
         from metrictransfer.evaluation import screen_kernel  # numba: loaded only when the screen runs
 
         self.screen_rows: Callable[..., tuple[int, int]] = screen_kernel.screen_rows
@@ -139,17 +204,20 @@ class ScreenedFolder:
         capacity = max(_HIT_CAPACITY, c1 - c0)  # the kernel starts a row only when a whole row of hits fits
         if not self.hits or len(self.hits[0][0]) < capacity:
             self.hits = [(np.empty(capacity, np.int64), np.empty(capacity, np.float64)) for _ in range(self.threads)]
-        products = block_products(self.rows.low[rows], self.cols.low[cols])
+        right_t = None if self.cols.low_t is None else self.cols.low_t[:, cols]
+        products = block_products(self.rows.low[rows], self.cols.low[cols], right_t)
         error = block_error(self.rows, self.cols, rows, cols)
         if not self.checked:
             check_bound(products, self.rows, self.cols, rows, cols, error)
             self.checked = True
-        # raw bits for the kernel, which widens bfloat16's 16 to float32's 32 (numpy has no bfloat16)
-        bits, shift = (
-            (products.view(torch.int16).numpy().view(np.uint16), 16)
-            if products.dtype == torch.bfloat16
-            else (products.numpy().view(np.uint32), 0)
-        )
+        # raw bits for the kernel, which widens bfloat16's 16 to float32's 32 (numpy has no bfloat16); int32
+        # sums as they are, which it converts and multiplies by the items' scales
+        if products.dtype == torch.bfloat16:
+            bits, shift = products.view(torch.int16).numpy().view(np.uint16), 16
+        elif products.dtype == torch.int32:
+            bits, shift = products.numpy(), -1
+        else:
+            bits, shift = products.numpy().view(np.uint32), 0
         rounding = output_rounding(products.dtype)
         need = np.full(c1 - c0, -np.inf)
         if column_state is not None:
@@ -157,11 +225,12 @@ class ScreenedFolder:
         near, far, count, buffer = row_state
         x, y = self.x_np[r0:r1], self.y_np[c0:c1]
         x_sq, y_sq, lo, hi = self.x_sq[r0:r1], self.y_sq[c0:c1], self.lo[r0:r1], self.hi[r0:r1]
+        x_scale, y_scale = self.x_scale[r0:r1], self.y_scale[c0:c1]
 
         def run(t: int, start: int, stop: int) -> tuple[int, int]:
             column, distance = self.hits[t]
             return self.screen_rows(
-                bits, shift, rounding, start, stop, c0, x, y, x_sq, y_sq, self.scale, self.euclidean, error,
+                bits, shift, x_scale, y_scale, rounding, start, stop, c0, x, y, x_sq, y_sq, self.scale, self.euclidean, error,
                 lo, hi, near, far, count, buffer, need, column, distance,
             )  # fmt: skip
 
@@ -185,10 +254,15 @@ class ScreenedFolder:
             self.pool.shutdown()
 
 
-def operands(rows_x: torch.Tensor, cols_x: torch.Tensor, same_set: bool, metric: str, precision: torch.dtype) -> tuple[_Operand, _Operand]:
-    """The queries' and the gallery's operands (one object when all-vs-all), products in ``precision``."""
-    rows = _Operand(rows_x, metric == "euclidean", precision)
-    return rows, rows if same_set else _Operand(cols_x, metric == "euclidean", precision)
+def operands(
+    rows_x: torch.Tensor, cols_x: torch.Tensor, same_set: bool, metric: str, precision: torch.dtype, shift: torch.Tensor | None = None
+) -> tuple[_Operand, _Operand]:
+    """The queries' and the gallery's operands (one object when all-vs-all), products in ``precision``
+    (int8 only within ``INT8_DIMS``: else bfloat16 or float32, as the CPU has), both less ``shift``."""
+    if precision == torch.int8 and not INT8_DIMS[0] <= rows_x.shape[1] <= INT8_DIMS[1]:
+        precision = torch.bfloat16 if cpu_has_bfloat16_dot() else torch.float32
+    rows = _Operand(rows_x, metric == "euclidean", precision, shift)
+    return rows, rows if same_set else _Operand(cols_x, metric == "euclidean", precision, shift)
 
 
 def positive_distances(
