@@ -56,7 +56,10 @@ def _assert_stats_equal(stats, expected):
     np.testing.assert_allclose(stats.r_precision.numpy(), rp, rtol=0, atol=1e-12)
 
 
-@pytest.fixture(autouse=True, params=["kernel", "kernel, 2 threads", "torch", "screened", "screened, 2 threads", "screened in float32", "screened in int8"])
+FOLD_PATHS = ["kernel", "kernel, 2 threads", "torch", "screened", "screened, 2 threads", "screened in float32", "screened in int8"]
+
+
+@pytest.fixture(autouse=True, params=FOLD_PATHS)
 def fold_path(request, monkeypatch):
     """Every test on the CPU's compiled kernel (one and two threads), on the torch path the GPU uses, and on
     the screened paths, bfloat16 and int8 (whatever this CPU's instructions: there they are slower, never wrong)

@@ -72,7 +72,8 @@ def int8_levels() -> int:
 
 
 def screen_precision() -> torch.dtype | None:
-    """The precision of the products that screen large CPU evaluations by default: int8 on x86 CPUs with AVX2, else bfloat16 where the CPU multiplies it in hardware, else float32. At SOP scale
+    """The precision of the products that screen large CPU evaluations by default: int8 on x86 CPUs with
+    AVX2, else bfloat16 where the CPU multiplies it in hardware, else float32. At SOP scale
     (benchmarks/evaluation_scale.py) the float32 screen took 13.2 s against 19.7 s for the float32 kernel of
     ``fold_kernel``, the bfloat16 one 7.5 s; None would choose that kernel."""
     if cpu_has_int8_products():
@@ -137,14 +138,14 @@ class _Operand:
 
 
 def block_error(a: _Operand, b: _Operand, rows: slice, cols: slice) -> float:
-    """A bound on |x·y - (the screen's product before its output rounding)| over a block.
+    """A bound on |x·y - (the screen's product before its output rounding)| over a block (x, y less the shift).
 
-    x·y - x̂·ŷ = x̂·(y - ŷ) + (x - x̂)·y, bounded by Cauchy-Schwarz with the measured roundings (zero in
-    float32); the float32 dot product of x̂ and ŷ errs by at most γ_D·|x̂||ŷ| < (D + 2)·2^-24·|x̂||ŷ| in any
-    order of summation (products of bfloat16 numbers are exact in float32, of float32 ones not; int8 sums are
-    exact in int32, and the term is kept as a margin). Both are worst cases (the measured error is about a tenth); 1 % more, plus 2^-18 of the largest magnitude
-    the kernel's float32 test handles (distances up to 2(|x|² + |y|²), products, needs): a dozen roundings
-    of at most 2^-24 of it each.
+    x·y - x̂·ŷ = x̂·(y - ŷ) + (x - x̂)·y, bounded by Cauchy-Schwarz with the measured roundings; the float32
+    dot product of x̂ and ŷ errs by at most γ_D·|x̂||ŷ| < (D + 2)·2^-24·|x̂||ŷ| in any order of summation
+    (products of bfloat16 numbers are exact in float32, of float32 ones not; int8 sums are exact in int32,
+    and the term is kept as a margin). Both are worst cases (the measured error is about a tenth); 1 % more,
+    plus 2^-18 of the largest magnitude the kernel's float32 test handles (distances up to 2(|x|² + |y|²),
+    products, needs): a dozen roundings of at most 2^-24 of it each.
     """
     a_low, b_low = float(a.low_norm[rows].max()), float(b.low_norm[cols].max())
     inputs = a_low * float(b.rounding[cols].max()) + float(a.rounding[rows].max()) * float(b.norm[cols].max())
