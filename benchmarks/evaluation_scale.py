@@ -15,12 +15,14 @@ Every method runs in its own fresh process (its peak memory is its own), one aft
 - ``ours, command line``: ``metrictransfer evaluate --embeddings FILE.npz --k 1,10,100,1000 --json`` in a
   process of its own, timed from its start to its exit (Python's and torch's start-up, reading the file
   and printing included): what a user waits for. Its peak memory is sampled every 50 ms.
+  ``ours, command line, AVX2 only``: the same with every library of ours held to AVX2 (oneDNN, MKL, ATen's
+  kernels and numba's compiled code), as on a Zen 2 or 3 or a Haswell CPU: the int8 screen with 63 levels.
 - ``ours``: ``metrictransfer.evaluation.retrieval_metrics`` (Recall@{1,10,100,1000}, MAP@R, R-Precision).
-  On a CPU with bfloat16 dot instructions, at this size, its blocks are screened by a bfloat16 product and
-  decided in float64 (``evaluation/screened.py``); ``ours, float32 screen``: the screen over float32
-  products, decided in float64 (what CPUs without bfloat16 instructions run); ``ours, float32 kernel``:
-  float32 blocks folded by the compiled kernel (``screen=False``); ``ours, torch path``: float32 blocks
-  folded with torch operations (what the GPU runs).
+  On an x86 CPU with AVX2, at this size, its blocks are screened by an int8 product of the items'
+  quantisations and decided in float64 (``evaluation/screened.py``); ``ours, bfloat16 screen``: the screen
+  over bfloat16 products; ``ours, float32 screen``: over float32 products (what other CPUs run);
+  ``ours, float32 kernel``: float32 blocks folded by the compiled kernel (``screen=False``);
+  ``ours, torch path``: float32 blocks folded with torch operations (what the GPU runs).
 - ``faiss search k=1`` and ``faiss search k=1001``: an ``IndexFlatL2`` search alone, no metrics: k = 1 is
   about one full Gram pass; k = 1,001 is what a generic tool searches for Recall@1000.
 - ``faiss k=1001 + metrics``: that search and the metrics read off its lists (``backend="faiss"``).
@@ -28,7 +30,8 @@ Every method runs in its own fresh process (its peak memory is its own), one aft
   R-Precision only).
 - ``half Gram``: torch's float32 matrix products over the blocks our engine computes (half the matrix in
   all-vs-all), nothing else: the bound for any exact method that reads every pair once in float32;
-  ``half Gram, bfloat16``: the same products in bfloat16, the bound for the screened path.
+  ``half Gram, bfloat16`` and ``half Gram, int8``: the same products in bfloat16 and in int8, the bounds for
+  the screened paths.
 - ``naive``: the full distance matrix, every row sorted.
 
 Every baseline runs at its best: each worker records the BLAS libraries and thread counts loaded in it
@@ -61,12 +64,17 @@ KS = (1, 10, 100, 1000)
 QUICK = [
     "ours",
     "ours, command line",
+    "ours, command line, AVX2 only",
+    "ours, bfloat16 screen",
     "ours, float32 kernel",
     "ours, float32 screen",
     "ours, torch path",
     "half Gram",
     "half Gram, bfloat16",
+    "half Gram, int8",
 ]
+# every library of ours held to AVX2: a Zen 2 or 3, or a Haswell, as far as our code can tell
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "NUMBA_CPU_NAME": "haswell"}
 REPEATED = set(QUICK)
 SEARCHES = ["faiss search k=1", "faiss search k=1001"]
 CASES = {  # name → (items, dimension, query count for query-vs-gallery or 0, methods)
@@ -113,9 +121,9 @@ def blas_in_use() -> list[dict]:
     return [{k: pool.get(k) for k in keys} | {"library": Path(pool["filepath"]).name} for pool in threadpool_info()]
 
 
-def command_line(data_path: str, threads: int) -> dict:
+def command_line(data_path: str, threads: int, extra_env: dict | None = None) -> dict:
     """``metrictransfer evaluate`` on the file, from its start to its exit, its peak memory sampled."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **(extra_env or {})}
     cmd = [sys.executable, "-m", "metrictransfer.cli", "evaluate", "--embeddings", data_path, "--k", "1,10,100,1000", "--json"]
     started = time.perf_counter()
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -136,8 +144,8 @@ def command_line(data_path: str, threads: int) -> dict:
 
 
 def worker(method: str, data_path: str, queries: int, threads: int) -> dict:
-    if method == "ours, command line":  # timed as a user waits for it: nothing loaded in this process first
-        run = command_line(data_path, threads)
+    if method.startswith("ours, command line"):  # timed as a user waits for it: nothing loaded in this process first
+        run = command_line(data_path, threads, AVX2_ONLY if method.endswith("AVX2 only") else None)
         return {
             "method": method,
             "seconds": round(run["seconds"], 2),
@@ -166,7 +174,14 @@ def worker(method: str, data_path: str, queries: int, threads: int) -> dict:
     loaded = rss_mb()
     started = time.perf_counter()
     metrics: dict = {}
-    if method in ("ours", "ours, float32 kernel", "ours, float32 screen", "ours, torch path", "faiss k=1001 + metrics"):
+    if method in (
+        "ours",
+        "ours, bfloat16 screen",
+        "ours, float32 kernel",
+        "ours, float32 screen",
+        "ours, torch path",
+        "faiss k=1001 + metrics",
+    ):
         from metrictransfer.evaluation import knn, retrieval_metrics
 
         if method == "ours, torch path":
@@ -175,11 +190,20 @@ def worker(method: str, data_path: str, queries: int, threads: int) -> dict:
             knn.screen_precision = lambda: None
         if method == "ours, float32 screen":
             knn.screen_precision = lambda: torch.float32
+        if method == "ours, bfloat16 screen":
+            knn.screen_precision = lambda: torch.bfloat16
         metrics = retrieval_metrics(xt, yt, KS, backend="faiss" if "faiss" in method else "torch", **split)
     elif method.startswith("half Gram"):
         metrics = {}
-        dtype = torch.bfloat16 if "bfloat16" in method else torch.float32
-        half_gram(torch.from_numpy(q).to(dtype), torch.from_numpy(g).to(dtype), same_set=not queries)
+        if method.endswith("int8"):  # each item's quantisation, as the screen makes it
+            from metrictransfer.evaluation.screened import _Operand
+
+            rows = _Operand(torch.from_numpy(q), True, torch.int8)
+            cols = rows if not queries else _Operand(torch.from_numpy(g), True, torch.int8)
+            half_gram(rows.low, cols.low, same_set=not queries, right_t=cols.low_t)
+        else:
+            dtype = torch.bfloat16 if "bfloat16" in method else torch.float32
+            half_gram(torch.from_numpy(q).to(dtype), torch.from_numpy(g).to(dtype), same_set=not queries)
     elif method == "pml":
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
@@ -220,15 +244,21 @@ def worker_row(method: str, seconds: float, loaded: float, metrics: dict) -> dic
     }
 
 
-def half_gram(q, g, same_set: bool, block: int = 2048) -> None:
-    """The products of the blocks the engine computes (the upper triangle when all-vs-all), into one buffer."""
+def half_gram(q, g, same_set: bool, block: int = 2048, right_t=None) -> None:
+    """The products of the blocks the engine computes (the upper triangle when all-vs-all), into one buffer
+    (int8: as the screen computes them, from ``right_t``, the gallery's transposed copy)."""
     import torch
+
+    from metrictransfer.evaluation.screened import block_products
 
     out = torch.empty(block, block, dtype=q.dtype)
     for r0 in range(0, len(q), block):
         for c0 in range(r0 if same_set else 0, len(g), block):
             a, b = q[r0 : r0 + block], g[c0 : c0 + block]
-            torch.mm(a, b.t(), out=out[: len(a), : len(b)] if len(a) == block and len(b) == block else None)
+            if right_t is not None:
+                block_products(a, b, right_t[:, c0 : c0 + block])
+            else:
+                torch.mm(a, b.t(), out=out[: len(a), : len(b)] if len(a) == block and len(b) == block else None)
 
 
 def naive_metrics(x, y) -> dict:
@@ -365,19 +395,18 @@ def main() -> None:
             memory = f"{row['peak_mb']:,} | {above}"
             lines.append(f"| {row['method']} | {row['seconds']:.1f}{spread} | {ratio} | {memory} | {cell} |")
         lines += ["", blas_line(rows)]
-    from metrictransfer.evaluation.screened import cpu_has_bfloat16_dot
+    from metrictransfer.evaluation.screened import int8_levels, screen_precision
 
-    has_bf16 = cpu_has_bfloat16_dot()
+    precision = screen_precision()
+    path = {
+        "torch.int8": f"the int8-screened path ({int8_levels()} levels per side of zero)",
+        "torch.bfloat16": "the bfloat16-screened path",
+    }.get(str(precision), "the float32-screened path")
     lines += [
         "",
-        f"This CPU {'has' if has_bf16 else 'lacks'} bfloat16 dot instructions (AVX-512 BF16 or AMX): `ours` ran "
-        + (
-            "the bfloat16-screened path, decided in float64 (the float32 paths can differ from it only where two distances "
-            "are within float32 rounding)"
-            if has_bf16
-            else "the float32 kernel"
-        )
-        + ". Every case whose rows differ by date was measured in an earlier invocation.",
+        f"On this CPU `ours`, at SOP's and the catalogue's sizes, ran {path}, decided in float64 (the float32 paths can "
+        "differ from it only where two distances are within float32 rounding). Every case whose rows differ by date was "
+        "measured in an earlier invocation.",
         "",
         "pytorch-metric-learning's default AccuracyCalculator (k=None: all N − 1 neighbours of every query) is not "
         f"run: its neighbour lists alone would take N × (N − 1) × (4 + 8) bytes = {60502 * 60501 * 12 / 1e9:.1f} GB at SOP's "
