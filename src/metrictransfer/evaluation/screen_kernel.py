@@ -72,6 +72,8 @@ def screen_rows(
     scale: float,
     euclidean: bool,
     error: float,
+    x_terms: np.ndarray,
+    y_terms: np.ndarray,
     lo: np.ndarray,
     hi: np.ndarray,
     near: np.ndarray,
@@ -86,16 +88,18 @@ def screen_rows(
 
     ``products`` holds the block's products as raw bits: bfloat16 as uint16 (``shift`` 16 widens them to
     float32), or float32 as uint32 (``shift`` 0); or int8 products' int32 sums (``shift`` -1), whose value
-    is the sum times the row's ``x_scale`` and the column's ``y_scale``. An entry's distance is at least ``x_sq[q] + y_sq[j] +
-    scale * p - |scale| * (error + output_rounding |p|)`` (``scale`` is -2 or -1); it matters to
+    is the sum times the row's ``x_scale`` and the column's ``y_scale``. An entry's distance is at least
+    ``x_sq[q] + y_sq[j] + scale * p - |scale| * (error + e + output_rounding |p|)`` (``scale`` is -2 or -1),
+    where ``e = x_terms[q, 0] y_terms[j, 1] + x_terms[q, 1] y_terms[j, 2]`` is the entry's own part of the
+    bound (``screened.entry_error``); it matters to
     its row when that is at most the row's need, to its column when at most ``column_need[j]`` (-inf when
     columns are not queries). Rows index ``x``, ``x_sq``, ``lo``, ``hi`` and the row state; columns ``y``
     and ``y_sq``. ``lo``/``hi`` are the rows' same-class column ranges in global column numbers (``c0`` is
     the block's first column). Returns (the next row to do, the number of column hits recorded): a row is
     started only when a whole row of hits still fits, so the caller applies the hits and calls again.
 
-    The test runs in float32 over whole rows (it vectorises; ``error`` covers its rounding, see
-    ``screened.block_error``); only rows where some entry passes are read again, entry by entry.
+    The test runs in float32 over whole rows (it vectorises; ``error`` and the terms' 1 % cover its
+    rounding, see ``screened.block_error``); only rows where some entry passes are read again, entry by entry.
     """
     n_cols = products.shape[1]
     capacity = hit_column.shape[0]
@@ -106,9 +110,11 @@ def screen_rows(
     column_room = np.empty(n_cols, dtype=np.float32)  # column_need - y_sq + |scale| error, per column
     y_sq32 = np.empty(n_cols, dtype=np.float32)
     slack = np.empty(n_cols, dtype=np.float32)
+    y_rounding, y_norm = np.empty(n_cols, dtype=np.float32), np.empty(n_cols, dtype=np.float32)
     for j in range(n_cols):
         column_room[j] = column_need[j] - y_sq[j] + abs(scale) * error
         y_sq32[j] = y_sq[j]
+        y_rounding[j], y_norm[j] = y_terms[j, 1], y_terms[j, 2]
     hits = 0
     for q in range(start, stop):
         if capacity - hits < n_cols:
@@ -118,6 +124,7 @@ def screen_rows(
         need = max(nearest, keep)
         row_room = np.float32(need - x_sq[q] + abs(scale) * error)
         base = np.float32(x_sq[q])
+        row_low, row_rounding = magnitude * x_terms[q, 0], magnitude * x_terms[q, 1]  # |scale| times the row's terms
         if shift < 0:
             row_scale = x_scale[q]
             for j in range(n_cols):
@@ -129,6 +136,7 @@ def screen_rows(
         for j in range(n_cols):  # vectorised: the slack of every entry for its row or its column
             p = values[j]
             low = -magnitude * max(p * up, p * down)  # scale * p less its output rounding, scale < 0
+            low -= row_low * y_rounding[j] + row_rounding * y_norm[j]  # and less the entry's own error
             slack[j] = max(row_room - y_sq32[j], column_room[j] - base) - low
             passing += slack[j] >= 0
         if passing == 0:
@@ -138,7 +146,7 @@ def screen_rows(
             if slack[j] < 0 or lo[q] <= c0 + j < hi[q]:
                 continue
             p = values[j]
-            low = -magnitude * max(p * up, p * down)
+            low = -magnitude * max(p * up, p * down) - (row_low * y_rounding[j] + row_rounding * y_norm[j])
             for_row, for_column = low <= row_room - y_sq32[j], low <= column_room[j] - base
             if not (for_row or for_column):
                 continue

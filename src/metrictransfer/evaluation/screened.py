@@ -3,8 +3,8 @@
 On the CPU the float32 product of each block was two thirds of an SOP-scale evaluation. The product of
 each item's integer quantisation (a scale per item) takes a quarter of that time where the processor has
 int8 dot instructions (VNNI), half of it on any other x86 processor with AVX2 (``cpu_has_int8_products``);
-the bfloat16 product about 40 % where the processor multiplies bfloat16 (``cpu_has_bfloat16_dot``). Its error is bounded per block
-(``block_error``); an entry whose distance minus that bound is beyond what its query still needs cannot
+the bfloat16 product about 40 % where the processor multiplies bfloat16 (``cpu_has_bfloat16_dot``). Its error is
+bounded per entry (``block_error`` and ``entry_error``); an entry whose distance minus that bound is beyond what its query still needs cannot
 change any metric, and every other entry is recomputed exactly (``screen_kernel``). The result is the
 metrics of float64 distances: the other paths work in float32, so they can differ from this one only
 where two distances are within float32 rounding. The same screen over a float32 product
@@ -128,6 +128,8 @@ class _Operand:
             self.rounding[part] = torch.linalg.vector_norm(x64.sub_(low64), dim=1)  # |x - x̂|, measured, not assumed
         if not euclidean:
             self.sq.zero_()  # the kernel's test adds squared norms for Euclidean distances only
+        # entry_error's terms for the kernel's float32 test: |x̂|, |x - x̂| and |x| (1 % more)
+        self.error_terms = (1.01 * torch.stack([self.low_norm, self.rounding, self.norm], 1)).float().numpy()
         # int8: the gallery side's columns contiguous too, the layout oneDNN's int8 product is fastest with
         self.low_t = self.low.t().contiguous() if precision == torch.int8 else None
         self.shift64 = shift64
@@ -138,20 +140,27 @@ class _Operand:
 
 
 def block_error(a: _Operand, b: _Operand, rows: slice, cols: slice) -> float:
-    """A bound on |x·y - (the screen's product before its output rounding)| over a block (x, y less the shift).
+    """The part of the bound on |x·y - (the screen's product before its output rounding)| shared by a block's
+    entries (x, y less the shift); ``entry_error`` adds each entry's own part.
 
-    x·y - x̂·ŷ = x̂·(y - ŷ) + (x - x̂)·y, bounded by Cauchy-Schwarz with the measured roundings; the float32
-    dot product of x̂ and ŷ errs by at most γ_D·|x̂||ŷ| < (D + 2)·2^-24·|x̂||ŷ| in any order of summation
-    (products of bfloat16 numbers are exact in float32, of float32 ones not; int8 sums are exact in int32,
-    and the term is kept as a margin). Both are worst cases (the measured error is about a tenth); 1 % more,
-    plus 2^-18 of the largest magnitude the kernel's float32 test handles (distances up to 2(|x|² + |y|²),
-    products, needs): a dozen roundings of at most 2^-24 of it each.
+    x·y - x̂·ŷ = x̂·(y - ŷ) + (x - x̂)·y, bounded by Cauchy-Schwarz with each item's measured rounding
+    (``entry_error``); the float32 dot product of x̂ and ŷ errs by at most γ_D·|x̂||ŷ| < (D + 2)·2^-24·|x̂||ŷ|
+    in any order of summation (products of bfloat16 numbers are exact in float32, of float32 ones not; int8
+    sums are exact in int32, and the term is kept as a margin). Both are worst cases (the measured error is
+    about a tenth); 1 % more, plus 2^-18 of the largest magnitude the kernel's float32 test handles
+    (distances up to 2(|x|² + |y|²), products, needs): a dozen roundings of at most 2^-24 of it each.
     """
     a_low, b_low = float(a.low_norm[rows].max()), float(b.low_norm[cols].max())
-    inputs = a_low * float(b.rounding[cols].max()) + float(a.rounding[rows].max()) * float(b.norm[cols].max())
     accumulation = (a.x.shape[1] + 2) * 2.0**-24 * a_low * b_low
     magnitude = 2 * (float(a.sq[rows].max()) + float(b.sq[cols].max())) + 4 * a_low * b_low
-    return 1.01 * (inputs + accumulation) + 2.0**-18 * magnitude + 1e-30
+    return 1.01 * accumulation + 2.0**-18 * magnitude + 1e-30
+
+
+def entry_error(a: _Operand, b: _Operand, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Each entry's own part of the bound, |x̂||y - ŷ| + |x - x̂||y| (1 % more), for items ``i`` of ``a`` and
+    ``j`` of ``b`` (broadcast). Per entry, not the block's largest: the int8 roundings vary from item to item,
+    and the block's largest widened every entry's bound by about half."""
+    return 1.01 * (a.low_norm[i] * b.rounding[j] + a.rounding[i] * b.norm[j])
 
 
 def check_bound(products: torch.Tensor, a: _Operand, b: _Operand, rows: slice, cols: slice, error: float) -> None:
@@ -162,7 +171,8 @@ def check_bound(products: torch.Tensor, a: _Operand, b: _Operand, rows: slice, c
     j = torch.randint(0, n_cols, (_SAMPLE,), generator=generator)
     got = products[i, j].double() * a.scale[rows][i].double() * b.scale[cols][j].double()
     exact = (a.shifted(rows)[i] * b.shifted(cols)[j]).sum(1)
-    if bool(((got - exact).abs() > error + output_rounding(a.precision) * got.abs()).any()):
+    bound = error + entry_error(a, b, i + rows.start, j + cols.start) + output_rounding(a.precision) * got.abs()
+    if bool(((got - exact).abs() > bound).any()):
         raise RuntimeError(
             f"the {str(a.precision).removeprefix('torch.')} product broke its error bound on this CPU; "
             "evaluate with the float32 kernel (screen=False)"
@@ -227,11 +237,13 @@ class ScreenedFolder:
         x, y = self.x_np[r0:r1], self.y_np[c0:c1]
         x_sq, y_sq, lo, hi = self.x_sq[r0:r1], self.y_sq[c0:c1], self.lo[r0:r1], self.hi[r0:r1]
         x_scale, y_scale = self.x_scale[r0:r1], self.y_scale[c0:c1]
+        x_terms, y_terms = self.rows.error_terms[r0:r1], self.cols.error_terms[c0:c1]
 
         def run(t: int, start: int, stop: int) -> tuple[int, int]:
             column, distance = self.hits[t]
             return self.screen_rows(
                 bits, shift, x_scale, y_scale, rounding, start, stop, c0, x, y, x_sq, y_sq, self.scale, self.euclidean, error,
+                x_terms, y_terms,
                 lo, hi, near, far, count, buffer, need, column, distance,
             )  # fmt: skip
 
