@@ -224,7 +224,7 @@ def run_tuned(args, work: Path, weights: Path, started: float) -> None:
 
     untuned_file = RESULTS / "foundation_distill.json"
     untuned = json.loads(untuned_file.read_text())["final"] if untuned_file.is_file() else {}
-    earlier_file = RESULTS / "foundation_distill_tuned.json"
+    earlier_file = RESULTS / f"foundation_distill_{args.tuned_name}.json"
     earlier = json.loads(earlier_file.read_text()) if earlier_file.is_file() else {}
     results: dict = {"args": vars(args), **{key: earlier[key] for key in KEPT if key in earlier}}
     results.setdefault("losses", {})
@@ -308,12 +308,15 @@ def run_tuned(args, work: Path, weights: Path, started: float) -> None:
     ranked = sorted(results["losses"], key=lambda name: -statistics.mean(r["recall@1"] for r in results["losses"][name]["tuned"].values()))
     plot_curves(
         {LABELS[name].split(" (")[0]: chosen_run(results["losses"][name]["trial_vs_final"])["curve"] for name in ranked[:3]},
-        FIGURE,
+        figure_path(args),
         "Foundation-style distillation, tuned: validation R@1 per epoch (best trial's values, full length)",
     )
 
 
-FIGURE = Path("docs/benchmarks/figures/foundation_distill_tuned.png")
+def figure_path(args) -> Path:
+    return Path(f"docs/benchmarks/figures/foundation_distill_{args.tuned_name}.png")
+
+
 # what an invocation of --tuned keeps of the earlier results: the rows of losses it does not tune again, and
 # the checks of losses tuned in another work folder
 KEPT = ("losses", "sigma_check", "best_change", "target_signal")
@@ -392,7 +395,7 @@ def write_tuned_table(args, results: dict, minutes: float, shown) -> None:
         "that session's teacher (the σ/τ checks, the best change and the target signal come from the relaxed and queue "
         "rows' teacher). Untuned: benchmarks/results/foundation_distill.json (the same seeds and length, each loss's "
         f"defaults), from a teacher trained with the same recipe whose head's R@1 was {results.get('untuned_teacher_r1', '?')}.",
-        f"Figure: {FIGURE} (validation R@1 per epoch of the top three, at their chosen values).",
+        f"Figure: {figure_path(args)} (validation R@1 per epoch of the top three, at their chosen values).",
         "",
         f"{minutes:.0f} min in this invocation; finished runs and studies in --work are reused.",
     ]
@@ -401,7 +404,9 @@ def write_tuned_table(args, results: dict, minutes: float, shown) -> None:
         f"--epochs-scale {args.epochs_scale} --teacher-epochs {args.teacher_epochs} "
         f"--trials {args.trials} --trial-epochs {args.trial_epochs}"
     )
-    write_results("foundation_distill_tuned", lines, results, rerun=rerun)
+    if args.tuned_name != "tuned":
+        rerun += f" --tuned-name {args.tuned_name}"
+    write_results(f"foundation_distill_{args.tuned_name}", lines, results, rerun=rerun)
 
 
 def main() -> None:
@@ -414,6 +419,11 @@ def main() -> None:
     options.add_argument("--trials", type=int, default=6, help="--tuned: trials per loss")
     options.add_argument("--trial-epochs", type=int, default=3, help="--tuned: epochs of a trial")
     options.add_argument("--losses", nargs="+", choices=list(LOSSES), default=list(LOSSES), help="--tuned: these losses, in this order")
+    options.add_argument(
+        "--tuned-name",
+        default="tuned",
+        help="--tuned: the work subfolder and the results' name (foundation_distill_NAME): another budget beside the table's",
+    )
     args = options.parse_args()
 
     work, started = Path(args.work), time.perf_counter()
@@ -421,7 +431,7 @@ def main() -> None:
     teacher = train_once(teacher_config(images, args.teacher_epochs), work / "teacher", "foundation_distill")
     weights = export_backbone(work / "teacher", work / "teacher_backbone.pt")
     if args.tuned:
-        run_tuned(args, work / "tuned", weights, started)
+        run_tuned(args, work / args.tuned_name, weights, started)
         return
     finals: dict[str, dict[int, dict]] = {}
     for seed in args.seeds:

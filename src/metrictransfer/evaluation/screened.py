@@ -3,13 +3,13 @@
 On the CPU the float32 product of each block was two thirds of an SOP-scale evaluation. The product of
 each item's integer quantisation (a scale per item) takes a quarter of that time where the processor has
 int8 dot instructions (VNNI), half of it on any other x86 processor with AVX2 (``cpu_has_int8_products``);
-the bfloat16 product about 40 % where the processor multiplies bfloat16 (``cpu_has_bfloat16_dot``). Its error is
-bounded per entry (``block_error`` and ``entry_error``); an entry whose distance minus that bound is beyond what its query still needs cannot
-change any metric, and every other entry is recomputed exactly (``screen_kernel``). The result is the
-metrics of float64 distances: the other paths work in float32, so they can differ from this one only
-where two distances are within float32 rounding. The same screen over a float32 product
-(``precision=torch.float32``) replaces the float32 kernel's entry-by-entry fold with one vectorised pass
-per row, for CPUs with neither.
+the bfloat16 product about 40 % where the processor multiplies bfloat16 (``cpu_has_bfloat16_dot``). Its
+error is bounded per entry (``block_error`` and ``entry_error``); an entry whose distance minus that bound
+is beyond what its query still needs cannot change any metric, and every other entry is recomputed
+exactly (``screen_kernel``). The result is the metrics of float64 distances: the other paths work in
+float32, so they can differ from this one only where two distances are within float32 rounding. The same
+screen over a float32 product (``precision=torch.float32``) replaces the float32 kernel's entry-by-entry
+fold with one vectorised pass per row, for CPUs with neither.
 
 Before the first block is used, a sample of its products is checked against float64 (``check_bound``): a
 BLAS that broke the bound would be refused, not trusted.
@@ -96,7 +96,8 @@ class _Operand:
     The screen works on x - shift (Euclidean distances do not change): int8's step is a fraction of each
     item's largest coordinate, so a common offset left in would widen the bound for every entry. An int8
     item is q·s: q = round((x - shift)/s) in [-L, L], s its largest magnitude / L (L = ``int8_levels``;
-    ``scale`` is 1 in the other precisions). Every bound uses the roundings as measured against x - shift in float64.
+    ``scale`` is 1 in the other precisions). Every bound uses the roundings as measured against x - shift in
+    float64.
     """
 
     def __init__(self, x: torch.Tensor, euclidean: bool, precision: torch.dtype = torch.bfloat16, shift: torch.Tensor | None = None):
