@@ -80,7 +80,12 @@ SEARCHES = ["faiss search k=1", "faiss search k=1001"]
 CASES = {  # name → (items, dimension, query count for query-vs-gallery or 0, methods)
     "sop": (60502, 512, 0, [*QUICK, *SEARCHES, "faiss k=1001 + metrics", "pml"]),
     "inshop": (26830, 512, 14218, ["ours", "ours, float32 kernel", "ours, torch path", "half Gram", *SEARCHES, "faiss k=1001 + metrics"]),
-    "catalogue": (200000, 128, 0, ["ours", "half Gram", "faiss search k=1001"]),
+    "catalogue": (
+        200000,
+        128,
+        0,
+        ["ours", "ours, bfloat16 screen", "half Gram", "half Gram, bfloat16", "half Gram, int8", "faiss search k=1001"],
+    ),
     "naive": (10000, 512, 0, ["ours", "faiss search k=1001", "naive"]),
 }
 
