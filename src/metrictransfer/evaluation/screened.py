@@ -107,7 +107,7 @@ class _Operand:
         self.x = x.float().contiguous()
         n, dim = self.x.shape
         shift64 = torch.zeros(dim, dtype=torch.float64) if shift is None else shift.double()
-        levels = int8_levels()
+        levels = int8_levels() if precision == torch.int8 else 0
         self.low = torch.empty((n, dim), dtype=precision)
         self.scale = torch.ones(n, dtype=torch.float32)
         self.sq, self.norm, self.low_norm, self.rounding = (torch.zeros(n, dtype=torch.float64) for _ in range(4))
